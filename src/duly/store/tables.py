@@ -1,0 +1,203 @@
+"""The database schema (SQLAlchemy Core). Alembic migrations must produce exactly this.
+
+Identity columns never hold NULL: SQL treats NULLs as distinct in unique constraints, so a
+"no step" / "no subject" / "no recipient" is stored as the empty string and the uniqueness of
+a delivery identity is enforced by the database on every backend.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An instant, stored as naive UTC on every backend, read back as aware UTC."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store: instants must be aware")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+# An integer primary key that autoincrements on SQLite (INTEGER) and PostgreSQL (BIGINT).
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+recipients = Table(
+    "recipients",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("name", Text),
+    Column("email", Text),
+    Column("phone", Text),
+    Column("timezone", String(64)),
+    Column("locale", String(35)),
+    Column("addresses", JSON, nullable=False, default=dict),
+    Column("consent", JSON, nullable=False, default=dict),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+subjects = Table(
+    "subjects",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("kind", String(100), nullable=False),
+    Column("key", String(200), nullable=False),
+    Column("attributes", JSON, nullable=False, default=dict),
+    Column("recipients", JSON, nullable=False, default=dict),
+    # Counts upserts since creation; change-trigger occurrences are revision numbers, so a
+    # deleted subject keeps its row (deleted_at set) and its count continues if it returns.
+    Column("revision", Integer, nullable=False, default=0),
+    Column("hold_until", UTCDateTime),
+    Column("acknowledged", JSON, nullable=False, default=list),
+    Column("deleted_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("kind", "key"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    # identity (spec/rules.md "Planning"); "" stands for null
+    Column("rule", String(200), nullable=False),
+    Column("step", String(200), nullable=False, default=""),
+    Column("occurrence", String(200), nullable=False),  # JSON text: 0, "evt-1", "2026-…Z"
+    Column("subject", String(301), nullable=False, default=""),  # "KIND/KEY"
+    Column("recipient", String(200), nullable=False, default=""),
+    Column("channel", String(100), nullable=False, default=""),
+    # plan
+    Column("state", String(16), nullable=False),  # pending|sending|sent|failed|skipped|cancelled|set
+    Column("reason", String(32)),
+    Column("category", String(16), nullable=False),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("planned_at", UTCDateTime, nullable=False),  # before windows, holds and retries
+    Column("due_at", UTCDateTime, nullable=False),  # when the dispatcher should act
+    Column("deadline_at", UTCDateTime),  # never send after this (anchor of a "before" step)
+    # dispatch
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("lease_owner", String(100)),
+    Column("lease_until", UTCDateTime),
+    Column("last_error", Text),
+    Column("error_count", Integer, nullable=False, default=0),
+    # content and receipt
+    Column("title", Text),
+    Column("body_text", Text),
+    Column("body_html", Text),
+    Column("to_address", Text),
+    Column("message_id", String(200)),
+    Column("receipt", Text),
+    Column("sent_at", UTCDateTime),
+    Column("changes", JSON),  # for `set` rows
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("rule", "step", "occurrence", "subject", "recipient", "channel"),
+    # serves claim_due(): pending rows by due time
+    Index("ix_deliveries_state_due", "state", "due_at"),
+    # serves re-planning (all rows of one subject) and the subject page
+    Index("ix_deliveries_subject", "subject"),
+    # serves min_gap and per-recipient history
+    Index("ix_deliveries_recipient", "recipient", "rule", "sent_at"),
+)
+
+# Every attempt and every outcome of a delivery, append-only: what simulate prints and what
+# the API shows as history.
+delivery_log = Table(
+    "delivery_log",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column(
+        "delivery_id",
+        Id,
+        ForeignKey("deliveries.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("at", UTCDateTime, nullable=False),
+    Column("kind", String(16), nullable=False),  # attempt | outcome
+    Column("outcome", String(16)),
+    Column("reason", String(32)),
+    Column("attempt", Integer),
+    Column("error", Text),
+    Column("receipt", Text),
+    Column("title", Text),
+    Column("message_id", String(200)),
+    # serves history of one delivery
+    Index("ix_delivery_log_delivery_id", "delivery_id"),
+    # serves the outcome feed (simulate, stats) ordered by time
+    Index("ix_delivery_log_at", "at"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", String(200), primary_key=True),  # the app's idempotency key
+    Column("name", String(200), nullable=False),
+    Column("subject", String(301), nullable=False),
+    Column("data", JSON, nullable=False, default=dict),
+    Column("received_at", UTCDateTime, nullable=False),
+)
+
+# Problems with one subject's data (malformed date, unknown timezone, failing expression):
+# recorded, logged, shown in the API; they never stop other subjects.
+subject_errors = Table(
+    "subject_errors",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("subject", String(301), nullable=False),
+    Column("rule", String(200)),
+    Column("field", String(200)),
+    Column("message", Text, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_subject_errors_subject", "subject"),
+)
+
+# Liveness of dispatchers (readyz, several workers)
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(100), primary_key=True),
+    Column("host", String(200)),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
