@@ -158,6 +158,7 @@ delivery_log = Table(
     Column("receipt", Text),
     Column("title", Text),
     Column("message_id", String(200)),
+    Column("planned_at", UTCDateTime),  # the delivery's planned time when this was recorded
     # serves history of one delivery
     Index("ix_delivery_log_delivery_id", "delivery_id"),
     # serves the outcome feed (simulate, stats) ordered by time

@@ -1,0 +1,286 @@
+"""The ``duly`` command line. Every option also reads a ``DULY_*`` environment variable,
+named in ``--help``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from duly import __version__
+
+DEFAULT_DB = "sqlite:///./duly.db"
+
+log = logging.getLogger("duly")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
+
+
+def _opt_db(f: Any) -> Any:
+    return click.option(
+        "--database",
+        envvar="DULY_DATABASE_URL",
+        show_envvar=True,
+        default=DEFAULT_DB,
+        show_default=True,
+        help="Database URL: sqlite:///FILE or postgresql://USER@HOST/DB.",
+    )(f)
+
+
+def _opt_rules(f: Any) -> Any:
+    return click.option(
+        "--rules",
+        envvar="DULY_RULES",
+        show_envvar=True,
+        default=None,
+        help="Rule file (default ./duly.yaml, or the bundled examples when absent).",
+    )(f)
+
+
+def _opt_log(f: Any) -> Any:
+    return click.option(
+        "--log-level",
+        envvar="DULY_LOG_LEVEL",
+        show_envvar=True,
+        default="info",
+        show_default=True,
+        type=click.Choice(["debug", "info", "warning", "error"]),
+        help="How much to log.",
+    )(f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="duly")
+def main() -> None:
+    """duly: reminders and notifications from rules in a file, sent on time, exactly once."""
+
+
+def _load(rules: str | None, *, check_templates: bool = True) -> tuple[Any, bool]:
+    from duly.rules.loader import RuleFileError, load_rules
+    from duly.runtime import resolve_rules_path
+
+    path, bundled = resolve_rules_path(rules)
+    if not path.exists():
+        raise click.ClickException(f"rule file {path} not found")
+    try:
+        return load_rules(path, check_templates=check_templates), bundled
+    except RuleFileError as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(2) from None
+
+
+# --------------------------------------------------------------------------- serve / worker
+
+
+@main.command()
+@_opt_rules
+@_opt_db
+@click.option("--host", envvar="DULY_HOST", show_envvar=True, default="127.0.0.1", show_default=True,
+              help="Address to listen on.")
+@click.option("--port", envvar="DULY_PORT", show_envvar=True, default=8000, show_default=True,
+              type=int, help="Port to listen on.")
+@click.option("--demo/--no-demo", envvar="DULY_DEMO", show_envvar=True, default=None,
+              help="Load demo data (default: when running the bundled example rules on an empty database).")
+@_opt_log
+def serve(rules: str | None, database: str, host: str, port: int, demo: bool | None,
+          log_level: str) -> None:
+    """Run everything in one process: HTTP server, dispatcher and scheduler."""
+    import uvicorn
+
+    from duly.api.app import create_app
+    from duly.runtime import build_runtime
+    from duly.store.db import redact_url
+
+    _setup_logging(log_level)
+    rf, bundled = _load(rules)
+    rt = build_runtime(rf, database)
+    log.info("rules: %s (%d rules); database: %s", rf.path, len(rf.rules), redact_url(database))
+    if demo or (demo is None and bundled):
+        from duly.demo import seed
+
+        n = seed(rt.engine)
+        if n:
+            log.info("demo data loaded: %d subjects; the first messages go out within a minute "
+                     "(read them with `duly outbox`)", n)
+    rt.start()
+    app = create_app(rt)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    finally:
+        rt.stop()
+        log.info("stopped")
+
+
+@main.command()
+@_opt_rules
+@_opt_db
+@click.option("--concurrency", envvar="DULY_CONCURRENCY", show_envvar=True, default=8,
+              show_default=True, type=int, help="Sends in flight at once.")
+@_opt_log
+def worker(rules: str | None, database: str, concurrency: int, log_level: str) -> None:
+    """Run only the dispatcher (any number of workers can share one PostgreSQL database)."""
+    from duly.runtime import build_runtime
+
+    _setup_logging(log_level)
+    rf, _ = _load(rules)
+    rt = build_runtime(rf, database, send_workers=concurrency)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: Any) -> None:
+        log.info("signal %s: stopping after in-flight sends", signum)
+        stop.set()
+        rt.dispatcher.stop()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    rt.start()
+    while not stop.is_set():
+        stop.wait(0.5)
+    rt.stop()
+    log.info("worker stopped")
+
+
+@main.command()
+@_opt_db
+def migrate(database: str) -> None:
+    """Create or upgrade the database schema."""
+    from duly.store.db import current_revision, make_engine
+    from duly.store.db import migrate as do_migrate
+
+    db = make_engine(database)
+    do_migrate(db)
+    click.echo(f"database at revision {current_revision(db)}")
+    db.dispose()
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@main.group()
+def rules() -> None:
+    """Work with rule files."""
+
+
+@rules.command("check")
+@click.argument("file", type=click.Path(dir_okay=False), envvar="DULY_RULES")
+@click.option("--no-templates", is_flag=True, envvar="DULY_NO_TEMPLATES", show_envvar=True,
+              help="Do not require template files.")
+def rules_check(file: str, no_templates: bool) -> None:
+    """Validate a rule file: exit 0, or 2 with every error listed (FILE or DULY_RULES)."""
+    from duly.rules.loader import RuleFileError, load_rules
+
+    try:
+        rf = load_rules(file, check_templates=not no_templates, resolve_env=False)
+    except RuleFileError as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(2) from None
+    except OSError as exc:
+        click.echo(f"{file}: cannot read: {exc.strerror}", err=True)
+        raise SystemExit(2) from None
+    click.echo(f"{file}: OK, {len(rf.rules)} rules")
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+@main.command()
+@click.argument("rules_file", metavar="RULES.yaml", type=click.Path(dir_okay=False))
+@click.argument("timeline", metavar="TIMELINE.jsonl", type=click.Path(dir_okay=False))
+@click.option("--until", envvar="DULY_SIM_UNTIL", show_envvar=True, default=None,
+              help="End of virtual time (ISO 8601; default 30 days after the last line).")
+@click.option("--format", "fmt", envvar="DULY_SIM_FORMAT", show_envvar=True, default="jsonl",
+              type=click.Choice(["jsonl", "table"]), show_default=True, help="Output format.")
+@click.option("--no-render", is_flag=True, envvar="DULY_SIM_NO_RENDER", show_envvar=True,
+              help="Do not render templates (none are needed).")
+def simulate(rules_file: str, timeline: str, until: str | None, fmt: str, no_render: bool) -> None:
+    """Run the rules over a timeline in virtual time and print every outcome."""
+    from duly.rules.loader import RuleFileError
+    from duly.simulate import SimulationError, dumps_row, simulate_files, table
+
+    end = None
+    if until:
+        try:
+            end = datetime.fromisoformat(until)
+            if end.tzinfo is None:
+                raise ValueError
+        except ValueError:
+            click.echo(f"--until: {until!r} is not an ISO 8601 time with offset", err=True)
+            raise SystemExit(2) from None
+        end = end.astimezone(UTC)
+    try:
+        rows = simulate_files(rules_file, timeline, until=end, render=not no_render)
+    except (RuleFileError, SimulationError) as exc:
+        click.echo(str(exc), err=True)
+        raise SystemExit(2) from None
+    out = sys.stdout
+    if fmt == "jsonl":
+        for r in rows:
+            out.write(dumps_row(r) + "\n")
+    else:
+        for line in table(rows):
+            out.write(line + "\n")
+
+
+# --------------------------------------------------------------------------- outbox
+
+
+@main.command()
+@click.argument("delivery_id", required=False, type=int)
+@_opt_db
+@_opt_rules
+@click.option("--limit", envvar="DULY_OUTBOX_LIMIT", show_envvar=True, default=20, show_default=True,
+              type=int, help="How many messages to list.")
+@click.option("--json", "as_json", is_flag=True, envvar="DULY_OUTBOX_JSON", show_envvar=True,
+              help="Print JSON.")
+def outbox(delivery_id: int | None, database: str, rules: str | None, limit: int, as_json: bool) -> None:
+    """List messages kept in the outbox, or show one (DELIVERY_ID) in full."""
+    from duly.store.db import make_engine
+    from duly.store.store import Store
+
+    rf, _ = _load(rules, check_templates=False)
+    names = [n for n, c in rf.channels.items() if c.type == "outbox"] or ["email"]
+    db = make_engine(database)
+    from duly.store.db import is_postgres
+
+    with db.connect() as conn:
+        rows = Store(postgres=is_postgres(db)).outbox(conn, names, limit, delivery_id)
+    db.dispose()
+    if as_json:
+        click.echo(json.dumps(rows, default=str, indent=2))
+        return
+    if delivery_id is not None:
+        if not rows:
+            raise click.ClickException(f"no outbox message with delivery id {delivery_id}")
+        r = rows[0]
+        click.echo(f"Delivery:   {r['id']}\nTo:         {r['recipient']} <{r['to_address']}>\n"
+                   f"Sent:       {r['sent_at']}\nRule:       {r['rule']} / {r['step'] or '-'}\n"
+                   f"Subject:    {r['subject']}\nMessage-ID: {r['message_id']}\n"
+                   f"Title:      {r['title']}\n")
+        click.echo(r["body_text"] or r["body_html"] or "")
+        return
+    if not rows:
+        click.echo("The outbox is empty.")
+        return
+    for r in rows:
+        sent = r["sent_at"].strftime("%Y-%m-%d %H:%M:%S") if r["sent_at"] else "-"
+        click.echo(f"{r['id']:>6}  {sent}  {r['recipient']:<12}  {r['title'] or ''}")
+    click.echo(f"\n{len(rows)} messages; `duly outbox ID` shows one.")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,477 @@
+"""The dispatcher: claims due deliveries, applies policies, renders, sends, records.
+
+It only loops: every state change goes through the store in short write transactions
+(claim; then record), and sends happen outside any transaction. A claimed row carries a
+lease; a worker that dies leaves its rows to be taken over when the lease expires, and the
+resend reuses the delivery's Message-ID (at-least-once with the same id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from duly import planner
+from duly.channels.base import Channel, DeliveryError, Message
+from duly.engine.service import Engine
+from duly.model import Category, Outcome, Reason, Recipient, Rule, Step, Subject
+from duly.rules import timemath
+from duly.store.db import write_transaction
+from duly.store.store import DeliveryRow
+
+__all__ = ["Dispatcher", "message_id_for"]
+
+log = logging.getLogger("duly.dispatcher")
+
+DEFAULT_GRACE = {"reminder": timedelta(hours=12), "promotional": timedelta(hours=12)}
+
+
+def message_id_for(identity: planner.Identity) -> str:
+    """A stable id for a delivery identity: a resend after a crash reuses it."""
+    h = hashlib.sha256("\x1f".join(identity.db_key()).encode()).hexdigest()
+    return h[:32]
+
+
+def jitter(identity: planner.Identity, attempt: int) -> float:
+    """A factor in [0.9, 1.1], derived from the identity so simulations are deterministic."""
+    h = hashlib.sha256(f"{message_id_for(identity)}:{attempt}".encode()).digest()
+    return 0.9 + 0.2 * (int.from_bytes(h[:8], "big") / 2**64)
+
+
+@dataclass(slots=True)
+class _Work:
+    row: DeliveryRow
+    rule: Rule | None = None
+    step: Step | None = None
+    subject: Subject | None = None
+    recipient: Recipient | None = None
+    event: dict[str, Any] | None = None
+    message: Message | None = None
+    rendered: Any = None
+    update: dict[str, Any] = field(default_factory=dict)
+    logs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Stats:
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+    cancelled: int = 0
+    deferred: int = 0
+    retried: int = 0
+    set: int = 0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        engine: Engine,
+        channels: Mapping[str, Channel],
+        renderer: Any | None = None,
+        *,
+        owner: str | None = None,
+        batch_size: int = 200,
+        lease: timedelta = timedelta(minutes=5),
+        send_workers: int = 8,
+        on_outcome: Any = None,
+    ) -> None:
+        self.engine = engine
+        self.channels = dict(channels)
+        self.renderer = renderer
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.batch_size = batch_size
+        self.lease = lease
+        self.stats = Stats()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(send_workers) if send_workers > 1 else None
+        self._inflight: set[int] = set()
+        self.on_outcome = on_outcome
+        engine.add_wake_hook(self._wake.set)
+
+    @property
+    def store(self):  # noqa: ANN201
+        return self.engine.store
+
+    # ------------------------------------------------------------------ loop
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop after the in-flight sends; claimed rows not yet sent are released."""
+        self._stop.set()
+        self._wake.set()
+
+    def next_due(self) -> datetime | None:
+        with self.engine.db.connect() as conn:
+            return self.store.next_due(conn)
+
+    def run_forever(self, max_sleep: float = 300.0) -> None:
+        """Send due work, then sleep until the next due time or until woken (new work
+        planned by this process, or a NOTIFY from another). ``max_sleep`` only bounds the
+        wait so a clock jump or a missed notification is recovered from."""
+        log.info("dispatcher %s started", self.owner)
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # the loop must survive a database hiccup
+                log.exception("dispatcher cycle failed; retrying in 1 s")
+                self._stop.wait(1.0)
+                continue
+            self._wake.clear()
+            nxt = self.next_due()
+            now = self.engine.clock.now()
+            timeout = max_sleep if nxt is None else max(0.0, (nxt - now).total_seconds())
+            if timeout > 0:
+                self._wake.wait(min(timeout, max_sleep))
+        if self._pool:
+            self._pool.shutdown(wait=True)
+        log.info("dispatcher %s stopped", self.owner)
+
+    def run_once(self) -> int:
+        """Process everything due now. Returns the number of rows handled."""
+        total = 0
+        while not self._stop.is_set():
+            now = self.engine.clock.now()
+            with write_transaction(self.engine.db) as conn:
+                rows = self.store.claim_due(conn, now, self.owner, self.lease, self.batch_size)
+            if not rows:
+                break
+            self._process(rows)
+            total += len(rows)
+            if len(rows) < self.batch_size:
+                break
+        return total
+
+    # ------------------------------------------------------------------ one batch
+
+    def _process(self, rows: list[DeliveryRow]) -> None:
+        rf = self.engine.rules
+        now = self.engine.clock.now()
+        works = [_Work(r) for r in rows]
+        with self.engine.db.connect() as conn:
+            keys = {tuple(w.row.identity.subject.split("/", 1)) for w in works if w.row.identity.subject}
+            subjects = self.store.get_subjects(conn, list(keys))  # type: ignore[arg-type]
+            recipients = self.store.get_recipients(
+                conn, {w.row.identity.recipient for w in works if w.row.identity.recipient}
+            )
+            event_ids = [
+                w.row.identity.occurrence
+                for w in works
+                if isinstance(w.row.identity.occurrence, str)
+            ]
+            events = self.store.get_events(conn, event_ids) if event_ids else {}
+            gaps: dict[tuple[str, str, str, str], datetime | None] = {}
+            for w in works:
+                ident = w.row.identity
+                w.rule = rf.rule(ident.rule)
+                w.step = w.rule.step(ident.step) if (w.rule and ident.step) else None
+                if ident.subject:
+                    rec = subjects.get(tuple(ident.subject.split("/", 1)))  # type: ignore[arg-type]
+                    w.subject = None if (rec is None or rec.deleted) else rec.subject
+                if ident.recipient:
+                    w.recipient = recipients.get(ident.recipient)
+                if isinstance(ident.occurrence, str):
+                    w.event = events.get(ident.occurrence)
+                if w.rule is not None and w.rule.min_gap is not None and ident.recipient:
+                    k = (ident.rule, ident.subject or "", ident.recipient, ident.channel or "")
+                    if k not in gaps:
+                        gaps[k] = self.store.last_sent(conn, *k)
+        to_send: list[_Work] = []
+        sets: list[_Work] = []
+        for w in works:
+            decision = self._decide(w, now, gaps)
+            if decision == "send":
+                to_send.append(w)
+            elif decision == "set":
+                sets.append(w)
+        # sets first: they change subjects and re-plan, in their own transaction
+        for w in sets:
+            self._apply_set(w, now)
+        if to_send:
+            if self._pool is not None and len(to_send) > 1:
+                list(self._pool.map(lambda w: self._send(w), to_send))
+            else:
+                for w in to_send:
+                    self._send(w)
+        done = [w for w in works if w.update and w not in sets]
+        if done:
+            with write_transaction(self.engine.db) as conn:
+                self.store.finish(conn, [w.update for w in done], self.owner)
+                self.store.log(conn, [lg for w in done for lg in w.logs])
+        if self.on_outcome is not None:
+            for w in works:
+                for lg in w.logs:
+                    if lg.get("kind") == "outcome":
+                        self.on_outcome(w.row, lg)
+
+    # ------------------------------------------------------------------ policies
+
+    def _final(
+        self, w: _Work, now: datetime, state: str, reason: Reason | None, **extra: Any
+    ) -> None:
+        w.update = {
+            "_id": w.row.id,
+            "state": state,
+            "reason": reason.value if reason else None,
+            "lease_owner": None,
+            "lease_until": None,
+            "updated_at": now,
+            **extra,
+        }
+        w.logs.append(
+            {
+                "delivery_id": w.row.id,
+                "at": now,
+                "kind": "outcome",
+                "outcome": state,
+                "reason": reason.value if reason else None,
+                "attempt": extra.get("attempts", w.row.attempts),
+                "title": extra.get("title"),
+                "message_id": extra.get("message_id"),
+                "planned_at": w.row.planned_at,
+            }
+        )
+        if state == Outcome.sent:
+            self.stats.sent += 1
+        elif state == Outcome.failed:
+            self.stats.failed += 1
+        elif state == Outcome.skipped:
+            self.stats.skipped += 1
+        elif state == Outcome.cancelled:
+            self.stats.cancelled += 1
+
+    def _defer(self, w: _Work, now: datetime, due: datetime, **extra: Any) -> None:
+        w.update = {
+            "_id": w.row.id,
+            "state": "pending",
+            "due_at": due,
+            "lease_owner": None,
+            "lease_until": None,
+            "updated_at": now,
+            **extra,
+        }
+        self.stats.deferred += 1
+
+    def _decide(
+        self, w: _Work, now: datetime, gaps: dict[tuple[str, str, str, str], datetime | None]
+    ) -> str:
+        """Apply the policies in spec order. Returns "send", "set", or "" (decided)."""
+        rf = self.engine.rules
+        ident, rule, step = w.row.identity, w.rule, w.step
+        if rule is None or (ident.step is not None and step is None):
+            self._final(w, now, "cancelled", Reason.rule_changed)
+            return ""
+        if ident.subject is not None and w.subject is None:
+            self._final(w, now, "cancelled", Reason.subject_deleted)
+            return ""
+        tzname = planner.rule_zone(rf, rule, w.recipient)
+        if w.subject is not None:
+            ok, err = planner.check_conditions(
+                rule, step, w.subject, w.recipient, ident.recipient, tzname, now, w.event
+            )
+            if not ok:
+                if err:
+                    log.info("delivery %s: condition failed to evaluate: %s", w.row.id, err)
+                self._final(w, now, "skipped", Reason.condition_false)
+                return ""
+        if ident.recipient is None:
+            return "set"
+        if w.row.deadline_at is not None and now > w.row.deadline_at:
+            self._final(w, now, "skipped", Reason.missed)
+            return ""
+        category = w.row.category
+        grace = rule.grace.total_seconds_approx() if rule.grace is not None else None
+        grace_td = timedelta(seconds=grace) if grace is not None else DEFAULT_GRACE.get(category)
+        if grace_td is not None and now - w.row.due_at > grace_td:
+            self._final(w, now, "skipped", Reason.missed)
+            return ""
+        window = planner.effective(step, rule, "window")
+        if window is not None:
+            tz = timemath.zone(tzname)
+            if not timemath.in_window(now, window, tz, rf.calendars):
+                nxt = timemath.next_window_opening(now, window, tz, rf.calendars)
+                if w.row.deadline_at is not None and nxt > w.row.deadline_at:
+                    self._final(w, now, "skipped", Reason.window_missed)
+                else:
+                    self._defer(w, now, nxt)
+                return ""
+        r = w.recipient
+        if r is None:
+            self._final(w, now, "skipped", Reason.no_address)
+            return ""
+        if not consent_allows(r, category, ident.channel or "", rule.name):
+            self._final(w, now, "skipped", Reason.no_consent)
+            return ""
+        chan = self.channels.get(ident.channel or "")
+        address = r.address_for(ident.channel or "", getattr(chan, "type", None))
+        if not address:
+            self._final(w, now, "skipped", Reason.no_address)
+            return ""
+        if rule.min_gap is not None:
+            k = (rule.name, ident.subject or "", r.id, ident.channel or "")
+            last = gaps.get(k)
+            gap = timedelta(seconds=rule.min_gap.total_seconds_approx())
+            if last is not None and now < last + gap:
+                self._defer(w, now, last + gap)
+                return ""
+            gaps[k] = now  # the next one in this same batch must wait
+        if chan is None:
+            self._final(w, now, "failed", Reason.permanent_error,
+                        last_error=f"channel {ident.channel!r} is not configured")
+            return ""
+        return self._render(w, now, address, tzname)
+
+    def _render(self, w: _Work, now: datetime, address: str, tzname: str) -> str:
+        rule, step, ident = w.rule, w.step, w.row.identity
+        assert rule is not None and w.recipient is not None
+        mid = w.row.message_id or message_id_for(ident)
+        title = text = html = None
+        if self.renderer is not None:
+            name = planner.effective(step, rule, "template") or rule.name
+            ctx = self._context(w, now, tzname)
+            try:
+                out = self.renderer.render(
+                    name,
+                    ident.channel or "email",
+                    ctx,
+                    recipient=w.recipient,
+                    timezone=tzname,
+                    locale=w.recipient.locale or "en",
+                )
+            except Exception as exc:  # RenderError, or anything a template can raise
+                self._final(
+                    w, now, "failed", Reason.render_error,
+                    attempts=w.row.attempts + 1, last_error=str(exc), message_id=mid,
+                )
+                w.logs.insert(0, self._attempt_log(w, now, str(exc)))
+                return ""
+            title, text, html = out.title, out.text, out.html
+        w.message = Message(
+            to=address,
+            title=title,
+            text=text,
+            html=html,
+            message_id=mid,
+            recipient_id=w.recipient.id,
+            recipient_name=w.recipient.name,
+            headers={
+                "X-Duly-Delivery": str(w.row.id),
+                "X-Duly-Rule": rule.name,
+                "X-Duly-Step": ident.step or "",
+                "X-Duly-Subject": ident.subject or "",
+                "X-Duly-Occurrence": str(ident.occurrence),
+            },
+            category=w.row.category,
+        )
+        return "send"
+
+    def _context(self, w: _Work, now: datetime, tzname: str) -> dict[str, Any]:
+        s = w.subject
+        return {
+            "subject": planner.subject_dict(s) if s else None,
+            "attributes": s.attributes if s else {},
+            "recipient": planner.recipient_dict(w.recipient),
+            "event": w.event,
+            "rule": {"name": w.rule.name if w.rule else None, "category": w.row.category},
+            "step": {"name": w.row.identity.step, "occurrence": w.row.identity.occurrence},
+            "now": now,
+            "timezone": tzname,
+            "delivery": {"id": w.row.id, "planned_at": w.row.planned_at, "due_at": w.row.due_at},
+        }
+
+    def _attempt_log(self, w: _Work, now: datetime, error: str | None, receipt: str | None = None) -> dict[str, Any]:
+        return {
+            "delivery_id": w.row.id,
+            "at": now,
+            "kind": "attempt",
+            "attempt": w.row.attempts + 1,
+            "error": error,
+            "receipt": receipt,
+        }
+
+    def _send(self, w: _Work) -> None:
+        assert w.message is not None and w.rule is not None
+        chan = self.channels[w.row.identity.channel or ""]
+        msg = w.message
+        attempt = w.row.attempts + 1
+        try:
+            receipt = chan.send(msg)
+        except DeliveryError as exc:
+            now = self.engine.clock.now()
+            w.logs.append(self._attempt_log(w, now, str(exc)))
+            retry = w.rule.retry
+            common = {"attempts": attempt, "last_error": str(exc), "message_id": msg.message_id,
+                      "title": msg.title, "body_text": msg.text, "body_html": msg.html,
+                      "to_address": msg.to}
+            if exc.permanent:
+                self._final(w, now, "failed", Reason.permanent_error, **common)
+            elif attempt > retry.attempts:
+                self._final(w, now, "failed", Reason.retries_exhausted, **common)
+            else:
+                base = retry.delay.total_seconds_approx() * (retry.factor ** (attempt - 1))
+                wait = timedelta(seconds=base * jitter(w.row.identity, attempt))
+                self._defer(w, now, now + wait, **common)
+                self.stats.retried += 1
+            log.info("delivery %s attempt %s failed: %s", w.row.id, attempt, exc)
+            return
+        except Exception as exc:  # a channel bug must not kill the dispatcher
+            now = self.engine.clock.now()
+            log.exception("channel %s raised", chan.name)
+            w.logs.append(self._attempt_log(w, now, repr(exc)))
+            self._final(w, now, "failed", Reason.permanent_error, attempts=attempt,
+                        last_error=repr(exc), message_id=msg.message_id)
+            return
+        now = self.engine.clock.now()
+        rid = receipt.provider_id if receipt is not None else None
+        w.logs.append(self._attempt_log(w, now, None, rid))
+        self._final(
+            w, now, "sent", None,
+            attempts=attempt, sent_at=now, title=msg.title, body_text=msg.text,
+            body_html=msg.html, to_address=msg.to, message_id=msg.message_id, receipt=rid,
+            last_error=None,
+        )
+        log.info(
+            "sent delivery %s (%s/%s) to %s on %s: %s",
+            w.row.id, w.rule.name, w.row.identity.step or "-", w.row.identity.recipient,
+            w.row.identity.channel, msg.title or "",
+        )
+
+    def _apply_set(self, w: _Work, now: datetime) -> None:
+        changes = dict(w.row.changes or {})
+        ref = w.row.identity.subject or ""
+        with write_transaction(self.engine.db) as conn:
+            ok = self.engine.apply_set(conn, ref, changes, now)
+            if ok:
+                self._final(w, now, "set", None, changes=changes)
+            else:
+                self._final(w, now, "cancelled", Reason.subject_deleted)
+            self.store.finish(conn, [w.update], self.owner)
+            self.store.log(conn, w.logs)
+        self.stats.set += 1
+
+
+def consent_allows(r: Recipient, category: str, channel: str, rule: str) -> bool:
+    """spec/rules.md Policies/Consent: transactional always; reminder unless opted out;
+    promotional only with an explicit opt-in; per-channel and per-rule opt-outs."""
+    if category == Category.transactional:
+        return True
+    c = r.consent or {}
+    if category == Category.promotional and c.get("promotional") is not True:
+        return False
+    if category == Category.reminder and c.get("reminder") is False:
+        return False
+    if (c.get("channels") or {}).get(channel) is False:
+        return False
+    return (c.get("rules") or {}).get(rule) is not False

@@ -1,0 +1,418 @@
+"""The engine's front door: what the API, the CLI and the simulator call.
+
+Each method is one write transaction: load what it needs, run the pure planner, store the
+reconciled plan and its outcomes, then wake the dispatcher. State changes live here; the
+dispatcher only loops.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from duly import planner
+from duly.engine.clock import Clock, SystemClock
+from duly.errors import InvalidInput, UnknownSubject
+from duly.model import Reason, Recipient, RuleFile, Subject
+from duly.planner import Action, Existing, Plan
+from duly.rules import timemath
+from duly.store.db import is_postgres, write_transaction
+from duly.store.store import Store, SubjectRecord
+
+__all__ = ["Engine", "SubjectInput", "UpsertResult"]
+
+log = logging.getLogger("duly.engine")
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectInput:
+    """A subject's whole current state, as an app sends it."""
+
+    kind: str
+    key: str
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    recipients: Mapping[str, str | Sequence[str]] = field(default_factory=dict)
+    hold_until: datetime | None = None
+
+
+@dataclass(slots=True)
+class UpsertResult:
+    ref: str
+    revision: int
+    created: int = 0
+    moved: int = 0
+    cancelled: int = 0
+    skipped: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class Engine:
+    """Rules + store + clock. Thread-safe: every call opens its own transaction."""
+
+    def __init__(
+        self,
+        rules: RuleFile,
+        db: sa.Engine,
+        *,
+        clock: Clock | None = None,
+        on_planned: Callable[[], None] | None = None,
+    ) -> None:
+        self.rules = rules
+        self.db = db
+        self.clock = clock or SystemClock()
+        self.store = Store(postgres=is_postgres(db))
+        self._wake_hooks: list[Callable[[], None]] = [on_planned] if on_planned else []
+        self._rule_names = {r.name for r in rules.rules}
+
+    def add_wake_hook(self, hook: Callable[[], None]) -> None:
+        """Called after a transaction that made deliveries pending (wakes dispatchers)."""
+        self._wake_hooks.append(hook)
+
+    def _wake(self, conn: Connection | None = None) -> None:
+        if conn is not None and self.store.postgres:
+            conn.execute(sa.text("NOTIFY duly_planned"))
+        for h in self._wake_hooks:
+            h()
+
+    # ------------------------------------------------------------------ recipients
+
+    def put_recipient(self, r: Recipient) -> bool:
+        """Create or replace a recipient; re-plans the subjects it has pending deliveries
+        for (a new timezone moves its local times)."""
+        _validate_recipient(r)
+        now = self.clock.now()
+        with write_transaction(self.db) as conn:
+            created = self.store.put_recipient(conn, r, now)
+            refs = self._pending_subjects_of(conn, r.id)
+            woke = self._replan_refs(conn, refs, now) if refs else 0
+            if woke:
+                self._wake(conn)
+        return created
+
+    def delete_recipient(self, rid: str) -> int:
+        """Delete a recipient; its pending deliveries are cancelled (recipient_removed)."""
+        from duly.store.tables import deliveries
+
+        now = self.clock.now()
+        with write_transaction(self.db) as conn:
+            rows = conn.execute(
+                sa.select(deliveries.c.id, deliveries.c.planned_at, deliveries.c.due_at).where(
+                    deliveries.c.recipient == rid, deliveries.c.state == "pending"
+                )
+            ).all()
+            dummy = planner.Identity("", None, 0, None, rid, None)
+            actions = [
+                Action("cancel", None, Existing(i, dummy, "pending", None, p, d),
+                       reason=Reason.recipient_removed)
+                for i, p, d in rows
+            ]
+            self.store.apply(conn, actions, now)
+            self.store.delete_recipient(conn, rid)
+        return len(actions)
+
+    def _pending_subjects_of(self, conn: Connection, rid: str) -> list[str]:
+        from duly.store.tables import deliveries
+
+        q = (
+            sa.select(deliveries.c.subject)
+            .where(deliveries.c.recipient == rid, deliveries.c.state == "pending")
+            .distinct()
+        )
+        return [s for (s,) in conn.execute(q) if s]
+
+    def _replan_refs(self, conn: Connection, refs: Sequence[str], now: datetime) -> int:
+        pairs = []
+        keys = [tuple(r.split("/", 1)) for r in refs]
+        stored = self.store.get_subjects(conn, keys)  # type: ignore[arg-type]
+        for rec in stored.values():
+            if not rec.deleted:
+                pairs.append((rec, rec.subject))
+        results = self._replan(conn, pairs, now, bump=False)
+        return sum(r.created + r.moved for r in results)
+
+    # ------------------------------------------------------------------ subjects
+
+    def upsert_subject(self, s: SubjectInput) -> UpsertResult:
+        return self.upsert_subjects([s])[0]
+
+    def upsert_subjects(self, items: Sequence[SubjectInput]) -> list[UpsertResult]:
+        """Upsert subjects (whole state each) and re-plan them, in one transaction."""
+        seen: dict[tuple[str, str], SubjectInput] = {}
+        for s in items:
+            _validate_subject(s)
+            seen[(s.kind, s.key)] = s  # a later copy in the same batch wins
+        now = self.clock.now()
+        with write_transaction(self.db) as conn:
+            stored = self.store.get_subjects(conn, list(seen), for_update=True)
+            pairs: list[tuple[SubjectRecord | None, Subject]] = []
+            for (kind, key), s in seen.items():
+                old = stored.get((kind, key))
+                pairs.append((old, _to_subject(s, old)))
+            self.store.save_subjects(conn, pairs, now)
+            results = self._replan(conn, pairs, now)
+            if any(r.created or r.moved for r in results):
+                self._wake(conn)
+        return results
+
+    def apply_set(self, conn: Connection, ref: str, changes: Mapping[str, Any], now: datetime) -> bool:
+        """A ``set`` action: update duly's copy of the subject and re-plan it (inside the
+        dispatcher's transaction). Returns False when the subject is gone."""
+        kind, _, key = ref.partition("/")
+        old = self.store.get_subjects(conn, [(kind, key)], for_update=True).get((kind, key))
+        if old is None or old.deleted:
+            return False
+        attrs = {**old.subject.attributes, **changes}
+        new = Subject(
+            kind=kind,
+            key=key,
+            attributes=attrs,
+            recipients=old.subject.recipients,
+            revision=old.subject.revision + 1,
+            hold_until=old.subject.hold_until,
+            acknowledged=old.subject.acknowledged,
+        )
+        self.store.save_subjects(conn, [(old, new)], now)
+        self._replan(conn, [(old, new)], now)
+        return True
+
+    def _replan(
+        self,
+        conn: Connection,
+        pairs: Sequence[tuple[SubjectRecord | None, Subject]],
+        now: datetime,
+        *,
+        bump: bool = True,
+    ) -> list[UpsertResult]:
+        rf = self.rules
+        rids: set[str] = set()
+        for _, s in pairs:
+            for ids in s.recipients.values():
+                rids.update(ids)
+        for g in rf.groups.values():
+            rids.update(g)
+        for r in rf.rules:
+            rids.update(t[3:] for t in r.to if t.startswith("id:"))
+        recipients = self.store.get_recipients(conn, rids)
+        existing = self.store.existing_for(conn, [s.ref for _, s in pairs])
+        all_actions: list[Action] = []
+        problems: list[planner.Problem] = []
+        results = []
+        for old, s in pairs:
+            ex = existing[s.ref]
+            plan = planner.plan_subject(rf, s, recipients, now)
+            actions = planner.reconcile(plan, ex, now, rule_names=self._rule_names)
+            actions += self._event_rows(s, ex, recipients, now)
+            if bump:
+                old_attrs = None if (old is None or old.deleted) else old.subject.attributes
+                actions += self._change_triggers(s, old_attrs, ex, recipients, now, plan)
+            all_actions += actions
+            problems += plan.problems
+            res = UpsertResult(s.ref, s.revision, notes=plan.notes)
+            for a in actions:
+                if a.kind in ("create", "replan") and a.state == "pending":
+                    res.created += 1
+                elif a.kind == "move":
+                    res.moved += 1
+                elif a.kind == "cancel":
+                    res.cancelled += 1
+                elif a.state == "skipped" or a.kind == "skip":
+                    res.skipped += 1
+            res.problems = [f"{p.field}: {p.message}" for p in plan.problems]
+            results.append(res)
+        self.store.apply(conn, all_actions, now)
+        if problems:
+            self.store.record_problems(conn, problems, now)
+            for p in problems:
+                log.warning("subject %s: rule %s: %s: %s", p.subject, p.rule, p.field, p.message)
+        return results
+
+    def _event_rows(
+        self,
+        s: Subject,
+        existing: Iterable[Existing],
+        recipients: Mapping[str, Recipient],
+        now: datetime,
+    ) -> list[Action]:
+        """Pending rows of event rules whose recipient no longer holds the role."""
+        out = []
+        for e in existing:
+            if e.state != "pending" or e.identity.recipient is None:
+                continue
+            rule = self.rules.rule(e.identity.rule)
+            if rule is None or rule.kind != "event":
+                continue
+            if e.identity.recipient not in planner.resolve_to(self.rules, rule.to, s):
+                out.append(Action("cancel", None, e, reason=Reason.recipient_removed))
+        return out
+
+    def _change_triggers(
+        self,
+        s: Subject,
+        old_attrs: Mapping[str, Any] | None,
+        existing: Iterable[Existing],
+        recipients: Mapping[str, Recipient],
+        now: datetime,
+        plan: Plan,
+    ) -> list[Action]:
+        out: list[Action] = []
+        ex = list(existing)
+        for rule in self.rules.rules:
+            if rule.kind != "event" or rule.subject != s.kind or rule.on is None:
+                continue
+            if rule.on.change is None or not planner.change_fires(rule, old_attrs, s.attributes):
+                continue
+            tplan = planner.plan_trigger(self.rules, rule, s, recipients, s.revision, now)
+            plan.problems += tplan.problems
+            out += planner.reconcile(tplan, ex, now)
+        return out
+
+    def delete_subject(self, kind: str, key: str) -> int:
+        """Delete a subject: its pending deliveries are cancelled (subject_deleted)."""
+        now = self.clock.now()
+        with write_transaction(self.db) as conn:
+            rec = self.store.get_subjects(conn, [(kind, key)], for_update=True).get((kind, key))
+            if rec is None or rec.deleted:
+                raise UnknownSubject(f"no subject {kind}/{key}", field="subject")
+            ref = f"{kind}/{key}"
+            ex = self.store.existing_for(conn, [ref])[ref]
+            actions = planner.cancel_all(ex, Reason.subject_deleted)
+            self.store.apply(conn, actions, now)
+            self.store.mark_subject_deleted(conn, rec, now)
+        return len(actions)
+
+    def get_subject(self, kind: str, key: str) -> Subject | None:
+        with self.db.connect() as conn:
+            rec = self.store.get_subjects(conn, [(kind, key)]).get((kind, key))
+        return None if rec is None or rec.deleted else rec.subject
+
+    # ------------------------------------------------------------------ events
+
+    def post_event(
+        self, eid: str, name: str, subject: str, data: Mapping[str, Any] | None = None
+    ) -> bool:
+        """Post an event about a known subject. Returns False for a repeated id (ignored).
+        An unknown subject is refused and nothing changes."""
+        if not eid or not isinstance(eid, str):
+            raise InvalidInput("an event needs an id (its idempotency key)", field="id")
+        if not name or not isinstance(name, str):
+            raise InvalidInput("an event needs a name", field="name")
+        kind, sep, key = (subject or "").partition("/")
+        if not sep or not kind or not key:
+            raise InvalidInput(f"subject must be KIND/KEY, got {subject!r}", field="subject")
+        now = self.clock.now()
+        with write_transaction(self.db) as conn:
+            rec = self.store.get_subjects(conn, [(kind, key)]).get((kind, key))
+            if rec is None or rec.deleted:
+                raise UnknownSubject(f"no subject {subject}: upsert it first", field="subject")
+            if not self.store.add_event(conn, eid, name, subject, dict(data or {}), now):
+                return False
+            s = rec.subject
+            recipients = self.store.get_recipients(
+                conn, {i for ids in s.recipients.values() for i in ids}
+                | {m for g in self.rules.groups.values() for m in g}
+            )
+            ev = {"id": eid, "name": name, "subject": subject, "data": dict(data or {})}
+            actions: list[Action] = []
+            problems: list[planner.Problem] = []
+            for rule in self.rules.rules:
+                if rule.kind != "event" or rule.subject != kind or rule.on is None:
+                    continue
+                if rule.on.event != name:
+                    continue
+                tplan = planner.plan_trigger(self.rules, rule, s, recipients, eid, now, ev)
+                problems += tplan.problems
+                ex = self.store.existing_identities(conn, [d.identity for d in tplan.desired])
+                actions += planner.reconcile(tplan, ex, now)
+            woke = self.store.apply(conn, actions, now)
+            self.store.record_problems(conn, problems, now)
+            if woke:
+                self._wake(conn)
+        return True
+
+    # ------------------------------------------------------------------ acknowledgement
+
+    def acknowledge(self, rule: str, subject: str, recipient: str | None = None) -> int:
+        """A recipient acknowledged: ``acknowledged`` becomes true for that rule and subject,
+        and pending repeats of the rule are cancelled (``acknowledged``)."""
+        if self.rules.rule(rule) is None:
+            raise InvalidInput(f"no rule named {rule!r}", field="rule")
+        kind, _, key = subject.partition("/")
+        now = self.clock.now()
+        with write_transaction(self.db) as conn:
+            rec = self.store.get_subjects(conn, [(kind, key)], for_update=True).get((kind, key))
+            if rec is None or rec.deleted:
+                raise UnknownSubject(f"no subject {subject}", field="subject")
+            s = rec.subject
+            new = Subject(
+                s.kind, s.key, s.attributes, s.recipients, s.revision, s.hold_until,
+                s.acknowledged | {rule},
+            )
+            self.store.save_subjects(conn, [(rec, new)], now)
+            ex = self.store.existing_for(conn, [subject])[subject]
+            r = self.rules.rule(rule)
+            actions = [
+                Action("cancel", None, e, reason=Reason.acknowledged)
+                for e in ex
+                if e.state == "pending"
+                and e.identity.rule == rule
+                and r is not None
+                and (r.step(e.identity.step) is not None and r.step(e.identity.step).repeat is not None)  # type: ignore[union-attr]
+            ]
+            self.store.apply(conn, actions, now)
+            self._replan(conn, [(rec, new)], now, bump=False)
+        return len(actions)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _validate_recipient(r: Recipient) -> None:
+    if not r.id or not isinstance(r.id, str):
+        raise InvalidInput("a recipient needs an id", field="id")
+    if r.timezone:
+        try:
+            timemath.zone(r.timezone)
+        except ValueError:
+            raise InvalidInput(
+                f"unknown timezone {r.timezone!r}: expected an IANA name such as Europe/London",
+                field="timezone",
+            ) from None
+
+
+def _validate_subject(s: SubjectInput) -> None:
+    if not s.kind or "/" in s.kind:
+        raise InvalidInput("a subject needs a kind without '/'", field="kind")
+    if not s.key:
+        raise InvalidInput("a subject needs a key", field="key")
+    if not isinstance(s.attributes, Mapping):
+        raise InvalidInput("attributes must be an object", field="attributes")
+    if not isinstance(s.recipients, Mapping):
+        raise InvalidInput("recipients must be an object of role → id or [ids]", field="recipients")
+    for role, v in s.recipients.items():
+        ids = [v] if isinstance(v, str) else v
+        if not isinstance(ids, (list, tuple)) or not all(isinstance(i, str) and i for i in ids):
+            raise InvalidInput(
+                f"recipient role {role!r} must be an id or a list of ids", field=f"recipients.{role}"
+            )
+
+
+def _to_subject(s: SubjectInput, old: SubjectRecord | None) -> Subject:
+    rec = {k: ((v,) if isinstance(v, str) else tuple(v)) for k, v in s.recipients.items()}
+    rev = 1 if old is None else old.subject.revision + 1
+    ack = frozenset() if (old is None or old.deleted) else old.subject.acknowledged
+    return Subject(
+        kind=s.kind,
+        key=s.key,
+        attributes=dict(s.attributes),
+        recipients=rec,
+        revision=rev,
+        hold_until=s.hold_until,
+        acknowledged=ack,
+    )

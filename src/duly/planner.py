@@ -1,0 +1,588 @@
+"""Pure planning and reconciliation (spec/rules.md "Planning").
+
+``plan_subject`` turns (rules, subject state, recipients, now) into the set of deliveries that
+should exist for the subject's date-relative rules; ``plan_trigger`` does the same for one
+event or attribute change; ``reconcile`` compares a desired set with the stored rows and says
+what to create, move, cancel, skip or plan again. Nothing here touches a database or a
+clock: every input is an argument, so these functions are tested directly with hypothesis.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from duly.model import (
+    Calendar,
+    Category,
+    Outcome,
+    Reason,
+    Recipient,
+    Rule,
+    RuleFile,
+    Step,
+    Subject,
+    Window,
+)
+from duly.rules import timemath
+from duly.rules.expressions import Expression, build_context, compile_expression, condition_holds
+
+__all__ = [
+    "Action",
+    "Desired",
+    "Existing",
+    "Identity",
+    "Plan",
+    "Problem",
+    "base_priority",
+    "effective",
+    "plan_subject",
+    "plan_trigger",
+    "reconcile",
+]
+
+# How far ahead an open-ended repeat (no count, no until) is planned. Re-planning the subject
+# (any upsert) extends it. See docs/reference/planning.md.
+REPEAT_HORIZON = timedelta(days=90)
+
+PENDING = "pending"
+NEVER_SENT = ("cancelled", "skipped")
+FINAL_SENT = ("sent", "failed", "set", "sending")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Identity:
+    """(rule, step, occurrence, subject, recipient, channel). None stands for null."""
+
+    rule: str
+    step: str | None
+    occurrence: int | str
+    subject: str | None
+    recipient: str | None
+    channel: str | None
+
+    def db_key(self) -> tuple[str, str, str, str, str, str]:
+        """The stored form: "" for null, occurrence as JSON text."""
+        return (
+            self.rule,
+            self.step or "",
+            json.dumps(self.occurrence),
+            self.subject or "",
+            self.recipient or "",
+            self.channel or "",
+        )
+
+    @classmethod
+    def from_db(
+        cls, rule: str, step: str, occurrence: str, subject: str, recipient: str, channel: str
+    ) -> Identity:
+        return cls(
+            rule,
+            step or None,
+            json.loads(occurrence),
+            subject or None,
+            recipient or None,
+            channel or None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    identity: Identity
+    planned_at: datetime  # before windows and holds
+    due_at: datetime  # after the window
+    deadline_at: datetime | None
+    category: str
+    priority: int
+    skip_reason: Reason | None = None  # no_date, bad_data, window_missed: recorded at planning
+    changes: dict[str, Any] | None = None  # `set` rows
+
+
+@dataclass(frozen=True, slots=True)
+class Existing:
+    id: int
+    identity: Identity
+    state: str
+    reason: str | None
+    planned_at: datetime
+    due_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One change to the stored plan.
+
+    kind: ``create`` (new row, state pending or skipped), ``move`` (pending row, new times),
+    ``cancel`` / ``skip`` (pending row → final state with reason), ``replan`` (a never-sent row
+    back to pending, or re-recorded as skipped with a new reason).
+    """
+
+    kind: str
+    desired: Desired | None = None
+    existing: Existing | None = None
+    state: str | None = None
+    reason: Reason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Bad data on one subject (malformed date, unknown timezone, failing expression)."""
+
+    subject: str
+    rule: str | None
+    field: str | None
+    message: str
+
+
+@dataclass(slots=True)
+class Plan:
+    desired: list[Desired] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # why a rule/step wants nothing: (rule, step) → reason; step None means the whole rule
+    unwanted: dict[tuple[str, str | None], Reason] = field(default_factory=dict)
+    # recipients each (rule, step) currently addresses
+    addressed: dict[tuple[str, str | None], set[str]] = field(default_factory=dict)
+    # rule names whose rows this plan speaks for (date-relative rules on this subject kind)
+    scope: set[str] = field(default_factory=set)
+
+
+# --------------------------------------------------------------------------- helpers
+
+_EXPR_CACHE: dict[str, Expression] = {}
+
+
+def _expr(text: str | None) -> Expression | None:
+    if text is None:
+        return None
+    e = _EXPR_CACHE.get(text)
+    if e is None:
+        e = _EXPR_CACHE[text] = compile_expression(text)
+    return e
+
+
+_UNSET = object()
+
+
+def effective(step: Step | None, rule: Rule, attr: str) -> Any:
+    """A step's own value for ``attr``, else the rule's (spec: steps may override)."""
+    if step is not None:
+        v = getattr(step, attr, None)
+        if v is not None:
+            return v
+    return getattr(rule, attr, None)
+
+
+def base_priority(rule: Rule, category: str) -> int:
+    """Higher goes first: transactional, reminder, promotional, then schedule rules;
+    ``priority: N`` on a rule overrides (spec: Priority)."""
+    if rule.priority is not None:
+        return rule.priority
+    if rule.cron is not None:
+        return 0
+    return {"transactional": 300, "reminder": 200, "promotional": 100}.get(category, 100)
+
+
+def rule_zone(rf: RuleFile, rule: Rule, recipient: Recipient | None) -> str:
+    """Recipient's timezone, else the rule's, else the file's (spec: Time)."""
+    if recipient is not None and recipient.timezone:
+        return recipient.timezone
+    return rule.timezone or rf.timezone
+
+
+def window_calendar(rf: RuleFile, window: Window | None) -> Calendar | None:
+    if window is not None and window.calendar:
+        return rf.calendars.get(window.calendar)
+    return None
+
+
+def resolve_to(
+    rf: RuleFile, targets: Sequence[str], subject: Subject | None, notes: list[str] | None = None
+) -> list[str]:
+    """Recipient ids for ``to`` entries: roles on the subject, ``group:NAME``, ``id:X``.
+    A role absent from the subject addresses nobody (noted)."""
+    out: list[str] = []
+    for t in targets:
+        if t.startswith("group:"):
+            out.extend(rf.groups.get(t[6:], ()))
+        elif t.startswith("id:"):
+            out.append(t[3:])
+        elif subject is not None:
+            ids = subject.recipients.get(t)
+            if ids:
+                out.extend(ids)
+            elif notes is not None:
+                notes.append(f"role {t!r} is absent from {subject.ref}")
+    seen: set[str] = set()
+    return [x for x in out if not (x in seen or seen.add(x))]  # type: ignore[func-returns-value]
+
+
+def message_channels(step: Step | None, rule: Rule) -> tuple[str, ...]:
+    """Channels a message goes out on. With ``fallback`` the first channel is planned;
+    moving along the chain is the dispatcher's job (issue: channels)."""
+    fb = effective(step, rule, "fallback")
+    if fb:
+        return (fb[0],)
+    return tuple(effective(step, rule, "channels") or ("email",))
+
+
+def subject_dict(subject: Subject) -> dict[str, Any]:
+    return {
+        "kind": subject.kind,
+        "key": subject.key,
+        "ref": subject.ref,
+        "attributes": subject.attributes,
+        "recipients": {k: list(v) for k, v in subject.recipients.items()},
+        "revision": subject.revision,
+    }
+
+
+def recipient_dict(r: Recipient | None, rid: str | None = None) -> dict[str, Any]:
+    if r is None:
+        return {"id": rid}
+    return {
+        "id": r.id,
+        "name": r.name,
+        "email": r.email,
+        "phone": r.phone,
+        "timezone": r.timezone,
+        "locale": r.locale,
+        "addresses": r.addresses,
+    }
+
+
+def check_conditions(
+    rule: Rule,
+    step: Step | None,
+    subject: Subject,
+    recipient: Recipient | None,
+    rid: str | None,
+    tz: str,
+    now: datetime,
+    event: dict[str, Any] | None = None,
+) -> tuple[bool, str | None]:
+    """The rule's ``if`` and the step's ``if`` against the subject (both must hold)."""
+    exprs = [e for e in (_expr(rule.condition), _expr(step.condition if step else None)) if e]
+    if not exprs:
+        return True, None
+    ctx = build_context(
+        subject.attributes,
+        now=now,
+        tz=timemath.zone(tz),
+        subject=subject_dict(subject),
+        event=event,
+        recipient=recipient_dict(recipient, rid),
+        acknowledged=rule.name in subject.acknowledged,
+    )
+    for e in exprs:
+        ok, err = condition_holds(e, ctx)
+        if not ok:
+            return False, err
+    return True, None
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan_subject(
+    rf: RuleFile,
+    subject: Subject,
+    recipients: Mapping[str, Recipient],
+    now: datetime,
+) -> Plan:
+    """Every delivery the subject's date-relative rules want now (spec: Planning)."""
+    plan = Plan()
+    for rule in rf.rules:
+        if rule.kind != "steps" or rule.subject != subject.kind:
+            continue
+        plan.scope.add(rule.name)
+        for step in rule.steps:
+            _plan_step(rf, rule, step, subject, recipients, now, plan)
+    return plan
+
+
+def _targets(
+    rf: RuleFile, rule: Rule, step: Step | None, subject: Subject, plan: Plan
+) -> list[str | None]:
+    if not (step.sends_message if step is not None else rule.sends_message):
+        return []
+    return list(resolve_to(rf, effective(step, rule, "to") or (), subject, plan.notes))
+
+
+def _plan_step(
+    rf: RuleFile,
+    rule: Rule,
+    step: Step,
+    subject: Subject,
+    recipients: Mapping[str, Recipient],
+    now: datetime,
+    plan: Plan,
+) -> None:
+    key = (rule.name, step.name)
+    category = str(effective(step, rule, "category") or Category.reminder)
+    priority = base_priority(rule, category)
+    window = effective(step, rule, "window")
+    expire = effective(step, rule, "expire")
+    rids = _targets(rf, rule, step, subject, plan)
+    plan.addressed[key] = {r for r in rids if r}
+    channels = message_channels(step, rule)
+    # (recipient id or None for the `set` row, channel or None)
+    slots: list[tuple[str | None, str | None]] = [(r, c) for r in rids for c in channels]
+    has_action = step.set is not None or step.webhook is not None
+    if has_action:
+        slots.append((None, None))
+    if step.at is None:
+        return
+    for rid, channel in slots:
+        recipient = recipients.get(rid) if rid else None
+        tzname = rule_zone(rf, rule, recipient)
+        try:
+            tz = timemath.zone(tzname)
+        except ValueError as exc:
+            plan.problems.append(Problem(subject.ref, rule.name, "timezone", str(exc)))
+            continue
+        ok, err = check_conditions(rule, step, subject, recipient, rid, tzname, now)
+        if not ok:
+            plan.unwanted[key] = Reason.condition_false
+            if err:
+                plan.problems.append(Problem(subject.ref, rule.name, "if", err))
+            continue
+        cal = window_calendar(rf, window)
+        try:
+            first = timemath.eval_at(step.at, subject.attributes, tz, cal)
+            anchor = timemath.anchor_of(step.at, subject.attributes, tz)
+        except ValueError as exc:
+            plan.problems.append(Problem(subject.ref, rule.name, step.at.attribute, str(exc)))
+            first = anchor = None
+            skip: Reason | None = Reason.bad_data
+        else:
+            skip = Reason.no_date if first is None else None
+        if first is None:
+            ident = Identity(rule.name, step.name, 0, subject.ref, rid, channel)
+            plan.desired.append(
+                Desired(ident, now, now, None, category, priority, skip_reason=skip)
+            )
+            continue
+        if step.time_of_day is not None:
+            first = timemath.at_time_of_day(first, step.time_of_day, tz)
+        times = _occurrences(step, subject, first, tz, cal, now)
+        for index, planned in times:
+            deadline = anchor if (step.at.is_before_anchor and anchor is not None) else None
+            if expire is not None:
+                exp = timemath.add_duration(planned, expire, 1, tz, cal)
+                deadline = exp if deadline is None else min(deadline, exp)
+            due = planned
+            skip = None
+            if window is not None and rid is not None:
+                try:
+                    due = timemath.next_window_opening(planned, window, tz, rf.calendars)
+                except ValueError as exc:
+                    plan.problems.append(Problem(subject.ref, rule.name, "window", str(exc)))
+                    skip = Reason.window_missed
+                if deadline is not None and due > deadline:
+                    skip = Reason.window_missed
+            ident = Identity(rule.name, step.name, index, subject.ref, rid, channel)
+            plan.desired.append(
+                Desired(
+                    ident,
+                    planned,
+                    due,
+                    deadline,
+                    category,
+                    priority,
+                    skip_reason=skip,
+                    changes=dict(step.set) if (rid is None and step.set) else None,
+                )
+            )
+
+
+def _occurrences(
+    step: Step,
+    subject: Subject,
+    first: datetime,
+    tz: Any,
+    cal: Calendar | None,
+    now: datetime,
+) -> list[tuple[int, datetime]]:
+    rep = step.repeat
+    if rep is None:
+        return [(0, first)]
+    until = None
+    if rep.until is not None:
+        until = timemath.eval_at(rep.until, subject.attributes, tz, cal)
+    horizon = max(now, first) + REPEAT_HORIZON
+    return timemath.repeat_times(
+        first,
+        rep.every,
+        tz,
+        days=rep.days,
+        count=rep.count,
+        until=until,
+        horizon=horizon if (rep.count is None and until is None) else datetime.max.replace(tzinfo=UTC),
+        calendar=cal,
+    )
+
+
+def plan_trigger(
+    rf: RuleFile,
+    rule: Rule,
+    subject: Subject,
+    recipients: Mapping[str, Recipient],
+    occurrence: int | str,
+    at: datetime,
+    event: dict[str, Any] | None = None,
+) -> Plan:
+    """Deliveries for one event (occurrence = event id) or attribute change (occurrence =
+    the subject's revision) of an event rule, planned at ``at`` + the rule's delay."""
+    plan = Plan()
+    plan.scope.add(rule.name)
+    category = str(rule.category)
+    priority = base_priority(rule, category)
+    rids = _targets(rf, rule, None, subject, plan)
+    slots: list[tuple[str | None, str | None]] = [
+        (r, c) for r in rids for c in message_channels(None, rule)
+    ]
+    if rule.set is not None or rule.webhook is not None:
+        slots.append((None, None))
+    for rid, channel in slots:
+        recipient = recipients.get(rid) if rid else None
+        tzname = rule_zone(rf, rule, recipient)
+        try:
+            tz = timemath.zone(tzname)
+        except ValueError as exc:
+            plan.problems.append(Problem(subject.ref, rule.name, "timezone", str(exc)))
+            continue
+        ok, err = check_conditions(rule, None, subject, recipient, rid, tzname, at, event)
+        if not ok:
+            if err:
+                plan.problems.append(Problem(subject.ref, rule.name, "if", err))
+            continue
+        planned = at
+        if rule.delay is not None:
+            planned = timemath.add_duration(at, rule.delay, 1, tz, None)
+        due, skip = planned, None
+        deadline = None
+        if rule.expire is not None:
+            deadline = timemath.add_duration(planned, rule.expire, 1, tz, None)
+        if rule.window is not None and rid is not None:
+            due = timemath.next_window_opening(planned, rule.window, tz, rf.calendars)
+            if deadline is not None and due > deadline:
+                skip = Reason.window_missed
+        ident = Identity(rule.name, None, occurrence, subject.ref, rid, channel)
+        plan.desired.append(
+            Desired(
+                ident,
+                planned,
+                due,
+                deadline,
+                category,
+                priority,
+                skip_reason=skip,
+                changes=dict(rule.set) if (rid is None and rule.set) else None,
+            )
+        )
+    return plan
+
+
+def change_fires(rule: Rule, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Does an upsert from ``old`` to ``new`` attributes fire ``on: {change: ...}``?
+    An absent or null value counts as null, so creation with ``status: paid`` is a change
+    from null (spec: Kinds of rule)."""
+    trig = rule.on
+    if trig is None or trig.change is None:
+        return False
+    before = (old or {}).get(trig.change)
+    after = new.get(trig.change)
+    if before == after:
+        return False
+    if trig.has_to and after != trig.to:
+        return False
+    return not (trig.has_from and before != trig.from_)
+
+
+# --------------------------------------------------------------------------- reconciliation
+
+
+def reconcile(
+    plan: Plan,
+    existing: Iterable[Existing],
+    now: datetime,
+    *,
+    rule_names: set[str] | None = None,
+) -> list[Action]:
+    """What to change so the stored rows match ``plan`` (spec: Planning).
+
+    Only rows of rules in ``plan.scope`` are judged against the desired set; a row of a rule
+    that no longer exists in the file (``rule_names``) is cancelled if pending. Rows of event
+    rules are left to the dispatcher's re-check, except that a recipient removed from its
+    role loses its pending rows.
+    """
+    actions: list[Action] = []
+    by_id: dict[Identity, Existing] = {e.identity: e for e in existing}
+    wanted: set[Identity] = set()
+    for d in plan.desired:
+        wanted.add(d.identity)
+        ex = by_id.get(d.identity)
+        if ex is None:
+            if d.skip_reason is not None:
+                actions.append(Action("create", d, state="skipped", reason=d.skip_reason))
+            elif d.planned_at < now:
+                actions.append(Action("create", d, state="skipped", reason=Reason.past))
+            else:
+                actions.append(Action("create", d, state=PENDING))
+            continue
+        if ex.state == PENDING:
+            if d.skip_reason is not None:
+                actions.append(Action("skip", d, ex, reason=d.skip_reason))
+            elif ex.planned_at == d.planned_at and ex.due_at == d.due_at:
+                continue  # unchanged: left alone even if overdue (grace decides)
+            elif d.planned_at < now:
+                actions.append(Action("skip", d, ex, reason=Reason.past))
+            elif ex.planned_at == d.planned_at and ex.due_at != d.due_at and ex.due_at > d.due_at:
+                # the row was deferred by the dispatcher (spacing, retry): keep its later time
+                continue
+            else:
+                actions.append(Action("move", d, ex))
+        elif ex.state in NEVER_SENT and d.skip_reason is None and d.planned_at >= now:
+            # An identity never sent whose time lies in the future again is planned again.
+            # One that stays unsendable is left as it was: it printed its line already.
+            actions.append(Action("replan", d, ex, state=PENDING))
+        # sent / failed / set / sending: never touched again
+    for ex in by_id.values():
+        if ex.state != PENDING or ex.identity in wanted:
+            continue
+        rule = ex.identity.rule
+        if rule_names is not None and rule not in rule_names:
+            actions.append(Action("cancel", None, ex, reason=Reason.rule_changed))
+            continue
+        if rule in plan.scope:
+            actions.append(Action("cancel", None, ex, reason=_why_unwanted(plan, ex.identity)))
+    return actions
+
+
+def _why_unwanted(plan: Plan, ident: Identity) -> Reason:
+    if (ident.rule, ident.step) in plan.unwanted:
+        return plan.unwanted[(ident.rule, ident.step)]
+    addressed = plan.addressed.get((ident.rule, ident.step))
+    if ident.recipient is not None and addressed is not None and ident.recipient not in addressed:
+        return Reason.recipient_removed
+    return Reason.rule_changed
+
+
+def cancel_all(existing: Iterable[Existing], reason: Reason) -> list[Action]:
+    """Cancel every pending row (subject deleted, recipient deleted)."""
+    return [Action("cancel", None, e, reason=reason) for e in existing if e.state == PENDING]
+
+
+def outcome_of(action: Action) -> tuple[Outcome, Reason | None] | None:
+    """The outcome an action records in the log, if any (moves record none)."""
+    if action.kind == "cancel":
+        return Outcome.cancelled, action.reason
+    if action.kind == "skip":
+        return Outcome.skipped, action.reason
+    if action.kind in ("create", "replan") and action.state == "skipped":
+        return Outcome.skipped, action.reason
+    return None

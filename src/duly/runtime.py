@@ -1,0 +1,104 @@
+"""Wiring for long-running processes: rules + database + channels + dispatcher.
+
+``duly serve`` runs everything in one process; ``duly worker`` runs only the dispatcher.
+On PostgreSQL a listener thread turns ``NOTIFY duly_planned`` from any process into a wake-up,
+so a worker never polls on a fixed interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from duly.engine.dispatcher import Dispatcher
+from duly.engine.service import Engine
+from duly.model import RuleFile
+from duly.store.db import is_postgres, make_engine, migrate
+
+log = logging.getLogger("duly")
+
+BUNDLED_RULES = Path(__file__).parent / "demo" / "duly.yaml"
+
+
+def resolve_rules_path(path: str | None) -> tuple[Path, bool]:
+    """The rule file to load: the given one, else ./duly.yaml, else the bundled demo.
+    Returns (path, is_bundled_demo)."""
+    if path:
+        return Path(path), False
+    local = Path("duly.yaml")
+    if local.exists():
+        return local, False
+    return BUNDLED_RULES, True
+
+
+def build_channels(rf: RuleFile) -> dict[str, Any]:
+    from duly.channels import build_channel
+
+    return {name: build_channel(cfg) for name, cfg in rf.channels.items()}
+
+
+@dataclass
+class Runtime:
+    rules: RuleFile
+    db: sa.Engine
+    engine: Engine
+    dispatcher: Dispatcher
+    thread: threading.Thread | None = None
+    listener: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(
+            target=self.dispatcher.run_forever, name="duly-dispatcher", daemon=True
+        )
+        self.thread.start()
+        if is_postgres(self.db):
+            self.listener = threading.Thread(
+                target=_listen, args=(self.db, self.dispatcher), name="duly-listen", daemon=True
+            )
+            self.listener.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after in-flight sends; nothing claimed is lost (unsent claims go back)."""
+        self.dispatcher.stop()
+        if self.thread is not None:
+            self.thread.join(timeout)
+        for ch in self.dispatcher.channels.values():
+            try:
+                ch.close()
+            except Exception:  # closing is best effort
+                log.debug("closing channel failed", exc_info=True)
+        self.db.dispose()
+
+
+def build_runtime(rf: RuleFile, database_url: str, *, send_workers: int = 8) -> Runtime:
+    db = make_engine(database_url)
+    migrate(db)
+    engine = Engine(rf, db)
+    from duly.render import Renderer
+
+    renderer = Renderer(rf.templates_dir)
+    dispatcher = Dispatcher(engine, build_channels(rf), renderer, send_workers=send_workers)
+    return Runtime(rf, db, engine, dispatcher)
+
+
+def _listen(db: sa.Engine, dispatcher: Dispatcher) -> None:
+    """LISTEN duly_planned on a dedicated connection; each notification wakes the dispatcher."""
+    import psycopg
+
+    url = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    while not dispatcher._stop.is_set():
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("LISTEN duly_planned")
+                for _ in conn.notifies(timeout=5.0):
+                    dispatcher.wake()
+                    if dispatcher._stop.is_set():
+                        return
+        except Exception:
+            log.warning("LISTEN connection lost; reconnecting", exc_info=True)
+            dispatcher._stop.wait(1.0)

@@ -1,0 +1,604 @@
+"""The store contract: every query duly runs, named, in one place.
+
+Each method takes an open ``Connection`` inside the caller's transaction (the service and
+the dispatcher decide transaction boundaries), and states its guarantee in its docstring.
+The same code runs on SQLite and PostgreSQL; where they differ (row locking for claims) the
+difference is in this module only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, RowMapping
+
+from duly.model import Recipient, Subject
+from duly.planner import Action, Existing, Identity, outcome_of
+from duly.store.tables import delivery_log, deliveries, events, recipients, subject_errors, subjects
+
+__all__ = ["DeliveryRow", "Store", "SubjectRecord"]
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectRecord:
+    id: int
+    subject: Subject
+    deleted: bool
+
+
+@dataclass(slots=True)
+class DeliveryRow:
+    """A claimed delivery, as the dispatcher sees it."""
+
+    id: int
+    identity: Identity
+    state: str
+    category: str
+    priority: int
+    planned_at: datetime
+    due_at: datetime
+    deadline_at: datetime | None
+    attempts: int
+    lease_until: datetime | None
+    changes: dict[str, Any] | None
+    message_id: str | None
+
+
+def _subject_from_row(r: RowMapping) -> SubjectRecord:
+    rec = {k: tuple(v) if isinstance(v, list) else (v,) for k, v in (r["recipients"] or {}).items()}
+    s = Subject(
+        kind=r["kind"],
+        key=r["key"],
+        attributes=dict(r["attributes"] or {}),
+        recipients=rec,
+        revision=r["revision"],
+        hold_until=r["hold_until"],
+        acknowledged=frozenset(r["acknowledged"] or ()),
+    )
+    return SubjectRecord(r["id"], s, r["deleted_at"] is not None)
+
+
+def _recipient_from_row(r: RowMapping) -> Recipient:
+    return Recipient(
+        id=r["id"],
+        name=r["name"],
+        email=r["email"],
+        phone=r["phone"],
+        timezone=r["timezone"],
+        locale=r["locale"],
+        addresses=dict(r["addresses"] or {}),
+        consent=dict(r["consent"] or {}),
+    )
+
+
+def _identity(r: RowMapping) -> Identity:
+    return Identity.from_db(
+        r["rule"], r["step"], r["occurrence"], r["subject"], r["recipient"], r["channel"]
+    )
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    kind, _, key = ref.partition("/")
+    return kind, key
+
+
+class Store:
+    """Queries over the tables in ``duly.store.tables``."""
+
+    def __init__(self, *, postgres: bool) -> None:
+        self.postgres = postgres
+
+    # ------------------------------------------------------------------ recipients
+
+    def put_recipient(self, conn: Connection, r: Recipient, now: datetime) -> bool:
+        """Create or replace a recipient. Returns True when it was new."""
+        values = {
+            "name": r.name,
+            "email": r.email,
+            "phone": r.phone,
+            "timezone": r.timezone,
+            "locale": r.locale,
+            "addresses": dict(r.addresses),
+            "consent": dict(r.consent),
+            "updated_at": now,
+        }
+        res = conn.execute(update(recipients).where(recipients.c.id == r.id).values(**values))
+        if res.rowcount:
+            return False
+        conn.execute(insert(recipients).values(id=r.id, created_at=now, **values))
+        return True
+
+    def get_recipients(self, conn: Connection, ids: Iterable[str]) -> dict[str, Recipient]:
+        """Recipients by id; unknown ids are absent from the result."""
+        wanted = sorted({i for i in ids if i})
+        out: dict[str, Recipient] = {}
+        for chunk in _chunks(wanted, 500):
+            for r in conn.execute(select(recipients).where(recipients.c.id.in_(chunk))).mappings():
+                out[r["id"]] = _recipient_from_row(r)
+        return out
+
+    def delete_recipient(self, conn: Connection, rid: str) -> bool:
+        return bool(conn.execute(delete(recipients).where(recipients.c.id == rid)).rowcount)
+
+    # ------------------------------------------------------------------ subjects
+
+    def get_subjects(
+        self, conn: Connection, refs: Sequence[tuple[str, str]], *, for_update: bool = False
+    ) -> dict[tuple[str, str], SubjectRecord]:
+        """Stored subjects (deleted ones included, flagged) by (kind, key)."""
+        out: dict[tuple[str, str], SubjectRecord] = {}
+        by_kind: dict[str, list[str]] = {}
+        for kind, key in refs:
+            by_kind.setdefault(kind, []).append(key)
+        for kind, keys in by_kind.items():
+            for chunk in _chunks(sorted(set(keys)), 500):
+                q = select(subjects).where(subjects.c.kind == kind, subjects.c.key.in_(chunk))
+                if for_update and self.postgres:
+                    q = q.with_for_update()
+                for r in conn.execute(q).mappings():
+                    out[(r["kind"], r["key"])] = _subject_from_row(r)
+        return out
+
+    def save_subjects(
+        self, conn: Connection, items: Sequence[tuple[SubjectRecord | None, Subject]], now: datetime
+    ) -> None:
+        """Write the new state of each subject (insert when it has no stored row)."""
+        new_rows = []
+        upd_rows = []
+        for old, s in items:
+            values = {
+                "attributes": s.attributes,
+                "recipients": {k: list(v) for k, v in s.recipients.items()},
+                "revision": s.revision,
+                "hold_until": s.hold_until,
+                "acknowledged": sorted(s.acknowledged),
+                "deleted_at": None,
+                "updated_at": now,
+            }
+            if old is None:
+                new_rows.append({"kind": s.kind, "key": s.key, "created_at": now, **values})
+            else:
+                upd_rows.append({"_id": old.id, **values})
+        if new_rows:
+            conn.execute(insert(subjects), new_rows)
+        if upd_rows:
+            conn.execute(
+                update(subjects)
+                .where(subjects.c.id == bindparam("_id"))
+                .values({k: bindparam(k) for k in upd_rows[0] if k != "_id"}),
+                upd_rows,
+            )
+
+    def mark_subject_deleted(self, conn: Connection, record: SubjectRecord, now: datetime) -> None:
+        """Keep the row as a tombstone: its revision count continues if the subject returns."""
+        conn.execute(
+            update(subjects)
+            .where(subjects.c.id == record.id)
+            .values(deleted_at=now, updated_at=now, hold_until=None)
+        )
+
+    def record_problems(self, conn: Connection, problems: Sequence[Any], now: datetime) -> None:
+        if problems:
+            conn.execute(
+                insert(subject_errors),
+                [
+                    {
+                        "subject": p.subject,
+                        "rule": p.rule,
+                        "field": p.field,
+                        "message": p.message,
+                        "at": now,
+                    }
+                    for p in problems
+                ],
+            )
+
+    # ------------------------------------------------------------------ events
+
+    def add_event(
+        self, conn: Connection, eid: str, name: str, subject: str, data: dict[str, Any], now: datetime
+    ) -> bool:
+        """Store an event once. Returns False when its id was seen before (idempotency)."""
+        if conn.execute(select(events.c.id).where(events.c.id == eid)).first() is not None:
+            return False
+        conn.execute(
+            insert(events).values(id=eid, name=name, subject=subject, data=data, received_at=now)
+        )
+        return True
+
+    def get_events(self, conn: Connection, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(sorted(set(ids)), 500):
+            for r in conn.execute(select(events).where(events.c.id.in_(chunk))).mappings():
+                out[r["id"]] = {
+                    "id": r["id"],
+                    "name": r["name"],
+                    "subject": r["subject"],
+                    "data": r["data"] or {},
+                    "at": r["received_at"],
+                }
+        return out
+
+    # ------------------------------------------------------------------ the plan
+
+    def existing_for(self, conn: Connection, refs: Sequence[str]) -> dict[str, list[Existing]]:
+        """Every delivery row of these subjects ("KIND/KEY"), as the planner sees them."""
+        out: dict[str, list[Existing]] = {r: [] for r in refs}
+        cols = [
+            deliveries.c.id,
+            deliveries.c.rule,
+            deliveries.c.step,
+            deliveries.c.occurrence,
+            deliveries.c.subject,
+            deliveries.c.recipient,
+            deliveries.c.channel,
+            deliveries.c.state,
+            deliveries.c.reason,
+            deliveries.c.planned_at,
+            deliveries.c.due_at,
+        ]
+        for chunk in _chunks(sorted(set(refs)), 500):
+            for r in conn.execute(select(*cols).where(deliveries.c.subject.in_(chunk))).mappings():
+                out[r["subject"]].append(
+                    Existing(
+                        r["id"], _identity(r), r["state"], r["reason"], r["planned_at"], r["due_at"]
+                    )
+                )
+        return out
+
+    def existing_identities(self, conn: Connection, idents: Sequence[Identity]) -> list[Existing]:
+        """Rows for these exact identities (event rules, where the subject's rows are many)."""
+        out = []
+        for ident in idents:
+            rule, step, occ, subj, rcp, ch = ident.db_key()
+            r = (
+                conn.execute(
+                    select(deliveries).where(
+                        deliveries.c.rule == rule,
+                        deliveries.c.step == step,
+                        deliveries.c.occurrence == occ,
+                        deliveries.c.subject == subj,
+                        deliveries.c.recipient == rcp,
+                        deliveries.c.channel == ch,
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            if r is not None:
+                out.append(
+                    Existing(r["id"], ident, r["state"], r["reason"], r["planned_at"], r["due_at"])
+                )
+        return out
+
+    def apply(self, conn: Connection, actions: Sequence[Action], now: datetime) -> int:
+        """Carry out reconciliation actions; log each outcome they record.
+
+        Returns how many rows became pending (so the caller knows whether to wake the
+        dispatcher). Creation relies on the identity's unique constraint: two processes
+        planning the same identity cannot both insert it.
+        """
+        creates: list[dict[str, Any]] = []
+        create_logs: list[tuple[str, str | None, datetime]] = []
+        updates: list[dict[str, Any]] = []
+        logs: list[dict[str, Any]] = []
+        woke = 0
+        for a in actions:
+            oc = outcome_of(a)
+            if a.kind == "create":
+                d = a.desired
+                assert d is not None and a.state is not None
+                rule, step, occ, subj, rcp, ch = d.identity.db_key()
+                creates.append(
+                    {
+                        "rule": rule,
+                        "step": step,
+                        "occurrence": occ,
+                        "subject": subj,
+                        "recipient": rcp,
+                        "channel": ch,
+                        "state": a.state,
+                        "reason": a.reason.value if a.reason else None,
+                        "category": d.category,
+                        "priority": d.priority,
+                        "planned_at": d.planned_at,
+                        "due_at": d.due_at,
+                        "deadline_at": d.deadline_at,
+                        "changes": d.changes,
+                        "attempts": 0,
+                        "error_count": 0,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+                create_logs.append(
+                    (oc[0].value, oc[1].value if oc[1] else None, d.planned_at)
+                    if oc
+                    else ("", None, d.planned_at)
+                )
+                woke += a.state == "pending"
+                continue
+            ex = a.existing
+            assert ex is not None
+            row: dict[str, Any] = {"_id": ex.id, "updated_at": now}
+            if a.kind == "move":
+                d = a.desired
+                assert d is not None
+                row.update(
+                    state="pending",
+                    reason=None,
+                    planned_at=d.planned_at,
+                    due_at=d.due_at,
+                    deadline_at=d.deadline_at,
+                )
+                woke += 1
+            elif a.kind == "replan":
+                d = a.desired
+                assert d is not None
+                row.update(
+                    state=a.state,
+                    reason=a.reason.value if a.reason else None,
+                    planned_at=d.planned_at,
+                    due_at=d.due_at,
+                    deadline_at=d.deadline_at,
+                )
+                woke += a.state == "pending"
+            else:  # cancel, skip
+                d = a.desired
+                row.update(
+                    state="cancelled" if a.kind == "cancel" else "skipped",
+                    reason=a.reason.value if a.reason else None,
+                    planned_at=d.planned_at if d else ex.planned_at,
+                    due_at=d.due_at if d else ex.due_at,
+                    deadline_at=d.deadline_at if d else None,
+                )
+            updates.append(row)
+            if oc:
+                logs.append(
+                    {
+                        "delivery_id": ex.id,
+                        "at": now,
+                        "kind": "outcome",
+                        "outcome": oc[0].value,
+                        "reason": oc[1].value if oc[1] else None,
+                        "planned_at": row["planned_at"],
+                    }
+                )
+        if creates:
+            ids = conn.execute(
+                insert(deliveries).returning(deliveries.c.id, sort_by_parameter_order=True),
+                creates,
+            ).scalars().all()
+            for did, (outcome, reason, planned) in zip(ids, create_logs, strict=True):
+                if outcome:
+                    logs.append(
+                        {
+                            "delivery_id": did,
+                            "at": now,
+                            "kind": "outcome",
+                            "outcome": outcome,
+                            "reason": reason,
+                            "planned_at": planned,
+                        }
+                    )
+        if updates:
+            for group in _group_by_keys(updates):
+                conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id == bindparam("_id"))
+                    .values({k: bindparam(k) for k in group[0] if k != "_id"}),
+                    group,
+                )
+        self.log(conn, logs)
+        return woke
+
+    def log(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """Append attempt/outcome rows to the delivery log."""
+        if not rows:
+            return
+        full = [
+            {
+                "outcome": None,
+                "reason": None,
+                "attempt": None,
+                "error": None,
+                "receipt": None,
+                "title": None,
+                "message_id": None,
+                "planned_at": None,
+                **r,
+            }
+            for r in rows
+        ]
+        conn.execute(insert(delivery_log), full)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def next_due(self, conn: Connection) -> datetime | None:
+        """The earliest time the dispatcher has work: a pending row's due time or an
+        expiring lease of a claimed row."""
+        a = conn.execute(
+            select(func.min(deliveries.c.due_at)).where(deliveries.c.state == "pending")
+        ).scalar()
+        b = conn.execute(
+            select(func.min(deliveries.c.lease_until)).where(deliveries.c.state == "sending")
+        ).scalar()
+        vals = [v for v in (a, b) if v is not None]
+        return min(vals) if vals else None
+
+    def claim_due(
+        self, conn: Connection, now: datetime, owner: str, lease: timedelta, limit: int
+    ) -> list[DeliveryRow]:
+        """Atomically take up to ``limit`` due rows: pending ones due by ``now``, and claimed
+        ones whose lease expired (their worker died). Transactional first, then by due time
+        (spec: Priority). On PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets any number of workers
+        claim side by side; on SQLite the write transaction is exclusive."""
+        cond = or_(
+            and_(deliveries.c.state == "pending", deliveries.c.due_at <= now),
+            and_(deliveries.c.state == "sending", deliveries.c.lease_until <= now),
+        )
+        sub = (
+            select(deliveries.c.id)
+            .where(cond)
+            .order_by(deliveries.c.priority.desc(), deliveries.c.due_at, deliveries.c.id)
+            .limit(limit)
+        )
+        if self.postgres:
+            sub = sub.with_for_update(skip_locked=True)
+        ids = list(conn.execute(sub).scalars())
+        if not ids:
+            return []
+        res = conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id.in_(ids))
+            .values(state="sending", lease_owner=owner, lease_until=now + lease, updated_at=now)
+            .returning(
+                deliveries.c.id,
+                deliveries.c.rule,
+                deliveries.c.step,
+                deliveries.c.occurrence,
+                deliveries.c.subject,
+                deliveries.c.recipient,
+                deliveries.c.channel,
+                deliveries.c.category,
+                deliveries.c.priority,
+                deliveries.c.planned_at,
+                deliveries.c.due_at,
+                deliveries.c.deadline_at,
+                deliveries.c.attempts,
+                deliveries.c.changes,
+                deliveries.c.message_id,
+            )
+        ).mappings()
+        rows = [
+            DeliveryRow(
+                id=r["id"],
+                identity=_identity(r),
+                state="sending",
+                category=r["category"],
+                priority=r["priority"],
+                planned_at=r["planned_at"],
+                due_at=r["due_at"],
+                deadline_at=r["deadline_at"],
+                attempts=r["attempts"],
+                lease_until=now + lease,
+                changes=r["changes"],
+                message_id=r["message_id"],
+            )
+            for r in res
+        ]
+        rows.sort(key=lambda d: (-d.priority, d.due_at, d.id))
+        return rows
+
+    def finish(self, conn: Connection, updates: Sequence[dict[str, Any]], owner: str) -> int:
+        """Record the results of claimed rows. Each update names ``_id`` and the columns to
+        set; only rows still claimed by ``owner`` are written ("another process got there
+        first" otherwise). Returns the number of rows written."""
+        n = 0
+        for group in _group_by_keys(list(updates)):
+            stmt = (
+                update(deliveries)
+                .where(
+                    deliveries.c.id == bindparam("_id"),
+                    deliveries.c.lease_owner == bindparam("_owner"),
+                    deliveries.c.state == "sending",
+                )
+                .values({k: bindparam(k) for k in group[0] if k != "_id"})
+            )
+            res = conn.execute(stmt, [{**u, "_owner": owner} for u in group])
+            n += res.rowcount if res.rowcount and res.rowcount > 0 else 0
+        return n
+
+    def release(self, conn: Connection, ids: Sequence[int], owner: str, now: datetime) -> None:
+        """Give claimed rows back as pending (clean shutdown before they were sent)."""
+        if ids:
+            conn.execute(
+                update(deliveries)
+                .where(
+                    deliveries.c.id.in_(list(ids)),
+                    deliveries.c.lease_owner == owner,
+                    deliveries.c.state == "sending",
+                )
+                .values(state="pending", lease_owner=None, lease_until=None, updated_at=now)
+            )
+
+    def last_sent(
+        self, conn: Connection, rule: str, subject: str, recipient: str, channel: str
+    ) -> datetime | None:
+        """When this rule last sent to this recipient on this channel about this subject
+        (min_gap)."""
+        return conn.execute(
+            select(func.max(deliveries.c.sent_at)).where(
+                deliveries.c.recipient == recipient,
+                deliveries.c.rule == rule,
+                deliveries.c.subject == subject,
+                deliveries.c.channel == channel,
+                deliveries.c.state == "sent",
+            )
+        ).scalar()
+
+    # ------------------------------------------------------------------ reading
+
+    def outcomes(self, conn: Connection) -> list[dict[str, Any]]:
+        """Every outcome recorded, with its delivery's identity (simulation output)."""
+        q = (
+            select(
+                delivery_log.c.at,
+                delivery_log.c.outcome,
+                delivery_log.c.reason,
+                delivery_log.c.attempt,
+                delivery_log.c.title,
+                delivery_log.c.message_id,
+                delivery_log.c.planned_at,
+                deliveries.c.rule,
+                deliveries.c.step,
+                deliveries.c.occurrence,
+                deliveries.c.subject,
+                deliveries.c.recipient,
+                deliveries.c.channel,
+                deliveries.c.category,
+                deliveries.c.changes,
+            )
+            .join(deliveries, deliveries.c.id == delivery_log.c.delivery_id)
+            .where(delivery_log.c.kind == "outcome")
+            .order_by(delivery_log.c.id)
+        )
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+    def outbox(
+        self, conn: Connection, channels: Sequence[str], limit: int = 50, delivery_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Sent messages kept for reading (outbox channels), newest first."""
+        q = select(deliveries).where(deliveries.c.state == "sent", deliveries.c.channel.in_(list(channels)))
+        if delivery_id is not None:
+            q = q.where(deliveries.c.id == delivery_id)
+        q = q.order_by(deliveries.c.sent_at.desc(), deliveries.c.id.desc()).limit(limit)
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+    def counts_by_state(self, conn: Connection) -> dict[str, int]:
+        q = select(deliveries.c.state, func.count()).group_by(deliveries.c.state)
+        return {s: n for s, n in conn.execute(q)}
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _chunks(items: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def _group_by_keys(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """executemany needs the same columns in every row of one statement."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(sorted(r)), []).append(r)
+    return list(groups.values())
+
+
+def dumps(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, default=str)
