@@ -85,6 +85,17 @@ def _load(rules: str | None, *, check_templates: bool = True) -> tuple[Any, bool
 # --------------------------------------------------------------------------- serve / worker
 
 
+def _runtime(rf: Any, database: str, **kw: Any) -> Any:
+    from duly.channels import ChannelConfigError
+    from duly.runtime import build_runtime
+
+    try:
+        return build_runtime(rf, database, **kw)
+    except ChannelConfigError as exc:
+        click.echo(f"{rf.path}: {exc}", err=True)
+        raise SystemExit(2) from None
+
+
 @main.command()
 @_opt_rules
 @_opt_db
@@ -101,12 +112,11 @@ def serve(rules: str | None, database: str, host: str, port: int, demo: bool | N
     import uvicorn
 
     from duly.api.app import create_app
-    from duly.runtime import build_runtime
     from duly.store.db import redact_url
 
     _setup_logging(log_level)
     rf, bundled = _load(rules)
-    rt = build_runtime(rf, database)
+    rt = _runtime(rf, database)
     log.info("rules: %s (%d rules); database: %s", rf.path, len(rf.rules), redact_url(database))
     if demo or (demo is None and bundled):
         from duly.demo import seed
@@ -134,11 +144,9 @@ def serve(rules: str | None, database: str, host: str, port: int, demo: bool | N
 @_opt_log
 def worker(rules: str | None, database: str, concurrency: int, log_level: str) -> None:
     """Run only the dispatcher (any number of workers can share one PostgreSQL database)."""
-    from duly.runtime import build_runtime
-
     _setup_logging(log_level)
     rf, _ = _load(rules)
-    rt = build_runtime(rf, database, send_workers=concurrency)
+    rt = _runtime(rf, database, send_workers=concurrency)
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: Any) -> None:

@@ -36,10 +36,25 @@ def resolve_rules_path(path: str | None) -> tuple[Path, bool]:
     return BUNDLED_RULES, True
 
 
+def used_channels(rf: RuleFile) -> set[str]:
+    """Channel names some rule or step sends on (channels and fallback)."""
+    names: set[str] = set()
+    for r in rf.rules:
+        names.update(r.channels if r.sends_message else ())
+        names.update(r.fallback or ())
+        for s in r.steps:
+            names.update(s.channels or ())
+            names.update(s.fallback or ())
+    return names
+
+
 def build_channels(rf: RuleFile) -> dict[str, Any]:
+    """Build the channels the rules use. A configuration error (ChannelConfigError) names
+    the channel and option; the engine does not start half-configured."""
     from duly.channels import build_channel
 
-    return {name: build_channel(cfg) for name, cfg in rf.channels.items()}
+    used = used_channels(rf)
+    return {name: build_channel(cfg) for name, cfg in rf.channels.items() if name in used}
 
 
 @dataclass

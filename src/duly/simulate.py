@@ -21,6 +21,7 @@ from duly.engine.dispatcher import Dispatcher
 from duly.engine.service import Engine, SubjectInput
 from duly.errors import DulyError
 from duly.model import Recipient, RuleFile
+from duly.runtime import used_channels
 
 __all__ = ["SimulationError", "TimelineLine", "parse_timeline", "run", "simulate_files"]
 
@@ -170,17 +171,6 @@ class CaptureChannel:
         pass
 
 
-def _all_channel_names(rf: RuleFile) -> set[str]:
-    names = set(rf.channels)
-    for r in rf.rules:
-        names.update(r.channels)
-        names.update(r.fallback or ())
-        for s in r.steps:
-            names.update(s.channels or ())
-            names.update(s.fallback or ())
-    return names
-
-
 def run(
     rf: RuleFile,
     timeline: Sequence[TimelineLine],
@@ -209,7 +199,7 @@ def run(
     metadata.create_all(db)
     engine = Engine(rf, db, clock=clock)
     failures = _Failures()
-    channels = {n: CaptureChannel(n, clock, failures) for n in _all_channel_names(rf)}
+    channels = {n: CaptureChannel(n, clock, failures) for n in set(rf.channels) | used_channels(rf)}
     renderer = None
     if render:
         from duly.render import Renderer
