@@ -1,0 +1,253 @@
+"""`duly simulate` per spec/simulate.md, through the real command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from duly.cli import main
+
+RULES = """
+timezone: Europe/London
+rules:
+  - name: invoice-reminders
+    subject: invoice
+    if: "status == 'sent'"
+    to: [customer]
+    steps:
+      - name: due-soon
+        at: "due_at - 3d"
+        time: "09:00"
+        template: note
+      - name: overdue
+        at: "due_at + 1d"
+        template: note
+  - name: receipt
+    subject: invoice
+    on: {change: status, to: paid}
+    category: transactional
+    to: [customer]
+    template: note
+  - name: viewed
+    subject: invoice
+    on: invoice.viewed
+    delay: 10m
+    to: [customer]
+    template: note
+  - name: expiry
+    subject: invoice
+    steps:
+      - name: write-off
+        at: "due_at + 60d"
+        set: {status: written_off}
+"""
+
+
+def write(tmp: Path, timeline: list[dict], rules: str = RULES) -> tuple[Path, Path]:
+    (tmp / "templates").mkdir(exist_ok=True)
+    (tmp / "templates" / "note.email.txt").write_text(
+        "Subject: {{ rule.name }} {{ subject.key }}\nHello {{ recipient.name }}\n"
+    )
+    r = tmp / "duly.yaml"
+    r.write_text(rules)
+    t = tmp / "timeline.jsonl"
+    t.write_text("".join(json.dumps(x) + "\n" for x in timeline))
+    return r, t
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    res = CliRunner().invoke(main, ["simulate", *args])
+    return res.exit_code, res.stdout, res.stderr
+
+
+ALICE = {"at": "2026-03-01T08:00:00Z",
+         "recipient": {"id": "c1", "name": "Alice", "email": "a@x.test", "timezone": "Europe/London"}}
+
+
+def inv(at: str, status: str = "sent", due: str = "2026-03-15", key: str = "INV-1") -> dict:
+    return {"at": at, "subject": {"kind": "invoice", "key": key,
+                                  "attributes": {"status": status, "due_at": due},
+                                  "recipients": {"customer": "c1"}}}
+
+
+def rows(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_reminders_payment_and_set_in_spec_format(tmp_path: Path) -> None:
+    r, t = write(tmp_path, [
+        ALICE,
+        inv("2026-03-01T08:00:00Z"),
+        {"at": "2026-03-02T10:00:00Z", "event": {"id": "e1", "name": "invoice.viewed", "subject": "invoice/INV-1"}},
+        {"at": "2026-03-02T11:00:00Z", "event": {"id": "e1", "name": "invoice.viewed", "subject": "invoice/INV-1"}},
+        inv("2026-03-20T10:00:00Z", status="paid"),
+    ])
+    code, out, err = run(str(r), str(t), "--until", "2026-06-01T00:00:00Z")
+    assert code == 0, err
+    got = rows(out)
+    assert [(x["at"], x["rule"], x["step"], x["outcome"], x["reason"]) for x in got] == [
+        ("2026-03-02T10:10:00Z", "viewed", None, "sent", None),  # the repeated event id sends nothing
+        ("2026-03-12T09:00:00Z", "invoice-reminders", "due-soon", "sent", None),
+        ("2026-03-16T00:00:00Z", "invoice-reminders", "overdue", "sent", None),
+        ("2026-03-20T10:00:00Z", "receipt", None, "sent", None),
+        # 15 March + 60 days = 14 May 00:00 BST = 13 May 23:00Z
+        ("2026-05-13T23:00:00Z", "expiry", "write-off", "set", None),
+    ]
+    first = got[1]
+    assert list(first) == ["at", "planned", "rule", "step", "occurrence", "subject", "recipient",
+                           "channel", "category", "outcome", "reason", "attempt", "title", "message"]
+    assert first["title"] == "invoice-reminders INV-1" and first["attempt"] == 1
+    assert first["occurrence"] == 0 and first["channel"] == "email" and first["category"] == "reminder"
+    receipt = next(x for x in got if x["rule"] == "receipt")
+    assert receipt["occurrence"] == 2 and receipt["category"] == "transactional"  # revision 2
+    setrow = next(x for x in got if x["outcome"] == "set")
+    assert setrow["recipient"] is None and setrow["channel"] is None
+    assert setrow["changes"] == {"status": "written_off"}
+
+
+def test_output_is_deterministic_and_table_format_summarises(tmp_path: Path) -> None:
+    r, t = write(tmp_path, [ALICE, inv("2026-03-01T08:00:00Z"),
+                            {"at": "2026-03-12T08:00:00Z", "fail": {"channel": "email", "until": "2026-03-12T09:03:00Z"}}])
+    a = run(str(r), str(t))
+    b = run(str(r), str(t))
+    assert a == b and a[0] == 0
+    code, out, _ = run(str(r), str(t), "--format", "table")
+    assert code == 0
+    assert "outcomes:" in out.splitlines()[-1] and "sent: " in out
+
+
+def test_temporary_failure_retries_and_reports_the_attempt(tmp_path: Path) -> None:
+    r, t = write(tmp_path, [ALICE, inv("2026-03-01T08:00:00Z"),
+                            {"at": "2026-03-12T08:00:00Z", "fail": {"channel": "email", "until": "2026-03-12T09:02:30Z"}}])
+    code, out, _ = run(str(r), str(t))
+    due = next(x for x in rows(out) if x["step"] == "due-soon")
+    # tries at 09:00:00, +60 s (±10%), +120 s (±10%): the third attempt is after 09:02:30
+    assert due["outcome"] == "sent" and due["attempt"] == 3
+    assert "2026-03-12T09:02:30Z" <= due["at"] <= "2026-03-12T09:03:20Z"
+    assert due["planned"] == "2026-03-12T09:00:00Z"
+
+
+def test_permanent_failure_fails_at_once(tmp_path: Path) -> None:
+    r, t = write(tmp_path, [ALICE, inv("2026-03-01T08:00:00Z"),
+                            {"at": "2026-03-12T08:00:00Z", "fail": {"channel": "email", "until": "2026-03-13T00:00:00Z", "kind": "permanent"}}])
+    _, out, _ = run(str(r), str(t))
+    due = next(x for x in rows(out) if x["step"] == "due-soon")
+    assert (due["outcome"], due["reason"], due["attempt"]) == ("failed", "permanent_error", 1)
+
+
+def test_downtime_catch_up_follows_grace(tmp_path: Path) -> None:
+    r, t = write(tmp_path, [ALICE, inv("2026-03-01T08:00:00Z"), inv("2026-03-01T08:00:00Z", key="INV-2", due="2026-03-20"),
+                            {"at": "2026-03-12T08:00:00Z", "down": {"until": "2026-03-12T20:00:00Z"}},
+                            {"at": "2026-03-16T23:00:00Z", "down": {"until": "2026-03-17T12:30:00Z"}}])
+    _, out, _ = run(str(r), str(t))
+    got = {(x["subject"], x["step"]): x for x in rows(out) if x["rule"] == "invoice-reminders"}
+    # down 11 h past 09:00 → within the 12 h grace: sent late, at the end of the downtime
+    assert got[("invoice/INV-1", "due-soon")]["outcome"] == "sent"
+    assert got[("invoice/INV-1", "due-soon")]["at"] == "2026-03-12T20:00:00Z"
+    # overdue due 16 March 00:00 → 12:30 next day is 12.5 h late (but the engine was up then):
+    assert got[("invoice/INV-1", "overdue")]["at"] == "2026-03-16T00:00:00Z"
+    # INV-2's due-soon (17 March 09:00) came back at 12:30: 3.5 h late, sent
+    assert got[("invoice/INV-2", "due-soon")]["at"] == "2026-03-17T12:30:00Z"
+
+
+def test_a_long_downtime_skips_stale_reminders_as_missed(tmp_path: Path) -> None:
+    r, t = write(tmp_path, [ALICE, inv("2026-03-01T08:00:00Z"),
+                            {"at": "2026-03-11T00:00:00Z", "down": {"until": "2026-03-13T00:00:00Z"}}])
+    _, out, _ = run(str(r), str(t))
+    due = next(x for x in rows(out) if x["step"] == "due-soon")
+    assert (due["at"], due["outcome"], due["reason"]) == ("2026-03-13T00:00:00Z", "skipped", "missed")
+
+
+def test_until_limits_virtual_time(tmp_path: Path) -> None:
+    r, t = write(tmp_path, [ALICE, inv("2026-03-01T08:00:00Z")])
+    _, out, _ = run(str(r), str(t), "--until", "2026-03-13T00:00:00Z")
+    assert [x["step"] for x in rows(out)] == ["due-soon"]
+
+
+def test_no_render_needs_no_templates(tmp_path: Path) -> None:
+    r, t = write(tmp_path, [ALICE, inv("2026-03-01T08:00:00Z")],
+                 rules=RULES.replace("template: note", "template: missing"))
+    code, _, err = run(str(r), str(t))
+    assert code == 2 and "missing" in err
+    code, out, _ = run(str(r), str(t), "--no-render")
+    assert code == 0
+    sent = [x for x in rows(out) if x["outcome"] == "sent"]
+    assert sent and all("title" not in x and x["message"] for x in sent)
+
+
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        ("not json", "timeline.jsonl:2: not valid JSON"),
+        ('{"subject": {"kind": "a", "key": "b"}}', "timeline.jsonl:2: at: missing"),
+        ('{"at": "yesterday", "delete": "a/b"}', "timeline.jsonl:2: at: 'yesterday' is not an ISO 8601"),
+        ('{"at": "2026-03-01T09:00:00", "delete": "a/b"}', "needs a UTC offset"),
+        ('{"at": "2026-03-01T09:00:00Z"}', "timeline.jsonl:2: expected exactly one of"),
+        ('{"at": "2026-03-01T09:00:00Z", "delete": "a/b", "ack": {}}', "got 2"),
+        ('{"at": "2026-03-01T09:00:00Z", "subject": {"kind": "a"}}', "timeline.jsonl:2: subject.key"),
+        ('{"at": "2026-03-01T09:00:00Z", "surprise": 1}', "timeline.jsonl:2: surprise: unknown key"),
+        ('{"at": "2026-02-01T09:00:00Z", "delete": "a/b"}', "timeline.jsonl:2: at: lines must be in time order"),
+        ('{"at": "2026-03-01T09:00:00Z", "fail": {"channel": "email", "until": "2026-03-02T00:00:00Z", "kind": "odd"}}', "fail.kind"),
+    ],
+)
+def test_invalid_timeline_exits_2_naming_file_line_and_field(tmp_path: Path, line: str, needle: str) -> None:
+    r, t = write(tmp_path, [ALICE])
+    t.write_text(t.read_text() + line + "\n")
+    code, out, err = run(str(r), str(t))
+    assert code == 2 and out == ""
+    assert needle in err
+
+
+def test_invalid_rule_file_exits_2(tmp_path: Path) -> None:
+    r, t = write(tmp_path, [ALICE], rules="rules:\n  - name: x\n    subject: invoice\n    at: \"due_at - 3 days\"\n")
+    code, _, err = run(str(r), str(t))
+    assert code == 2 and "duly.yaml:4" in err
+
+
+def test_lines_the_api_would_refuse_are_reported_and_skipped(tmp_path: Path) -> None:
+    r, t = write(tmp_path, [
+        ALICE,
+        {"at": "2026-03-01T08:00:00Z", "recipient": {"id": "zz", "timezone": "Mars/Olympus"}},
+        {"at": "2026-03-01T08:00:00Z", "event": {"id": "e", "name": "invoice.viewed", "subject": "invoice/NOPE"}},
+        inv("2026-03-01T08:00:00Z"),
+    ])
+    code, out, err = run(str(r), str(t))
+    assert code == 0
+    assert "timeline.jsonl:2: timezone: unknown timezone 'Mars/Olympus'" in err
+    assert "timeline.jsonl:3: subject: no subject invoice/NOPE" in err
+    assert any(x["step"] == "due-soon" for x in rows(out))
+
+
+def test_past_and_no_date_print_once_at_planning_time(tmp_path: Path) -> None:
+    r, t = write(tmp_path, [
+        ALICE,
+        inv("2026-03-14T08:00:00Z"),
+        inv("2026-03-14T09:00:00Z"),  # same state again: nothing more printed
+        {"at": "2026-03-14T10:00:00Z", "subject": {"kind": "invoice", "key": "N", "attributes": {"status": "sent"},
+                                                   "recipients": {"customer": "c1"}}},
+    ])
+    _, out, _ = run(str(r), str(t))
+    skipped = [(x["at"], x["subject"], x["step"], x["reason"]) for x in rows(out) if x["outcome"] == "skipped"]
+    assert skipped == [
+        ("2026-03-14T08:00:00Z", "invoice/INV-1", "due-soon", "past"),
+        # ordered by at, then rule: "expiry" sorts before "invoice-reminders"
+        ("2026-03-14T10:00:00Z", "invoice/N", "write-off", "no_date"),
+        ("2026-03-14T10:00:00Z", "invoice/N", "due-soon", "no_date"),
+        ("2026-03-14T10:00:00Z", "invoice/N", "overdue", "no_date"),
+    ]
+
+
+def test_cancel_then_plan_again_prints_both_outcomes(tmp_path: Path) -> None:
+    r, t = write(tmp_path, [
+        ALICE,
+        inv("2026-03-01T08:00:00Z"),
+        {"at": "2026-03-02T08:00:00Z", "delete": "invoice/INV-1"},
+        inv("2026-03-03T08:00:00Z"),
+    ])
+    _, out, _ = run(str(r), str(t))
+    due = [(x["at"], x["outcome"], x["reason"]) for x in rows(out) if x["step"] == "due-soon"]
+    assert due == [("2026-03-02T08:00:00Z", "cancelled", "subject_deleted"),
+                   ("2026-03-12T09:00:00Z", "sent", None)]
