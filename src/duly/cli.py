@@ -129,6 +129,11 @@ def serve(rules: str | None, database: str, host: str, port: int, demo: bool | N
     app = create_app(rt)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
     server = uvicorn.Server(config)
+    # uvicorn handles SIGINT/SIGTERM itself, then re-raises the signal into the handler that
+    # was installed before it: make that one a no-op so the dispatcher is stopped below
+    # (after its in-flight sends) instead of the process dying or printing "Aborted!".
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: None)
     try:
         server.run()
     finally:
