@@ -251,3 +251,29 @@ def test_cancel_then_plan_again_prints_both_outcomes(tmp_path: Path) -> None:
     due = [(x["at"], x["outcome"], x["reason"]) for x in rows(out) if x["step"] == "due-soon"]
     assert due == [("2026-03-02T08:00:00Z", "cancelled", "subject_deleted"),
                    ("2026-03-12T09:00:00Z", "sent", None)]
+
+
+def test_open_ended_repeat_rolls_on_past_its_planning_horizon(tmp_path: Path) -> None:
+    rules = """
+rules:
+  - name: weekly
+    subject: plan
+    to: [owner]
+    steps:
+      - name: nudge
+        at: "start_at"
+        repeat: {every: 1w}
+        template: note
+"""
+    r, t = write(tmp_path, [
+        dict(ALICE, at="2026-01-01T00:00:00Z"),
+        {"at": "2026-01-01T00:00:00Z", "subject": {"kind": "plan", "key": "P", "attributes": {"start_at": "2026-01-05T10:00:00Z"},
+                                                   "recipients": {"owner": "c1"}}},
+    ], rules=rules)
+    code, out, err = run(str(r), str(t), "--until", "2026-12-31T00:00:00Z")
+    assert code == 0, err
+    sent = [x for x in rows(out) if x["outcome"] == "sent"]
+    # every Monday of 2026 from 5 January: 52 weeks, far past the 90-day planning horizon
+    assert len(sent) == 52
+    assert [x["occurrence"] for x in sent] == list(range(52))
+    assert sent[-1]["at"] == "2026-12-28T10:00:00Z"

@@ -205,11 +205,21 @@ class Dispatcher:
             else:
                 for w in to_send:
                     self._send(w)
-        done = [w for w in works if w.update and w not in sets]
+        set_ids = {id(w) for w in sets}
+        done = [w for w in works if w.update and id(w) not in set_ids]
         if done:
             with write_transaction(self.engine.db) as conn:
                 self.store.finish(conn, [w.update for w in done], self.owner)
                 self.store.log(conn, [lg for w in done for lg in w.logs])
+        # An open-ended repeat is planned over a rolling horizon: each occurrence handled
+        # moves the horizon on, so its subject is re-planned.
+        rolling = sorted({
+            w.row.identity.subject for w in works
+            if w.step is not None and w.step.repeat is not None and w.row.identity.subject
+            and w.step.repeat.count is None and w.step.repeat.until is None
+        })
+        if rolling:
+            self.engine.replan(rolling)
         if self.on_outcome is not None:
             for w in works:
                 for lg in w.logs:

@@ -127,6 +127,16 @@ class Engine:
         )
         return [s for (s,) in conn.execute(q) if s]
 
+    def replan(self, refs: Sequence[str]) -> int:
+        """Re-plan stored subjects from their current state (no new revision): extends the
+        rolling horizon of open-ended repeats. Returns how many rows became pending."""
+        now = self.clock.now()
+        with write_transaction(self.db) as conn:
+            woke = self._replan_refs(conn, refs, now)
+            if woke:
+                self._wake(conn)
+        return woke
+
     def _replan_refs(self, conn: Connection, refs: Sequence[str], now: datetime) -> int:
         pairs = []
         keys = [tuple(r.split("/", 1)) for r in refs]
