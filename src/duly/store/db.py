@@ -1,0 +1,261 @@
+"""Database connections and schema migrations.
+
+One engine factory for both backends, so every caller (server, worker, CLI, tests, simulate)
+talks to the database the same way:
+
+- SQLite (the embedded default): WAL, a 30 s busy timeout, ``synchronous=NORMAL`` and foreign
+  keys on every connection. SQLAlchemy, not the ``sqlite3`` module, emits ``BEGIN``, so
+  transactions (and DDL) behave as documented and a writer can ask for ``BEGIN IMMEDIATE``
+  through :func:`write_transaction`.
+- PostgreSQL: psycopg 3, pre-ping on checkout (workers outlive database restarts), sessions
+  in UTC.
+
+Migrations are Alembic scripts shipped inside the package (``duly/store/migrations``);
+:func:`migrate` runs them without an ``alembic.ini`` in the working directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+
+__all__ = [
+    "DEFAULT_URL",
+    "MIGRATIONS_DIR",
+    "current_revision",
+    "downgrade",
+    "head_revision",
+    "is_postgres",
+    "make_engine",
+    "migrate",
+    "redact_url",
+    "write_transaction",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "sqlite:///duly.db"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# SQLite pragmas applied to every new DBAPI connection.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# Execution option read by the SQLite "begin" hook: which BEGIN to emit. Set by
+# write_transaction(); anything else gets a plain (deferred) BEGIN.
+_SQLITE_BEGIN_OPTION = "duly_sqlite_begin"
+_SQLITE_BEGIN_MODES = {"DEFERRED", "IMMEDIATE", "EXCLUSIVE"}
+
+
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    """Create the engine for a database URL (``sqlite:///…`` or ``postgresql://…``).
+
+    A bare ``postgresql://`` (or ``postgres://``) URL is given the psycopg 3 driver.
+    ``sqlite:///:memory:`` gives one shared connection (StaticPool) usable from any thread,
+    so a simulation's components all see the same in-memory database; being one connection,
+    it takes one transaction at a time.
+
+    SQLite engines must not be switched to ``isolation_level="AUTOCOMMIT"``: SQLAlchemy
+    documents that as incompatible with emitting BEGIN from the "begin" event, as done here.
+    """
+    parsed = _normalise_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _make_sqlite_engine(parsed, echo=echo)
+    if backend == "postgresql":
+        return _make_postgres_engine(parsed, echo=echo)
+    raise ValueError(
+        f"unsupported database URL {redact_url(url)!r}: "
+        "use sqlite:///PATH or postgresql://USER@HOST/DB"
+    )
+
+
+def _normalise_url(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise ValueError(
+            f"not a database URL: {redact_url(url)!r} "
+            "(expected sqlite:///PATH or postgresql://USER@HOST/DB)"
+        ) from exc
+    # Heroku-style "postgres://" and a driverless "postgresql://" both mean psycopg 3 here:
+    # SQLAlchemy's default PostgreSQL driver is psycopg2, which duly does not install.
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _is_memory_sqlite(url: URL) -> bool:
+    return url.database in (None, "", ":memory:") or (url.query.get("mode") == "memory")
+
+
+def _make_sqlite_engine(url: URL, *, echo: bool) -> Engine:
+    kwargs: dict[str, Any] = {"echo": echo}
+    if _is_memory_sqlite(url):
+        # Every new connection to ":memory:" is a new empty database, so keep exactly one.
+        kwargs["poolclass"] = StaticPool
+        kwargs["connect_args"] = {"check_same_thread": False}
+    engine = sa.create_engine(url, **kwargs)
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:
+    # Stop the sqlite3 module from issuing BEGIN itself (it only does so before DML, and never
+    # before DDL or SELECT): _sqlite_on_begin emits it, so SQLAlchemy's transaction is
+    # SQLite's transaction.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # busy_timeout first, so switching the journal mode waits for other connections.
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        # WAL: readers never block the writer and the writer never blocks readers. A no-op
+        # ("memory") for in-memory databases.
+        cursor.execute("PRAGMA journal_mode = WAL")
+        # NORMAL is durable against application crashes in WAL mode; only a power loss can
+        # drop the last commits, and it cannot corrupt the file.
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        # SQLite leaves foreign keys off by default, per connection.
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    mode = conn.get_execution_options().get(_SQLITE_BEGIN_OPTION, "DEFERRED")
+    if mode not in _SQLITE_BEGIN_MODES:
+        raise ValueError(f"{_SQLITE_BEGIN_OPTION} must be one of {sorted(_SQLITE_BEGIN_MODES)}")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _make_postgres_engine(url: URL, *, echo: bool) -> Engine:
+    connect_args: dict[str, Any] = {}
+    if "application_name" not in url.query:
+        # Shows up in pg_stat_activity, which is where one looks for a stuck worker.
+        connect_args["application_name"] = "duly"
+    if "options" not in url.query:
+        # Instants are stored as naive UTC (tables.UTCDateTime). A UTC session makes any
+        # now()/CURRENT_TIMESTAMP in SQL agree with them, whatever the server's TimeZone.
+        connect_args["options"] = "-c TimeZone=UTC"
+    return sa.create_engine(url, echo=echo, pool_pre_ping=True, connect_args=connect_args)
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that will write: commits on success, rolls back on an exception.
+
+    On SQLite it starts with ``BEGIN IMMEDIATE``, taking the database's write lock up front
+    (waiting up to the busy timeout for it). A deferred transaction that reads first and
+    writes later can instead fail at once with "database is locked", because SQLite cannot
+    wait for the lock without breaking the snapshot the transaction has already read. On
+    PostgreSQL it is an ordinary transaction; row locks are taken by the statements.
+    """
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execution_options(**{_SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+        with conn.begin():
+            yield conn
+
+
+def is_postgres(engine: Engine | Connection) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+_PASSWORD_IN_QUERY = re.compile(r"(?i)([?&]password=)[^&#]*")
+_PASSWORD_IN_NETLOC = re.compile(r"(://[^:/?#@]*:)[^@/?#]*(@)")
+
+
+def redact_url(url: str | URL) -> str:
+    """The URL with any password replaced by ``***``, for logs and error messages."""
+    if isinstance(url, URL):
+        text = url.render_as_string(hide_password=True)
+    else:
+        try:
+            text = make_url(url).render_as_string(hide_password=True)
+        except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
+            # Not parseable as a database URL: still never print what looks like a password.
+            text = _PASSWORD_IN_NETLOC.sub(r"\1***\2", url)
+    # psycopg also accepts ?password=… in the query string.
+    return _PASSWORD_IN_QUERY.sub(r"\1***", text)
+
+
+# --- migrations --------------------------------------------------------------------------
+
+
+# Alembic keeps the running migration's context in module globals, so two migrations in
+# one process at once would trample each other. Across processes the database serialises
+# them (see env.py).
+_alembic_lock = threading.Lock()
+
+
+def _alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic config pointing at the migrations shipped in the package."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    if connection is not None:
+        # env.py runs on this connection instead of creating an engine of its own.
+        config.attributes["connection"] = connection
+    return config
+
+
+@contextmanager
+def _migration_connection(url_or_engine: str | Engine) -> Iterator[Connection]:
+    owns_engine = isinstance(url_or_engine, str)
+    engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        if owns_engine:
+            engine.dispose()
+
+
+def migrate(url_or_engine: str | Engine, revision: str = "head") -> None:
+    """Upgrade the database schema to ``revision`` (default: the latest).
+
+    All pending migrations run in one transaction on both backends, so a failure leaves the
+    schema as it was. Safe to call from several processes at once: they take turns (an
+    advisory lock on PostgreSQL, the write lock on SQLite) and the later ones find nothing
+    to do.
+    """
+    with _migration_connection(url_or_engine) as conn:
+        log.info("migrating %s to %s", redact_url(conn.engine.url), revision)
+        with _alembic_lock:
+            command.upgrade(_alembic_config(conn), revision)
+
+
+def downgrade(url_or_engine: str | Engine, revision: str) -> None:
+    """Downgrade the database schema to ``revision`` (``"base"``: no tables at all)."""
+    with _migration_connection(url_or_engine) as conn:
+        log.info("downgrading %s to %s", redact_url(conn.engine.url), revision)
+        with _alembic_lock:
+            command.downgrade(_alembic_config(conn), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None if it was never migrated."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str:
+    """The latest revision shipped with this version of duly."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None, "no migrations found in " + str(MIGRATIONS_DIR)
+    return head
