@@ -135,6 +135,8 @@ deliveries = Table(
     Index("ix_deliveries_subject", "subject"),
     # serves min_gap and per-recipient history
     Index("ix_deliveries_recipient", "recipient", "rule", "sent_at"),
+    # ids appear in the API, the outbox and links: never reuse one on SQLite
+    sqlite_autoincrement=True,
 )
 
 # Every attempt and every outcome of a delivery, append-only: what simulate prints and what
@@ -163,6 +165,7 @@ delivery_log = Table(
     Index("ix_delivery_log_delivery_id", "delivery_id"),
     # serves the outcome feed (simulate, stats) ordered by time
     Index("ix_delivery_log_at", "at"),
+    sqlite_autoincrement=True,
 )
 
 events = Table(

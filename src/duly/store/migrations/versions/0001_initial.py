@@ -113,6 +113,8 @@ def upgrade() -> None:
             "channel",
             name=op.f("uq_deliveries_rule_step_occurrence_subject_recipient_channel"),
         ),
+        # ids appear in the API, the outbox and links: never reuse one on SQLite
+        sqlite_autoincrement=True,
     )
     # serves claim_due(): pending rows by due time
     op.create_index("ix_deliveries_state_due", "deliveries", ["state", "due_at"])
@@ -142,6 +144,7 @@ def upgrade() -> None:
             name=op.f("fk_delivery_log_delivery_id_deliveries"),
             ondelete="CASCADE",
         ),
+        sqlite_autoincrement=True,
     )
     # serves history of one delivery
     op.create_index("ix_delivery_log_delivery_id", "delivery_log", ["delivery_id"])
