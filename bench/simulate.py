@@ -38,15 +38,28 @@ def timeline(n: int, seed: int = 7) -> str:
     lines = []
     zones = ["Europe/London", "America/New_York", "Asia/Tokyo", "Australia/Sydney"]
     for i in range(50):
-        lines.append((start, {"recipient": {"id": f"c{i}", "email": f"c{i}@example.test",
-                                            "timezone": zones[i % 4]}}))
+        lines.append(
+            (
+                start,
+                {
+                    "recipient": {
+                        "id": f"c{i}",
+                        "email": f"c{i}@example.test",
+                        "timezone": zones[i % 4],
+                    }
+                },
+            )
+        )
     events = []
     for i in range(n):
         created = start + timedelta(minutes=rnd.randrange(0, 365 * 24 * 60 - 60 * 24 * 30))
         due = created + timedelta(days=rnd.randrange(5, 40))
-        subj = {"kind": "invoice", "key": f"INV-{i}",
-                "attributes": {"status": "sent", "due_at": due.strftime("%Y-%m-%dT%H:%M:%SZ")},
-                "recipients": {"customer": f"c{i % 50}"}}
+        subj = {
+            "kind": "invoice",
+            "key": f"INV-{i}",
+            "attributes": {"status": "sent", "due_at": due.strftime("%Y-%m-%dT%H:%M:%SZ")},
+            "recipients": {"customer": f"c{i % 50}"},
+        }
         events.append((created, {"subject": subj}))
         if rnd.random() < 0.4:  # 40% pay before the ladder ends
             paid = dict(subj, attributes=dict(subj["attributes"], status="paid"))
@@ -67,7 +80,8 @@ def main() -> None:
         p = Path(d)
         (p / "templates").mkdir()
         (p / "templates" / "note.email.txt").write_text(
-            "Subject: {{ subject.key }}: {{ step.name }}\nDue {{ date(attributes.due_at) }}\n")
+            "Subject: {{ subject.key }}: {{ step.name }}\nDue {{ date(attributes.due_at) }}\n"
+        )
         (p / "duly.yaml").write_text(RULES)
         (p / "timeline.jsonl").write_text(timeline(args.subjects))
         t0 = time.perf_counter()
@@ -78,9 +92,12 @@ def main() -> None:
         k = r["outcome"] + (f"/{r['reason']}" if r["reason"] else "")
         by[k] = by.get(k, 0) + 1
     print(f"{'benchmark':<40} {'figure':>12} {'target':>10}")
-    print(f"{'simulate: 1 year, %d subjects x 3 steps' % args.subjects:<40} {dt:>10.1f} s {'< 30 s':>10}"
-          f"  {'PASS' if dt < 30 else 'MISS'}")
-    print(f"{'outcomes':<40} {len(rows):>12}   " + ", ".join(f"{k}: {v}" for k, v in sorted(by.items())))
+    label = f"simulate: 1 year, {args.subjects} subjects x 3 steps"
+    print(f"{label:<40} {dt:>10.1f} s {'< 30 s':>10}  {'PASS' if dt < 30 else 'MISS'}")
+    print(
+        f"{'outcomes':<40} {len(rows):>12}   "
+        + ", ".join(f"{k}: {v}" for k, v in sorted(by.items()))
+    )
 
 
 if __name__ == "__main__":

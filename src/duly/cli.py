@@ -9,7 +9,6 @@ import signal
 import sys
 import threading
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import click
@@ -99,15 +98,34 @@ def _runtime(rf: Any, database: str, **kw: Any) -> Any:
 @main.command()
 @_opt_rules
 @_opt_db
-@click.option("--host", envvar="DULY_HOST", show_envvar=True, default="127.0.0.1", show_default=True,
-              help="Address to listen on.")
-@click.option("--port", envvar="DULY_PORT", show_envvar=True, default=8000, show_default=True,
-              type=int, help="Port to listen on.")
-@click.option("--demo/--no-demo", envvar="DULY_DEMO", show_envvar=True, default=None,
-              help="Load demo data (default: when running the bundled example rules on an empty database).")
+@click.option(
+    "--host",
+    envvar="DULY_HOST",
+    show_envvar=True,
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on.",
+)
+@click.option(
+    "--port",
+    envvar="DULY_PORT",
+    show_envvar=True,
+    default=8000,
+    show_default=True,
+    type=int,
+    help="Port to listen on.",
+)
+@click.option(
+    "--demo/--no-demo",
+    envvar="DULY_DEMO",
+    show_envvar=True,
+    default=None,
+    help="Load demo data (default: when running the bundled example rules on an empty database).",
+)
 @_opt_log
-def serve(rules: str | None, database: str, host: str, port: int, demo: bool | None,
-          log_level: str) -> None:
+def serve(
+    rules: str | None, database: str, host: str, port: int, demo: bool | None, log_level: str
+) -> None:
     """Run everything in one process: HTTP server, dispatcher and scheduler."""
     import uvicorn
 
@@ -123,8 +141,11 @@ def serve(rules: str | None, database: str, host: str, port: int, demo: bool | N
 
         n = seed(rt.engine)
         if n:
-            log.info("demo data loaded: %d subjects; the first messages go out within a minute "
-                     "(read them with `duly outbox`)", n)
+            log.info(
+                "demo data loaded: %d subjects; the first messages go out within a minute "
+                "(read them with `duly outbox`)",
+                n,
+            )
     rt.start()
     app = create_app(rt)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
@@ -144,8 +165,15 @@ def serve(rules: str | None, database: str, host: str, port: int, demo: bool | N
 @main.command()
 @_opt_rules
 @_opt_db
-@click.option("--concurrency", envvar="DULY_CONCURRENCY", show_envvar=True, default=8,
-              show_default=True, type=int, help="Sends in flight at once.")
+@click.option(
+    "--concurrency",
+    envvar="DULY_CONCURRENCY",
+    show_envvar=True,
+    default=8,
+    show_default=True,
+    type=int,
+    help="Sends in flight at once.",
+)
 @_opt_log
 def worker(rules: str | None, database: str, concurrency: int, log_level: str) -> None:
     """Run only the dispatcher (any number of workers can share one PostgreSQL database)."""
@@ -191,8 +219,13 @@ def rules() -> None:
 
 @rules.command("check")
 @click.argument("file", type=click.Path(dir_okay=False), envvar="DULY_RULES")
-@click.option("--no-templates", is_flag=True, envvar="DULY_NO_TEMPLATES", show_envvar=True,
-              help="Do not require template files.")
+@click.option(
+    "--no-templates",
+    is_flag=True,
+    envvar="DULY_NO_TEMPLATES",
+    show_envvar=True,
+    help="Do not require template files.",
+)
 def rules_check(file: str, no_templates: bool) -> None:
     """Validate a rule file: exit 0, or 2 with every error listed (FILE or DULY_RULES)."""
     from duly.rules.loader import RuleFileError, load_rules
@@ -214,12 +247,30 @@ def rules_check(file: str, no_templates: bool) -> None:
 @main.command()
 @click.argument("rules_file", metavar="RULES.yaml", type=click.Path(dir_okay=False))
 @click.argument("timeline", metavar="TIMELINE.jsonl", type=click.Path(dir_okay=False))
-@click.option("--until", envvar="DULY_SIM_UNTIL", show_envvar=True, default=None,
-              help="End of virtual time (ISO 8601; default 30 days after the last line).")
-@click.option("--format", "fmt", envvar="DULY_SIM_FORMAT", show_envvar=True, default="jsonl",
-              type=click.Choice(["jsonl", "table"]), show_default=True, help="Output format.")
-@click.option("--no-render", is_flag=True, envvar="DULY_SIM_NO_RENDER", show_envvar=True,
-              help="Do not render templates (none are needed).")
+@click.option(
+    "--until",
+    envvar="DULY_SIM_UNTIL",
+    show_envvar=True,
+    default=None,
+    help="End of virtual time (ISO 8601; default 30 days after the last line).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    envvar="DULY_SIM_FORMAT",
+    show_envvar=True,
+    default="jsonl",
+    type=click.Choice(["jsonl", "table"]),
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "--no-render",
+    is_flag=True,
+    envvar="DULY_SIM_NO_RENDER",
+    show_envvar=True,
+    help="Do not render templates (none are needed).",
+)
 def simulate(rules_file: str, timeline: str, until: str | None, fmt: str, no_render: bool) -> None:
     """Run the rules over a timeline in virtual time and print every outcome."""
     from duly.rules.loader import RuleFileError
@@ -256,11 +307,26 @@ def simulate(rules_file: str, timeline: str, until: str | None, fmt: str, no_ren
 @click.argument("delivery_id", required=False, type=int)
 @_opt_db
 @_opt_rules
-@click.option("--limit", envvar="DULY_OUTBOX_LIMIT", show_envvar=True, default=20, show_default=True,
-              type=int, help="How many messages to list.")
-@click.option("--json", "as_json", is_flag=True, envvar="DULY_OUTBOX_JSON", show_envvar=True,
-              help="Print JSON.")
-def outbox(delivery_id: int | None, database: str, rules: str | None, limit: int, as_json: bool) -> None:
+@click.option(
+    "--limit",
+    envvar="DULY_OUTBOX_LIMIT",
+    show_envvar=True,
+    default=20,
+    show_default=True,
+    type=int,
+    help="How many messages to list.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    envvar="DULY_OUTBOX_JSON",
+    show_envvar=True,
+    help="Print JSON.",
+)
+def outbox(
+    delivery_id: int | None, database: str, rules: str | None, limit: int, as_json: bool
+) -> None:
     """List messages kept in the outbox, or show one (DELIVERY_ID) in full."""
     from duly.store.db import make_engine
     from duly.store.store import Store
@@ -280,10 +346,12 @@ def outbox(delivery_id: int | None, database: str, rules: str | None, limit: int
         if not rows:
             raise click.ClickException(f"no outbox message with delivery id {delivery_id}")
         r = rows[0]
-        click.echo(f"Delivery:   {r['id']}\nTo:         {r['recipient']} <{r['to_address']}>\n"
-                   f"Sent:       {r['sent_at']}\nRule:       {r['rule']} / {r['step'] or '-'}\n"
-                   f"Subject:    {r['subject']}\nMessage-ID: {r['message_id']}\n"
-                   f"Title:      {r['title']}\n")
+        click.echo(
+            f"Delivery:   {r['id']}\nTo:         {r['recipient']} <{r['to_address']}>\n"
+            f"Sent:       {r['sent_at']}\nRule:       {r['rule']} / {r['step'] or '-'}\n"
+            f"Subject:    {r['subject']}\nMessage-ID: {r['message_id']}\n"
+            f"Title:      {r['title']}\n"
+        )
         click.echo(r["body_text"] or r["body_html"] or "")
         return
     if not rows:

@@ -421,7 +421,9 @@ def _occurrences(
         days=rep.days,
         count=rep.count,
         until=until,
-        horizon=horizon if (rep.count is None and until is None) else datetime.max.replace(tzinfo=UTC),
+        horizon=horizon
+        if (rep.count is None and until is None)
+        else datetime.max.replace(tzinfo=UTC),
         calendar=cal,
     )
 

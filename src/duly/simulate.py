@@ -42,7 +42,9 @@ class TimelineLine:
 
 def _parse_at(value: Any, where: str, field_name: str = "at") -> datetime:
     if not isinstance(value, str):
-        raise SimulationError(f"{where}: {field_name}: expected an ISO 8601 time with offset, got {value!r}")
+        raise SimulationError(
+            f"{where}: {field_name}: expected an ISO 8601 time with offset, got {value!r}"
+        )
     try:
         t = datetime.fromisoformat(value)
     except ValueError:
@@ -66,7 +68,9 @@ def parse_timeline(text: str, path: str = "timeline.jsonl") -> list[TimelineLine
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise SimulationError(f"{where}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+            raise SimulationError(
+                f"{where}: not valid JSON: {exc.msg} (column {exc.colno})"
+            ) from None
         if not isinstance(obj, dict):
             raise SimulationError(f"{where}: expected a JSON object")
         if "at" not in obj:
@@ -92,7 +96,9 @@ def parse_timeline(text: str, path: str = "timeline.jsonl") -> list[TimelineLine
     return out
 
 
-def _need(obj: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str, prefix: str) -> Any:
+def _need(
+    obj: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str, prefix: str
+) -> Any:
     if key not in obj or not isinstance(obj[key], typ):
         raise SimulationError(f"{where}: {prefix}.{key}: missing or not a {_tname(typ)}")
     return obj[key]
@@ -107,7 +113,7 @@ def _tname(typ: type | tuple[type, ...]) -> str:
 def _check_shape(kind: str, v: Any, where: str) -> None:
     if kind == "delete":
         if not isinstance(v, str) or "/" not in v:
-            raise SimulationError(f"{where}: delete: expected \"KIND/KEY\"")
+            raise SimulationError(f'{where}: delete: expected "KIND/KEY"')
         return
     if not isinstance(v, dict):
         raise SimulationError(f"{where}: {kind}: expected an object")
@@ -138,7 +144,7 @@ def _check_shape(kind: str, v: Any, where: str) -> None:
         _need(v, "channel", str, where, kind)
         _parse_at(v.get("until"), where, "fail.until")
         if v.get("kind", "temporary") not in ("temporary", "permanent"):
-            raise SimulationError(f"{where}: fail.kind: expected \"temporary\" or \"permanent\"")
+            raise SimulationError(f'{where}: fail.kind: expected "temporary" or "permanent"')
     elif kind == "down":
         _parse_at(v.get("until"), where, "down.until")
 
@@ -162,8 +168,9 @@ class CaptureChannel:
     def send(self, message: Message) -> Receipt:
         f = self.failures.by_channel.get(self.name)
         if f is not None and self.clock.now() < f[0]:
-            raise DeliveryError(f"simulated {'permanent' if f[1] else 'temporary'} failure",
-                                permanent=f[1])
+            raise DeliveryError(
+                f"simulated {'permanent' if f[1] else 'temporary'} failure", permanent=f[1]
+            )
         self.sent.append(message)
         return Receipt(provider_id=f"capture:{message.message_id}")
 
@@ -181,9 +188,8 @@ def run(
     timeline_path: str = "timeline.jsonl",
 ) -> list[dict[str, Any]]:
     """Run the engine over ``timeline``; return the outcome rows in spec order."""
-    from sqlalchemy.pool import StaticPool
-
     import sqlalchemy as sa
+    from sqlalchemy.pool import StaticPool
 
     from duly.store.tables import metadata
 
@@ -205,8 +211,9 @@ def run(
         from duly.render import Renderer
 
         renderer = Renderer(rf.templates_dir)
-    disp = Dispatcher(engine, channels, renderer, owner="simulate", send_workers=1,
-                      lease=timedelta(days=3650))
+    disp = Dispatcher(
+        engine, channels, renderer, owner="simulate", send_workers=1, lease=timedelta(days=3650)
+    )
     down_until: datetime | None = None
     i = 0
     while True:
@@ -343,7 +350,18 @@ def dumps_row(o: dict[str, Any]) -> str:
 
 def table(rows: Sequence[dict[str, Any]]) -> Iterator[str]:
     """Rows for people, then a summary by outcome and reason."""
-    cols = ("at", "rule", "step", "occurrence", "subject", "recipient", "channel", "outcome", "reason", "title")
+    cols = (
+        "at",
+        "rule",
+        "step",
+        "occurrence",
+        "subject",
+        "recipient",
+        "channel",
+        "outcome",
+        "reason",
+        "title",
+    )
     data = [[("" if o.get(c) is None else str(o.get(c))) for c in cols] for o in rows]
     widths = [max([len(c)] + [len(d[i]) for d in data]) for i, c in enumerate(cols)]
     widths[-1] = min(widths[-1], 60)
@@ -377,5 +395,6 @@ def simulate_files(
     except OSError as exc:
         raise SimulationError(f"{timeline_path}: cannot read: {exc.strerror}") from None
     timeline = parse_timeline(text, str(timeline_path))
-    return run(rf, timeline, until=until, render=render, stderr=stderr,
-               timeline_path=str(timeline_path))
+    return run(
+        rf, timeline, until=until, render=render, stderr=stderr, timeline_path=str(timeline_path)
+    )

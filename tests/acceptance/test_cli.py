@@ -38,7 +38,8 @@ def test_every_option_names_its_environment_variable() -> None:
     for cmd in (["serve"], ["worker"], ["migrate"], ["simulate"], ["outbox"], ["rules", "check"]):
         out = runner.invoke(main, [*cmd, "--help"], terminal_width=200).output
         options = [
-            line for line in out.splitlines()
+            line
+            for line in out.splitlines()
             if line.strip().startswith("-") and not line.strip().startswith(("-h,", "--help"))
         ]
         assert options, cmd
@@ -55,10 +56,10 @@ def test_rules_check_lists_every_error_and_exits_2(tmp_path: Path) -> None:
         "rules:\n"
         "  - name: a\n"
         "    subject: invoice\n"
-        "    at: \"due_at - 3 days\"\n"
+        '    at: "due_at - 3 days"\n'
         "  - name: b\n"
         "    subject: invoice\n"
-        "    if: \"status ==\"\n"
+        '    if: "status =="\n'
         "    at: due_at\n"
     )
     res = CliRunner().invoke(main, ["rules", "check", "--no-templates", str(bad)])
@@ -90,15 +91,28 @@ def _wait(pred, timeout: float = 20.0) -> bool:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
-def test_serve_runs_the_demo_and_the_outbox_shows_what_went_out(tmp_path: Path, stop_signal: int) -> None:
+def test_serve_runs_the_demo_and_the_outbox_shows_what_went_out(
+    tmp_path: Path, stop_signal: int
+) -> None:
     """The README's first command: demo rules on a fresh SQLite file; the first message
     (a payment receipt) goes out at once and is readable with `duly outbox`."""
     port = free_port()
-    env = {**os.environ, "DULY_PORT": str(port), "DULY_DATABASE_URL": f"sqlite:///{tmp_path / 'duly.db'}"}
+    env = {
+        **os.environ,
+        "DULY_PORT": str(port),
+        "DULY_DATABASE_URL": f"sqlite:///{tmp_path / 'duly.db'}",
+    }
     env.pop("DULY_RULES", None)
-    proc = subprocess.Popen([*DULY, "serve"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [*DULY, "serve"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
+
         def ready() -> bool:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
@@ -111,7 +125,9 @@ def test_serve_runs_the_demo_and_the_outbox_shows_what_went_out(tmp_path: Path, 
             assert json.load(r) == {"status": "ok"}
 
         def receipt_listed() -> bool:
-            out = subprocess.run([*DULY, "outbox"], cwd=tmp_path, env=env, capture_output=True, text=True)
+            out = subprocess.run(
+                [*DULY, "outbox"], cwd=tmp_path, env=env, capture_output=True, text=True
+            )
             return "Payment received for invoice INV-1003" in out.stdout
 
         assert _wait(receipt_listed)
@@ -143,16 +159,18 @@ def smtp_sink():  # noqa: ANN201
     ctl.stop()
 
 
-def test_worker_stops_cleanly_on_sigterm_and_loses_nothing(db_url: str, tmp_path: Path, smtp_sink) -> None:  # noqa: ANN001
+def test_worker_stops_cleanly_on_sigterm_and_loses_nothing(
+    db_url: str, tmp_path: Path, smtp_sink
+) -> None:  # noqa: ANN001
     sink, port = smtp_sink
     (tmp_path / "templates").mkdir()
     (tmp_path / "templates" / "n.email.txt").write_text("Subject: {{ subject.key }}\nhi\n")
     (tmp_path / "duly.yaml").write_text(
         "channels:\n"
-        f"  email: {{type: smtp, url: \"smtp://127.0.0.1:{port}\", from: \"a@b.test\"}}\n"
+        f'  email: {{type: smtp, url: "smtp://127.0.0.1:{port}", from: "a@b.test"}}\n'
         "rules:\n"
         "  - name: r\n    subject: job\n    to: [owner]\n    template: n\n"
-        "    steps:\n      - {name: s, at: \"due_at\"}\n"
+        '    steps:\n      - {name: s, at: "due_at"}\n'
     )
     rf = load_rules(tmp_path / "duly.yaml")
     migrate(db_url)
@@ -161,18 +179,31 @@ def test_worker_stops_cleanly_on_sigterm_and_loses_nothing(db_url: str, tmp_path
     eng.put_recipient(Recipient("o", email="o@example.test"))
     soon = datetime.now(UTC) + timedelta(seconds=2)
     n = 300
-    eng.upsert_subjects([SubjectInput("job", str(i), {"due_at": soon.isoformat()}, {"owner": "o"})
-                         for i in range(n)])
+    eng.upsert_subjects(
+        [
+            SubjectInput("job", str(i), {"due_at": soon.isoformat()}, {"owner": "o"})
+            for i in range(n)
+        ]
+    )
     env = {**os.environ, "DULY_DATABASE_URL": db_url, "DULY_RULES": str(tmp_path / "duly.yaml")}
-    proc = subprocess.Popen([*DULY, "worker", "--concurrency", "2"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [*DULY, "worker", "--concurrency", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert _wait(lambda: sink.count > 20, 30), "the worker sent nothing"
     proc.send_signal(signal.SIGTERM)  # in the middle of the drain
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "worker stopped" in out
     with db.connect() as c:
-        states = dict(c.execute(sa.select(deliveries.c.state, sa.func.count()).group_by(deliveries.c.state)).all())
+        states = dict(
+            c.execute(
+                sa.select(deliveries.c.state, sa.func.count()).group_by(deliveries.c.state)
+            ).all()
+        )
     assert states.get("sending", 0) == 0, states  # nothing left claimed
     assert states.get("sent", 0) == sink.count  # every send recorded, none twice
     assert states.get("sent", 0) + states.get("pending", 0) == n

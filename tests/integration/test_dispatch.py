@@ -16,7 +16,6 @@ import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 
-from duly.channels.base import Message, Receipt
 from duly.channels.smtp import SmtpChannel
 from duly.engine.clock import SystemClock, VirtualClock
 from duly.engine.dispatcher import Dispatcher, jitter, message_id_for
@@ -106,19 +105,26 @@ def make(db_url: str, tmp: Path, rules: str, clock, port: int | None = None, **k
     engine = Engine(rf, db, clock=clock)
     chans = {}
     if port is not None:
-        chans["email"] = SmtpChannel("email", url=f"smtp://127.0.0.1:{port}", from_="billing@acme.test")
-    disp = Dispatcher(engine, chans, Renderer(rf.templates_dir), send_workers=kw.pop("workers", 1), **kw)
+        chans["email"] = SmtpChannel(
+            "email", url=f"smtp://127.0.0.1:{port}", from_="billing@acme.test"
+        )
+    disp = Dispatcher(
+        engine, chans, Renderer(rf.templates_dir), send_workers=kw.pop("workers", 1), **kw
+    )
     return engine, disp
 
 
 def alice(engine: Engine, **kw) -> None:  # noqa: ANN003
-    engine.put_recipient(Recipient("c1", name="Alice", email="alice@example.test",
-                                   timezone="Europe/London", **kw))
+    engine.put_recipient(
+        Recipient("c1", name="Alice", email="alice@example.test", timezone="Europe/London", **kw)
+    )
 
 
 def rows(engine: Engine) -> list[dict]:
     with engine.db.connect() as c:
-        return [dict(r) for r in c.execute(sa.select(deliveries).order_by(deliveries.c.id)).mappings()]
+        return [
+            dict(r) for r in c.execute(sa.select(deliveries).order_by(deliveries.c.id)).mappings()
+        ]
 
 
 def test_sends_on_time_exactly_once_with_identity_headers(db_url, templates, smtp) -> None:
@@ -126,8 +132,14 @@ def test_sends_on_time_exactly_once_with_identity_headers(db_url, templates, smt
     clock = VirtualClock(T0)
     engine, disp = make(db_url, templates, RULES, clock, port)
     alice(engine)
-    engine.upsert_subject(SubjectInput("invoice", "INV-1", {"status": "sent", "due_at": "2026-03-10T09:00:00Z"},
-                                       {"customer": "c1"}))
+    engine.upsert_subject(
+        SubjectInput(
+            "invoice",
+            "INV-1",
+            {"status": "sent", "due_at": "2026-03-10T09:00:00Z"},
+            {"customer": "c1"},
+        )
+    )
     assert disp.run_once() == 0  # nothing due yet
     clock.set(datetime(2026, 3, 7, 9, 0, tzinfo=UTC))
     assert disp.run_once() == 1
@@ -149,10 +161,17 @@ def test_two_dispatchers_never_send_the_same_delivery_twice(db_url, templates, s
     _, d2 = make(db_url, templates, RULES, clock, port, batch_size=7)
     alice(engine)
     n = 60
-    engine.upsert_subjects([
-        SubjectInput("invoice", f"INV-{i}", {"status": "sent", "due_at": "2026-03-10T09:00:00Z"},
-                     {"customer": "c1"}) for i in range(n)
-    ])
+    engine.upsert_subjects(
+        [
+            SubjectInput(
+                "invoice",
+                f"INV-{i}",
+                {"status": "sent", "due_at": "2026-03-10T09:00:00Z"},
+                {"customer": "c1"},
+            )
+            for i in range(n)
+        ]
+    )
     clock.set(datetime(2026, 3, 7, 9, 0, tzinfo=UTC))
     errors: list[BaseException] = []
 
@@ -181,13 +200,21 @@ def test_a_crashed_workers_claims_are_taken_over_after_the_lease_with_the_same_m
     clock = VirtualClock(T0)
     engine, disp = make(db_url, templates, RULES, clock, port, lease=timedelta(minutes=5))
     alice(engine)
-    engine.upsert_subject(SubjectInput("invoice", "INV-1", {"status": "sent", "due_at": "2026-03-10T09:00:00Z"},
-                                       {"customer": "c1"}))
+    engine.upsert_subject(
+        SubjectInput(
+            "invoice",
+            "INV-1",
+            {"status": "sent", "due_at": "2026-03-10T09:00:00Z"},
+            {"customer": "c1"},
+        )
+    )
     clock.set(datetime(2026, 3, 7, 9, 0, tzinfo=UTC))
     from duly.store.db import write_transaction
 
     with write_transaction(engine.db) as conn:  # a worker claims, then dies before recording
-        (claimed,) = engine.store.claim_due(conn, clock.now(), "dead-worker", timedelta(minutes=5), 10)
+        (claimed,) = engine.store.claim_due(
+            conn, clock.now(), "dead-worker", timedelta(minutes=5), 10
+        )
     assert disp.run_once() == 0  # the lease still holds
     clock.set(clock.now() + timedelta(minutes=5, seconds=1))
     assert disp.run_once() == 1
@@ -203,8 +230,14 @@ def test_temporary_failures_retry_with_backoff_then_succeed(db_url, templates, s
     clock = VirtualClock(T0)
     engine, disp = make(db_url, templates, RULES, clock, port)
     alice(engine)
-    engine.upsert_subject(SubjectInput("invoice", "INV-1", {"status": "sent", "due_at": "2026-03-10T09:00:00Z"},
-                                       {"customer": "c1"}))
+    engine.upsert_subject(
+        SubjectInput(
+            "invoice",
+            "INV-1",
+            {"status": "sent", "due_at": "2026-03-10T09:00:00Z"},
+            {"customer": "c1"},
+        )
+    )
     t = datetime(2026, 3, 7, 9, 0, tzinfo=UTC)
     clock.set(t)
     disp.run_once()
@@ -225,8 +258,15 @@ def test_temporary_failures_retry_with_backoff_then_succeed(db_url, templates, s
     r3 = rows(engine)[0]
     assert r3["state"] == "sent" and r3["attempts"] == 3
     with engine.db.connect() as c:
-        log = c.execute(sa.select(delivery_log).where(delivery_log.c.kind == "attempt")
-                        .order_by(delivery_log.c.id)).mappings().all()
+        log = (
+            c.execute(
+                sa.select(delivery_log)
+                .where(delivery_log.c.kind == "attempt")
+                .order_by(delivery_log.c.id)
+            )
+            .mappings()
+            .all()
+        )
     assert [(x["attempt"], bool(x["error"])) for x in log] == [(1, True), (2, True), (3, False)]
     assert len(sink.messages) == 1
 
@@ -234,7 +274,9 @@ def test_temporary_failures_retry_with_backoff_then_succeed(db_url, templates, s
 def disp_identity(r: dict):  # noqa: ANN201
     from duly.planner import Identity
 
-    return Identity.from_db(r["rule"], r["step"], r["occurrence"], r["subject"], r["recipient"], r["channel"])
+    return Identity.from_db(
+        r["rule"], r["step"], r["occurrence"], r["subject"], r["recipient"], r["channel"]
+    )
 
 
 def test_retries_exhausted_and_permanent_errors_fail(db_url, templates, smtp) -> None:
@@ -243,8 +285,14 @@ def test_retries_exhausted_and_permanent_errors_fail(db_url, templates, smtp) ->
     engine, disp = make(db_url, templates, RULES, clock, port)
     alice(engine)
     sink.rcpt_codes = ["550 5.1.1 no such user"]
-    engine.upsert_subject(SubjectInput("invoice", "INV-1", {"status": "sent", "due_at": "2026-03-10T09:00:00Z"},
-                                       {"customer": "c1"}))
+    engine.upsert_subject(
+        SubjectInput(
+            "invoice",
+            "INV-1",
+            {"status": "sent", "due_at": "2026-03-10T09:00:00Z"},
+            {"customer": "c1"},
+        )
+    )
     clock.set(datetime(2026, 3, 7, 9, 0, tzinfo=UTC))
     disp.run_once()
     r = rows(engine)[0]
@@ -265,18 +313,28 @@ def test_retries_exhausted_and_permanent_errors_fail(db_url, templates, smtp) ->
 
 def test_a_render_error_fails_only_its_delivery(db_url, templates, smtp) -> None:
     sink, port = smtp
-    rules = RULES.replace("template: plain\n      - name: overdue", "template: broken\n      - name: overdue")
+    rules = RULES.replace(
+        "template: plain\n      - name: overdue", "template: broken\n      - name: overdue"
+    )
     clock = VirtualClock(T0)
     engine, disp = make(db_url, templates, rules, clock, port)
     alice(engine)
-    engine.upsert_subjects([
-        SubjectInput("invoice", k, {"status": "sent", "due_at": "2026-03-10T09:00:00Z"}, {"customer": "c1"})
-        for k in ("A", "B")
-    ])
+    engine.upsert_subjects(
+        [
+            SubjectInput(
+                "invoice",
+                k,
+                {"status": "sent", "due_at": "2026-03-10T09:00:00Z"},
+                {"customer": "c1"},
+            )
+            for k in ("A", "B")
+        ]
+    )
     clock.set(datetime(2026, 3, 7, 9, 0, tzinfo=UTC))
     disp.run_once()
-    assert {(r["subject"], r["state"], r["reason"]) for r in rows(engine) if r["step"] == "due-soon"} == {
-        ("invoice/A", "failed", "render_error"), ("invoice/B", "failed", "render_error")}
+    assert {
+        (r["subject"], r["state"], r["reason"]) for r in rows(engine) if r["step"] == "due-soon"
+    } == {("invoice/A", "failed", "render_error"), ("invoice/B", "failed", "render_error")}
     assert "broken" in rows(engine)[0]["last_error"]
     clock.set(datetime(2026, 3, 11, 9, 0, tzinfo=UTC))
     disp.run_once()
@@ -288,10 +346,22 @@ def test_grace_skips_stale_reminders_but_sends_transactional(db_url, templates, 
     clock = VirtualClock(T0)
     engine, disp = make(db_url, templates, RULES, clock, port)
     alice(engine)
-    engine.upsert_subject(SubjectInput("invoice", "INV-1", {"status": "sent", "due_at": "2026-03-10T09:00:00Z"},
-                                       {"customer": "c1"}))
-    engine.upsert_subject(SubjectInput("invoice", "INV-2", {"status": "paid", "due_at": "2026-03-10T09:00:00Z"},
-                                       {"customer": "c1"}))
+    engine.upsert_subject(
+        SubjectInput(
+            "invoice",
+            "INV-1",
+            {"status": "sent", "due_at": "2026-03-10T09:00:00Z"},
+            {"customer": "c1"},
+        )
+    )
+    engine.upsert_subject(
+        SubjectInput(
+            "invoice",
+            "INV-2",
+            {"status": "paid", "due_at": "2026-03-10T09:00:00Z"},
+            {"customer": "c1"},
+        )
+    )
     # the engine was down for two days
     clock.set(datetime(2026, 3, 7, 9, 0, tzinfo=UTC) + timedelta(hours=13))
     disp.run_once()
@@ -303,15 +373,23 @@ def test_grace_skips_stale_reminders_but_sends_transactional(db_url, templates, 
 
 def test_consent_address_and_condition_are_checked_at_send_time(db_url, templates, smtp) -> None:
     sink, port = smtp
-    rules = RULES.replace("if: \"status == 'sent'\"", "if: \"status == 'sent' and due_at > now - 30d\"")
+    rules = RULES.replace(
+        "if: \"status == 'sent'\"", "if: \"status == 'sent' and due_at > now - 30d\""
+    )
     clock = VirtualClock(T0)
     engine, disp = make(db_url, templates, rules, clock, port)
     engine.put_recipient(Recipient("optout", email="o@example.test", consent={"reminder": False}))
     engine.put_recipient(Recipient("noaddr"))
     engine.put_recipient(Recipient("ok", email="ok@example.test"))
     for k, who in (("A", "optout"), ("B", "noaddr"), ("C", "ok"), ("D", "ghost")):
-        engine.upsert_subject(SubjectInput("invoice", k, {"status": "sent", "due_at": "2026-03-10T09:00:00Z"},
-                                           {"customer": who}))
+        engine.upsert_subject(
+            SubjectInput(
+                "invoice",
+                k,
+                {"status": "sent", "due_at": "2026-03-10T09:00:00Z"},
+                {"customer": who},
+            )
+        )
     clock.set(datetime(2026, 3, 7, 9, 0, tzinfo=UTC))
     disp.run_once()
     got = {r["subject"]: (r["state"], r["reason"]) for r in rows(engine) if r["step"] == "due-soon"}
@@ -322,14 +400,23 @@ def test_consent_address_and_condition_are_checked_at_send_time(db_url, template
         "invoice/D": ("skipped", "no_address"),
     }
     # receipts are transactional: sent even to the one who opted out of reminders
-    engine.upsert_subject(SubjectInput("invoice", "A", {"status": "paid", "due_at": "2026-03-10T09:00:00Z"},
-                                       {"customer": "optout"}))
+    engine.upsert_subject(
+        SubjectInput(
+            "invoice",
+            "A",
+            {"status": "paid", "due_at": "2026-03-10T09:00:00Z"},
+            {"customer": "optout"},
+        )
+    )
     disp.run_once()
     assert any(m["To"] == "o@example.test" for m in sink.messages)
     # the condition depends on `now`: true when planned, false by the time it is due
     clock.set(datetime(2026, 4, 12, 0, 0, tzinfo=UTC))
-    engine.upsert_subject(SubjectInput("invoice", "E", {"status": "sent", "due_at": "2026-04-14T09:00:00Z"},
-                                       {"customer": "ok"}))
+    engine.upsert_subject(
+        SubjectInput(
+            "invoice", "E", {"status": "sent", "due_at": "2026-04-14T09:00:00Z"}, {"customer": "ok"}
+        )
+    )
     clock.set(datetime(2026, 5, 20, 9, 0, tzinfo=UTC))
     # hold on: due-soon 11 April is past already; overdue 15 April 09:00 now 35 days late → grace
     disp.run_once()
@@ -340,13 +427,21 @@ def test_consent_address_and_condition_are_checked_at_send_time(db_url, template
 
 def test_min_gap_defers_the_second_rung(db_url, templates, smtp) -> None:
     sink, port = smtp
-    rules = RULES.replace("    to: [customer]\n    steps:", "    to: [customer]\n    min_gap: 2d\n    steps:", 1)
+    rules = RULES.replace(
+        "    to: [customer]\n    steps:", "    to: [customer]\n    min_gap: 2d\n    steps:", 1
+    )
     rules = rules.replace('at: "due_at + 1d"', 'at: "due_at - 3d"')  # both rungs at once
     clock = VirtualClock(T0)
     engine, disp = make(db_url, templates, rules, clock, port)
     alice(engine)
-    engine.upsert_subject(SubjectInput("invoice", "INV-1", {"status": "sent", "due_at": "2026-03-10T09:00:00Z"},
-                                       {"customer": "c1"}))
+    engine.upsert_subject(
+        SubjectInput(
+            "invoice",
+            "INV-1",
+            {"status": "sent", "due_at": "2026-03-10T09:00:00Z"},
+            {"customer": "c1"},
+        )
+    )
     t = datetime(2026, 3, 7, 9, 0, tzinfo=UTC)
     clock.set(t)
     disp.run_once()
@@ -363,10 +458,19 @@ def test_bad_subject_data_is_recorded_and_does_not_block_others(db_url, template
     clock = VirtualClock(T0)
     engine, disp = make(db_url, templates, RULES, clock, port)
     alice(engine)
-    results = engine.upsert_subjects([
-        SubjectInput("invoice", "BAD", {"status": "sent", "due_at": "the 10th"}, {"customer": "c1"}),
-        SubjectInput("invoice", "GOOD", {"status": "sent", "due_at": "2026-03-10T09:00:00Z"}, {"customer": "c1"}),
-    ])
+    results = engine.upsert_subjects(
+        [
+            SubjectInput(
+                "invoice", "BAD", {"status": "sent", "due_at": "the 10th"}, {"customer": "c1"}
+            ),
+            SubjectInput(
+                "invoice",
+                "GOOD",
+                {"status": "sent", "due_at": "2026-03-10T09:00:00Z"},
+                {"customer": "c1"},
+            ),
+        ]
+    )
     assert results[0].problems and "the 10th" in results[0].problems[0]
     with engine.db.connect() as c:
         errs = c.execute(sa.select(subject_errors)).mappings().all()
@@ -377,13 +481,16 @@ def test_bad_subject_data_is_recorded_and_does_not_block_others(db_url, template
 
 
 def test_an_event_for_an_unknown_subject_is_refused_and_changes_nothing(db_url, templates) -> None:
-    rules = RULES + """
+    rules = (
+        RULES
+        + """
   - name: viewed
     subject: invoice
     on: invoice.viewed
     to: [customer]
     template: plain
 """
+    )
     engine, _ = make(db_url, templates, rules, VirtualClock(T0))
     with pytest.raises(UnknownSubject) as exc:
         engine.post_event("e1", "invoice.viewed", "invoice/NOPE", {})
@@ -406,9 +513,14 @@ def test_idle_dispatcher_sends_within_a_second_of_the_planned_time(db_url, templ
     try:
         _time.sleep(0.3)  # the dispatcher is idle, asleep with nothing planned
         planned = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=5)
-        engine.upsert_subject(SubjectInput("invoice", "NOW", {"status": "sent",
-                                           "due_at": (planned + timedelta(days=3)).isoformat()},
-                                           {"customer": "c1"}))
+        engine.upsert_subject(
+            SubjectInput(
+                "invoice",
+                "NOW",
+                {"status": "sent", "due_at": (planned + timedelta(days=3)).isoformat()},
+                {"customer": "c1"},
+            )
+        )
         deadline = _time.monotonic() + 15
         while not sink.messages and _time.monotonic() < deadline:
             _time.sleep(0.01)

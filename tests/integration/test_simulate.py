@@ -63,14 +63,22 @@ def run(*args: str) -> tuple[int, str, str]:
     return res.exit_code, res.stdout, res.stderr
 
 
-ALICE = {"at": "2026-03-01T08:00:00Z",
-         "recipient": {"id": "c1", "name": "Alice", "email": "a@x.test", "timezone": "Europe/London"}}
+ALICE = {
+    "at": "2026-03-01T08:00:00Z",
+    "recipient": {"id": "c1", "name": "Alice", "email": "a@x.test", "timezone": "Europe/London"},
+}
 
 
 def inv(at: str, status: str = "sent", due: str = "2026-03-15", key: str = "INV-1") -> dict:
-    return {"at": at, "subject": {"kind": "invoice", "key": key,
-                                  "attributes": {"status": status, "due_at": due},
-                                  "recipients": {"customer": "c1"}}}
+    return {
+        "at": at,
+        "subject": {
+            "kind": "invoice",
+            "key": key,
+            "attributes": {"status": status, "due_at": due},
+            "recipients": {"customer": "c1"},
+        },
+    }
 
 
 def rows(out: str) -> list[dict]:
@@ -78,18 +86,33 @@ def rows(out: str) -> list[dict]:
 
 
 def test_reminders_payment_and_set_in_spec_format(tmp_path: Path) -> None:
-    r, t = write(tmp_path, [
-        ALICE,
-        inv("2026-03-01T08:00:00Z"),
-        {"at": "2026-03-02T10:00:00Z", "event": {"id": "e1", "name": "invoice.viewed", "subject": "invoice/INV-1"}},
-        {"at": "2026-03-02T11:00:00Z", "event": {"id": "e1", "name": "invoice.viewed", "subject": "invoice/INV-1"}},
-        inv("2026-03-20T10:00:00Z", status="paid"),
-    ])
+    r, t = write(
+        tmp_path,
+        [
+            ALICE,
+            inv("2026-03-01T08:00:00Z"),
+            {
+                "at": "2026-03-02T10:00:00Z",
+                "event": {"id": "e1", "name": "invoice.viewed", "subject": "invoice/INV-1"},
+            },
+            {
+                "at": "2026-03-02T11:00:00Z",
+                "event": {"id": "e1", "name": "invoice.viewed", "subject": "invoice/INV-1"},
+            },
+            inv("2026-03-20T10:00:00Z", status="paid"),
+        ],
+    )
     code, out, err = run(str(r), str(t), "--until", "2026-06-01T00:00:00Z")
     assert code == 0, err
     got = rows(out)
     assert [(x["at"], x["rule"], x["step"], x["outcome"], x["reason"]) for x in got] == [
-        ("2026-03-02T10:10:00Z", "viewed", None, "sent", None),  # the repeated event id sends nothing
+        (
+            "2026-03-02T10:10:00Z",
+            "viewed",
+            None,
+            "sent",
+            None,
+        ),  # the repeated event id sends nothing
         ("2026-03-12T09:00:00Z", "invoice-reminders", "due-soon", "sent", None),
         ("2026-03-16T00:00:00Z", "invoice-reminders", "overdue", "sent", None),
         ("2026-03-20T10:00:00Z", "receipt", None, "sent", None),
@@ -97,10 +120,26 @@ def test_reminders_payment_and_set_in_spec_format(tmp_path: Path) -> None:
         ("2026-05-13T23:00:00Z", "expiry", "write-off", "set", None),
     ]
     first = got[1]
-    assert list(first) == ["at", "planned", "rule", "step", "occurrence", "subject", "recipient",
-                           "channel", "category", "outcome", "reason", "attempt", "title", "message"]
+    assert list(first) == [
+        "at",
+        "planned",
+        "rule",
+        "step",
+        "occurrence",
+        "subject",
+        "recipient",
+        "channel",
+        "category",
+        "outcome",
+        "reason",
+        "attempt",
+        "title",
+        "message",
+    ]
     assert first["title"] == "invoice-reminders INV-1" and first["attempt"] == 1
-    assert first["occurrence"] == 0 and first["channel"] == "email" and first["category"] == "reminder"
+    assert (
+        first["occurrence"] == 0 and first["channel"] == "email" and first["category"] == "reminder"
+    )
     receipt = next(x for x in got if x["rule"] == "receipt")
     assert receipt["occurrence"] == 2 and receipt["category"] == "transactional"  # revision 2
     setrow = next(x for x in got if x["outcome"] == "set")
@@ -109,8 +148,17 @@ def test_reminders_payment_and_set_in_spec_format(tmp_path: Path) -> None:
 
 
 def test_output_is_deterministic_and_table_format_summarises(tmp_path: Path) -> None:
-    r, t = write(tmp_path, [ALICE, inv("2026-03-01T08:00:00Z"),
-                            {"at": "2026-03-12T08:00:00Z", "fail": {"channel": "email", "until": "2026-03-12T09:03:00Z"}}])
+    r, t = write(
+        tmp_path,
+        [
+            ALICE,
+            inv("2026-03-01T08:00:00Z"),
+            {
+                "at": "2026-03-12T08:00:00Z",
+                "fail": {"channel": "email", "until": "2026-03-12T09:03:00Z"},
+            },
+        ],
+    )
     a = run(str(r), str(t))
     b = run(str(r), str(t))
     assert a == b and a[0] == 0
@@ -120,8 +168,17 @@ def test_output_is_deterministic_and_table_format_summarises(tmp_path: Path) -> 
 
 
 def test_temporary_failure_retries_and_reports_the_attempt(tmp_path: Path) -> None:
-    r, t = write(tmp_path, [ALICE, inv("2026-03-01T08:00:00Z"),
-                            {"at": "2026-03-12T08:00:00Z", "fail": {"channel": "email", "until": "2026-03-12T09:02:30Z"}}])
+    r, t = write(
+        tmp_path,
+        [
+            ALICE,
+            inv("2026-03-01T08:00:00Z"),
+            {
+                "at": "2026-03-12T08:00:00Z",
+                "fail": {"channel": "email", "until": "2026-03-12T09:02:30Z"},
+            },
+        ],
+    )
     code, out, _ = run(str(r), str(t))
     due = next(x for x in rows(out) if x["step"] == "due-soon")
     # tries at 09:00:00, +60 s (±10%), +120 s (±10%): the third attempt is after 09:02:30
@@ -131,17 +188,33 @@ def test_temporary_failure_retries_and_reports_the_attempt(tmp_path: Path) -> No
 
 
 def test_permanent_failure_fails_at_once(tmp_path: Path) -> None:
-    r, t = write(tmp_path, [ALICE, inv("2026-03-01T08:00:00Z"),
-                            {"at": "2026-03-12T08:00:00Z", "fail": {"channel": "email", "until": "2026-03-13T00:00:00Z", "kind": "permanent"}}])
+    r, t = write(
+        tmp_path,
+        [
+            ALICE,
+            inv("2026-03-01T08:00:00Z"),
+            {
+                "at": "2026-03-12T08:00:00Z",
+                "fail": {"channel": "email", "until": "2026-03-13T00:00:00Z", "kind": "permanent"},
+            },
+        ],
+    )
     _, out, _ = run(str(r), str(t))
     due = next(x for x in rows(out) if x["step"] == "due-soon")
     assert (due["outcome"], due["reason"], due["attempt"]) == ("failed", "permanent_error", 1)
 
 
 def test_downtime_catch_up_follows_grace(tmp_path: Path) -> None:
-    r, t = write(tmp_path, [ALICE, inv("2026-03-01T08:00:00Z"), inv("2026-03-01T08:00:00Z", key="INV-2", due="2026-03-20"),
-                            {"at": "2026-03-12T08:00:00Z", "down": {"until": "2026-03-12T20:00:00Z"}},
-                            {"at": "2026-03-16T23:00:00Z", "down": {"until": "2026-03-17T12:30:00Z"}}])
+    r, t = write(
+        tmp_path,
+        [
+            ALICE,
+            inv("2026-03-01T08:00:00Z"),
+            inv("2026-03-01T08:00:00Z", key="INV-2", due="2026-03-20"),
+            {"at": "2026-03-12T08:00:00Z", "down": {"until": "2026-03-12T20:00:00Z"}},
+            {"at": "2026-03-16T23:00:00Z", "down": {"until": "2026-03-17T12:30:00Z"}},
+        ],
+    )
     _, out, _ = run(str(r), str(t))
     got = {(x["subject"], x["step"]): x for x in rows(out) if x["rule"] == "invoice-reminders"}
     # down 11 h past 09:00 → within the 12 h grace: sent late, at the end of the downtime
@@ -154,11 +227,21 @@ def test_downtime_catch_up_follows_grace(tmp_path: Path) -> None:
 
 
 def test_a_long_downtime_skips_stale_reminders_as_missed(tmp_path: Path) -> None:
-    r, t = write(tmp_path, [ALICE, inv("2026-03-01T08:00:00Z"),
-                            {"at": "2026-03-11T00:00:00Z", "down": {"until": "2026-03-13T00:00:00Z"}}])
+    r, t = write(
+        tmp_path,
+        [
+            ALICE,
+            inv("2026-03-01T08:00:00Z"),
+            {"at": "2026-03-11T00:00:00Z", "down": {"until": "2026-03-13T00:00:00Z"}},
+        ],
+    )
     _, out, _ = run(str(r), str(t))
     due = next(x for x in rows(out) if x["step"] == "due-soon")
-    assert (due["at"], due["outcome"], due["reason"]) == ("2026-03-13T00:00:00Z", "skipped", "missed")
+    assert (due["at"], due["outcome"], due["reason"]) == (
+        "2026-03-13T00:00:00Z",
+        "skipped",
+        "missed",
+    )
 
 
 def test_until_limits_virtual_time(tmp_path: Path) -> None:
@@ -168,8 +251,11 @@ def test_until_limits_virtual_time(tmp_path: Path) -> None:
 
 
 def test_no_render_needs_no_templates(tmp_path: Path) -> None:
-    r, t = write(tmp_path, [ALICE, inv("2026-03-01T08:00:00Z")],
-                 rules=RULES.replace("template: note", "template: missing"))
+    r, t = write(
+        tmp_path,
+        [ALICE, inv("2026-03-01T08:00:00Z")],
+        rules=RULES.replace("template: note", "template: missing"),
+    )
     code, _, err = run(str(r), str(t))
     assert code == 2 and "missing" in err
     code, out, _ = run(str(r), str(t), "--no-render")
@@ -183,17 +269,34 @@ def test_no_render_needs_no_templates(tmp_path: Path) -> None:
     [
         ("not json", "timeline.jsonl:2: not valid JSON"),
         ('{"subject": {"kind": "a", "key": "b"}}', "timeline.jsonl:2: at: missing"),
-        ('{"at": "yesterday", "delete": "a/b"}', "timeline.jsonl:2: at: 'yesterday' is not an ISO 8601"),
+        (
+            '{"at": "yesterday", "delete": "a/b"}',
+            "timeline.jsonl:2: at: 'yesterday' is not an ISO 8601",
+        ),
         ('{"at": "2026-03-01T09:00:00", "delete": "a/b"}', "needs a UTC offset"),
         ('{"at": "2026-03-01T09:00:00Z"}', "timeline.jsonl:2: expected exactly one of"),
         ('{"at": "2026-03-01T09:00:00Z", "delete": "a/b", "ack": {}}', "got 2"),
-        ('{"at": "2026-03-01T09:00:00Z", "subject": {"kind": "a"}}', "timeline.jsonl:2: subject.key"),
-        ('{"at": "2026-03-01T09:00:00Z", "surprise": 1}', "timeline.jsonl:2: surprise: unknown key"),
-        ('{"at": "2026-02-01T09:00:00Z", "delete": "a/b"}', "timeline.jsonl:2: at: lines must be in time order"),
-        ('{"at": "2026-03-01T09:00:00Z", "fail": {"channel": "email", "until": "2026-03-02T00:00:00Z", "kind": "odd"}}', "fail.kind"),
+        (
+            '{"at": "2026-03-01T09:00:00Z", "subject": {"kind": "a"}}',
+            "timeline.jsonl:2: subject.key",
+        ),
+        (
+            '{"at": "2026-03-01T09:00:00Z", "surprise": 1}',
+            "timeline.jsonl:2: surprise: unknown key",
+        ),
+        (
+            '{"at": "2026-02-01T09:00:00Z", "delete": "a/b"}',
+            "timeline.jsonl:2: at: lines must be in time order",
+        ),
+        (
+            '{"at": "2026-03-01T09:00:00Z", "fail": {"channel": "email", "until": "2026-03-02T00:00:00Z", "kind": "odd"}}',
+            "fail.kind",
+        ),
     ],
 )
-def test_invalid_timeline_exits_2_naming_file_line_and_field(tmp_path: Path, line: str, needle: str) -> None:
+def test_invalid_timeline_exits_2_naming_file_line_and_field(
+    tmp_path: Path, line: str, needle: str
+) -> None:
     r, t = write(tmp_path, [ALICE])
     t.write_text(t.read_text() + line + "\n")
     code, out, err = run(str(r), str(t))
@@ -202,18 +305,28 @@ def test_invalid_timeline_exits_2_naming_file_line_and_field(tmp_path: Path, lin
 
 
 def test_invalid_rule_file_exits_2(tmp_path: Path) -> None:
-    r, t = write(tmp_path, [ALICE], rules="rules:\n  - name: x\n    subject: invoice\n    at: \"due_at - 3 days\"\n")
+    r, t = write(
+        tmp_path,
+        [ALICE],
+        rules='rules:\n  - name: x\n    subject: invoice\n    at: "due_at - 3 days"\n',
+    )
     code, _, err = run(str(r), str(t))
     assert code == 2 and "duly.yaml:4" in err
 
 
 def test_lines_the_api_would_refuse_are_reported_and_skipped(tmp_path: Path) -> None:
-    r, t = write(tmp_path, [
-        ALICE,
-        {"at": "2026-03-01T08:00:00Z", "recipient": {"id": "zz", "timezone": "Mars/Olympus"}},
-        {"at": "2026-03-01T08:00:00Z", "event": {"id": "e", "name": "invoice.viewed", "subject": "invoice/NOPE"}},
-        inv("2026-03-01T08:00:00Z"),
-    ])
+    r, t = write(
+        tmp_path,
+        [
+            ALICE,
+            {"at": "2026-03-01T08:00:00Z", "recipient": {"id": "zz", "timezone": "Mars/Olympus"}},
+            {
+                "at": "2026-03-01T08:00:00Z",
+                "event": {"id": "e", "name": "invoice.viewed", "subject": "invoice/NOPE"},
+            },
+            inv("2026-03-01T08:00:00Z"),
+        ],
+    )
     code, out, err = run(str(r), str(t))
     assert code == 0
     assert "timeline.jsonl:2: timezone: unknown timezone 'Mars/Olympus'" in err
@@ -222,15 +335,29 @@ def test_lines_the_api_would_refuse_are_reported_and_skipped(tmp_path: Path) -> 
 
 
 def test_past_and_no_date_print_once_at_planning_time(tmp_path: Path) -> None:
-    r, t = write(tmp_path, [
-        ALICE,
-        inv("2026-03-14T08:00:00Z"),
-        inv("2026-03-14T09:00:00Z"),  # same state again: nothing more printed
-        {"at": "2026-03-14T10:00:00Z", "subject": {"kind": "invoice", "key": "N", "attributes": {"status": "sent"},
-                                                   "recipients": {"customer": "c1"}}},
-    ])
+    r, t = write(
+        tmp_path,
+        [
+            ALICE,
+            inv("2026-03-14T08:00:00Z"),
+            inv("2026-03-14T09:00:00Z"),  # same state again: nothing more printed
+            {
+                "at": "2026-03-14T10:00:00Z",
+                "subject": {
+                    "kind": "invoice",
+                    "key": "N",
+                    "attributes": {"status": "sent"},
+                    "recipients": {"customer": "c1"},
+                },
+            },
+        ],
+    )
     _, out, _ = run(str(r), str(t))
-    skipped = [(x["at"], x["subject"], x["step"], x["reason"]) for x in rows(out) if x["outcome"] == "skipped"]
+    skipped = [
+        (x["at"], x["subject"], x["step"], x["reason"])
+        for x in rows(out)
+        if x["outcome"] == "skipped"
+    ]
     assert skipped == [
         ("2026-03-14T08:00:00Z", "invoice/INV-1", "due-soon", "past"),
         # ordered by at, then rule: "expiry" sorts before "invoice-reminders"
@@ -241,16 +368,21 @@ def test_past_and_no_date_print_once_at_planning_time(tmp_path: Path) -> None:
 
 
 def test_cancel_then_plan_again_prints_both_outcomes(tmp_path: Path) -> None:
-    r, t = write(tmp_path, [
-        ALICE,
-        inv("2026-03-01T08:00:00Z"),
-        {"at": "2026-03-02T08:00:00Z", "delete": "invoice/INV-1"},
-        inv("2026-03-03T08:00:00Z"),
-    ])
+    r, t = write(
+        tmp_path,
+        [
+            ALICE,
+            inv("2026-03-01T08:00:00Z"),
+            {"at": "2026-03-02T08:00:00Z", "delete": "invoice/INV-1"},
+            inv("2026-03-03T08:00:00Z"),
+        ],
+    )
     _, out, _ = run(str(r), str(t))
     due = [(x["at"], x["outcome"], x["reason"]) for x in rows(out) if x["step"] == "due-soon"]
-    assert due == [("2026-03-02T08:00:00Z", "cancelled", "subject_deleted"),
-                   ("2026-03-12T09:00:00Z", "sent", None)]
+    assert due == [
+        ("2026-03-02T08:00:00Z", "cancelled", "subject_deleted"),
+        ("2026-03-12T09:00:00Z", "sent", None),
+    ]
 
 
 def test_open_ended_repeat_rolls_on_past_its_planning_horizon(tmp_path: Path) -> None:
@@ -265,11 +397,22 @@ rules:
         repeat: {every: 1w}
         template: note
 """
-    r, t = write(tmp_path, [
-        dict(ALICE, at="2026-01-01T00:00:00Z"),
-        {"at": "2026-01-01T00:00:00Z", "subject": {"kind": "plan", "key": "P", "attributes": {"start_at": "2026-01-05T10:00:00Z"},
-                                                   "recipients": {"owner": "c1"}}},
-    ], rules=rules)
+    r, t = write(
+        tmp_path,
+        [
+            dict(ALICE, at="2026-01-01T00:00:00Z"),
+            {
+                "at": "2026-01-01T00:00:00Z",
+                "subject": {
+                    "kind": "plan",
+                    "key": "P",
+                    "attributes": {"start_at": "2026-01-05T10:00:00Z"},
+                    "recipients": {"owner": "c1"},
+                },
+            },
+        ],
+        rules=rules,
+    )
     code, out, err = run(str(r), str(t), "--until", "2026-12-31T00:00:00Z")
     assert code == 0, err
     sent = [x for x in rows(out) if x["outcome"] == "sent"]

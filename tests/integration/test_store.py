@@ -18,7 +18,9 @@ from duly.store.tables import deliveries, delivery_log
 T = datetime(2026, 5, 1, 12, tzinfo=UTC)
 
 
-def desired(i: int, *, category: str = "reminder", priority: int = 200, due: datetime = T) -> Desired:
+def desired(
+    i: int, *, category: str = "reminder", priority: int = 200, due: datetime = T
+) -> Desired:
     ident = Identity("r", "s", i, f"k/{i}", "p", "email")
     return Desired(ident, due, due, None, category, priority)
 
@@ -41,11 +43,17 @@ def test_identity_is_unique_in_the_database(store) -> None:  # noqa: ANN001
 def test_claim_takes_due_rows_transactional_first_and_leases_them(store) -> None:  # noqa: ANN001
     db, st = store
     with write_transaction(db) as c:
-        st.apply(c, [
-            Action("create", desired(1, due=T - timedelta(minutes=5)), state="pending"),
-            Action("create", desired(2, category="transactional", priority=300), state="pending"),
-            Action("create", desired(3, due=T + timedelta(minutes=1)), state="pending"),
-        ], T)
+        st.apply(
+            c,
+            [
+                Action("create", desired(1, due=T - timedelta(minutes=5)), state="pending"),
+                Action(
+                    "create", desired(2, category="transactional", priority=300), state="pending"
+                ),
+                Action("create", desired(3, due=T + timedelta(minutes=1)), state="pending"),
+            ],
+            T,
+        )
     with write_transaction(db) as c:
         got = st.claim_due(c, T, "w1", timedelta(seconds=30), 10)
     assert [r.identity.occurrence for r in got] == [2, 1]  # not yet due: 3
@@ -102,16 +110,23 @@ def test_apply_logs_outcomes_and_moves_without_logging(store) -> None:  # noqa: 
     from duly.model import Reason
 
     with write_transaction(db) as c:
-        st.apply(c, [Action("create", desired(1), state="pending"),
-                     Action("create", desired(2), state="skipped", reason=Reason.past)], T)
+        st.apply(
+            c,
+            [
+                Action("create", desired(1), state="pending"),
+                Action("create", desired(2), state="skipped", reason=Reason.past),
+            ],
+            T,
+        )
         ex = st.existing_for(c, ["k/1"])["k/1"]
         later = desired(1, due=T + timedelta(days=1))
         st.apply(c, [Action("move", later, ex[0])], T)
         ex = st.existing_for(c, ["k/1"])["k/1"]
         st.apply(c, [Action("cancel", None, ex[0], reason=Reason.condition_false)], T)
     with db.connect() as c:
-        log = c.execute(sa.select(delivery_log.c.outcome, delivery_log.c.reason)
-                        .order_by(delivery_log.c.id)).all()
+        log = c.execute(
+            sa.select(delivery_log.c.outcome, delivery_log.c.reason).order_by(delivery_log.c.id)
+        ).all()
         row = c.execute(sa.select(deliveries).where(deliveries.c.subject == "k/1")).mappings().one()
     assert [tuple(x) for x in log] == [("skipped", "past"), ("cancelled", "condition_false")]
     assert row["state"] == "cancelled" and row["planned_at"] == T + timedelta(days=1)
@@ -119,8 +134,15 @@ def test_apply_logs_outcomes_and_moves_without_logging(store) -> None:  # noqa: 
 
 def test_recipients_round_trip_and_unknown_ids_are_absent(store) -> None:  # noqa: ANN001
     db, st = store
-    r = Recipient("r1", name="Zoë", email="z@example.test", timezone="Asia/Tokyo", locale="ja_JP",
-                  addresses={"slack": "U1"}, consent={"promotional": True})
+    r = Recipient(
+        "r1",
+        name="Zoë",
+        email="z@example.test",
+        timezone="Asia/Tokyo",
+        locale="ja_JP",
+        addresses={"slack": "U1"},
+        consent={"promotional": True},
+    )
     with write_transaction(db) as c:
         assert st.put_recipient(c, r, T) is True
         assert st.put_recipient(c, r, T) is False

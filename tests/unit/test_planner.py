@@ -82,7 +82,9 @@ def ladder(**rule_kw: object) -> RuleFile:
     )
 
 
-def invoice(due: str, status: str = "sent", customer: str | tuple[str, ...] = "c1", rev: int = 1) -> Subject:
+def invoice(
+    due: str, status: str = "sent", customer: str | tuple[str, ...] = "c1", rev: int = 1
+) -> Subject:
     ids = (customer,) if isinstance(customer, str) else customer
     return Subject(
         "invoice", "INV-1", {"status": status, "due_at": due}, {"customer": ids}, revision=rev
@@ -134,8 +136,12 @@ def test_no_new_or_moved_delivery_is_planned_in_the_past(
     later = now + timedelta(days=2)
     rounds = [
         (now, replan(rf, mem, invoice(due.isoformat()), people(zone), now)),
-        (later, replan(rf, mem, invoice((due + timedelta(seconds=move)).isoformat()),
-                       people(zone), later)),
+        (
+            later,
+            replan(
+                rf, mem, invoice((due + timedelta(seconds=move)).isoformat()), people(zone), later
+            ),
+        ),
     ]
     for when, actions in rounds:
         for a in actions:
@@ -221,7 +227,9 @@ def test_missing_date_is_no_date_and_a_bad_date_is_a_problem_not_a_crash() -> No
     s = Subject("invoice", "X", {"status": "sent"}, {"customer": ("c1",)})
     plan = plan_subject(rf, s, people(), now)
     assert {d.skip_reason for d in plan.desired} == {Reason.no_date}
-    bad = Subject("invoice", "Y", {"status": "sent", "due_at": "next tuesday"}, {"customer": ("c1",)})
+    bad = Subject(
+        "invoice", "Y", {"status": "sent", "due_at": "next tuesday"}, {"customer": ("c1",)}
+    )
     plan = plan_subject(rf, bad, people(), now)
     assert plan.problems and plan.problems[0].field == "due_at"
     assert "next tuesday" in plan.problems[0].message
@@ -254,8 +262,9 @@ def test_time_of_day_step_lands_at_that_local_time_or_the_gap_rule(
         steps=(Step(name="s", at=at("starts_at - 1d"), time_of_day=time(hh, mm)),),
     )
     rf = RuleFile(path="t", rules=(rule,))
-    s = Subject("appointment", "A", {"starts_at": (day + timedelta(days=1)).isoformat()},
-                {"client": ("p",)})
+    s = Subject(
+        "appointment", "A", {"starts_at": (day + timedelta(days=1)).isoformat()}, {"client": ("p",)}
+    )
     now = datetime(2000, 1, 1, tzinfo=UTC)
     plan = plan_subject(rf, s, {"p": Recipient("p", email="p@x.test", timezone=zone)}, now)
     (d,) = plan.desired
@@ -282,11 +291,15 @@ def test_time_of_day_step_lands_at_that_local_time_or_the_gap_rule(
         ("America/New_York", "2026-11-02T09:00:00", "2026-11-01T14:00:00+00:00"),
     ],
 )
-def test_calendar_day_offsets_keep_local_time_across_dst(zone: str, due: str, expected_utc: str) -> None:
+def test_calendar_day_offsets_keep_local_time_across_dst(
+    zone: str, due: str, expected_utc: str
+) -> None:
     rule = Rule(name="r", subject="x", to=("p",), steps=(Step(name="s", at=at("due_at - 1d")),))
     rf = RuleFile(path="t", rules=(rule,))
     s = Subject("x", "1", {"due_at": due}, {"p": ("p",)})
-    plan = plan_subject(rf, s, {"p": Recipient("p", timezone=zone)}, datetime(2020, 1, 1, tzinfo=UTC))
+    plan = plan_subject(
+        rf, s, {"p": Recipient("p", timezone=zone)}, datetime(2020, 1, 1, tzinfo=UTC)
+    )
     assert plan.desired[0].planned_at == datetime.fromisoformat(expected_utc)
 
 
@@ -306,20 +319,23 @@ def test_window_moves_due_time_and_a_before_anchor_step_is_skipped_past_its_dead
     rf = RuleFile(path="t", timezone="Europe/London", calendars={"uk": cal}, rules=(rule,))
     # Monday 08:00 appointment: "early" Saturday 08:00 → Monday 09:00 is past the anchor
     s = Subject("appt", "1", {"starts_at": "2026-06-08T08:00:00+01:00"}, {"p": ("p",)})
-    plan = plan_subject(rf, s, {"p": Recipient("p", timezone="Europe/London")},
-                        datetime(2026, 6, 1, tzinfo=UTC))
+    plan = plan_subject(
+        rf, s, {"p": Recipient("p", timezone="Europe/London")}, datetime(2026, 6, 1, tzinfo=UTC)
+    )
     by_step = {d.identity.step: d for d in plan.desired}
     assert by_step["early"].skip_reason == Reason.window_missed
     assert by_step["late"].skip_reason == Reason.window_missed
     # Wednesday 15:00: early (Monday 15:00) stays, late (13:00) stays inside the window
     s = Subject("appt", "1", {"starts_at": "2026-06-10T15:00:00+01:00"}, {"p": ("p",)})
-    plan = plan_subject(rf, s, {"p": Recipient("p", timezone="Europe/London")},
-                        datetime(2026, 6, 1, tzinfo=UTC))
+    plan = plan_subject(
+        rf, s, {"p": Recipient("p", timezone="Europe/London")}, datetime(2026, 6, 1, tzinfo=UTC)
+    )
     assert all(d.skip_reason is None and d.due_at == d.planned_at for d in plan.desired)
     # Wednesday 08:30: late (06:30) moves to 09:00 — still before the anchor? No: 09:00 > 08:30
     s = Subject("appt", "1", {"starts_at": "2026-06-10T10:30:00+01:00"}, {"p": ("p",)})
-    plan = plan_subject(rf, s, {"p": Recipient("p", timezone="Europe/London")},
-                        datetime(2026, 6, 1, tzinfo=UTC))
+    plan = plan_subject(
+        rf, s, {"p": Recipient("p", timezone="Europe/London")}, datetime(2026, 6, 1, tzinfo=UTC)
+    )
     late = {d.identity.step: d for d in plan.desired}["late"]
     assert late.planned_at == datetime(2026, 6, 10, 7, 30, tzinfo=UTC)
     assert late.due_at == datetime(2026, 6, 10, 8, 0, tzinfo=UTC)
@@ -332,7 +348,12 @@ def test_repeat_is_planned_ahead_on_listed_days_up_to_count() -> None:
     finals = sorted(d.planned_at for d in plan.desired if d.identity.step == "final")
     assert len(finals) == 6
     assert [t.astimezone(ZoneInfo("Europe/London")).strftime("%a %H:%M") for t in finals] == [
-        "Mon 12:00", "Wed 12:00", "Fri 12:00", "Mon 12:00", "Wed 12:00", "Fri 12:00"
+        "Mon 12:00",
+        "Wed 12:00",
+        "Fri 12:00",
+        "Mon 12:00",
+        "Wed 12:00",
+        "Fri 12:00",
     ]
     occ = sorted(d.identity.occurrence for d in plan.desired if d.identity.step == "final")
     assert occ == [0, 1, 2, 3, 4, 5]
@@ -344,17 +365,23 @@ def test_set_step_plans_one_row_without_recipient_or_channel() -> None:
         subject="document",
         to=("contractor",),
         steps=(
-            Step(name="expiring", at=at("expires_at - 30d"), set={"status": "EXPIRING_SOON"},
-                 template="doc-expiring"),
-            Step(name="expired", at=at("expires_at"), set={"status": "EXPIRED"},
-                 sends_message=False),
+            Step(
+                name="expiring",
+                at=at("expires_at - 30d"),
+                set={"status": "EXPIRING_SOON"},
+                template="doc-expiring",
+            ),
+            Step(
+                name="expired", at=at("expires_at"), set={"status": "EXPIRED"}, sends_message=False
+            ),
         ),
     )
     rf = RuleFile(path="t", rules=(rule,))
     s = Subject("document", "D1", {"expires_at": "2026-09-01"}, {"contractor": ("k",)})
     plan = plan_subject(rf, s, {}, datetime(2026, 1, 1, tzinfo=UTC))
-    idents = sorted((d.identity.step, d.identity.recipient or "", d.changes is not None)
-                    for d in plan.desired)
+    idents = sorted(
+        (d.identity.step, d.identity.recipient or "", d.changes is not None) for d in plan.desired
+    )
     assert idents == [("expired", "", True), ("expiring", "", True), ("expiring", "k", False)]
 
 
@@ -364,15 +391,23 @@ def test_change_trigger_counts_absent_as_null() -> None:
     assert change_fires(rule, {"status": "open"}, {"status": "paid"})
     assert not change_fires(rule, {"status": "paid"}, {"status": "paid"})
     assert not change_fires(rule, {"status": "open"}, {"status": "void"})
-    from_open = Rule(name="x", subject="order",
-                     on=Trigger(change="status", to="paid", has_to=True, from_="open", has_from=True))
+    from_open = Rule(
+        name="x",
+        subject="order",
+        on=Trigger(change="status", to="paid", has_to=True, from_="open", has_from=True),
+    )
     assert change_fires(from_open, {"status": "open"}, {"status": "paid"})
     assert not change_fires(from_open, None, {"status": "paid"})
 
 
 def test_event_trigger_plans_once_per_occurrence_with_delay() -> None:
-    rule = Rule(name="r", subject="order", on=Trigger(event="order.paid"), to=("buyer",),
-                delay=parse_duration("10m"))
+    rule = Rule(
+        name="r",
+        subject="order",
+        on=Trigger(event="order.paid"),
+        to=("buyer",),
+        delay=parse_duration("10m"),
+    )
     rf = RuleFile(path="t", rules=(rule,))
     s = Subject("order", "O1", {}, {"buyer": ("b",)})
     now = datetime(2026, 1, 1, tzinfo=UTC)

@@ -33,7 +33,9 @@ def create_app(runtime: Any) -> FastAPI:
         alive = runtime.thread is not None and runtime.thread.is_alive()
         checks["dispatcher"] = "ok" if alive else "stopped"
         ok = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "checks": checks},
+            status_code=200 if ok else 503,
+        )
 
     return app

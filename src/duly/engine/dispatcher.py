@@ -161,7 +161,9 @@ class Dispatcher:
         now = self.engine.clock.now()
         works = [_Work(r) for r in rows]
         with self.engine.db.connect() as conn:
-            keys = {tuple(w.row.identity.subject.split("/", 1)) for w in works if w.row.identity.subject}
+            keys = {
+                tuple(w.row.identity.subject.split("/", 1)) for w in works if w.row.identity.subject
+            }
             subjects = self.store.get_subjects(conn, list(keys))  # type: ignore[arg-type]
             recipients = self.store.get_recipients(
                 conn, {w.row.identity.recipient for w in works if w.row.identity.recipient}
@@ -213,11 +215,17 @@ class Dispatcher:
                 self.store.log(conn, [lg for w in done for lg in w.logs])
         # An open-ended repeat is planned over a rolling horizon: each occurrence handled
         # moves the horizon on, so its subject is re-planned.
-        rolling = sorted({
-            w.row.identity.subject for w in works
-            if w.step is not None and w.step.repeat is not None and w.row.identity.subject
-            and w.step.repeat.count is None and w.step.repeat.until is None
-        })
+        rolling = sorted(
+            {
+                w.row.identity.subject
+                for w in works
+                if w.step is not None
+                and w.step.repeat is not None
+                and w.row.identity.subject
+                and w.step.repeat.count is None
+                and w.step.repeat.until is None
+            }
+        )
         if rolling:
             self.engine.replan(rolling)
         if self.on_outcome is not None:
@@ -338,8 +346,13 @@ class Dispatcher:
                 return ""
             gaps[k] = now  # the next one in this same batch must wait
         if chan is None:
-            self._final(w, now, "failed", Reason.permanent_error,
-                        last_error=f"channel {ident.channel!r} is not configured")
+            self._final(
+                w,
+                now,
+                "failed",
+                Reason.permanent_error,
+                last_error=f"channel {ident.channel!r} is not configured",
+            )
             return ""
         return self._render(w, now, address, tzname)
 
@@ -362,8 +375,13 @@ class Dispatcher:
                 )
             except Exception as exc:  # RenderError, or anything a template can raise
                 self._final(
-                    w, now, "failed", Reason.render_error,
-                    attempts=w.row.attempts + 1, last_error=str(exc), message_id=mid,
+                    w,
+                    now,
+                    "failed",
+                    Reason.render_error,
+                    attempts=w.row.attempts + 1,
+                    last_error=str(exc),
+                    message_id=mid,
                 )
                 w.logs.insert(0, self._attempt_log(w, now, str(exc)))
                 return ""
@@ -401,7 +419,9 @@ class Dispatcher:
             "delivery": {"id": w.row.id, "planned_at": w.row.planned_at, "due_at": w.row.due_at},
         }
 
-    def _attempt_log(self, w: _Work, now: datetime, error: str | None, receipt: str | None = None) -> dict[str, Any]:
+    def _attempt_log(
+        self, w: _Work, now: datetime, error: str | None, receipt: str | None = None
+    ) -> dict[str, Any]:
         return {
             "delivery_id": w.row.id,
             "at": now,
@@ -422,9 +442,15 @@ class Dispatcher:
             now = self.engine.clock.now()
             w.logs.append(self._attempt_log(w, now, str(exc)))
             retry = w.rule.retry
-            common = {"attempts": attempt, "last_error": str(exc), "message_id": msg.message_id,
-                      "title": msg.title, "body_text": msg.text, "body_html": msg.html,
-                      "to_address": msg.to}
+            common = {
+                "attempts": attempt,
+                "last_error": str(exc),
+                "message_id": msg.message_id,
+                "title": msg.title,
+                "body_text": msg.text,
+                "body_html": msg.html,
+                "to_address": msg.to,
+            }
             if exc.permanent:
                 self._final(w, now, "failed", Reason.permanent_error, **common)
             elif attempt > retry.attempts:
@@ -440,22 +466,42 @@ class Dispatcher:
             now = self.engine.clock.now()
             log.exception("channel %s raised", chan.name)
             w.logs.append(self._attempt_log(w, now, repr(exc)))
-            self._final(w, now, "failed", Reason.permanent_error, attempts=attempt,
-                        last_error=repr(exc), message_id=msg.message_id)
+            self._final(
+                w,
+                now,
+                "failed",
+                Reason.permanent_error,
+                attempts=attempt,
+                last_error=repr(exc),
+                message_id=msg.message_id,
+            )
             return
         now = self.engine.clock.now()
         rid = receipt.provider_id if receipt is not None else None
         w.logs.append(self._attempt_log(w, now, None, rid))
         self._final(
-            w, now, "sent", None,
-            attempts=attempt, sent_at=now, title=msg.title, body_text=msg.text,
-            body_html=msg.html, to_address=msg.to, message_id=msg.message_id, receipt=rid,
+            w,
+            now,
+            "sent",
+            None,
+            attempts=attempt,
+            sent_at=now,
+            title=msg.title,
+            body_text=msg.text,
+            body_html=msg.html,
+            to_address=msg.to,
+            message_id=msg.message_id,
+            receipt=rid,
             last_error=None,
         )
         log.info(
             "sent delivery %s (%s/%s) to %s on %s: %s",
-            w.row.id, w.rule.name, w.row.identity.step or "-", w.row.identity.recipient,
-            w.row.identity.channel, msg.title or "",
+            w.row.id,
+            w.rule.name,
+            w.row.identity.step or "-",
+            w.row.identity.recipient,
+            w.row.identity.channel,
+            msg.title or "",
         )
 
     def _apply_set(self, w: _Work, now: datetime) -> None:

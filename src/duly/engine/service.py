@@ -109,8 +109,12 @@ class Engine:
             ).all()
             dummy = planner.Identity("", None, 0, None, rid, None)
             actions = [
-                Action("cancel", None, Existing(i, dummy, "pending", None, p, d),
-                       reason=Reason.recipient_removed)
+                Action(
+                    "cancel",
+                    None,
+                    Existing(i, dummy, "pending", None, p, d),
+                    reason=Reason.recipient_removed,
+                )
                 for i, p, d in rows
             ]
             self.store.apply(conn, actions, now)
@@ -171,7 +175,9 @@ class Engine:
                 self._wake(conn)
         return results
 
-    def apply_set(self, conn: Connection, ref: str, changes: Mapping[str, Any], now: datetime) -> bool:
+    def apply_set(
+        self, conn: Connection, ref: str, changes: Mapping[str, Any], now: datetime
+    ) -> bool:
         """A ``set`` action: update duly's copy of the subject and re-plan it (inside the
         dispatcher's transaction). Returns False when the subject is gone."""
         kind, _, key = ref.partition("/")
@@ -325,8 +331,9 @@ class Engine:
                 return False
             s = rec.subject
             recipients = self.store.get_recipients(
-                conn, {i for ids in s.recipients.values() for i in ids}
-                | {m for g in self.rules.groups.values() for m in g}
+                conn,
+                {i for ids in s.recipients.values() for i in ids}
+                | {m for g in self.rules.groups.values() for m in g},
             )
             ev = {"id": eid, "name": name, "subject": subject, "data": dict(data or {})}
             actions: list[Action] = []
@@ -361,7 +368,12 @@ class Engine:
                 raise UnknownSubject(f"no subject {subject}", field="subject")
             s = rec.subject
             new = Subject(
-                s.kind, s.key, s.attributes, s.recipients, s.revision, s.hold_until,
+                s.kind,
+                s.key,
+                s.attributes,
+                s.recipients,
+                s.revision,
+                s.hold_until,
                 s.acknowledged | {rule},
             )
             self.store.save_subjects(conn, [(rec, new)], now)
@@ -373,7 +385,10 @@ class Engine:
                 if e.state == "pending"
                 and e.identity.rule == rule
                 and r is not None
-                and (r.step(e.identity.step) is not None and r.step(e.identity.step).repeat is not None)  # type: ignore[union-attr]
+                and (
+                    r.step(e.identity.step) is not None
+                    and r.step(e.identity.step).repeat is not None
+                )  # type: ignore[union-attr]
             ]
             self.store.apply(conn, actions, now)
             self._replan(conn, [(rec, new)], now, bump=False)
@@ -409,7 +424,8 @@ def _validate_subject(s: SubjectInput) -> None:
         ids = [v] if isinstance(v, str) else v
         if not isinstance(ids, (list, tuple)) or not all(isinstance(i, str) and i for i in ids):
             raise InvalidInput(
-                f"recipient role {role!r} must be an id or a list of ids", field=f"recipients.{role}"
+                f"recipient role {role!r} must be an id or a list of ids",
+                field=f"recipients.{role}",
             )
 
 

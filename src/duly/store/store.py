@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from duly.model import Recipient, Subject
 from duly.planner import Action, Existing, Identity, outcome_of
-from duly.store.tables import delivery_log, deliveries, events, recipients, subject_errors, subjects
+from duly.store.tables import deliveries, delivery_log, events, recipients, subject_errors, subjects
 
 __all__ = ["DeliveryRow", "Store", "SubjectRecord"]
 
@@ -201,7 +201,13 @@ class Store:
     # ------------------------------------------------------------------ events
 
     def add_event(
-        self, conn: Connection, eid: str, name: str, subject: str, data: dict[str, Any], now: datetime
+        self,
+        conn: Connection,
+        eid: str,
+        name: str,
+        subject: str,
+        data: dict[str, Any],
+        now: datetime,
     ) -> bool:
         """Store an event once. Returns False when its id was seen before (idempotency)."""
         if conn.execute(select(events.c.id).where(events.c.id == eid)).first() is not None:
@@ -370,10 +376,14 @@ class Store:
                     }
                 )
         if creates:
-            ids = conn.execute(
-                insert(deliveries).returning(deliveries.c.id, sort_by_parameter_order=True),
-                creates,
-            ).scalars().all()
+            ids = (
+                conn.execute(
+                    insert(deliveries).returning(deliveries.c.id, sort_by_parameter_order=True),
+                    creates,
+                )
+                .scalars()
+                .all()
+            )
             for did, (outcome, reason, planned) in zip(ids, create_logs, strict=True):
                 if outcome:
                     logs.append(
@@ -571,10 +581,16 @@ class Store:
         return [dict(r) for r in conn.execute(q).mappings()]
 
     def outbox(
-        self, conn: Connection, channels: Sequence[str], limit: int = 50, delivery_id: int | None = None
+        self,
+        conn: Connection,
+        channels: Sequence[str],
+        limit: int = 50,
+        delivery_id: int | None = None,
     ) -> list[dict[str, Any]]:
         """Sent messages kept for reading (outbox channels), newest first."""
-        q = select(deliveries).where(deliveries.c.state == "sent", deliveries.c.channel.in_(list(channels)))
+        q = select(deliveries).where(
+            deliveries.c.state == "sent", deliveries.c.channel.in_(list(channels))
+        )
         if delivery_id is not None:
             q = q.where(deliveries.c.id == delivery_id)
         q = q.order_by(deliveries.c.sent_at.desc(), deliveries.c.id.desc()).limit(limit)
@@ -586,6 +602,7 @@ class Store:
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def _chunks(items: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
     for i in range(0, len(items), n):
