@@ -315,10 +315,11 @@ class Engine:
     ) -> bool:
         """Post an event about a known subject. Returns False for a repeated id (ignored).
         An unknown subject is refused and nothing changes."""
-        if not eid or not isinstance(eid, str):
-            raise InvalidInput("an event needs an id (its idempotency key)", field="id")
-        if not name or not isinstance(name, str):
-            raise InvalidInput("an event needs a name", field="name")
+        if not isinstance(eid, str) or not eid or len(eid) > 200:
+            raise InvalidInput("an event needs an id (its idempotency key), 1 to 200 characters",
+                               field="id")
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise InvalidInput("an event needs a name of 1 to 200 characters", field="name")
         kind, sep, key = (subject or "").partition("/")
         if not sep or not kind or not key:
             raise InvalidInput(f"subject must be KIND/KEY, got {subject!r}", field="subject")
@@ -399,8 +400,8 @@ class Engine:
 
 
 def _validate_recipient(r: Recipient) -> None:
-    if not r.id or not isinstance(r.id, str):
-        raise InvalidInput("a recipient needs an id", field="id")
+    if not isinstance(r.id, str) or not r.id or len(r.id) > 200:
+        raise InvalidInput("a recipient needs an id of 1 to 200 characters", field="id")
     if r.timezone:
         try:
             timemath.zone(r.timezone)
@@ -412,17 +413,19 @@ def _validate_recipient(r: Recipient) -> None:
 
 
 def _validate_subject(s: SubjectInput) -> None:
-    if not s.kind or "/" in s.kind:
-        raise InvalidInput("a subject needs a kind without '/'", field="kind")
-    if not s.key:
-        raise InvalidInput("a subject needs a key", field="key")
+    if not isinstance(s.kind, str) or not s.kind or "/" in s.kind or len(s.kind) > 100:
+        raise InvalidInput("a subject needs a kind: 1 to 100 characters, no '/'", field="kind")
+    if not isinstance(s.key, str) or not s.key or len(s.key) > 200:
+        raise InvalidInput("a subject needs a key of 1 to 200 characters", field="key")
     if not isinstance(s.attributes, Mapping):
         raise InvalidInput("attributes must be an object", field="attributes")
     if not isinstance(s.recipients, Mapping):
         raise InvalidInput("recipients must be an object of role → id or [ids]", field="recipients")
     for role, v in s.recipients.items():
         ids = [v] if isinstance(v, str) else v
-        if not isinstance(ids, (list, tuple)) or not all(isinstance(i, str) and i for i in ids):
+        if not isinstance(ids, (list, tuple)) or not all(
+            isinstance(i, str) and 0 < len(i) <= 200 for i in ids
+        ):
             raise InvalidInput(
                 f"recipient role {role!r} must be an id or a list of ids",
                 field=f"recipients.{role}",
