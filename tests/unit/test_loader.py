@@ -1107,3 +1107,10 @@ def test_simulations_need_no_channel_configuration() -> None:
     assert (err.field, err2.field) == ("rules[0].channels[0]", "rules[0].channels[1]")
     rf = load(text, check_channels=False)
     assert rf.rules[0].channels == ("sms", "push")
+
+
+def test_group_and_channel_names_are_checked() -> None:
+    errs = errors("groups:\n  'a b': [x]\nchannels:\n  'sms/1': {type: outbox}\nrules: []\n")
+    assert where(errs) == [(2, "groups.a b"), (4, "channels.sms/1")]
+    assert errs[0].message.startswith("expected a group name (letters, digits")
+    assert errs[1].message.startswith("expected a channel name (letters, digits")

@@ -45,7 +45,7 @@ from duly.model import (
     parse_duration,
 )
 from duly.rules.rulesyntax import IMPLICIT_CHANNELS, RuleReader
-from duly.rules.yamlnodes import ENV_RE, NAME_RE, RuleError, RuleFileError, describe, hint, join
+from duly.rules.yamlnodes import ENV_RE, RuleError, RuleFileError, describe, hint, join
 
 __all__ = ["RuleError", "RuleFileError", "check_main", "load_rules", "load_rules_text"]
 
@@ -186,12 +186,7 @@ class _Loader(RuleReader):
         for name, value in self.entries(node, "groups").items():
             f = join("groups", name)
             self.groups.add(name)
-            if not NAME_RE.match(name):
-                self.error(
-                    value,
-                    f,
-                    f"expected a group name (letters, digits, '_', '-', '.'), got {name!r}",
-                )
+            self.check_name(name, value, f, "a group name")
             ids = [
                 self.text(item, join(f, i), "a recipient id")
                 for i, item in enumerate(self.seq(value, f) or [])
@@ -206,12 +201,7 @@ class _Loader(RuleReader):
         for name, value in self.entries(node, "channels").items():
             f = join("channels", name)
             self.channels.add(name)
-            if not NAME_RE.match(name):
-                self.error(
-                    value,
-                    f,
-                    f"expected a channel name (letters, digits, '_', '-', '.'), got {name!r}",
-                )
+            self.check_name(name, value, f, "a channel name")
             if not isinstance(value, MappingNode):
                 self.error(value, f, 'expected a mapping such as {type: smtp, url: "${SMTP_URL}"}')
                 continue

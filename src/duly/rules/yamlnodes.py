@@ -206,15 +206,22 @@ class NodeReader:
     def name(self, node: Node, field: str, what: str = "a name") -> str | None:
         """A name that is safe in a file name and an identity: letters, digits, _ - ."""
         value = self.text(node, field, what)
-        if value is not None and not NAME_RE.match(value):
-            self.error(
-                node,
-                field,
-                f"expected {what} (letters, digits, '_', '-' or '.', starting with a letter or "
-                f"a digit), got {value!r}",
-            )
+        if value is None or not self.check_name(value, node, field, what):
             return None
         return value
+
+    def check_name(self, value: str, node: Node, field: str, what: str) -> bool:
+        """Whether ``value`` is a valid name (see :meth:`name`); records the error if not.
+        Also for names written as keys (groups, channels)."""
+        if NAME_RE.match(value):
+            return True
+        self.error(
+            node,
+            field,
+            f"expected {what} (letters, digits, '_', '-' or '.', starting with a letter or "
+            f"a digit), got {value!r}",
+        )
+        return False
 
     def ident(self, node: Node, field: str, what: str = "an attribute name") -> str | None:
         value = self.text(node, field, what)
