@@ -221,12 +221,17 @@ def resolve_to(
 
 
 def message_channels(step: Step | None, rule: Rule) -> tuple[str, ...]:
-    """Channels a message goes out on. With ``fallback`` the first channel is planned;
-    moving along the chain is the dispatcher's job (issue: channels)."""
-    fb = effective(step, rule, "fallback")
-    if fb:
-        return (fb[0],)
-    return tuple(effective(step, rule, "channels") or ("email",))
+    """Channels a message goes out on. The step's own ``channels`` or ``fallback`` win over
+    the rule's. With ``fallback`` the first channel is planned; moving along the chain is the
+    dispatcher's job (issue: channels)."""
+    for owner in (step, rule):
+        if owner is None:
+            continue
+        if owner.channels:
+            return tuple(owner.channels)
+        if owner.fallback:
+            return (owner.fallback[0],)
+    return ("email",)
 
 
 def subject_dict(subject: Subject) -> dict[str, Any]:

@@ -420,3 +420,24 @@ rules:
     assert len(sent) == 52
     assert [x["occurrence"] for x in sent] == list(range(52))
     assert sent[-1]["at"] == "2026-12-28T10:00:00Z"
+
+
+def test_simulate_needs_no_channel_configuration(tmp_path: Path) -> None:
+    rules = RULES.replace(
+        "    to: [customer]\n    steps:",
+        "    to: [customer]\n    channels: [sms, email]\n    steps:",
+        1,
+    )
+    assert "channels: [sms, email]" in rules
+    r, t = write(tmp_path, [ALICE, inv("2026-03-01T08:00:00Z")], rules=rules)
+    (tmp_path / "templates" / "note.sms.txt").write_text("{{ subject.key }} due\n")
+    code, out, err = run(str(r), str(t))
+    assert code == 0, err
+    # Alice has no phone: the SMS is skipped no_address, the email is sent
+    got = {
+        (x["step"], x["channel"]): (x["outcome"], x["reason"])
+        for x in rows(out)
+        if x["rule"] == "invoice-reminders"
+    }
+    assert got[("due-soon", "sms")] == ("skipped", "no_address")
+    assert got[("due-soon", "email")] == ("sent", None)

@@ -427,3 +427,22 @@ def test_identity_round_trips_through_its_stored_form() -> None:
         Identity("r", "s", "2026-01-01T09:00:00Z", "k/1", "x", "sms"),
     ):
         assert Identity.from_db(*ident.db_key()) == ident
+
+
+def test_a_steps_own_channels_win_over_the_rules_fallback() -> None:
+    rule = Rule(
+        name="r",
+        subject="x",
+        to=("p",),
+        channels=(),
+        fallback=("sms", "email"),
+        steps=(
+            Step(name="a", at=at("due_at")),
+            Step(name="b", at=at("due_at"), channels=("inbox", "email")),
+        ),
+    )
+    rf = RuleFile(path="t", rules=(rule,))
+    s = Subject("x", "1", {"due_at": "2030-01-01"}, {"p": ("p",)})
+    plan = plan_subject(rf, s, {}, datetime(2026, 1, 1, tzinfo=UTC))
+    got = sorted((d.identity.step, d.identity.channel) for d in plan.desired)
+    assert got == [("a", "sms"), ("b", "email"), ("b", "inbox")]
