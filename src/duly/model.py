@@ -198,7 +198,7 @@ class Repeat:
     every: Duration
     days: tuple[str, ...] | None = None
     count: int | None = None
-    until: str | None = None  # a time expression (AtExpr text) or a condition; see loader
+    until: AtExpr | None = None  # a time expression: no occurrence after it
 
 
 @dataclass(frozen=True, slots=True)
