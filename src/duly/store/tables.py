@@ -203,5 +203,59 @@ workers = Table(
 )
 
 
+# API keys: only a SHA-256 of the key is kept (keys are 256-bit random tokens, so a slow
+# password hash adds nothing); the prefix identifies a key in lists and logs.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_used_at", UTCDateTime),
+    Column("revoked_at", UTCDateTime),
+    sqlite_autoincrement=True,
+)
+
+# Templates kept in the database (USE-CASES U5.7): every save is a new version; the newest
+# version of (name, channel, ext) overrides the file of the same name.
+templates = Table(
+    "templates",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("channel", String(100), nullable=False),
+    Column("ext", String(8), nullable=False),  # txt | html
+    Column("version", Integer, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("author", String(200)),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("name", "channel", "ext", "version"),
+    sqlite_autoincrement=True,
+)
+
+# One-off reminders (USE-CASES U5.5, U5.6): each becomes deliveries of the reserved rule
+# "@reminder" with occurrence = the reminder's id.
+reminders = Table(
+    "reminders",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("title", Text, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("send_at", UTCDateTime, nullable=False),
+    Column("channels", JSON, nullable=False),
+    Column("recipients", JSON, nullable=False),
+    Column("subject", String(301)),
+    Column("category", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("deleted_at", UTCDateTime),
+    # serves the subject page's list of its reminders
+    Index("ix_reminders_subject", "subject"),
+    sqlite_autoincrement=True,
+)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
