@@ -176,6 +176,10 @@ def effective(step: Step | None, rule: Rule, attr: str) -> Any:
     return getattr(rule, attr, None)
 
 
+def base_priority_for(category: str) -> int:
+    return {"transactional": 300, "reminder": 200, "promotional": 100}.get(category, 100)
+
+
 def base_priority(rule: Rule, category: str) -> int:
     """Higher goes first: transactional, reminder, promotional, then schedule rules;
     ``priority: N`` on a rule overrides (spec: Priority)."""
@@ -183,7 +187,7 @@ def base_priority(rule: Rule, category: str) -> int:
         return rule.priority
     if rule.cron is not None:
         return 0
-    return {"transactional": 300, "reminder": 200, "promotional": 100}.get(category, 100)
+    return base_priority_for(category)
 
 
 def rule_zone(rf: RuleFile, rule: Rule, recipient: Recipient | None) -> str:

@@ -22,13 +22,17 @@ from typing import Any
 
 from duly import planner
 from duly.channels.base import Channel, DeliveryError, Message
-from duly.engine.service import Engine
+from duly.engine.service import REMINDER_RULE, Engine
 from duly.model import Category, Outcome, Reason, Recipient, Rule, Step, Subject
 from duly.rules import timemath
 from duly.store.db import write_transaction
 from duly.store.store import DeliveryRow
 
 __all__ = ["Dispatcher", "message_id_for"]
+
+# One-off reminders have no rule in the file: this stands in for it (default retries and
+# grace, the row's own category).
+_REMINDER = Rule(name=REMINDER_RULE, sends_message=True)
 
 log = logging.getLogger("duly.dispatcher")
 
@@ -56,6 +60,7 @@ class _Work:
     recipient: Recipient | None = None
     event: dict[str, Any] | None = None
     message: Message | None = None
+    reminder: dict[str, Any] | None = None
     rendered: Any = None
     update: dict[str, Any] = field(default_factory=dict)
     logs: list[dict[str, Any]] = field(default_factory=list)
@@ -174,10 +179,20 @@ class Dispatcher:
                 if isinstance(w.row.identity.occurrence, str)
             ]
             events = self.store.get_events(conn, event_ids) if event_ids else {}
+            reminder_ids = [
+                int(w.row.identity.occurrence)
+                for w in works
+                if w.row.identity.rule == REMINDER_RULE
+            ]
+            reminders = self.store.get_reminders(conn, reminder_ids) if reminder_ids else {}
             gaps: dict[tuple[str, str, str, str], datetime | None] = {}
             for w in works:
                 ident = w.row.identity
-                w.rule = rf.rule(ident.rule)
+                if ident.rule == REMINDER_RULE:
+                    w.reminder = reminders.get(int(ident.occurrence))
+                    w.rule = _REMINDER if w.reminder is not None else None
+                else:
+                    w.rule = rf.rule(ident.rule)
                 w.step = w.rule.step(ident.step) if (w.rule and ident.step) else None
                 if ident.subject:
                     rec = subjects.get(tuple(ident.subject.split("/", 1)))  # type: ignore[arg-type]
@@ -361,7 +376,9 @@ class Dispatcher:
         assert rule is not None and w.recipient is not None
         mid = w.row.message_id or message_id_for(ident)
         title = text = html = None
-        if self.renderer is not None:
+        if w.reminder is not None:
+            title, text = w.reminder["title"], w.reminder["message"]
+        elif self.renderer is not None:
             name = planner.effective(step, rule, "template") or rule.name
             ctx = self._context(w, now, tzname)
             try:

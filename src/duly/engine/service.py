@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,14 +18,18 @@ from sqlalchemy.engine import Connection
 
 from duly import planner
 from duly.engine.clock import Clock, SystemClock
-from duly.errors import InvalidInput, UnknownSubject
+from duly.errors import DulyError, InvalidInput, NotFound, UnknownSubject
 from duly.model import Reason, Recipient, RuleFile, Subject
 from duly.planner import Action, Existing, Plan
 from duly.rules import timemath
 from duly.store.db import is_postgres, write_transaction
 from duly.store.store import Store, SubjectRecord
 
-__all__ = ["Engine", "SubjectInput", "UpsertResult"]
+__all__ = ["REMINDER_RULE", "Conflict", "Engine", "ReminderInput", "SubjectInput", "UpsertResult"]
+
+# The reserved rule name of one-off reminders: rule names in files start with a letter or a
+# digit, so it can never clash with one.
+REMINDER_RULE = "@reminder"
 
 log = logging.getLogger("duly.engine")
 
@@ -39,6 +43,25 @@ class SubjectInput:
     attributes: Mapping[str, Any] = field(default_factory=dict)
     recipients: Mapping[str, str | Sequence[str]] = field(default_factory=dict)
     hold_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReminderInput:
+    """A one-off reminder (USE-CASES U5.5, U5.6)."""
+
+    title: str
+    message: str
+    send_at: datetime
+    recipients: Sequence[str]
+    channels: Sequence[str] = ("email",)
+    subject: str | None = None
+    category: str = "reminder"
+
+
+class Conflict(DulyError):
+    """The record is not in a state that allows this (e.g. it was sent already)."""
+
+    code = "conflict"
 
 
 @dataclass(slots=True)
@@ -316,8 +339,9 @@ class Engine:
         """Post an event about a known subject. Returns False for a repeated id (ignored).
         An unknown subject is refused and nothing changes."""
         if not isinstance(eid, str) or not eid or len(eid) > 200:
-            raise InvalidInput("an event needs an id (its idempotency key), 1 to 200 characters",
-                               field="id")
+            raise InvalidInput(
+                "an event needs an id (its idempotency key), 1 to 200 characters", field="id"
+            )
         if not isinstance(name, str) or not name or len(name) > 200:
             raise InvalidInput("an event needs a name of 1 to 200 characters", field="name")
         kind, sep, key = (subject or "").partition("/")
@@ -395,8 +419,236 @@ class Engine:
             self._replan(conn, [(rec, new)], now, bump=False)
         return len(actions)
 
+    # ------------------------------------------------------------------ operator actions
+
+    def _one_delivery(self, conn: Connection, did: int) -> Any:
+        from duly.store.tables import deliveries
+
+        row = conn.execute(sa.select(deliveries).where(deliveries.c.id == did)).mappings().first()
+        if row is None:
+            raise NotFound(f"no delivery {did}", field="id")
+        return row
+
+    def send_now(self, did: int) -> None:
+        """Make a pending delivery due now (its planned time is kept). Policies still apply."""
+        from duly.store.tables import deliveries
+
+        now = self.clock.now()
+        with write_transaction(self.db) as conn:
+            row = self._one_delivery(conn, did)
+            if row["state"] != "pending":
+                raise Conflict(f"delivery {did} is {row['state']}, not pending", field="state")
+            conn.execute(
+                sa.update(deliveries)
+                .where(deliveries.c.id == did)
+                .values(due_at=now, updated_at=now)
+            )
+            self._wake(conn)
+
+    def cancel_delivery(self, did: int) -> None:
+        """Cancel a pending delivery (reason ``manual``)."""
+        now = self.clock.now()
+        with write_transaction(self.db) as conn:
+            row = self._one_delivery(conn, did)
+            if row["state"] != "pending":
+                raise Conflict(f"delivery {did} is {row['state']}, not pending", field="state")
+            ex = Existing(
+                did,
+                planner.Identity("", None, 0, None, None, None),
+                "pending",
+                None,
+                row["planned_at"],
+                row["due_at"],
+            )
+            self.store.apply(conn, [Action("cancel", None, ex, reason=Reason.manual)], now)
+
+    def retry_delivery(self, did: int) -> None:
+        """Try a failed, skipped or cancelled delivery again, now. A sent one is never sent
+        twice."""
+        from duly.store.tables import deliveries
+
+        now = self.clock.now()
+        with write_transaction(self.db) as conn:
+            row = self._one_delivery(conn, did)
+            if row["state"] not in ("failed", "skipped", "cancelled"):
+                raise Conflict(
+                    f"delivery {did} is {row['state']}: only failed, skipped or cancelled "
+                    "deliveries can be retried",
+                    field="state",
+                )
+            conn.execute(
+                sa.update(deliveries)
+                .where(deliveries.c.id == did)
+                .values(
+                    state="pending",
+                    reason=None,
+                    due_at=now,
+                    attempts=0,
+                    updated_at=now,
+                    lease_owner=None,
+                    lease_until=None,
+                )
+            )
+            self._wake(conn)
+
+    # ------------------------------------------------------------------ one-off reminders
+
+    def create_reminder(self, r: ReminderInput) -> int:
+        """Plan a one-off reminder: one delivery per recipient and channel."""
+        from duly.store.tables import reminders
+
+        now = self.clock.now()
+        _validate_reminder(self.rules, r, now)
+        with write_transaction(self.db) as conn:
+            if r.subject:
+                self._need_subject(conn, r.subject)
+            rid = conn.execute(
+                sa.insert(reminders)
+                .values(
+                    title=r.title,
+                    message=r.message,
+                    send_at=r.send_at,
+                    channels=list(r.channels),
+                    recipients=list(r.recipients),
+                    subject=r.subject,
+                    category=r.category,
+                    created_at=now,
+                    updated_at=now,
+                )
+                .returning(reminders.c.id)
+            ).scalar_one()
+            self._plan_reminder(conn, rid, r, [], now)
+            self._wake(conn)
+        return int(rid)
+
+    def update_reminder(self, rid: int, r: ReminderInput) -> None:
+        """Replace a reminder that has not been sent: its deliveries are re-planned."""
+        from duly.store.tables import reminders
+
+        now = self.clock.now()
+        _validate_reminder(self.rules, r, now)
+        with write_transaction(self.db) as conn:
+            ex = self._reminder_rows(conn, rid)
+            if r.subject:
+                self._need_subject(conn, r.subject)
+            conn.execute(
+                sa.update(reminders)
+                .where(reminders.c.id == rid)
+                .values(
+                    title=r.title,
+                    message=r.message,
+                    send_at=r.send_at,
+                    channels=list(r.channels),
+                    recipients=list(r.recipients),
+                    subject=r.subject,
+                    category=r.category,
+                    updated_at=now,
+                )
+            )
+            self._plan_reminder(conn, rid, r, ex, now)
+            self._wake(conn)
+
+    def delete_reminder(self, rid: int) -> None:
+        """Delete a reminder that has not been sent (its deliveries: cancelled, ``manual``)."""
+        from duly.store.tables import reminders
+
+        now = self.clock.now()
+        with write_transaction(self.db) as conn:
+            ex = self._reminder_rows(conn, rid)
+            self.store.apply(conn, planner.cancel_all(ex, Reason.manual), now)
+            conn.execute(
+                sa.update(reminders)
+                .where(reminders.c.id == rid)
+                .values(deleted_at=now, updated_at=now)
+            )
+
+    def _reminder_rows(self, conn: Connection, rid: int) -> list[Existing]:
+        """The reminder's delivery rows; refuses (409) once any of them was sent."""
+        from duly.store.tables import deliveries, reminders
+
+        row = conn.execute(
+            sa.select(reminders.c.id).where(reminders.c.id == rid, reminders.c.deleted_at.is_(None))
+        ).first()
+        if row is None:
+            raise NotFound(f"no reminder {rid}", field="id")
+        rows = (
+            conn.execute(
+                sa.select(deliveries).where(
+                    deliveries.c.rule == REMINDER_RULE, deliveries.c.occurrence == str(int(rid))
+                )
+            )
+            .mappings()
+            .all()
+        )
+        if any(x["state"] in ("sent", "sending") for x in rows):
+            raise Conflict(f"reminder {rid} was sent already: it can no longer change", field="id")
+        return [
+            Existing(
+                x["id"],
+                planner.Identity.from_db(
+                    x["rule"],
+                    x["step"],
+                    x["occurrence"],
+                    x["subject"],
+                    x["recipient"],
+                    x["channel"],
+                ),
+                x["state"],
+                x["reason"],
+                x["planned_at"],
+                x["due_at"],
+            )
+            for x in rows
+        ]
+
+    def _need_subject(self, conn: Connection, ref: str) -> None:
+        kind, sep, key = ref.partition("/")
+        rec = self.store.get_subjects(conn, [(kind, key)]).get((kind, key)) if sep else None
+        if rec is None or rec.deleted:
+            raise UnknownSubject(f"no subject {ref}", field="subject")
+
+    def _plan_reminder(
+        self, conn: Connection, rid: int, r: ReminderInput, ex: list[Existing], now: datetime
+    ) -> None:
+        plan = Plan(scope={REMINDER_RULE})
+        plan.addressed[(REMINDER_RULE, None)] = set(r.recipients)
+        prio = planner.base_priority_for(r.category)
+        for person in r.recipients:
+            for ch in r.channels:
+                ident = planner.Identity(REMINDER_RULE, None, int(rid), r.subject, person, ch)
+                plan.desired.append(
+                    planner.Desired(ident, r.send_at, r.send_at, None, r.category, prio)
+                )
+        actions = planner.reconcile(plan, ex, now)
+        self.store.apply(conn, actions, now)
+
 
 # --------------------------------------------------------------------------- validation
+
+
+def _validate_reminder(rf: RuleFile, r: ReminderInput, now: datetime) -> None:
+    """USE-CASES U5.6: send time not in the past, at least one channel and recipient."""
+    if not isinstance(r.title, str) or not r.title.strip():
+        raise InvalidInput("a reminder needs a title", field="title")
+    if not isinstance(r.message, str):
+        raise InvalidInput("a reminder needs a message", field="message")
+    if r.send_at.tzinfo is None:
+        raise InvalidInput("send_at needs a UTC offset or Z", field="send_at")
+    if r.send_at < now - timedelta(seconds=1):
+        raise InvalidInput("send_at is in the past", field="send_at")
+    if not r.channels:
+        raise InvalidInput("choose at least one channel", field="channels")
+    for ch in r.channels:
+        if ch not in rf.channels:
+            known = ", ".join(sorted(rf.channels))
+            raise InvalidInput(f"unknown channel {ch!r}; configured: {known}", field="channels")
+    if not r.recipients:
+        raise InvalidInput("choose at least one recipient", field="recipients")
+    for p in r.recipients:
+        if not isinstance(p, str) or not p or len(p) > 200:
+            raise InvalidInput("recipients are recipient ids", field="recipients")
+    if r.category not in ("transactional", "reminder", "promotional"):
+        raise InvalidInput("category is transactional, reminder or promotional", field="category")
 
 
 def _validate_recipient(r: Recipient) -> None:

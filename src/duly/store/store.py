@@ -19,7 +19,15 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from duly.model import Recipient, Subject
 from duly.planner import Action, Existing, Identity, outcome_of
-from duly.store.tables import deliveries, delivery_log, events, recipients, subject_errors, subjects
+from duly.store.tables import (
+    deliveries,
+    delivery_log,
+    events,
+    recipients,
+    reminders,
+    subject_errors,
+    subjects,
+)
 
 __all__ = ["DeliveryRow", "Store", "SubjectRecord"]
 
@@ -228,6 +236,15 @@ class Store:
                     "data": r["data"] or {},
                     "at": r["received_at"],
                 }
+        return out
+
+    def get_reminders(self, conn: Connection, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """One-off reminders by id (deleted ones are absent)."""
+        out: dict[int, dict[str, Any]] = {}
+        for chunk in _chunks(sorted(set(ids)), 500):
+            q = select(reminders).where(reminders.c.id.in_(chunk), reminders.c.deleted_at.is_(None))
+            for r in conn.execute(q).mappings():
+                out[int(r["id"])] = dict(r)
         return out
 
     # ------------------------------------------------------------------ the plan
