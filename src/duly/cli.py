@@ -124,7 +124,13 @@ def _runtime(rf: Any, database: str, **kw: Any) -> Any:
 )
 @_opt_log
 def serve(
-    rules: str | None, database: str, host: str, port: int, demo: bool | None, log_level: str
+    rules: str | None,
+    database: str,
+    host: str,
+    port: int,
+    max_body: int,
+    demo: bool | None,
+    log_level: str,
 ) -> None:
     """Run everything in one process: HTTP server, dispatcher and scheduler."""
     import uvicorn
@@ -147,7 +153,7 @@ def serve(
                 n,
             )
     rt.start()
-    app = create_app(rt)
+    app = create_app(rt, max_body=max_body)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
     server = uvicorn.Server(config)
     # uvicorn handles SIGINT/SIGTERM itself, then re-raises the signal into the handler that
@@ -207,6 +213,76 @@ def migrate(database: str) -> None:
     do_migrate(db)
     click.echo(f"database at revision {current_revision(db)}")
     db.dispose()
+
+
+# --------------------------------------------------------------------------- keys
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys (stored hashed; a key is shown once, when made)."""
+
+
+def _keystore(database: str) -> Any:
+    from duly.keys import KeyStore
+    from duly.store.db import make_engine
+    from duly.store.db import migrate as do_migrate
+
+    db = make_engine(database)
+    do_migrate(db)
+    return KeyStore(db)
+
+
+@keys.command("create")
+@click.option(
+    "--name",
+    required=True,
+    envvar="DULY_KEY_NAME",
+    show_envvar=True,
+    help="What the key is for (e.g. the app that uses it).",
+)
+@_opt_db
+def keys_create(name: str, database: str) -> None:
+    """Make a new API key. It is printed once, alone on the last line."""
+    ks = _keystore(database)
+    try:
+        token, info = ks.create(name, datetime.now(UTC))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--name") from None
+    click.echo(
+        f"API key {info.id} ({info.name}) created. It is shown only now; keep it safe:", err=True
+    )
+    click.echo(token)
+
+
+@keys.command("list")
+@_opt_db
+def keys_list(database: str) -> None:
+    """List API keys (id, name, prefix, created, last used, revoked)."""
+    ks = _keystore(database)
+    rows = ks.list()
+    if not rows:
+        click.echo("No API keys. Make one with `duly keys create --name NAME`.")
+        return
+    for k in rows:
+        used = k.last_used_at.strftime("%Y-%m-%d %H:%M") if k.last_used_at else "never"
+        state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "active"
+        click.echo(
+            f"{k.id:>4}  {k.prefix}…  {k.name:<24} created {k.created_at:%Y-%m-%d}  "
+            f"last used {used}  {state}"
+        )
+
+
+@keys.command("revoke")
+@click.argument("key", envvar="DULY_KEY")
+@_opt_db
+def keys_revoke(key: str, database: str) -> None:
+    """Revoke a key by id, name or prefix (KEY or DULY_KEY)."""
+    ks = _keystore(database)
+    info = ks.revoke(key, datetime.now(UTC))
+    if info is None:
+        raise click.ClickException(f"no single active key matches {key!r} (see `duly keys list`)")
+    click.echo(f"revoked key {info.id} ({info.name})")
 
 
 # --------------------------------------------------------------------------- rules

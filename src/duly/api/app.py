@@ -1,26 +1,102 @@
-"""The HTTP application served by ``duly serve``. This issue serves liveness and readiness;
-the /v1 API arrives with its own issue."""
+"""The HTTP application served by ``duly serve``: the /v1 API (API key required),
+liveness and readiness, and the OpenAPI document at /openapi.json (docs at /docs)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import sqlalchemy as sa
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from duly import __version__
+from duly.api import errors
+from duly.api.errors import ApiError, error_response
+from duly.keys import KeyStore
+
+log = logging.getLogger("duly.api")
+
+DEFAULT_MAX_BODY = 1_000_000
 
 
-def create_app(runtime: Any) -> FastAPI:
-    app = FastAPI(title="duly", version=__version__)
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, whether or not Content-Length
+    says so (a chunked body is counted as it streams)."""
 
-    @app.get("/healthz")
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._refuse(scope, receive, send)
+                    return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    # an HTTPException passes FastAPI's body parsing untouched and is
+                    # answered by the JSON error handler
+                    raise HTTPException(413, f"the body is over {self.limit} bytes")
+            return msg
+
+        await self.app(scope, counted, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        resp = error_response(413, "too_large", f"the body is over {self.limit} bytes", None)
+        await resp(scope, receive, send)
+
+
+def require_key(request: Request) -> None:
+    """Every /v1 call needs ``Authorization: Bearer <api key>``."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", "send an API key: Authorization: Bearer <key>")
+    rt = request.app.state.runtime
+    info = request.app.state.keys.verify(token.strip(), rt.engine.clock.now())
+    if info is None:
+        raise ApiError(401, "unauthorized", "the API key is not valid (unknown or revoked)")
+    request.state.key = info
+
+
+def create_app(runtime: Any, *, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
+    from duly.api.v1 import router
+
+    app = FastAPI(
+        title="duly",
+        version=__version__,
+        description="Reminders and notifications from rules in a file: the HTTP API. "
+        "Every /v1 call needs `Authorization: Bearer <api key>` (`duly keys create`).",
+    )
+    app.state.runtime = runtime
+    app.state.keys = KeyStore(runtime.db)
+    errors.install(app)
+    app.include_router(router, dependencies=[Depends(require_key)])
+    for extra in _extra_routers():
+        app.include_router(extra, dependencies=[Depends(require_key)])
+
+    @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", tags=["health"])
     def readyz() -> JSONResponse:
         """Readiness: the database answers and the dispatcher thread is alive."""
         checks: dict[str, str] = {}
@@ -30,7 +106,8 @@ def create_app(runtime: Any) -> FastAPI:
             checks["database"] = "ok"
         except Exception as exc:  # report, never 500
             checks["database"] = f"error: {type(exc).__name__}"
-        alive = runtime.thread is not None and runtime.thread.is_alive()
+        thread = getattr(runtime, "thread", None)
+        alive = thread is not None and thread.is_alive()
         checks["dispatcher"] = "ok" if alive else "stopped"
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse(
@@ -38,4 +115,30 @@ def create_app(runtime: Any) -> FastAPI:
             status_code=200 if ok else 503,
         )
 
+    for extra in _public_routers():
+        app.include_router(extra)
+    app.add_middleware(BodyLimit, limit=max_body)
     return app
+
+
+def _extra_routers() -> list[Any]:
+    """Routers added by other modules (templates, stats) when present."""
+    out = []
+    for mod in ("duly.api.templates", "duly.api.stats"):
+        try:
+            m = __import__(mod, fromlist=["router"])
+        except ModuleNotFoundError:
+            continue
+        out.append(m.router)
+    return out
+
+
+def _public_routers() -> list[Any]:
+    out = []
+    for mod in ("duly.api.metrics",):
+        try:
+            m = __import__(mod, fromlist=["router"])
+        except ModuleNotFoundError:
+            continue
+        out.append(m.router)
+    return out

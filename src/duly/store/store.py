@@ -613,6 +613,71 @@ class Store:
         q = q.order_by(deliveries.c.sent_at.desc(), deliveries.c.id.desc()).limit(limit)
         return [dict(r) for r in conn.execute(q).mappings()]
 
+    def list_deliveries(
+        self,
+        conn: Connection,
+        *,
+        state: str | None = None,
+        rule: str | None = None,
+        subject: str | None = None,
+        recipient: str | None = None,
+        channel: str | None = None,
+        from_: datetime | None = None,
+        to: datetime | None = None,
+        after_id: int | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """Deliveries matching every given filter, newest id first; ``after_id`` continues a
+        listing (cursor paging: ids only ever grow). ``from_``/``to`` bound the due time."""
+        q = select(deliveries)
+        for col, val in (
+            (deliveries.c.state, state),
+            (deliveries.c.rule, rule),
+            (deliveries.c.subject, subject),
+            (deliveries.c.recipient, recipient),
+            (deliveries.c.channel, channel),
+        ):
+            if val is not None:
+                q = q.where(col == val)
+        if from_ is not None:
+            q = q.where(deliveries.c.due_at >= from_)
+        if to is not None:
+            q = q.where(deliveries.c.due_at < to)
+        if after_id is not None:
+            q = q.where(deliveries.c.id < after_id)
+        q = q.order_by(deliveries.c.id.desc()).limit(limit)
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+    def delivery(self, conn: Connection, did: int) -> dict[str, Any] | None:
+        r = conn.execute(select(deliveries).where(deliveries.c.id == did)).mappings().first()
+        return dict(r) if r is not None else None
+
+    def delivery_history(self, conn: Connection, did: int) -> list[dict[str, Any]]:
+        """Every attempt and outcome of one delivery, in order."""
+        q = (
+            select(delivery_log)
+            .where(delivery_log.c.delivery_id == did)
+            .order_by(delivery_log.c.id)
+        )
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+    def deliveries_of_subject(self, conn: Connection, ref: str) -> list[dict[str, Any]]:
+        q = (
+            select(deliveries)
+            .where(deliveries.c.subject == ref)
+            .order_by(deliveries.c.due_at, deliveries.c.id)
+        )
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+    def subject_problems(self, conn: Connection, ref: str, limit: int = 20) -> list[dict[str, Any]]:
+        q = (
+            select(subject_errors)
+            .where(subject_errors.c.subject == ref)
+            .order_by(subject_errors.c.id.desc())
+            .limit(limit)
+        )
+        return [dict(r) for r in conn.execute(q).mappings()]
+
     def counts_by_state(self, conn: Connection) -> dict[str, int]:
         q = select(deliveries.c.state, func.count()).group_by(deliveries.c.state)
         return {s: n for s, n in conn.execute(q)}

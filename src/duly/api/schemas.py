@@ -1,0 +1,247 @@
+"""Request and response bodies of the HTTP API (pydantic v2)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+Category = Literal["transactional", "reminder", "promotional"]
+Id = Field(min_length=1, max_length=200)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Consent(Strict):
+    promotional: bool | None = None
+    reminder: bool | None = None
+    channels: dict[str, bool] = Field(default_factory=dict)
+    rules: dict[str, bool] = Field(default_factory=dict)
+
+
+class RecipientIn(Strict):
+    name: str | None = Field(None, max_length=500)
+    email: str | None = Field(None, max_length=320)
+    phone: str | None = Field(None, max_length=40)
+    timezone: str | None = Field(None, max_length=64, examples=["Europe/London"])
+    locale: str | None = Field(None, max_length=35, examples=["en_GB"])
+    addresses: dict[str, str] = Field(default_factory=dict)
+    consent: Consent = Field(default_factory=Consent)
+
+
+class RecipientOut(RecipientIn):
+    id: str
+
+
+class SubjectIn(Strict):
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    recipients: dict[str, str | list[str]] = Field(default_factory=dict)
+    hold_until: AwareDatetime | None = None
+
+
+class SubjectBatchItem(SubjectIn):
+    kind: str = Field(min_length=1, max_length=100)
+    key: str = Field(min_length=1, max_length=200)
+
+
+class SubjectBatchIn(Strict):
+    subjects: list[SubjectBatchItem] = Field(min_length=1, max_length=1000)
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class BatchResult(BaseModel):
+    kind: str
+    key: str
+    ok: bool
+    revision: int | None = None
+    planned: int | None = None
+    error: ErrorBody | None = None
+
+
+class BatchOut(BaseModel):
+    results: list[BatchResult]
+    ok: int
+    failed: int
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    rule: str
+    step: str | None
+    occurrence: int | str
+    subject: str | None
+    recipient: str | None
+    channel: str | None
+    state: str
+    reason: str | None
+    category: str
+    planned_at: datetime
+    due_at: datetime
+    sent_at: datetime | None = None
+    attempts: int
+    last_error: str | None = None
+    title: str | None = None
+    message_id: str | None = None
+
+
+class Attempt(BaseModel):
+    attempt: int | None
+    at: datetime
+    error: str | None
+    receipt: str | None
+
+
+class HistoryItem(BaseModel):
+    at: datetime
+    outcome: str | None
+    reason: str | None
+
+
+class Content(BaseModel):
+    to: str | None
+    title: str | None
+    text: str | None
+    html: str | None
+
+
+class DeliveryDetail(DeliveryOut):
+    deadline_at: datetime | None = None
+    receipt: str | None = None
+    content: Content
+    attempt_log: list[Attempt]
+    history: list[HistoryItem]
+    changes: dict[str, Any] | None = None
+
+
+class DeliveryList(BaseModel):
+    items: list[DeliveryOut]
+    next_cursor: str | None
+
+
+class SubjectOut(BaseModel):
+    kind: str
+    key: str
+    revision: int
+    attributes: dict[str, Any]
+    recipients: dict[str, list[str]]
+    hold_until: datetime | None
+    acknowledged: list[str] = Field(default_factory=list)
+    plan: list[DeliveryOut]
+    problems: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
+class SubjectDetail(SubjectOut):
+    history: list[DeliveryOut]
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class EventIn(Strict):
+    id: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200)
+    subject: str = Field(min_length=3, max_length=301, examples=["invoice/INV-1"])
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventOut(BaseModel):
+    id: str
+    accepted: bool = Field(description="false when an event with this id was seen before")
+
+
+class ReminderIn(Strict):
+    title: str = Field(min_length=1, max_length=500)
+    message: str = Field("", max_length=20000)
+    recipients: list[str] = Field(min_length=1, max_length=1000)
+    send_at: AwareDatetime
+    channels: list[str] = Field(default_factory=lambda: ["email"], min_length=1, max_length=20)
+    subject: str | None = Field(None, max_length=301)
+    category: Category = "reminder"
+
+
+class ReminderPatch(Strict):
+    title: str | None = Field(None, min_length=1, max_length=500)
+    message: str | None = Field(None, max_length=20000)
+    recipients: list[str] | None = Field(None, min_length=1, max_length=1000)
+    send_at: AwareDatetime | None = None
+    channels: list[str] | None = Field(None, min_length=1, max_length=20)
+    subject: str | None = Field(None, max_length=301)
+    category: Category | None = None
+
+
+class ReminderCounts(BaseModel):
+    total: int
+    pending: int
+    sent: int
+    overdue: int
+    failed: int
+
+
+class ReminderOut(BaseModel):
+    id: int
+    title: str
+    message: str
+    recipients: list[str]
+    send_at: datetime
+    channels: list[str]
+    subject: str | None
+    category: str
+    created_at: datetime
+    updated_at: datetime
+    counts: ReminderCounts
+    deliveries: list[DeliveryOut]
+
+
+class RuleOut(BaseModel):
+    name: str
+    kind: str
+    subject: str | None
+    category: str
+    channels: list[str]
+    steps: list[str | None]
+    trigger: str | None = None
+    line: int
+
+
+class RulesOut(BaseModel):
+    path: str
+    timezone: str
+    rules: list[RuleOut]
+
+
+class RulesCheckIn(Strict):
+    rules: str = Field(description="the rule file's YAML text", max_length=1_000_000)
+
+
+class RuleErrorOut(BaseModel):
+    file: str
+    line: int | None
+    field: str
+    message: str
+
+
+class RulesCheckOut(BaseModel):
+    ok: bool
+    rules: int = 0
+    errors: list[RuleErrorOut] = Field(default_factory=list)
+
+
+class SimulateIn(Strict):
+    rules: str = Field(max_length=1_000_000)
+    timeline: str = Field(description="JSON lines, as in a timeline file", max_length=5_000_000)
+    until: AwareDatetime | None = None
+    templates: dict[str, str] | None = Field(
+        None, description="template files by name (e.g. 'x.email.txt'); none: no rendering"
+    )
+
+
+class SimulateOut(BaseModel):
+    rows: list[dict[str, Any]]
+    warnings: list[str]

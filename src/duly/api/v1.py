@@ -1,0 +1,545 @@
+"""The /v1 resources (spec/api.md): recipients, subjects, events, deliveries, reminders,
+rules, simulate. Handlers are plain functions (run in the server's thread pool) over the
+engine; they turn its errors into the one JSON error shape."""
+
+from __future__ import annotations
+
+import base64
+import io
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Path as P
+
+from duly.api import schemas as S
+from duly.api.errors import ApiError
+from duly.engine.service import REMINDER_RULE, Engine, ReminderInput, SubjectInput
+from duly.errors import DulyError, InvalidInput
+from duly.model import Recipient
+from duly.planner import Identity
+
+router = APIRouter(prefix="/v1")
+
+
+def engine(request: Request) -> Engine:
+    return request.app.state.runtime.engine  # type: ignore[no-any-return]
+
+
+EngineDep = Annotated[Engine, Depends(engine)]
+RecipientId = Annotated[str, P(min_length=1, max_length=200)]
+DbId = Annotated[int, P(ge=1, le=2**62)]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _delivery(r: dict[str, Any]) -> S.DeliveryOut:
+    ident = Identity.from_db(
+        r["rule"], r["step"], r["occurrence"], r["subject"], r["recipient"], r["channel"]
+    )
+    return S.DeliveryOut(
+        id=r["id"],
+        rule=r["rule"],
+        step=ident.step,
+        occurrence=ident.occurrence,
+        subject=ident.subject,
+        recipient=ident.recipient,
+        channel=ident.channel,
+        state=r["state"],
+        reason=r["reason"],
+        category=r["category"],
+        planned_at=r["planned_at"],
+        due_at=r["due_at"],
+        sent_at=r["sent_at"],
+        attempts=r["attempts"],
+        last_error=r["last_error"],
+        title=r["title"],
+        message_id=r["message_id"],
+    )
+
+
+def _subject_out(eng: Engine, kind: str, key: str, *, detail: bool, result: Any = None) -> Any:
+    ref = f"{kind}/{key}"
+    with eng.db.connect() as conn:
+        rec = eng.store.get_subjects(conn, [(kind, key)]).get((kind, key))
+        if rec is None or rec.deleted:
+            raise ApiError(404, "not_found", f"no subject {ref}", "subject")
+        rows = eng.store.deliveries_of_subject(conn, ref)
+        errors = eng.store.subject_problems(conn, ref) if detail else []
+    s = rec.subject
+    plan = [_delivery(r) for r in rows if r["state"] in ("pending", "sending")]
+    body: dict[str, Any] = {
+        "kind": kind,
+        "key": key,
+        "revision": s.revision,
+        "attributes": s.attributes,
+        "recipients": {k: list(v) for k, v in s.recipients.items()},
+        "hold_until": s.hold_until,
+        "acknowledged": sorted(s.acknowledged),
+        "plan": plan,
+        "problems": result.problems if result is not None else [],
+        "notes": result.notes if result is not None else [],
+    }
+    if not detail:
+        return S.SubjectOut(**body)
+    history = [_delivery(r) for r in rows if r["state"] not in ("pending", "sending")]
+    errs = [
+        {"rule": e["rule"], "field": e["field"], "message": e["message"], "at": e["at"]}
+        for e in errors
+    ]
+    return S.SubjectDetail(**body, history=history, errors=errs)
+
+
+def _cursor(after: int | None) -> str | None:
+    return None if after is None else base64.urlsafe_b64encode(f"d:{after}".encode()).decode()
+
+
+def _uncursor(c: str | None) -> int | None:
+    if not c:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(c.encode()).decode()
+        tag, _, num = raw.partition(":")
+        if tag != "d":
+            raise ValueError
+        return int(num)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(422, "invalid", "cursor is not one this API gave out", "cursor") from None
+
+
+# --------------------------------------------------------------------------- recipients
+
+
+def _recipient_out(r: Recipient) -> S.RecipientOut:
+    return S.RecipientOut(
+        id=r.id,
+        name=r.name,
+        email=r.email,
+        phone=r.phone,
+        timezone=r.timezone,
+        locale=r.locale,
+        addresses=r.addresses,
+        consent=S.Consent(**r.consent) if r.consent else S.Consent(),
+    )
+
+
+@router.put("/recipients/{rid}", response_model=S.RecipientOut, tags=["recipients"])
+def put_recipient(
+    rid: RecipientId, body: S.RecipientIn, eng: EngineDep, response: Response
+) -> S.RecipientOut:
+    """Create or replace a recipient (whole state)."""
+    consent = body.consent.model_dump(exclude_none=True, exclude_defaults=True)
+    r = Recipient(
+        id=rid,
+        name=body.name,
+        email=body.email,
+        phone=body.phone,
+        timezone=body.timezone,
+        locale=body.locale,
+        addresses=dict(body.addresses),
+        consent=consent,
+    )
+    created = eng.put_recipient(r)
+    response.status_code = 201 if created else 200
+    return _recipient_out(r)
+
+
+@router.get("/recipients/{rid}", response_model=S.RecipientOut, tags=["recipients"])
+def get_recipient(rid: RecipientId, eng: EngineDep) -> S.RecipientOut:
+    with eng.db.connect() as conn:
+        r = eng.store.get_recipients(conn, [rid]).get(rid)
+    if r is None:
+        raise ApiError(404, "not_found", f"no recipient {rid}", "id")
+    return _recipient_out(r)
+
+
+@router.delete("/recipients/{rid}", status_code=204, tags=["recipients"])
+def delete_recipient(rid: RecipientId, eng: EngineDep) -> Response:
+    """Delete a recipient; its pending deliveries are cancelled (recipient_removed)."""
+    with eng.db.connect() as conn:
+        if not eng.store.get_recipients(conn, [rid]):
+            raise ApiError(404, "not_found", f"no recipient {rid}", "id")
+    eng.delete_recipient(rid)
+    return Response(status_code=204)
+
+
+# --------------------------------------------------------------------------- subjects
+
+
+@router.put("/subjects/{kind}/{key}", response_model=S.SubjectOut, tags=["subjects"])
+def put_subject(
+    kind: Annotated[str, P(min_length=1, max_length=100)],
+    key: Annotated[str, P(min_length=1, max_length=200)],
+    body: S.SubjectIn,
+    eng: EngineDep,
+) -> S.SubjectOut:
+    """Upsert a subject's whole state; answers with its plan (upcoming deliveries)."""
+    res = eng.upsert_subject(
+        SubjectInput(kind, key, body.attributes, body.recipients, body.hold_until)
+    )
+    return _subject_out(eng, kind, key, detail=False, result=res)  # type: ignore[no-any-return]
+
+
+@router.get("/subjects/{kind}/{key}", response_model=S.SubjectDetail, tags=["subjects"])
+def get_subject(kind: str, key: str, eng: EngineDep) -> S.SubjectDetail:
+    """A subject with its plan, history and recorded data problems."""
+    return _subject_out(eng, kind, key, detail=True)  # type: ignore[no-any-return]
+
+
+@router.delete("/subjects/{kind}/{key}", status_code=204, tags=["subjects"])
+def delete_subject(kind: str, key: str, eng: EngineDep) -> Response:
+    """Delete a subject; its pending deliveries are cancelled (subject_deleted)."""
+    eng.delete_subject(kind, key)
+    return Response(status_code=204)
+
+
+@router.post("/subjects:batch", response_model=S.BatchOut, tags=["subjects"])
+def batch_subjects(body: S.SubjectBatchIn, eng: EngineDep) -> S.BatchOut:
+    """Upsert up to 1,000 subjects in one call; a result per item. Items with bad data are
+    refused one by one; the others are stored together."""
+    from duly.engine.service import _validate_subject
+
+    good: list[SubjectInput] = []
+    results: list[S.BatchResult | None] = []
+    for item in body.subjects:
+        s = SubjectInput(item.kind, item.key, item.attributes, item.recipients, item.hold_until)
+        try:
+            _validate_subject(s)
+        except InvalidInput as exc:
+            results.append(
+                S.BatchResult(
+                    kind=item.kind,
+                    key=item.key,
+                    ok=False,
+                    error=S.ErrorBody(code=exc.code, message=str(exc), field=exc.field),
+                )
+            )
+            continue
+        good.append(s)
+        results.append(None)
+    done = iter(eng.upsert_subjects(good)) if good else iter(())
+    by_ref = {r.ref: r for r in done}
+    out: list[S.BatchResult] = []
+    for item, res in zip(body.subjects, results, strict=True):
+        if res is not None:
+            out.append(res)
+            continue
+        r = by_ref[f"{item.kind}/{item.key}"]
+        out.append(
+            S.BatchResult(
+                kind=item.kind,
+                key=item.key,
+                ok=True,
+                revision=r.revision,
+                planned=r.created + r.moved,
+            )
+        )
+    ok = sum(1 for r in out if r.ok)
+    return S.BatchOut(results=out, ok=ok, failed=len(out) - ok)
+
+
+# --------------------------------------------------------------------------- events
+
+
+@router.post("/events", response_model=S.EventOut, status_code=202, tags=["events"])
+def post_event(body: S.EventIn, eng: EngineDep, response: Response) -> S.EventOut:
+    """Post an event about a known subject; ``id`` makes it idempotent (a repeat is
+    answered 200 with ``accepted: false``)."""
+    accepted = eng.post_event(body.id, body.name, body.subject, body.data)
+    if not accepted:
+        response.status_code = 200
+    return S.EventOut(id=body.id, accepted=accepted)
+
+
+# --------------------------------------------------------------------------- deliveries
+
+
+@router.get("/deliveries", response_model=S.DeliveryList, tags=["deliveries"])
+def list_deliveries(
+    eng: EngineDep,
+    state: Annotated[
+        str | None, Query(pattern="^(pending|sending|sent|failed|skipped|cancelled|set)$")
+    ] = None,
+    rule: Annotated[str | None, Query(max_length=200)] = None,
+    subject: Annotated[str | None, Query(max_length=301)] = None,
+    recipient: Annotated[str | None, Query(max_length=200)] = None,
+    channel: Annotated[str | None, Query(max_length=100)] = None,
+    from_: Annotated[datetime | None, Query(alias="from")] = None,
+    to: Annotated[datetime | None, Query()] = None,
+    cursor: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> S.DeliveryList:
+    """Deliveries, newest first, filtered; pass ``next_cursor`` back as ``cursor`` for more."""
+    for name, t in (("from", from_), ("to", to)):
+        if t is not None and t.tzinfo is None:
+            raise ApiError(422, "invalid", f"{name} needs a UTC offset or Z", name)
+    with eng.db.connect() as conn:
+        rows = eng.store.list_deliveries(
+            conn,
+            state=state,
+            rule=rule,
+            subject=subject,
+            recipient=recipient,
+            channel=channel,
+            from_=from_,
+            to=to,
+            after_id=_uncursor(cursor),
+            limit=limit + 1,
+        )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return S.DeliveryList(
+        items=[_delivery(r) for r in rows],
+        next_cursor=_cursor(rows[-1]["id"]) if more and rows else None,
+    )
+
+
+@router.get("/deliveries/{did}", response_model=S.DeliveryDetail, tags=["deliveries"])
+def get_delivery(did: DbId, eng: EngineDep) -> S.DeliveryDetail:
+    """One delivery: plan, every attempt with its error, history, rendered content, receipt."""
+    with eng.db.connect() as conn:
+        r = eng.store.delivery(conn, did)
+        if r is None:
+            raise ApiError(404, "not_found", f"no delivery {did}", "id")
+        hist = eng.store.delivery_history(conn, did)
+    base = _delivery(r).model_dump()
+    return S.DeliveryDetail(
+        **base,
+        deadline_at=r["deadline_at"],
+        receipt=r["receipt"],
+        changes=r["changes"],
+        content=S.Content(
+            to=r["to_address"], title=r["title"], text=r["body_text"], html=r["body_html"]
+        ),
+        attempt_log=[
+            S.Attempt(attempt=h["attempt"], at=h["at"], error=h["error"], receipt=h["receipt"])
+            for h in hist
+            if h["kind"] == "attempt"
+        ],
+        history=[
+            S.HistoryItem(at=h["at"], outcome=h["outcome"], reason=h["reason"])
+            for h in hist
+            if h["kind"] == "outcome"
+        ],
+    )
+
+
+def _action(did: int, eng: Engine, fn: str) -> S.DeliveryOut:
+    getattr(eng, fn)(did)
+    with eng.db.connect() as conn:
+        r = eng.store.delivery(conn, did)
+    assert r is not None
+    return _delivery(r)
+
+
+@router.post("/deliveries/{did}/send-now", response_model=S.DeliveryOut, tags=["deliveries"])
+def send_now(did: DbId, eng: EngineDep) -> S.DeliveryOut:
+    """Make a pending delivery due now (policies still apply); 409 unless pending."""
+    return _action(did, eng, "send_now")
+
+
+@router.post("/deliveries/{did}/cancel", response_model=S.DeliveryOut, tags=["deliveries"])
+def cancel(did: DbId, eng: EngineDep) -> S.DeliveryOut:
+    """Cancel a pending delivery (reason manual); 409 unless pending."""
+    return _action(did, eng, "cancel_delivery")
+
+
+@router.post("/deliveries/{did}/retry", response_model=S.DeliveryOut, tags=["deliveries"])
+def retry(did: DbId, eng: EngineDep) -> S.DeliveryOut:
+    """Try a failed, skipped or cancelled delivery again now; 409 otherwise (a sent
+    delivery is never sent twice)."""
+    return _action(did, eng, "retry_delivery")
+
+
+# --------------------------------------------------------------------------- reminders
+
+
+def _reminder_out(eng: Engine, rid: int) -> S.ReminderOut:
+    from duly.store.tables import deliveries, reminders
+
+    with eng.db.connect() as conn:
+        r = (
+            conn.execute(
+                sa.select(reminders).where(reminders.c.id == rid, reminders.c.deleted_at.is_(None))
+            )
+            .mappings()
+            .first()
+        )
+        if r is None:
+            raise ApiError(404, "not_found", f"no reminder {rid}", "id")
+        rows = (
+            conn.execute(
+                sa.select(deliveries)
+                .where(deliveries.c.rule == REMINDER_RULE, deliveries.c.occurrence == str(rid))
+                .order_by(deliveries.c.id)
+            )
+            .mappings()
+            .all()
+        )
+    now = eng.clock.now()
+    live = [x for x in rows if x["state"] != "cancelled"]
+    counts = S.ReminderCounts(
+        total=len(live),
+        pending=sum(1 for x in live if x["state"] in ("pending", "sending")),
+        sent=sum(1 for x in live if x["state"] == "sent"),
+        overdue=sum(1 for x in live if x["state"] in ("pending", "sending") and x["due_at"] < now),
+        failed=sum(1 for x in live if x["state"] == "failed"),
+    )
+    return S.ReminderOut(
+        id=r["id"],
+        title=r["title"],
+        message=r["message"],
+        recipients=r["recipients"],
+        send_at=r["send_at"],
+        channels=r["channels"],
+        subject=r["subject"],
+        category=r["category"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+        counts=counts,
+        deliveries=[_delivery(dict(x)) for x in rows],
+    )
+
+
+@router.post("/reminders", response_model=S.ReminderOut, status_code=201, tags=["reminders"])
+def create_reminder(body: S.ReminderIn, eng: EngineDep) -> S.ReminderOut:
+    """A one-off reminder to several recipients on several channels. Refused: send_at in
+    the past, no channel, no recipient, an unknown channel or subject."""
+    rid = eng.create_reminder(
+        ReminderInput(
+            body.title,
+            body.message,
+            body.send_at.astimezone(UTC),
+            body.recipients,
+            body.channels,
+            body.subject,
+            body.category,
+        )
+    )
+    return _reminder_out(eng, rid)
+
+
+@router.get("/reminders/{rid}", response_model=S.ReminderOut, tags=["reminders"])
+def get_reminder(rid: DbId, eng: EngineDep) -> S.ReminderOut:
+    return _reminder_out(eng, rid)
+
+
+@router.patch("/reminders/{rid}", response_model=S.ReminderOut, tags=["reminders"])
+def patch_reminder(rid: DbId, body: S.ReminderPatch, eng: EngineDep) -> S.ReminderOut:
+    """Edit a reminder that has not been sent (409 once sent)."""
+    cur = _reminder_out(eng, rid)
+    ch = body.model_dump(exclude_unset=True)
+    send_at = ch.get("send_at") or cur.send_at
+    eng.update_reminder(
+        rid,
+        ReminderInput(
+            title=ch.get("title") or cur.title,
+            message=ch["message"] if ch.get("message") is not None else cur.message,
+            send_at=send_at.astimezone(UTC),
+            recipients=ch.get("recipients") or cur.recipients,
+            channels=ch.get("channels") or cur.channels,
+            subject=ch["subject"] if "subject" in ch else cur.subject,
+            category=ch.get("category") or cur.category,
+        ),
+    )
+    return _reminder_out(eng, rid)
+
+
+@router.delete("/reminders/{rid}", status_code=204, tags=["reminders"])
+def delete_reminder(rid: DbId, eng: EngineDep) -> Response:
+    """Delete a reminder that has not been sent (409 once sent)."""
+    eng.delete_reminder(rid)
+    return Response(status_code=204)
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@router.get("/rules", response_model=S.RulesOut, tags=["rules"])
+def get_rules(eng: EngineDep) -> S.RulesOut:
+    """The loaded rules."""
+    rf = eng.rules
+    out = []
+    for r in rf.rules:
+        trigger = (
+            r.cron
+            if r.cron
+            else ((r.on.event or f"change of {r.on.change}") if r.on is not None else None)
+        )
+        out.append(
+            S.RuleOut(
+                name=r.name,
+                kind=r.kind,
+                subject=r.subject,
+                category=str(r.category),
+                channels=list(r.channels or r.fallback or ()),
+                steps=[s.name for s in r.steps],
+                trigger=trigger,
+                line=r.line,
+            )
+        )
+    return S.RulesOut(path=str(rf.path), timezone=rf.timezone, rules=out)
+
+
+@router.post("/rules:check", response_model=S.RulesCheckOut, tags=["rules"])
+def check_rules(body: S.RulesCheckIn) -> S.RulesCheckOut:
+    """Validate a rule file without loading it (templates are not required)."""
+    from duly.rules.loader import RuleFileError, load_rules_text
+
+    try:
+        rf = load_rules_text(body.rules, path="duly.yaml", check_templates=False, resolve_env=False)
+    except RuleFileError as exc:
+        return S.RulesCheckOut(
+            ok=False,
+            errors=[
+                S.RuleErrorOut(file=e.file, line=e.line, field=e.field, message=e.message)
+                for e in exc.errors
+            ],
+        )
+    return S.RulesCheckOut(ok=True, rules=len(rf.rules))
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+@router.post("/simulate", response_model=S.SimulateOut, tags=["simulate"])
+def simulate(body: S.SimulateIn) -> S.SimulateOut:
+    """Run a simulation (spec/simulate.md) of posted rules over a posted timeline. With
+    ``templates`` (file name → source) messages are rendered; without, nothing is."""
+    from duly.rules.loader import RuleFileError, load_rules_text
+    from duly.simulate import SimulationError, parse_timeline, run
+
+    render = body.templates is not None
+    with tempfile.TemporaryDirectory() as d:
+        tdir = Path(d) / "templates"
+        tdir.mkdir()
+        for name, src in (body.templates or {}).items():
+            if "/" in name or "\\" in name or name.startswith(".") or len(name) > 200:
+                raise ApiError(
+                    422, "invalid", f"bad template file name {name!r}", f"templates.{name}"
+                )
+            (tdir / name).write_text(src, encoding="utf-8")
+        try:
+            rf = load_rules_text(
+                body.rules,
+                path="duly.yaml",
+                templates_dir=str(tdir),
+                check_templates=render,
+                resolve_env=False,
+                check_channels=False,
+            )
+            timeline = parse_timeline(body.timeline, "timeline.jsonl")
+        except RuleFileError as exc:
+            raise ApiError(422, "invalid_rules", str(exc), "rules") from None
+        except SimulationError as exc:
+            raise ApiError(422, "invalid_timeline", str(exc), "timeline") from None
+        err = io.StringIO()
+        try:
+            rows = run(rf, timeline, until=body.until, render=render, stderr=err)
+        except DulyError as exc:
+            raise ApiError(422, "invalid", str(exc), exc.field) from None
+    return S.SimulateOut(rows=rows, warnings=[w for w in err.getvalue().splitlines() if w])

@@ -1,0 +1,128 @@
+"""API keys: made once, shown once, stored as a SHA-256 digest.
+
+A key is ``duly_`` + 43 characters of URL-safe base64 (256 random bits), so a fast digest is
+as safe as a slow password hash and checking a key costs microseconds. The first 12
+characters (the prefix) name a key in lists and logs; the rest is never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from duly.store.db import write_transaction
+from duly.store.tables import api_keys
+
+__all__ = ["KeyInfo", "KeyStore"]
+
+PREFIX_LEN = 12
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    id: int
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class KeyStore:
+    """Create, check, list and revoke keys. ``verify`` caches good keys for a few seconds
+    so a busy API does not read the table on every request; revocation is seen within that
+    time by every process."""
+
+    CACHE_SECONDS = 5.0
+
+    def __init__(self, db: sa.Engine) -> None:
+        self.db = db
+        self._cache: dict[str, tuple[float, KeyInfo]] = {}
+        self._touched: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def create(self, name: str, now: datetime) -> tuple[str, KeyInfo]:
+        if not name or not name.strip() or len(name) > 200:
+            raise ValueError("a key needs a name of 1 to 200 characters")
+        token = "duly_" + secrets.token_urlsafe(32)
+        with write_transaction(self.db) as conn:
+            kid = conn.execute(
+                sa.insert(api_keys)
+                .values(
+                    name=name.strip(),
+                    prefix=token[:PREFIX_LEN],
+                    key_hash=_digest(token),
+                    created_at=now,
+                )
+                .returning(api_keys.c.id)
+            ).scalar_one()
+        return token, KeyInfo(int(kid), name.strip(), token[:PREFIX_LEN], now, None, None)
+
+    def verify(self, token: str, now: datetime) -> KeyInfo | None:
+        """The key's record if the token is a valid, unrevoked key; else None."""
+        if not token.startswith("duly_") or len(token) > 100:
+            return None
+        digest = _digest(token)
+        mono = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(digest)
+            if hit is not None and mono - hit[0] < self.CACHE_SECONDS:
+                return hit[1]
+        with self.db.connect() as conn:
+            row = (
+                conn.execute(sa.select(api_keys).where(api_keys.c.key_hash == digest))
+                .mappings()
+                .first()
+            )
+        if row is None or row["revoked_at"] is not None:
+            return None
+        info = _info(row)
+        with self._lock:
+            self._cache[digest] = (mono, info)
+            stale = mono - self._touched.get(info.id, -1e9) > 60
+            if stale:
+                self._touched[info.id] = mono
+        if stale:  # last use, to the minute: one write a minute per key at most
+            with write_transaction(self.db) as conn:
+                conn.execute(
+                    sa.update(api_keys).where(api_keys.c.id == info.id).values(last_used_at=now)
+                )
+        return info
+
+    def list(self) -> list[KeyInfo]:
+        with self.db.connect() as conn:
+            rows = conn.execute(sa.select(api_keys).order_by(api_keys.c.id)).mappings().all()
+        return [_info(r) for r in rows]
+
+    def revoke(self, ident: str, now: datetime) -> KeyInfo | None:
+        """Revoke by id, name or prefix. Returns the key, or None when no single key matches."""
+        with write_transaction(self.db) as conn:
+            q = sa.select(api_keys).where(api_keys.c.revoked_at.is_(None))
+            cond = [api_keys.c.name == ident, api_keys.c.prefix == ident]
+            if ident.isdigit():
+                cond.append(api_keys.c.id == int(ident))
+            rows = conn.execute(q.where(sa.or_(*cond))).mappings().all()
+            if len(rows) != 1:
+                return None
+            conn.execute(
+                sa.update(api_keys).where(api_keys.c.id == rows[0]["id"]).values(revoked_at=now)
+            )
+        with self._lock:
+            self._cache.clear()
+        return _info({**rows[0], "revoked_at": now})
+
+
+def _info(r: sa.RowMapping | dict) -> KeyInfo:  # type: ignore[type-arg]
+    return KeyInfo(
+        int(r["id"]), r["name"], r["prefix"], r["created_at"], r["last_used_at"], r["revoked_at"]
+    )
