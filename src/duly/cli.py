@@ -116,6 +116,15 @@ def _runtime(rf: Any, database: str, **kw: Any) -> Any:
     help="Port to listen on.",
 )
 @click.option(
+    "--max-body",
+    envvar="DULY_MAX_BODY",
+    show_envvar=True,
+    default=1_000_000,
+    show_default=True,
+    type=int,
+    help="Largest request body accepted, in bytes.",
+)
+@click.option(
     "--demo/--no-demo",
     envvar="DULY_DEMO",
     show_envvar=True,
