@@ -382,6 +382,14 @@ def _plan_step(
     if step.set is not None or step.webhook is not None:
         targets.append((None, (None,)))
     cal = window_calendar(rf, window)
+    if step.repeat is not None and rule.name in subject.acknowledged:
+        # spec: once acknowledged, repeats of the rule stop (pending ones are cancelled)
+        plan.unwanted[key] = Reason.acknowledged
+        return
+    # the step's messages go out no later than its `set` acts: when the action changes what
+    # the rule's `if` reads, the step's own messages (planned in each recipient's zone) are
+    # not cancelled by it
+    latest: dict[int, datetime] = {}
     for rid, chans in targets:
         recipient = recipients.get(rid) if rid else None
         tzname = rule_zone(rf, rule, recipient)
@@ -430,10 +438,24 @@ def _plan_step(
                     skip = Reason.window_missed
                 if deadline is not None and due > deadline:
                     skip = Reason.window_missed
+            if rid is not None:
+                latest[index] = max(latest.get(index, due), due)
+            else:
+                planned = due = max(planned, latest.get(index, planned))
             for channel in chans:
                 ident = Identity(rule.name, step.name, index, subject.ref, rid, channel)
                 plan.desired.append(
-                    Desired(ident, planned, due, deadline, category, priority, skip, changes)
+                    Desired(
+                        ident,
+                        planned,
+                        due,
+                        deadline,
+                        category,
+                        # after the step's messages when due at the same instant
+                        priority - 1 if rid is None else priority,
+                        skip,
+                        changes,
+                    )
                 )
 
 

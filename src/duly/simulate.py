@@ -157,10 +157,12 @@ class _Failures:
 class CaptureChannel:
     """Replaces every real channel in a simulation: records, or fails as the timeline says."""
 
-    type = "capture"
-
-    def __init__(self, name: str, clock: VirtualClock, failures: _Failures) -> None:
+    def __init__(
+        self, name: str, clock: VirtualClock, failures: _Failures, type_: str | None = None
+    ) -> None:
         self.name = name
+        # the configured type, so addresses are looked up as the real channel would
+        self.type = type_ or "capture"
         self.clock = clock
         self.failures = failures
         self.sent: list[Message] = []
@@ -205,7 +207,10 @@ def run(
     metadata.create_all(db)
     engine = Engine(rf, db, clock=clock)
     failures = _Failures()
-    channels = {n: CaptureChannel(n, clock, failures) for n in set(rf.channels) | used_channels(rf)}
+    channels = {
+        n: CaptureChannel(n, clock, failures, rf.channels[n].type if n in rf.channels else None)
+        for n in set(rf.channels) | used_channels(rf)
+    }
     renderer = None
     if render:
         from duly.render import Renderer

@@ -441,3 +441,111 @@ def test_simulate_needs_no_channel_configuration(tmp_path: Path) -> None:
     }
     assert got[("due-soon", "sms")] == ("skipped", "no_address")
     assert got[("due-soon", "email")] == ("sent", None)
+
+
+def test_acknowledging_stops_the_repeats_for_good(tmp_path: Path) -> None:
+    rules = """
+rules:
+  - name: chase
+    subject: ticket
+    to: [owner]
+    steps:
+      - name: nag
+        at: "opened_at + 1h"
+        repeat: {every: 1h, count: 4}
+        template: note
+"""
+    r, t = write(tmp_path, [
+        dict(ALICE, at="2026-03-01T08:00:00Z"),
+        {"at": "2026-03-01T08:00:00Z", "subject": {"kind": "ticket", "key": "T1",
+                                                   "attributes": {"opened_at": "2026-03-01T08:00:00Z"},
+                                                   "recipients": {"owner": "c1"}}},
+        {"at": "2026-03-01T10:30:00Z", "ack": {"rule": "chase", "subject": "ticket/T1", "recipient": "c1"}},
+        # a later upsert must not bring the repeats back
+        {"at": "2026-03-01T10:45:00Z", "subject": {"kind": "ticket", "key": "T1",
+                                                   "attributes": {"opened_at": "2026-03-01T08:00:00Z", "x": 1},
+                                                   "recipients": {"owner": "c1"}}},
+    ], rules=rules)
+    code, out, err = run(str(r), str(t))
+    assert code == 0, err
+    got = [(x["occurrence"], x["outcome"], x["reason"]) for x in rows(out)]
+    assert got == [(0, "sent", None), (1, "sent", None),
+                   (2, "cancelled", "acknowledged"), (3, "cancelled", "acknowledged")]
+
+
+def test_each_change_gets_its_own_messages_even_while_an_earlier_one_waits(tmp_path: Path) -> None:
+    rules = """
+rules:
+  - name: status-changed
+    subject: ticket
+    on: {change: status}
+    delay: 1h
+    to: [owner]
+    template: note
+"""
+    def ticket(at: str, status: str) -> dict:
+        return {"at": at, "subject": {"kind": "ticket", "key": "T1", "attributes": {"status": status},
+                                      "recipients": {"owner": "c1"}}}
+
+    r, t = write(tmp_path, [dict(ALICE, at="2026-03-01T08:00:00Z"),
+                            ticket("2026-03-01T08:00:00Z", "open"), ticket("2026-03-01T08:10:00Z", "pending")],
+                 rules=rules)
+    code, out, err = run(str(r), str(t))
+    assert code == 0, err
+    assert [(x["at"], x["occurrence"], x["outcome"]) for x in rows(out)] == [
+        ("2026-03-01T09:00:00Z", 1, "sent"), ("2026-03-01T09:10:00Z", 2, "sent")]
+
+
+def test_simulate_looks_addresses_up_by_the_configured_channel_type(tmp_path: Path) -> None:
+    rules = """
+channels:
+  text: {type: twilio-sms, account: "${SID}", token: "${TOKEN}", from: "+15550100000"}
+  mail: {type: smtp, url: "${SMTP}", from: "a@b.test"}
+rules:
+  - name: r
+    subject: job
+    to: [owner]
+    channels: [text, mail]
+    steps: [{name: s, at: due_at, template: note}]
+"""
+    r, t = write(tmp_path, [
+        {"at": "2026-03-01T08:00:00Z", "recipient": {"id": "c1", "email": "a@x.test", "phone": "+15550100001"}},
+        {"at": "2026-03-01T08:00:00Z", "subject": {"kind": "job", "key": "J", "attributes": {"due_at": "2026-03-02T08:00:00Z"},
+                                                   "recipients": {"owner": "c1"}}},
+    ], rules=rules)
+    (tmp_path / "templates" / "note.text.txt").write_text("{{ subject.key }}\n")
+    (tmp_path / "templates" / "note.mail.txt").write_text("Subject: {{ subject.key }}\nx\n")
+    code, out, err = run(str(r), str(t))
+    assert code == 0, err
+    assert sorted((x["channel"], x["outcome"]) for x in rows(out)) == [("mail", "sent"), ("text", "sent")]
+
+
+def test_a_steps_own_set_does_not_cancel_its_messages_in_other_timezones(tmp_path: Path) -> None:
+    rules = """
+timezone: Europe/London
+rules:
+  - name: stale-jobs
+    subject: job
+    if: "status == 'open'"
+    to: [owner, creator]
+    steps:
+      - name: close
+        at: "last_activity_at + 90d"
+        time: "09:00"
+        set: {status: CANCELLED}
+        template: note
+"""
+    r, t = write(tmp_path, [
+        {"at": "2026-01-01T00:00:00Z", "recipient": {"id": "ldn", "email": "l@x.test", "timezone": "Europe/London"}},
+        {"at": "2026-01-01T00:00:00Z", "recipient": {"id": "nyc", "email": "n@x.test", "timezone": "America/New_York"}},
+        {"at": "2026-01-01T00:00:00Z", "subject": {"kind": "job", "key": "J1",
+                                                   "attributes": {"status": "open", "last_activity_at": "2026-01-01T12:00:00Z"},
+                                                   "recipients": {"owner": "ldn", "creator": "nyc"}}},
+    ], rules=rules)
+    code, out, err = run(str(r), str(t), "--until", "2026-05-01T00:00:00Z")
+    assert code == 0, err
+    got = [(x["at"], x["recipient"], x["outcome"]) for x in rows(out)]
+    # 1 April 09:00 London (08:00Z, BST) and 09:00 New York (13:00Z, EDT); the set acts
+    # with the last of them (printed first at that instant: nulls sort first)
+    assert got == [("2026-04-01T08:00:00Z", "ldn", "sent"), ("2026-04-01T13:00:00Z", None, "set"),
+                   ("2026-04-01T13:00:00Z", "nyc", "sent")]

@@ -309,7 +309,9 @@ class Engine:
                 continue
             tplan = planner.plan_trigger(self.rules, rule, s, recipients, s.revision, now)
             plan.problems += tplan.problems
-            out += planner.reconcile(tplan, ex, now)
+            # each change is its own occurrence: earlier ones still pending are left alone
+            mine = {d.identity for d in tplan.desired}
+            out += planner.reconcile(tplan, [e for e in ex if e.identity in mine], now)
         return out
 
     def delete_subject(self, kind: str, key: str) -> int:
@@ -402,22 +404,9 @@ class Engine:
                 s.acknowledged | {rule},
             )
             self.store.save_subjects(conn, [(rec, new)], now)
-            ex = self.store.existing_for(conn, [subject])[subject]
-            r = self.rules.rule(rule)
-            actions = [
-                Action("cancel", None, e, reason=Reason.acknowledged)
-                for e in ex
-                if e.state == "pending"
-                and e.identity.rule == rule
-                and r is not None
-                and (
-                    r.step(e.identity.step) is not None
-                    and r.step(e.identity.step).repeat is not None
-                )  # type: ignore[union-attr]
-            ]
-            self.store.apply(conn, actions, now)
-            self._replan(conn, [(rec, new)], now, bump=False)
-        return len(actions)
+            # re-planning with the rule acknowledged cancels its pending repeats
+            (res,) = self._replan(conn, [(rec, new)], now, bump=False)
+        return res.cancelled
 
     # ------------------------------------------------------------------ operator actions
 

@@ -104,7 +104,9 @@ deliveries = Table(
     Column("recipient", String(200), nullable=False, default=""),
     Column("channel", String(100), nullable=False, default=""),
     # plan
-    Column("state", String(16), nullable=False),  # pending|sending|sent|failed|skipped|cancelled|set
+    Column(
+        "state", String(16), nullable=False
+    ),  # pending|sending|sent|failed|skipped|cancelled|set
     Column("reason", String(32)),
     Column("category", String(16), nullable=False),
     Column("priority", Integer, nullable=False, default=0),
