@@ -190,6 +190,17 @@ def base_priority(rule: Rule, category: str) -> int:
     return base_priority_for(category)
 
 
+def priority_levels(rf: RuleFile) -> set[int]:
+    """Every priority the rules (and one-off reminders) give rows, for claiming by level."""
+    levels = {base_priority_for(c) for c in ("transactional", "reminder", "promotional")}
+    for rule in rf.rules:
+        cats = {str(rule.category)} | {str(s.category) for s in rule.steps if s.category}
+        for c in cats:
+            p = base_priority(rule, c)
+            levels |= {p, p - 1}  # p - 1: `set` rows act after their step's messages
+    return levels
+
+
 def rule_zone(rf: RuleFile, rule: Rule, recipient: Recipient | None) -> str:
     """Recipient's timezone, else the rule's, else the file's (spec: Time)."""
     if recipient is not None and recipient.timezone:

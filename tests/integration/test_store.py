@@ -148,3 +148,41 @@ def test_recipients_round_trip_and_unknown_ids_are_absent(store) -> None:  # noq
         assert st.put_recipient(c, r, T) is False
         got = st.get_recipients(c, ["r1", "nobody"])
     assert got == {"r1": r}
+
+
+def test_claim_by_priority_levels_reads_higher_levels_first_and_the_rest_last(store) -> None:  # noqa: ANN001
+    db, st = store
+    with write_transaction(db) as c:
+        st.apply(
+            c,
+            [
+                Action(
+                    "create", desired(1, priority=200, due=T - timedelta(hours=2)), state="pending"
+                ),
+                Action(
+                    "create",
+                    desired(2, priority=300, due=T - timedelta(minutes=1)),
+                    state="pending",
+                ),
+                Action(
+                    "create",
+                    desired(3, priority=999, due=T - timedelta(minutes=5)),
+                    state="pending",
+                ),
+                Action(
+                    "create", desired(4, priority=200, due=T - timedelta(hours=3)), state="pending"
+                ),
+                Action(
+                    "create",
+                    desired(5, priority=300, due=T + timedelta(minutes=1)),
+                    state="pending",
+                ),
+            ],
+            T,
+        )
+    with write_transaction(db) as c:
+        got = st.claim_due(c, T, "w", timedelta(minutes=1), 3, levels=[300, 200, 100])
+    assert [r.identity.occurrence for r in got] == [2, 4, 1]
+    with write_transaction(db) as c:  # a level the rules no longer give is still claimed
+        rest = st.claim_due(c, T, "w", timedelta(minutes=1), 3, levels=[300, 200, 100])
+    assert [r.identity.occurrence for r in rest] == [3]

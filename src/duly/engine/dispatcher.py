@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -102,6 +103,8 @@ class Dispatcher:
         self._pool = ThreadPoolExecutor(send_workers) if send_workers > 1 else None
         self._inflight: set[int] = set()
         self.on_outcome = on_outcome
+        self._levels = sorted(planner.priority_levels(engine.rules), reverse=True)
+        self.metrics: Any = None  # duly.metrics.Metrics when serving; None in simulations
         engine.add_wake_hook(self._wake.set)
 
     @property
@@ -149,8 +152,13 @@ class Dispatcher:
         total = 0
         while not self._stop.is_set():
             now = self.engine.clock.now()
+            t0 = time.perf_counter()
             with write_transaction(self.engine.db) as conn:
-                rows = self.store.claim_due(conn, now, self.owner, self.lease, self.batch_size)
+                rows = self.store.claim_due(
+                    conn, now, self.owner, self.lease, self.batch_size, self._levels
+                )
+            if self.metrics is not None:
+                self.metrics.claimed(time.perf_counter() - t0, len(rows))
             if not rows:
                 break
             self._process(rows)
@@ -248,6 +256,8 @@ class Dispatcher:
                 for lg in w.logs:
                     if lg.get("kind") == "outcome":
                         self.on_outcome(w.row, lg)
+        if self.metrics is not None:
+            self.metrics.recorded([(w.row, lg) for w in works for lg in w.logs])
 
     # ------------------------------------------------------------------ policies
 
@@ -453,6 +463,7 @@ class Dispatcher:
         chan = self.channels[w.row.identity.channel or ""]
         msg = w.message
         attempt = w.row.attempts + 1
+        t0 = time.perf_counter()
         try:
             receipt = chan.send(msg)
         except DeliveryError as exc:
@@ -493,6 +504,9 @@ class Dispatcher:
                 message_id=msg.message_id,
             )
             return
+        finally:
+            if self.metrics is not None:
+                self.metrics.sent(chan.name, time.perf_counter() - t0)
         now = self.engine.clock.now()
         rid = receipt.provider_id if receipt is not None else None
         w.logs.append(self._attempt_log(w, now, None, rid))

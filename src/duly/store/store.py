@@ -546,25 +546,60 @@ class Store:
         return min(vals) if vals else None
 
     def claim_due(
-        self, conn: Connection, now: datetime, owner: str, lease: timedelta, limit: int
+        self,
+        conn: Connection,
+        now: datetime,
+        owner: str,
+        lease: timedelta,
+        limit: int,
+        levels: Sequence[int] = (),
     ) -> list[DeliveryRow]:
         """Atomically take up to ``limit`` due rows: pending ones due by ``now``, and claimed
-        ones whose lease expired (their worker died). Transactional first, then by due time
-        (spec: Priority). On PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets any number of workers
-        claim side by side; on SQLite the write transaction is exclusive."""
-        cond = or_(
-            and_(deliveries.c.state == "pending", deliveries.c.due_at <= now),
-            and_(deliveries.c.state == "sending", deliveries.c.lease_until <= now),
-        )
-        sub = (
-            select(deliveries.c.id)
-            .where(cond)
-            .order_by(deliveries.c.priority.desc(), deliveries.c.due_at, deliveries.c.id)
-            .limit(limit)
-        )
-        if self.postgres:
-            sub = sub.with_for_update(skip_locked=True)
-        ids = list(conn.execute(sub).scalars())
+        ones whose lease expired (their worker died). Higher priority first, then by due
+        time (spec: Priority). On PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets any number of
+        workers claim side by side; on SQLite the write transaction is exclusive.
+
+        ``levels`` are the priorities the rules give rows. Each is read with its own range
+        scan of ``ix_deliveries_state_priority_due`` — one ORDER BY priority, due_at over
+        all due rows would sort the whole backlog on every claim. Rows of any other level
+        (rules changed since they were planned) and expired leases are read last.
+        """
+        ids: list[int] = []
+        for p in sorted(set(levels), reverse=True):
+            need = limit - len(ids)
+            if need <= 0:
+                break
+            q = (
+                select(deliveries.c.id)
+                .where(
+                    deliveries.c.state == "pending",
+                    deliveries.c.priority == p,
+                    deliveries.c.due_at <= now,
+                )
+                .order_by(deliveries.c.due_at, deliveries.c.id)
+                .limit(need)
+            )
+            if self.postgres:
+                q = q.with_for_update(skip_locked=True)
+            ids += conn.execute(q).scalars()
+        if len(ids) < limit:
+            other = and_(deliveries.c.state == "pending", deliveries.c.due_at <= now)
+            if levels:
+                other = and_(other, deliveries.c.priority.not_in(sorted(set(levels))))
+            q = (
+                select(deliveries.c.id)
+                .where(
+                    or_(
+                        other,
+                        and_(deliveries.c.state == "sending", deliveries.c.lease_until <= now),
+                    )
+                )
+                .order_by(deliveries.c.priority.desc(), deliveries.c.due_at, deliveries.c.id)
+                .limit(limit - len(ids))
+            )
+            if self.postgres:
+                q = q.with_for_update(skip_locked=True)
+            ids += conn.execute(q).scalars()
         if not ids:
             return []
         res = conn.execute(

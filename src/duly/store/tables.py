@@ -131,8 +131,10 @@ deliveries = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     UniqueConstraint("rule", "step", "occurrence", "subject", "recipient", "channel"),
-    # serves claim_due(): pending rows by due time
+    # serves next_due(): the earliest pending row
     Index("ix_deliveries_state_due", "state", "due_at"),
+    # serves claim_due(): due rows of one priority level, oldest first
+    Index("ix_deliveries_state_priority_due", "state", "priority", "due_at"),
     # serves re-planning (all rows of one subject) and the subject page
     Index("ix_deliveries_subject", "subject"),
     # serves min_gap and per-recipient history
