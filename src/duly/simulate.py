@@ -219,6 +219,7 @@ def run(
     disp = Dispatcher(
         engine, channels, renderer, owner="simulate", send_workers=1, lease=timedelta(days=3650)
     )
+    engine.plan_schedules()  # schedules start with the simulation: nothing before is caught up
     down_until: datetime | None = None
     i = 0
     while True:

@@ -18,6 +18,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from duly.model import WEEKDAYS, AtExpr, Calendar, Duration, Window, parse_duration
+from duly.rules import timemath
 from duly.rules.timemath import (
     BadDate,
     UnknownTimezone,
@@ -962,3 +963,76 @@ def test_repeat_property(
     assert instants == sorted(instants) and len(set(instants)) == len(instants)
     if count is not None:
         assert len(got) <= count
+
+
+# --------------------------------------------------------------------------- cron
+
+
+class TestCron:
+    def test_daily_nine_stays_nine_local_across_dst(self) -> None:
+        tz = ZoneInfo("Europe/London")
+        t = datetime(2026, 3, 27, 12, tzinfo=UTC)
+        got = []
+        for _ in range(4):
+            t = timemath.cron_next("0 9 * * *", tz, t)
+            got.append(t.astimezone(tz).strftime("%m-%d %H:%M %Z"))
+        assert got == ["03-28 09:00 GMT", "03-29 09:00 BST", "03-30 09:00 BST", "03-31 09:00 BST"]
+
+    def test_a_time_in_the_spring_gap_runs_shifted_forward_once(self) -> None:
+        tz = ZoneInfo("Europe/London")  # 29 March 2026: 01:00 → 02:00 local
+        t = timemath.cron_next("30 1 * * *", tz, datetime(2026, 3, 28, 12, tzinfo=UTC))
+        assert t == datetime(2026, 3, 29, 1, 30, tzinfo=UTC)  # 01:30 GMT does not exist → 02:30 BST
+        assert t.astimezone(tz).strftime("%H:%M") == "02:30"
+        nxt = timemath.cron_next("30 1 * * *", tz, t)
+        assert nxt == datetime(2026, 3, 30, 0, 30, tzinfo=UTC)
+
+    def test_a_time_in_the_fall_back_hour_runs_once_at_the_earlier_instant(self) -> None:
+        tz = ZoneInfo("Europe/London")  # 25 October 2026: 02:00 BST → 01:00 GMT
+        t = timemath.cron_next("30 1 * * *", tz, datetime(2026, 10, 24, 12, tzinfo=UTC))
+        assert t == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)  # 01:30 BST, the earlier one
+        nxt = timemath.cron_next("30 1 * * *", tz, t)
+        assert nxt == datetime(2026, 10, 26, 1, 30, tzinfo=UTC)  # not again at 01:30 GMT
+
+    def test_every_half_hour_through_a_gap_never_repeats_an_instant(self) -> None:
+        tz = ZoneInfo("America/New_York")  # 8 March 2026: 02:00 → 03:00
+        t = datetime(2026, 3, 8, 5, 0, tzinfo=UTC)  # 00:00 EST
+        seen = []
+        for _ in range(6):
+            t = timemath.cron_next("*/30 * * * *", tz, t)
+            seen.append(t)
+        assert seen == sorted(set(seen))
+        assert [x.astimezone(tz).strftime("%H:%M") for x in seen] == [
+            "00:30", "01:00", "01:30", "03:00", "03:30", "04:00"]
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        zone=st.sampled_from(["Europe/London", "America/New_York", "Australia/Sydney",
+                              "Australia/Lord_Howe", "America/Santiago", "Pacific/Chatham",
+                              "Asia/Kolkata", "America/St_Johns"]),
+        start=st.datetimes(min_value=datetime(2001, 1, 1), max_value=datetime(2039, 1, 1),
+                           timezones=st.just(UTC)),
+        hh=st.integers(0, 23),
+        mm=st.sampled_from([0, 15, 30, 45]),
+    )
+    def test_daily_schedule_property(self, zone: str, start: datetime, hh: int, mm: int) -> None:
+        """Each day's occurrence is at HH:MM local, or shifted forward by the gap; strictly
+        increasing; one per local day."""
+        tz = ZoneInfo(zone)
+        t = start
+        days = set()
+        for _ in range(5):
+            nxt = timemath.cron_next(f"{mm} {hh} * * *", tz, t)
+            assert nxt > t
+            local = nxt.astimezone(tz)
+            wall = local.replace(tzinfo=None)
+            want = wall.replace(hour=hh, minute=mm)
+            if wall != want:  # only in a gap: moved forward by its length
+                before = (nxt - timedelta(hours=3)).astimezone(tz)
+                gap = local.utcoffset() - before.utcoffset()  # type: ignore[operator]
+                assert gap > timedelta(0) and wall - want == gap, (zone, nxt, local)
+                day = want.date()
+            else:
+                day = wall.date()
+            assert day not in days
+            days.add(day)
+            t = nxt

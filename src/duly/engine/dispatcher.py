@@ -23,6 +23,7 @@ from typing import Any
 
 from duly import planner
 from duly.channels.base import Channel, DeliveryError, Message
+from duly.engine.collect import collect_all, is_empty
 from duly.engine.service import REMINDER_RULE, Engine
 from duly.model import Category, Outcome, Reason, Recipient, Rule, Step, Subject
 from duly.rules import timemath
@@ -62,6 +63,7 @@ class _Work:
     event: dict[str, Any] | None = None
     message: Message | None = None
     reminder: dict[str, Any] | None = None
+    collected: dict[str, Any] | None = None
     rendered: Any = None
     update: dict[str, Any] = field(default_factory=dict)
     logs: list[dict[str, Any]] = field(default_factory=list)
@@ -104,6 +106,8 @@ class Dispatcher:
         self._inflight: set[int] = set()
         self.on_outcome = on_outcome
         self._levels = sorted(planner.priority_levels(engine.rules), reverse=True)
+        self._sched_at: datetime | None = None
+        self._collected: dict[tuple[str, str], dict[str, Any]] = {}
         self.metrics: Any = None  # duly.metrics.Metrics when serving; None in simulations
         engine.add_wake_hook(self._wake.set)
 
@@ -150,6 +154,7 @@ class Dispatcher:
     def run_once(self) -> int:
         """Process everything due now. Returns the number of rows handled."""
         total = 0
+        self._check_schedules()
         while not self._stop.is_set():
             now = self.engine.clock.now()
             t0 = time.perf_counter()
@@ -166,6 +171,14 @@ class Dispatcher:
             if len(rows) < self.batch_size:
                 break
         return total
+
+    def _check_schedules(self, force: bool = False) -> None:
+        """Plan the next occurrence of schedule rules when the last one planned is due."""
+        now = self.engine.clock.now()
+        if force or self._sched_at is None or now >= self._sched_at:
+            nxt = self.engine.plan_schedules()
+            # nothing to plan (no schedule rules, or no recipients): look again in a minute
+            self._sched_at = nxt if nxt is not None else now + timedelta(minutes=1)
 
     # ------------------------------------------------------------------ one batch
 
@@ -251,6 +264,8 @@ class Dispatcher:
         )
         if rolling:
             self.engine.replan(rolling)
+        if any(w.rule is not None and w.rule.kind == "cron" for w in works):
+            self._check_schedules(force=True)
         if self.on_outcome is not None:
             for w in works:
                 for lg in w.logs:
@@ -370,6 +385,11 @@ class Dispatcher:
                 self._defer(w, now, last + gap)
                 return ""
             gaps[k] = now  # the next one in this same batch must wait
+        if rule.kind == "cron" and rule.collect:
+            w.collected = self._collect(rule, w.row.identity.occurrence, now, tzname)
+            if rule.skip_empty and is_empty(w.collected):
+                self._final(w, now, "skipped", Reason.empty)
+                return ""
         if chan is None:
             self._final(
                 w,
@@ -380,6 +400,17 @@ class Dispatcher:
             )
             return ""
         return self._render(w, now, address, tzname)
+
+    def _collect(self, rule: Rule, occurrence: Any, now: datetime, tzname: str) -> dict[str, Any]:
+        """A schedule rule's collections, computed once per occurrence (shared by all its
+        recipients in this process)."""
+        key = (rule.name, str(occurrence))
+        hit = self._collected.get(key)
+        if hit is None:
+            with self.engine.db.connect() as conn:
+                hit = collect_all(conn, rule, now, timemath.zone(tzname))
+            self._collected = {key: hit}  # keep only the latest occurrence
+        return hit
 
     def _render(self, w: _Work, now: datetime, address: str, tzname: str) -> str:
         rule, step, ident = w.rule, w.step, w.row.identity
@@ -444,6 +475,8 @@ class Dispatcher:
             "now": now,
             "timezone": tzname,
             "delivery": {"id": w.row.id, "planned_at": w.row.planned_at, "due_at": w.row.due_at},
+            **(w.collected or {}),
+            "collected": w.collected or {},
         }
 
     def _attempt_log(

@@ -7,6 +7,7 @@ dispatcher only loops.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -408,6 +409,100 @@ class Engine:
             (res,) = self._replan(conn, [(rec, new)], now, bump=False)
         return res.cancelled
 
+    # ------------------------------------------------------------------ schedules
+
+    def plan_schedules(self) -> datetime | None:
+        """Make sure each schedule (cron) rule has its next occurrence planned: one row per
+        recipient and channel, unique on the occurrence's instant, so any number of
+        processes plan it once. A rule with nothing pending plans its first occurrence not
+        before now (occurrences before a rule first appears, or missed while the engine was
+        down beyond the one catch-up run, are never planned). Returns the earliest pending
+        schedule time, or None when there are no schedule rules."""
+        from duly.store.tables import deliveries
+
+        rules = [r for r in self.rules.rules if r.kind == "cron" and r.cron]
+        if not rules:
+            return None
+        now = self.clock.now()
+        try:
+            return self._plan_schedules(rules, now)
+        except sa.exc.IntegrityError:
+            # another process planned the same occurrence first: the database kept one
+            log.debug("schedule occurrence planned by another process")
+            return None
+
+    def _plan_schedules(self, rules: list[Any], now: datetime) -> datetime | None:
+        from duly.store.tables import deliveries
+
+        earliest: datetime | None = None
+        with write_transaction(self.db) as conn:
+            for rule in rules:
+                if self.store.postgres:
+                    # "nothing pending → plan the next" must not interleave between
+                    # processes (two would plan consecutive occurrences): one at a time per
+                    # rule, until this transaction ends. SQLite's write lock does the same.
+                    conn.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(rule.name)}
+                    )
+                pend = conn.execute(
+                    sa.select(sa.func.min(deliveries.c.due_at)).where(
+                        deliveries.c.rule == rule.name,
+                        deliveries.c.state.in_(("pending", "sending")),
+                    )
+                ).scalar()
+                if pend is None:
+                    pend = self._plan_next_occurrence(conn, rule, now)
+                if pend is not None and (earliest is None or pend < earliest):
+                    earliest = pend
+            if earliest is not None:
+                self._wake(conn)
+        return earliest
+
+    def _plan_next_occurrence(self, conn: Connection, rule: Any, now: datetime) -> datetime | None:
+        from duly.store.tables import deliveries
+
+        tz = timemath.zone(rule.timezone or self.rules.timezone)
+        last = conn.execute(
+            sa.select(sa.func.max(deliveries.c.occurrence)).where(deliveries.c.rule == rule.name)
+        ).scalar()
+        t = timemath.cron_next(rule.cron, tz, now, inclusive=True)
+        if last is not None:
+            last_t = datetime.fromisoformat(json.loads(last))
+            if t <= last_t:
+                t = timemath.cron_next(rule.cron, tz, last_t)
+            # After downtime: one catch-up run for the latest occurrence missed, if it is
+            # still within the rule's grace; the ones before it are never sent (no burst).
+            prev = timemath.cron_prev(rule.cron, tz, now)
+            grace = _grace(rule)
+            if prev is not None and prev > last_t and (grace is None or now - prev <= grace):
+                t = prev
+        occ = t.strftime("%Y-%m-%dT%H:%M:%SZ")
+        rids = planner.resolve_to(self.rules, rule.to, None) if rule.sends_message else []
+        plan = Plan(scope={rule.name})
+        prio = planner.base_priority(rule, str(rule.category))
+        deadline = None
+        if rule.expire is not None:
+            deadline = timemath.add_duration(t, rule.expire, 1, tz, None)
+        for rid in rids:
+            for ch in planner.message_channels(None, rule):
+                ident = planner.Identity(rule.name, None, occ, None, rid, ch)
+                plan.desired.append(
+                    planner.Desired(ident, t, t, deadline, str(rule.category), prio)
+                )
+        if not plan.desired:
+            return None
+        # created pending even when it is the catch-up run (its time is past): the
+        # dispatcher applies grace; an identity another process planned first is left alone
+        have = {
+            e.identity
+            for e in self.store.existing_identities(conn, [d.identity for d in plan.desired])
+        }
+        actions = [
+            Action("create", d, state="pending") for d in plan.desired if d.identity not in have
+        ]
+        self.store.apply(conn, actions, now)
+        return t
+
     # ------------------------------------------------------------------ operator actions
 
     def _one_delivery(self, conn: Connection, did: int) -> Any:
@@ -613,6 +708,25 @@ class Engine:
 
 
 # --------------------------------------------------------------------------- validation
+
+
+def _lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for a schedule rule."""
+    import hashlib
+
+    return int.from_bytes(
+        hashlib.sha256(f"duly-schedule:{name}".encode()).digest()[:8], "big", signed=True
+    )
+
+
+def _grace(rule: Any) -> timedelta | None:
+    """How late a delivery of the rule may still go out (spec: Catch-up): the rule's
+    ``grace``, else 12 h for reminder and promotional, unlimited for transactional."""
+    if rule.grace is not None:
+        return timedelta(seconds=rule.grace.total_seconds_approx())
+    if str(rule.category) == "transactional":
+        return None
+    return timedelta(hours=12)
 
 
 def _validate_reminder(rf: RuleFile, r: ReminderInput, now: datetime) -> None:

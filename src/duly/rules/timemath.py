@@ -627,3 +627,46 @@ def repeat_times(
         if count is not None and len(out) >= count:
             break
     return out
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def cron_next(expr: str, tz: ZoneInfo, after: datetime, *, inclusive: bool = False) -> datetime:
+    """The first occurrence of a 5-field cron expression, read as wall-clock times in ``tz``,
+    strictly after ``after`` (or at it, with ``inclusive``).
+
+    croniter is given naive local wall times and each result is resolved with this module's
+    rule for local times (spec/rules.md "Time"): a time in a spring-forward gap runs shifted
+    forward by the gap (02:30 → 03:30), a time in the fall-back hour runs once, at the
+    earlier instant. (croniter with a zone-aware start fires at 03:00 in the gap and twice
+    in the fold.) Two wall times that resolve to one instant give one occurrence.
+    """
+    from croniter import croniter
+
+    after = _utc(after)
+    # start a little before: an occurrence shifted forward out of a gap may resolve after
+    # ``after`` although its wall time is before it
+    start = _local_naive(after, tz) - timedelta(hours=3)
+    it = croniter(expr, start)
+    for _ in range(100_000):
+        wall = it.get_next(datetime)
+        t = resolve_local(wall, tz)
+        if t > after or (inclusive and t == after):
+            return t
+    raise ValueError(f"cron {expr!r} has no occurrence after {after.isoformat()}")
+
+
+def cron_prev(expr: str, tz: ZoneInfo, at: datetime) -> datetime | None:
+    """The latest occurrence at or before ``at`` (same reading of local times as
+    :func:`cron_next`), or None."""
+    from croniter import croniter
+
+    at = _utc(at)
+    it = croniter(expr, _local_naive(at, tz) + timedelta(hours=3))
+    for _ in range(100_000):
+        wall = it.get_prev(datetime)
+        t = resolve_local(wall, tz)
+        if t <= at:
+            return t
+    return None
