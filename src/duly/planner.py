@@ -322,7 +322,45 @@ def plan_subject(
         plan.scope.add(rule.name)
         for step in rule.steps:
             _plan_step(rf, rule, step, subject, recipients, now, plan, cache)
+    if subject.hold_until is not None and subject.hold_until > now:
+        plan.desired = apply_hold(plan.desired, subject.hold_until)
     return plan
+
+
+def apply_hold(desired: list[Desired], until: datetime) -> list[Desired]:
+    """spec: Hold. Reminder and promotional messages falling due before ``until`` are skipped
+    (``held``), except the latest of each rule, recipient and channel, which moves to the
+    end of the hold: chasing resumes with one message, never a burst. Transactional
+    messages and ``set`` actions are not held."""
+    latest: dict[tuple[str, str | None, str | None], Desired] = {}
+    for d in desired:
+        if _holdable(d, until):
+            k = (d.identity.rule, d.identity.recipient, d.identity.channel)
+            cur = latest.get(k)
+            if cur is None or (d.due_at, d.identity.occurrence) > (
+                cur.due_at,
+                cur.identity.occurrence,
+            ):
+                latest[k] = d
+    keep = {d.identity for d in latest.values()}
+    out = []
+    for d in desired:
+        if not _holdable(d, until):
+            out.append(d)
+        elif d.identity in keep:
+            out.append(d._replace(due_at=until))
+        else:
+            out.append(d._replace(skip_reason=Reason.held))
+    return out
+
+
+def _holdable(d: Desired, until: datetime) -> bool:
+    return (
+        d.skip_reason is None
+        and d.identity.recipient is not None
+        and d.category != "transactional"
+        and d.due_at < until
+    )
 
 
 class _Conditions:
@@ -610,13 +648,15 @@ def reconcile(
         if ex.state == PENDING:
             if d.skip_reason is not None:
                 actions.append(Action("skip", d, ex, reason=d.skip_reason))
-            elif ex.planned_at == d.planned_at and ex.due_at == d.due_at:
-                continue  # unchanged: left alone even if overdue (grace decides)
+            elif ex.planned_at == d.planned_at:
+                # Same planned time: left alone even if overdue (grace decides), and a due
+                # time the dispatcher moved (retry, spacing, window at send) is kept. Only a
+                # due time the plan itself moves into the future (a hold set or cleared, a
+                # new window) moves the row.
+                if ex.due_at != d.due_at and d.due_at >= now:
+                    actions.append(Action("move", d, ex))
             elif d.planned_at < now:
                 actions.append(Action("skip", d, ex, reason=Reason.past))
-            elif ex.planned_at == d.planned_at and ex.due_at != d.due_at and ex.due_at > d.due_at:
-                # the row was deferred by the dispatcher (spacing, retry): keep its later time
-                continue
             else:
                 actions.append(Action("move", d, ex))
         elif ex.state in NEVER_SENT and d.skip_reason is None and d.planned_at >= now:

@@ -455,22 +455,45 @@ rules:
         repeat: {every: 1h, count: 4}
         template: note
 """
-    r, t = write(tmp_path, [
-        dict(ALICE, at="2026-03-01T08:00:00Z"),
-        {"at": "2026-03-01T08:00:00Z", "subject": {"kind": "ticket", "key": "T1",
-                                                   "attributes": {"opened_at": "2026-03-01T08:00:00Z"},
-                                                   "recipients": {"owner": "c1"}}},
-        {"at": "2026-03-01T10:30:00Z", "ack": {"rule": "chase", "subject": "ticket/T1", "recipient": "c1"}},
-        # a later upsert must not bring the repeats back
-        {"at": "2026-03-01T10:45:00Z", "subject": {"kind": "ticket", "key": "T1",
-                                                   "attributes": {"opened_at": "2026-03-01T08:00:00Z", "x": 1},
-                                                   "recipients": {"owner": "c1"}}},
-    ], rules=rules)
+    r, t = write(
+        tmp_path,
+        [
+            dict(ALICE, at="2026-03-01T08:00:00Z"),
+            {
+                "at": "2026-03-01T08:00:00Z",
+                "subject": {
+                    "kind": "ticket",
+                    "key": "T1",
+                    "attributes": {"opened_at": "2026-03-01T08:00:00Z"},
+                    "recipients": {"owner": "c1"},
+                },
+            },
+            {
+                "at": "2026-03-01T10:30:00Z",
+                "ack": {"rule": "chase", "subject": "ticket/T1", "recipient": "c1"},
+            },
+            # a later upsert must not bring the repeats back
+            {
+                "at": "2026-03-01T10:45:00Z",
+                "subject": {
+                    "kind": "ticket",
+                    "key": "T1",
+                    "attributes": {"opened_at": "2026-03-01T08:00:00Z", "x": 1},
+                    "recipients": {"owner": "c1"},
+                },
+            },
+        ],
+        rules=rules,
+    )
     code, out, err = run(str(r), str(t))
     assert code == 0, err
     got = [(x["occurrence"], x["outcome"], x["reason"]) for x in rows(out)]
-    assert got == [(0, "sent", None), (1, "sent", None),
-                   (2, "cancelled", "acknowledged"), (3, "cancelled", "acknowledged")]
+    assert got == [
+        (0, "sent", None),
+        (1, "sent", None),
+        (2, "cancelled", "acknowledged"),
+        (3, "cancelled", "acknowledged"),
+    ]
 
 
 def test_each_change_gets_its_own_messages_even_while_an_earlier_one_waits(tmp_path: Path) -> None:
@@ -483,17 +506,33 @@ rules:
     to: [owner]
     template: note
 """
-    def ticket(at: str, status: str) -> dict:
-        return {"at": at, "subject": {"kind": "ticket", "key": "T1", "attributes": {"status": status},
-                                      "recipients": {"owner": "c1"}}}
 
-    r, t = write(tmp_path, [dict(ALICE, at="2026-03-01T08:00:00Z"),
-                            ticket("2026-03-01T08:00:00Z", "open"), ticket("2026-03-01T08:10:00Z", "pending")],
-                 rules=rules)
+    def ticket(at: str, status: str) -> dict:
+        return {
+            "at": at,
+            "subject": {
+                "kind": "ticket",
+                "key": "T1",
+                "attributes": {"status": status},
+                "recipients": {"owner": "c1"},
+            },
+        }
+
+    r, t = write(
+        tmp_path,
+        [
+            dict(ALICE, at="2026-03-01T08:00:00Z"),
+            ticket("2026-03-01T08:00:00Z", "open"),
+            ticket("2026-03-01T08:10:00Z", "pending"),
+        ],
+        rules=rules,
+    )
     code, out, err = run(str(r), str(t))
     assert code == 0, err
     assert [(x["at"], x["occurrence"], x["outcome"]) for x in rows(out)] == [
-        ("2026-03-01T09:00:00Z", 1, "sent"), ("2026-03-01T09:10:00Z", 2, "sent")]
+        ("2026-03-01T09:00:00Z", 1, "sent"),
+        ("2026-03-01T09:10:00Z", 2, "sent"),
+    ]
 
 
 def test_simulate_looks_addresses_up_by_the_configured_channel_type(tmp_path: Path) -> None:
@@ -508,16 +547,33 @@ rules:
     channels: [text, mail]
     steps: [{name: s, at: due_at, template: note}]
 """
-    r, t = write(tmp_path, [
-        {"at": "2026-03-01T08:00:00Z", "recipient": {"id": "c1", "email": "a@x.test", "phone": "+15550100001"}},
-        {"at": "2026-03-01T08:00:00Z", "subject": {"kind": "job", "key": "J", "attributes": {"due_at": "2026-03-02T08:00:00Z"},
-                                                   "recipients": {"owner": "c1"}}},
-    ], rules=rules)
+    r, t = write(
+        tmp_path,
+        [
+            {
+                "at": "2026-03-01T08:00:00Z",
+                "recipient": {"id": "c1", "email": "a@x.test", "phone": "+15550100001"},
+            },
+            {
+                "at": "2026-03-01T08:00:00Z",
+                "subject": {
+                    "kind": "job",
+                    "key": "J",
+                    "attributes": {"due_at": "2026-03-02T08:00:00Z"},
+                    "recipients": {"owner": "c1"},
+                },
+            },
+        ],
+        rules=rules,
+    )
     (tmp_path / "templates" / "note.text.txt").write_text("{{ subject.key }}\n")
     (tmp_path / "templates" / "note.mail.txt").write_text("Subject: {{ subject.key }}\nx\n")
     code, out, err = run(str(r), str(t))
     assert code == 0, err
-    assert sorted((x["channel"], x["outcome"]) for x in rows(out)) == [("mail", "sent"), ("text", "sent")]
+    assert sorted((x["channel"], x["outcome"]) for x in rows(out)) == [
+        ("mail", "sent"),
+        ("text", "sent"),
+    ]
 
 
 def test_a_steps_own_set_does_not_cancel_its_messages_in_other_timezones(tmp_path: Path) -> None:
@@ -535,17 +591,139 @@ rules:
         set: {status: CANCELLED}
         template: note
 """
-    r, t = write(tmp_path, [
-        {"at": "2026-01-01T00:00:00Z", "recipient": {"id": "ldn", "email": "l@x.test", "timezone": "Europe/London"}},
-        {"at": "2026-01-01T00:00:00Z", "recipient": {"id": "nyc", "email": "n@x.test", "timezone": "America/New_York"}},
-        {"at": "2026-01-01T00:00:00Z", "subject": {"kind": "job", "key": "J1",
-                                                   "attributes": {"status": "open", "last_activity_at": "2026-01-01T12:00:00Z"},
-                                                   "recipients": {"owner": "ldn", "creator": "nyc"}}},
-    ], rules=rules)
+    r, t = write(
+        tmp_path,
+        [
+            {
+                "at": "2026-01-01T00:00:00Z",
+                "recipient": {"id": "ldn", "email": "l@x.test", "timezone": "Europe/London"},
+            },
+            {
+                "at": "2026-01-01T00:00:00Z",
+                "recipient": {"id": "nyc", "email": "n@x.test", "timezone": "America/New_York"},
+            },
+            {
+                "at": "2026-01-01T00:00:00Z",
+                "subject": {
+                    "kind": "job",
+                    "key": "J1",
+                    "attributes": {"status": "open", "last_activity_at": "2026-01-01T12:00:00Z"},
+                    "recipients": {"owner": "ldn", "creator": "nyc"},
+                },
+            },
+        ],
+        rules=rules,
+    )
     code, out, err = run(str(r), str(t), "--until", "2026-05-01T00:00:00Z")
     assert code == 0, err
     got = [(x["at"], x["recipient"], x["outcome"]) for x in rows(out)]
     # 1 April 09:00 London (08:00Z, BST) and 09:00 New York (13:00Z, EDT); the set acts
     # with the last of them (printed first at that instant: nulls sort first)
-    assert got == [("2026-04-01T08:00:00Z", "ldn", "sent"), ("2026-04-01T13:00:00Z", None, "set"),
-                   ("2026-04-01T13:00:00Z", "nyc", "sent")]
+    assert got == [
+        ("2026-04-01T08:00:00Z", "ldn", "sent"),
+        ("2026-04-01T13:00:00Z", None, "set"),
+        ("2026-04-01T13:00:00Z", "nyc", "sent"),
+    ]
+
+
+LADDER = """
+timezone: Europe/London
+rules:
+  - name: chase
+    subject: invoice
+    if: "status == 'sent'"
+    to: [customer]
+    steps:
+      - {name: r1, at: "due_at + 1d", template: note}
+      - {name: r2, at: "due_at + 3d", template: note}
+      - {name: r3, at: "due_at + 5d", template: note}
+      - {name: r4, at: "due_at + 20d", template: note}
+  - name: receipt
+    subject: invoice
+    on: invoice.viewed
+    category: transactional
+    to: [customer]
+    template: note
+"""
+
+
+def held(at: str, hold: str | None) -> dict:
+    return {
+        "at": at,
+        "subject": {
+            "kind": "invoice",
+            "key": "I",
+            "attributes": {"status": "sent", "due_at": "2026-03-10"},
+            "recipients": {"customer": "c1"},
+            "hold_until": hold,
+        },
+    }
+
+
+def test_hold_skips_what_falls_due_and_resumes_with_one_message(tmp_path: Path) -> None:
+    r, t = write(
+        tmp_path,
+        [
+            ALICE,
+            held("2026-03-01T08:00:00Z", "2026-03-20T12:00:00Z"),
+            {
+                "at": "2026-03-12T00:00:00Z",
+                "event": {"id": "v1", "name": "invoice.viewed", "subject": "invoice/I"},
+            },
+        ],
+        rules=LADDER,
+    )
+    code, out, err = run(str(r), str(t))
+    assert code == 0, err
+    got = [(x["at"], x["rule"], x["step"], x["outcome"], x["reason"]) for x in rows(out)]
+    assert got == [
+        # r1 and r2 fall due during the hold: skipped; r3, the latest, moves to its end
+        ("2026-03-01T08:00:00Z", "chase", "r1", "skipped", "held"),
+        ("2026-03-01T08:00:00Z", "chase", "r2", "skipped", "held"),
+        ("2026-03-12T00:00:00Z", "receipt", None, "sent", None),  # transactional: not held
+        ("2026-03-20T12:00:00Z", "chase", "r3", "sent", None),
+        ("2026-03-29T23:00:00Z", "chase", "r4", "sent", None),  # 30 March 00:00 BST, as planned
+    ]
+
+
+def test_clearing_a_hold_early_puts_the_rest_back_at_their_planned_times(tmp_path: Path) -> None:
+    r, t = write(
+        tmp_path,
+        [
+            ALICE,
+            held("2026-03-01T08:00:00Z", "2026-03-20T12:00:00Z"),
+            held("2026-03-11T12:00:00Z", None),
+        ],
+        rules=LADDER,
+    )
+    code, out, err = run(str(r), str(t))
+    assert code == 0, err
+    got = [(x["at"], x["step"], x["outcome"], x["reason"]) for x in rows(out)]
+    assert got == [
+        ("2026-03-01T08:00:00Z", "r1", "skipped", "held"),
+        ("2026-03-01T08:00:00Z", "r2", "skipped", "held"),
+        # cleared on the 11th: r1's time (11 March 00:00) has passed, it stays skipped;
+        # r2 (13 March) and r3 (15 March) go out at their planned times
+        ("2026-03-13T00:00:00Z", "r2", "sent", None),
+        ("2026-03-15T00:00:00Z", "r3", "sent", None),
+        ("2026-03-29T23:00:00Z", "r4", "sent", None),
+    ]
+
+
+def test_event_messages_of_a_held_subject_wait_for_the_end_of_the_hold(tmp_path: Path) -> None:
+    rules = LADDER.replace("    category: transactional\n", "")
+    r, t = write(
+        tmp_path,
+        [
+            ALICE,
+            held("2026-03-01T08:00:00Z", "2026-03-05T12:00:00Z"),
+            {
+                "at": "2026-03-02T00:00:00Z",
+                "event": {"id": "v1", "name": "invoice.viewed", "subject": "invoice/I"},
+            },
+        ],
+        rules=rules,
+    )
+    _, out, _ = run(str(r), str(t))
+    ev = [(x["at"], x["planned"], x["outcome"]) for x in rows(out) if x["rule"] == "receipt"]
+    assert ev == [("2026-03-05T12:00:00Z", "2026-03-02T00:00:00Z", "sent")]

@@ -446,3 +446,37 @@ def test_a_steps_own_channels_win_over_the_rules_fallback() -> None:
     plan = plan_subject(rf, s, {}, datetime(2026, 1, 1, tzinfo=UTC))
     got = sorted((d.identity.step, d.identity.channel) for d in plan.desired)
     assert got == [("a", "sms"), ("b", "email"), ("b", "inbox")]
+
+
+def test_a_due_time_moved_by_the_dispatcher_is_kept_but_a_hold_moves_rows_both_ways() -> None:
+    from duly.planner import Existing
+
+    rf = ladder()
+    now = datetime(2026, 3, 12, 9, 1, tzinfo=UTC)
+    plan = plan_subject(rf, invoice("2026-03-15"), people(), datetime(2026, 3, 1, tzinfo=UTC))
+    due_soon = next(d for d in plan.desired if d.identity.step == "due-soon")
+    # waiting for a retry: planned 12 March 09:00, due again 09:02
+    retrying = Existing(
+        1,
+        due_soon.identity,
+        "pending",
+        None,
+        due_soon.planned_at,
+        due_soon.planned_at + timedelta(minutes=2),
+    )
+    again = plan_subject(rf, invoice("2026-03-15", rev=2), people(), now)
+    acts = reconcile(again, [retrying], now)
+    assert [a for a in acts if a.existing is not None and a.existing.id == 1] == []
+    # a hold until 20 March moves the pending overdue-1 (16 March) to the hold's end …
+    mem = MemoryPlan()
+    replan(rf, mem, invoice("2026-03-15"), people(), datetime(2026, 3, 1, tzinfo=UTC))
+    hold = datetime(2026, 3, 20, 12, tzinfo=UTC)
+    s = invoice("2026-03-15", rev=2)
+    s = Subject(s.kind, s.key, s.attributes, s.recipients, 2, hold_until=hold)
+    replan(rf, mem, s, people(), datetime(2026, 3, 13, tzinfo=UTC))
+    ov = next(e for i, e in mem.rows.items() if i.step == "overdue-1")
+    assert ov.state == "pending" and ov.due_at == hold
+    # … and clearing it puts it back at its planned time
+    replan(rf, mem, invoice("2026-03-15", rev=3), people(), datetime(2026, 3, 14, tzinfo=UTC))
+    ov = next(e for i, e in mem.rows.items() if i.step == "overdue-1")
+    assert ov.due_at == ov.planned_at == datetime(2026, 3, 16, 0, tzinfo=UTC)

@@ -346,6 +346,12 @@ class Dispatcher:
                 return ""
         if ident.recipient is None:
             return "set"
+        hold = w.subject.hold_until if w.subject is not None else None
+        if hold is not None and now < hold and w.row.category != "transactional":
+            # on hold (e.g. a promise to pay): event and one-off messages wait for its end;
+            # date-relative ones were already moved or skipped by the planner
+            self._defer(w, now, hold)
+            return ""
         if w.row.deadline_at is not None and now > w.row.deadline_at:
             self._final(w, now, "skipped", Reason.missed)
             return ""
