@@ -537,3 +537,36 @@ def test_idle_dispatcher_sends_within_a_second_of_the_planned_time(db_url, templ
         disp.stop()
         th.join(10)
     assert not th.is_alive()
+
+
+def test_batched_deliveries_go_out_as_one_email(db_url, templates, smtp) -> None:
+    sink, port = smtp
+    rules = RULES.replace(
+        "    to: [customer]\n    steps:",
+        "    to: [customer]\n    batch: {window: 2h}\n    steps:",
+        1,
+    )
+    (templates / "templates" / "plain.email.txt").write_text(
+        "Subject: {{ subjects|length }} invoices\n{% for s in subjects %}{{ s.key }}\n{% endfor %}"
+    )
+    clock = VirtualClock(T0)
+    engine, disp = make(db_url, templates, rules, clock, port)
+    alice(engine)
+    engine.upsert_subjects(
+        [
+            SubjectInput("invoice", k, {"status": "sent", "due_at": due}, {"customer": "c1"})
+            for k, due in (
+                ("A", "2026-03-10T09:00:00Z"),
+                ("B", "2026-03-10T10:00:00Z"),
+                ("C", "2026-03-10T10:30:00Z"),
+            )
+        ]
+    )
+    clock.set(datetime(2026, 3, 7, 9, 0, tzinfo=UTC))
+    assert disp.run_once() == 1  # one claimed; its batch mates join it
+    (msg,) = sink.messages
+    assert msg["Subject"] == "3 invoices"
+    assert msg["X-Duly-Batch-Size"] == "3"
+    got = [r for r in rows(engine) if r["step"] == "due-soon"]
+    assert {r["state"] for r in got} == {"sent"}
+    assert len({r["message_id"] for r in got}) == 1

@@ -727,3 +727,86 @@ def test_event_messages_of_a_held_subject_wait_for_the_end_of_the_hold(tmp_path:
     _, out, _ = run(str(r), str(t))
     ev = [(x["at"], x["planned"], x["outcome"]) for x in rows(out) if x["rule"] == "receipt"]
     assert ev == [("2026-03-05T12:00:00Z", "2026-03-02T00:00:00Z", "sent")]
+
+
+def test_batch_sends_one_message_for_several_subjects_and_each_row_keeps_its_outcome(
+    tmp_path: Path,
+) -> None:
+    rules = """
+rules:
+  - name: overdue
+    subject: invoice
+    if: "status == 'sent'"
+    to: [customer]
+    batch: {window: 1h}
+    steps: [{name: late, at: "due_at + 1d", template: many}]
+"""
+
+    def inv2(key: str, due: str, who: str = "c1") -> dict:
+        return {
+            "at": "2026-03-01T08:00:00Z",
+            "subject": {
+                "kind": "invoice",
+                "key": key,
+                "attributes": {"status": "sent", "due_at": due},
+                "recipients": {"customer": who},
+            },
+        }
+
+    r, t = write(
+        tmp_path,
+        [
+            dict(ALICE, at="2026-03-01T08:00:00Z"),
+            {"at": "2026-03-01T08:00:00Z", "recipient": {"id": "c2", "email": "b@x.test"}},
+            inv2("A", "2026-03-10T09:00:00Z"),
+            inv2("B", "2026-03-10T09:40:00Z"),
+            inv2("C", "2026-03-10T10:30:00Z"),
+            inv2("D", "2026-03-10T09:10:00Z", "c2"),
+        ],
+        rules=rules,
+    )
+    (tmp_path / "templates" / "many.email.txt").write_text(
+        "Subject: You have {{ subjects|length }} overdue invoice{{ 's' if subjects|length > 1 }}\n"
+        "{% for s in subjects %}{{ s.key }} {% endfor %}\n"
+    )
+    code, out, err = run(str(r), str(t))
+    assert code == 0, err
+    got = [
+        (x["at"], x["subject"], x["recipient"], x["outcome"], x.get("title"), x["message"])
+        for x in rows(out)
+    ]
+    a, b, d, c = got
+    # A (09:00) and B (09:40, within the hour) go out together at 09:00, one message
+    assert a[:5] == (
+        "2026-03-11T09:00:00Z",
+        "invoice/A",
+        "c1",
+        "sent",
+        "You have 2 overdue invoices",
+    )
+    assert b[:5] == (
+        "2026-03-11T09:00:00Z",
+        "invoice/B",
+        "c1",
+        "sent",
+        "You have 2 overdue invoices",
+    )
+    assert a[5] == b[5]
+    # another recipient's invoice is its own message; C falls outside the window
+    assert d[:5] == (
+        "2026-03-11T09:10:00Z",
+        "invoice/D",
+        "c2",
+        "sent",
+        "You have 1 overdue invoice",
+    )
+    assert c[:5] == (
+        "2026-03-11T10:30:00Z",
+        "invoice/C",
+        "c1",
+        "sent",
+        "You have 1 overdue invoice",
+    )
+    assert len({a[5], c[5], d[5]}) == 3
+    # planned times stay each row's own
+    assert [x["planned"] for x in rows(out)][:2] == ["2026-03-11T09:00:00Z", "2026-03-11T09:40:00Z"]

@@ -64,6 +64,8 @@ class _Work:
     message: Message | None = None
     reminder: dict[str, Any] | None = None
     collected: dict[str, Any] | None = None
+    address: str | None = None
+    tzname: str | None = None
     rendered: Any = None
     update: dict[str, Any] = field(default_factory=dict)
     logs: list[dict[str, Any]] = field(default_factory=list)
@@ -185,6 +187,7 @@ class Dispatcher:
     def _process(self, rows: list[DeliveryRow]) -> None:
         rf = self.engine.rules
         now = self.engine.clock.now()
+        rows = rows + self._claim_batch_mates(rows, now)
         works = [_Work(r) for r in rows]
         with self.engine.db.connect() as conn:
             keys = {
@@ -228,12 +231,23 @@ class Dispatcher:
                         gaps[k] = self.store.last_sent(conn, *k)
         to_send: list[_Work] = []
         sets: list[_Work] = []
+        batches: dict[tuple[str, str, str, str], list[_Work]] = {}
         for w in works:
             decision = self._decide(w, now, gaps)
             if decision == "send":
                 to_send.append(w)
             elif decision == "set":
                 sets.append(w)
+            elif decision == "batch":
+                ident = w.row.identity
+                key = (ident.rule, ident.step or "", ident.recipient or "", ident.channel or "")
+                batches.setdefault(key, []).append(w)
+        groups = []
+        for group in batches.values():
+            group.sort(key=lambda x: (x.row.due_at, x.row.id))
+            if self._render_batch(group, now):
+                to_send.append(group[0])
+                groups.append(group)
         # sets first: they change subjects and re-plan, in their own transaction
         for w in sets:
             self._apply_set(w, now)
@@ -243,6 +257,8 @@ class Dispatcher:
             else:
                 for w in to_send:
                     self._send(w)
+        for group in groups:
+            self._copy_outcome(group[0], group[1:])
         set_ids = {id(w) for w in sets}
         done = [w for w in works if w.update and id(w) not in set_ids]
         if done:
@@ -405,6 +421,9 @@ class Dispatcher:
                 last_error=f"channel {ident.channel!r} is not configured",
             )
             return ""
+        if planner.effective(step, rule, "batch") is not None:
+            w.address, w.tzname = address, tzname
+            return "batch"
         return self._render(w, now, address, tzname)
 
     def _collect(self, rule: Rule, occurrence: Any, now: datetime, tzname: str) -> dict[str, Any]:
@@ -418,7 +437,78 @@ class Dispatcher:
             self._collected = {key: hit}  # keep only the latest occurrence
         return hit
 
-    def _render(self, w: _Work, now: datetime, address: str, tzname: str) -> str:
+    # ------------------------------------------------------------------ batches
+
+    def _claim_batch_mates(self, rows: list[DeliveryRow], now: datetime) -> list[DeliveryRow]:
+        """spec: Batch. For each claimed row of a batched step, also take the rows of the
+        same step, recipient and channel due before the first + the window (they go out
+        early, in the same message)."""
+        rf = self.engine.rules
+        firsts: dict[tuple[str, str, str, str], DeliveryRow] = {}
+        for r in rows:
+            rule = rf.rule(r.identity.rule)
+            if rule is None or r.identity.recipient is None:
+                continue
+            step = rule.step(r.identity.step) if r.identity.step else None
+            if planner.effective(step, rule, "batch") is None:
+                continue
+            i = r.identity
+            key = (i.rule, i.step or "", i.recipient or "", i.channel or "")
+            if key not in firsts or r.due_at < firsts[key].due_at:
+                firsts[key] = r
+        if not firsts:
+            return []
+        extra: list[DeliveryRow] = []
+        with write_transaction(self.engine.db) as conn:
+            for first in firsts.values():
+                rule = rf.rule(first.identity.rule)
+                assert rule is not None
+                step = rule.step(first.identity.step) if first.identity.step else None
+                batch = planner.effective(step, rule, "batch")
+                until = first.due_at + timedelta(seconds=batch.window.total_seconds_approx())
+                extra += self.store.claim_batch(
+                    conn, first.identity, until, now, self.owner, self.lease
+                )
+        return extra
+
+    def _render_batch(self, group: list[_Work], now: datetime) -> bool:
+        """Render one message for the group, on its first (earliest) row; the template gets
+        ``subjects``, the list. Returns False when rendering failed (each row then records
+        the render error)."""
+        lead = group[0]
+        extra = {
+            "subjects": [planner.subject_dict(w.subject) for w in group if w.subject is not None],
+            "batch": {"size": len(group)},
+        }
+        ok = (
+            self._render(lead, now, lead.address or "", lead.tzname or "UTC", extra=extra) == "send"
+        )
+        if not ok:
+            self._copy_outcome(lead, group[1:])
+            return False
+        assert lead.message is not None
+        lead.message.headers["X-Duly-Batch-Size"] = str(len(group))
+        return True
+
+    def _copy_outcome(self, lead: _Work, others: list[_Work]) -> None:
+        """Deliveries sent together share the message, its id and its outcome; each keeps
+        its own row."""
+        for w in others:
+            w.update = {**lead.update, "_id": w.row.id}
+            w.logs = [
+                {**lg, "delivery_id": w.row.id}
+                | ({"planned_at": w.row.planned_at} if lg.get("kind") == "outcome" else {})
+                for lg in lead.logs
+            ]
+
+    def _render(
+        self,
+        w: _Work,
+        now: datetime,
+        address: str,
+        tzname: str,
+        extra: dict[str, Any] | None = None,
+    ) -> str:
         rule, step, ident = w.rule, w.step, w.row.identity
         assert rule is not None and w.recipient is not None
         mid = w.row.message_id or message_id_for(ident)
@@ -428,6 +518,8 @@ class Dispatcher:
         elif self.renderer is not None:
             name = planner.effective(step, rule, "template") or rule.name
             ctx = self._context(w, now, tzname)
+            if extra:
+                ctx.update(extra)
             try:
                 out = self.renderer.render(
                     name,

@@ -600,11 +600,48 @@ class Store:
             if self.postgres:
                 q = q.with_for_update(skip_locked=True)
             ids += conn.execute(q).scalars()
+        return self._take(conn, ids, now, owner, lease)
+
+    def claim_batch(
+        self,
+        conn: Connection,
+        identity: Identity,
+        until: datetime,
+        now: datetime,
+        owner: str,
+        lease: timedelta,
+    ) -> list[DeliveryRow]:
+        """Take the pending rows that go out in one batched message with a claimed row:
+        same rule, step, recipient and channel, due before ``until`` (spec: Batch)."""
+        rule, step, _, _, rcp, ch = identity.db_key()
+        q = select(deliveries.c.id).where(
+            deliveries.c.rule == rule,
+            deliveries.c.step == step,
+            deliveries.c.recipient == rcp,
+            deliveries.c.channel == ch,
+            deliveries.c.state == "pending",
+            deliveries.c.due_at < until,
+        )
+        if self.postgres:
+            q = q.with_for_update(skip_locked=True)
+        return self._take(conn, list(conn.execute(q).scalars()), now, owner, lease)
+
+    def _take(
+        self, conn: Connection, ids: list[int], now: datetime, owner: str, lease: timedelta
+    ) -> list[DeliveryRow]:
+        """Mark rows claimed by ``owner`` until ``now + lease``; only rows still pending or
+        with an expired lease are taken (a row another process took meanwhile is not)."""
         if not ids:
             return []
         res = conn.execute(
             update(deliveries)
-            .where(deliveries.c.id.in_(ids))
+            .where(
+                deliveries.c.id.in_(ids),
+                or_(
+                    deliveries.c.state == "pending",
+                    and_(deliveries.c.state == "sending", deliveries.c.lease_until <= now),
+                ),
+            )
             .values(state="sending", lease_owner=owner, lease_until=now + lease, updated_at=now)
             .returning(
                 deliveries.c.id,
