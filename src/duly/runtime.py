@@ -65,6 +65,8 @@ class Runtime:
     dispatcher: Dispatcher
     thread: threading.Thread | None = None
     listener: threading.Thread | None = None
+    templates: Any = None  # duly.templates_db.TemplateStore: database templates
+    metrics: Any = None  # duly.metrics.Metrics: the dispatcher's instruments
 
     def start(self) -> None:
         self.thread = threading.Thread(
@@ -94,11 +96,15 @@ def build_runtime(rf: RuleFile, database_url: str, *, send_workers: int = 8) -> 
     db = make_engine(database_url)
     migrate(db)
     engine = Engine(rf, db)
+    from duly.metrics import Metrics
     from duly.render import Renderer
+    from duly.templates_db import TemplateStore
 
-    renderer = Renderer(rf.templates_dir)
+    templates = TemplateStore(db, rf.templates_dir, rules=rf)  # saved versions win
+    renderer = Renderer(rf.templates_dir, loader_overrides=templates.override)
     dispatcher = Dispatcher(engine, build_channels(rf), renderer, send_workers=send_workers)
-    return Runtime(rf, db, engine, dispatcher)
+    dispatcher.metrics = Metrics()
+    return Runtime(rf, db, engine, dispatcher, templates=templates, metrics=dispatcher.metrics)
 
 
 def _listen(db: sa.Engine, dispatcher: Dispatcher) -> None:

@@ -1,0 +1,414 @@
+"""/v1/templates: templates kept in the database, versioned (USE-CASES U5.7).
+
+A template is a name with parts, one per channel and extension (``txt``, ``html``), like the
+files ``templates/NAME.CHANNEL.EXT``. Every save is a new version of the name, recorded with
+the API key's name and the time; the newest version of a part overrides the file of the
+same name for every delivery rendered from then on (other processes see it within seconds).
+A save is rendered with sample data first and refused (422, naming the file and line) when
+a part does not compile or breaks the sandbox. Restoring is saving an old version's bodies
+again: ``POST /v1/templates/{name}/restore {"version": N}`` does that in one call (or read
+``GET /v1/templates/{name}?version=N`` and ``PUT`` its bodies).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Query, Request
+from fastapi import Path as P
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from duly.api.errors import ApiError
+from duly.api.schemas import ErrorBody
+from duly.engine.service import Engine
+from duly.errors import NotFound
+from duly.model import Recipient, Subject
+from duly.render import RenderError
+from duly.templates_db import (
+    EXTS,
+    MAX_BODY,
+    SAMPLE_RECIPIENT,
+    SAMPLE_SUBJECT,
+    Part,
+    Saved,
+    TemplateInvalid,
+    TemplateStore,
+    TemplateView,
+    filename,
+    render_context,
+)
+
+router = APIRouter(prefix="/v1", tags=["templates"])
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+Name = Annotated[str, P(min_length=1, max_length=200, pattern=NAME_PATTERN)]
+Ext = Literal["txt", "html"]
+assert set(EXTS) == {"txt", "html"}
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PartIn(_Strict):
+    channel: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN, examples=["email"])
+    ext: Ext = "txt"
+    body: str = Field(
+        max_length=MAX_BODY,
+        description="the template source; a first line `Subject: ...` gives the title",
+        examples=["Subject: Invoice {{ subject.key }} is due\n\nHello {{ recipient.name }},\n"],
+    )
+
+
+class PartsIn(_Strict):
+    parts: list[PartIn] = Field(min_length=1, max_length=50)
+
+
+class RestoreIn(_Strict):
+    version: int = Field(ge=1, le=2**31 - 1)
+
+
+class EventIn(_Strict):
+    name: str = Field("preview", min_length=1, max_length=200)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class PreviewIn(_Strict):
+    channel: str = Field(min_length=1, max_length=100, pattern=NAME_PATTERN, examples=["email"])
+    ext: Ext = Field("txt", description="the part that `body` stands in for")
+    subject: str | None = Field(
+        None,
+        min_length=3,
+        max_length=301,
+        description="KIND/KEY of a subject whose real data to render with (else sample data)",
+        examples=["invoice/INV-1"],
+    )
+    recipient: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="a recipient's id (else the subject's first recipient, else a sample one)",
+    )
+    version: int | None = Field(None, ge=1, le=2**31 - 1, description="render a past version")
+    body: str | None = Field(
+        None, max_length=MAX_BODY, description="unsaved source for the part `ext`"
+    )
+    event: EventIn | None = Field(None, description="the event, for event-triggered rules")
+
+
+class PartSummary(BaseModel):
+    channel: str
+    ext: str
+    source: Literal["file", "database"]
+    version: int | None = Field(description="the database version that last changed it")
+    overrides_file: bool = Field(description="a file of the same name exists and is overridden")
+
+
+class TemplateSummaryOut(BaseModel):
+    name: str
+    latest_version: int | None = Field(description="None: only files, never saved here")
+    parts: list[PartSummary]
+
+
+class TemplateList(BaseModel):
+    templates: list[TemplateSummaryOut]
+
+
+class PartOut(PartSummary):
+    author: str | None = None
+    saved_at: datetime | None = None
+    body: str
+
+
+class VersionOut(BaseModel):
+    version: int
+    author: str | None = Field(description="the name of the API key that saved it")
+    created_at: datetime
+    parts: list[str] = Field(description="CHANNEL.EXT of the parts this version changed")
+
+
+class TemplateOut(BaseModel):
+    name: str
+    version: int | None = Field(description="the version shown (the newest unless asked)")
+    latest_version: int | None
+    parts: list[PartOut]
+    history: list[VersionOut]
+
+
+class SaveOut(BaseModel):
+    saved: bool = Field(description="false when every part was already current")
+    version: int | None = Field(description="the new version")
+    changed: list[str] = Field(description="CHANNEL.EXT of the parts saved")
+    warnings: list[str] = Field(
+        description="render problems with sample data (missing attributes and the like): "
+        "not errors, but worth a preview with a real subject"
+    )
+    template: TemplateOut
+
+
+class PreviewOut(BaseModel):
+    title: str | None
+    text: str | None
+    html: str | None
+    data: Literal["sample", "real"]
+    subject: str | None
+    recipient: str | None
+
+
+class TemplateErrorDetail(BaseModel):
+    file: str
+    line: int | None
+    reason: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+    template_error: TemplateErrorDetail | None = Field(
+        None, description="where a template failed (a refused save or a failed preview)"
+    )
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "no such template, version, subject or recipient"},
+    422: {"model": ErrorOut, "description": "invalid input, or the template fails (file, line)"},
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def store_of(request: Request) -> TemplateStore:
+    """The runtime's TemplateStore (the one its Renderer reads), or one of the app's own."""
+    rt = request.app.state.runtime
+    ts = getattr(rt, "templates", None)
+    if ts is None:
+        ts = getattr(request.app.state, "templates", None)
+        if ts is None:
+            ts = TemplateStore(rt.db, rt.rules.templates_dir, rules=rt.rules)
+            request.app.state.templates = ts
+    return ts  # type: ignore[no-any-return]
+
+
+def _engine(request: Request) -> Engine:
+    return request.app.state.runtime.engine  # type: ignore[no-any-return]
+
+
+def _template_error(status: int, code: str, exc: TemplateInvalid | RenderError) -> JSONResponse:
+    file = (exc.file if isinstance(exc, TemplateInvalid) else exc.template) or ""
+    field = exc.field if isinstance(exc, TemplateInvalid) else "body"
+    return JSONResponse(
+        {
+            "error": {"code": code, "message": str(exc), "field": field},
+            "template_error": {"file": file, "line": exc.line, "reason": exc.reason},
+        },
+        status_code=status,
+    )
+
+
+def _part(p: Part, *, body: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "channel": p.channel,
+        "ext": p.ext,
+        "source": p.source,
+        "version": p.version,
+        "overrides_file": p.source == "database" and p.has_file,
+    }
+    if body:
+        out.update(author=p.author, saved_at=p.saved_at, body=p.body)
+    return out
+
+
+def _view(v: TemplateView) -> TemplateOut:
+    return TemplateOut(
+        name=v.name,
+        version=v.version,
+        latest_version=v.latest,
+        parts=[PartOut(**_part(p, body=True)) for p in v.parts],
+        history=[
+            VersionOut(
+                version=h.version, author=h.author, created_at=h.created_at, parts=list(h.parts)
+            )
+            for h in v.history
+        ],
+    )
+
+
+def _saved(ts: TemplateStore, name: str, s: Saved) -> SaveOut:
+    return SaveOut(
+        saved=s.version is not None,
+        version=s.version,
+        changed=s.changed,
+        warnings=s.warnings,
+        template=_view(ts.get(name)),
+    )
+
+
+def _author(request: Request) -> str | None:
+    key = getattr(request.state, "key", None)
+    return getattr(key, "name", None)
+
+
+# --------------------------------------------------------------------------- routes
+
+
+@router.get("/templates", response_model=TemplateList)
+def list_templates(request: Request) -> TemplateList:
+    """Every template name, from the files and the database: its parts (channel and
+    extension), where each comes from and the newest version."""
+    ts = store_of(request)
+    return TemplateList(
+        templates=[
+            TemplateSummaryOut(
+                name=s.name,
+                latest_version=s.latest,
+                parts=[PartSummary(**_part(p, body=False)) for p in s.parts],
+            )
+            for s in ts.summaries()
+        ]
+    )
+
+
+@router.get("/templates/{name}", response_model=TemplateOut, responses=ERRORS)
+def get_template(
+    name: Name,
+    request: Request,
+    version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+) -> TemplateOut:
+    """A template's parts (body, source, version) as rendered now — or, with ``version``,
+    as they were after that save — and its history (who saved which parts, when)."""
+    return _view(store_of(request).get(name, version))
+
+
+@router.put("/templates/{name}", response_model=SaveOut, responses=ERRORS)
+def put_template(
+    name: Name, body: PartIn | list[PartIn] | PartsIn, request: Request
+) -> SaveOut | JSONResponse:
+    """Save one part (``{channel, ext, body}``) or several (a list, or ``{parts: [...]}``)
+    as a new version. Checked first: a syntax error, an unknown name or a sandbox violation
+    is refused with 422 naming the file and line, and nothing is saved. Parts equal to the
+    current ones are not saved again (``saved: false`` when nothing changed). To restore an
+    old version, PUT its bodies (or POST .../restore)."""
+    parts = body.parts if isinstance(body, PartsIn) else body if isinstance(body, list) else [body]
+    ts = store_of(request)
+    try:
+        saved = ts.save(
+            name,
+            [(p.channel, p.ext, p.body) for p in parts],
+            author=_author(request),
+            now=_engine(request).clock.now(),
+        )
+    except TemplateInvalid as exc:
+        return _template_error(422, exc.code, exc)
+    return _saved(ts, name, saved)
+
+
+@router.post("/templates/{name}/restore", response_model=SaveOut, responses=ERRORS)
+def restore_template(name: Name, body: RestoreIn, request: Request) -> SaveOut | JSONResponse:
+    """Save the parts as they were at ``version`` as a new version (a part first saved
+    after that version stays as it is)."""
+    ts = store_of(request)
+    try:
+        saved = ts.restore(
+            name, body.version, author=_author(request), now=_engine(request).clock.now()
+        )
+    except TemplateInvalid as exc:
+        return _template_error(422, exc.code, exc)
+    return _saved(ts, name, saved)
+
+
+@router.post("/templates/{name}/preview", response_model=PreviewOut, responses=ERRORS)
+def preview_template(name: Name, body: PreviewIn, request: Request) -> PreviewOut | JSONResponse:
+    """Render for ``channel`` with a subject's and recipient's real data (or sample data),
+    the current parts — or a past ``version`` — and, optionally, unsaved ``body`` for the
+    part ``ext``. Answers title, text and html, or 422 with the render error (file, line)."""
+    ts, eng = store_of(request), _engine(request)
+    now = eng.clock.now()
+    sources: dict[str, str] = {}
+    view: TemplateView | None = None
+    try:
+        view = ts.get(name, body.version)
+    except NotFound:
+        if body.body is None or body.version is not None:
+            raise
+    # A past version: its database parts, and the files for the parts saved later.
+    if view is not None and body.version is not None:
+        sources = {
+            filename(name, p.channel, p.ext): p.body for p in view.parts if p.source == "database"
+        }
+    if body.body is not None:
+        sources[filename(name, body.channel, body.ext)] = body.body
+    elif view is None or not any(p.channel == body.channel for p in view.parts):
+        raise ApiError(
+            404,
+            "not_found",
+            f"template {name!r} has no part for channel {body.channel!r}",
+            "channel",
+        )
+
+    subject: Subject | None = None
+    recipient: Recipient | None = None
+    with eng.db.connect() as conn:
+        if body.subject is not None:
+            kind, _, key = body.subject.partition("/")
+            rec = eng.store.get_subjects(conn, [(kind, key)]).get((kind, key)) if key else None
+            if rec is None or rec.deleted:
+                raise ApiError(404, "not_found", f"no subject {body.subject}", "subject")
+            subject = rec.subject
+        rid = body.recipient
+        if rid is None and subject is not None:
+            rid = next((r for ids in subject.recipients.values() for r in ids), None)
+        if rid is not None:
+            recipient = eng.store.get_recipients(conn, [rid]).get(rid)
+            if recipient is None and body.recipient is not None:
+                raise ApiError(404, "not_found", f"no recipient {rid}", "recipient")
+    real = subject is not None or recipient is not None
+    if not real:
+        subject, recipient = SAMPLE_SUBJECT, SAMPLE_RECIPIENT
+    tz = (recipient.timezone if recipient else None) or eng.rules.timezone
+    event = None
+    if body.event is not None:
+        event = {"id": "preview", "name": body.event.name, "data": body.event.data, "at": now}
+    # A schedule rule's collections (collect:) come from the database, as when it sends.
+    collected = ts.sample_collections(name)
+    rule = next((r for r in ts.rules_using(name) if r.collect), None)
+    if rule is not None:
+        from duly.engine.collect import collect_all
+
+        with eng.db.connect() as conn:
+            collected = collect_all(conn, rule, now, ZoneInfo(rule.timezone or eng.rules.timezone))
+    ctx = render_context(
+        name=name,
+        subject=subject,
+        recipient=recipient,
+        event=event,
+        now=now,
+        timezone=tz,
+        collected=collected,
+    )
+    try:
+        out = ts.preview(
+            name,
+            body.channel,
+            ctx,
+            sources=sources,
+            exact=body.version is not None,
+            recipient=recipient,
+            timezone=tz,
+            locale=(recipient.locale if recipient else None) or "en",
+        )
+    except RenderError as exc:
+        return _template_error(422, "render_error", exc)
+    return PreviewOut(
+        title=out.title,
+        text=out.text,
+        html=out.html,
+        data="real" if real else "sample",
+        subject=subject.ref if subject is not None else None,
+        recipient=recipient.id if recipient is not None else None,
+    )

@@ -1,0 +1,692 @@
+"""Templates kept in the database (USE-CASES U5.7), versioned, overriding the files.
+
+A template is a *name* with *parts*, one per channel and extension, exactly like the files
+``templates/NAME.CHANNEL.txt`` and ``.html``. Saving through the API writes rows to the
+``templates`` table; the newest row of a part wins over the file of the same name when the
+dispatcher renders (:meth:`TemplateStore.override`, handed to the Renderer).
+
+Versions are counted per *name*: each save makes version N+1 and holds the parts it changed
+(one or several), so "version 4" is the whole template as it was after the fourth save —
+each part at its newest row with ``version <= 4``, the files for parts never saved. Nothing
+is ever deleted or rewritten; restoring is saving an old body again (a new version).
+
+A save is checked before it is stored, in this order, and refused as a whole
+(:class:`TemplateInvalid`, naming the file and line) when a part
+
+1. does not compile (Jinja syntax, an unknown filter, a bad ``Subject:`` line);
+2. reads a name the dispatcher never provides (``{{ subjet.key }}``: a typo that would fail
+   every delivery) or a dunder attribute (``x.__class__``: refused by the sandbox);
+3. breaks the sandbox or includes a missing template when rendered with sample data.
+
+Other failures with sample data — ``subject.attributes.amount`` is missing in it, a helper
+gets a placeholder — only say the sample data does not fit: they come back as warnings and
+the save goes through. Preview a template with a real subject to see it rendered for real.
+
+The override lookup runs on every render, so it reads a dict. The dict is rebuilt when this
+process saves and, for saves by other processes, when ``(count, max id)`` of the table has
+changed — checked at most every ``refresh`` seconds (2 by default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from jinja2 import TemplateNotFound, TemplateSyntaxError, meta, nodes
+from jinja2.exceptions import SecurityError
+
+from duly import planner
+from duly.errors import InvalidInput, NotFound
+from duly.model import Recipient, Rule, RuleFile, Subject
+from duly.render import Rendered, Renderer, RenderError, _split_subject
+from duly.rules.yamlnodes import NAME_RE
+from duly.store.db import is_postgres, write_transaction
+from duly.store.tables import templates
+
+__all__ = [
+    "CONTEXT_NAMES",
+    "EXTS",
+    "Part",
+    "Saved",
+    "TemplateInvalid",
+    "TemplateStore",
+    "TemplateSummary",
+    "TemplateView",
+    "VersionInfo",
+    "render_context",
+]
+
+log = logging.getLogger("duly.templates")
+
+EXTS = ("txt", "html")
+MAX_BODY = 500_000
+REFRESH_SECONDS = 2.0
+
+# The names the dispatcher puts in every template's context (Dispatcher._context; a test
+# pins the two together), besides the collections of schedule rules (``collect``), each under
+# its own name. Anything else a template reads is a typo.
+CONTEXT_NAMES = frozenset(
+    {
+        "subject",
+        "attributes",
+        "recipient",
+        "event",
+        "rule",
+        "step",
+        "now",
+        "timezone",
+        "delivery",
+        "collected",
+    }
+)
+
+
+class TemplateInvalid(InvalidInput):
+    """The template cannot be saved: it does not compile or breaks the sandbox."""
+
+    code = "template_invalid"
+
+    def __init__(
+        self, reason: str, *, file: str, line: int | None, field: str | None = "body"
+    ) -> None:
+        self.file, self.line, self.reason = file, line, reason
+        where = f"{file}, line {line}" if line else file
+        super().__init__(f"{where}: {reason}", field=field)
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One channel and extension of a template, as rendered (or as of a version)."""
+
+    channel: str
+    ext: str
+    source: str  # "database" | "file"
+    body: str
+    version: int | None = None  # the version that last changed it (database parts)
+    author: str | None = None
+    saved_at: datetime | None = None
+    has_file: bool = False  # a file of the same name exists (overridden when in the database)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.channel, self.ext)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    version: int
+    author: str | None
+    created_at: datetime
+    parts: tuple[str, ...]  # "CHANNEL.EXT" of the parts this version changed
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateView:
+    name: str
+    version: int | None  # the version shown; None: no database version (files only)
+    latest: int | None
+    parts: list[Part]
+    history: list[VersionInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateSummary:
+    name: str
+    latest: int | None
+    parts: list[Part]  # bodies left empty: a listing does not carry them
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    version: int | None  # None: every part was already current, nothing was stored
+    changed: list[str]  # "CHANNEL.EXT"
+    warnings: list[str] = field(default_factory=list)
+
+
+def filename(name: str, channel: str, ext: str) -> str:
+    return f"{name}.{channel}.{ext}"
+
+
+def check_name(value: str, what: str, max_len: int) -> None:
+    if not value or len(value) > max_len or not NAME_RE.match(value):
+        raise InvalidInput(
+            f"{what} must be 1 to {max_len} letters, digits, '_', '.' or '-', starting with a "
+            f"letter or digit; got {value!r}",
+            field=what,
+        )
+
+
+# --------------------------------------------------------------------------- context
+
+
+SAMPLE_RECIPIENT = Recipient(
+    id="sample-recipient",
+    name="Sam Sample",
+    email="sam@example.com",
+    phone="+15550100",
+    timezone="UTC",
+    locale="en",
+)
+SAMPLE_SUBJECT = Subject(
+    kind="sample",
+    key="SAMPLE-1",
+    attributes={},
+    recipients={"customer": (SAMPLE_RECIPIENT.id,)},
+)
+
+
+def render_context(
+    *,
+    name: str,
+    subject: Subject | None,
+    recipient: Recipient | None,
+    event: Mapping[str, Any] | None,
+    now: datetime,
+    timezone: str,
+    category: str = "reminder",
+    collected: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The context the dispatcher would give ``name`` (same keys as Dispatcher._context)."""
+    return {
+        "subject": planner.subject_dict(subject) if subject is not None else None,
+        "attributes": subject.attributes if subject is not None else {},
+        "recipient": planner.recipient_dict(recipient),
+        "event": dict(event) if event is not None else None,
+        "rule": {"name": name, "category": category},
+        "step": {"name": None, "occurrence": 0},
+        "now": now,
+        "timezone": timezone,
+        "delivery": {"id": 0, "planned_at": now, "due_at": now},
+        **(collected or {}),
+        "collected": dict(collected or {}),
+    }
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _static_check(
+    renderer: Renderer, file: str, source: str, names: frozenset[str] = CONTEXT_NAMES
+) -> None:
+    """Syntax, names the context never has, dunder attributes: the errors that would fail
+    every render, found without data (so also in branches sample data never takes)."""
+    # The Renderer's own environment (its globals, filters and syntax), and its split of a
+    # first "Subject:" line, compiled on its own (the body keeps a blank line in its place).
+    env = renderer._env
+    body, subject = _split_subject(source)
+    try:
+        trees = [env.parse(body, file, file)]
+        if subject is not None:
+            trees.append(env.parse(subject, file, file))
+        for ast in trees:
+            _check_tree(ast, file, names)
+    except TemplateSyntaxError as exc:  # also an unknown filter or test (an assertion)
+        raise TemplateInvalid(exc.message or "syntax error", file=file, line=exc.lineno) from None
+
+
+def _check_tree(ast: nodes.Template, file: str, names: frozenset[str]) -> None:
+    unknown = meta.find_undeclared_variables(ast) - names
+    for node in ast.find_all(nodes.Name):
+        if node.ctx == "load" and node.name in unknown:
+            known = ", ".join(sorted(names))
+            raise TemplateInvalid(
+                f"{node.name!r} is undefined: a template can read {known} and the helpers",
+                file=file,
+                line=node.lineno,
+            )
+    for expr in ast.find_all((nodes.Getattr, nodes.Filter)):
+        attr = None
+        if isinstance(expr, nodes.Getattr):
+            attr = expr.attr
+        elif (
+            isinstance(expr, nodes.Filter)
+            and expr.name == "attr"
+            and expr.args
+            and isinstance(expr.args[0], nodes.Const)
+        ):
+            attr = expr.args[0].value
+        if isinstance(attr, str) and attr.startswith("__"):
+            raise TemplateInvalid(
+                f"not allowed in a template: attribute {attr!r}", file=file, line=expr.lineno
+            )
+
+
+def _refusal(exc: RenderError, own: set[str]) -> TemplateInvalid | None:
+    """A render failure that refuses the save: in a file being saved, and not about data."""
+    cause = exc.__cause__
+    if exc.template not in own:
+        return None
+    if isinstance(cause, TemplateSyntaxError | SecurityError | TemplateNotFound):
+        return TemplateInvalid(exc.reason, file=exc.template or "", line=exc.line)
+    return None
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+class TemplateStore:
+    """Database templates: versions, the override cache, checks. Thread-safe."""
+
+    def __init__(
+        self,
+        db: sa.Engine,
+        templates_dir: str | Path | None,
+        *,
+        rules: RuleFile | None = None,
+        refresh: float = REFRESH_SECONDS,
+    ) -> None:
+        self.db = db
+        self.rules = rules
+        self.templates_dir = Path(templates_dir) if templates_dir is not None else None
+        self.refresh_seconds = refresh
+        self._cache: dict[str, str] = {}
+        self._stamp: tuple[int, int] | None = None
+        self._checked = float("-inf")
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ override cache
+
+    def override(self, file: str) -> str | None:
+        """The newest database body of ``NAME.CHANNEL.EXT``, or None (use the file).
+        Called on every render: a dict lookup, plus at most every ``refresh`` seconds a
+        check of the table's (count, max id)."""
+        if time.monotonic() - self._checked >= self.refresh_seconds:
+            # the first read waits for the first load: no render ever misses a saved version
+            self.refresh(force=self._checked == float("-inf"))
+        return self._cache.get(file)
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Re-read the newest parts if the table changed (``force``: always). Renders in
+        other threads never wait for it: they keep using the current dict meanwhile."""
+        if not self._lock.acquire(blocking=force):
+            return
+        try:
+            self._checked = time.monotonic()
+            with self.db.connect() as conn:
+                # Rows are only ever added, so the count changes on every save. max(id)
+                # alone is not enough on PostgreSQL: ids are taken at insert but become
+                # visible at commit, so a lower id can appear after a higher one.
+                count, top = conn.execute(
+                    sa.select(sa.func.count(), sa.func.coalesce(sa.func.max(templates.c.id), 0))
+                ).one()
+                stamp = (int(count), int(top))
+                if not force and stamp == self._stamp:
+                    return
+                cache = {
+                    filename(r.name, r.channel, r.ext): r.body
+                    for r in conn.execute(_newest_parts_query())
+                }
+            self._cache, self._stamp = cache, stamp
+        except sa.exc.SQLAlchemyError:
+            # Rendering goes on with what is known; the next check tries again.
+            log.warning("could not read database templates; using the last known", exc_info=True)
+        finally:
+            self._lock.release()
+
+    # ------------------------------------------------------------------ files
+
+    def _files(self) -> set[tuple[str, str, str]]:
+        """(name, channel, ext) of every template file."""
+        out: set[tuple[str, str, str]] = set()
+        if self.templates_dir is None:
+            return out
+        try:
+            entries = list(os.scandir(self.templates_dir))
+        except OSError:
+            return out
+        for e in entries:
+            parts = e.name.rsplit(".", 2)
+            if len(parts) == 3 and parts[2] in EXTS and e.is_file():
+                name, channel, ext = parts
+                if NAME_RE.match(name) and NAME_RE.match(channel):
+                    out.add((name, channel, ext))
+        return out
+
+    def _file_body(self, name: str, channel: str, ext: str) -> str | None:
+        if self.templates_dir is None:
+            return None
+        try:
+            return (self.templates_dir / filename(name, channel, ext)).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    # ------------------------------------------------------------------ reading
+
+    def summaries(self) -> list[TemplateSummary]:
+        """Every template name, from the files and the database, sorted by name."""
+        files = self._files()
+        with self.db.connect() as conn:
+            rows = conn.execute(_newest_parts_query(with_body=False)).all()
+        by_name: dict[str, dict[tuple[str, str], Part]] = {}
+        latest: dict[str, int] = {}
+        for name, channel, ext in files:
+            by_name.setdefault(name, {})[(channel, ext)] = Part(
+                channel, ext, "file", "", has_file=True
+            )
+        for r in rows:
+            by_name.setdefault(r.name, {})[(r.channel, r.ext)] = Part(
+                r.channel,
+                r.ext,
+                "database",
+                "",
+                version=r.version,
+                author=r.author,
+                saved_at=r.created_at,
+                has_file=(r.name, r.channel, r.ext) in files,
+            )
+            latest[r.name] = max(latest.get(r.name, 0), r.version)
+        return [
+            TemplateSummary(name, latest.get(name), [p for _, p in sorted(parts.items())])
+            for name, parts in sorted(by_name.items())
+        ]
+
+    def get(self, name: str, version: int | None = None) -> TemplateView:
+        """The template as rendered now, or as it was at ``version``; with its history.
+        Raises NotFound when neither a file nor a database version exists."""
+        files = {(c, e) for n, c, e in self._files() if n == name}
+        with self.db.connect() as conn:
+            history = self._history(conn, name)
+            latest = history[-1].version if history else None
+            if version is not None and (latest is None or not 1 <= version <= latest):
+                raise NotFound(
+                    f"template {name!r} has no version {version}"
+                    + (f" (versions 1 to {latest})" if latest else " (never saved)"),
+                    field="version",
+                )
+            rows = self._as_of(conn, name, version)
+        parts: dict[tuple[str, str], Part] = {}
+        for c, e in files:
+            body = self._file_body(name, c, e)
+            if body is not None:
+                parts[(c, e)] = Part(c, e, "file", body, has_file=True)
+        for (c, e), r in rows.items():
+            parts[(c, e)] = Part(
+                c,
+                e,
+                "database",
+                r.body,
+                version=r.version,
+                author=r.author,
+                saved_at=r.created_at,
+                has_file=(c, e) in files,
+            )
+        if not parts:
+            raise NotFound(f"no template {name!r} (no file and no saved version)", field="name")
+        return TemplateView(
+            name=name,
+            version=version if version is not None else latest,
+            latest=latest,
+            parts=[p for _, p in sorted(parts.items())],
+            history=history,
+        )
+
+    def sources(self, name: str, version: int | None = None) -> dict[str, str]:
+        """``{file name: body}`` of the database parts as of ``version`` (newest: None)."""
+        with self.db.connect() as conn:
+            return {
+                filename(name, c, e): r.body
+                for (c, e), r in self._as_of(conn, name, version).items()
+            }
+
+    def _history(self, conn: sa.Connection, name: str) -> list[VersionInfo]:
+        q = (
+            sa.select(
+                templates.c.version,
+                templates.c.author,
+                templates.c.created_at,
+                templates.c.channel,
+                templates.c.ext,
+            )
+            .where(templates.c.name == name)
+            .order_by(templates.c.version, templates.c.channel, templates.c.ext)
+        )
+        out: list[VersionInfo] = []
+        for r in conn.execute(q):
+            if out and out[-1].version == r.version:
+                last = out[-1]
+                out[-1] = VersionInfo(
+                    last.version,
+                    last.author,
+                    last.created_at,
+                    (*last.parts, f"{r.channel}.{r.ext}"),
+                )
+            else:
+                out.append(
+                    VersionInfo(r.version, r.author, r.created_at, (f"{r.channel}.{r.ext}",))
+                )
+        return out
+
+    def _as_of(
+        self, conn: sa.Connection, name: str, version: int | None
+    ) -> dict[tuple[str, str], Any]:
+        """Each database part of ``name`` at its newest row with version <= ``version``."""
+        cond = [templates.c.name == name]
+        if version is not None:
+            cond.append(templates.c.version <= version)
+        q = sa.select(templates).where(*cond).order_by(templates.c.version)
+        out: dict[tuple[str, str], Any] = {}
+        for r in conn.execute(q):
+            out[(r.channel, r.ext)] = r  # ordered by version: the last one wins
+        return out
+
+    # ------------------------------------------------------------------ checking
+
+    def rules_using(self, name: str) -> list[Rule]:
+        """The rules that render template ``name`` (a step's, the rule's, or its name)."""
+        out = []
+        for r in self.rules.rules if self.rules is not None else ():
+            used = {s.template or r.template or r.name for s in r.steps} or {r.template or r.name}
+            if name in used:
+                out.append(r)
+        return out
+
+    def sample_collections(self, name: str) -> dict[str, Any]:
+        """Empty collections (``collect``) of the rules using ``name`` — of every rule when
+        none uses it yet — by name: what a template may read besides CONTEXT_NAMES."""
+        out: dict[str, Any] = {}
+        rules = self.rules_using(name) or (self.rules.rules if self.rules is not None else ())
+        for r in rules:
+            for c in r.collect:
+                out[c.name] = (
+                    {"total": 0, "by_outcome": {}, "by_reason": {}, "by_rule": {}, "by_channel": {}}
+                    if c.stats is not None
+                    else []
+                )
+        return out
+
+    def renderer(
+        self, sources: Mapping[str, str] | None = None, hide: Iterable[str] = ()
+    ) -> Renderer:
+        """A Renderer over the files, this store's versions, and ``sources`` on top; the
+        files named in ``hide`` are rendered from the folder even if saved here."""
+        extra, hidden = dict(sources or {}), frozenset(hide)
+
+        def lookup(file: str) -> str | None:
+            if file in extra:
+                return extra[file]
+            return None if file in hidden else self.override(file)
+
+        return Renderer(self.templates_dir, loader_overrides=lookup)
+
+    def check(self, name: str, sources: Mapping[str, str], now: datetime) -> list[str]:
+        """Check new bodies of ``name``'s parts (``{file name: body}``) as explained in the
+        module docstring. Raises TemplateInvalid; returns warnings about sample data."""
+        renderer = self.renderer(sources)
+        samples = self.sample_collections(name)
+        names = CONTEXT_NAMES | samples.keys()
+        for file, body in sources.items():
+            _static_check(renderer, file, body, names)
+        warnings: list[str] = []
+        channels = sorted({f[len(name) + 1 :].rsplit(".", 1)[0] for f in sources})
+        for channel in channels:
+            ctx = render_context(
+                name=name,
+                subject=SAMPLE_SUBJECT,
+                recipient=SAMPLE_RECIPIENT,
+                event={"id": "sample-event", "name": "sample", "data": {}, "at": now},
+                now=now,
+                timezone="UTC",
+                collected=samples,
+            )
+            try:
+                renderer.render(name, channel, ctx, recipient=SAMPLE_RECIPIENT)
+            except RenderError as exc:
+                refused = _refusal(exc, set(sources))
+                if refused is not None:
+                    raise refused from None
+                warnings.append(f"with sample data: {exc}")
+        return warnings
+
+    # ------------------------------------------------------------------ saving
+
+    def save(
+        self,
+        name: str,
+        parts: Iterable[tuple[str, str, str]],
+        *,
+        author: str | None,
+        now: datetime,
+    ) -> Saved:
+        """Save ``(channel, ext, body)`` parts of ``name`` as one new version, after
+        :meth:`check`. Parts equal to the current database body are left out; when none is
+        left nothing is stored (``Saved.version`` is None). Raises InvalidInput (names),
+        TemplateInvalid (the check)."""
+        check_name(name, "name", 200)
+        wanted: dict[tuple[str, str], str] = {}
+        for i, (channel, ext, body) in enumerate(parts):
+            check_name(channel, "channel", 100)
+            if ext not in EXTS:
+                raise InvalidInput(f"ext must be txt or html, got {ext!r}", field="ext")
+            if len(body) > MAX_BODY:
+                raise InvalidInput(f"a body is at most {MAX_BODY} characters", field="body")
+            if (channel, ext) in wanted:
+                raise InvalidInput(
+                    f"part {channel}.{ext} is given twice", field=f"parts.{i}.channel"
+                )
+            wanted[(channel, ext)] = body
+        if not wanted:
+            raise InvalidInput("nothing to save: give at least one part", field="parts")
+        try:
+            warnings = self.check(
+                name, {filename(name, c, e): b for (c, e), b in wanted.items()}, now
+            )
+        except TemplateInvalid as exc:
+            if len(wanted) > 1:
+                keys = [filename(name, c, e) for c, e in wanted]
+                if exc.file in keys:
+                    exc.field = f"parts.{keys.index(exc.file)}.body"
+            raise
+        with write_transaction(self.db) as conn:
+            if is_postgres(conn):
+                # one writer per name at a time: version numbers are per name
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key(name))))
+            current = self._as_of(conn, name, None)
+            changed = {k: b for k, b in wanted.items() if k not in current or current[k].body != b}
+            if not changed:
+                return Saved(None, [], warnings)
+            top = conn.execute(
+                sa.select(sa.func.max(templates.c.version)).where(templates.c.name == name)
+            ).scalar()
+            version = int(top or 0) + 1
+            conn.execute(
+                sa.insert(templates),
+                [
+                    {
+                        "name": name,
+                        "channel": c,
+                        "ext": e,
+                        "version": version,
+                        "body": b,
+                        "author": author,
+                        "created_at": now,
+                    }
+                    for (c, e), b in sorted(changed.items())
+                ],
+            )
+        self.refresh(force=True)
+        log.info("template %s version %s saved by %s: %s", name, version, author, sorted(changed))
+        return Saved(version, [f"{c}.{e}" for c, e in sorted(changed)], warnings)
+
+    def restore(self, name: str, version: int, *, author: str | None, now: datetime) -> Saved:
+        """Save the database parts as they were at ``version`` as a new version. Parts first
+        saved after it stay as they are (restoring never deletes)."""
+        view = self.get(name, version)
+        old = [(p.channel, p.ext, p.body) for p in view.parts if p.source == "database"]
+        return self.save(name, old, author=author, now=now)
+
+    # ------------------------------------------------------------------ preview
+
+    def preview(
+        self,
+        name: str,
+        channel: str,
+        context: Mapping[str, Any],
+        *,
+        sources: Mapping[str, str],
+        exact: bool = False,
+        recipient: Recipient | None,
+        timezone: str,
+        locale: str,
+    ) -> Rendered:
+        """Render ``name`` for ``channel`` with ``sources`` (``{file name: body}``) in place
+        of its database parts; with ``exact`` the parts not in ``sources`` come from the
+        files (a past version), else from the newest versions. Raises RenderError."""
+        own = {filename(name, channel, e) for e in EXTS}
+        renderer = self.renderer(sources, hide=own - set(sources) if exact else ())
+        names = CONTEXT_NAMES | self.sample_collections(name).keys()
+        for file, body in sources.items():
+            if file in own:
+                try:
+                    _static_check(renderer, file, body, names)
+                except TemplateInvalid as exc:
+                    raise RenderError(exc.reason, template=exc.file, line=exc.line) from None
+        return renderer.render(
+            name, channel, context, recipient=recipient, timezone=timezone, locale=locale
+        )
+
+
+def _newest_parts_query(*, with_body: bool = True) -> sa.Select[Any]:
+    """The newest row of every (name, channel, ext): what overrides the files. Served by
+    the unique index on (name, channel, ext, version)."""
+    newest = (
+        sa.select(
+            templates.c.name,
+            templates.c.channel,
+            templates.c.ext,
+            sa.func.max(templates.c.version).label("version"),
+        )
+        .group_by(templates.c.name, templates.c.channel, templates.c.ext)
+        .subquery()
+    )
+    cols: list[Any] = [
+        templates.c.name,
+        templates.c.channel,
+        templates.c.ext,
+        templates.c.version,
+        templates.c.author,
+        templates.c.created_at,
+    ]
+    if with_body:
+        cols.append(templates.c.body)
+    return sa.select(*cols).join(
+        newest,
+        sa.and_(
+            templates.c.name == newest.c.name,
+            templates.c.channel == newest.c.channel,
+            templates.c.ext == newest.c.ext,
+            templates.c.version == newest.c.version,
+        ),
+    )
