@@ -223,11 +223,6 @@ def test_every_v1_operation_refuses_a_missing_bad_or_revoked_key(
             assert ok.status_code != 401, (method, url, ok.text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the JSON body is parsed before the key is checked, so a request without a "
-    "key but with malformed JSON answers 400 invalid_json instead of 401",
-)
 def test_bug_malformed_json_without_a_key_is_401(live: Live) -> None:
     r = httpx.put(
         f"{live.url}/v1/recipients/x",
@@ -376,20 +371,10 @@ def test_unknown_records_are_404(api: httpx.Client, method: str, path: str) -> N
     check_error(api.request(method, path, json=body), 404, "not_found")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: DELETE /v1/subjects/{kind}/{key} of an unknown (or deleted) subject answers "
-    "422 unknown_subject; GET answers 404 not_found",
-)
 def test_bug_deleting_an_unknown_subject_is_404(api: httpx.Client) -> None:
     check_error(api.delete("/v1/subjects/invoice/never-was"), 404, "not_found")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gap: a subject key may contain '/' (the batch and events accept it) but "
-    "/v1/subjects/{kind}/{key} cannot address it, even percent-encoded",
-)
 def test_gap_a_key_with_a_slash_can_be_read_back(api: httpx.Client) -> None:
     r = api.post("/v1/subjects:batch", json={"subjects": [{"kind": "invoice", "key": "2026/7"}]})
     assert r.json()["results"][0]["ok"] is True
@@ -671,11 +656,6 @@ def test_a_sent_reminder_cannot_change(
     assert rem["title"] == "Soon" and rem["counts"]["sent"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: PATCH of a sent reminder without a new send_at answers 422 'send_at is in "
-    "the past' instead of 409: update_reminder validates before checking the state",
-)
 def test_bug_editing_a_sent_reminder_is_409_whatever_the_fields(
     api: httpx.Client, sent_reminder: tuple[int, datetime]
 ) -> None:

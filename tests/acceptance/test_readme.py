@@ -124,11 +124,6 @@ def test_the_output_matching_is_strict() -> None:
             assert_prints('{"a":1,…,"z":3}\nok', wrong)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gap: httpx is only a test dependency, so on a fresh `pip install -e .` the "
-    "README's Python session fails with ModuleNotFoundError: httpx",
-)
 def test_gap_the_client_needs_httpx_installed_with_duly() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert any(re.match(r"httpx\b", d) for d in project["dependencies"])

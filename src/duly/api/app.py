@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -62,16 +63,56 @@ class BodyLimit:
         await resp(scope, receive, send)
 
 
-def require_key(request: Request) -> None:
-    """Every /v1 call needs ``Authorization: Bearer <api key>``."""
-    header = request.headers.get("authorization", "")
+def _check(app: Any, header: str) -> tuple[Any, str | None]:
+    """(key info, None) for a valid ``Bearer`` key, else (None, the reason)."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "unauthorized", "send an API key: Authorization: Bearer <key>")
-    rt = request.app.state.runtime
-    info = request.app.state.keys.verify(token.strip(), rt.engine.clock.now())
+        return None, "send an API key: Authorization: Bearer <key>"
+    info = app.state.keys.verify(token.strip(), app.state.runtime.engine.clock.now())
     if info is None:
-        raise ApiError(401, "unauthorized", "the API key is not valid (unknown or revoked)")
+        return None, "the API key is not valid (unknown or revoked)"
+    return info, None
+
+
+class ApiKeyAuth:
+    """Checks the API key of every /v1 request before anything else reads it (its body
+    included: a malformed body without a key is a 401, not a 400)."""
+
+    def __init__(self, app: ASGIApp, fastapi_app: Any) -> None:
+        self.app, self.fastapi_app = app, fastapi_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope.get("path", "").startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        header = ""
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                header = value.decode("latin-1")
+                break
+        info, why = await run_in_threadpool(_check, self.fastapi_app, header)
+        if info is None:
+            resp = error_response(
+                401,
+                "unauthorized",
+                why or "unauthorized",
+                None,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            await resp(scope, receive, send)
+            return
+        scope.setdefault("state", {})["key"] = info
+        await self.app(scope, receive, send)
+
+
+def require_key(request: Request) -> None:
+    """Every /v1 call needs ``Authorization: Bearer <api key>`` (checked by ApiKeyAuth; this
+    dependency also documents it in the OpenAPI schema and guards apps built without it)."""
+    if getattr(request.state, "key", None) is not None:
+        return
+    info, why = _check(request.app, request.headers.get("authorization", ""))
+    if info is None:
+        raise ApiError(401, "unauthorized", why or "unauthorized")
     request.state.key = info
 
 
@@ -118,6 +159,7 @@ def create_app(runtime: Any, *, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
     for extra in _public_routers():
         app.include_router(extra)
     app.add_middleware(BodyLimit, limit=max_body)
+    app.add_middleware(ApiKeyAuth, fastapi_app=app)  # outermost: before the body is read
     return app
 
 

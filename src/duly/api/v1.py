@@ -18,7 +18,7 @@ from fastapi import Path as P
 from duly.api import schemas as S
 from duly.api.errors import ApiError
 from duly.engine.service import REMINDER_RULE, Engine, ReminderInput, SubjectInput
-from duly.errors import DulyError, InvalidInput
+from duly.errors import DulyError, InvalidInput, UnknownSubject
 from duly.model import Recipient
 from duly.planner import Identity
 
@@ -170,7 +170,7 @@ def delete_recipient(rid: RecipientId, eng: EngineDep) -> Response:
 # --------------------------------------------------------------------------- subjects
 
 
-@router.put("/subjects/{kind}/{key}", response_model=S.SubjectOut, tags=["subjects"])
+@router.put("/subjects/{kind}/{key:path}", response_model=S.SubjectOut, tags=["subjects"])
 def put_subject(
     kind: Annotated[str, P(min_length=1, max_length=100)],
     key: Annotated[str, P(min_length=1, max_length=200)],
@@ -184,16 +184,19 @@ def put_subject(
     return _subject_out(eng, kind, key, detail=False, result=res)  # type: ignore[no-any-return]
 
 
-@router.get("/subjects/{kind}/{key}", response_model=S.SubjectDetail, tags=["subjects"])
+@router.get("/subjects/{kind}/{key:path}", response_model=S.SubjectDetail, tags=["subjects"])
 def get_subject(kind: str, key: str, eng: EngineDep) -> S.SubjectDetail:
     """A subject with its plan, history and recorded data problems."""
     return _subject_out(eng, kind, key, detail=True)  # type: ignore[no-any-return]
 
 
-@router.delete("/subjects/{kind}/{key}", status_code=204, tags=["subjects"])
+@router.delete("/subjects/{kind}/{key:path}", status_code=204, tags=["subjects"])
 def delete_subject(kind: str, key: str, eng: EngineDep) -> Response:
     """Delete a subject; its pending deliveries are cancelled (subject_deleted)."""
-    eng.delete_subject(kind, key)
+    try:
+        eng.delete_subject(kind, key)
+    except UnknownSubject:
+        raise ApiError(404, "not_found", f"no subject {kind}/{key}", "subject") from None
     return Response(status_code=204)
 
 

@@ -418,7 +418,6 @@ class Engine:
         before now (occurrences before a rule first appears, or missed while the engine was
         down beyond the one catch-up run, are never planned). Returns the earliest pending
         schedule time, or None when there are no schedule rules."""
-        from duly.store.tables import deliveries
 
         rules = [r for r in self.rules.rules if r.kind == "cron" and r.cron]
         if not rules:
@@ -610,9 +609,9 @@ class Engine:
         from duly.store.tables import reminders
 
         now = self.clock.now()
-        _validate_reminder(self.rules, r, now)
         with write_transaction(self.db) as conn:
-            ex = self._reminder_rows(conn, rid)
+            ex = self._reminder_rows(conn, rid)  # 404 / 409 (sent) before validating
+            _validate_reminder(self.rules, r, now)
             if r.subject:
                 self._need_subject(conn, r.subject)
             conn.execute(
