@@ -580,6 +580,7 @@ class Engine:
         """Plan a one-off reminder: one delivery per recipient and channel."""
         from duly.store.tables import reminders
 
+        r = _dedupe(r)
         now = self.clock.now()
         _validate_reminder(self.rules, r, now)
         with write_transaction(self.db) as conn:
@@ -608,6 +609,7 @@ class Engine:
         """Replace a reminder that has not been sent: its deliveries are re-planned."""
         from duly.store.tables import reminders
 
+        r = _dedupe(r)
         now = self.clock.now()
         with write_transaction(self.db) as conn:
             ex = self._reminder_rows(conn, rid)  # 404 / 409 (sent) before validating
@@ -726,6 +728,19 @@ def _grace(rule: Any) -> timedelta | None:
     if str(rule.category) == "transactional":
         return None
     return timedelta(hours=12)
+
+
+def _dedupe(r: ReminderInput) -> ReminderInput:
+    """A recipient or channel named twice is one delivery, not two."""
+    return ReminderInput(
+        r.title,
+        r.message,
+        r.send_at,
+        list(dict.fromkeys(r.recipients)),
+        list(dict.fromkeys(r.channels)),
+        r.subject,
+        r.category,
+    )
 
 
 def _validate_reminder(rf: RuleFile, r: ReminderInput, now: datetime) -> None:
