@@ -148,6 +148,8 @@ class Plan:
     addressed: dict[tuple[str, str | None], set[str]] = field(default_factory=dict)
     # rule names whose rows this plan speaks for (date-relative rules on this subject kind)
     scope: set[str] = field(default_factory=set)
+    # (rule, step) → its fallback chain: rows on later channels are the dispatcher's
+    fallback: dict[tuple[str, str | None], tuple[str, ...]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -426,6 +428,9 @@ def _plan_step(
     if step.at is None:
         return
     channels: tuple[str | None, ...] = message_channels(step, rule)
+    chain = effective(step, rule, "fallback") if not step.channels else None
+    if chain:
+        plan.fallback[key] = tuple(chain)
     # each recipient on each channel; plus one row without recipient for a `set` action
     targets: list[tuple[str | None, tuple[str | None, ...]]] = [(r, channels) for r in rids]
     if step.set is not None or step.webhook is not None:
@@ -668,6 +673,10 @@ def reconcile(
         if ex.state != PENDING or ex.identity in wanted:
             continue
         rule = ex.identity.rule
+        chain = plan.fallback.get((rule, ex.identity.step))
+        if chain and ex.identity.channel in chain[1:]:
+            if ex.identity._replace(channel=chain[0]) in wanted:
+                continue  # planned by the dispatcher when an earlier channel could not send
         if rule_names is not None and rule not in rule_names:
             actions.append(Action("cancel", None, ex, reason=Reason.rule_changed))
             continue

@@ -171,7 +171,9 @@ class CaptureChannel:
         f = self.failures.by_channel.get(self.name)
         if f is not None and self.clock.now() < f[0]:
             raise DeliveryError(
-                f"simulated {'permanent' if f[1] else 'temporary'} failure", permanent=f[1]
+                f"simulated {'permanent' if f[1] else 'temporary'} failure",
+                permanent=f[1],
+                address=f[1],  # as a real one would: a permanent failure suppresses
             )
         self.sent.append(message)
         return Receipt(provider_id=f"capture:{message.message_id}")

@@ -298,16 +298,28 @@ def test_retries_exhausted_and_permanent_errors_fail(db_url, templates, smtp) ->
     r = rows(engine)[0]
     assert (r["state"], r["reason"], r["attempts"]) == ("failed", "permanent_error", 1)
     assert "550" in r["last_error"]
-    # 4 temporary failures: the first try and 3 retries → retries_exhausted
+    # 4 temporary failures: the first try and 3 retries → retries_exhausted (another
+    # customer: alice's address is suppressed by the 550 above)
+    engine.put_recipient(Recipient("c2", name="Bo", email="bo@example.test"))
+    engine.upsert_subject(
+        SubjectInput(
+            "invoice",
+            "INV-2",
+            {"status": "sent", "due_at": "2026-03-10T09:00:00Z"},
+            {"customer": "c2"},
+        )
+    )
+    clock.set(datetime(2026, 3, 11, 9, 0, tzinfo=UTC))  # overdue steps of INV-1 and INV-2
     sink.rcpt_codes = ["421 4.4.2 busy"] * 4
-    clock.set(datetime(2026, 3, 11, 9, 0, tzinfo=UTC))  # overdue step of INV-1
     for _ in range(4):
         disp.run_once()
         pending = [x for x in rows(engine) if x["state"] == "pending"]
         if pending:
             clock.set(pending[0]["due_at"])
-    r = next(x for x in rows(engine) if x["step"] == "overdue")
+    r = next(x for x in rows(engine) if x["step"] == "overdue" and x["subject"] == "invoice/INV-2")
     assert (r["state"], r["reason"], r["attempts"]) == ("failed", "retries_exhausted", 4)
+    a = next(x for x in rows(engine) if x["step"] == "overdue" and x["subject"] == "invoice/INV-1")
+    assert (a["state"], a["reason"]) == ("skipped", "suppressed")
     assert sink.messages == []
 
 
@@ -570,3 +582,42 @@ def test_batched_deliveries_go_out_as_one_email(db_url, templates, smtp) -> None
     got = [r for r in rows(engine) if r["step"] == "due-soon"]
     assert {r["state"] for r in got} == {"sent"}
     assert len({r["message_id"] for r in got}) == 1
+
+
+def test_smtp_550_on_rcpt_suppresses_the_address_until_cleared(db_url, templates, smtp) -> None:
+    sink, port = smtp
+    sink.rcpt_codes = ["550 5.1.1 no such user"]
+    clock = VirtualClock(T0)
+    engine, disp = make(db_url, templates, RULES, clock, port)
+    alice(engine)
+    engine.upsert_subject(
+        SubjectInput(
+            "invoice",
+            "INV-1",
+            {"status": "sent", "due_at": "2026-03-10T09:00:00Z"},
+            {"customer": "c1"},
+        )
+    )
+    clock.set(datetime(2026, 3, 7, 9, 0, tzinfo=UTC))
+    disp.run_once()
+    clock.set(datetime(2026, 3, 11, 9, 0, tzinfo=UTC))
+    disp.run_once()
+    got = {r["step"]: (r["state"], r["reason"]) for r in rows(engine)}
+    assert got == {"due-soon": ("failed", "permanent_error"), "overdue": ("skipped", "suppressed")}
+    from duly.store.db import write_transaction
+
+    with write_transaction(engine.db) as c:
+        (sup,) = engine.store.list_suppressions(c)
+        assert sup["address"] == "alice@example.test" and "550" in sup["reason"]
+        assert engine.store.clear_suppression(c, "ALICE@example.test", clock.now()) == 1
+    engine.upsert_subject(
+        SubjectInput(
+            "invoice",
+            "INV-2",
+            {"status": "sent", "due_at": "2026-03-20T09:00:00Z"},
+            {"customer": "c1"},
+        )
+    )
+    clock.set(datetime(2026, 3, 17, 9, 0, tzinfo=UTC))
+    disp.run_once()
+    assert len(sink.messages) == 1

@@ -221,3 +221,63 @@ def test_an_occurrence_is_planned_once_however_many_processes_plan_it(db_url: st
     ]
     for e in engines:
         e.db.dispose()
+
+
+def test_collections_use_the_rules_zone_and_see_set_actions_of_the_same_second(
+    tmp_path: Path,
+) -> None:
+    rules = """
+timezone: UTC
+groups:
+  all: [tokyo, london]
+rules:
+  - name: close
+    subject: task
+    if: "status == 'open'"
+    at: close_at
+    set: {status: closed}
+  - name: digest
+    cron: "0 9 * * *"
+    to: [group:all]
+    collect:
+      open: {subject: task, if: "status == 'open'"}
+      y: {stats: yesterday}
+    template: d
+"""
+    (tmp_path / "templates").mkdir(exist_ok=True)
+    (tmp_path / "templates" / "d.email.txt").write_text(
+        "Subject: {{ open|length }} open; {{ y.from.isoformat() }}\nx\n"
+    )
+    lines = [
+        {
+            "at": "2026-03-01T00:00:00Z",
+            "recipient": {"id": "tokyo", "email": "t@x.test", "timezone": "Asia/Tokyo"},
+        },
+        {
+            "at": "2026-03-01T00:00:00Z",
+            "recipient": {"id": "london", "email": "l@x.test", "timezone": "Europe/London"},
+        },
+        {
+            "at": "2026-03-01T00:00:00Z",
+            "subject": {
+                "kind": "task",
+                "key": "T1",
+                "attributes": {"status": "open", "close_at": "2026-03-02T09:00:00Z"},
+            },
+        },
+        {
+            "at": "2026-03-01T00:00:00Z",
+            "subject": {"kind": "task", "key": "T2", "attributes": {"status": "open"}},
+        },
+    ]
+    rows = sim(tmp_path, lines, "2026-03-02T12:00:00Z", rules=rules)
+    got = [(r["at"], r["rule"], r["recipient"], r.get("title")) for r in rows]
+    assert got == [
+        ("2026-03-01T00:00:00Z", "close", None, None),  # T2 has no close_at: no_date
+        ("2026-03-01T09:00:00Z", "digest", "london", "2 open; 2026-02-28T00:00:00+00:00"),
+        ("2026-03-01T09:00:00Z", "digest", "tokyo", "2 open; 2026-02-28T00:00:00+00:00"),
+        # T1 closes at 09:00:00, the same second as the digest: the digest already sees it
+        ("2026-03-02T09:00:00Z", "close", None, None),
+        ("2026-03-02T09:00:00Z", "digest", "london", "1 open; 2026-03-01T00:00:00+00:00"),
+        ("2026-03-02T09:00:00Z", "digest", "tokyo", "1 open; 2026-03-01T00:00:00+00:00"),
+    ]

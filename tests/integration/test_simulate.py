@@ -810,3 +810,31 @@ rules:
     assert len({a[5], c[5], d[5]}) == 3
     # planned times stay each row's own
     assert [x["planned"] for x in rows(out)][:2] == ["2026-03-11T09:00:00Z", "2026-03-11T09:40:00Z"]
+
+
+def test_event_messages_during_a_hold_keep_only_the_latest_never_a_burst(tmp_path: Path) -> None:
+    rules = LADDER.replace("    category: transactional\n", "")
+    r, t = write(
+        tmp_path,
+        [ALICE, held("2026-03-01T08:00:00Z", "2026-03-05T09:00:00Z")]
+        + [
+            {
+                "at": f"2026-03-0{d}T00:00:00Z",
+                "event": {"id": f"e{d}", "name": "invoice.viewed", "subject": "invoice/I"},
+            }
+            for d in (2, 3, 4)
+        ],
+        rules=rules,
+    )
+    _, out, _ = run(str(r), str(t))
+    ev = [
+        (x["at"], x["occurrence"], x["outcome"], x["reason"])
+        for x in rows(out)
+        if x["rule"] == "receipt"
+    ]
+    assert ev == [
+        # each newer event skips the one waiting before it; the latest goes at the end
+        ("2026-03-03T00:00:00Z", "e2", "skipped", "held"),
+        ("2026-03-04T00:00:00Z", "e3", "skipped", "held"),
+        ("2026-03-05T09:00:00Z", "e4", "sent", None),
+    ]

@@ -546,3 +546,32 @@ def simulate(body: S.SimulateIn) -> S.SimulateOut:
         except DulyError as exc:
             raise ApiError(422, "invalid", str(exc), exc.field) from None
     return S.SimulateOut(rows=rows, warnings=[w for w in err.getvalue().splitlines() if w])
+
+
+# --------------------------------------------------------------------------- suppressions
+
+
+@router.get("/suppressions", tags=["suppressions"])
+def list_suppressions(
+    eng: EngineDep, all: Annotated[bool, Query(description="include cleared ones")] = False
+) -> dict[str, list[dict[str, Any]]]:
+    """Addresses suppressed after a permanent failure (deliveries to them are skipped
+    ``suppressed``), newest first."""
+    with eng.db.connect() as conn:
+        rows = eng.store.list_suppressions(conn, active=not all)
+    keep = ("id", "address", "channel", "reason", "delivery_id", "created_at", "cleared_at")
+    return {"items": [{k: r[k] for k in keep} for r in rows]}
+
+
+@router.delete("/suppressions/{address}", status_code=204, tags=["suppressions"])
+def clear_suppression(
+    address: Annotated[str, P(min_length=1, max_length=320)], eng: EngineDep
+) -> Response:
+    """Clear the suppression of an address: deliveries to it go out again."""
+    from duly.store.db import write_transaction
+
+    with write_transaction(eng.db) as conn:
+        n = eng.store.clear_suppression(conn, address, eng.clock.now())
+    if not n:
+        raise ApiError(404, "not_found", f"{address} is not suppressed", "address")
+    return Response(status_code=204)

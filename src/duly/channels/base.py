@@ -16,10 +16,20 @@ __all__ = ["Channel", "DeliveryError", "Message", "Receipt"]
 class DeliveryError(Exception):
     """The channel could not deliver the message."""
 
-    def __init__(self, message: str, *, permanent: bool = False, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        permanent: bool = False,
+        code: str | None = None,
+        address: bool = False,
+    ) -> None:
         super().__init__(message)
         self.permanent = permanent
         self.code = code
+        # the failure is about the recipient's address (SMTP 5xx on RCPT, an invalid
+        # number): a permanent one suppresses that address (spec: Suppression)
+        self.address = address
 
 
 @dataclass(frozen=True, slots=True)

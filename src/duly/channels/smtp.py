@@ -361,6 +361,7 @@ class SmtpChannel:
                 f"{exc.smtp_code} {_text(exc.smtp_error)}",
                 permanent=500 <= exc.smtp_code <= 599,
                 code=str(exc.smtp_code),
+                address=step == "RCPT TO",
             ) from exc
         except smtplib.SMTPNotSupportedError as exc:
             self._release(conn)  # nothing was sent on it: still good for other messages

@@ -66,9 +66,64 @@ class _Work:
     collected: dict[str, Any] | None = None
     address: str | None = None
     tzname: str | None = None
+    suppress: tuple[str, str, str] | None = None  # (address, channel, reason)
     rendered: Any = None
     update: dict[str, Any] = field(default_factory=dict)
     logs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Cycle:
+    """What one batch's decisions share: last sends (spacing), suppressed addresses, and
+    messages counted against rate limits so far."""
+
+    gaps: dict[tuple[str, str, str, str], datetime | None] = field(default_factory=dict)
+    suppressed: set[str] = field(default_factory=set)
+    sent: dict[tuple[str, str], int] = field(default_factory=dict)
+    batch_keys: set[tuple[str, str, str, str]] = field(default_factory=set)
+
+
+class Breaker:
+    """spec: Circuit breaker. After ``failures`` consecutive temporary failures on a channel,
+    sending on it pauses for ``cooldown``; then one delivery probes: success closes the
+    breaker, failure opens it again. Deliveries wait meanwhile; they do not fail and it
+    costs them no attempt."""
+
+    def __init__(self, failures: int = 5, cooldown: timedelta = timedelta(seconds=60)) -> None:
+        self.threshold, self.cooldown = failures, cooldown
+        self.failures = 0
+        self.open_until: datetime | None = None
+        self.probing = False
+        self._lock = threading.Lock()
+
+    def wait_until(self, now: datetime) -> datetime | None:
+        """None when a send may go now; else when to try again."""
+        with self._lock:
+            if self.open_until is None:
+                return None
+            if now < self.open_until:
+                return self.open_until
+            if not self.probing:
+                self.probing = True  # this one is the probe
+                return None
+            return now + min(self.cooldown, timedelta(seconds=5))
+
+    def ok(self) -> None:
+        with self._lock:
+            self.failures, self.open_until, self.probing = 0, None, False
+
+    def fail(self, now: datetime) -> None:
+        with self._lock:
+            self.failures += 1
+            self.probing = False
+            if self.failures >= self.threshold:
+                self.open_until = now + self.cooldown
+
+    def state(self, now: datetime) -> str:
+        with self._lock:
+            if self.open_until is None:
+                return "closed"
+            return "open" if now < self.open_until else "half-open"
 
 
 @dataclass(slots=True)
@@ -94,6 +149,8 @@ class Dispatcher:
         lease: timedelta = timedelta(minutes=5),
         send_workers: int = 8,
         on_outcome: Any = None,
+        breaker_failures: int = 5,
+        breaker_cooldown: timedelta = timedelta(seconds=60),
     ) -> None:
         self.engine = engine
         self.channels = dict(channels)
@@ -109,6 +166,10 @@ class Dispatcher:
         self.on_outcome = on_outcome
         self._levels = sorted(planner.priority_levels(engine.rules), reverse=True)
         self._sched_at: datetime | None = None
+        self.breakers: dict[str, Breaker] = {
+            name: Breaker(breaker_failures, breaker_cooldown) for name in self.channels
+        }
+        self.limits = _parse_limits(engine.rules.limits)
         self._collected: dict[tuple[str, str], dict[str, Any]] = {}
         self.metrics: Any = None  # duly.metrics.Metrics when serving; None in simulations
         engine.add_wake_hook(self._wake.set)
@@ -209,7 +270,8 @@ class Dispatcher:
                 if w.row.identity.rule == REMINDER_RULE
             ]
             reminders = self.store.get_reminders(conn, reminder_ids) if reminder_ids else {}
-            gaps: dict[tuple[str, str, str, str], datetime | None] = {}
+            cycle = _Cycle()
+            gaps = cycle.gaps
             for w in works:
                 ident = w.row.identity
                 if ident.rule == REMINDER_RULE:
@@ -229,28 +291,47 @@ class Dispatcher:
                     k = (ident.rule, ident.subject or "", ident.recipient, ident.channel or "")
                     if k not in gaps:
                         gaps[k] = self.store.last_sent(conn, *k)
+            addrs = [
+                a
+                for w in works
+                if w.recipient is not None
+                for a in (w.recipient.email, w.recipient.phone, *w.recipient.addresses.values())
+                if a
+            ]
+            cycle.suppressed = self.store.active_suppressions(conn, addrs) if addrs else set()
         to_send: list[_Work] = []
         sets: list[_Work] = []
         batches: dict[tuple[str, str, str, str], list[_Work]] = {}
-        for w in works:
-            decision = self._decide(w, now, gaps)
-            if decision == "send":
-                to_send.append(w)
-            elif decision == "set":
-                sets.append(w)
-            elif decision == "batch":
-                ident = w.row.identity
-                key = (ident.rule, ident.step or "", ident.recipient or "", ident.channel or "")
-                batches.setdefault(key, []).append(w)
+        # Schedule rows come last (spec: Priority): they are decided after this batch's
+        # `set` actions are applied, so their collections see those changes.
+        later = [w for w in works if w.rule is not None and w.rule.kind == "cron"]
+        first = [w for w in works if not (w.rule is not None and w.rule.kind == "cron")]
+        for group_works in (first, later):
+            if group_works is later:
+                for w in sets:
+                    self._apply_set(w, now)
+                applied = set(map(id, sets))
+            for w in group_works:
+                decision = self._decide(w, now, cycle)
+                if decision == "send":
+                    to_send.append(w)
+                elif decision == "set":
+                    sets.append(w)
+                elif decision == "batch":
+                    ident = w.row.identity
+                    key = (ident.rule, ident.step or "", ident.recipient or "", ident.channel or "")
+                    batches.setdefault(key, []).append(w)
         groups = []
         for group in batches.values():
             group.sort(key=lambda x: (x.row.due_at, x.row.id))
             if self._render_batch(group, now):
                 to_send.append(group[0])
                 groups.append(group)
-        # sets first: they change subjects and re-plan, in their own transaction
+        # sets not applied yet (decided with the schedule rows): they change subjects and
+        # re-plan, each in its own transaction
         for w in sets:
-            self._apply_set(w, now)
+            if id(w) not in applied:
+                self._apply_set(w, now)
         if to_send:
             if self._pool is not None and len(to_send) > 1:
                 list(self._pool.map(lambda w: self._send(w), to_send))
@@ -265,6 +346,10 @@ class Dispatcher:
             with write_transaction(self.engine.db) as conn:
                 self.store.finish(conn, [w.update for w in done], self.owner)
                 self.store.log(conn, [lg for w in done for lg in w.logs])
+                for w in done:
+                    if w.suppress is not None:
+                        self.store.suppress(conn, *w.suppress, w.row.id, now)
+                self._fall_back(conn, done, now)
         # An open-ended repeat is planned over a rolling horizon: each occurrence handled
         # moves the horizon on, so its subject is re-planned.
         rolling = sorted(
@@ -338,9 +423,7 @@ class Dispatcher:
         }
         self.stats.deferred += 1
 
-    def _decide(
-        self, w: _Work, now: datetime, gaps: dict[tuple[str, str, str, str], datetime | None]
-    ) -> str:
+    def _decide(self, w: _Work, now: datetime, cycle: _Cycle) -> str:
         """Apply the policies in spec order. Returns "send", "set", or "" (decided)."""
         rf = self.engine.rules
         ident, rule, step = w.row.identity, w.rule, w.step
@@ -364,9 +447,17 @@ class Dispatcher:
             return "set"
         hold = w.subject.hold_until if w.subject is not None else None
         if hold is not None and now < hold and w.row.category != "transactional":
-            # on hold (e.g. a promise to pay): event and one-off messages wait for its end;
-            # date-relative ones were already moved or skipped by the planner
-            self._defer(w, now, hold)
+            # on hold (e.g. a promise to pay): event and one-off messages falling due during
+            # it are skipped, except the latest of each rule, recipient and channel, which
+            # waits for its end (date-relative ones were already moved by the planner)
+            with write_transaction(self.engine.db) as conn:
+                later = self.store.later_pending(conn, ident, w.row.planned_at, w.row.id)
+                if not later:
+                    self.store.skip_held(conn, ident, w.row.planned_at, w.row.id, hold, now)
+            if later:
+                self._final(w, now, "skipped", Reason.held)
+            else:
+                self._defer(w, now, hold)
             return ""
         if w.row.deadline_at is not None and now > w.row.deadline_at:
             self._final(w, now, "skipped", Reason.missed)
@@ -399,6 +490,13 @@ class Dispatcher:
         if not address:
             self._final(w, now, "skipped", Reason.no_address)
             return ""
+        if address.lower() in cycle.suppressed:
+            self._final(w, now, "skipped", Reason.suppressed)
+            return ""
+        if not self._within_limits(w, r.id, category, now, cycle):
+            self._final(w, now, "skipped", Reason.rate_limited)
+            return ""
+        gaps = cycle.gaps
         if rule.min_gap is not None:
             k = (rule.name, ident.subject or "", r.id, ident.channel or "")
             last = gaps.get(k)
@@ -408,7 +506,9 @@ class Dispatcher:
                 return ""
             gaps[k] = now  # the next one in this same batch must wait
         if rule.kind == "cron" and rule.collect:
-            w.collected = self._collect(rule, w.row.identity.occurrence, now, tzname)
+            # periods and dates of a schedule are the rule's zone, never the recipient's
+            rule_tz = rule.timezone or rf.timezone
+            w.collected = self._collect(rule, w.row.identity.occurrence, now, rule_tz)
             if rule.skip_empty and is_empty(w.collected):
                 self._final(w, now, "skipped", Reason.empty)
                 return ""
@@ -421,10 +521,38 @@ class Dispatcher:
                 last_error=f"channel {ident.channel!r} is not configured",
             )
             return ""
+        breaker = self.breakers.get(ident.channel or "")
+        wait = breaker.wait_until(now) if breaker is not None else None
+        if wait is not None:
+            self._defer(w, now, wait)  # no attempt spent: the channel is resting
+            return ""
         if planner.effective(step, rule, "batch") is not None:
             w.address, w.tzname = address, tzname
             return "batch"
         return self._render(w, now, address, tzname)
+
+    def _within_limits(
+        self, w: _Work, rid: str, category: str, now: datetime, cycle: _Cycle
+    ) -> bool:
+        """spec: Limits — per recipient and category, counted in the database so they hold
+        across processes; a batched message counts once; transactional never limited."""
+        lim = self.limits.get(category)
+        if lim is None or category == "transactional":
+            return True
+        n, period = lim
+        key = (rid, category)
+        if key not in cycle.sent:
+            with self.engine.db.connect() as conn:
+                cycle.sent[key] = self.store.sent_count(conn, rid, category, now - period)
+        if cycle.sent[key] >= n:
+            return False
+        ident = w.row.identity
+        bkey = (ident.rule, ident.step or "", rid, ident.channel or "")
+        batched = planner.effective(w.step, w.rule, "batch") is not None
+        if not batched or bkey not in cycle.batch_keys:
+            cycle.sent[key] += 1
+            cycle.batch_keys.add(bkey)
+        return True
 
     def _collect(self, rule: Rule, occurrence: Any, now: datetime, tzname: str) -> dict[str, Any]:
         """A schedule rule's collections, computed once per occurrence (shared by all its
@@ -436,6 +564,49 @@ class Dispatcher:
                 hit = collect_all(conn, rule, now, timemath.zone(tzname))
             self._collected = {key: hit}  # keep only the latest occurrence
         return hit
+
+    # ------------------------------------------------------------------ fallback
+
+    def _fall_back(self, conn: Any, works: list[_Work], now: datetime) -> None:
+        """spec: Fallback. A message that could not go out on its channel (no address or
+        consent there, a suppressed address, a permanent failure) moves to the next channel
+        of the chain: a row of its own, due now, with its own outcome."""
+        desired = []
+        for w in works:
+            rule, ident = w.rule, w.row.identity
+            if rule is None or ident.recipient is None:
+                continue
+            chain = planner.effective(w.step, rule, "fallback")
+            if not chain or ident.channel not in chain:
+                continue
+            if (
+                w.update.get("state") not in ("skipped", "failed")
+                or w.update.get("reason") not in _FALLS_BACK
+            ):
+                continue
+            i = chain.index(ident.channel)
+            if i + 1 >= len(chain):
+                continue
+            nxt = ident._replace(channel=chain[i + 1])
+            desired.append(
+                planner.Desired(
+                    nxt, w.row.planned_at, now, w.row.deadline_at, w.row.category, w.row.priority
+                )
+            )
+        if desired:
+            have = {
+                e.identity
+                for e in self.store.existing_identities(conn, [d.identity for d in desired])
+            }
+            self.store.apply(
+                conn,
+                [
+                    planner.Action("create", d, state="pending")
+                    for d in desired
+                    if d.identity not in have
+                ],
+                now,
+            )
 
     # ------------------------------------------------------------------ batches
 
@@ -600,6 +771,11 @@ class Dispatcher:
         except DeliveryError as exc:
             now = self.engine.clock.now()
             w.logs.append(self._attempt_log(w, now, str(exc)))
+            breaker = self.breakers.get(chan.name)
+            if breaker is not None and not exc.permanent:
+                breaker.fail(now)
+            if exc.permanent and exc.address:
+                w.suppress = (msg.to, chan.name, str(exc))
             retry = w.rule.retry
             common = {
                 "attempts": attempt,
@@ -639,6 +815,8 @@ class Dispatcher:
             if self.metrics is not None:
                 self.metrics.sent(chan.name, time.perf_counter() - t0)
         now = self.engine.clock.now()
+        if chan.name in self.breakers:
+            self.breakers[chan.name].ok()
         rid = receipt.provider_id if receipt is not None else None
         w.logs.append(self._attempt_log(w, now, None, rid))
         self._final(
@@ -678,6 +856,27 @@ class Dispatcher:
             self.store.finish(conn, [w.update], self.owner)
             self.store.log(conn, w.logs)
         self.stats.set += 1
+
+
+_FALLS_BACK = frozenset(
+    {
+        Reason.no_address.value,
+        Reason.no_consent.value,
+        Reason.suppressed.value,
+        Reason.permanent_error.value,
+    }
+)
+
+
+def _parse_limits(limits: Mapping[str, str]) -> dict[str, tuple[int, timedelta]]:
+    """``{promotional: "1/7d"}`` → ``{"promotional": (1, 7 days)}``."""
+    from duly.model import parse_duration
+
+    out = {}
+    for cat, text in (limits or {}).items():
+        n, _, per = str(text).partition("/")
+        out[cat] = (int(n), timedelta(seconds=parse_duration(per.strip()).total_seconds_approx()))
+    return out
 
 
 def consent_allows(r: Recipient, category: str, channel: str, rule: str) -> bool:

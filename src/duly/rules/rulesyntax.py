@@ -151,6 +151,8 @@ class RuleReader(NodeReader):
                 time_of_day=opt("time", self.time_of_day),
                 repeat=opt("repeat", self.repeat),
                 template=resolved_template,
+                set=set_,
+                webhook=webhook,
                 sends_message=sends,
                 line=node.start_mark.line + 1,
             )

@@ -27,6 +27,7 @@ from duly.store.tables import (
     reminders,
     subject_errors,
     subjects,
+    suppressions,
 )
 
 __all__ = ["DeliveryRow", "Store", "SubjectRecord"]
@@ -713,6 +714,78 @@ class Store:
                 .values(state="pending", lease_owner=None, lease_until=None, updated_at=now)
             )
 
+    def _same_stream(self, ident: Identity) -> Any:
+        rule, _, _, subj, rcp, ch = ident.db_key()
+        return and_(
+            deliveries.c.rule == rule,
+            deliveries.c.subject == subj,
+            deliveries.c.recipient == rcp,
+            deliveries.c.channel == ch,
+        )
+
+    def later_pending(self, conn: Connection, ident: Identity, planned: datetime, did: int) -> bool:
+        """Is another pending row of the same rule, subject, recipient and channel planned
+        later than this one? (A hold keeps only the latest.)"""
+        q = (
+            select(deliveries.c.id)
+            .where(
+                self._same_stream(ident),
+                deliveries.c.state.in_(("pending", "sending")),
+                deliveries.c.id != did,
+                or_(
+                    deliveries.c.planned_at > planned,
+                    and_(deliveries.c.planned_at == planned, deliveries.c.id > did),
+                ),
+            )
+            .limit(1)
+        )
+        return conn.execute(q).first() is not None
+
+    def skip_held(
+        self,
+        conn: Connection,
+        ident: Identity,
+        planned: datetime,
+        did: int,
+        until: datetime,
+        now: datetime,
+    ) -> int:
+        """Skip (``held``) the pending rows of the same stream planned before this one and
+        due by the end of the hold: only the latest goes out when it ends."""
+        cond = and_(
+            self._same_stream(ident),
+            deliveries.c.state == "pending",
+            deliveries.c.id != did,
+            deliveries.c.due_at <= until,
+            or_(
+                deliveries.c.planned_at < planned,
+                and_(deliveries.c.planned_at == planned, deliveries.c.id < did),
+            ),
+        )
+        rows = conn.execute(select(deliveries.c.id, deliveries.c.planned_at).where(cond)).all()
+        if not rows:
+            return 0
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id.in_([r[0] for r in rows]))
+            .values(state="skipped", reason="held", updated_at=now)
+        )
+        self.log(
+            conn,
+            [
+                {
+                    "delivery_id": i,
+                    "at": now,
+                    "kind": "outcome",
+                    "outcome": "skipped",
+                    "reason": "held",
+                    "planned_at": p,
+                }
+                for i, p in rows
+            ],
+        )
+        return len(rows)
+
     def last_sent(
         self, conn: Connection, rule: str, subject: str, recipient: str, channel: str
     ) -> datetime | None:
@@ -727,6 +800,72 @@ class Store:
                 deliveries.c.state == "sent",
             )
         ).scalar()
+
+    # ------------------------------------------------------------------ suppressions, limits
+
+    def active_suppressions(self, conn: Connection, addresses: Iterable[str]) -> set[str]:
+        """Which of these addresses (any case) are suppressed now."""
+        wanted = sorted({a.lower() for a in addresses if a})
+        out: set[str] = set()
+        for chunk in _chunks(wanted, 500):
+            q = select(suppressions.c.address).where(
+                suppressions.c.address.in_(chunk), suppressions.c.cleared_at.is_(None)
+            )
+            out.update(conn.execute(q).scalars())
+        return out
+
+    def suppress(
+        self,
+        conn: Connection,
+        address: str,
+        channel: str,
+        reason: str,
+        delivery_id: int | None,
+        now: datetime,
+    ) -> None:
+        """Suppress an address (once: an active suppression is not duplicated)."""
+        addr = address.lower()
+        if self.active_suppressions(conn, [addr]):
+            return
+        conn.execute(
+            insert(suppressions).values(
+                address=addr,
+                channel=channel,
+                reason=reason[:2000],
+                delivery_id=delivery_id,
+                created_at=now,
+            )
+        )
+
+    def clear_suppression(self, conn: Connection, address: str, now: datetime) -> int:
+        return conn.execute(
+            update(suppressions)
+            .where(suppressions.c.address == address.lower(), suppressions.c.cleared_at.is_(None))
+            .values(cleared_at=now)
+        ).rowcount
+
+    def list_suppressions(
+        self, conn: Connection, *, active: bool = True, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        q = select(suppressions).order_by(suppressions.c.id.desc()).limit(limit)
+        if active:
+            q = q.where(suppressions.c.cleared_at.is_(None))
+        return [dict(r) for r in conn.execute(q).mappings()]
+
+    def sent_count(self, conn: Connection, recipient: str, category: str, since: datetime) -> int:
+        """Messages (a batched message counts once) of a category sent to a recipient
+        since a time, on every channel: what rate limits count."""
+        return int(
+            conn.execute(
+                select(func.count(func.distinct(deliveries.c.message_id))).where(
+                    deliveries.c.recipient == recipient,
+                    deliveries.c.category == category,
+                    deliveries.c.state == "sent",
+                    deliveries.c.sent_at > since,
+                )
+            ).scalar()
+            or 0
+        )
 
     # ------------------------------------------------------------------ reading
 

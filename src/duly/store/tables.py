@@ -263,3 +263,70 @@ reminders = Table(
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# Outgoing webhooks (spec/api.md): an outbox. An event is written in the transaction of the
+# change it reports and stays pending until the target answers 2xx; it fails for good on 410,
+# on a refused (private) target, or when its retries are spent. duly.webhooks owns both.
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    # the webhook-id header: the same on every retry, so the receiver can drop duplicates
+    Column("msg_id", String(64), nullable=False),
+    Column("type", String(200), nullable=False),  # subject.updated, delivery.sent, action …
+    Column("payload", JSON, nullable=False),  # the body, sent as compact JSON
+    Column("url", Text, nullable=False),
+    Column("secret_env", String(200)),  # the variable holding the signing secret, never it
+    Column("state", String(16), nullable=False),  # pending | sent | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    # when to try next; while a sender holds the event, when its lease runs out
+    Column("next_at", UTCDateTime, nullable=False),
+    Column("lease_owner", String(100)),
+    Column("last_status", Integer),
+    Column("last_error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime),
+    # serves the sender's claim and next_due(): pending events by next_at
+    Index("ix_webhook_events_state_next_at", "state", "next_at"),
+    sqlite_autoincrement=True,
+)
+
+# Every HTTP attempt of a webhook event, append-only: its status code or error.
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column(
+        "event_id",
+        Id,
+        ForeignKey("webhook_events.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("attempt", Integer, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("status_code", Integer),  # None: no answer (refused, timeout, connection error)
+    Column("error", Text),
+    Column("duration_ms", Integer, nullable=False),
+    # serves the attempts of one event (API, tests)
+    Index("ix_webhook_attempts_event_id", "event_id"),
+    sqlite_autoincrement=True,
+)
+
+
+# Addresses that failed permanently (SMTP 5xx on RCPT, an invalid number): later deliveries
+# to them are skipped `suppressed` until the suppression is cleared through the API.
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("address", String(320), nullable=False),  # lower-cased
+    Column("channel", String(100), nullable=False),  # the channel that failed
+    Column("reason", Text, nullable=False),
+    Column("delivery_id", Id),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("cleared_at", UTCDateTime),
+    # serves the dispatcher's look-up of active suppressions by address
+    Index("ix_suppressions_address", "address"),
+    sqlite_autoincrement=True,
+)
