@@ -37,11 +37,19 @@ CHANNEL_TYPES: dict[str, str] = {
     "smtp": "duly.channels.smtp:SmtpChannel",
     "outbox": "duly.channels.outbox:OutboxChannel",
     "null": "duly.channels.null:NullChannel",
+    "webhook": "duly.channels.webhook:WebhookChannel",
+    "twilio-sms": "duly.channels.twilio:TwilioSmsChannel",
+    "twilio-whatsapp": "duly.channels.twilio:TwilioWhatsAppChannel",
+    "apprise": "duly.channels.apprise:AppriseChannel",
 }
 
 # Named in spec/rules.md but not implemented yet: building one says so, rather than
 # calling the type unknown.
-_PLANNED_TYPES = ("inbox", "webhook", "twilio-sms", "twilio-whatsapp", "apprise")
+_PLANNED_TYPES = ("inbox",)
+
+# The option through which a channel that sends over the network accepts private and
+# loopback targets (see duly.channels._http).
+_ALLOW_PRIVATE = "allow_private"
 
 
 class ChannelConfigError(ValueError):
@@ -52,12 +60,16 @@ class UnsupportedChannel(ChannelConfigError, NotImplementedError):
     """No channel of this type is available."""
 
 
-def build_channel(config: ChannelConfig) -> Channel:
+def build_channel(config: ChannelConfig, *, allow_private_targets: bool = False) -> Channel:
     """The channel ``config`` describes, its options passed as keyword arguments.
 
     Option names map to parameters with ``-`` as ``_`` and a Python keyword suffixed
     with ``_`` (``from`` → ``from_``). Raises :class:`ChannelConfigError` naming the channel
     and the option when an option is unknown, missing or invalid.
+
+    ``allow_private_targets`` (the rule file's setting) is the default of the
+    ``allow_private`` option of the channels that have one (webhook, twilio-*, apprise);
+    the channel's own option, when given, wins.
     """
     where = f"channel {config.name!r} (type {config.type})"
     target = CHANNEL_TYPES.get(config.type)
@@ -72,6 +84,9 @@ def build_channel(config: ChannelConfig) -> Channel:
     module_name, _, class_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     kwargs = _keyword_arguments(cls, config.options, where)
+    if allow_private_targets and _ALLOW_PRIVATE not in kwargs:
+        if _ALLOW_PRIVATE in inspect.signature(cls).parameters:
+            kwargs[_ALLOW_PRIVATE] = True
     try:
         channel: Channel = cls(config.name, **kwargs)
     except ValueError as exc:

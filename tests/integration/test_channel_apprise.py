@@ -1,0 +1,260 @@
+"""The apprise channel, through the real Apprise package, to its generic ``json://`` and
+``form://`` services aimed at a real HTTP server on 127.0.0.1 that records what arrives
+(tests/fakes/http_recorder.py)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+
+from duly.channels import ChannelConfigError, build_channel
+from duly.channels.apprise import AppriseChannel
+from duly.channels.base import DeliveryError, Message
+from duly.model import ChannelConfig
+from fakes.http_recorder import HttpRecorder  # tests/ is on sys.path (conftest.py)
+
+
+def message(**kw: Any) -> Message:
+    fields: dict[str, Any] = {
+        "to": "ops",
+        "title": "Job 17 is overdue",
+        "text": "Job 17 was due yesterday.",
+        "html": None,
+        "message_id": "d-1@duly.test",
+        "recipient_id": "r1",
+    }
+    fields.update(kw)
+    return Message(**fields)
+
+
+@pytest.fixture
+def server() -> Iterator[HttpRecorder]:
+    with HttpRecorder() as recorder:
+        yield recorder
+
+
+def channel(url: str, **options: Any) -> AppriseChannel:
+    config = {"url": url, "allow_private": True, **options}
+    built = build_channel(
+        ChannelConfig("chat", "apprise", {k: v for k, v in config.items() if v is not None})
+    )
+    assert isinstance(built, AppriseChannel)
+    return built
+
+
+def send_error(ch: AppriseChannel, msg: Message | None = None) -> DeliveryError:
+    with pytest.raises(DeliveryError) as info:
+        ch.send(msg or message())
+    return info.value
+
+
+def json_url(server: HttpRecorder, path: str = "/notify") -> str:
+    return server.url.replace("http://", "json://") + path
+
+
+# --------------------------------------------------------------------------- sending
+
+
+def test_json_target_gets_title_and_text(server: HttpRecorder) -> None:
+    ch = channel(json_url(server))
+    receipt = ch.send(message())
+    ch.close()
+    [req] = server.requests
+    assert (req.method, req.path) == ("POST", "/notify")
+    body = req.json()
+    assert body["title"] == "Job 17 is overdue"
+    assert body["message"] == "Job 17 was due yesterday."
+    assert receipt.detail == "JSON"
+
+
+def test_form_target_gets_form_fields(server: HttpRecorder) -> None:
+    ch = channel(server.url.replace("http://", "form://") + "/form")
+    ch.send(message())
+    ch.close()
+    [req] = server.requests
+    assert req.headers["content-type"] == "application/x-www-form-urlencoded"
+    form = parse_qs(req.body.decode())
+    assert form["title"] == ["Job 17 is overdue"]
+    assert form["message"] == ["Job 17 was due yesterday."]
+
+
+def test_html_only_is_sent_and_the_title_alone_is_the_body(server: HttpRecorder) -> None:
+    ch = channel(json_url(server))
+    ch.send(message(text=None, html="<p>Job <b>17</b> is overdue</p>"))
+    ch.send(message(text=None, html=None, title="Just a title"))
+    ch.close()
+    first, second = (r.json() for r in server.requests)
+    assert "17" in first["message"]
+    assert second["message"] == "Just a title" and not second["title"]
+
+
+def test_nothing_to_send_fails_without_a_request(server: HttpRecorder) -> None:
+    ch = channel(json_url(server))
+    err = send_error(ch, message(text=" ", html=None, title=None))
+    ch.close()
+    assert err.permanent and server.requests == []
+
+
+# --------------------------------------------------------------------------- per recipient
+
+
+def test_a_template_url_takes_the_recipients_address(server: HttpRecorder) -> None:
+    ch = channel(json_url(server, "/chat/{to}/from/{recipient}"))
+    ch.send(message(to="-100123", recipient_id="r7"))
+    ch.close()
+    assert server.requests[0].path == "/chat/-100123/from/r7"
+
+
+@pytest.mark.parametrize("address", ["a/b", "x?method=GET", "x&to=y", "two words", ""])
+def test_an_address_cannot_change_the_urls_shape(server: HttpRecorder, address: str) -> None:
+    ch = channel(json_url(server, "/chat/{to}"))
+    err = send_error(ch, message(to=address))
+    ch.close()
+    assert err.permanent and err.code == "bad_address"
+    assert "cannot stand for {to}" in str(err)
+    assert server.requests == []
+
+
+def test_a_whole_url_per_recipient(server: HttpRecorder) -> None:
+    ch = channel("{to}")
+    assert repr(ch) == "AppriseChannel(name='chat', url='{to}')"
+    ch.send(message(to=json_url(server, "/ada")))
+    err = send_error(ch, message(to="nosuchservice://token"))
+    ch.close()
+    assert [r.path for r in server.requests] == ["/ada"]
+    assert err.permanent and err.code == "bad_address"
+    assert "token" not in str(err)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+@pytest.mark.parametrize(
+    ("status", "permanent"),
+    [(500, False), (503, False), (429, False), (408, False), (400, True), (404, True)],
+)
+def test_the_services_status_decides(server: HttpRecorder, status: int, permanent: bool) -> None:
+    server.answer(status)
+    ch = channel(json_url(server))
+    err = send_error(ch)
+    ch.close()
+    assert (err.permanent, err.code) == (permanent, str(status))
+    assert f"error={status}" in str(err)  # Apprise's own log line, captured
+    assert str(err).startswith("apprise channel 'chat': JSON failed: ")
+
+
+def test_nothing_listening_is_temporary_with_apprises_reason() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ch = channel(f"json://127.0.0.1:{port}/x")
+    err = send_error(ch)
+    ch.close()
+    assert not err.permanent and err.code is None
+    assert "Connection error" in str(err)
+
+
+def test_a_slow_service_is_temporary(server: HttpRecorder) -> None:
+    server.answer(200, delay=1.5)
+    ch = channel(json_url(server), timeout=0.3)
+    err = send_error(ch)
+    ch.close()
+    assert not err.permanent
+
+
+def test_concurrent_failures_keep_their_own_log_lines(server: HttpRecorder) -> None:
+    # Apprise's log is captured per call: one send's error never carries another's.
+    import threading
+
+    ch = channel(json_url(server, "/{to}"))
+    for _ in range(4):
+        server.answer(500)
+    errors: dict[str, str] = {}
+
+    def work(to: str) -> None:
+        try:
+            ch.send(message(to=to))
+        except DeliveryError as exc:
+            errors[to] = str(exc)
+
+    threads = [threading.Thread(target=work, args=(f"t{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    ch.close()
+    assert len(errors) == 4
+    assert all(e.count("error=500") == 1 for e in errors.values())
+
+
+# --------------------------------------------------------------------------- private addresses
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_loopback_is_refused_unless_allowed(server: HttpRecorder, host: str) -> None:
+    url = json_url(server).replace("127.0.0.1", host)
+    refused = channel(url, allow_private=None)
+    err = send_error(refused)
+    assert err.permanent and err.code == "private_address"
+    assert "loopback address" in str(err)
+    assert server.requests == []
+
+    allowed = build_channel(
+        ChannelConfig("chat", "apprise", {"url": url}), allow_private_targets=True
+    )
+    allowed.send(message())
+    assert len(server.requests) == 1
+
+
+def test_the_check_does_not_outlive_the_send(server: HttpRecorder) -> None:
+    # Apprise runs the service in its own worker thread; a refusal there must not leak
+    # into the next, allowed, send on the same worker.
+    refused = channel(json_url(server), allow_private=False)
+    allowed = channel(json_url(server), allow_private=True)
+    for _ in range(3):
+        assert send_error(refused).code == "private_address"
+        allowed.send(message())
+    assert len(server.requests) == 3
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({}, "missing option 'url'"),
+        ({"url": "slakc://s3cr3t/B0/C0"}, "url: Apprise does not accept this slakc:// URL"),
+        ({"url": "s3cr3t"}, "url: Apprise does not accept this (none):// URL"),
+        ({"url": "json://h.test", "timeout": "-1"}, "timeout: expected a number of seconds"),
+        ({"url": "json://h.test", "allow_private": "perhaps"}, "allow_private: expected"),
+        (
+            {"url": "json://h.test", "format": "text"},
+            "unknown option 'format' (accepted: url, timeout, allow_private)",
+        ),
+    ],
+)
+def test_bad_options_name_the_option_never_the_url(options: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ChannelConfigError) as info:
+        build_channel(ChannelConfig("chat", "apprise", options))
+    assert str(info.value).startswith("channel 'chat' (type apprise): ")
+    assert problem in str(info.value)
+    assert "s3cr3t" not in str(info.value)
+
+
+def test_repr_hides_the_url_and_nothing_is_logged_with_it(
+    server: HttpRecorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="duly")
+    port = int(server.url.rsplit(":", 1)[1])
+    ch = channel(f"json://user:s3cr3t@127.0.0.1:{port}/x")
+    assert repr(ch) == "AppriseChannel(name='chat', url='json://…')"
+    ch.send(message())
+    ch.close()
+    assert server.requests[0].headers["authorization"].startswith("Basic ")
+    assert all("s3cr3t" not in r.getMessage() for r in caplog.records)
