@@ -385,6 +385,119 @@ def simulate(rules_file: str, timeline: str, until: str | None, fmt: str, no_ren
             out.write(line + "\n")
 
 
+# --------------------------------------------------------------------------- prune
+
+
+@main.command()
+@_opt_rules
+@_opt_db
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    envvar="DULY_PRUNE_DRY_RUN",
+    show_envvar=True,
+    help="Count what would be pruned; change nothing.",
+)
+@click.option(
+    "--older-than",
+    envvar="DULY_PRUNE_OLDER_THAN",
+    show_envvar=True,
+    default=None,
+    metavar="DURATION",
+    help="Prune records of every outcome older than this (e.g. 30d) instead of the rule "
+    "file's retention (default: sent 90d, failed and skipped 180d).",
+)
+@_opt_log
+def prune(
+    rules: str | None, database: str, dry_run: bool, older_than: str | None, log_level: str
+) -> None:
+    """Delete old delivery records, as the rule file's `retention:` says.
+
+    Sent, failed and set records keep their identity (a message is never sent twice) and
+    lose their content and history; skipped and cancelled ones are deleted; pending ones are
+    never touched. `duly serve` and `duly worker` do this once a day."""
+    import sqlalchemy as sa
+
+    from duly.model import DurationError, parse_duration
+    from duly.retention import prune as do_prune
+    from duly.store.db import make_engine
+
+    _setup_logging(log_level)
+    age = None
+    if older_than:
+        try:
+            age = parse_duration(older_than)
+        except DurationError as exc:
+            raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    rf, _ = _load(rules, check_templates=False)
+    db = make_engine(database)
+    try:
+        report = do_prune(db, rf, datetime.now(UTC), older_than=age, dry_run=dry_run)
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+        raise click.ClickException(
+            f"cannot prune: {exc.orig}. Is the database migrated (`duly migrate`)?"
+        ) from None
+    finally:
+        db.dispose()
+    for line in report.lines():
+        click.echo(line)
+
+
+# --------------------------------------------------------------------------- run
+
+
+@main.command("run")
+@click.argument("rule", envvar="DULY_RUN_RULE")
+@_opt_rules
+@_opt_db
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    envvar="DULY_RUN_DRY_RUN",
+    show_envvar=True,
+    help="Show what would be sent or changed; send and change nothing.",
+)
+@click.option(
+    "--subject",
+    envvar="DULY_RUN_SUBJECT",
+    show_envvar=True,
+    default=None,
+    metavar="KIND/KEY",
+    help="Only this subject's deliveries (date-relative and event rules).",
+)
+@_opt_log
+def run_rule_cmd(
+    rule: str,
+    rules: str | None,
+    database: str,
+    dry_run: bool,
+    subject: str | None,
+    log_level: str,
+) -> None:
+    """Run RULE now, by hand, and log what it did (RULE or DULY_RUN_RULE).
+
+    A date-relative or event rule: its deliveries due now are sent, or their `set` applied,
+    at once (with what that plans and is due at once, such as a change trigger's notice). A
+    schedule (cron) rule: one occurrence fires now. With --dry-run the real dispatcher runs
+    on a throwaway copy of the database: nothing is sent, nothing changes, and the list says
+    what would happen."""
+    from duly.errors import DulyError
+    from duly.manual import run_rule
+
+    _setup_logging(log_level)
+    rf, _ = _load(rules)
+    rt = _runtime(rf, database, send_workers=1)
+    try:
+        report = run_rule(rt.dispatcher, rule, subject=subject, dry_run=dry_run)
+    except DulyError as exc:
+        hint = {"rule": "RULE", "subject": "--subject"}.get(exc.field or "", None)
+        raise click.BadParameter(str(exc), param_hint=hint) from None
+    finally:
+        rt.stop()
+    for line in report.lines():
+        click.echo(line)
+
+
 # --------------------------------------------------------------------------- outbox
 
 

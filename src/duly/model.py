@@ -370,6 +370,9 @@ class Recipient:
             return self.phone or self.addresses.get(channel)
         if channel_type == "inbox" or channel == "inbox":
             return self.id
+        if channel_type == "webhook":
+            # one endpoint for everyone unless the recipient has their own
+            return self.addresses.get(channel) or self.id
         return self.addresses.get(channel)
 
 

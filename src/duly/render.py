@@ -16,7 +16,9 @@ Normative source: spec/rules.md, "Templates". What this module adds to it:
   ``is defined``, ``| default(...)`` and ``.get('x')`` work as usual.
 - The sandbox is immutable: templates may read the data they are given, never change it.
 - Helpers, as functions or filters, in the recipient's locale and timezone:
-  ``date``, ``time``, ``datetime``, ``money``, ``number``, ``relative``. Dates follow
+  ``date``, ``time``, ``datetime``, ``money``, ``number``, ``relative``; and the function
+  ``ack_link()``, a signed link acknowledging the message's rule and subject as its recipient
+  (``duly.ack``; a sample link when the Renderer has no ``ack_links``). Dates follow
   spec/rules.md "Time": a value with an offset (or ``Z``) is an instant shown in the
   recipient's timezone; one without is already local; a date alone is 00:00 local.
 - Every failure (syntax, undefined name, refused attribute, bad helper input) is a
@@ -64,6 +66,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
 
+from duly.ack import ACK_LINKS_KEY, AckLinks, ack_link
 from duly.model import Recipient
 
 __all__ = ["RenderError", "Rendered", "Renderer"]
@@ -510,6 +513,8 @@ class Renderer:
     ``loader_overrides(filename)`` may return a template's source kept elsewhere (the
     database); it wins over the file. It is called on every render to check the cached
     template is current, so it must be cheap (e.g. a dict kept up to date on change).
+
+    ``ack_links`` signs the links ``{{ ack_link() }}`` makes (``duly.ack.AckLinks``).
     """
 
     def __init__(
@@ -517,8 +522,10 @@ class Renderer:
         templates_dir: str | Path | None,
         *,
         loader_overrides: Overrides | None = None,
+        ack_links: AckLinks | None = None,
     ) -> None:
         self.templates_dir = Path(templates_dir) if templates_dir is not None else None
+        self.ack_links = ack_links
         self._loader = _Loader(self.templates_dir, loader_overrides)
         # Immutable: a template can call .get() on the data it is given but never change it
         # (the dispatcher hands it the subject it keeps working with).
@@ -532,6 +539,7 @@ class Renderer:
         )
         self._env.globals.update(_HELPERS)
         self._env.filters.update(_HELPERS)
+        self._env.globals["ack_link"] = ack_link  # a function only: it reads the context
         # One inliner: building one per render costs more than the inlining. At-rules stay
         # (responsive @media queries can't be inlined); remote stylesheets are never fetched.
         self._inliner = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
@@ -571,6 +579,8 @@ class Renderer:
         if recipient is not None:
             values.setdefault("recipient", recipient)
         values[_FORMATS_KEY] = formats
+        if self.ack_links is not None:
+            values[ACK_LINKS_KEY] = self.ack_links
 
         text_t = self._template(f"{base}.txt")
         html_t = self._template(f"{base}.html")

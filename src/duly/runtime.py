@@ -54,7 +54,11 @@ def build_channels(rf: RuleFile) -> dict[str, Any]:
     from duly.channels import build_channel
 
     used = used_channels(rf)
-    return {name: build_channel(cfg) for name, cfg in rf.channels.items() if name in used}
+    return {
+        name: build_channel(cfg, allow_private_targets=rf.allow_private_targets)
+        for name, cfg in rf.channels.items()
+        if name in used
+    }
 
 
 @dataclass
@@ -67,12 +71,19 @@ class Runtime:
     listener: threading.Thread | None = None
     templates: Any = None  # duly.templates_db.TemplateStore: database templates
     metrics: Any = None  # duly.metrics.Metrics: the dispatcher's instruments
+    ack_links: Any = None  # duly.ack.AckLinks: signs and checks acknowledge links
+    maintenance: Any = None  # duly.retention.Maintenance: the daily prune, its own thread
 
     def start(self) -> None:
+        from duly.retention import Maintenance
+
         self.thread = threading.Thread(
             target=self.dispatcher.run_forever, name="duly-dispatcher", daemon=True
         )
         self.thread.start()
+        # retention: prune once a day on a thread of its own, never in the dispatcher's loop
+        self.maintenance = Maintenance(self.db, self.rules, self.engine.clock.now)
+        self.maintenance.start()
         if is_postgres(self.db):
             self.listener = threading.Thread(
                 target=_listen, args=(self.db, self.dispatcher), name="duly-listen", daemon=True
@@ -81,6 +92,8 @@ class Runtime:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop after in-flight sends; nothing claimed is lost (unsent claims go back)."""
+        if self.maintenance is not None:
+            self.maintenance.stop()  # between two chunks of a prune
         self.dispatcher.stop()
         if self.thread is not None:
             self.thread.join(timeout)
@@ -96,15 +109,26 @@ def build_runtime(rf: RuleFile, database_url: str, *, send_workers: int = 8) -> 
     db = make_engine(database_url)
     migrate(db)
     engine = Engine(rf, db)
+    from duly.ack import AckLinks
     from duly.metrics import Metrics
     from duly.render import Renderer
     from duly.templates_db import TemplateStore
 
     templates = TemplateStore(db, rf.templates_dir, rules=rf)  # saved versions win
-    renderer = Renderer(rf.templates_dir, loader_overrides=templates.override)
+    # DULY_SECRET_KEY (else a secret generated once, in the database) and DULY_BASE_URL
+    ack_links = AckLinks(db=db, clock=engine.clock)
+    renderer = Renderer(rf.templates_dir, loader_overrides=templates.override, ack_links=ack_links)
     dispatcher = Dispatcher(engine, build_channels(rf), renderer, send_workers=send_workers)
     dispatcher.metrics = Metrics()
-    return Runtime(rf, db, engine, dispatcher, templates=templates, metrics=dispatcher.metrics)
+    return Runtime(
+        rf,
+        db,
+        engine,
+        dispatcher,
+        templates=templates,
+        metrics=dispatcher.metrics,
+        ack_links=ack_links,
+    )
 
 
 def _listen(db: sa.Engine, dispatcher: Dispatcher) -> None:

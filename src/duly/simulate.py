@@ -215,9 +215,15 @@ def run(
     }
     renderer = None
     if render:
+        from duly.ack import DEFAULT_BASE_URL, AckLinks, AckSigner
         from duly.render import Renderer
 
-        renderer = Renderer(rf.templates_dir)
+        # acknowledge links signed with a fixed secret in virtual time: the same files give
+        # the same bytes (and the links are never valid on a real server)
+        ack_links = AckLinks(
+            signer=AckSigner("duly simulate", clock=clock), base_url=DEFAULT_BASE_URL
+        )
+        renderer = Renderer(rf.templates_dir, ack_links=ack_links)
     disp = Dispatcher(
         engine, channels, renderer, owner="simulate", send_workers=1, lease=timedelta(days=3650)
     )

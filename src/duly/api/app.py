@@ -166,7 +166,7 @@ def create_app(runtime: Any, *, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
 def _extra_routers() -> list[Any]:
     """Routers added by other modules (templates, stats) when present."""
     out = []
-    for mod in ("duly.api.templates", "duly.api.stats"):
+    for mod in ("duly.api.templates", "duly.api.stats", "duly.api.ack"):
         try:
             m = __import__(mod, fromlist=["router"])
         except ModuleNotFoundError:
@@ -176,11 +176,13 @@ def _extra_routers() -> list[Any]:
 
 
 def _public_routers() -> list[Any]:
+    """Routers without the API key: /metrics, and the pages acknowledge links open (their
+    signed token is the permission)."""
     out = []
-    for mod in ("duly.api.metrics",):
+    for mod, name in (("duly.api.metrics", "router"), ("duly.api.ack", "public_router")):
         try:
-            m = __import__(mod, fromlist=["router"])
+            m = __import__(mod, fromlist=[name])
         except ModuleNotFoundError:
             continue
-        out.append(m.router)
+        out.append(getattr(m, name))
     return out

@@ -330,3 +330,14 @@ suppressions = Table(
     Index("ix_suppressions_address", "address"),
     sqlite_autoincrement=True,
 )
+
+
+# Values duly makes once and every process shares, by key. ``ack_secret``: the secret that
+# signs acknowledge links when DULY_SECRET_KEY is not set (duly.ack).
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
