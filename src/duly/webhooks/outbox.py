@@ -1,0 +1,462 @@
+"""The webhook outbox: every query on ``webhook_events`` and ``webhook_attempts``, named.
+
+Writers (:func:`emit`, :func:`emit_action`) run inside the caller's transaction, so an event
+exists exactly when the change it reports was committed. The sender's queries
+(:func:`claim_due`, :func:`record`, :func:`next_due`) and the operator's (:func:`list_events`,
+:func:`get_event`, :func:`retry`, :func:`prune`) each state their guarantee. The same SQL runs
+on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlsplit
+
+from jinja2 import ChainableUndefined, TemplateError
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.engine import Connection, RowMapping
+
+from duly.model import RuleFile, WebhookTarget
+from duly.store.tables import webhook_attempts, webhook_events
+
+__all__ = [
+    "ACTION_SECRET_ENV",
+    "ACTION_TYPE",
+    "Attempt",
+    "BodyTemplateError",
+    "Claimed",
+    "action_secret_env",
+    "attempts_of",
+    "claim_due",
+    "delivery_data",
+    "emit",
+    "emit_action",
+    "get_event",
+    "list_events",
+    "next_due",
+    "prune",
+    "record",
+    "redact_url",
+    "render_body",
+    "retry",
+    "subscribed",
+]
+
+# The type recorded for a rule's or step's `webhook:` action (its body is the rule's own).
+ACTION_TYPE = "action"
+# Signs `webhook:` actions whose URL has no `webhooks:` target on the same origin.
+ACTION_SECRET_ENV = "DULY_WEBHOOK_SECRET"
+# A rendered body string longer than this is an error (a template gone wrong, not data).
+MAX_RENDERED = 64 * 1024
+_ERROR_MAX = 1000
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def subscribed(target: WebhookTarget, type: str) -> bool:
+    """A target with no ``events`` gets every type; patterns like ``delivery.*`` match."""
+    return not target.events or any(fnmatch.fnmatchcase(type, p) for p in target.events)
+
+
+def emit(
+    conn: Connection, rules: RuleFile, type: str, data: Mapping[str, Any], now: datetime
+) -> int:
+    """Queue event ``type`` for every ``webhooks:`` target subscribed to it, inside the
+    caller's transaction. The body is the Standard Webhooks envelope ``{type, timestamp,
+    data}``; targets of one event share its ``webhook-id``. Returns the number of rows (0,
+    without touching the database, when nobody listens)."""
+    targets = [t for t in rules.webhooks if subscribed(t, type)]
+    if not targets:
+        return 0
+    payload = {"type": type, "timestamp": _iso(now), "data": _jsonable(data)}
+    msg_id = _new_msg_id()
+    conn.execute(
+        insert(webhook_events),
+        [_new_row(msg_id, type, payload, t.url, t.secret_env, now) for t in targets],
+    )
+    return len(targets)
+
+
+def emit_action(
+    conn: Connection,
+    url: str,
+    body: Mapping[str, Any],
+    secret_env: str | None,
+    now: datetime,
+    *,
+    context: Mapping[str, Any] | None = None,
+    type: str = ACTION_TYPE,
+) -> int:
+    """Queue a rule's or step's ``webhook: {url, body}`` action inside the caller's
+    transaction; returns the event's id. The body is sent as it is (not in an envelope),
+    its string values rendered as templates with ``context`` (``subject``, ``event``,
+    ``rule``; ``now`` is added). A template that fails leaves the event ``failed`` at once,
+    with the error naming the field — the dispatcher's transaction is never broken by it."""
+    ctx = {"subject": None, "event": None, "rule": None, **(context or {}), "now": _iso(now)}
+    row = _new_row(_new_msg_id(), type, {}, url, secret_env, now)
+    try:
+        row["payload"] = _jsonable(render_body(body, ctx))
+    except BodyTemplateError as exc:
+        row.update(payload=_jsonable(body), state="failed", last_error=str(exc)[:_ERROR_MAX])
+    return int(
+        conn.execute(insert(webhook_events).returning(webhook_events.c.id), row).scalar_one()
+    )
+
+
+def action_secret_env(rules: RuleFile, url: str) -> str:
+    """The variable whose secret signs a ``webhook:`` action to ``url``: that of a
+    ``webhooks:`` target on the same origin (scheme, host and port), else
+    ``DULY_WEBHOOK_SECRET``."""
+    origin = _origin(url)
+    for t in rules.webhooks:
+        if t.secret_env and _origin(t.url) == origin:
+            return t.secret_env
+    return ACTION_SECRET_ENV
+
+
+def delivery_data(
+    delivery_id: int, identity: Any, outcome: Mapping[str, Any], attempts: int | None = None
+) -> dict[str, Any]:
+    """The ``data`` of ``delivery.sent`` / ``delivery.failed``: a delivery's identity
+    (``duly.planner.Identity``) and its outcome (the dispatcher's row update; ``attempts``
+    when the update does not say)."""
+    return {
+        "delivery": delivery_id,
+        "rule": identity.rule,
+        "step": identity.step,
+        "occurrence": identity.occurrence,
+        "subject": identity.subject,
+        "recipient": identity.recipient,
+        "channel": identity.channel,
+        "outcome": outcome.get("state"),
+        "reason": outcome.get("reason"),
+        "attempts": outcome.get("attempts", attempts),
+        "error": outcome.get("last_error"),
+        "sent_at": _iso(outcome["sent_at"]) if outcome.get("sent_at") else None,
+    }
+
+
+def _new_row(
+    msg_id: str, type: str, payload: Any, url: str, secret_env: str | None, now: datetime
+) -> dict[str, Any]:
+    return {
+        "msg_id": msg_id,
+        "type": type,
+        "payload": payload,
+        "url": url,
+        "secret_env": secret_env,
+        "state": "pending",
+        "attempts": 0,
+        "next_at": now,
+        "created_at": now,
+    }
+
+
+def _new_msg_id() -> str:
+    # no "." (it delimits the signed content) and unique across databases
+    return "msg_" + uuid.uuid4().hex
+
+
+# --------------------------------------------------------------------------- body templates
+
+
+class BodyTemplateError(ValueError):
+    """A value of a webhook action's body could not be rendered."""
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja's sandbox (no private attributes, no mutation of data), plus a cap on ``*``
+    and ``**`` so a template cannot build a huge string or number."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int | float) and abs(right) > 64:
+            raise SecurityError("exponent too large")
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(n, int):
+                    if len(seq) * n > MAX_RENDERED:
+                        raise SecurityError("the result would be too long")
+        return super().call_binop(context, operator, left, right)
+
+
+_ENV = _Sandbox(undefined=ChainableUndefined, autoescape=False)
+
+
+@lru_cache(maxsize=256)
+def _compile(source: str) -> Any:
+    return _ENV.from_string(source)
+
+
+def render_body(body: Any, context: Mapping[str, Any], path: str = "body") -> Any:
+    """``body`` with every string that holds ``{{``/``{%`` rendered (a string stays a
+    string); keys and other values as they are. A missing value renders as empty. Raises
+    :class:`BodyTemplateError` naming the field."""
+    if isinstance(body, str):
+        if "{{" not in body and "{%" not in body:
+            return body
+        try:
+            out = _compile(body).render(context)
+        except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError) as exc:
+            raise BodyTemplateError(f"{path}: cannot render {body!r}: {exc}") from None
+        if len(out) > MAX_RENDERED:
+            raise BodyTemplateError(f"{path}: renders to over {MAX_RENDERED} characters")
+        return out
+    if isinstance(body, Mapping):
+        return {k: render_body(v, context, f"{path}.{k}") for k, v in body.items()}
+    if isinstance(body, list | tuple):
+        return [render_body(v, context, f"{path}[{i}]") for i, v in enumerate(body)]
+    return body
+
+
+# --------------------------------------------------------------------------- the sender's
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """An event a sender holds until its lease runs out."""
+
+    id: int
+    msg_id: str
+    type: str
+    url: str
+    secret_env: str | None
+    payload: Any
+    attempt: int  # the number of the attempt about to be made (1 for the first)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The result of one HTTP attempt and what follows from it."""
+
+    state: str  # sent | failed | pending (retry at next_at)
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    next_at: datetime | None = None
+
+
+def claim_due(
+    conn: Connection, now: datetime, owner: str, lease: timedelta, limit: int
+) -> list[Claimed]:
+    """Take up to ``limit`` pending events due by ``now``, oldest first, for ``lease``.
+
+    The claim is a conditional UPDATE (pending and still due): when two senders pick the
+    same rows, the database lets one win each row and the other's UPDATE matches nothing
+    ("another process got there first"). It moves ``next_at`` to the lease's end, so an
+    event whose sender died is taken again after it. On PostgreSQL the candidates are read
+    with ``FOR UPDATE SKIP LOCKED`` so senders do not queue on each other's rows."""
+    ev = webhook_events
+    q = (
+        select(ev.c.id)
+        .where(ev.c.state == "pending", ev.c.next_at <= now)
+        .order_by(ev.c.next_at, ev.c.id)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True)
+    ids = list(conn.execute(q).scalars())
+    if not ids:
+        return []
+    rows = conn.execute(
+        update(ev)
+        .where(ev.c.id.in_(ids), ev.c.state == "pending", ev.c.next_at <= now)
+        .values(lease_owner=owner, next_at=now + lease)
+        .returning(
+            ev.c.id, ev.c.msg_id, ev.c.type, ev.c.url, ev.c.secret_env, ev.c.payload, ev.c.attempts
+        )
+    ).all()
+    claimed = [Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6] + 1) for r in rows]
+    return sorted(claimed, key=lambda c: c.id)
+
+
+def record(conn: Connection, event: Claimed, result: Attempt, owner: str, now: datetime) -> bool:
+    """Append the attempt and move the event on (sent, failed, or pending until
+    ``result.next_at``). The attempt is always kept; the event is updated only while
+    ``owner`` still holds it — False means its lease ran out and another sender took it."""
+    conn.execute(
+        insert(webhook_attempts),
+        {
+            "event_id": event.id,
+            "attempt": event.attempt,
+            "at": now,
+            "status_code": result.status_code,
+            "error": result.error[:_ERROR_MAX] if result.error else None,
+            "duration_ms": result.duration_ms,
+        },
+    )
+    values: dict[str, Any] = {
+        "state": result.state,
+        "attempts": event.attempt,
+        "lease_owner": None,
+        "last_status": result.status_code,
+        "last_error": result.error[:_ERROR_MAX] if result.error else None,
+    }
+    if result.state == "sent":
+        values["sent_at"] = now
+    if result.state == "pending":
+        assert result.next_at is not None
+        values["next_at"] = result.next_at
+    ev = webhook_events
+    res = conn.execute(
+        update(ev)
+        .where(ev.c.id == event.id, ev.c.state == "pending", ev.c.lease_owner == owner)
+        .values(**values)
+    )
+    return res.rowcount == 1
+
+
+def next_due(conn: Connection) -> datetime | None:
+    """When the earliest pending event is due (or its lease runs out); None if none."""
+    ev = webhook_events
+    return conn.execute(select(func.min(ev.c.next_at)).where(ev.c.state == "pending")).scalar()
+
+
+# --------------------------------------------------------------------------- the operator's
+
+
+def list_events(
+    conn: Connection,
+    *,
+    state: str | None = None,
+    type: str | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Events newest first (by id), optionally of one state or type, with ids below
+    ``before_id`` (a cursor). URLs are redacted (a query string may carry a token)."""
+    ev = webhook_events
+    conds = []
+    if state is not None:
+        conds.append(ev.c.state == state)
+    if type is not None:
+        conds.append(ev.c.type == type)
+    if before_id is not None:
+        conds.append(ev.c.id < before_id)
+    q = select(ev).where(*conds).order_by(ev.c.id.desc()).limit(limit)
+    return [_event_out(r) for r in conn.execute(q).mappings()]
+
+
+def get_event(conn: Connection, event_id: int) -> dict[str, Any] | None:
+    """One event (URL redacted) with its attempts, or None."""
+    r = conn.execute(select(webhook_events).where(webhook_events.c.id == event_id)).mappings()
+    row = r.first()
+    if row is None:
+        return None
+    out = _event_out(row)
+    out["attempt_log"] = attempts_of(conn, [event_id]).get(event_id, [])
+    return out
+
+
+def attempts_of(conn: Connection, event_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    """The attempts of some events, oldest first."""
+    wa = webhook_attempts
+    out: dict[int, list[dict[str, Any]]] = {i: [] for i in event_ids}
+    if not event_ids:
+        return out
+    q = select(wa).where(wa.c.event_id.in_(list(event_ids))).order_by(wa.c.event_id, wa.c.id)
+    for r in conn.execute(q).mappings():
+        out[r["event_id"]].append(
+            {
+                "attempt": r["attempt"],
+                "at": r["at"],
+                "status_code": r["status_code"],
+                "error": r["error"],
+                "duration_ms": r["duration_ms"],
+            }
+        )
+    return out
+
+
+def retry(conn: Connection, event_id: int, now: datetime) -> bool:
+    """Make a failed event pending and due now (its attempts so far are kept and it gets a
+    full set of retries again). False if there is no failed event with that id."""
+    ev = webhook_events
+    res = conn.execute(
+        update(ev)
+        .where(ev.c.id == event_id, ev.c.state == "failed")
+        .values(state="pending", next_at=now, attempts=0, lease_owner=None)
+    )
+    return res.rowcount == 1
+
+
+def prune(conn: Connection, before: datetime) -> int:
+    """Delete sent and failed events created before ``before`` (their attempts go with
+    them). Pending ones are kept whatever their age. Returns how many were deleted."""
+    ev = webhook_events
+    res = conn.execute(
+        delete(ev).where(ev.c.state.in_(("sent", "failed")), ev.c.created_at < before)
+    )
+    return int(res.rowcount)
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host[:port]/path``, with any user:password and query string hidden."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    if parts.username or parts.password:
+        netloc = "***@" + netloc
+    return f"{parts.scheme}://{netloc}{parts.path}" + ("?***" if parts.query else "")
+
+
+def _event_out(r: RowMapping) -> dict[str, Any]:
+    return {
+        "id": r["id"],
+        "msg_id": r["msg_id"],
+        "type": r["type"],
+        "url": redact_url(r["url"]),
+        "state": r["state"],
+        "attempts": r["attempts"],
+        "next_at": r["next_at"] if r["state"] == "pending" else None,
+        "last_status": r["last_status"],
+        "last_error": r["last_error"],
+        "created_at": r["created_at"],
+        "sent_at": r["sent_at"],
+        "payload": r["payload"],
+    }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    p = urlsplit(url)
+    port = p.port or {"http": 80, "https": 443}.get(p.scheme)
+    return (p.scheme, (p.hostname or "").lower(), port)
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, datetime):
+        return _iso(o) if o.tzinfo is not None else o.isoformat()
+    if isinstance(o, date):
+        return o.isoformat()
+    if isinstance(o, Decimal):
+        return str(o)
+    if isinstance(o, set | frozenset | tuple):
+        return list(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def _jsonable(data: Any) -> Any:
+    """Plain JSON data: instants as ISO 8601 UTC (``…Z``), sets and tuples as lists."""
+    return json.loads(json.dumps(data, default=_default))
