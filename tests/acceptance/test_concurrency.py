@@ -287,14 +287,7 @@ class Counting:
         pass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (PostgreSQL): Engine._replan reads the subject's deliveries without a lock "
-    "(READ COMMITTED); a dispatcher claims, sends and records one meanwhile, and the plan's "
-    "'move' (UPDATE … SET state='pending' WHERE id=…) turns the sent row back into pending: "
-    "it is sent again. SQLite is safe (BEGIN IMMEDIATE serialises the two).",
-)
-def test_bug_a_replan_racing_a_send_sends_twice_on_postgres(pg_db_url: str, tmp_path: Path) -> None:
+def test_a_replan_racing_a_send_never_sends_twice_on_postgres(pg_db_url: str, tmp_path: Path) -> None:
     (tmp_path / "templates").mkdir()
     (tmp_path / "templates" / "job-due.email.txt").write_text(TEMPLATE)
     rules = RULES.split("rules:\n", 1)[1]  # without the smtp channel

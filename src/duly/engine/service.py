@@ -126,11 +126,12 @@ class Engine:
 
         now = self.clock.now()
         with write_transaction(self.db) as conn:
-            rows = conn.execute(
-                sa.select(deliveries.c.id, deliveries.c.planned_at, deliveries.c.due_at).where(
-                    deliveries.c.recipient == rid, deliveries.c.state == "pending"
-                )
-            ).all()
+            q = sa.select(deliveries.c.id, deliveries.c.planned_at, deliveries.c.due_at).where(
+                deliveries.c.recipient == rid, deliveries.c.state == "pending"
+            )
+            if self.store.postgres:
+                q = q.with_for_update()
+            rows = conn.execute(q).all()
             dummy = planner.Identity("", None, 0, None, rid, None)
             actions = [
                 Action(
@@ -507,7 +508,10 @@ class Engine:
     def _one_delivery(self, conn: Connection, did: int) -> Any:
         from duly.store.tables import deliveries
 
-        row = conn.execute(sa.select(deliveries).where(deliveries.c.id == did)).mappings().first()
+        q = sa.select(deliveries).where(deliveries.c.id == did)
+        if self.store.postgres:
+            q = q.with_for_update()  # decided on this state: no claim may slip in between
+        row = conn.execute(q).mappings().first()
         if row is None:
             raise NotFound(f"no delivery {did}", field="id")
         return row
@@ -656,15 +660,12 @@ class Engine:
         ).first()
         if row is None:
             raise NotFound(f"no reminder {rid}", field="id")
-        rows = (
-            conn.execute(
-                sa.select(deliveries).where(
-                    deliveries.c.rule == REMINDER_RULE, deliveries.c.occurrence == str(int(rid))
-                )
-            )
-            .mappings()
-            .all()
+        q = sa.select(deliveries).where(
+            deliveries.c.rule == REMINDER_RULE, deliveries.c.occurrence == str(int(rid))
         )
+        if self.store.postgres:
+            q = q.with_for_update()  # see Store.existing_for
+        rows = conn.execute(q).mappings().all()
         if any(x["state"] in ("sent", "sending") for x in rows):
             raise Conflict(f"reminder {rid} was sent already: it can no longer change", field="id")
         return [

@@ -258,7 +258,12 @@ class Store:
     # ------------------------------------------------------------------ the plan
 
     def existing_for(self, conn: Connection, refs: Sequence[str]) -> dict[str, list[Existing]]:
-        """Every delivery row of these subjects ("KIND/KEY"), as the planner sees them."""
+        """Every delivery row of these subjects ("KIND/KEY"), as the planner sees them.
+
+        On PostgreSQL the rows are locked until the caller's transaction ends: a dispatcher
+        claiming one meanwhile (its claim skips locked rows) must not have its claim undone
+        by the plan's update — that would send a delivery twice. SQLite's write lock
+        already keeps the two apart."""
         out: dict[str, list[Existing]] = {r: [] for r in refs}
         cols = [
             deliveries.c.id,
@@ -274,7 +279,10 @@ class Store:
             deliveries.c.due_at,
         ]
         for chunk in _chunks(sorted(set(refs)), 500):
-            for r in conn.execute(select(*cols).where(deliveries.c.subject.in_(chunk))).mappings():
+            q = select(*cols).where(deliveries.c.subject.in_(chunk))
+            if self.postgres:
+                q = q.with_for_update()
+            for r in conn.execute(q).mappings():
                 out[r["subject"]].append(
                     Existing(
                         r["id"], _identity(r), r["state"], r["reason"], r["planned_at"], r["due_at"]
@@ -287,20 +295,17 @@ class Store:
         out = []
         for ident in idents:
             rule, step, occ, subj, rcp, ch = ident.db_key()
-            r = (
-                conn.execute(
-                    select(deliveries).where(
-                        deliveries.c.rule == rule,
-                        deliveries.c.step == step,
-                        deliveries.c.occurrence == occ,
-                        deliveries.c.subject == subj,
-                        deliveries.c.recipient == rcp,
-                        deliveries.c.channel == ch,
-                    )
-                )
-                .mappings()
-                .first()
+            q = select(deliveries).where(
+                deliveries.c.rule == rule,
+                deliveries.c.step == step,
+                deliveries.c.occurrence == occ,
+                deliveries.c.subject == subj,
+                deliveries.c.recipient == rcp,
+                deliveries.c.channel == ch,
             )
+            if self.postgres:
+                q = q.with_for_update()  # see existing_for
+            r = conn.execute(q).mappings().first()
             if r is not None:
                 out.append(
                     Existing(r["id"], ident, r["state"], r["reason"], r["planned_at"], r["due_at"])
@@ -762,14 +767,14 @@ class Store:
                 and_(deliveries.c.planned_at == planned, deliveries.c.id < did),
             ),
         )
-        rows = conn.execute(select(deliveries.c.id, deliveries.c.planned_at).where(cond)).all()
+        rows = conn.execute(
+            update(deliveries)
+            .where(cond)
+            .values(state="skipped", reason="held", updated_at=now)
+            .returning(deliveries.c.id, deliveries.c.planned_at)
+        ).all()
         if not rows:
             return 0
-        conn.execute(
-            update(deliveries)
-            .where(deliveries.c.id.in_([r[0] for r in rows]))
-            .values(state="skipped", reason="held", updated_at=now)
-        )
         self.log(
             conn,
             [
