@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,14 @@ def build_runtime(rf: RuleFile, database_url: str, *, send_workers: int = 8) -> 
     )
 
 
+def _due(payload: str) -> datetime | None:
+    """A duly_planned payload: the earliest due time planned, or "" (unknown)."""
+    try:
+        return datetime.fromisoformat(payload) if payload else None
+    except ValueError:
+        return None
+
+
 def _listen(db: sa.Engine, dispatcher: Dispatcher) -> None:
     """LISTEN duly_planned on a dedicated connection; each notification wakes the dispatcher."""
     import psycopg
@@ -140,8 +149,8 @@ def _listen(db: sa.Engine, dispatcher: Dispatcher) -> None:
         try:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("LISTEN duly_planned")
-                for _ in conn.notifies(timeout=5.0):
-                    dispatcher.wake()
+                for n in conn.notifies(timeout=5.0):
+                    dispatcher.wake_for(_due(n.payload))
                     if dispatcher._stop.is_set():
                         return
         except Exception:

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,11 +17,42 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from duly import __version__
 from duly.api import errors
 from duly.api.errors import ApiError, error_response
+from duly.api.schemas import ErrorOut
 from duly.keys import KeyStore
 
 log = logging.getLogger("duly.api")
 
 DEFAULT_MAX_BODY = 1_000_000
+
+
+class CatchAll:
+    """A bug is answered 500 in the error shape here, not re-raised: past Starlette's
+    ServerErrorMiddleware an exception reaches uvicorn, which drops the kept-alive
+    connection without ``Connection: close``, so the client's next request on it fails
+    with a reset (and the traceback is logged twice)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except Exception:
+            if started:  # too late for an answer: let the server close the connection
+                raise
+            log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
+            resp = error_response(500, "internal", "internal error (logged); this is a bug")
+            await resp(scope, receive, send)
 
 
 class BodyLimit:
@@ -105,7 +137,15 @@ class ApiKeyAuth:
         await self.app(scope, receive, send)
 
 
-def require_key(request: Request) -> None:
+# Declares the scheme in /openapi.json; require_key does the checking (and answers 401 in
+# the API's error shape, which HTTPBearer's own errors are not).
+_bearer = HTTPBearer(auto_error=False, description="an API key from `duly keys create`")
+
+
+def require_key(
+    request: Request,
+    _: Any = Depends(_bearer),  # noqa: B008
+) -> None:
     """Every /v1 call needs ``Authorization: Bearer <api key>`` (checked by ApiKeyAuth; this
     dependency also documents it in the OpenAPI schema and guards apps built without it)."""
     if getattr(request.state, "key", None) is not None:
@@ -130,7 +170,12 @@ def create_app(runtime: Any, *, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
     errors.install(app)
     app.include_router(router, dependencies=[Depends(require_key)])
     for extra in _extra_routers():
-        app.include_router(extra, dependencies=[Depends(require_key)])
+        # the same key check, so the same 401 (v1's router declares its own)
+        app.include_router(
+            extra,
+            dependencies=[Depends(require_key)],
+            responses={401: {"model": ErrorOut, "description": "no API key, or not a valid one"}},
+        )
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -160,6 +205,7 @@ def create_app(runtime: Any, *, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
         app.include_router(extra)
     app.add_middleware(BodyLimit, limit=max_body)
     app.add_middleware(ApiKeyAuth, fastapi_app=app)  # outermost: before the body is read
+    app.add_middleware(CatchAll)  # outside everything of ours, inside Starlette's own
     return app
 
 

@@ -57,6 +57,12 @@ class ErrorBody(BaseModel):
     field: str | None = None
 
 
+class ErrorOut(BaseModel):
+    """Every 4xx answer (spec/api.md)."""
+
+    error: ErrorBody
+
+
 class BatchResult(BaseModel):
     kind: str
     key: str

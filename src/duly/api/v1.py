@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,24 @@ from duly.errors import DulyError, InvalidInput, UnknownSubject
 from duly.model import Recipient
 from duly.planner import Identity
 
-router = APIRouter(prefix="/v1")
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for error answers, all in the one error shape."""
+    what = {
+        401: "no API key, or not a valid one",
+        404: "no such record",
+        409: "the record's state does not allow this",
+        413: "the body is too large",
+        422: "invalid input; `error.field` names it",
+    }
+    return {c: {"model": S.ErrorOut, "description": what[c]} for c in codes}
+
+
+router = APIRouter(prefix="/v1", responses=_errors(401, 413, 422))
+
+# A template file name posted to /simulate is written into a temporary folder: no path
+# separator, no leading dot, no NUL, short enough for any file system (255 bytes).
+_TEMPLATE_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 def engine(request: Request) -> Engine:
@@ -127,7 +145,12 @@ def _recipient_out(r: Recipient) -> S.RecipientOut:
     )
 
 
-@router.put("/recipients/{rid}", response_model=S.RecipientOut, tags=["recipients"])
+@router.put(
+    "/recipients/{rid}",
+    response_model=S.RecipientOut,
+    tags=["recipients"],
+    responses={201: {"model": S.RecipientOut, "description": "created"}},
+)
 def put_recipient(
     rid: RecipientId, body: S.RecipientIn, eng: EngineDep, response: Response
 ) -> S.RecipientOut:
@@ -148,7 +171,9 @@ def put_recipient(
     return _recipient_out(r)
 
 
-@router.get("/recipients/{rid}", response_model=S.RecipientOut, tags=["recipients"])
+@router.get(
+    "/recipients/{rid}", response_model=S.RecipientOut, tags=["recipients"], responses=_errors(404)
+)
 def get_recipient(rid: RecipientId, eng: EngineDep) -> S.RecipientOut:
     with eng.db.connect() as conn:
         r = eng.store.get_recipients(conn, [rid]).get(rid)
@@ -157,7 +182,7 @@ def get_recipient(rid: RecipientId, eng: EngineDep) -> S.RecipientOut:
     return _recipient_out(r)
 
 
-@router.delete("/recipients/{rid}", status_code=204, tags=["recipients"])
+@router.delete("/recipients/{rid}", status_code=204, tags=["recipients"], responses=_errors(404))
 def delete_recipient(rid: RecipientId, eng: EngineDep) -> Response:
     """Delete a recipient; its pending deliveries are cancelled (recipient_removed)."""
     with eng.db.connect() as conn:
@@ -181,16 +206,40 @@ def put_subject(
     res = eng.upsert_subject(
         SubjectInput(kind, key, body.attributes, body.recipients, body.hold_until)
     )
-    return _subject_out(eng, kind, key, detail=False, result=res)  # type: ignore[no-any-return]
+    s = res.subject
+    assert s is not None
+    # The state this request stored (a re-read could show a concurrent upsert's) and its
+    # pending rows only: the history is GET's business.
+    with eng.db.connect() as conn:
+        rows = eng.store.deliveries_of_subject(conn, res.ref, states=("pending", "sending"))
+    return S.SubjectOut(
+        kind=kind,
+        key=key,
+        revision=s.revision,
+        attributes=s.attributes,
+        recipients={k: list(v) for k, v in s.recipients.items()},
+        hold_until=s.hold_until.astimezone(UTC) if s.hold_until else None,  # as stored
+        acknowledged=sorted(s.acknowledged),
+        plan=[_delivery(r) for r in rows],
+        problems=res.problems,
+        notes=res.notes,
+    )
 
 
-@router.get("/subjects/{kind}/{key:path}", response_model=S.SubjectDetail, tags=["subjects"])
+@router.get(
+    "/subjects/{kind}/{key:path}",
+    response_model=S.SubjectDetail,
+    tags=["subjects"],
+    responses=_errors(404),
+)
 def get_subject(kind: str, key: str, eng: EngineDep) -> S.SubjectDetail:
     """A subject with its plan, history and recorded data problems."""
     return _subject_out(eng, kind, key, detail=True)  # type: ignore[no-any-return]
 
 
-@router.delete("/subjects/{kind}/{key:path}", status_code=204, tags=["subjects"])
+@router.delete(
+    "/subjects/{kind}/{key:path}", status_code=204, tags=["subjects"], responses=_errors(404)
+)
 def delete_subject(kind: str, key: str, eng: EngineDep) -> Response:
     """Delete a subject; its pending deliveries are cancelled (subject_deleted)."""
     try:
@@ -248,7 +297,13 @@ def batch_subjects(body: S.SubjectBatchIn, eng: EngineDep) -> S.BatchOut:
 # --------------------------------------------------------------------------- events
 
 
-@router.post("/events", response_model=S.EventOut, status_code=202, tags=["events"])
+@router.post(
+    "/events",
+    response_model=S.EventOut,
+    status_code=202,
+    tags=["events"],
+    responses={200: {"model": S.EventOut, "description": "a repeat: ignored"}},
+)
 def post_event(body: S.EventIn, eng: EngineDep, response: Response) -> S.EventOut:
     """Post an event about a known subject; ``id`` makes it idempotent (a repeat is
     answered 200 with ``accepted: false``)."""
@@ -301,7 +356,12 @@ def list_deliveries(
     )
 
 
-@router.get("/deliveries/{did}", response_model=S.DeliveryDetail, tags=["deliveries"])
+@router.get(
+    "/deliveries/{did}",
+    response_model=S.DeliveryDetail,
+    tags=["deliveries"],
+    responses=_errors(404),
+)
 def get_delivery(did: DbId, eng: EngineDep) -> S.DeliveryDetail:
     """One delivery: plan, every attempt with its error, history, rendered content, receipt."""
     with eng.db.connect() as conn:
@@ -339,19 +399,34 @@ def _action(did: int, eng: Engine, fn: str) -> S.DeliveryOut:
     return _delivery(r)
 
 
-@router.post("/deliveries/{did}/send-now", response_model=S.DeliveryOut, tags=["deliveries"])
+@router.post(
+    "/deliveries/{did}/send-now",
+    response_model=S.DeliveryOut,
+    tags=["deliveries"],
+    responses=_errors(404, 409),
+)
 def send_now(did: DbId, eng: EngineDep) -> S.DeliveryOut:
     """Make a pending delivery due now (policies still apply); 409 unless pending."""
     return _action(did, eng, "send_now")
 
 
-@router.post("/deliveries/{did}/cancel", response_model=S.DeliveryOut, tags=["deliveries"])
+@router.post(
+    "/deliveries/{did}/cancel",
+    response_model=S.DeliveryOut,
+    tags=["deliveries"],
+    responses=_errors(404, 409),
+)
 def cancel(did: DbId, eng: EngineDep) -> S.DeliveryOut:
     """Cancel a pending delivery (reason manual); 409 unless pending."""
     return _action(did, eng, "cancel_delivery")
 
 
-@router.post("/deliveries/{did}/retry", response_model=S.DeliveryOut, tags=["deliveries"])
+@router.post(
+    "/deliveries/{did}/retry",
+    response_model=S.DeliveryOut,
+    tags=["deliveries"],
+    responses=_errors(404, 409),
+)
 def retry(did: DbId, eng: EngineDep) -> S.DeliveryOut:
     """Try a failed, skipped or cancelled delivery again now; 409 otherwise (a sent
     delivery is never sent twice)."""
@@ -426,12 +501,19 @@ def create_reminder(body: S.ReminderIn, eng: EngineDep) -> S.ReminderOut:
     return _reminder_out(eng, rid)
 
 
-@router.get("/reminders/{rid}", response_model=S.ReminderOut, tags=["reminders"])
+@router.get(
+    "/reminders/{rid}", response_model=S.ReminderOut, tags=["reminders"], responses=_errors(404)
+)
 def get_reminder(rid: DbId, eng: EngineDep) -> S.ReminderOut:
     return _reminder_out(eng, rid)
 
 
-@router.patch("/reminders/{rid}", response_model=S.ReminderOut, tags=["reminders"])
+@router.patch(
+    "/reminders/{rid}",
+    response_model=S.ReminderOut,
+    tags=["reminders"],
+    responses=_errors(404, 409),
+)
 def patch_reminder(rid: DbId, body: S.ReminderPatch, eng: EngineDep) -> S.ReminderOut:
     """Edit a reminder that has not been sent (409 once sent)."""
     cur = _reminder_out(eng, rid)
@@ -452,7 +534,7 @@ def patch_reminder(rid: DbId, body: S.ReminderPatch, eng: EngineDep) -> S.Remind
     return _reminder_out(eng, rid)
 
 
-@router.delete("/reminders/{rid}", status_code=204, tags=["reminders"])
+@router.delete("/reminders/{rid}", status_code=204, tags=["reminders"], responses=_errors(404, 409))
 def delete_reminder(rid: DbId, eng: EngineDep) -> Response:
     """Delete a reminder that has not been sent (409 once sent)."""
     eng.delete_reminder(rid)
@@ -521,7 +603,7 @@ def simulate(body: S.SimulateIn) -> S.SimulateOut:
         tdir = Path(d) / "templates"
         tdir.mkdir()
         for name, src in (body.templates or {}).items():
-            if "/" in name or "\\" in name or name.startswith(".") or len(name) > 200:
+            if not _TEMPLATE_FILE.fullmatch(name):
                 raise ApiError(
                     422, "invalid", f"bad template file name {name!r}", f"templates.{name}"
                 )

@@ -172,7 +172,10 @@ class Dispatcher:
         self.limits = _parse_limits(engine.rules.limits)
         self._collected: dict[tuple[str, str], dict[str, Any]] = {}
         self.metrics: Any = None  # duly.metrics.Metrics when serving; None in simulations
-        engine.add_wake_hook(self._wake.set)
+        # While asleep: when it wakes by itself (next due time or max_sleep); None while
+        # awake. New work due later than that needs no wake-up.
+        self._sleep_until: datetime | None = None
+        engine.add_wake_hook(self.wake_for)
 
     @property
     def store(self):  # noqa: ANN201
@@ -182,6 +185,13 @@ class Dispatcher:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def wake_for(self, due: datetime | None = None) -> None:
+        """New work due at ``due`` (None: unknown). Wakes the loop unless it is asleep and
+        will wake by itself before then: a subject planned a month out costs no cycle."""
+        until = self._sleep_until
+        if due is None or until is None or due < until:
+            self._wake.set()
 
     def stop(self) -> None:
         """Stop after the in-flight sends; claimed rows not yet sent are released."""
@@ -209,7 +219,11 @@ class Dispatcher:
             now = self.engine.clock.now()
             timeout = max_sleep if nxt is None else max(0.0, (nxt - now).total_seconds())
             if timeout > 0:
-                self._wake.wait(min(timeout, max_sleep))
+                wait = min(timeout, max_sleep)
+                # set before waiting: a wake_for() in between sees it or finds the loop awake
+                self._sleep_until = now + timedelta(seconds=wait)
+                self._wake.wait(wait)
+                self._sleep_until = None
         if self._pool:
             self._pool.shutdown(wait=True)
         log.info("dispatcher %s stopped", self.owner)

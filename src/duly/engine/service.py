@@ -75,6 +75,8 @@ class UpsertResult:
     skipped: int = 0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    first_due: datetime | None = None  # the earliest due time it made pending, if any
+    subject: Subject | None = None  # the state stored
 
 
 class Engine:
@@ -86,24 +88,29 @@ class Engine:
         db: sa.Engine,
         *,
         clock: Clock | None = None,
-        on_planned: Callable[[], None] | None = None,
+        on_planned: Callable[[datetime | None], None] | None = None,
     ) -> None:
         self.rules = rules
         self.db = db
         self.clock = clock or SystemClock()
         self.store = Store(postgres=is_postgres(db))
-        self._wake_hooks: list[Callable[[], None]] = [on_planned] if on_planned else []
+        self._wake_hooks: list[Callable[[datetime | None], None]] = (
+            [on_planned] if on_planned else []
+        )
         self._rule_names = {r.name for r in rules.rules}
 
-    def add_wake_hook(self, hook: Callable[[], None]) -> None:
-        """Called after a transaction that made deliveries pending (wakes dispatchers)."""
+    def add_wake_hook(self, hook: Callable[[datetime | None], None]) -> None:
+        """Called after a transaction that made deliveries pending (wakes dispatchers), with
+        the earliest due time among them; None when not known (wake and look)."""
         self._wake_hooks.append(hook)
 
-    def _wake(self, conn: Connection | None = None) -> None:
+    def _wake(self, conn: Connection | None = None, due: datetime | None = None) -> None:
         if conn is not None and self.store.postgres:
-            conn.execute(sa.text("NOTIFY duly_planned"))
+            # the payload lets a dispatcher asleep until before ``due`` sleep on
+            payload = "" if due is None else due.isoformat()
+            conn.execute(sa.text("SELECT pg_notify('duly_planned', :p)"), {"p": payload})
         for h in self._wake_hooks:
-            h()
+            h(due)
 
     # ------------------------------------------------------------------ recipients
 
@@ -196,8 +203,9 @@ class Engine:
                 pairs.append((old, _to_subject(s, old)))
             self.store.save_subjects(conn, pairs, now)
             results = self._replan(conn, pairs, now)
-            if any(r.created or r.moved for r in results):
-                self._wake(conn)
+            due = min((r.first_due for r in results if r.first_due is not None), default=None)
+            if due is not None:
+                self._wake(conn, due)
         return results
 
     def apply_set(
@@ -255,16 +263,22 @@ class Engine:
                 actions += self._change_triggers(s, old_attrs, ex, recipients, now, plan)
             all_actions += actions
             problems += plan.problems
-            res = UpsertResult(s.ref, s.revision, notes=plan.notes)
+            res = UpsertResult(s.ref, s.revision, notes=plan.notes, subject=s)
             for a in actions:
+                pending = False
                 if a.kind in ("create", "replan") and a.state == "pending":
                     res.created += 1
+                    pending = True
                 elif a.kind == "move":
                     res.moved += 1
+                    pending = True
                 elif a.kind == "cancel":
                     res.cancelled += 1
                 elif a.state == "skipped" or a.kind == "skip":
                     res.skipped += 1
+                if pending:  # no desired row to read a time from: wake at once
+                    due = a.desired.due_at if a.desired is not None else now
+                    res.first_due = due if res.first_due is None else min(res.first_due, due)
             res.problems = [f"{p.field}: {p.message}" for p in plan.problems]
             results.append(res)
         self.store.apply(conn, all_actions, now)
@@ -765,6 +779,12 @@ def _validate_reminder(rf: RuleFile, r: ReminderInput, now: datetime) -> None:
     for p in r.recipients:
         if not isinstance(p, str) or not p or len(p) > 200:
             raise InvalidInput("recipients are recipient ids", field="recipients")
+    if r.subject is not None:
+        kind, sep, key = r.subject.partition("/")
+        if not (kind and sep and key):
+            raise InvalidInput(
+                f"subject must be KIND/KEY (or null for none), got {r.subject!r}", field="subject"
+            )
     if r.category not in ("transactional", "reminder", "promotional"):
         raise InvalidInput("category is transactional, reminder or promotional", field="category")
 

@@ -964,12 +964,17 @@ class Store:
         )
         return [dict(r) for r in conn.execute(q).mappings()]
 
-    def deliveries_of_subject(self, conn: Connection, ref: str) -> list[dict[str, Any]]:
+    def deliveries_of_subject(
+        self, conn: Connection, ref: str, states: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
+        """The subject's deliveries (only those in ``states`` if given), by due time."""
         q = (
             select(deliveries)
             .where(deliveries.c.subject == ref)
             .order_by(deliveries.c.due_at, deliveries.c.id)
         )
+        if states:
+            q = q.where(deliveries.c.state.in_(states))
         return [dict(r) for r in conn.execute(q).mappings()]
 
     def subject_problems(self, conn: Connection, ref: str, limit: int = 20) -> list[dict[str, Any]]:
