@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -114,8 +114,41 @@ class Metrics:
                 self.registry.register(_StateCollector(db, now, up))
                 self._watching = True
 
+    def watch_breakers(self, breakers: Mapping[str, Any], now: Callable[[], datetime]) -> None:
+        """Add each channel's circuit breaker (open or not, consecutive failures)."""
+        with self._lock:
+            if not getattr(self, "_breakers", False):
+                self.registry.register(_BreakerCollector(breakers, now))
+                self._breakers = True
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _BreakerCollector(Collector):
+    def __init__(self, breakers: Mapping[str, Any], now: Callable[[], datetime]) -> None:
+        self.breakers, self.now = breakers, now
+
+    def describe(self) -> list[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        opened = GaugeMetricFamily(
+            "duly_channel_breaker_open",
+            "1 while a channel's circuit breaker keeps sends waiting (open or probing).",
+            labels=["channel"],
+        )
+        failures = GaugeMetricFamily(
+            "duly_channel_consecutive_failures",
+            "Temporary failures in a row on a channel (the breaker opens at its threshold).",
+            labels=["channel"],
+        )
+        now = self.now()
+        for name, b in sorted(self.breakers.items()):
+            opened.add_metric([name], 0 if b.state(now) == "closed" else 1)
+            failures.add_metric([name], b.failures)
+        yield opened
+        yield failures
 
 
 class _StateCollector(Collector):

@@ -133,3 +133,14 @@ def test_metrics_match_the_database(tmp_path: Path) -> None:
     assert one(m, "duly_pending") == pending == 1  # T3's due step
     assert one(m, "duly_due_backlog") == 0
     assert one(m, "duly_dispatcher_up") == 1
+
+
+def test_breakers_show_in_readyz_and_metrics(tmp_path: Path) -> None:
+    """The channel circuit breakers' state is reported (spec: Circuit breaker)."""
+    with live_server(tmp_path) as srv:
+        ready = httpx.get(f"{srv.url}/readyz").json()
+        assert ready["channels"] == {"email": "closed"}
+        text = httpx.get(f"{srv.url}/metrics").text
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        (sample,) = fams["duly_channel_breaker_open"].samples
+        assert sample.labels == {"channel": "email"} and sample.value == 0

@@ -196,8 +196,13 @@ def create_app(runtime: Any, *, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
         alive = thread is not None and thread.is_alive()
         checks["dispatcher"] = "ok" if alive else "stopped"
         ok = all(v == "ok" for v in checks.values())
+        # channel breakers: reported, not a reason to take the process out of service
+        # (deliveries wait while a provider is down; the API keeps accepting work)
+        now = runtime.engine.clock.now()
+        disp = getattr(runtime, "dispatcher", None)
+        channels = {n: b.state(now) for n, b in sorted(getattr(disp, "breakers", {}).items())}
         return JSONResponse(
-            {"status": "ok" if ok else "unavailable", "checks": checks},
+            {"status": "ok" if ok else "unavailable", "checks": checks, "channels": channels},
             status_code=200 if ok else 503,
         )
 

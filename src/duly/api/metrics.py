@@ -26,6 +26,7 @@ def metrics_of(request: Request) -> Metrics:
         return thread is not None and thread.is_alive()
 
     m.watch(rt.db, rt.engine.clock.now, up)
+    m.watch_breakers(rt.dispatcher.breakers, rt.engine.clock.now)
     return m  # type: ignore[no-any-return]
 
 
