@@ -217,7 +217,7 @@ def create_app(runtime: Any, *, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
 def _extra_routers() -> list[Any]:
     """Routers added by other modules (templates, stats) when present."""
     out = []
-    for mod in ("duly.api.templates", "duly.api.stats", "duly.api.ack"):
+    for mod in ("duly.api.templates", "duly.api.stats", "duly.api.ack", "duly.api.inbox"):
         try:
             m = __import__(mod, fromlist=["router"])
         except ModuleNotFoundError:
