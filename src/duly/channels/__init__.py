@@ -36,6 +36,7 @@ __all__ = [
 CHANNEL_TYPES: dict[str, str] = {
     "smtp": "duly.channels.smtp:SmtpChannel",
     "outbox": "duly.channels.outbox:OutboxChannel",
+    "inbox": "duly.channels.inbox:InboxChannel",
     "null": "duly.channels.null:NullChannel",
     "webhook": "duly.channels.webhook:WebhookChannel",
     "twilio-sms": "duly.channels.twilio:TwilioSmsChannel",
@@ -45,7 +46,7 @@ CHANNEL_TYPES: dict[str, str] = {
 
 # Named in spec/rules.md but not implemented yet: building one says so, rather than
 # calling the type unknown.
-_PLANNED_TYPES = ("inbox",)
+_PLANNED_TYPES: tuple[str, ...] = ()
 
 # The option through which a channel that sends over the network accepts private and
 # loopback targets (see duly.channels._http).

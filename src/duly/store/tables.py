@@ -341,3 +341,20 @@ settings = Table(
     Column("value", Text, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
 )
+
+
+# The inbox (in-app notifications): a delivery on an ``inbox`` channel is an item of its
+# recipient's inbox; a row here says when the recipient read it (no row: unread).
+# duly.inbox owns it.
+inbox_reads = Table(
+    "inbox_reads",
+    metadata,
+    Column(
+        "delivery_id",
+        Id,
+        ForeignKey("deliveries.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("read_at", UTCDateTime, nullable=False),
+)
