@@ -411,7 +411,7 @@ def test_other_operations(
 ) -> None:
     """Operations in the document beyond OPERATIONS get the same treatment."""
     for label, op in operations(api_schema).items():
-        if label not in OPERATIONS:
+        if label not in OPERATIONS and not label.endswith("/inbox/stream"):
             with subtests.test(msg=label):
                 fuzz(label, op, seeded, live, server_log)
 

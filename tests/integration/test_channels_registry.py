@@ -64,14 +64,14 @@ def test_smtp_options_become_arguments() -> None:
 
 @pytest.mark.parametrize(
     ("type_", "problem"),
-    [("inbox", "'inbox' is not implemented yet"), ("pigeon", "'pigeon' is not a channel type")],
+    [("pigeon", "'pigeon' is not a channel type")],
 )
 def test_unsupported_types_are_named(type_: str, problem: str) -> None:
     with pytest.raises(UnsupportedChannel) as info:
         build_channel(ChannelConfig("ops", type_))
     assert isinstance(info.value, NotImplementedError)
     assert isinstance(info.value, ChannelConfigError)
-    supported = "apprise, null, outbox, smtp, twilio-sms, twilio-whatsapp, webhook"
+    supported = "apprise, inbox, null, outbox, smtp, twilio-sms, twilio-whatsapp, webhook"
     assert str(info.value) == f"channel 'ops' (type {type_}): {problem}; supported: {supported}"
 
 
