@@ -106,6 +106,9 @@ def pg_template(pg_url: str, pg_admin: Engine) -> str:
     and then share one template instead of dropping it under each other's feet.
     """
     fingerprint = _migrations_fingerprint()
+    # one template per set of migrations: checkouts at different revisions (a developer's
+    # tree and a CI clone on one machine) never rebuild each other's template mid-run
+    template = f"{TEMPLATE_DB}_{fingerprint[:12]}"
     with pg_admin.connect() as conn:
         conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": TEMPLATE_LOCK_KEY})
         try:
@@ -115,19 +118,19 @@ def pg_template(pg_url: str, pg_admin: Engine) -> str:
                     "SELECT shobj_description(oid, 'pg_database') FROM pg_database "
                     "WHERE datname = :name"
                 ),
-                {"name": TEMPLATE_DB},
+                {"name": template},
             ).scalar()
             if built_from != fingerprint:
-                _drop_database(conn, TEMPLATE_DB)
-                conn.exec_driver_sql(f'CREATE DATABASE "{TEMPLATE_DB}" TEMPLATE template0')
-                migrate(_database_url(pg_url, TEMPLATE_DB))  # disposes its engine
+                _drop_database(conn, template)
+                conn.exec_driver_sql(f'CREATE DATABASE "{template}" TEMPLATE template0')
+                migrate(_database_url(pg_url, template))  # disposes its engine
                 # CREATE DATABASE … TEMPLATE fails while anyone is connected to the template;
                 # refusing connections keeps a stray one from breaking every clone.
-                conn.exec_driver_sql(f'ALTER DATABASE "{TEMPLATE_DB}" ALLOW_CONNECTIONS false')
-                conn.exec_driver_sql(f"COMMENT ON DATABASE \"{TEMPLATE_DB}\" IS '{fingerprint}'")
+                conn.exec_driver_sql(f'ALTER DATABASE "{template}" ALLOW_CONNECTIONS false')
+                conn.exec_driver_sql(f"COMMENT ON DATABASE \"{template}\" IS '{fingerprint}'")
         finally:
             conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": TEMPLATE_LOCK_KEY})
-    return TEMPLATE_DB
+    return template
 
 
 @pytest.fixture
