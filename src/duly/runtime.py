@@ -73,6 +73,7 @@ class Runtime:
     templates: Any = None  # duly.templates_db.TemplateStore: database templates
     metrics: Any = None  # duly.metrics.Metrics: the dispatcher's instruments
     ack_links: Any = None  # duly.ack.AckLinks: signs and checks acknowledge links
+    preferences: Any = None  # duly.preferences.PrefLinks: preference / unsubscribe links
     maintenance: Any = None  # duly.retention.Maintenance: the daily prune, its own thread
 
     def start(self) -> None:
@@ -112,6 +113,7 @@ def build_runtime(rf: RuleFile, database_url: str, *, send_workers: int = 8) -> 
     engine = Engine(rf, db)
     from duly.ack import AckLinks
     from duly.metrics import Metrics
+    from duly.preferences import PrefLinks
     from duly.render import Renderer
     from duly.templates_db import TemplateStore
 
@@ -121,6 +123,9 @@ def build_runtime(rf: RuleFile, database_url: str, *, send_workers: int = 8) -> 
     renderer = Renderer(rf.templates_dir, loader_overrides=templates.override, ack_links=ack_links)
     dispatcher = Dispatcher(engine, build_channels(rf), renderer, send_workers=send_workers)
     dispatcher.metrics = Metrics()
+    # the same secret as acknowledge links (another salt); DULY_UNSUBSCRIBE_MAILTO optional
+    preferences = PrefLinks(db=db, clock=engine.clock)
+    dispatcher.preferences = preferences
     return Runtime(
         rf,
         db,
@@ -129,6 +134,7 @@ def build_runtime(rf: RuleFile, database_url: str, *, send_workers: int = 8) -> 
         templates=templates,
         metrics=dispatcher.metrics,
         ack_links=ack_links,
+        preferences=preferences,
     )
 
 

@@ -217,7 +217,13 @@ def create_app(runtime: Any, *, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
 def _extra_routers() -> list[Any]:
     """Routers added by other modules (templates, stats) when present."""
     out = []
-    for mod in ("duly.api.templates", "duly.api.stats", "duly.api.ack", "duly.api.inbox"):
+    for mod in (
+        "duly.api.templates",
+        "duly.api.stats",
+        "duly.api.ack",
+        "duly.api.inbox",
+        "duly.api.preferences",
+    ):
         try:
             m = __import__(mod, fromlist=["router"])
         except ModuleNotFoundError:
@@ -227,10 +233,14 @@ def _extra_routers() -> list[Any]:
 
 
 def _public_routers() -> list[Any]:
-    """Routers without the API key: /metrics, and the pages acknowledge links open (their
-    signed token is the permission)."""
+    """Routers without the API key: /metrics, and the pages acknowledge and preference links
+    open (their signed token is the permission)."""
     out = []
-    for mod, name in (("duly.api.metrics", "router"), ("duly.api.ack", "public_router")):
+    for mod, name in (
+        ("duly.api.metrics", "router"),
+        ("duly.api.ack", "public_router"),
+        ("duly.api.preferences", "public_router"),
+    ):
         try:
             m = __import__(mod, fromlist=[name])
         except ModuleNotFoundError:

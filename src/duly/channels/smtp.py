@@ -55,6 +55,10 @@ _QUERY_OPTIONS = ("verify", "ca_file", "local_hostname")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
+# Headers of URIs in angle brackets (RFC 2369, RFC 8058): written as they are, since a long
+# URL must never become encoded words.
+_URI_LIST_HEADERS = frozenset({"list-unsubscribe", "list-unsubscribe-post"})
+
 # Headers the channel writes itself; Message.headers may add others, not replace these.
 _RESERVED_HEADERS = frozenset(
     {
@@ -299,6 +303,13 @@ class SmtpChannel:
         for header, value in message.headers.items():
             if header.lower() in _RESERVED_HEADERS:
                 raise ValueError(f"header {header!r} is written by the channel, not the caller")
+            if header.lower() in _URI_LIST_HEADERS:
+                # RFC 2369: angle-bracketed URIs, never encoded words; folded only between
+                # them (written as given: see the policy in _prepare)
+                if not value.isascii() or "\r" in value or "\n" in value:
+                    raise ValueError(f"header {header!r} must be one line of ASCII")
+                email.set_raw(header, value.replace(">, <", ">,\r\n <"))
+                continue
             email[header] = value
         if message.text is not None and message.html is not None:
             email.set_content(message.text)
@@ -317,6 +328,8 @@ class SmtpChannel:
             international = not (self._sender + message.to).isascii()
             # SMTPUTF8 writes addresses and headers as UTF-8 rather than encoded words.
             policy = email_policy.SMTPUTF8 if international else email_policy.SMTP
+            # headers set raw (List-Unsubscribe) are written as they are, not re-encoded
+            policy = policy.clone(refold_source="none")
             with io.BytesIO() as buffer:
                 BytesGenerator(buffer, policy=policy).flatten(email, linesep="\r\n")
                 payload = buffer.getvalue()

@@ -155,6 +155,8 @@ class Dispatcher:
         self.engine = engine
         self.channels = dict(channels)
         self.renderer = renderer
+        # duly.preferences.PrefLinks: List-Unsubscribe on reminder and promotional email
+        self.preferences: Any = None
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.batch_size = batch_size
         self.lease = lease
@@ -741,10 +743,22 @@ class Dispatcher:
                 "X-Duly-Step": ident.step or "",
                 "X-Duly-Subject": ident.subject or "",
                 "X-Duly-Occurrence": str(ident.occurrence),
+                **self._unsubscribe_headers(w, rule.name, ident.channel or ""),
             },
             category=w.row.category,
         )
         return "send"
+
+    def _unsubscribe_headers(self, w: _Work, rule: str, channel: str) -> dict[str, str]:
+        """List-Unsubscribe and List-Unsubscribe-Post (RFC 8058) on reminder and promotional
+        email; none on transactional mail or other channels."""
+        chan = self.channels.get(channel)
+        is_email = channel == "email" or getattr(chan, "type", None) in ("smtp", "outbox")
+        if self.preferences is None or not is_email or w.recipient is None:
+            return {}
+        return dict(
+            self.preferences.headers(w.recipient.id, category=str(w.row.category), rule=rule)
+        )
 
     def _context(self, w: _Work, now: datetime, tzname: str) -> dict[str, Any]:
         s = w.subject
