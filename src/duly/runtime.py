@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from duly.engine.dispatcher import Dispatcher
 from duly.engine.service import Engine
 from duly.model import RuleFile
 from duly.store.db import is_postgres, make_engine, migrate
+from duly.webhooks import WebhookSender
 
 log = logging.getLogger("duly")
 
@@ -75,6 +76,9 @@ class Runtime:
     ack_links: Any = None  # duly.ack.AckLinks: signs and checks acknowledge links
     preferences: Any = None  # duly.preferences.PrefLinks: preference / unsubscribe links
     maintenance: Any = None  # duly.retention.Maintenance: the daily prune, its own thread
+    webhooks: WebhookSender | None = None  # sends the webhook outbox
+    webhooks_thread: threading.Thread | None = None
+    webhooks_stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
         from duly.retention import Maintenance
@@ -83,6 +87,14 @@ class Runtime:
             target=self.dispatcher.run_forever, name="duly-dispatcher", daemon=True
         )
         self.thread.start()
+        if self.webhooks is not None:
+            self.webhooks_thread = threading.Thread(
+                target=self.webhooks.run_forever,
+                args=(self.webhooks_stop,),
+                name="duly-webhooks",
+                daemon=True,
+            )
+            self.webhooks_thread.start()
         # retention: prune once a day on a thread of its own, never in the dispatcher's loop
         self.maintenance = Maintenance(self.db, self.rules, self.engine.clock.now)
         self.maintenance.start()
@@ -99,6 +111,12 @@ class Runtime:
         self.dispatcher.stop()
         if self.thread is not None:
             self.thread.join(timeout)
+        if self.webhooks is not None:
+            self.webhooks_stop.set()
+            self.webhooks.wake()
+            if self.webhooks_thread is not None:
+                self.webhooks_thread.join(timeout)
+            self.webhooks.close()
         for ch in self.dispatcher.channels.values():
             try:
                 ch.close()
@@ -135,6 +153,8 @@ def build_runtime(rf: RuleFile, database_url: str, *, send_workers: int = 8) -> 
         metrics=dispatcher.metrics,
         ack_links=ack_links,
         preferences=preferences,
+        # always started: events queued under an earlier rule file are still sent
+        webhooks=WebhookSender(db, rf, engine.clock),
     )
 
 

@@ -223,6 +223,7 @@ def _extra_routers() -> list[Any]:
         "duly.api.ack",
         "duly.api.inbox",
         "duly.api.preferences",
+        "duly.api.webhooks",
     ):
         try:
             m = __import__(mod, fromlist=["router"])

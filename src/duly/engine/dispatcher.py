@@ -21,11 +21,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from duly import planner
+from duly import planner, webhooks
 from duly.channels.base import Channel, DeliveryError, Message
 from duly.engine.collect import collect_all, is_empty
 from duly.engine.service import REMINDER_RULE, Engine
-from duly.model import Category, Outcome, Reason, Recipient, Rule, Step, Subject
+from duly.model import (
+    Category,
+    Outcome,
+    Reason,
+    Recipient,
+    Rule,
+    Step,
+    Subject,
+    WebhookAction,
+)
 from duly.rules import timemath
 from duly.store.db import write_transaction
 from duly.store.store import DeliveryRow
@@ -362,6 +371,7 @@ class Dispatcher:
             with write_transaction(self.engine.db) as conn:
                 self.store.finish(conn, [w.update for w in done], self.owner)
                 self.store.log(conn, [lg for w in done for lg in w.logs])
+                self._emit_outcomes(conn, done, self.engine.clock.now())
                 for w in done:
                     if w.suppress is not None:
                         self.store.suppress(conn, *w.suppress, w.row.id, now)
@@ -873,17 +883,53 @@ class Dispatcher:
         )
 
     def _apply_set(self, w: _Work, now: datetime) -> None:
+        """A row without recipient: the step's (or event / schedule rule's) `set` and
+        `webhook` actions, in one transaction with its outcome."""
         changes = dict(w.row.changes or {})
         ref = w.row.identity.subject or ""
+        action = w.step.webhook if w.step is not None else (w.rule.webhook if w.rule else None)
         with write_transaction(self.engine.db) as conn:
-            ok = self.engine.apply_set(conn, ref, changes, now)
+            # nothing to change (a webhook-only step, a schedule rule): _decide saw the subject
+            ok = self.engine.apply_set(conn, ref, changes, now) if (ref and changes) else True
             if ok:
                 self._final(w, now, "set", None, changes=changes)
+                if action is not None:
+                    self._emit_action(conn, w, action, changes, now)
             else:
                 self._final(w, now, "cancelled", Reason.subject_deleted)
             self.store.finish(conn, [w.update], self.owner)
             self.store.log(conn, w.logs)
         self.stats.set += 1
+
+    def _emit_action(
+        self, conn: Any, w: _Work, action: WebhookAction, changes: dict[str, Any], now: datetime
+    ) -> None:
+        """Queue a `webhook: {url, body}` action; its body templates see the subject as the
+        step's `set` left it."""
+        subject = None
+        if w.subject is not None:
+            subject = planner.subject_dict(w.subject)
+            subject["attributes"] = {**w.subject.attributes, **changes}
+            subject["revision"] = w.subject.revision + (1 if changes else 0)
+        ident = w.row.identity
+        context = {
+            "subject": subject,
+            "event": w.event,
+            "rule": {"name": ident.rule, "step": ident.step, "occurrence": ident.occurrence},
+        }
+        secret_env = webhooks.action_secret_env(self.engine.rules, action.url)
+        webhooks.emit_action(conn, action.url, action.body, secret_env, now, context=context)
+
+    def _emit_outcomes(self, conn: Any, works: list[_Work], now: datetime) -> None:
+        """delivery.sent / delivery.failed webhooks, in the transaction that records them."""
+        rf = self.engine.rules
+        if not rf.webhooks:
+            return
+        for w in works:
+            state = w.update.get("state")
+            if state in (Outcome.sent, Outcome.failed):
+                data = webhooks.delivery_data(w.row.id, w.row.identity, w.update, w.row.attempts)
+                webhooks.emit(conn, rf, f"delivery.{state}", data, now)
 
 
 _FALLS_BACK = frozenset(

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from duly import planner
+from duly import planner, webhooks
 from duly.engine.clock import Clock, SystemClock
 from duly.errors import DulyError, InvalidInput, NotFound, UnknownSubject
 from duly.model import Reason, Recipient, RuleFile, Subject
@@ -211,8 +211,9 @@ class Engine:
     def apply_set(
         self, conn: Connection, ref: str, changes: Mapping[str, Any], now: datetime
     ) -> bool:
-        """A ``set`` action: update duly's copy of the subject and re-plan it (inside the
-        dispatcher's transaction). Returns False when the subject is gone."""
+        """A ``set`` action: update duly's copy of the subject, re-plan it and queue the
+        ``subject.updated`` webhook (inside the dispatcher's transaction). Returns False when
+        the subject is gone."""
         kind, _, key = ref.partition("/")
         old = self.store.get_subjects(conn, [(kind, key)], for_update=True).get((kind, key))
         if old is None or old.deleted:
@@ -229,6 +230,10 @@ class Engine:
         )
         self.store.save_subjects(conn, [(old, new)], now)
         self._replan(conn, [(old, new)], now)
+        # spec/rules.md Steps: a `set` emits subject.updated so the app can follow
+        data = {"subject": ref, "revision": new.revision, "attributes": attrs}
+        data["changes"] = dict(changes)
+        webhooks.emit(conn, self.rules, "subject.updated", data, now)
         return True
 
     def _replan(
@@ -503,6 +508,11 @@ class Engine:
                 plan.desired.append(
                     planner.Desired(ident, t, t, deadline, str(rule.category), prio)
                 )
+        if rule.webhook is not None:  # one row without recipient calls it (after messages)
+            ident = planner.Identity(rule.name, None, occ, None, None, None)
+            plan.desired.append(
+                planner.Desired(ident, t, t, deadline, str(rule.category), prio - 1)
+            )
         if not plan.desired:
             return None
         # created pending even when it is the catch-up run (its time is past): the
