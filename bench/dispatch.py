@@ -656,7 +656,8 @@ def phase_rss(
     backend: Backend, setup: Setup, future: int, due_subjects: int, seconds: float
 ) -> dict[str, Any]:
     """Row 5: a worker subprocess (run_forever) over `future` future deliveries plus
-    `due_subjects` x 3 due ones, for `seconds`; it reports its own peak RSS."""
+    `due_subjects` x 3 due ones, until it is idle (at most `seconds`); it reports its own
+    peak RSS."""
     with database(backend) as db:
         now = datetime.now(UTC)
         # Planned "3 h ago" (virtual clock), due 2h30 ago: every step is due now, within
@@ -710,7 +711,14 @@ def rss_worker(url: str, templates: str, seconds: float) -> None:
     ready = maxrss_mb()
     th = threading.Thread(target=disp.run_forever, kwargs={"max_sleep": 0.5}, daemon=True)
     th.start()
-    time.sleep(seconds)
+    # Until the due rows are sent and three idle cycles (claim finds nothing, sleep until
+    # the next due time, capped at 0.5 s) have run over the full table; or `seconds`.
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        tail = [n for _, n in cycles[-3:]]
+        if len(tail) == 3 and not any(tail) and disp.stats.sent:
+            break
     disp.stop()
     th.join(60)
     t = time.perf_counter()
@@ -827,25 +835,30 @@ def _rss(d: dict[str, Any] | None, target_mb: float | None) -> str:
 
 
 def source_version() -> str:
-    """The commit measured, and whether the work tree under src/ differed from it."""
+    """The commit of the duly package imported, and whether its tree differed from it."""
+    import duly
+
+    where = Path(duly.__file__).resolve().parent  # the duly actually imported
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            cwd=HERE,
+            cwd=where,
             capture_output=True,
             text=True,
             timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src"],
-            cwd=HERE.parent,
+            ["git", "status", "--porcelain", "--", "."],
+            cwd=where,
             capture_output=True,
             text=True,
             timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown source"
-    return f"{rev}{' + uncommitted src/ changes' if dirty else ''}" if rev else "unknown source"
+    return (f"{rev}{' + uncommitted changes' if dirty else ''}" if rev else "unknown source") + (
+        "" if where == HERE.parent / "src" / "duly" else f" from {where.parent}"
+    )
 
 
 def render(report: Report, console: Console) -> None:
@@ -1003,7 +1016,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="N=20,000, 10 s windows, 2,000 SMTP, 200,000 future rows (~2 min)",
+        help="N=20,000, 10 s windows, 2,000 SMTP, 200,000 future rows (~4-5 min here)",
     )
     ap.add_argument("--n", type=int, help="subjects to plan and drain (default 100,000)")
     ap.add_argument(
@@ -1104,8 +1117,8 @@ def main(argv: list[str] | None = None) -> int:
                         lambda b=b, r=rate, pr=plan_rate: phase_lateness(b, setup, r, window, pr),
                     )
             if "rss" in only:
-                run(b, "rss_full", lambda b=b: phase_rss(b, setup, future, 1000, 5.0))
-                run(b, "rss_empty", lambda b=b: phase_rss(b, setup, 0, 1000, 5.0))
+                run(b, "rss_full", lambda b=b: phase_rss(b, setup, future, 1000, 60.0))
+                run(b, "rss_empty", lambda b=b: phase_rss(b, setup, 0, 1000, 60.0))
 
         if "celery" in only:
             if a.celery_venv.lower() == "none":
@@ -1137,10 +1150,12 @@ def main(argv: list[str] | None = None) -> int:
     text = console.export_text()
     for name in (f"dispatch-{stamp}.txt", "dispatch-latest.txt"):
         (OUT_DIR / name).write_text(text)
-    (OUT_DIR / "dispatch-latest.json").write_text(
-        json.dumps({"args": report.args, "results": report.results, "celery": report.celery,
-                    "errors": report.errors}, indent=2, default=str)
+    raw = json.dumps(
+        {"args": report.args, "results": report.results, "celery": report.celery,
+         "errors": report.errors}, indent=2, default=str,
     )  # fmt: skip
+    for name in (f"dispatch-{stamp}.json", "dispatch-latest.json"):
+        (OUT_DIR / name).write_text(raw)
     return 1 if report.errors else 0
 
 
