@@ -49,6 +49,27 @@ def _opt_rules(f: Any) -> Any:
     )(f)
 
 
+def _opt_breaker(f: Any) -> Any:
+    f = click.option(
+        "--breaker-cooldown",
+        envvar="DULY_BREAKER_COOLDOWN",
+        show_envvar=True,
+        default=60.0,
+        show_default=True,
+        type=click.FloatRange(min=0.1),
+        help="Seconds a channel rests once its circuit breaker opens.",
+    )(f)
+    return click.option(
+        "--breaker-failures",
+        envvar="DULY_BREAKER_FAILURES",
+        show_envvar=True,
+        default=5,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Consecutive temporary failures that open a channel's circuit breaker.",
+    )(f)
+
+
 def _opt_log(f: Any) -> Any:
     return click.option(
         "--log-level",
@@ -131,6 +152,7 @@ def _runtime(rf: Any, database: str, **kw: Any) -> Any:
     default=None,
     help="Load demo data (default: when running the bundled example rules on an empty database).",
 )
+@_opt_breaker
 @_opt_log
 def serve(
     rules: str | None,
@@ -139,6 +161,8 @@ def serve(
     port: int,
     max_body: int,
     demo: bool | None,
+    breaker_failures: int,
+    breaker_cooldown: float,
     log_level: str,
 ) -> None:
     """Run everything in one process: HTTP server, dispatcher and scheduler."""
@@ -149,7 +173,9 @@ def serve(
 
     _setup_logging(log_level)
     rf, bundled = _load(rules)
-    rt = _runtime(rf, database)
+    rt = _runtime(
+        rf, database, breaker_failures=breaker_failures, breaker_cooldown=breaker_cooldown
+    )
     log.info("rules: %s (%d rules); database: %s", rf.path, len(rf.rules), redact_url(database))
     if demo or (demo is None and bundled):
         from duly.demo import seed
@@ -189,12 +215,26 @@ def serve(
     type=int,
     help="Sends in flight at once.",
 )
+@_opt_breaker
 @_opt_log
-def worker(rules: str | None, database: str, concurrency: int, log_level: str) -> None:
+def worker(
+    rules: str | None,
+    database: str,
+    concurrency: int,
+    breaker_failures: int,
+    breaker_cooldown: float,
+    log_level: str,
+) -> None:
     """Run only the dispatcher (any number of workers can share one PostgreSQL database)."""
     _setup_logging(log_level)
     rf, _ = _load(rules)
-    rt = _runtime(rf, database, send_workers=concurrency)
+    rt = _runtime(
+        rf,
+        database,
+        send_workers=concurrency,
+        breaker_failures=breaker_failures,
+        breaker_cooldown=breaker_cooldown,
+    )
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: Any) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +125,14 @@ class Runtime:
         self.db.dispose()
 
 
-def build_runtime(rf: RuleFile, database_url: str, *, send_workers: int = 8) -> Runtime:
+def build_runtime(
+    rf: RuleFile,
+    database_url: str,
+    *,
+    send_workers: int = 8,
+    breaker_failures: int = 5,
+    breaker_cooldown: float = 60.0,
+) -> Runtime:
     db = make_engine(database_url)
     migrate(db)
     engine = Engine(rf, db)
@@ -139,7 +146,14 @@ def build_runtime(rf: RuleFile, database_url: str, *, send_workers: int = 8) -> 
     # DULY_SECRET_KEY (else a secret generated once, in the database) and DULY_BASE_URL
     ack_links = AckLinks(db=db, clock=engine.clock)
     renderer = Renderer(rf.templates_dir, loader_overrides=templates.override, ack_links=ack_links)
-    dispatcher = Dispatcher(engine, build_channels(rf), renderer, send_workers=send_workers)
+    dispatcher = Dispatcher(
+        engine,
+        build_channels(rf),
+        renderer,
+        send_workers=send_workers,
+        breaker_failures=breaker_failures,
+        breaker_cooldown=timedelta(seconds=breaker_cooldown),
+    )
     dispatcher.metrics = Metrics()
     # the same secret as acknowledge links (another salt); DULY_UNSUBSCRIBE_MAILTO optional
     preferences = PrefLinks(db=db, clock=engine.clock)

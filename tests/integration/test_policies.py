@@ -170,3 +170,23 @@ def test_circuit_breaker_pauses_a_failing_channel_without_spending_attempts(tmp_
     assert attempts == [2, 3, 5]
     assert sum(attempts) < 19
     assert all(r["at"] >= "2026-05-02T09:03:00Z" for r in rows)
+
+
+def test_breaker_threshold_and_cooldown_are_configurable(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from duly.rules.loader import load_rules_text
+    from duly.runtime import build_runtime
+
+    rf = load_rules_text(
+        FALLBACK.replace("    fallback: [sms, email]\n", "    channels: [email]\n"),
+        check_templates=False,
+    )
+    rt = build_runtime(
+        rf, f"sqlite:///{tmp_path / 'd.db'}", breaker_failures=2, breaker_cooldown=7.5
+    )
+    try:
+        b = rt.dispatcher.breakers["email"]
+        assert (b.threshold, b.cooldown) == (2, timedelta(seconds=7.5))
+    finally:
+        rt.db.dispose()
