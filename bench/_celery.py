@@ -14,8 +14,9 @@ machine's core count), measures, stops the worker and prints one JSON object on 
 - lateness: ``rate x window`` tasks with ``eta`` spread evenly over the window, all queued a
   few seconds ahead; each task records ``time.time() - eta`` at its start.
 
-Everything lives in one Redis database (default 15): its keys are deleted afterwards, and the
-database is flushed only if it was empty when the run began.
+Everything lives in one Redis database (default 15) under this run's own queue name
+(``DULY_BENCH_CELERY_QUEUE``; bench/dispatch.py passes one per run): only that queue's keys are
+deleted afterwards, so concurrent runs and other users of the database are left alone.
 """
 
 from __future__ import annotations
@@ -123,7 +124,6 @@ def main() -> int:
     args = ap.parse_args()
 
     r = redis.Redis.from_url(BROKER)
-    was_empty = r.dbsize() == 0
     r.delete(SEEN, QUEUE)
     worker = None
     out: dict[str, object] = {
@@ -166,9 +166,11 @@ def main() -> int:
     finally:
         if worker is not None:
             _stop_worker(worker)
-        r.delete(SEEN, QUEUE, "unacked", "unacked_index", "unacked_mutex")
-        if was_empty:
-            r.flushdb()
+        # Every key named after this run's queue (the queue, kombu's binding of it, SEEN);
+        # kombu's shared keys ("unacked", "_kombu.binding_deadlines") are left to it.
+        ours = [k for k in r.scan_iter(match=f"*{QUEUE}*") if QUEUE in k.decode()]
+        if ours:
+            r.delete(*ours)
     print(json.dumps(out))
     return 0
 

@@ -288,11 +288,29 @@ class PostgresBackend(Backend):
         u = make_url(url)
         if u.drivername in ("postgresql", "postgres"):
             u = u.set(drivername="postgresql+psycopg")
-        self.dbname = u.database or "duly_bench"
+        # One database per run, named after this process: two runs on one server (it
+        # happens on a shared machine) must not drop each other's database mid-row.
+        self.prefix = f"{u.database or 'duly_bench'}_"
+        self.dbname = f"{self.prefix}{os.getpid()}"
         self.url = u.set(database=self.dbname).render_as_string(hide_password=False)
         self._admin = sa.create_engine(
             u.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool
         )
+
+    def drop_orphans(self) -> list[str]:
+        """Drop databases left by runs that died (named PREFIX<pid> of no live process)."""
+        with self._admin.connect() as c:
+            names = c.exec_driver_sql("SELECT datname FROM pg_database").scalars().all()
+            gone = [
+                n
+                for n in names
+                if n.startswith(self.prefix)
+                and n[len(self.prefix) :].isdigit()
+                and not Path(f"/proc/{n[len(self.prefix) :]}").exists()
+            ]
+            for n in gone:
+                c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
+        return gone
 
     def _drop(self) -> None:
         with self._admin.connect() as c:
@@ -756,10 +774,11 @@ def phase_celery(venv: Path, drain_n: int, rate: float, window: float) -> dict[s
             [str(py), "-m", "pip", "install", "-q", "celery[redis]"],
             check=True, timeout=300, stdout=subprocess.DEVNULL,
         )  # fmt: skip
+    env = {**os.environ, "DULY_BENCH_CELERY_QUEUE": f"duly-bench-{os.getpid()}"}
     p = _spawn(
         [str(py), str(HERE / "_celery.py"), "--drain", str(drain_n), "--rate", str(rate),
          "--window", str(window)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     out, _ = p.communicate(timeout=window + drain_n / 100 + 240)
     _children.remove(p)
@@ -1022,7 +1041,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--postgres",
         default=os.environ.get("DULY_BENCH_POSTGRES", DEFAULT_PG),
-        help="PostgreSQL URL; its database is dropped and re-created "
+        help="PostgreSQL URL; the scratch database is its NAME_<pid>, made and dropped for "
+        "each row; those of runs that died are dropped at start "
         "(env DULY_BENCH_POSTGRES; 'none' to skip)",
     )
     ap.add_argument("--window", type=float, help="lateness window in seconds (default 60)")
@@ -1084,6 +1104,8 @@ def main(argv: list[str] | None = None) -> int:
             pg = PostgresBackend(a.postgres)
             try:
                 pg.check()
+                if gone := pg.drop_orphans():
+                    log(f"dropped databases of runs that died: {', '.join(gone)}")
                 backends.append(pg)
             except Exception as exc:  # no server: the column says so
                 report.errors.append(f"PostgreSQL skipped: {type(exc).__name__}: {exc}")
