@@ -127,7 +127,7 @@ class PrivateAddressRefused(ConnectionRefusedError):
 
 def address_problem(address: str) -> str | None:
     """Why ``address`` (an IP literal) is not public — ``"loopback"``, ``"private"`` … —
-    or None for a public address."""
+    or None for a public address. The one check for channels and outgoing webhooks."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone
     if isinstance(ip, ipaddress.IPv6Address):
         embedded = ip.ipv4_mapped or ip.sixtofour
@@ -145,13 +145,13 @@ def address_problem(address: str) -> str | None:
     if ip.is_multicast:
         return "multicast"
     if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
-        return "carrier-grade NAT"
+        return "carrier-grade NAT (100.64.0.0/10)"
     if isinstance(ip, ipaddress.IPv6Address) and ip in _ULA:
-        return "unique local"
-    if ip.is_private:
-        return "private"
+        return "unique local (fc00::/7)"
     if ip.is_reserved:
         return "reserved"
+    if ip.is_private:
+        return "private"
     if not ip.is_global:
         return "not globally routable"
     return None

@@ -15,21 +15,18 @@ Refused: unspecified, loopback, private (10/8, 172.16/12, 192.168/16), link-loca
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
 
+from duly.channels._http import address_problem
+
 __all__ = ["Resolver", "Target", "TargetRefused", "address_problem", "pin", "system_resolver"]
 
 # host, port -> the addresses to try, in order
 Resolver = Callable[[str, int], list[str]]
-
-_CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
-_ULA = ipaddress.IPv6Network("fc00::/7")
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 class TargetRefused(Exception):
@@ -54,38 +51,6 @@ def system_resolver(host: str, port: int) -> list[str]:
         if addr not in out:
             out.append(addr)
     return out
-
-
-def address_problem(address: str) -> str | None:
-    """Why an address may not receive webhooks (``"loopback"``, ``"private"`` …), or None
-    for a public address."""
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour
-        if embedded is None and ip in _NAT64:
-            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if embedded is not None:
-            inner = address_problem(str(embedded))
-            return f"{inner} (embedded in {ip})" if inner else None
-    if ip.is_unspecified:
-        return "unspecified"
-    if ip.is_loopback:
-        return "loopback"
-    if ip.is_link_local:
-        return "link-local"
-    if ip.is_multicast:
-        return "multicast"
-    if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
-        return "carrier-grade NAT (100.64.0.0/10)"
-    if isinstance(ip, ipaddress.IPv6Address) and ip in _ULA:
-        return "unique local (fc00::/7)"
-    if ip.is_reserved:
-        return "reserved"
-    if ip.is_private:
-        return "private"
-    if not ip.is_global:
-        return "not globally routable"
-    return None
 
 
 def pin(url: str, *, allow_private: bool, resolve: Resolver = system_resolver) -> Target:
