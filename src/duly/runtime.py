@@ -105,7 +105,7 @@ class Runtime:
             self.listener.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop after in-flight sends; nothing claimed is lost (unsent claims go back)."""
+        """Stop after in-flight sends; nothing claimed is lost (the batch in flight is finished)."""
         if self.maintenance is not None:
             self.maintenance.stop()  # between two chunks of a prune
         self.dispatcher.stop()

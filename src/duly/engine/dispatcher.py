@@ -173,7 +173,6 @@ class Dispatcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(send_workers) if send_workers > 1 else None
-        self._inflight: set[int] = set()
         self.on_outcome = on_outcome
         self._levels = sorted(planner.priority_levels(engine.rules), reverse=True)
         self._sched_at: datetime | None = None
@@ -205,7 +204,7 @@ class Dispatcher:
             self._wake.set()
 
     def stop(self) -> None:
-        """Stop after the in-flight sends; claimed rows not yet sent are released."""
+        """Stop after the batch in flight: every row it claimed is handled and recorded first."""
         self._stop.set()
         self._wake.set()
 

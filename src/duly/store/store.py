@@ -716,19 +716,6 @@ class Store:
             n += res.rowcount if res.rowcount and res.rowcount > 0 else 0
         return n
 
-    def release(self, conn: Connection, ids: Sequence[int], owner: str, now: datetime) -> None:
-        """Give claimed rows back as pending (clean shutdown before they were sent)."""
-        if ids:
-            conn.execute(
-                update(deliveries)
-                .where(
-                    deliveries.c.id.in_(list(ids)),
-                    deliveries.c.lease_owner == owner,
-                    deliveries.c.state == "sending",
-                )
-                .values(state="pending", lease_owner=None, lease_until=None, updated_at=now)
-            )
-
     def _same_stream(self, ident: Identity) -> Any:
         rule, _, _, subj, rcp, ch = ident.db_key()
         return and_(
@@ -1015,7 +1002,3 @@ def _group_by_keys(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     for r in rows:
         groups.setdefault(tuple(sorted(r)), []).append(r)
     return list(groups.values())
-
-
-def dumps(v: Any) -> str:
-    return json.dumps(v, sort_keys=True, default=str)
