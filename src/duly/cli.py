@@ -187,6 +187,7 @@ def serve(
                 "(read them with `duly outbox`)",
                 n,
             )
+    _first_user(rt, demo=bool(demo or (demo is None and bundled)), host=host, port=port)
     rt.start()
     app = create_app(rt, max_body=max_body)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
@@ -201,6 +202,32 @@ def serve(
     finally:
         rt.stop()
         log.info("stopped")
+
+
+def _first_user(rt: Any, *, demo: bool, host: str, port: int) -> None:
+    """With the demo and nobody to sign in, make user ``admin`` with a random password and
+    print it once to the terminal (never to the log); otherwise say how to make a user."""
+    import secrets
+
+    from duly.web.users import UserStore
+
+    store = UserStore(rt.db)
+    if store.count():
+        return
+    where = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    if not demo:
+        log.warning(
+            "the web UI (%s) has no users yet: make one with `duly users create NAME --role admin`",
+            where,
+        )
+        return
+    password = secrets.token_urlsafe(12)
+    store.create("admin", password, "admin", datetime.now(UTC))
+    click.echo(
+        f"\n  Web UI: {where}  —  sign in as  admin  with password  {password}\n"
+        "  (shown only now; change it on the Account page or with `duly users passwd admin`)\n",
+        err=True,
+    )
 
 
 @main.command()
@@ -332,6 +359,124 @@ def keys_revoke(key: str, database: str) -> None:
     if info is None:
         raise click.ClickException(f"no single active key matches {key!r} (see `duly keys list`)")
     click.echo(f"revoked key {info.id} ({info.name})")
+
+
+# --------------------------------------------------------------------------- users
+
+
+@main.group()
+def users() -> None:
+    """Manage who signs in to the web UI (passwords stored as argon2 hashes)."""
+
+
+def _userstore(database: str) -> Any:
+    from duly.store.db import make_engine
+    from duly.store.db import migrate as do_migrate
+    from duly.web.users import UserStore
+
+    db = make_engine(database)
+    do_migrate(db)
+    return UserStore(db)
+
+
+def _read_password(password_stdin: bool) -> str:
+    """From standard input (one line) with --password-stdin, else asked for twice."""
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+def _opt_password_stdin(f: Any) -> Any:
+    return click.option(
+        "--password-stdin",
+        is_flag=True,
+        envvar="DULY_PASSWORD_STDIN",
+        show_envvar=True,
+        help="Read the password from the first line of standard input instead of asking.",
+    )(f)
+
+
+@users.command("create")
+@click.argument("username", envvar="DULY_USERNAME")
+@click.option(
+    "--role",
+    type=click.Choice(["admin", "viewer"]),
+    default="viewer",
+    show_default=True,
+    envvar="DULY_USER_ROLE",
+    show_envvar=True,
+    help="admin: may act (send, cancel, edit); viewer: reads only.",
+)
+@_opt_password_stdin
+@_opt_db
+def users_create(username: str, role: str, password_stdin: bool, database: str) -> None:
+    """Make a user who can sign in to the web UI (USERNAME or DULY_USERNAME)."""
+    from duly.errors import InvalidInput
+
+    store = _userstore(database)
+    password = _read_password(password_stdin)
+    try:
+        u = store.create(username, password, role, datetime.now(UTC))
+    except InvalidInput as exc:
+        raise click.BadParameter(str(exc), param_hint=exc.field) from None
+    click.echo(f"user {u.username} created ({u.role})")
+
+
+@users.command("list")
+@_opt_db
+def users_list(database: str) -> None:
+    """List users (name, role, created, last sign-in)."""
+    rows = _userstore(database).list()
+    if not rows:
+        click.echo("No users. Make one with `duly users create NAME --role admin`.")
+        return
+    for u in rows:
+        seen = u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "never"
+        click.echo(
+            f"{u.username:<24} {u.role:<7} created {u.created_at:%Y-%m-%d}  last sign-in {seen}"
+        )
+
+
+@users.command("passwd")
+@click.argument("username", envvar="DULY_USERNAME")
+@_opt_password_stdin
+@_opt_db
+def users_passwd(username: str, password_stdin: bool, database: str) -> None:
+    """Set a user's password (their other sessions end)."""
+    from duly.errors import InvalidInput
+
+    store = _userstore(database)
+    password = _read_password(password_stdin)
+    try:
+        store.set_password(username, password, datetime.now(UTC))
+    except InvalidInput as exc:
+        raise click.BadParameter(str(exc), param_hint=exc.field) from None
+    click.echo(f"password of {username} changed")
+
+
+@users.command("role")
+@click.argument("username", envvar="DULY_USERNAME")
+@click.argument("role", type=click.Choice(["admin", "viewer"]), envvar="DULY_USER_ROLE")
+@_opt_db
+def users_role(username: str, role: str, database: str) -> None:
+    """Change a user's role."""
+    from duly.errors import InvalidInput
+
+    try:
+        _userstore(database).set_role(username, role, datetime.now(UTC))
+    except InvalidInput as exc:
+        raise click.BadParameter(str(exc), param_hint=exc.field) from None
+    click.echo(f"{username} is now {role}")
+
+
+@users.command("delete")
+@click.argument("username", envvar="DULY_USERNAME")
+@_opt_db
+def users_delete(username: str, database: str) -> None:
+    """Delete a user (their sessions end at once)."""
+    if not _userstore(database).delete(username):
+        raise click.ClickException(f"no user {username!r} (see `duly users list`)")
+    click.echo(f"user {username} deleted")
 
 
 # --------------------------------------------------------------------------- rules

@@ -31,8 +31,12 @@ class CatchAll:
     connection without ``Connection: close``, so the client's next request on it fails
     with a reset (and the traceback is logged twice)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, respond: Any = None) -> None:
         self.app = app
+        # what to answer: the API's JSON error shape unless told otherwise (the UI: a page)
+        self.respond = respond or (
+            lambda: error_response(500, "internal", "internal error (logged); this is a bug")
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,8 +55,7 @@ class CatchAll:
             if started:  # too late for an answer: let the server close the connection
                 raise
             log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
-            resp = error_response(500, "internal", "internal error (logged); this is a bug")
-            await resp(scope, receive, send)
+            await self.respond()(scope, receive, send)
 
 
 class BodyLimit:
@@ -156,7 +159,8 @@ def require_key(
     request.state.key = info
 
 
-def create_app(runtime: Any, *, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
+def create_app(runtime: Any, *, max_body: int = DEFAULT_MAX_BODY, ui: bool = True) -> FastAPI:
+    """The API; with ``ui`` also the web UI's pages (duly.web), served by the same app."""
     from duly.api.v1 import router
 
     app = FastAPI(
@@ -208,6 +212,12 @@ def create_app(runtime: Any, *, max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
 
     for extra in _public_routers():
         app.include_router(extra)
+    if ui:
+        from duly.web import UiDispatch, build_ui
+
+        # innermost of ours: UI paths leave here for the pages' own app (its sessions, CSRF
+        # and HTML errors); the body limit and the catch-all below still cover them
+        app.add_middleware(UiDispatch, ui=build_ui(runtime))
     app.add_middleware(BodyLimit, limit=max_body)
     app.add_middleware(ApiKeyAuth, fastapi_app=app)  # outermost: before the body is read
     app.add_middleware(CatchAll)  # outside everything of ours, inside Starlette's own

@@ -358,3 +358,20 @@ inbox_reads = Table(
     ),
     Column("read_at", UTCDateTime, nullable=False),
 )
+
+
+# People who sign in to the web UI (`duly users create`). Only an argon2 hash of the
+# password is kept. ``role``: admin (may act) or viewer (reads only).
+users = Table(
+    "users",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("username", String(100), nullable=False, unique=True),
+    Column("password_hash", Text, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("timezone", String(64)),  # the zone pages show times in (None: the browser's)
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("last_login_at", UTCDateTime),
+    sqlite_autoincrement=True,
+)

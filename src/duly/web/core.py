@@ -1,0 +1,350 @@
+"""What every page of the web UI shares: the Jinja2 environment, sign-in and roles, flash
+messages, times in the viewer's timezone, and small helpers for forms and paging.
+
+A page module (``duly.web.views.<name>``) defines ``router = APIRouter()`` and handlers like::
+
+    @router.get("/things")
+    def things(request: Request, user: CurrentUser) -> HTMLResponse:
+        return render(request, "things/list.html", {"items": ...})
+
+    @router.post("/things/{tid}/poke")
+    async def poke(tid: int, request: Request, user: AdminUser) -> Response:
+        form = await request.form()   # the CSRF token was checked before this runs
+        ...
+        flash(request, "Poked.")
+        return redirect(f"/things/{tid}")
+
+``CurrentUser`` sends anyone not signed in to /login (and back afterwards); ``AdminUser``
+also answers 403 to a viewer. Templates get ``user``, ``csrf_token``, ``now``, ``tz`` (the
+viewer's zone) and the helpers below as globals.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup, escape
+
+from duly.engine.service import Engine
+from duly.web.users import User, UserStore
+
+__all__ = [
+    "AdminUser",
+    "CurrentUser",
+    "EngineDep",
+    "Forbidden",
+    "LoginRequired",
+    "TEMPLATES_DIR",
+    "env",
+    "flash",
+    "parse_local_datetime",
+    "redirect",
+    "render",
+    "viewer_tz",
+]
+
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+STATIC_DIR = Path(__file__).parent / "static"
+
+# Session keys
+SESSION_USER = "uid"
+SESSION_STAMP = "pw"
+SESSION_FLASH = "flash"
+TZ_COOKIE = "duly_tz"
+
+
+class LoginRequired(Exception):
+    """Not signed in: answered with a redirect to /login."""
+
+
+class Forbidden(Exception):
+    """Signed in, but the role does not allow it: answered 403 with a page."""
+
+    def __init__(self, message: str = "Only an admin can do this.") -> None:
+        super().__init__(message)
+
+
+# --------------------------------------------------------------------------- who is asking
+
+
+def users_of(request: Request) -> UserStore:
+    return request.app.state.users  # type: ignore[no-any-return]
+
+
+def runtime_of(request: Request) -> Any:
+    return request.app.state.runtime
+
+
+def engine_of(request: Request) -> Engine:
+    return request.app.state.runtime.engine  # type: ignore[no-any-return]
+
+
+def session_user(request: Request) -> User | None:
+    """The signed-in user, or None. A session made before the user's password changed, or
+    for a deleted user, is dropped."""
+    cached = request.scope.get("duly.user")
+    if cached is not None:
+        return cached if isinstance(cached, User) else None
+    uid = request.session.get(SESSION_USER)
+    user = users_of(request).get(uid) if isinstance(uid, int) else None
+    if user is not None and request.session.get(SESSION_STAMP) != user.password_stamp:
+        user = None
+    if user is None and uid is not None:
+        request.session.clear()
+    request.scope["duly.user"] = user if user is not None else False
+    return user
+
+
+def current_user(request: Request) -> User:
+    user = session_user(request)
+    if user is None:
+        raise LoginRequired()
+    return user
+
+
+def admin_user(request: Request) -> User:
+    user = current_user(request)
+    if not user.is_admin:
+        raise Forbidden()
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+AdminUser = Annotated[User, Depends(admin_user)]
+EngineDep = Annotated[Engine, Depends(engine_of)]
+
+
+def sign_in(request: Request, user: User) -> None:
+    request.session.clear()  # a new session: no fixation of one made before signing in
+    request.session[SESSION_USER] = user.id
+    request.session[SESSION_STAMP] = user.password_stamp
+
+
+# --------------------------------------------------------------------------- responses
+
+
+def flash(request: Request, message: str, kind: str = "ok") -> None:
+    """A message shown once on the next page (kind: ok, error, info)."""
+    msgs = list(request.session.get(SESSION_FLASH, []))
+    msgs.append([kind, message])
+    request.session[SESSION_FLASH] = msgs[-5:]
+
+
+def redirect(url: str) -> RedirectResponse:
+    """303 See Other: after a form POST the browser GETs ``url``."""
+    return RedirectResponse(url, status_code=303)
+
+
+def safe_next(url: str | None) -> str:
+    """A place to return to after signing in: only a path on this site."""
+    if not url or not url.startswith("/") or url.startswith("//") or "\\" in url:
+        return "/"
+    return url
+
+
+def viewer_tz(request: Request) -> ZoneInfo:
+    """The viewer's zone: their saved one, else the browser's (a cookie set by duly.js),
+    else the rule file's."""
+    user = session_user(request)
+    for name in (
+        user.timezone if user else None,
+        request.cookies.get(TZ_COOKIE),
+        getattr(runtime_of(request).rules, "timezone", None),
+    ):
+        if name:
+            try:
+                return ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError):
+                continue
+    return ZoneInfo("UTC")
+
+
+def render(
+    request: Request, template: str, context: dict[str, Any] | None = None, status: int = 200
+) -> HTMLResponse:
+    user = session_user(request)
+    token_fn = request.scope.get("csrftoken")
+    ctx: dict[str, Any] = {
+        "request": request,
+        "user": user,
+        "csrf_token": token_fn() if token_fn else "",
+        "now": engine_of(request).clock.now(),
+        "tz": viewer_tz(request),
+        "path": request.url.path,
+        "flashes": request.session.pop(SESSION_FLASH, []) if "session" in request.scope else [],
+    }
+    ctx.update(context or {})
+    html = env.get_template(template).render(ctx)
+    return HTMLResponse(html, status_code=status)
+
+
+# --------------------------------------------------------------------------- time
+
+
+def _aware(t: datetime | None) -> datetime | None:
+    if t is None:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def fmt_time(t: datetime | None, tz: ZoneInfo | str | None = None, *, seconds: bool = False) -> str:
+    """``Thu 26 Nov 2026, 14:05 GMT`` in ``tz``."""
+    t = _aware(t)
+    if t is None:
+        return "—"
+    zone = _zone(tz)
+    local = t.astimezone(zone)
+    fmt = "%a %d %b %Y, %H:%M:%S" if seconds else "%a %d %b %Y, %H:%M"
+    return f"{local.strftime(fmt)} {local.tzname()}"
+
+
+def _zone(tz: ZoneInfo | str | None) -> ZoneInfo:
+    if isinstance(tz, ZoneInfo):
+        return tz
+    try:
+        return ZoneInfo(tz) if tz else ZoneInfo("UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def relative(t: datetime | None, now: datetime) -> str:
+    """``in 3 h``, ``5 min ago``, ``now``."""
+    t = _aware(t)
+    if t is None:
+        return ""
+    secs = (t - now).total_seconds()
+    a = abs(secs)
+    if a < 45:
+        return "now"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if a >= size:
+            n = math.floor(a / size + 0.5) if unit != "d" else math.floor(a / size)
+            text = f"{n} {unit}"
+            break
+    return f"in {text}" if secs > 0 else f"{text} ago"
+
+
+def when(ctx_tz: ZoneInfo, t: datetime | None, now: datetime, *, seconds: bool = False) -> Markup:
+    """A <time> element: the instant in the viewer's zone, relative time as its title."""
+    t = _aware(t)
+    if t is None:
+        return Markup('<span class="muted">—</span>')
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(
+        t.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        relative(t, now),
+        fmt_time(t, ctx_tz, seconds=seconds),
+    )
+
+
+def parse_local_datetime(value: str, tz: ZoneInfo) -> datetime:
+    """A form's ``YYYY-MM-DDTHH:MM`` (datetime-local) read in ``tz``, as aware UTC. An
+    offset in the value wins over ``tz``. Raises ValueError with a message for people."""
+    value = (value or "").strip()
+    if not value:
+        raise ValueError("enter a date and time")
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("enter a date and time as YYYY-MM-DD HH:MM") from None
+    if t.tzinfo is None:
+        # a wall time that does not exist (spring forward) moves forward by the gap; an
+        # ambiguous one (fall back) is the earlier instant (spec/rules.md)
+        from duly.rules.timemath import resolve_local
+
+        t = resolve_local(t, tz)
+    return t.astimezone(UTC)
+
+
+def to_local_input(t: datetime | None, tz: ZoneInfo) -> str:
+    """An instant as a datetime-local input's value in ``tz``."""
+    t = _aware(t)
+    return "" if t is None else t.astimezone(tz).strftime("%Y-%m-%dT%H:%M")
+
+
+# --------------------------------------------------------------------------- paging
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a list: ``items`` and the query string of the next page, if any."""
+
+    items: list[Any]
+    next_query: str | None
+
+
+def page_of(
+    rows: list[Any], limit: int, request: Request, key: str = "id", param: str = "after"
+) -> Page:
+    """Rows fetched with ``limit + 1``: the first ``limit`` and, when there were more, the
+    query string that asks for the ones after the last (keyset paging on ``key``)."""
+    more = len(rows) > limit
+    rows = rows[:limit]
+    nxt = None
+    if more and rows:
+        last = rows[-1][key] if isinstance(rows[-1], dict) else getattr(rows[-1], key)
+        q = {k: v for k, v in request.query_params.items() if k != param and v != ""}
+        q[param] = str(last)
+        nxt = "?" + urlencode(q)
+    return Page(rows, nxt)
+
+
+def query_with(request: Request, **changes: Any) -> str:
+    """The current query string with some parameters changed (None removes one)."""
+    q = {k: v for k, v in request.query_params.items() if v != ""}
+    for k, v in changes.items():
+        if v is None or v == "":
+            q.pop(k, None)
+        else:
+            q[k] = str(v)
+    return ("?" + urlencode(q)) if q else "?"
+
+
+# --------------------------------------------------------------------------- the environment
+
+
+def _json_pretty(value: Any) -> str:
+    import json
+
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _state_of(row: Any, now: datetime) -> str:
+    """The state a list shows: ``overdue`` for a pending delivery past its due time."""
+    state = row["state"]
+    due = _aware(row.get("due_at") if isinstance(row, dict) else row["due_at"])
+    if state == "pending" and due is not None and due < now - timedelta(seconds=60):
+        return "overdue"
+    return str(state)
+
+
+def _make_env() -> Environment:
+    e = Environment(
+        loader=FileSystemLoader(str(TEMPLATES_DIR)),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    e.globals.update(
+        when=when,
+        fmt_time=fmt_time,
+        relative=relative,
+        query_with=query_with,
+        to_local_input=to_local_input,
+        state_of=_state_of,
+    )
+    e.filters.update(json_pretty=_json_pretty, urlquote=lambda s: quote(str(s), safe=""))
+    e.globals["escape"] = escape
+    e.globals["date"] = date
+    return e
+
+
+env = _make_env()

@@ -1,0 +1,52 @@
+// duly's only script. Every page works without it; it adds:
+// - the browser's time zone in a cookie, so times are shown in the viewer's zone;
+// - a confirmation before forms marked data-confirm (cancel, delete, send now);
+// - live template previews (forms marked data-preview), see templates pages.
+(function () {
+  "use strict";
+  try {
+    var tz = Intl.DateTimeFormat().resolvedOptions().timeZone;
+    if (tz && document.cookie.indexOf("duly_tz=" + encodeURIComponent(tz)) === -1) {
+      document.cookie = "duly_tz=" + encodeURIComponent(tz) + "; path=/; max-age=31536000; samesite=lax";
+    }
+  } catch (e) { /* no Intl: the server uses the rule file's zone */ }
+
+  document.addEventListener("submit", function (ev) {
+    var form = ev.target;
+    var msg = form.getAttribute && form.getAttribute("data-confirm");
+    if (msg && !window.confirm(msg)) { ev.preventDefault(); }
+  });
+
+  // Live preview: a form with data-preview="URL" posts its fields there (debounced) and puts
+  // the answer (an HTML fragment made by the server, escaped there) into #preview.
+  function setupPreview(form) {
+    var url = form.getAttribute("data-preview");
+    var target = document.getElementById(form.getAttribute("data-preview-target") || "preview");
+    if (!url || !target) { return; }
+    var timer = null, seq = 0;
+    function run() {
+      var mine = ++seq;
+      var body = new URLSearchParams(new FormData(form));
+      var token = body.get("csrftoken") || "";
+      target.setAttribute("aria-busy", "true");
+      fetch(url, {method: "POST", body: body, credentials: "same-origin",
+                  headers: {"x-csrftoken": token}})
+        .then(function (r) { return r.text(); })
+        .then(function (html) {
+          if (mine !== seq) { return; }
+          target.innerHTML = html;
+          target.removeAttribute("aria-busy");
+        })
+        .catch(function () { target.removeAttribute("aria-busy"); });
+    }
+    form.addEventListener("input", function () {
+      clearTimeout(timer);
+      timer = setTimeout(run, 300);
+    });
+    form.addEventListener("change", function () { clearTimeout(timer); run(); });
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    var forms = document.querySelectorAll("form[data-preview]");
+    for (var i = 0; i < forms.length; i++) { setupPreview(forms[i]); }
+  });
+})();
