@@ -146,6 +146,13 @@ def _runtime(rf: Any, database: str, **kw: Any) -> Any:
     help="Largest request body accepted, in bytes.",
 )
 @click.option(
+    "--cookie-secure",
+    is_flag=True,
+    envvar="DULY_COOKIE_SECURE",
+    show_envvar=True,
+    help="Send the web UI's cookies over HTTPS only (set it behind a TLS proxy).",
+)
+@click.option(
     "--demo/--no-demo",
     envvar="DULY_DEMO",
     show_envvar=True,
@@ -160,6 +167,7 @@ def serve(
     host: str,
     port: int,
     max_body: int,
+    cookie_secure: bool,
     demo: bool | None,
     breaker_failures: int,
     breaker_cooldown: float,
@@ -189,7 +197,7 @@ def serve(
             )
     _first_user(rt, demo=bool(demo or (demo is None and bundled)), host=host, port=port)
     rt.start()
-    app = create_app(rt, max_body=max_body)
+    app = create_app(rt, max_body=max_body, cookie_secure=cookie_secure)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
     server = uvicorn.Server(config)
     # uvicorn handles SIGINT/SIGTERM itself, then re-raises the signal into the handler that

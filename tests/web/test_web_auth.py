@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from duly.cli import main
 from duly.web.users import UserStore
-from webui import ADMIN, VIEWER, Web  # tests/webui.py
+from webui import _TOKEN, ADMIN, VIEWER, Web  # tests/webui.py
 
 
 def test_pages_need_sign_in_and_come_back_after_it(web: Web) -> None:
@@ -211,3 +211,23 @@ def test_passwords_are_stored_as_argon2_hashes(web: Web) -> None:
         hashes = conn.execute(sa.select(users.c.password_hash)).scalars().all()
     assert hashes and all(h.startswith("$argon2id$") for h in hashes)
     assert not any(ADMIN[1] in h for h in hashes)
+
+
+def test_cookie_secure_marks_both_cookies_secure(web: Web) -> None:
+    from starlette.testclient import TestClient
+
+    from duly.api.app import create_app
+
+    with TestClient(create_app(web.rt, cookie_secure=True), base_url="https://duly.test") as c:
+        r = c.get("/login")
+        token = _TOKEN.search(r.text).group(1)  # type: ignore[union-attr]
+        csrf_cookie = r.headers["set-cookie"]
+        r = c.post(
+            "/login",
+            data={"csrftoken": token, "username": ADMIN[0], "password": ADMIN[1]},
+            follow_redirects=False,
+        )
+        session_cookie = r.headers["set-cookie"]
+    assert r.status_code == 303
+    assert "duly_csrf=" in csrf_cookie and "Secure" in csrf_cookie
+    assert "duly_session=" in session_cookie and "secure" in session_cookie.lower()

@@ -159,7 +159,9 @@ def require_key(
     request.state.key = info
 
 
-def create_app(runtime: Any, *, max_body: int = DEFAULT_MAX_BODY, ui: bool = True) -> FastAPI:
+def create_app(
+    runtime: Any, *, max_body: int = DEFAULT_MAX_BODY, ui: bool = True, cookie_secure: bool = False
+) -> FastAPI:
     """The API; with ``ui`` also the web UI's pages (duly.web), served by the same app."""
     from duly.api.v1 import router
 
@@ -217,7 +219,7 @@ def create_app(runtime: Any, *, max_body: int = DEFAULT_MAX_BODY, ui: bool = Tru
 
         # innermost of ours: UI paths leave here for the pages' own app (its sessions, CSRF
         # and HTML errors); the body limit and the catch-all below still cover them
-        app.add_middleware(UiDispatch, ui=build_ui(runtime))
+        app.add_middleware(UiDispatch, ui=build_ui(runtime, cookie_secure=cookie_secure))
     app.add_middleware(BodyLimit, limit=max_body)
     app.add_middleware(ApiKeyAuth, fastapi_app=app)  # outermost: before the body is read
     app.add_middleware(CatchAll)  # outside everything of ours, inside Starlette's own

@@ -11,7 +11,7 @@ The UI app's middleware, outermost first:
 - security headers (a strict Content-Security-Policy: no inline script or style, frames
   only from this site, no framing of ours) and a ``Server-Timing`` header;
 - Starlette's ``SessionMiddleware``: a signed cookie (HttpOnly, SameSite=Lax, Secure
-  when DULY_COOKIE_SECURE=true) holding only the user's id and a stamp of their password;
+  with ``duly serve --cookie-secure``) holding only the user's id and a stamp of their password;
 - ``asgi-csrf`` (Datasette's): a signed double-submit token checked on every POST, read
   from the form field ``csrftoken`` (forms work without JavaScript) or the
   ``x-csrftoken`` header (the few fetches our script makes).
@@ -23,7 +23,6 @@ import hashlib
 import hmac
 import importlib
 import logging
-import os
 import time
 from typing import Any
 
@@ -169,8 +168,10 @@ async def _csrf_failed(scope: Scope, send: Send, message_id: Any) -> None:
     await send({"type": "http.response.body", "body": body.encode()})
 
 
-def build_ui(runtime: Any, *, secret: str | None = None) -> ASGIApp:
-    """The UI's ASGI app (pages, static files, sign-in) with its middleware."""
+def build_ui(runtime: Any, *, secret: str | None = None, cookie_secure: bool = False) -> ASGIApp:
+    """The UI's ASGI app (pages, static files, sign-in) with its middleware. With
+    ``cookie_secure`` the session and CSRF cookies are sent over HTTPS only (set it when a
+    TLS proxy fronts duly: ``duly serve --cookie-secure``)."""
     from duly.ack import load_secret
 
     ui = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
@@ -191,7 +192,7 @@ def build_ui(runtime: Any, *, secret: str | None = None) -> ASGIApp:
     ui.add_middleware(CatchAll, respond=_bug_page)
 
     secret = secret or load_secret(runtime.db)
-    secure = os.environ.get("DULY_COOKIE_SECURE", "").strip().lower() in ("1", "true", "yes")
+    secure = cookie_secure
     app: ASGIApp = asgi_csrf(
         ui,
         signing_secret=_derive(secret, "duly.web.csrf"),
