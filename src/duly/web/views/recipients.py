@@ -1,0 +1,344 @@
+"""Recipients: search (id, name, email, phone) and one recipient's page — addresses, local
+time, consent (readable, and a form for admins that saves like PUT
+/v1/recipients/{id}/preferences), suppressions of its addresses (clear), its in-app inbox,
+and its recent and upcoming deliveries.
+
+Every query is LIMITed: the list pages by id (keyset), its suppression flags and pending
+counts are one query each for the whole page; the detail page reads by the recipient
+column (``ix_deliveries_recipient``) and the suppressions' ``ix_suppressions_address``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import sqlalchemy as sa
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from duly.api.preferences import _set_consent  # the save of PUT .../preferences
+from duly.engine.service import Engine
+from duly.inbox import InboxStore, inbox_channel_names
+from duly.model import Category, Recipient
+from duly.preferences import CATEGORIES
+from duly.runtime import used_channels
+from duly.store.db import write_transaction
+from duly.store.tables import deliveries, recipients, suppressions
+from duly.web.core import (
+    AdminUser,
+    CurrentUser,
+    EngineDep,
+    engine_of,
+    flash,
+    page_of,
+    redirect,
+    render,
+    runtime_of,
+)
+
+router = APIRouter()
+
+PAGE = 50
+RECENT = 20
+UPCOMING = 10
+INBOX = 20
+SUPPRESSIONS = 100
+
+Q = Annotated[str, Query(max_length=200)]
+After = Annotated[str | None, Query(max_length=200)]
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere, with its own % _ and \\ taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _addresses_of(r: Any) -> list[str]:
+    """Every address a recipient can be reached at, lower-cased as suppressions store them
+    (the id too: inbox and webhook channels address a recipient by it)."""
+    found = [r["id"], r["email"], r["phone"], *(r["addresses"] or {}).values()]
+    return sorted({str(a).lower() for a in found if a})
+
+
+# --------------------------------------------------------------------------- list
+
+
+@router.get("/recipients", response_class=HTMLResponse)
+def recipient_list(request: Request, user: CurrentUser, q: Q = "", after: After = None) -> Response:
+    q = q.strip()
+    eng = engine_of(request)
+    c = recipients.c
+    stmt = sa.select(c.id, c.name, c.email, c.phone, c.timezone, c.locale, c.addresses)
+    if q:
+        pat = _like(q)
+        stmt = stmt.where(
+            sa.or_(*(col.ilike(pat, escape="\\") for col in (c.id, c.name, c.email, c.phone)))
+        )
+    if after:
+        stmt = stmt.where(c.id > after)
+    stmt = stmt.order_by(c.id).limit(PAGE + 1)
+    with eng.db.connect() as conn:
+        rows = [dict(r) for r in conn.execute(stmt).mappings()]
+        page = page_of(rows, PAGE, request)
+        ids = [r["id"] for r in page.items]
+        addrs = {r["id"]: _addresses_of(r) for r in page.items}
+        suppressed = eng.store.active_suppressions(conn, [a for v in addrs.values() for a in v])
+        pending: dict[str, int] = {}
+        if ids:
+            d = deliveries.c
+            pending = {
+                rid: int(n)
+                for rid, n in conn.execute(
+                    sa.select(d.recipient, sa.func.count())
+                    .where(d.recipient.in_(ids), _state_is("pending"))
+                    .group_by(d.recipient)
+                )
+            }
+    for r in page.items:
+        r["suppressed"] = any(a in suppressed for a in addrs[r["id"]])
+        r["pending"] = pending.get(r["id"], 0)
+    return render(
+        request,
+        "recipients/list.html",
+        {"page": page, "q": q, "after": after, "total_shown": len(page.items)},
+    )
+
+
+# --------------------------------------------------------------------------- detail
+
+
+def _recipient(eng: Engine, rid: str) -> Recipient:
+    if not rid or len(rid) > 200:
+        raise HTTPException(404)
+    with eng.db.connect() as conn:
+        r = eng.store.get_recipients(conn, [rid]).get(rid)
+    if r is None:
+        raise HTTPException(404)
+    return r
+
+
+def _zone(name: str | None) -> ZoneInfo | None:
+    if not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def _rule_names(eng: Engine, consent: dict[str, Any]) -> list[tuple[str, str]]:
+    """(rule, category) of the rules a recipient can opt out of: those that send reminder
+    or promotional messages, and any rule the consent names (gone ones as "—")."""
+    out: dict[str, str] = {}
+    for rule in eng.rules.rules:
+        if rule.sends_message and rule.category != Category.transactional:
+            out[rule.name] = str(rule.category)
+    for name in consent.get("rules") or {}:
+        out.setdefault(str(name), "—")
+    return sorted(out.items())
+
+
+def _channel_names(eng: Engine, consent: dict[str, Any]) -> list[str]:
+    # as the recipient's own preferences page: channels some rule sends on, and any the
+    # recipient has an entry for
+    return sorted(used_channels(eng.rules) | set(consent.get("channels") or {}))
+
+
+def _consent_view(eng: Engine, r: Recipient) -> dict[str, Any]:
+    c = r.consent or {}
+    chans = c.get("channels") or {}
+    rules = c.get("rules") or {}
+    return {
+        "reminder": c.get("reminder") is not False,
+        "promotional": c.get("promotional") is True,
+        "channels": [(n, chans.get(n) is not False, n in chans) for n in _channel_names(eng, c)],
+        "rules": [
+            (n, cat, rules.get(n) is not False, n in rules) for n, cat in _rule_names(eng, c)
+        ],
+    }
+
+
+def _state_is(state: str) -> Any:
+    """``deliveries.state = state`` written so that no index is used for it: the planner
+    then reads one recipient's rows by ``ix_deliveries_recipient`` instead of walking every
+    pending (or sent) row of every recipient by the state indexes (SQLite, without
+    statistics, prefers those)."""
+    return (deliveries.c.state + "") == state
+
+
+def _inbox(request: Request, rid: str) -> tuple[list[dict[str, Any]], int, tuple[str, ...]]:
+    runtime = runtime_of(request)
+    notifier = getattr(runtime, "inbox_notifier", None)
+    store = (
+        notifier.store
+        if notifier is not None
+        else InboxStore(runtime.db, inbox_channel_names(getattr(runtime, "rules", None)))
+    )
+    d = deliveries.c
+    with runtime.db.connect() as conn:
+        # most recipients have no inbox items: one look by the recipient index says so
+        # without InboxStore's queries, which go by state
+        has_any = conn.execute(
+            sa.select(d.id)
+            .where(d.recipient == rid, d.channel.in_(store.channels), _state_is("sent"))
+            .limit(1)
+        ).first()
+    if has_any is None:
+        return [], 0, store.channels
+    items, _ = store.list(rid, limit=INBOX)
+    for i in items:
+        i["sent"] = datetime.fromisoformat(i["sent_at"]) if i["sent_at"] else None
+        i["read"] = datetime.fromisoformat(i["read_at"]) if i["read_at"] else None
+    return items, store.unread_count(rid), store.channels
+
+
+_COLS = (
+    deliveries.c.id,
+    deliveries.c.rule,
+    deliveries.c.step,
+    deliveries.c.subject,
+    deliveries.c.channel,
+    deliveries.c.state,
+    deliveries.c.reason,
+    deliveries.c.category,
+    deliveries.c.due_at,
+    deliveries.c.sent_at,
+    deliveries.c.updated_at,
+    deliveries.c.title,
+)
+
+
+@router.get("/recipients/{rid:path}", response_class=HTMLResponse)
+def recipient_page(rid: str, request: Request, user: CurrentUser, eng: EngineDep) -> Response:
+    r = _recipient(eng, rid)
+    addrs = _addresses_of(
+        {"id": r.id, "email": r.email, "phone": r.phone, "addresses": r.addresses}
+    )
+    d = deliveries.c
+    s = suppressions.c
+    with eng.db.connect() as conn:
+        recent = [
+            dict(x)
+            for x in conn.execute(
+                sa.select(*_COLS)
+                .where(d.recipient == r.id, (d.state + "") != "pending")
+                .order_by(d.updated_at.desc(), d.id.desc())
+                .limit(RECENT)
+            ).mappings()
+        ]
+        upcoming = [
+            dict(x)
+            for x in conn.execute(
+                sa.select(*_COLS)
+                .where(d.recipient == r.id, _state_is("pending"))
+                .order_by(d.due_at, d.id)
+                .limit(UPCOMING)
+            ).mappings()
+        ]
+        pending_total = conn.execute(
+            sa.select(sa.func.count()).where(d.recipient == r.id, _state_is("pending"))
+        ).scalar_one()
+        sups = [
+            dict(x)
+            for x in conn.execute(
+                sa.select(suppressions)
+                .where(s.address.in_(addrs))
+                .order_by(s.cleared_at.is_(None).desc(), s.id.desc())
+                .limit(SUPPRESSIONS)
+            ).mappings()
+        ]
+    inbox, unread, inbox_channels = _inbox(request, r.id)
+    zone = _zone(r.timezone)
+    now = eng.clock.now()
+    others = sorted((k, v) for k, v in (r.addresses or {}).items())
+    return render(
+        request,
+        "recipients/detail.html",
+        {
+            "r": r,
+            "rid_q": quote(r.id, safe=""),
+            "title": r.name or r.id,
+            "zone": zone,
+            "local_now": now.astimezone(zone) if zone else None,
+            "rule_tz": getattr(eng.rules, "timezone", None),
+            "other_addresses": others,
+            "consent": _consent_view(eng, r),
+            "suppressions": sups,
+            "active_suppressions": [x for x in sups if x["cleared_at"] is None],
+            "inbox": inbox,
+            "unread": unread,
+            "inbox_channels": inbox_channels,
+            "recent": recent,
+            "upcoming": upcoming,
+            "pending_total": pending_total,
+        },
+    )
+
+
+# --------------------------------------------------------------------------- changes
+
+
+def _save_consent(eng: Engine, rid: str, form: Any) -> None:
+    """The form's checkboxes into the consent, saved as PUT .../preferences saves it
+    (``duly.api.preferences._set_consent``: tidied, then Engine.put_recipient, which
+    re-plans the recipient's pending deliveries). Only what the form showed is changed."""
+    r = _recipient(eng, rid)
+    cats = set(form.getlist("category"))
+    consent = dict(r.consent or {})
+    for cat in CATEGORIES:
+        consent[cat] = cat in cats
+    checked = set(form.getlist("channel"))
+    chans = dict(consent.get("channels") or {})
+    for name in _channel_names(eng, consent):
+        if name in checked:
+            chans.pop(name, None)
+        else:
+            chans[name] = False
+    consent["channels"] = chans
+    checked = set(form.getlist("rule"))
+    rules = dict(consent.get("rules") or {})
+    for name, _ in _rule_names(eng, consent):
+        if name not in checked:
+            rules[name] = False
+        elif name in rules:
+            rules[name] = True  # an entry the recipient made stays, now allowing
+    consent["rules"] = rules
+    _set_consent(eng, r, consent)
+
+
+@router.post("/recipients/{rid:path}/consent")
+async def change_consent(rid: str, request: Request, user: AdminUser) -> Response:
+    form = await request.form()
+    eng = engine_of(request)
+    await run_in_threadpool(_save_consent, eng, rid, form)
+    flash(request, "Consent saved.")
+    return redirect(f"/recipients/{quote(rid, safe='')}#consent")
+
+
+def _clear(eng: Engine, rid: str, address: str) -> int:
+    r = _recipient(eng, rid)
+    addrs = _addresses_of(
+        {"id": r.id, "email": r.email, "phone": r.phone, "addresses": r.addresses}
+    )
+    if address.lower() not in addrs:
+        raise HTTPException(404)
+    with write_transaction(eng.db) as conn:
+        return int(eng.store.clear_suppression(conn, address, eng.clock.now()))
+
+
+@router.post("/recipients/{rid:path}/unsuppress")
+async def clear_suppression(rid: str, request: Request, user: AdminUser) -> Response:
+    form = await request.form()
+    address = str(form.get("address", ""))[:320]
+    eng = engine_of(request)
+    n = await run_in_threadpool(_clear, eng, rid, address)
+    if n:
+        flash(request, f"Suppression of {address} cleared: deliveries to it go out again.")
+    else:
+        flash(request, f"{address} was not suppressed.", "info")
+    return redirect(f"/recipients/{quote(rid, safe='')}#suppressions")
