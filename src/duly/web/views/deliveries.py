@@ -1,0 +1,347 @@
+"""Deliveries: a filterable list (newest first, keyset paging) and one delivery in full —
+its plan, every attempt with its error and receipt, the rendered message (the HTML part in a
+sandboxed frame served by ``/deliveries/{id}/html`` with a CSP of its own), the sibling
+deliveries on other channels, and the admin's actions: send now, cancel, retry."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from fastapi import APIRouter, HTTPException, Path, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy.engine import Connection
+
+from duly.engine.service import REMINDER_RULE, Conflict, Engine
+from duly.store.tables import deliveries
+from duly.web.core import (
+    AdminUser,
+    CurrentUser,
+    EngineDep,
+    flash,
+    page_of,
+    redirect,
+    render,
+    runtime_of,
+    viewer_tz,
+)
+
+router = APIRouter()
+
+LIMIT = 50
+MAX_ID = 2**62
+STATES = ("pending", "sending", "sent", "failed", "skipped", "cancelled", "set", "overdue")
+# core._state_of calls a pending row "overdue" a minute after its due time: the filter agrees
+OVERDUE_GRACE = timedelta(seconds=60)
+
+# The frame that shows an email's HTML part: no script, no plugins, no requests but inline
+# style and images, and a sandbox even when opened on its own.
+FRAME_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data: https:; sandbox"
+
+DeliveryId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+# --------------------------------------------------------------------------- the list
+
+
+@dataclass
+class Filters:
+    state: str = ""
+    rule: str = ""
+    channel: str = ""
+    recipient: str = ""
+    subject: str = ""
+    from_: str = ""
+    to: str = ""
+    after: int | None = None
+    # read values
+    start: datetime | None = None
+    end: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return any((self.state, self.rule, self.channel, self.recipient, self.subject,
+                    self.from_, self.to))  # fmt: skip
+
+
+def _parse_date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValueError("enter a date as YYYY-MM-DD") from None
+
+
+def _local_midnight(d: date, tz: ZoneInfo) -> datetime:
+    from duly.rules.timemath import resolve_local
+
+    return resolve_local(datetime.combine(d, time(0, 0)), tz)
+
+
+def read_filters(request: Request) -> tuple[Filters, dict[str, str]]:
+    """The filters of the query string and, per field, what is wrong with it."""
+    q = request.query_params
+    f = Filters(
+        state=q.get("state", "").strip(),
+        rule=q.get("rule", "").strip(),
+        channel=q.get("channel", "").strip(),
+        recipient=q.get("recipient", "").strip(),
+        subject=q.get("subject", "").strip(),
+        from_=q.get("from", "").strip(),
+        to=q.get("to", "").strip(),
+    )
+    errors: dict[str, str] = {}
+    if f.state and f.state not in STATES:
+        errors["state"] = f"unknown state; choose one of {', '.join(STATES)}"
+    for name, value, size in (
+        ("rule", f.rule, 200),
+        ("channel", f.channel, 100),
+        ("recipient", f.recipient, 200),
+        ("subject", f.subject, 301),
+    ):
+        if len(value) > size:
+            errors[name] = f"at most {size} characters"
+    if f.subject and "subject" not in errors:
+        kind, _, key = f.subject.partition("/")
+        if not kind or not key:
+            errors["subject"] = "enter KIND/KEY, e.g. invoice/INV-1"
+    tz = viewer_tz(request)
+    for name, value in (("from", f.from_), ("to", f.to)):
+        if not value:
+            continue
+        try:
+            d = _parse_date(value)
+        except ValueError as exc:
+            errors[name] = str(exc)
+            continue
+        if name == "from":
+            f.start = _local_midnight(d, tz)
+        else:  # the whole day: up to the next midnight
+            f.end = _local_midnight(d + timedelta(days=1), tz)
+    if f.start and f.end and f.start >= f.end:
+        errors["to"] = "the end date is before the start date"
+    after = q.get("after", "").strip()
+    if after:
+        if not after.isdigit() or not 1 <= int(after) <= MAX_ID:
+            errors["after"] = "the page cursor is not a delivery id"
+        else:
+            f.after = int(after)
+    return f, errors
+
+
+def list_rows(conn: Connection, f: Filters, now: datetime, limit: int) -> list[dict[str, Any]]:
+    """Deliveries matching ``f``, newest id first, at most ``limit``."""
+    c = deliveries.c
+    q = sa.select(
+        c.id, c.rule, c.step, c.occurrence, c.subject, c.recipient, c.channel, c.state,
+        c.reason, c.due_at, c.sent_at, c.title, c.attempts, c.category,
+    )  # fmt: skip
+    if f.state == "overdue":
+        q = q.where(c.state == "pending", c.due_at < now - OVERDUE_GRACE)
+    elif f.state:
+        q = q.where(c.state == f.state)
+    for col, val in (
+        (c.rule, f.rule),
+        (c.channel, f.channel),
+        (c.recipient, f.recipient),
+        (c.subject, f.subject),
+    ):
+        if val:
+            q = q.where(col == val)
+    if f.start is not None:
+        q = q.where(c.due_at >= f.start)
+    if f.end is not None:
+        q = q.where(c.due_at < f.end)
+    if f.after is not None:
+        q = q.where(c.id < f.after)
+    q = q.order_by(c.id.desc()).limit(limit)
+    return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def recipient_zones(engine: Engine, conn: Connection, ids: set[str]) -> dict[str, str]:
+    """Each recipient's zone (one query), the rule file's for those without one."""
+    default = getattr(engine.rules, "timezone", None) or "UTC"
+    found = engine.store.get_recipients(conn, [i for i in ids if i])
+    return {i: (found[i].timezone if i in found and found[i].timezone else default) for i in ids}
+
+
+def subject_parts(ref: str) -> tuple[str, str] | None:
+    kind, _, key = (ref or "").partition("/")
+    return (kind, key) if kind and key else None
+
+
+def rule_options(request: Request, selected: str) -> list[tuple[str, str]]:
+    names = [r.name for r in runtime_of(request).rules.rules] + [REMINDER_RULE]
+    if selected and selected not in names:
+        names.append(selected)
+    return [(n, "one-off reminders (@reminder)" if n == REMINDER_RULE else n) for n in names]
+
+
+def channel_options(request: Request, selected: str) -> list[tuple[str, str]]:
+    names = list(runtime_of(request).rules.channels)
+    if selected and selected not in names:
+        names.append(selected)
+    return [(n, n) for n in names]
+
+
+@router.get("/deliveries", response_class=HTMLResponse)
+def deliveries_list(request: Request, user: CurrentUser, engine: EngineDep) -> Response:
+    f, errors = read_filters(request)
+    now = engine.clock.now()
+    rows: list[dict[str, Any]] = []
+    zones: dict[str, str] = {}
+    if not errors:
+        with engine.db.connect() as conn:
+            rows = list_rows(conn, f, now, LIMIT + 1)
+            zones = recipient_zones(engine, conn, {r["recipient"] for r in rows[:LIMIT]})
+    page = page_of(rows, LIMIT, request)
+    return render(
+        request,
+        "deliveries/list.html",
+        {
+            "f": f,
+            "errors": errors,
+            "page": page,
+            "zones": zones,
+            "states": [(s, "overdue (pending, past due)" if s == "overdue" else s) for s in STATES],
+            "rules": rule_options(request, f.rule),
+            "channels": channel_options(request, f.channel),
+            "subject_parts": subject_parts,
+            "title": "Deliveries",
+        },
+        status=400 if errors else 200,
+    )
+
+
+# --------------------------------------------------------------------------- one delivery
+
+
+def _receipt(value: str | None) -> tuple[str | None, bool]:
+    """The receipt as text, pretty-printed when it is JSON (then True)."""
+    if not value:
+        return None, False
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return value, False
+    if isinstance(parsed, dict | list):
+        return json.dumps(parsed, indent=2, sort_keys=True, ensure_ascii=False), True
+    return value, False
+
+
+def _occurrence(value: str) -> str:
+    try:
+        v = json.loads(value)
+    except ValueError:
+        return value
+    return str(v)
+
+
+def _siblings(conn: Connection, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The same delivery on the other channels (several channels, fallback)."""
+    c = deliveries.c
+    q = (
+        sa.select(c.id, c.channel, c.state, c.reason, c.due_at, c.sent_at, c.attempts)
+        .where(
+            c.rule == row["rule"],
+            c.step == row["step"],
+            c.occurrence == row["occurrence"],
+            c.subject == row["subject"],
+            c.recipient == row["recipient"],
+            c.id != row["id"],
+        )
+        .order_by(c.id)
+        .limit(20)
+    )
+    return [dict(r) for r in conn.execute(q).mappings()]
+
+
+@router.get("/deliveries/{did}", response_class=HTMLResponse)
+def delivery_detail(
+    did: DeliveryId, request: Request, user: CurrentUser, engine: EngineDep
+) -> Response:
+    with engine.db.connect() as conn:
+        row = engine.store.delivery(conn, did)
+        if row is None:
+            raise HTTPException(404)
+        history = engine.store.delivery_history(conn, did)
+        siblings = _siblings(conn, row)
+        zones = recipient_zones(engine, conn, {row["recipient"]})
+    receipt, receipt_json = _receipt(row["receipt"])
+    attempts = [
+        {**h, "receipt_text": _receipt(h["receipt"])[0]} for h in history if h["kind"] == "attempt"
+    ]
+    outcomes = [h for h in history if h["kind"] == "outcome"]
+    return render(
+        request,
+        "deliveries/detail.html",
+        {
+            "d": row,
+            "occurrence": _occurrence(row["occurrence"]),
+            "receipt": receipt,
+            "receipt_json": receipt_json,
+            "attempts": attempts,
+            "outcomes": outcomes,
+            "siblings": siblings,
+            "recipient_tz": zones.get(row["recipient"]),
+            "subject_parts": subject_parts,
+            "title": f"Delivery {did}",
+        },
+    )
+
+
+@router.get("/deliveries/{did}/html")
+def delivery_html(did: DeliveryId, user: CurrentUser, engine: EngineDep) -> Response:
+    """The stored HTML part, for the sandboxed frame of the delivery and outbox pages."""
+    with engine.db.connect() as conn:
+        html = conn.execute(
+            sa.select(deliveries.c.body_html).where(deliveries.c.id == did)
+        ).scalar_one_or_none()
+    if not html:
+        raise HTTPException(404)
+    return HTMLResponse(
+        html,
+        headers={
+            "Content-Security-Policy": FRAME_CSP,
+            # our own page frames it; the page's CSP allows frame-src 'self'
+            "X-Frame-Options": "SAMEORIGIN",
+        },
+    )
+
+
+# --------------------------------------------------------------------------- actions
+
+_ACTIONS = {
+    "send-now": ("send_now", "Delivery {id} is due now: the dispatcher sends it shortly."),
+    "cancel": ("cancel_delivery", "Delivery {id} was cancelled."),
+    "retry": ("retry_delivery", "Delivery {id} is pending again and due now."),
+}
+
+
+def _act(request: Request, engine: Engine, did: int, action: str) -> Response:
+    method, done = _ACTIONS[action]
+    try:
+        getattr(engine, method)(did)
+    except Conflict as exc:
+        flash(request, f"Not done: {exc}.", "error")
+    else:
+        flash(request, done.format(id=did))
+    return redirect(f"/deliveries/{did}")
+
+
+@router.post("/deliveries/{did}/send-now")
+def send_now(did: DeliveryId, request: Request, user: AdminUser, engine: EngineDep) -> Response:
+    return _act(request, engine, did, "send-now")
+
+
+@router.post("/deliveries/{did}/cancel")
+def cancel(did: DeliveryId, request: Request, user: AdminUser, engine: EngineDep) -> Response:
+    return _act(request, engine, did, "cancel")
+
+
+@router.post("/deliveries/{did}/retry")
+def retry(did: DeliveryId, request: Request, user: AdminUser, engine: EngineDep) -> Response:
+    return _act(request, engine, did, "retry")
