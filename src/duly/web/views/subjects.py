@@ -1,0 +1,275 @@
+"""Subjects: search by kind and key; a subject's page with its attributes, recipients, plan,
+history, problems, hold, and its one-off reminders (USE-CASES U5.5).
+
+Holding goes through the Engine like the API's PUT /v1/subjects/{kind}/{key}: the subject is
+upserted again with the same attributes and recipients and a new ``hold_until`` (None clears
+it), which re-plans it (planner.apply_hold; the dispatcher's hold check for event and one-off
+messages).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from duly.engine.service import SubjectInput
+from duly.errors import InvalidInput
+from duly.store.tables import deliveries, reminders, subjects
+from duly.web.core import (
+    AdminUser,
+    CurrentUser,
+    EngineDep,
+    engine_of,
+    flash,
+    page_of,
+    parse_local_datetime,
+    redirect,
+    render,
+    to_local_input,
+    viewer_tz,
+)
+from duly.web.views.reminders import reminder_counts, status_of
+
+router = APIRouter()
+
+PAGE = 50
+ROWS = 100  # plan and history rows shown on a subject's page
+# "Hold indefinitely": a hold that ends so far ahead it never does in practice (the store
+# keeps an instant; there is no open-ended hold). Shown as "indefinitely".
+INDEFINITE = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere, its own % and _ taken literally."""
+    esc = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{esc}%"
+
+
+def _kinds(eng: Any, conn: sa.Connection) -> list[str]:
+    """Kinds the rules name, and kinds stored (at most 100 of them)."""
+    ruled = {r.subject for r in eng.rules.rules if getattr(r, "subject", None)}
+    stored = conn.execute(sa.select(subjects.c.kind).distinct().limit(100)).scalars().all()
+    return sorted(ruled | set(stored))
+
+
+def subject_url(kind: str, key: str) -> str:
+    from urllib.parse import quote
+
+    return f"/subjects/{quote(kind, safe='')}/{quote(key, safe='')}"
+
+
+# --------------------------------------------------------------------------- list
+
+
+@router.get("/subjects", response_class=HTMLResponse)
+def subject_list(
+    request: Request,
+    user: CurrentUser,
+    eng: EngineDep,
+    kind: Annotated[str, Query(max_length=100)] = "",
+    key: Annotated[str, Query(max_length=200)] = "",
+    deleted: Annotated[str, Query(max_length=5)] = "",
+    after: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+) -> Response:
+    now = eng.clock.now()
+    key = key.strip()
+    q = sa.select(
+        subjects.c.id,
+        subjects.c.kind,
+        subjects.c.key,
+        subjects.c.revision,
+        subjects.c.hold_until,
+        subjects.c.deleted_at,
+        subjects.c.updated_at,
+    )
+    if kind:
+        q = q.where(subjects.c.kind == kind)
+    if key:
+        q = q.where(subjects.c.key.ilike(_like(key), escape="\\"))
+    if not deleted:
+        q = q.where(subjects.c.deleted_at.is_(None))
+    if after is not None:
+        q = q.where(subjects.c.id < after)
+    q = q.order_by(subjects.c.id.desc()).limit(PAGE + 1)
+    with eng.db.connect() as conn:
+        rows = [dict(r) for r in conn.execute(q).mappings()]
+        page = page_of(rows, PAGE, request)
+        refs = [f"{r['kind']}/{r['key']}" for r in page.items]
+        pending: dict[str, int] = {}
+        if refs:
+            cq = (
+                sa.select(deliveries.c.subject, sa.func.count())
+                .where(deliveries.c.subject.in_(refs), deliveries.c.state == "pending")
+                .group_by(deliveries.c.subject)
+            )
+            pending = {s: int(n) for s, n in conn.execute(cq)}
+        kinds = _kinds(eng, conn)
+    items = [
+        {
+            **r,
+            "url": subject_url(r["kind"], r["key"]),
+            "pending": pending.get(f"{r['kind']}/{r['key']}", 0),
+            "held": r["hold_until"] is not None and r["hold_until"] > now,
+            "indefinite": r["hold_until"] is not None and r["hold_until"] >= INDEFINITE,
+        }
+        for r in page.items
+    ]
+    return render(
+        request,
+        "subjects/list.html",
+        {
+            "page": page,
+            "items": items,
+            "kinds": kinds,
+            "kind": kind,
+            "key": key,
+            "deleted": bool(deleted),
+            "searching": bool(kind or key or deleted or after),
+        },
+    )
+
+
+# --------------------------------------------------------------------------- one subject
+
+
+def _load(eng: Any, kind: str, key: str) -> dict[str, Any]:
+    ref = f"{kind}/{key}"
+    now = eng.clock.now()
+    with eng.db.connect() as conn:
+        rec = eng.store.get_subjects(conn, [(kind, key)]).get((kind, key))
+        if rec is None or rec.deleted:
+            raise HTTPException(404)
+        row = conn.execute(
+            sa.select(subjects.c.created_at, subjects.c.updated_at).where(subjects.c.id == rec.id)
+        ).first()
+        waiting = ("pending", "sending")
+        plan = [
+            dict(r)
+            for r in conn.execute(
+                sa.select(deliveries)
+                .where(deliveries.c.subject == ref, deliveries.c.state.in_(waiting))
+                .order_by(deliveries.c.due_at, deliveries.c.id)
+                .limit(ROWS + 1)
+            ).mappings()
+        ]
+        history = [
+            dict(r)
+            for r in conn.execute(
+                sa.select(deliveries)
+                .where(deliveries.c.subject == ref, deliveries.c.state.not_in(waiting))
+                .order_by(deliveries.c.due_at.desc(), deliveries.c.id.desc())
+                .limit(ROWS + 1)
+            ).mappings()
+        ]
+        problems = eng.store.subject_problems(conn, ref)
+        rems = [
+            dict(r)
+            for r in conn.execute(
+                sa.select(reminders)
+                .where(reminders.c.subject == ref, reminders.c.deleted_at.is_(None))
+                .order_by(reminders.c.send_at.desc(), reminders.c.id.desc())
+                .limit(PAGE)
+            ).mappings()
+        ]
+        counts = reminder_counts(conn, [r["id"] for r in rems], now)
+        ids = {i for ids in rec.subject.recipients.values() for i in ids}
+        ids |= {d["recipient"] for d in plan + history if d["recipient"]}
+        people = eng.store.get_recipients(conn, ids)
+    for r in rems:
+        r["counts"] = counts[r["id"]]
+        r["status"] = status_of(counts[r["id"]])
+    s = rec.subject
+    hold = s.hold_until
+    return {
+        "s": s,
+        "ref": ref,
+        "url": subject_url(kind, key),
+        "created_at": row.created_at if row else None,
+        "updated_at": row.updated_at if row else None,
+        "plan": plan[:ROWS],
+        "plan_more": len(plan) > ROWS,
+        "history": history[:ROWS],
+        "history_more": len(history) > ROWS,
+        "problems": problems,
+        "reminders": rems,
+        "people": people,
+        "held": hold is not None and hold > now,
+        "indefinite": hold is not None and hold >= INDEFINITE,
+        "hold_ended": hold is not None and hold <= now,
+        "title": ref,
+    }
+
+
+@router.get("/subjects/{kind}/{key:path}", response_class=HTMLResponse)
+def subject_page(
+    request: Request, kind: str, key: str, user: CurrentUser, eng: EngineDep
+) -> Response:
+    if not key or len(kind) > 100 or len(key) > 200:
+        raise HTTPException(404)
+    ctx = _load(eng, kind, key)
+    ctx["hold_value"] = (
+        to_local_input(ctx["s"].hold_until, viewer_tz(request))
+        if ctx["held"] and not ctx["indefinite"]
+        else ""
+    )
+    ctx["errors"] = {}
+    return render(request, "subjects/detail.html", ctx)
+
+
+@router.post("/subjects/{kind}/{key:path}")
+async def hold(request: Request, kind: str, key: str, user: AdminUser) -> Response:
+    """The hold form: ``action`` = hold (with ``until`` or ``indefinite``) or clear."""
+    form = await request.form()
+    eng = engine_of(request)
+    tz = viewer_tz(request)
+    action = str(form.get("action", ""))
+    until_text = str(form.get("until", ""))[:40]
+    if not key or len(kind) > 100 or len(key) > 200:
+        raise HTTPException(404)
+
+    def work() -> tuple[str | None, str]:
+        """(error or None, flash message)."""
+        s = eng.get_subject(kind, key)
+        if s is None:
+            raise HTTPException(404)
+        now = eng.clock.now()
+        until: datetime | None
+        if action == "clear":
+            until = None
+            msg = "Hold cleared: pending deliveries are back at their planned times."
+        elif action == "hold":
+            if form.get("indefinite"):
+                until = INDEFINITE
+                msg = "On hold until you clear it."
+            else:
+                try:
+                    until = parse_local_datetime(until_text, tz)
+                except (ValueError, OverflowError) as exc:
+                    return f"Hold until: {exc}.", ""
+                if until <= now:
+                    return "Hold until: choose a time in the future.", ""
+                local = until.astimezone(tz)
+                msg = f"On hold until {local.strftime('%a %d %b %Y, %H:%M')} {local.tzname()}."
+        else:
+            return "Choose hold or clear hold.", ""
+        try:
+            eng.upsert_subject(
+                SubjectInput(kind, key, dict(s.attributes), dict(s.recipients), until)
+            )
+        except InvalidInput as exc:
+            return str(exc), ""
+        return None, msg
+
+    error, msg = await run_in_threadpool(work)
+    if error is not None:
+        ctx = await run_in_threadpool(_load, eng, kind, key)
+        ctx["hold_value"] = until_text
+        ctx["errors"] = {"until": error}
+        return render(request, "subjects/detail.html", ctx, 400)
+    flash(request, msg)
+    return redirect(subject_url(kind, key))
