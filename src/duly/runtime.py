@@ -56,10 +56,12 @@ def build_channels(rf: RuleFile) -> dict[str, Any]:
     from duly.channels import build_channel
 
     used = used_channels(rf)
+    # the outbox and inbox channels need no options and do no I/O: always built, so one-off
+    # reminders (API and UI) can use the implicit email and inbox channels the loader adds
     return {
         name: build_channel(cfg, allow_private_targets=rf.allow_private_targets)
         for name, cfg in rf.channels.items()
-        if name in used
+        if name in used or cfg.type in ("outbox", "inbox")
     }
 
 

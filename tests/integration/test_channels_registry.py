@@ -121,3 +121,15 @@ def test_channel_modules_are_imported_only_when_used() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(sorted(CHANNEL_TYPES))
+
+
+def test_outbox_and_inbox_channels_are_built_even_when_no_rule_uses_them(tmp_path: Path) -> None:
+    """One-off reminders (API and UI) may use the implicit email outbox and inbox channels
+    with rules that never name them: the runtime must build them."""
+    from duly.rules.loader import load_rules
+    from duly.runtime import BUNDLED_RULES, build_channels
+
+    rf = load_rules(str(BUNDLED_RULES))
+    assert "inbox" not in {c for r in rf.rules for c in r.channels}
+    built = build_channels(rf)
+    assert {"email", "inbox"} <= set(built)

@@ -231,3 +231,15 @@ def test_cookie_secure_marks_both_cookies_secure(web: Web) -> None:
     assert r.status_code == 303
     assert "duly_csrf=" in csrf_cookie and "Secure" in csrf_cookie
     assert "duly_session=" in session_cookie and "secure" in session_cookie.lower()
+
+
+def test_times_follow_the_browser_zone_cookie_unless_the_account_sets_one(web: Web) -> None:
+    web.login()
+    # duly.js stores the zone URL-encoded, as document.cookie needs
+    web.client.cookies.set("duly_tz", "America%2FNew_York")
+    assert "Times in <strong>America/New_York</strong>" in web.get("/account").text
+    web.client.cookies.set("duly_tz", "Not%2FA_Zone")
+    assert "Times in <strong>Europe/London</strong>" in web.get("/account").text  # the rules'
+    web.post("/account/timezone", {"timezone": "Asia/Tokyo"}, token_from="/account")
+    web.client.cookies.set("duly_tz", "America%2FNew_York")
+    assert "Times in <strong>Asia/Tokyo</strong>" in web.get("/account").text

@@ -64,7 +64,7 @@ from duly.preferences import (
     unsubscribe_scope,
 )
 
-__all__ = ["public_router", "router"]
+__all__ = ["public_router", "router", "set_consent"]
 
 log = logging.getLogger("duly.api")
 
@@ -91,7 +91,7 @@ def _get(eng: Engine, rid: str) -> Recipient | None:
         return eng.store.get_recipients(conn, [rid]).get(rid)
 
 
-def _set_consent(eng: Engine, r: Recipient, consent: dict[str, Any]) -> Recipient:
+def set_consent(eng: Engine, r: Recipient, consent: dict[str, Any]) -> Recipient:
     """Store ``consent`` on ``r`` (the rest of the recipient as read). A concurrent
     PUT /v1/recipients of the same recipient can race this read-modify-write; the later
     write wins, as with any two PUTs."""
@@ -149,7 +149,7 @@ def put_preferences(rid: RecipientId, body: S.Consent, eng: EngineDep) -> S.Cons
     r = _get(eng, rid)
     if r is None:
         raise ApiError(404, "not_found", f"no recipient {rid}", "id")
-    new = _set_consent(eng, r, body.model_dump(exclude_none=True, exclude_defaults=True))
+    new = set_consent(eng, r, body.model_dump(exclude_none=True, exclude_defaults=True))
     return _consent_out(new)
 
 
@@ -417,7 +417,7 @@ def _one_click(eng: Engine, claim: PrefClaim, path: str) -> HTMLResponse:
     if r is None:
         # nothing is sent to a recipient that is gone: the unsubscribe has its effect
         return _page(200, "You are unsubscribed", "<p>No more messages will be sent.</p>")
-    _set_consent(eng, r, apply_unsubscribe(r.consent, rule=claim.rule, category=claim.category))
+    set_consent(eng, r, apply_unsubscribe(r.consent, rule=claim.rule, category=claim.category))
     log.info(
         "one-click unsubscribe: %s from %s",
         claim.recipient,
@@ -448,7 +448,7 @@ def _save(eng: Engine, claim: PrefClaim, fields: dict[str, list[str]]) -> HTMLRe
     for name in _shown_rules(r, claim):
         rules[name] = name in checked  # kept (true), so the page keeps showing it
     consent["rules"] = rules
-    new = _set_consent(eng, r, consent)
+    new = set_consent(eng, r, consent)
     log.info("preferences saved for %s", claim.recipient)
     notice = '<p role="status"><strong>Your preferences are saved.</strong></p>'
     return _page(200, "Your notification preferences", _form(eng, new, claim, notice))

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import Depends, Request
@@ -157,7 +157,7 @@ def viewer_tz(request: Request) -> ZoneInfo:
     user = session_user(request)
     for name in (
         user.timezone if user else None,
-        request.cookies.get(TZ_COOKIE),
+        unquote(request.cookies.get(TZ_COOKIE) or "") or None,  # duly.js encodes it
         getattr(runtime_of(request).rules, "timezone", None),
     ):
         if name:

@@ -20,7 +20,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from duly.api.preferences import _set_consent  # the save of PUT .../preferences
+from duly.api.preferences import set_consent  # the save of PUT .../preferences
 from duly.engine.service import Engine
 from duly.inbox import InboxStore, inbox_channel_names
 from duly.model import Category, Recipient
@@ -285,7 +285,7 @@ def recipient_page(rid: str, request: Request, user: CurrentUser, eng: EngineDep
 
 def _save_consent(eng: Engine, rid: str, form: Any) -> None:
     """The form's checkboxes into the consent, saved as PUT .../preferences saves it
-    (``duly.api.preferences._set_consent``: tidied, then Engine.put_recipient, which
+    (``duly.api.preferences.set_consent``: tidied, then Engine.put_recipient, which
     re-plans the recipient's pending deliveries). Only what the form showed is changed."""
     r = _recipient(eng, rid)
     cats = set(form.getlist("category"))
@@ -308,7 +308,7 @@ def _save_consent(eng: Engine, rid: str, form: Any) -> None:
         elif name in rules:
             rules[name] = True  # an entry the recipient made stays, now allowing
     consent["rules"] = rules
-    _set_consent(eng, r, consent)
+    set_consent(eng, r, consent)
 
 
 @router.post("/recipients/{rid:path}/consent")
