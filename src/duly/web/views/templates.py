@@ -1,0 +1,641 @@
+"""Templates (USE-CASES U5.7): the list, an edit form with a live preview for a chosen
+subject and recipient, the version history with diffs, and restore.
+
+Everything goes through the runtime's TemplateStore (duly.templates_db), as the API does
+(duly.api.templates): a save is checked first and refused as a whole with the file and line
+of the problem (shown next to the part), a preview renders the edited text with a real
+subject's data (or sample data) and shows a render error with its file and line.
+
+Forms post every part as ``part:CHANNEL.EXT``. Browsers send a textarea's line ends as CRLF;
+they are turned back into LF before anything is checked or saved.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from duly.errors import InvalidInput, NotFound
+from duly.model import Recipient, Subject
+from duly.render import RenderError
+from duly.rules.yamlnodes import NAME_RE
+from duly.store.tables import subjects
+from duly.templates_db import (
+    EXTS,
+    MAX_BODY,
+    SAMPLE_RECIPIENT,
+    SAMPLE_SUBJECT,
+    TemplateInvalid,
+    TemplateStore,
+    TemplateView,
+    filename,
+    render_context,
+)
+from duly.web.core import (
+    AdminUser,
+    CurrentUser,
+    engine_of,
+    env,
+    flash,
+    redirect,
+    render,
+    runtime_of,
+    viewer_tz,
+)
+
+router = APIRouter()
+
+RECENT_SUBJECTS = 20
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def store_of(request: Request) -> TemplateStore:
+    """The runtime's TemplateStore (the one the dispatcher's Renderer reads)."""
+    rt = runtime_of(request)
+    ts = getattr(rt, "templates", None)
+    if ts is None:
+        ts = getattr(request.app.state, "templates", None)
+        if ts is None:
+            ts = TemplateStore(rt.db, rt.rules.templates_dir, rules=rt.rules)
+            request.app.state.templates = ts
+    return ts  # type: ignore[no-any-return]
+
+
+def _check_name(name: str) -> None:
+    if len(name) > 200 or not NAME_RE.match(name):
+        raise HTTPException(404)
+
+
+def _view(ts: TemplateStore, name: str, version: int | None = None) -> TemplateView:
+    _check_name(name)
+    try:
+        return ts.get(name, version)
+    except NotFound:
+        raise HTTPException(404) from None
+
+
+def _lf(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _field_id(key: str) -> str:
+    return "part-" + "".join(c if c.isalnum() else "-" for c in key)
+
+
+@dataclass
+class PartForm:
+    """One textarea of the edit form."""
+
+    key: str  # "CHANNEL.EXT"
+    channel: str
+    ext: str
+    file: str  # NAME.CHANNEL.EXT
+    source: str  # "database" | "file"
+    body: str
+    version: int | None = None
+    has_file: bool = False
+    error: str | None = None
+    error_line: int | None = None
+    error_source_line: str | None = None
+
+    @property
+    def field_id(self) -> str:
+        return _field_id(self.key)
+
+    @property
+    def rows(self) -> int:
+        return max(6, min(30, self.body.count("\n") + 2))
+
+
+def _parts_form(view: TemplateView, form: Any | None = None) -> list[PartForm]:
+    out = []
+    # per channel, the text part first: its "Subject:" line is the title
+    for p in sorted(view.parts, key=lambda p: (p.channel, p.ext != "txt")):
+        key = f"{p.channel}.{p.ext}"
+        body = p.body
+        if form is not None:
+            sent = form.get(f"part:{key}")
+            if isinstance(sent, str):
+                body = _lf(sent)
+        out.append(
+            PartForm(
+                key=key,
+                channel=p.channel,
+                ext=p.ext,
+                file=filename(view.name, p.channel, p.ext),
+                source=p.source,
+                body=body,
+                version=p.version,
+                has_file=p.has_file,
+            )
+        )
+    return out
+
+
+def _channels(parts: list[PartForm]) -> list[str]:
+    seen: list[str] = []
+    for p in parts:
+        if p.channel not in seen:
+            seen.append(p.channel)
+    return seen
+
+
+def _recent_subjects(request: Request, kinds: list[str]) -> list[str]:
+    """KIND/KEY of recent subjects of the kinds the rules using a template work on."""
+    if not kinds:
+        return []
+    q = (
+        sa.select(subjects.c.kind, subjects.c.key)
+        .where(subjects.c.kind.in_(kinds), subjects.c.deleted_at.is_(None))
+        .order_by(subjects.c.id.desc())
+        .limit(RECENT_SUBJECTS)
+    )
+    with engine_of(request).db.connect() as conn:
+        return [f"{k}/{key}" for k, key in conn.execute(q)]
+
+
+@dataclass
+class Preview:
+    """What the preview fragment shows."""
+
+    channel: str
+    title: str | None = None
+    text: str | None = None
+    html: str | None = None
+    data: str = "sample"  # sample | real
+    subject: str | None = None
+    recipient: str | None = None
+    error: dict[str, Any] | None = None  # file, line, reason, source_line
+    field_errors: dict[str, str] = field(default_factory=dict)
+
+
+def _source_line(sources: dict[str, str], file: str | None, line: int | None) -> str | None:
+    if not file or not line or file not in sources:
+        return None
+    lines = sources[file].split("\n")
+    return lines[line - 1] if 1 <= line <= len(lines) else None
+
+
+def render_preview(
+    request: Request,
+    ts: TemplateStore,
+    name: str,
+    parts: list[PartForm],
+    channel: str,
+    subject_ref: str,
+    recipient_id: str,
+) -> Preview:
+    """Render ``name`` for ``channel`` with the edited ``parts`` in place of the saved ones,
+    with a subject's and recipient's real data (else sample data); as POST
+    /v1/templates/{name}/preview does. Problems come back in the Preview, never raised."""
+    eng = engine_of(request)
+    now = eng.clock.now()
+    out = Preview(channel=channel)
+    if channel not in _channels(parts):
+        out.field_errors["channel"] = f"this template has no part for channel {channel!r}"
+        return out
+    sources = {p.file: p.body for p in parts}
+    subject: Subject | None = None
+    recipient: Recipient | None = None
+    subject_ref, recipient_id = subject_ref.strip()[:301], recipient_id.strip()[:200]
+    with eng.db.connect() as conn:
+        if subject_ref:
+            kind, _, key = subject_ref.partition("/")
+            rec = eng.store.get_subjects(conn, [(kind, key)]).get((kind, key)) if key else None
+            if rec is None or rec.deleted:
+                out.field_errors["subject"] = (
+                    f"no subject {subject_ref} (write it as KIND/KEY, e.g. invoice/INV-1)"
+                )
+                return out
+            subject = rec.subject
+        rid = recipient_id or None
+        if rid is None and subject is not None:
+            rid = next((r for ids in subject.recipients.values() for r in ids), None)
+        if rid is not None:
+            recipient = eng.store.get_recipients(conn, [rid]).get(rid)
+            if recipient is None and recipient_id:
+                out.field_errors["recipient"] = f"no recipient with id {recipient_id}"
+                return out
+    real = subject is not None or recipient is not None
+    if not real:
+        subject, recipient = SAMPLE_SUBJECT, SAMPLE_RECIPIENT
+    tz = (recipient.timezone if recipient else None) or eng.rules.timezone
+    collected = ts.sample_collections(name)
+    rule = next((r for r in ts.rules_using(name) if r.collect), None)
+    if rule is not None:
+        from duly.engine.collect import collect_all
+
+        with eng.db.connect() as conn:
+            collected = collect_all(conn, rule, now, ZoneInfo(rule.timezone or eng.rules.timezone))
+    ctx = render_context(
+        name=name,
+        subject=subject,
+        recipient=recipient,
+        event=None,
+        now=now,
+        timezone=tz,
+        collected=collected,
+    )
+    out.data = "real" if real else "sample"
+    out.subject = subject.ref if subject is not None else None
+    out.recipient = recipient.id if recipient is not None else None
+    try:
+        r = ts.preview(
+            name,
+            channel,
+            ctx,
+            sources=sources,
+            recipient=recipient,
+            timezone=tz,
+            locale=(recipient.locale if recipient else None) or "en",
+        )
+    except RenderError as exc:
+        out.error = {
+            "file": exc.template,
+            "line": exc.line,
+            "reason": exc.reason,
+            "source_line": _source_line(sources, exc.template, exc.line),
+        }
+        return out
+    out.title, out.text, out.html = r.title, r.text, r.html
+    return out
+
+
+def _fragment(request: Request, preview: Preview) -> str:
+    tmpl = env.get_template("templates/_preview.html")
+    return tmpl.render(preview=preview, tz=viewer_tz(request), now=engine_of(request).clock.now())
+
+
+def _edit_context(
+    request: Request,
+    ts: TemplateStore,
+    view: TemplateView,
+    parts: list[PartForm],
+    *,
+    channel: str,
+    subject_ref: str,
+    recipient_id: str,
+    preview: Preview | None,
+    warnings: list[str] | None = None,
+    save_error: str | None = None,
+) -> dict[str, Any]:
+    using = ts.rules_using(view.name)
+    kinds = sorted({r.subject for r in using if r.subject})
+    return {
+        "title": f"Template {view.name}",
+        "view": view,
+        "parts": parts,
+        "channels": _channels(parts),
+        "channel": channel,
+        "subject_ref": subject_ref,
+        "recipient_id": recipient_id,
+        "recent": _recent_subjects(request, kinds),
+        "kinds": kinds,
+        "using": using,
+        "preview": preview,
+        "warnings": warnings or [],
+        "save_error": save_error,
+    }
+
+
+def _form_str(form: Any, key: str, limit: int = 400) -> str:
+    v = form.get(key)
+    return v[:limit] if isinstance(v, str) else ""
+
+
+# --------------------------------------------------------------------------- list
+
+
+@router.get("/templates", response_class=HTMLResponse)
+def template_list(request: Request, user: CurrentUser) -> Response:
+    ts = store_of(request)
+    rows = []
+    for s in ts.summaries():
+        saved = [p for p in s.parts if p.source == "database" and p.version is not None]
+        newest = max(saved, key=lambda p: p.version or 0) if saved else None
+        rows.append(
+            {
+                "name": s.name,
+                "parts": s.parts,
+                "latest": s.latest,
+                "updated": newest.saved_at if newest else None,
+                "author": newest.author if newest else None,
+                "rules": [r.name for r in ts.rules_using(s.name)],
+            }
+        )
+    return render(
+        request,
+        "templates/list.html",
+        {"title": "Templates", "rows": rows, "folder": ts.templates_dir},
+    )
+
+
+# --------------------------------------------------------------------------- edit and preview
+
+
+@router.get("/templates/{name}", response_class=HTMLResponse)
+def template_edit(
+    name: str,
+    request: Request,
+    user: CurrentUser,
+    subject: str | None = None,
+    recipient: str = "",
+    channel: str = "",
+) -> Response:
+    ts = store_of(request)
+    view = _view(ts, name)
+    parts = _parts_form(view)
+    channels = _channels(parts)
+    channel = channel if channel in channels else channels[0]
+    if subject is None:  # first visit: the newest subject a rule using it works on
+        kinds = sorted({r.subject for r in ts.rules_using(name) if r.subject})
+        recent = _recent_subjects(request, kinds)
+        subject = recent[0] if recent else ""
+    preview = render_preview(request, ts, name, parts, channel, subject, recipient[:200])
+    return render(
+        request,
+        "templates/edit.html",
+        _edit_context(
+            request,
+            ts,
+            view,
+            parts,
+            channel=channel,
+            subject_ref=subject[:301],
+            recipient_id=recipient[:200],
+            preview=preview,
+        ),
+    )
+
+
+async def _read_edit_form(request: Request, name: str) -> tuple[Any, TemplateStore, Any]:
+    form = await request.form()
+    ts = store_of(request)
+    view = await run_in_threadpool(_view, ts, name)
+    return form, ts, view
+
+
+@router.post("/templates/{name}/preview", response_class=HTMLResponse)
+async def template_preview(name: str, request: Request, user: CurrentUser) -> Response:
+    """The preview fragment for the live preview (duly.js puts it into #preview)."""
+    form, ts, view = await _read_edit_form(request, name)
+    parts = _parts_form(view, form)
+    channels = _channels(parts)
+    channel = _form_str(form, "channel", 100) or channels[0]
+    preview = await run_in_threadpool(
+        render_preview,
+        request,
+        ts,
+        name,
+        parts,
+        channel,
+        _form_str(form, "subject", 301),
+        _form_str(form, "recipient", 200),
+    )
+    return HTMLResponse(_fragment(request, preview))
+
+
+@router.post("/templates/{name}/preview-page", response_class=HTMLResponse)
+async def template_preview_page(name: str, request: Request, user: CurrentUser) -> Response:
+    """The edit page again with the edited text and its preview (works without JS)."""
+    form, ts, view = await _read_edit_form(request, name)
+    parts = _parts_form(view, form)
+    channels = _channels(parts)
+    channel = _form_str(form, "channel", 100)
+    channel = channel if channel in channels else channels[0]
+    subject_ref, recipient_id = _form_str(form, "subject", 301), _form_str(form, "recipient", 200)
+    preview = await run_in_threadpool(
+        render_preview, request, ts, name, parts, channel, subject_ref, recipient_id
+    )
+    ctx = await run_in_threadpool(
+        lambda: _edit_context(
+            request,
+            ts,
+            view,
+            parts,
+            channel=channel,
+            subject_ref=subject_ref,
+            recipient_id=recipient_id,
+            preview=preview,
+        )
+    )
+    return render(request, "templates/edit.html", ctx)
+
+
+@router.post("/templates/{name}", response_class=HTMLResponse)
+async def template_save(name: str, request: Request, user: AdminUser) -> Response:
+    """Save the edited parts as a new version (author: the signed-in user)."""
+    form, ts, view = await _read_edit_form(request, name)
+    parts = _parts_form(view, form)
+    channels = _channels(parts)
+    channel = _form_str(form, "channel", 100)
+    channel = channel if channel in channels else channels[0]
+    subject_ref, recipient_id = _form_str(form, "subject", 301), _form_str(form, "recipient", 200)
+
+    q = {"subject": subject_ref, "recipient": recipient_id, "channel": channel}
+    back = f"/templates/{name}?" + urlencode({k: v for k, v in q.items() if v or k == "subject"})
+
+    def refuse(save_error: str | None = None) -> Response:
+        preview = render_preview(request, ts, name, parts, channel, subject_ref, recipient_id)
+        ctx = _edit_context(
+            request,
+            ts,
+            view,
+            parts,
+            channel=channel,
+            subject_ref=subject_ref,
+            recipient_id=recipient_id,
+            preview=preview,
+            save_error=save_error,
+        )
+        return render(request, "templates/edit.html", ctx, status=400)
+
+    def save() -> Response:
+        for p in parts:
+            if len(p.body) > MAX_BODY:
+                p.error = f"a part is at most {MAX_BODY:,} characters"
+                return refuse("Not saved: a part is too long.")
+        # only the parts edited: saving a file's unchanged text would pin it in the
+        # database (later edits of the file would no longer show)
+        shown = {(p.channel, p.ext): _lf(p.body) for p in view.parts}
+        edited = [p for p in parts if p.body != shown.get((p.channel, p.ext))]
+        if not edited:
+            flash(request, "Nothing changed: every part is as shown.", "info")
+            return redirect(back)
+        try:
+            saved = ts.save(
+                name,
+                [(p.channel, p.ext, p.body) for p in edited],
+                author=user.username,
+                now=engine_of(request).clock.now(),
+            )
+        except TemplateInvalid as exc:
+            sources = {p.file: p.body for p in parts}
+            target = next((p for p in parts if p.file == exc.file), None)
+            if target is None:  # an included file failed: show it on the first part
+                target = parts[0]
+                target.error = f"{exc.file}: {exc.reason}"
+            else:
+                target.error = exc.reason
+            target.error_line = exc.line
+            target.error_source_line = _source_line(sources, exc.file, exc.line)
+            return refuse("Not saved: fix the error shown next to the part. Nothing was changed.")
+        except InvalidInput as exc:
+            return refuse(f"Not saved: {exc}")
+        if saved.version is None:
+            flash(request, "Nothing changed: every part was already current.", "info")
+        else:
+            flash(
+                request,
+                f"Saved version {saved.version} ({', '.join(saved.changed)}).",
+            )
+        for w in saved.warnings:
+            flash(request, f"Saved, but: {w}", "info")
+        return redirect(back)
+
+    return await run_in_threadpool(save)
+
+
+# --------------------------------------------------------------------------- history
+
+
+def _parts_at(ts: TemplateStore, view_now: TemplateView, name: str, version: int) -> dict:
+    """``{CHANNEL.EXT: body}`` as of ``version``; version 0: the files alone."""
+    if version >= 1:
+        v = ts.get(name, version)
+        return {f"{p.channel}.{p.ext}": p.body for p in v.parts}
+    out = {}
+    for p in view_now.parts:
+        if p.has_file and ts.templates_dir is not None:
+            try:
+                out[f"{p.channel}.{p.ext}"] = (
+                    ts.templates_dir / filename(name, p.channel, p.ext)
+                ).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+    return out
+
+
+def diff_lines(old: str, new: str, old_label: str, new_label: str) -> list[tuple[str, str]]:
+    """A unified diff as (css class, line) pairs: add, del, hunk, head or ctx."""
+    out = []
+    for line in difflib.unified_diff(
+        old.split("\n"), new.split("\n"), old_label, new_label, lineterm="", n=3
+    ):
+        if line.startswith(("+++", "---")):
+            cls = "head"
+        elif line.startswith("@@"):
+            cls = "hunk"
+        elif line.startswith("+"):
+            cls = "add"
+        elif line.startswith("-"):
+            cls = "del"
+        else:
+            cls = "ctx"
+        out.append((cls, line or " "))
+    return out
+
+
+@router.get("/templates/{name}/history", response_class=HTMLResponse)
+def template_history(
+    name: str,
+    request: Request,
+    user: CurrentUser,
+    version: int | None = None,
+    against: str = "previous",
+) -> Response:
+    ts = store_of(request)
+    current = _view(ts, name)
+    latest = current.latest
+    diffs: list[dict[str, Any]] = []
+    if latest is not None:
+        if version is None:
+            version = latest
+        if not 1 <= version <= latest:
+            raise HTTPException(404)
+        against = "current" if against == "current" else "previous"
+        new = _parts_at(ts, current, name, version)
+        if against == "previous":
+            old, old_name = (
+                _parts_at(ts, current, name, version - 1),
+                (f"version {version - 1}" if version > 1 else "the files"),
+            )
+            new_name = f"version {version}"
+        else:
+            old, old_name = new, f"version {version}"
+            new, new_name = {f"{p.channel}.{p.ext}": p.body for p in current.parts}, "current"
+        for key in sorted(set(old) | set(new)):
+            a, b = old.get(key), new.get(key)
+            if a == b:
+                continue
+            file = filename(name, *key.rsplit(".", 1))
+            diffs.append(
+                {
+                    "key": key,
+                    "lines": diff_lines(
+                        a or "", b or "", f"{file} ({old_name})", f"{file} ({new_name})"
+                    ),
+                    "added": a is None,
+                    "removed": b is None,
+                }
+            )
+    return render(
+        request,
+        "templates/history.html",
+        {
+            "title": f"History of {name}",
+            "view": current,
+            "history": list(reversed(current.history)),
+            "version": version,
+            "against": against,
+            "diffs": diffs,
+        },
+    )
+
+
+@router.post("/templates/{name}/restore")
+async def template_restore(name: str, request: Request, user: AdminUser) -> Response:
+    form = await request.form()
+    ts = store_of(request)
+    raw = form.get("version")
+    try:
+        version = int(raw) if isinstance(raw, str) else 0
+    except ValueError:
+        version = 0
+    _check_name(name)
+    if not 1 <= version <= 2**31 - 1:
+        raise HTTPException(400, "Choose a version to restore.")
+
+    def restore() -> Response:
+        try:
+            saved = ts.restore(
+                name, version, author=user.username, now=engine_of(request).clock.now()
+            )
+        except NotFound:
+            raise HTTPException(404) from None
+        except TemplateInvalid as exc:
+            flash(request, f"Version {version} cannot be restored: {exc}", "error")
+            return redirect(f"/templates/{name}/history?version={version}")
+        except InvalidInput as exc:
+            flash(request, f"Version {version} cannot be restored: {exc}", "error")
+            return redirect(f"/templates/{name}/history?version={version}")
+        if saved.version is None:
+            flash(request, f"Version {version} is already the current text.", "info")
+            return redirect(f"/templates/{name}/history?version={version}")
+        flash(request, f"Restored version {version} as version {saved.version}.")
+        return redirect(f"/templates/{name}/history?version={saved.version}")
+
+    return await run_in_threadpool(restore)
+
+
+__all__ = ["EXTS", "diff_lines", "render_preview", "router"]

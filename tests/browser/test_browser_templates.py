@@ -1,0 +1,58 @@
+"""Editing a template in a real browser: live preview, save, history with the diff."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from browserkit import shot
+from live import Live
+
+ADDED = "Questions? Just reply to this email."
+
+
+def test_edit_a_template_with_live_preview_then_save_and_see_the_diff(
+    page: Any, ui: Live, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(ui.url + "/templates")
+    expect(page.get_by_role("heading", name="Templates", exact=True)).to_be_visible()
+    shot(page, "templates", tmp_path)
+    page.get_by_role("link", name="invoice-due-soon", exact=True).click()
+    page.wait_for_url(ui.url + "/templates/invoice-due-soon")
+    preview = page.locator("#preview")
+    # rendered on the server for the newest demo invoice
+    expect(preview).to_contain_text(re.compile(r"Invoice INV-\d+ is due on"))
+
+    text = page.locator("#part-email-txt")
+    body = text.input_value()
+    assert body.startswith("Subject: Invoice {{ subject.key }} is due")
+    text.fill(body.replace("Acme Billing", ADDED + "\n\nAcme Billing"))
+    # duly.js posts the form and swaps in the new preview
+    expect(preview.locator("pre.preview-text")).to_contain_text(ADDED)
+    # the HTML part, rendered in its sandboxed frame
+    frame = page.frame_locator("#preview iframe.message")
+    expect(frame.locator("body")).to_contain_text("Acme Billing")
+    shot(page, "template-edit", tmp_path)
+
+    # a mistake shows where it is, inline, and nothing is saved
+    text.fill("Subject: x\n{{ unclosed\n")
+    expect(preview).to_contain_text("line 2")
+
+    text.fill(body.replace("Acme Billing", ADDED + "\n\nAcme Billing"))
+    expect(preview.locator("pre.preview-text")).to_contain_text(ADDED)
+    page.get_by_role("button", name=re.compile(r"^Save as version \d+$")).click()
+    expect(page.locator(".flash-ok")).to_contain_text(
+        re.compile(r"Saved version \d+ \(email\.txt\)")
+    )
+    saved = int(re.search(r"Saved version (\d+)", page.locator(".flash-ok").inner_text()).group(1))
+
+    page.get_by_role("link", name=re.compile(r"^History")).click()
+    expect(page.get_by_role("heading", name=f"What version {saved} changed")).to_be_visible()
+    expect(page.locator("pre.diff .add").filter(has_text=ADDED)).to_have_count(1)
+    row = page.locator("tbody tr").first
+    expect(row).to_contain_text(str(saved))
+    expect(row).to_contain_text("ops")  # the author: the signed-in admin
+    shot(page, "template-history", tmp_path)
