@@ -251,12 +251,9 @@ def _multipart_broken() -> bool:
     )
 
 
-@pytest.mark.xfail(
-    _multipart_broken(),
-    strict=True,
-    reason="multipart forms need the asgi-csrf/python-multipart shim in duly.web (shared file)",
-)
 def test_simulate_runs_an_uploaded_file(web: Web) -> None:
+    if _multipart_broken():  # checked once the app is built (it may add the shim)
+        pytest.xfail("multipart forms need the asgi-csrf/python-multipart shim in duly.web")
     web.login()
     timeline = _example(web)
     token = web.token("/rules/simulate")
