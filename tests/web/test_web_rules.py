@@ -238,22 +238,7 @@ def test_a_line_the_api_would_refuse_is_skipped_with_a_warning(web: Web) -> None
     assert len(_outcomes(r.text)) == 7
 
 
-def _multipart_broken() -> bool:
-    """asgi-csrf 0.11 passes FormParser(FileClass=...), which python-multipart 0.0.34 no
-    longer takes: every multipart POST fails with a 500 until duly.web adds a shim."""
-    import inspect
-
-    import asgi_csrf
-    from python_multipart.multipart import FormParser
-
-    return asgi_csrf.FormParser is FormParser and (
-        "FileClass" not in inspect.signature(FormParser.__init__).parameters
-    )
-
-
 def test_simulate_runs_an_uploaded_file(web: Web) -> None:
-    if _multipart_broken():  # checked once the app is built (it may add the shim)
-        pytest.xfail("multipart forms need the asgi-csrf/python-multipart shim in duly.web")
     web.login()
     timeline = _example(web)
     token = web.token("/rules/simulate")
@@ -270,6 +255,30 @@ def test_simulate_runs_an_uploaded_file(web: Web) -> None:
         files={"file": ("t.jsonl", b"\xff\xfe\x00bad", "application/octet-stream")},
     )
     assert r.status_code == 400 and "not UTF-8" in r.text
+
+
+def test_an_upload_without_the_token_first_is_refused(web: Web) -> None:
+    """asgi-csrf reads a multipart body only up to the token: no token, or a file part
+    before it, is refused (duly.web's shim keeps this with today's python-multipart)."""
+    web.login()
+    token = web.token("/rules/simulate")
+    r = web.client.post(
+        "/rules/simulate", files={"file": ("t.jsonl", b"{}", "application/x-ndjson")}
+    )
+    assert r.status_code == 403
+    boundary = "b0undary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="t.jsonl"\r\n'
+        "Content-Type: application/x-ndjson\r\n\r\n{}\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="csrftoken"\r\n\r\n{token}\r\n'
+        f"--{boundary}--\r\n"
+    ).encode()
+    r = web.client.post(
+        "/rules/simulate",
+        content=body,
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert r.status_code == 403
 
 
 def test_a_viewer_may_run_a_simulation(web: Web) -> None:

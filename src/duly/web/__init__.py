@@ -168,12 +168,38 @@ async def _csrf_failed(scope: Scope, send: Send, message_id: Any) -> None:
     await send({"type": "http.response.body", "body": body.encode()})
 
 
+def _multipart_compat() -> None:
+    """asgi-csrf 0.11 builds python-multipart's FormParser with ``FileClass=``, which
+    python-multipart 0.0.2x+ no longer takes: every multipart POST (a file upload) failed
+    with a 500. Its parser only needs the fields; a file part that ends before the token
+    is found is refused as asgi-csrf intends (FileBeforeToken → 403). Applied only when
+    the installed FormParser lacks ``FileClass``."""
+    import inspect
+
+    import asgi_csrf as mod
+    from python_multipart.multipart import FormParser
+
+    if "FileClass" in inspect.signature(FormParser.__init__).parameters:
+        return
+
+    def on_file(_file: Any) -> None:
+        raise mod.FileBeforeToken()
+
+    def form_parser(
+        content_type: str, on_field: Any, _on_file: Any = None, *, boundary: Any = None, **_: Any
+    ) -> FormParser:
+        return FormParser(content_type, on_field, on_file, boundary=boundary)
+
+    mod.FormParser = form_parser  # type: ignore[attr-defined]
+
+
 def build_ui(runtime: Any, *, secret: str | None = None, cookie_secure: bool = False) -> ASGIApp:
     """The UI's ASGI app (pages, static files, sign-in) with its middleware. With
     ``cookie_secure`` the session and CSRF cookies are sent over HTTPS only (set it when a
     TLS proxy fronts duly: ``duly serve --cookie-secure``)."""
     from duly.ack import load_secret
 
+    _multipart_compat()
     ui = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     ui.state.runtime = runtime
     ui.state.users = UserStore(runtime.db)

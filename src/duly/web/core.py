@@ -230,6 +230,8 @@ def relative(t: datetime | None, now: datetime) -> str:
             n = math.floor(a / size + 0.5) if unit != "d" else math.floor(a / size)
             text = f"{n} {unit}"
             break
+    else:  # 45 to 59 seconds
+        text = "1 min"
     return f"in {text}" if secs > 0 else f"{text} ago"
 
 
