@@ -152,7 +152,7 @@ def test_queue_backlog_and_next_24_hours(web: Web) -> None:
     assert text_of(html, "q-pending") == "5"
     assert text_of(html, "q-overdue") == "2"
     backlog = re.search(r'id="h-backlog">(.*?)</dd>', html, re.S)
-    assert backlog and "<strong>3</strong> due and waiting" in backlog.group(1)
+    assert backlog and "<strong>3</strong></a> due and waiting" in backlog.group(1)
     assert "2 h ago" in backlog.group(1)  # the oldest
     assert text_of(html, "q-next") == "2"  # the one due 20 s ago and the one in 2 h
     nxt = html[html.index('id="next-list"') : html.index("</ul>", html.index('id="next-list"'))]
@@ -160,6 +160,7 @@ def test_queue_backlog_and_next_24_hours(web: Web) -> None:
     assert "JST there" in nxt  # the recipient's own time beside it
     attention = html[html.index('id="attention-list"') :]
     assert f'href="/deliveries/{late}"' in attention and "overdue" in attention
+    assert 'href="/deliveries?state=overdue" id="q-overdue"' in html
 
 
 def test_failures_are_listed_with_their_error_and_escaped(web: Web) -> None:
@@ -235,7 +236,7 @@ def test_empty_dashboard_explains_itself(web: Web) -> None:
 
 
 def test_a_time_50_seconds_away_renders(web: Web) -> None:
-    # 45-60 s from now is where core.relative has no unit; the page must not fail on it
+    # 45-60 s away: between "now" and "1 min" (core.relative once had no unit for it)
     fixed(web).login()
     add(web, state="pending", due_at=NOW + timedelta(seconds=50))
     add(web, state="pending", due_at=NOW - timedelta(seconds=50))

@@ -18,7 +18,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from duly.store.tables import deliveries, delivery_log, workers
-from duly.web import core
 from duly.web.core import CurrentUser, render, runtime_of, viewer_tz
 from duly.web.svg import ChartDay, outcome_chart
 
@@ -35,25 +34,6 @@ BREAKER_TEXT = {
     "open": "paused after repeated failures; deliveries wait",
     "half-open": "trying one delivery to see if the channel is back",
 }
-
-
-def _safe(fn: Any) -> Any:
-    """core.relative has no unit for 45-60 s (UnboundLocalError); until it does, such a
-    time reads "now" here instead of failing the page."""
-
-    def wrapped(*args: Any, **kw: Any) -> Any:
-        try:
-            return fn(*args, **kw)
-        except UnboundLocalError:
-            args = list(args)
-            args[-1] = args[-2]  # now := t
-            return fn(*args, **kw)
-
-    return wrapped
-
-
-# template globals made safe (see _safe); passed in the context of this module's pages
-SAFE_TIME = {"when": _safe(core.when), "relative": _safe(core.relative)}
 
 
 def local_midnight(d: date, tz: ZoneInfo) -> datetime:
@@ -206,7 +186,7 @@ def engine_health(request: Request, conn: sa.Connection, now: datetime) -> dict[
     }
 
 
-def _subject_link(ref: str) -> str | None:
+def subject_link_of(ref: str) -> str | None:
     if not ref or "/" not in ref:
         return None
     from urllib.parse import quote
@@ -260,7 +240,6 @@ def dashboard(request: Request, user: CurrentUser) -> HTMLResponse:
             "needs": needs,
             "health": health,
             "zones": zones,
-            "subject_link": _subject_link,
-            **SAFE_TIME,
+            "subject_link": subject_link_of,
         },
     )
