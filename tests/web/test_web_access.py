@@ -13,8 +13,17 @@ from webui import VIEWER, Web
 
 # pages anyone may open: the sign-in form, and the static files it needs
 PUBLIC = {"/login", "/static"}
-# POSTs a viewer may make: signing in and out, and their own account
-VIEWER_POSTS = {"/login", "/logout", "/account/timezone", "/account/password"}
+# POSTs a viewer may make: signing in and out, their own account, and the POSTs that only
+# compute (a template preview, a simulation in a database of its own) and change nothing
+VIEWER_POSTS = {
+    "/login",
+    "/logout",
+    "/account/timezone",
+    "/account/password",
+    "/templates/1/preview",
+    "/templates/1/preview-page",
+    "/rules/simulate",
+}
 
 
 def _routes(web: Web) -> list[tuple[str, str]]:
