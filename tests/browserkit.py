@@ -70,5 +70,15 @@ def shot(page: Any, name: str, tmp_path: Path, *, full_page: bool = True) -> Pat
     folder = Path(os.environ.get("DULY_SCREENSHOTS") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
-    page.screenshot(path=str(path), full_page=full_page)
+    if not full_page:
+        page.screenshot(path=str(path))
+        return path
+    # Chromium's full-page capture leaves frames of other origins blank (the sandboxed
+    # message frames): grow the viewport to the page's height and take a plain one instead
+    viewport = page.viewport_size
+    height = page.evaluate("document.documentElement.scrollHeight")
+    page.set_viewport_size({"width": viewport["width"], "height": min(max(height, 200), 8000)})
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(path))
+    page.set_viewport_size(viewport)
     return path
