@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query, Request
 from fastapi import Path as P
@@ -25,20 +24,18 @@ from duly.api.errors import ApiError
 from duly.api.schemas import ErrorBody
 from duly.engine.service import Engine
 from duly.errors import NotFound
-from duly.model import Recipient, Subject
 from duly.render import RenderError
 from duly.templates_db import (
     EXTS,
     MAX_BODY,
-    SAMPLE_RECIPIENT,
-    SAMPLE_SUBJECT,
     Part,
     Saved,
     TemplateInvalid,
     TemplateStore,
     TemplateView,
     filename,
-    render_context,
+    preview_input,
+    preview_parties,
 )
 
 router = APIRouter(prefix="/v1", tags=["templates"])
@@ -351,56 +348,24 @@ def preview_template(name: Name, body: PreviewIn, request: Request) -> PreviewOu
             "channel",
         )
 
-    subject: Subject | None = None
-    recipient: Recipient | None = None
-    with eng.db.connect() as conn:
-        if body.subject is not None:
-            kind, _, key = body.subject.partition("/")
-            rec = eng.store.get_subjects(conn, [(kind, key)]).get((kind, key)) if key else None
-            if rec is None or rec.deleted:
-                raise ApiError(404, "not_found", f"no subject {body.subject}", "subject")
-            subject = rec.subject
-        rid = body.recipient
-        if rid is None and subject is not None:
-            rid = next((r for ids in subject.recipients.values() for r in ids), None)
-        if rid is not None:
-            recipient = eng.store.get_recipients(conn, [rid]).get(rid)
-            if recipient is None and body.recipient is not None:
-                raise ApiError(404, "not_found", f"no recipient {rid}", "recipient")
-    real = subject is not None or recipient is not None
-    if not real:
-        subject, recipient = SAMPLE_SUBJECT, SAMPLE_RECIPIENT
-    tz = (recipient.timezone if recipient else None) or eng.rules.timezone
+    try:
+        subject, recipient = preview_parties(eng, body.subject, body.recipient)
+    except NotFound as exc:
+        raise ApiError(404, "not_found", str(exc), exc.field) from None
     event = None
     if body.event is not None:
         event = {"id": "preview", "name": body.event.name, "data": body.event.data, "at": now}
-    # A schedule rule's collections (collect:) come from the database, as when it sends.
-    collected = ts.sample_collections(name)
-    rule = next((r for r in ts.rules_using(name) if r.collect), None)
-    if rule is not None:
-        from duly.engine.collect import collect_all
-
-        with eng.db.connect() as conn:
-            collected = collect_all(conn, rule, now, ZoneInfo(rule.timezone or eng.rules.timezone))
-    ctx = render_context(
-        name=name,
-        subject=subject,
-        recipient=recipient,
-        event=event,
-        now=now,
-        timezone=tz,
-        collected=collected,
-    )
+    pin = preview_input(ts, eng, name, subject, recipient, now=now, event=event)
     try:
         out = ts.preview(
             name,
             body.channel,
-            ctx,
+            pin.context,
             sources=sources,
             exact=body.version is not None,
-            recipient=recipient,
-            timezone=tz,
-            locale=(recipient.locale if recipient else None) or "en",
+            recipient=pin.recipient,
+            timezone=pin.timezone,
+            locale=pin.locale,
         )
     except RenderError as exc:
         return _template_error(422, "render_error", exc)
@@ -408,7 +373,7 @@ def preview_template(name: Name, body: PreviewIn, request: Request) -> PreviewOu
         title=out.title,
         text=out.text,
         html=out.html,
-        data="real" if real else "sample",
-        subject=subject.ref if subject is not None else None,
-        recipient=recipient.id if recipient is not None else None,
+        data="real" if pin.real else "sample",
+        subject=pin.subject.ref,
+        recipient=pin.recipient.id if pin.recipient is not None else None,
     )

@@ -16,7 +16,6 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Request
@@ -24,20 +23,18 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from duly.errors import InvalidInput, NotFound
-from duly.model import Recipient, Subject
 from duly.render import RenderError
 from duly.rules.yamlnodes import NAME_RE
 from duly.store.tables import subjects
 from duly.templates_db import (
     EXTS,
     MAX_BODY,
-    SAMPLE_RECIPIENT,
-    SAMPLE_SUBJECT,
     TemplateInvalid,
     TemplateStore,
     TemplateView,
     filename,
-    render_context,
+    preview_input,
+    preview_parties,
 )
 from duly.web.core import (
     AdminUser,
@@ -205,59 +202,30 @@ def render_preview(
         out.field_errors["channel"] = f"this template has no part for channel {channel!r}"
         return out
     sources = {p.file: p.body for p in parts}
-    subject: Subject | None = None
-    recipient: Recipient | None = None
     subject_ref, recipient_id = subject_ref.strip()[:301], recipient_id.strip()[:200]
-    with eng.db.connect() as conn:
-        if subject_ref:
-            kind, _, key = subject_ref.partition("/")
-            rec = eng.store.get_subjects(conn, [(kind, key)]).get((kind, key)) if key else None
-            if rec is None or rec.deleted:
-                out.field_errors["subject"] = (
-                    f"no subject {subject_ref} (write it as KIND/KEY, e.g. invoice/INV-1)"
-                )
-                return out
-            subject = rec.subject
-        rid = recipient_id or None
-        if rid is None and subject is not None:
-            rid = next((r for ids in subject.recipients.values() for r in ids), None)
-        if rid is not None:
-            recipient = eng.store.get_recipients(conn, [rid]).get(rid)
-            if recipient is None and recipient_id:
-                out.field_errors["recipient"] = f"no recipient with id {recipient_id}"
-                return out
-    real = subject is not None or recipient is not None
-    if not real:
-        subject, recipient = SAMPLE_SUBJECT, SAMPLE_RECIPIENT
-    tz = (recipient.timezone if recipient else None) or eng.rules.timezone
-    collected = ts.sample_collections(name)
-    rule = next((r for r in ts.rules_using(name) if r.collect), None)
-    if rule is not None:
-        from duly.engine.collect import collect_all
-
-        with eng.db.connect() as conn:
-            collected = collect_all(conn, rule, now, ZoneInfo(rule.timezone or eng.rules.timezone))
-    ctx = render_context(
-        name=name,
-        subject=subject,
-        recipient=recipient,
-        event=None,
-        now=now,
-        timezone=tz,
-        collected=collected,
-    )
-    out.data = "real" if real else "sample"
-    out.subject = subject.ref if subject is not None else None
-    out.recipient = recipient.id if recipient is not None else None
+    try:
+        subject, recipient = preview_parties(eng, subject_ref or None, recipient_id or None)
+    except NotFound as exc:
+        if exc.field == "subject":
+            out.field_errors["subject"] = (
+                f"no subject {subject_ref} (write it as KIND/KEY, e.g. invoice/INV-1)"
+            )
+        else:
+            out.field_errors["recipient"] = f"no recipient with id {recipient_id}"
+        return out
+    pin = preview_input(ts, eng, name, subject, recipient, now=now)
+    out.data = "real" if pin.real else "sample"
+    out.subject = pin.subject.ref
+    out.recipient = pin.recipient.id if pin.recipient is not None else None
     try:
         r = ts.preview(
             name,
             channel,
-            ctx,
+            pin.context,
             sources=sources,
-            recipient=recipient,
-            timezone=tz,
-            locale=(recipient.locale if recipient else None) or "en",
+            recipient=pin.recipient,
+            timezone=pin.timezone,
+            locale=pin.locale,
         )
     except RenderError as exc:
         out.error = {
