@@ -24,6 +24,10 @@ from duly.web.users import UserStore
 ADMIN = ("admin", "admin password 1")
 VIEWER = ("viewer", "viewer password 1")
 
+# hostile text for escaping tests: it must come back escaped, never as markup
+HOSTILE = "<script>alert(1)</script>"
+HOSTILE_ATTR = '"><img src=x onerror=alert(1)>'
+
 _TOKEN = re.compile(r'name="csrftoken" value="([^"]+)"')
 
 
@@ -88,3 +92,36 @@ def make_web(tmp_path: Path, rules: str | Path | None = None, database: str | No
     users.create(VIEWER[0], VIEWER[1], "viewer", now)
     client = TestClient(create_app(rt), base_url="http://127.0.0.1:8000")
     return Web(rt, client)
+
+
+_seq = iter(range(1, 10**9))
+
+
+def add_delivery(web: Web, **kw: Any) -> int:
+    """Insert one delivery row with a Core insert (any state, any content: what pages show,
+    without planning it) and return its id. Defaults: a sent invoice reminder to alice by
+    email, due now; ``planned_at`` is ``due_at`` and ``sent_at`` (when sent) too."""
+    import sqlalchemy as sa
+
+    from duly.store.tables import deliveries
+
+    now = web.engine.clock.now()
+    row: dict[str, Any] = {
+        "rule": "invoice-reminders",
+        "step": "due-soon",
+        "occurrence": str(next(_seq)),
+        "subject": "invoice/INV-1",
+        "recipient": "alice",
+        "channel": "email",
+        "state": "sent",
+        "category": "reminder",
+        "due_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
+    row.update(kw)
+    row.setdefault("planned_at", row["due_at"])
+    if row["state"] == "sent":
+        row.setdefault("sent_at", row["due_at"])
+    with web.rt.db.begin() as conn:
+        return int(conn.execute(sa.insert(deliveries).values(**row)).inserted_primary_key[0])

@@ -12,14 +12,11 @@ import sqlalchemy as sa
 
 from duly.engine.clock import VirtualClock
 from duly.model import Recipient
-from duly.store.tables import deliveries, delivery_log, workers
-from webui import VIEWER, Web, make_web  # tests/webui.py
+from duly.store.tables import delivery_log, workers
+from webui import HOSTILE, HOSTILE_ATTR, VIEWER, Web, add_delivery, make_web  # tests/webui.py
 
-HOSTILE = "<script>alert(1)</script>"
-HOSTILE_ATTR = '"><img src=x onerror=alert(1)>'
 # 15:00 in London (GMT in March, before the clocks change); today began at 00:00 UTC
 NOW = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
-_seq = iter(range(1, 10**9))
 
 
 def fixed(web: Web, now: datetime = NOW) -> Web:
@@ -29,24 +26,7 @@ def fixed(web: Web, now: datetime = NOW) -> Web:
 
 def add(web: Web, **kw: Any) -> int:
     """Insert one delivery (any state) and return its id."""
-    now = web.engine.clock.now()
-    row: dict[str, Any] = {
-        "rule": "invoice-reminders",
-        "step": "due-soon",
-        "occurrence": str(next(_seq)),
-        "subject": "invoice/INV-1",
-        "recipient": "alice",
-        "channel": "email",
-        "state": "sent",
-        "category": "reminder",
-        "planned_at": kw.get("due_at", now),
-        "due_at": now,
-        "created_at": now,
-        "updated_at": now,
-    }
-    row.update(kw)
-    with web.rt.db.begin() as conn:
-        return int(conn.execute(sa.insert(deliveries).values(**row)).inserted_primary_key[0])
+    return add_delivery(web, **kw)
 
 
 def finished(web: Web, state: str, at: datetime, **kw: Any) -> int:

@@ -11,36 +11,14 @@ import sqlalchemy as sa
 
 from duly.model import Recipient
 from duly.store.tables import deliveries, delivery_log
-from webui import VIEWER, Web, make_web  # tests/webui.py
+from webui import HOSTILE, HOSTILE_ATTR, VIEWER, Web, add_delivery, make_web  # tests/webui.py
 
-HOSTILE = "<script>alert(1)</script>"
-HOSTILE_ATTR = '"><img src=x onerror=alert(1)>'
 _ROW = re.compile(r'<td class="num"><a href="/deliveries/(\d+)">')
-_seq = iter(range(1, 10**9))
 
 
 def add(web: Web, **kw: Any) -> int:
     """Insert one delivery row (Core insert: any state, any content) and return its id."""
-    now = web.engine.clock.now()
-    row: dict[str, Any] = {
-        "rule": "invoice-reminders",
-        "step": "due-soon",
-        "occurrence": str(next(_seq)),
-        "subject": "invoice/INV-1",
-        "recipient": "alice",
-        "channel": "email",
-        "state": "sent",
-        "category": "reminder",
-        "planned_at": now,
-        "due_at": now,
-        "created_at": now,
-        "updated_at": now,
-    }
-    row.update(kw)
-    if row["state"] == "sent":
-        row.setdefault("sent_at", row["due_at"])
-    with web.rt.db.begin() as conn:
-        return int(conn.execute(sa.insert(deliveries).values(**row)).inserted_primary_key[0])
+    return add_delivery(web, **kw)
 
 
 def log(web: Web, did: int, **kw: Any) -> None:

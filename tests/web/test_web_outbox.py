@@ -6,9 +6,8 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
-from test_web_deliveries import HOSTILE, add  # tests/web/test_web_deliveries.py
-
-from webui import Web, make_web  # tests/webui.py
+from webui import HOSTILE, Web, make_web  # tests/webui.py
+from webui import add_delivery as add
 
 _MAIL = re.compile(r'<a href="/outbox/(\d+)[^"]*"')
 

@@ -15,9 +15,7 @@ from duly.engine.service import SubjectInput
 from duly.model import Recipient
 from duly.rules import timemath
 from duly.web.views.rules import example_timeline
-from webui import VIEWER, Web, make_web  # tests/webui.py
-
-HOSTILE = "<script>alert(1)</script>"
+from webui import HOSTILE, VIEWER, Web, make_web  # tests/webui.py
 
 RULES = f"""# rules for the web tests {HOSTILE}
 timezone: Europe/London

@@ -10,12 +10,11 @@ import pytest
 
 from duly.engine.service import SubjectInput
 from duly.model import Recipient
-from webui import VIEWER, Web, make_web  # tests/webui.py
+from webui import HOSTILE_ATTR, VIEWER, Web, make_web  # tests/webui.py
 
 NAME = "invoice-due-soon"
 EDIT = f"/templates/{NAME}"
 HOSTILE_TEXT = "<script>alert(1)</script>"
-HOSTILE_ATTR = '"><img src=x onerror=alert(1)>'
 
 
 def _seed(web: Web, note: str = "plain") -> None:

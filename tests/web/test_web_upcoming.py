@@ -7,18 +7,12 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
-
 from duly.engine.clock import VirtualClock
 from duly.model import Recipient
-from duly.store.tables import deliveries
-from webui import VIEWER, Web  # tests/webui.py
+from webui import HOSTILE, HOSTILE_ATTR, VIEWER, Web, add_delivery  # tests/webui.py
 
-HOSTILE = "<script>alert(1)</script>"
-HOSTILE_ATTR = '"><img src=x onerror=alert(1)>'
 NOW = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)  # Europe/London: GMT
 _ROW = re.compile(r'<td><a href="/deliveries/(\d+)"')
-_seq = iter(range(1, 10**9))
 
 
 def fixed(web: Web) -> Web:
@@ -27,23 +21,8 @@ def fixed(web: Web) -> Web:
 
 
 def add(web: Web, **kw: Any) -> int:
-    row: dict[str, Any] = {
-        "rule": "invoice-reminders",
-        "step": "due-soon",
-        "occurrence": str(next(_seq)),
-        "subject": "invoice/INV-1",
-        "recipient": "alice",
-        "channel": "email",
-        "state": "pending",
-        "category": "reminder",
-        "due_at": NOW + timedelta(hours=1),
-        "created_at": NOW,
-        "updated_at": NOW,
-    }
-    row.update(kw)
-    row.setdefault("planned_at", row["due_at"])
-    with web.rt.db.begin() as conn:
-        return int(conn.execute(sa.insert(deliveries).values(**row)).inserted_primary_key[0])
+    """Insert one pending delivery, due an hour after NOW unless told otherwise."""
+    return add_delivery(web, **{"state": "pending", "due_at": NOW + timedelta(hours=1), **kw})
 
 
 def listed(web: Web, query: str = "", status: int = 200) -> list[int]:
