@@ -22,6 +22,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from duly.api.templates import store_of  # the runtime's TemplateStore
 from duly.errors import InvalidInput, NotFound
 from duly.render import RenderError
 from duly.rules.yamlnodes import NAME_RE
@@ -44,7 +45,6 @@ from duly.web.core import (
     flash,
     redirect,
     render,
-    runtime_of,
     viewer_tz,
 )
 
@@ -54,18 +54,6 @@ RECENT_SUBJECTS = 20
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def store_of(request: Request) -> TemplateStore:
-    """The runtime's TemplateStore (the one the dispatcher's Renderer reads)."""
-    rt = runtime_of(request)
-    ts = getattr(rt, "templates", None)
-    if ts is None:
-        ts = getattr(request.app.state, "templates", None)
-        if ts is None:
-            ts = TemplateStore(rt.db, rt.rules.templates_dir, rules=rt.rules)
-            request.app.state.templates = ts
-    return ts  # type: ignore[no-any-return]
 
 
 def _check_name(name: str) -> None:
@@ -373,15 +361,21 @@ async def template_preview(name: str, request: Request, user: CurrentUser) -> Re
     return HTMLResponse(_fragment(request, preview))
 
 
-@router.post("/templates/{name}/preview-page", response_class=HTMLResponse)
-async def template_preview_page(name: str, request: Request, user: CurrentUser) -> Response:
-    """The edit page again with the edited text and its preview (works without JS)."""
+async def _edit_form(request: Request, name: str) -> tuple[Any, ...]:
+    """The posted edit form: (form, store, view, edited parts, channel, subject, recipient)."""
     form, ts, view = await _read_edit_form(request, name)
     parts = _parts_form(view, form)
     channels = _channels(parts)
     channel = _form_str(form, "channel", 100)
     channel = channel if channel in channels else channels[0]
     subject_ref, recipient_id = _form_str(form, "subject", 301), _form_str(form, "recipient", 200)
+    return form, ts, view, parts, channel, subject_ref, recipient_id
+
+
+@router.post("/templates/{name}/preview-page", response_class=HTMLResponse)
+async def template_preview_page(name: str, request: Request, user: CurrentUser) -> Response:
+    """The edit page again with the edited text and its preview (works without JS)."""
+    form, ts, view, parts, channel, subject_ref, recipient_id = await _edit_form(request, name)
     preview = await run_in_threadpool(
         render_preview, request, ts, name, parts, channel, subject_ref, recipient_id
     )
@@ -403,12 +397,7 @@ async def template_preview_page(name: str, request: Request, user: CurrentUser) 
 @router.post("/templates/{name}", response_class=HTMLResponse)
 async def template_save(name: str, request: Request, user: AdminUser) -> Response:
     """Save the edited parts as a new version (author: the signed-in user)."""
-    form, ts, view = await _read_edit_form(request, name)
-    parts = _parts_form(view, form)
-    channels = _channels(parts)
-    channel = _form_str(form, "channel", 100)
-    channel = channel if channel in channels else channels[0]
-    subject_ref, recipient_id = _form_str(form, "subject", 301), _form_str(form, "recipient", 200)
+    form, ts, view, parts, channel, subject_ref, recipient_id = await _edit_form(request, name)
 
     q = {"subject": subject_ref, "recipient": recipient_id, "channel": channel}
     back = f"/templates/{name}?" + urlencode({k: v for k, v in q.items() if v or k == "subject"})
