@@ -319,3 +319,25 @@ def test_rules_pages_on_postgresql(tmp_path: Path, pg_db_url: str) -> None:
         assert r.status_code == 200 and len(_outcomes(r.text)) == 7
     finally:
         web.close()
+
+
+def test_a_password_written_into_a_url_in_the_rule_file_is_not_shown(tmp_path: Path) -> None:
+    folder = tmp_path / "rules"
+    (folder / "templates").mkdir(parents=True)
+    (folder / "templates" / "digest.email.txt").write_text("Subject: digest\nx\n")
+    (folder / "templates" / "note.email.txt").write_text("Subject: {{ subject.key }} is due\n")
+    channels = (
+        "channels:\n"
+        '  email: {type: smtp, url: "smtp://billing:s3cret-pw@mail.example.com:587",'
+        ' from: "Billing <b@example.com>"}\n'
+    )
+    (folder / "duly.yaml").write_text(RULES.replace("groups:\n", channels + "groups:\n", 1))
+    w = make_web(tmp_path, rules=folder / "duly.yaml")
+    try:
+        w.login(VIEWER)
+        for url in ("/rules", "/rules/simulate"):
+            page = w.get(url).text
+            assert "s3cret-pw" not in page, url
+        assert "smtp://billing:***@mail.example.com:587" in w.get("/rules").text
+    finally:
+        w.close()

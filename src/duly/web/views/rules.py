@@ -122,11 +122,16 @@ def example_timeline(now: datetime) -> str:
 # --------------------------------------------------------------------------- /rules
 
 
+# A password written into a URL (smtp://user:secret@host): shown as *** on the pages.
+_URL_PASSWORD = re.compile(r"(://[^:/?#@\s'\"]*:)[^@/?#\s'\"]+(@)")
+
+
 def _read_rule_file(rf: RuleFile) -> tuple[str | None, str | None]:
-    """(text, problem): the rule file as it is on disk now."""
+    """(text, problem): the rule file as it is on disk now, passwords in URLs hidden (the
+    file should name secrets as ${VAR}; one written in is still not shown to viewers)."""
     try:
         with open(rf.path, encoding="utf-8", errors="replace") as f:
-            text = f.read(MAX_RULE_FILE + 1)
+            text = _URL_PASSWORD.sub(r"\1***\2", f.read(MAX_RULE_FILE + 1))
     except OSError as exc:
         return None, f"cannot read {rf.path}: {exc.strerror}"
     if len(text) > MAX_RULE_FILE:
