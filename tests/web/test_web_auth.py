@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from duly.cli import main
@@ -243,3 +244,38 @@ def test_times_follow_the_browser_zone_cookie_unless_the_account_sets_one(web: W
     web.post("/account/timezone", {"timezone": "Asia/Tokyo"}, token_from="/account")
     web.client.cookies.set("duly_tz", "America%2FNew_York")
     assert "Times in <strong>Asia/Tokyo</strong>" in web.get("/account").text
+
+
+def test_the_demo_makes_an_admin_whose_password_is_printed_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    import re
+
+    from starlette.testclient import TestClient
+
+    from duly.api.app import create_app
+    from duly.cli import _first_user
+    from duly.rules.loader import load_rules
+    from duly.runtime import BUNDLED_RULES, build_runtime
+
+    rt = build_runtime(load_rules(str(BUNDLED_RULES)), f"sqlite:///{tmp_path / 'd.db'}")
+    try:
+        _first_user(rt, demo=False, host="127.0.0.1", port=8000)
+        assert UserStore(rt.db).count() == 0
+        assert "duly users create NAME --role admin" in caplog.text
+        _first_user(rt, demo=True, host="0.0.0.0", port=8000)
+        printed = capsys.readouterr().err
+        m = re.search(
+            r"http://127\.0\.0\.1:8000 .* sign in as\s+admin\s+with password\s+(\S+)", printed
+        )
+        assert m, printed
+        password = m.group(1)
+        assert password not in caplog.text  # printed to the terminal, never logged
+        _first_user(rt, demo=True, host="127.0.0.1", port=8000)  # users exist: nothing more
+        assert capsys.readouterr().err == "" and UserStore(rt.db).count() == 1
+        w = Web(rt, TestClient(create_app(rt), base_url="http://127.0.0.1:8000"))
+        w.login(("admin", password))
+        assert "Signed in as admin" in w.get("/account").text
+        w.client.close()
+    finally:
+        rt.db.dispose()
