@@ -81,6 +81,8 @@ class Runtime:
     webhooks: WebhookSender | None = None  # sends the webhook outbox
     webhooks_thread: threading.Thread | None = None
     webhooks_stop: threading.Event = field(default_factory=threading.Event)
+    heartbeat_thread: threading.Thread | None = None
+    heartbeat_stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
         from duly.retention import Maintenance
@@ -89,6 +91,14 @@ class Runtime:
             target=self.dispatcher.run_forever, name="duly-dispatcher", daemon=True
         )
         self.thread.start()
+        # the workers table: which dispatchers are alive, for the dashboard of any process
+        self.heartbeat_thread = threading.Thread(
+            target=_heartbeat,
+            args=(self.db, self.dispatcher.owner, self.engine.clock, self.heartbeat_stop),
+            name="duly-heartbeat",
+            daemon=True,
+        )
+        self.heartbeat_thread.start()
         if self.webhooks is not None:
             self.webhooks_thread = threading.Thread(
                 target=self.webhooks.run_forever,
@@ -113,6 +123,9 @@ class Runtime:
         self.dispatcher.stop()
         if self.thread is not None:
             self.thread.join(timeout)
+        self.heartbeat_stop.set()
+        if self.heartbeat_thread is not None:
+            self.heartbeat_thread.join(timeout)
         if self.webhooks is not None:
             self.webhooks_stop.set()
             self.webhooks.wake()
@@ -172,6 +185,50 @@ def build_runtime(
         # always started: events queued under an earlier rule file are still sent
         webhooks=WebhookSender(db, rf, engine.clock),
     )
+
+
+HEARTBEAT_SECONDS = 30.0
+# a worker silent this long is dropped from the workers table (it crashed long ago)
+FORGET_WORKERS_AFTER = timedelta(days=1)
+
+
+def _heartbeat(db: sa.Engine, owner: str, clock: Any, stop: threading.Event) -> None:
+    """Keep this process's row in ``workers`` fresh every HEARTBEAT_SECONDS; remove it on
+    a clean stop. A failed beat is logged and retried at the next one."""
+    import socket
+
+    from duly.store.db import write_transaction
+    from duly.store.tables import workers
+
+    started = clock.now()
+    host = socket.gethostname()[:200]
+    while True:
+        now = clock.now()
+        try:
+            with write_transaction(db) as conn:
+                n = conn.execute(
+                    sa.update(workers).where(workers.c.id == owner).values(heartbeat_at=now)
+                ).rowcount
+                if not n:
+                    conn.execute(
+                        sa.insert(workers).values(
+                            id=owner, host=host, started_at=started, heartbeat_at=now
+                        )
+                    )
+                conn.execute(
+                    sa.delete(workers).where(workers.c.heartbeat_at < now - FORGET_WORKERS_AFTER)
+                )
+        except Exception:
+            log.warning(
+                "worker heartbeat failed; trying again in %.0f s", HEARTBEAT_SECONDS, exc_info=True
+            )
+        if stop.wait(HEARTBEAT_SECONDS):
+            break
+    try:
+        with write_transaction(db) as conn:
+            conn.execute(sa.delete(workers).where(workers.c.id == owner))
+    except Exception:
+        log.debug("could not remove the heartbeat row", exc_info=True)
 
 
 def _due(payload: str) -> datetime | None:

@@ -4,6 +4,7 @@ chart and engine health — over rows inserted directly."""
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -239,3 +240,27 @@ def test_dashboard_on_postgresql(tmp_path: Path, pg_db_url: str) -> None:
         assert "550 mailbox unavailable" in html
     finally:
         web.close()
+
+
+def test_a_running_engine_beats_in_the_workers_table_and_is_not_its_own_other(web: Web) -> None:
+    from duly import runtime
+
+    web.start()
+    owner = web.rt.dispatcher.owner
+    deadline = time.monotonic() + 10
+    while True:
+        with web.rt.db.connect() as conn:
+            ids = conn.execute(sa.select(workers.c.id)).scalars().all()
+        if owner in ids or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert ids == [owner]
+    web.login()
+    html = web.get("/").text
+    assert "running" in text_of(html, "h-dispatcher")
+    assert "Other workers" not in html and owner not in html
+    web.close()  # a clean stop removes the row
+    web._started = False
+    with web.rt.db.connect() as conn:
+        assert conn.execute(sa.select(workers.c.id)).scalars().all() == []
+    assert runtime.HEARTBEAT_SECONDS <= 60  # the dashboard calls a worker silent after 2 min

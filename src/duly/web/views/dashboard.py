@@ -173,10 +173,14 @@ def engine_health(request: Request, conn: sa.Connection, now: datetime) -> dict[
         {"name": name, "state": b.state(now), "text": BREAKER_TEXT.get(b.state(now), "")}
         for name, b in sorted(getattr(disp, "breakers", {}).items())
     ]
+    own = getattr(disp, "owner", None)
     others = [
         {**dict(r), "alive": r["heartbeat_at"] >= now - WORKER_STALE}
         for r in conn.execute(
-            sa.select(workers).order_by(workers.c.heartbeat_at.desc()).limit(20)
+            sa.select(workers)
+            .where(workers.c.id != (own or ""))
+            .order_by(workers.c.heartbeat_at.desc())
+            .limit(20)
         ).mappings()
     ]
     return {
