@@ -169,7 +169,7 @@ def test_health_needs_no_key(live: Live) -> None:
     assert ready.json() == {
         "status": "ok",
         "checks": {"database": "ok", "dispatcher": "ok"},
-        "channels": {"email": "closed"},  # circuit breakers, reported
+        "channels": {"email": "closed", "inbox": "closed"},  # circuit breakers, reported
     }
 
 

@@ -19,7 +19,9 @@ from browserkit import ADMIN, CHROMIUM, CHROMIUM_ARGS, VIEWER, add_user, sign_in
 from live import Live, live_server
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API keeps an event loop running in this
+# thread while it is started, and a later test calling asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
         why = f"browser tests need Chromium at {CHROMIUM} (apt-get install -y chromium)"

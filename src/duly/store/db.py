@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,11 +123,10 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: ConnectionPoolE
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        # busy_timeout first, so switching the journal mode waits for other connections.
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         # WAL: readers never block the writer and the writer never blocks readers. A no-op
         # ("memory") for in-memory databases.
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _use_wal(cursor)
         # NORMAL is durable against application crashes in WAL mode; only a power loss can
         # drop the last commits, and it cannot corrupt the file.
         cursor.execute("PRAGMA synchronous = NORMAL")
@@ -134,6 +134,28 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: ConnectionPoolE
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()
+
+
+def _use_wal(cursor: Any) -> None:
+    """Switch the file to WAL (it stays so: later connections find it done). Switching
+    needs the file to itself and SQLite answers "database is locked" at once, without its
+    busy handler, when another connection is opening a new file at the same moment (three
+    threads migrating one new database saw it): try again for up to the busy timeout."""
+    import sqlite3
+
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() in ("wal", "memory"):
+                return
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
