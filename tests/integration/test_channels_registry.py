@@ -123,7 +123,7 @@ def test_channel_modules_are_imported_only_when_used() -> None:
     assert out.stdout.strip() == str(sorted(CHANNEL_TYPES))
 
 
-def test_outbox_and_inbox_channels_are_built_even_when_no_rule_uses_them(tmp_path: Path) -> None:
+def test_outbox_and_inbox_channels_are_built_even_when_no_rule_uses_them() -> None:
     """One-off reminders (API and UI) may use the implicit email outbox and inbox channels
     with rules that never name them: the runtime must build them."""
     from duly.rules.loader import load_rules
