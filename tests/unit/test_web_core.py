@@ -81,3 +81,17 @@ def test_safe_next_stays_on_the_site() -> None:
     assert safe_next("/subjects?kind=x") == "/subjects?kind=x"
     for bad in (None, "", "//evil.example", "https://evil.example", "/\\evil", "evil"):
         assert safe_next(bad) == "/"
+
+
+def test_frame_store_keeps_previews_per_user_for_a_while_and_drops_the_oldest() -> None:
+    from duly.web.core import FrameStore
+
+    store = FrameStore(size=2, ttl=60)
+    a = store.put(1, "<p>a</p>")
+    assert store.get(1, a) == "<p>a</p>"
+    assert store.get(2, a) is None  # another user
+    assert store.get(1, "guess") is None
+    b, c = store.put(1, "b"), store.put(1, "c")
+    assert store.get(1, a) is None and store.get(1, b) == "b" and store.get(1, c) == "c"
+    gone = FrameStore(ttl=-1)
+    assert gone.get(1, gone.put(1, "x")) is None  # expired

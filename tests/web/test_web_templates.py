@@ -73,7 +73,7 @@ def test_edit_page_shows_every_part_and_a_preview_with_the_newest_subject(web: W
     assert 'value="invoice/INV-7"' in page  # the newest invoice is the default subject
     assert "Invoice INV-7 is due on" in page  # the title, rendered
     assert "Hello Carla Diaz," in page
-    assert '<iframe class="message" sandbox srcdoc=' in page
+    assert '<iframe class="message" sandbox src="/templates/invoice-due-soon/frame/' in page
     assert 'formaction="/templates/invoice-due-soon/preview-page"' in page
 
 
@@ -188,7 +188,20 @@ def test_hostile_template_output_and_data_are_escaped_in_preview_and_diff(web: W
     html_body = f"<p>{HOSTILE_TEXT}</p><p>{{{{ attributes.note }}}}</p>"
     frag = _preview(web, body, **{"part:email.html": html_body})
     assert HOSTILE_TEXT not in frag and "<img src=x" not in frag
-    assert "srcdoc=" in frag
+    # the rendered HTML itself is loaded by the sandboxed frame, under a policy that runs
+    # no script, and only by the user who made the preview
+    frame = re.search(r'<iframe class="message" sandbox src="([^"]+)"', frag)
+    assert frame, frag
+    r = web.get(frame.group(1))
+    assert r.status_code == 200 and "<p>" in r.text
+    assert r.headers["content-security-policy"].startswith("default-src 'none'")
+    assert r.headers["content-security-policy"].endswith("sandbox")
+    assert "script-src" not in r.headers["content-security-policy"]
+    web.logout()
+    web.login(VIEWER)
+    assert web.get(frame.group(1)).status_code == 404
+    web.logout()
+    web.login()
     # saved, then shown in the edit page and the history diff, escaped
     r = web.post(EDIT, {"part:email.txt": body}, token_from=EDIT)
     assert r.status_code == 303

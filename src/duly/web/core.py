@@ -187,6 +187,60 @@ def render(
     return HTMLResponse(html, status_code=status)
 
 
+# --------------------------------------------------------------------------- message frames
+
+# A message's HTML is shown in <iframe sandbox src=…> from a URL of ours answered with this
+# policy: no script, nothing fetched but inline styles and images, a sandbox of its own.
+FRAME_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data: https:; sandbox"
+
+
+def frame_response(html: str) -> HTMLResponse:
+    """An email's HTML for a sandboxed frame of our own pages."""
+    return HTMLResponse(
+        html,
+        headers={
+            "Content-Security-Policy": FRAME_CSP,
+            # our own page frames it; the page's CSP allows frame-src 'self'
+            "X-Frame-Options": "SAMEORIGIN",
+        },
+    )
+
+
+class FrameStore:
+    """Rendered previews kept for a few minutes so a sandboxed frame can load them by a
+    random token (the editor's live preview; a frame's srcdoc would inherit the page's
+    policy, which blocks the inline styles emails are made of). Only the user who asked
+    may load one; the oldest are dropped past ``size``."""
+
+    def __init__(self, size: int = 500, ttl: float = 600.0) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self.size, self.ttl = size, ttl
+        self._items: OrderedDict[str, tuple[float, int, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, user_id: int, html: str) -> str:
+        import secrets
+        import time
+
+        token = secrets.token_urlsafe(16)
+        with self._lock:
+            self._items[token] = (time.monotonic() + self.ttl, user_id, html)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return token
+
+    def get(self, user_id: int, token: str) -> str | None:
+        import time
+
+        with self._lock:
+            item = self._items.get(token)
+        if item is None or item[1] != user_id or item[0] < time.monotonic():
+            return None
+        return item[2]
+
+
 # --------------------------------------------------------------------------- time
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Request
@@ -40,15 +40,21 @@ from duly.templates_db import (
 from duly.web.core import (
     AdminUser,
     CurrentUser,
+    FrameStore,
     engine_of,
     env,
     flash,
+    frame_response,
     redirect,
     render,
+    session_user,
     viewer_tz,
 )
 
 router = APIRouter()
+
+# rendered previews' HTML, loaded by the preview's sandboxed frame
+FRAMES = FrameStore()
 
 RECENT_SUBJECTS = 20
 
@@ -162,6 +168,7 @@ class Preview:
     recipient: str | None = None
     error: dict[str, Any] | None = None  # file, line, reason, source_line
     field_errors: dict[str, str] = field(default_factory=dict)
+    frame_url: str | None = None  # the HTML part, for the sandboxed frame
 
 
 def _source_line(sources: dict[str, str], file: str | None, line: int | None) -> str | None:
@@ -224,6 +231,10 @@ def render_preview(
         }
         return out
     out.title, out.text, out.html = r.title, r.text, r.html
+    user = session_user(request)
+    if r.html and user is not None:
+        token = FRAMES.put(user.id, r.html)
+        out.frame_url = f"/templates/{quote(name, safe='')}/frame/{token}"
     return out
 
 
@@ -359,6 +370,15 @@ async def template_preview(name: str, request: Request, user: CurrentUser) -> Re
         _form_str(form, "recipient", 200),
     )
     return HTMLResponse(_fragment(request, preview))
+
+
+@router.get("/templates/{name}/frame/{token}")
+def template_preview_frame(name: str, token: str, user: CurrentUser) -> Response:
+    """A preview's HTML part for its sandboxed frame (only for the user who previewed)."""
+    html = FRAMES.get(user.id, token[:64])
+    if html is None:
+        raise HTTPException(404)
+    return frame_response(html)
 
 
 async def _edit_form(request: Request, name: str) -> tuple[Any, ...]:
