@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from zoneinfo import available_timezones
 
 from fastapi import APIRouter, Request
@@ -29,6 +31,64 @@ log = logging.getLogger("duly.web")
 _ZONES = sorted(z for z in available_timezones() if "/" in z and not z.startswith("Etc/"))
 
 
+class Throttle:
+    """Failed sign-ins per username and per client address: after ``limit`` failures
+    within ``window`` seconds, further attempts are refused until the window has passed
+    since the first of them (in memory: one `duly serve` process serves the UI)."""
+
+    def __init__(self, limit: int = 5, window: float = 900.0) -> None:
+        self.limit, self.window = limit, window
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: str, now: float) -> list[float]:
+        times = [t for t in self._failures.get(key, []) if t > now - self.window]
+        if times:
+            self._failures[key] = times
+        else:
+            self._failures.pop(key, None)
+        return times
+
+    def wait(self, keys: list[str]) -> float:
+        """Seconds before another attempt is allowed (0: now)."""
+        now = time.monotonic()
+        with self._lock:
+            waits = [
+                times[0] + self.window - now
+                for key in keys
+                if len(times := self._recent(key, now)) >= self.limit
+            ]
+        return max(waits, default=0.0)
+
+    def failed(self, keys: list[str]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                self._recent(key, now)
+                self._failures.setdefault(key, []).append(now)
+            if len(self._failures) > 10_000:  # forget the stalest keys first
+                for key in sorted(self._failures, key=lambda k: self._failures[k][-1])[:5_000]:
+                    del self._failures[key]
+
+    def succeeded(self, keys: list[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._failures.pop(key, None)
+
+
+def _throttle(request: Request) -> Throttle:
+    """The app's throttle (each UI app, so each server, counts its own)."""
+    state = request.app.state
+    if getattr(state, "login_throttle", None) is None:
+        state.login_throttle = Throttle()
+    return state.login_throttle  # type: ignore[no-any-return]
+
+
+def _throttle_keys(request: Request, username: str) -> list[str]:
+    client = request.client.host if request.client else "?"
+    return [f"user:{username.strip().lower()}", f"addr:{client}"]
+
+
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request, next: str = "/") -> Response:
     if session_user(request) is not None:
@@ -47,9 +107,26 @@ async def login(request: Request) -> Response:
     password = str(form.get("password", ""))[:1024]
     nxt = safe_next(str(form.get("next", "/")))
     now = engine_of(request).clock.now()
+    keys = _throttle_keys(request, username)
+    wait = _throttle(request).wait(keys)
+    if wait > 0:
+        log.warning("sign-in for %r refused: too many failed attempts", username)
+        minutes = max(1, round(wait / 60))
+        return render(
+            request,
+            "login.html",
+            {
+                "next": nxt,
+                "username": username,
+                "no_users": False,
+                "error": f"Too many failed sign-ins. Try again in {minutes} min.",
+            },
+            status=429,
+        )
     # argon2 takes tens of milliseconds: off the event loop
     user = await run_in_threadpool(users_of(request).authenticate, username, password, now)
     if user is None:
+        _throttle(request).failed(keys)
         log.info("sign-in refused for %r", username)
         return render(
             request,
@@ -62,6 +139,7 @@ async def login(request: Request) -> Response:
             },
             status=400,
         )
+    _throttle(request).succeeded(keys[:1])  # the address keeps its count: it may be guessing others
     sign_in(request, user)
     log.info("%s signed in", user.username)
     return redirect(nxt)
