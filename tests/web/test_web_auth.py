@@ -319,3 +319,13 @@ def test_the_throttle_forgets_after_its_window_and_on_success() -> None:
     t.failed(keys)
     t.succeeded(["user:a"])
     assert t.wait(["user:a"]) == 0 and t.wait(["addr:x"]) > 0
+
+
+def test_actions_are_logged_with_who_did_them(web: Web, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    web.login()
+    with caplog.at_level(logging.INFO, logger="duly.audit"):
+        web.post("/account/timezone", {"timezone": "Asia/Tokyo"}, token_from="/account")
+    lines = [r.getMessage() for r in caplog.records if r.name == "duly.audit"]
+    assert lines == ["admin: Times are now shown in Asia/Tokyo."]

@@ -21,6 +21,7 @@ viewer's zone) and the helpers below as globals.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -51,6 +52,9 @@ __all__ = [
     "render",
     "viewer_tz",
 ]
+
+# what signed-in people did through the UI, one line each
+audit = logging.getLogger("duly.audit")
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 STATIC_DIR = Path(__file__).parent / "static"
@@ -133,7 +137,16 @@ def sign_in(request: Request, user: User) -> None:
 
 
 def flash(request: Request, message: str, kind: str = "ok") -> None:
-    """A message shown once on the next page (kind: ok, error, info)."""
+    """A message shown once on the next page (kind: ok, error, info). Every action of the
+    UI ends with one, saying what it did; each is also logged to ``duly.audit`` with who
+    did it ("ops: Delivery 12 was cancelled.")."""
+    user = session_user(request)
+    audit.info(
+        "%s: %s%s",
+        user.username if user else "-",
+        "" if kind == "ok" else "[not done] " if kind == "error" else "",
+        message,
+    )
     msgs = list(request.session.get(SESSION_FLASH, []))
     msgs.append([kind, message])
     request.session[SESSION_FLASH] = msgs[-5:]
