@@ -73,9 +73,9 @@ def seed(engine: Engine) -> int:
     """Load demo recipients and subjects unless the database already has subjects.
     Returns the number of subjects loaded.
 
-    Live subjects go through the engine, which plans their reminders (the first go out within
-    a minute). Then the **demo history**: fabricated past deliveries so the dashboard has
-    something to show — see :func:`seed_history`.
+    First the **demo history**: fabricated past deliveries so the dashboard has something
+    to show — see :func:`seed_history`. Then live subjects go through the engine, which
+    plans their reminders (the first go out within a minute).
     """
     from duly.store.tables import subjects
 
@@ -171,8 +171,10 @@ def seed(engine: Engine) -> int:
             {"client": "dave"},
         ),
     ]
+    # the history first, so ids follow time: lists newest first by id read newest first
+    n = seed_history(engine, now)
     engine.upsert_subjects(items)
-    return len(items) + seed_history(engine, now)
+    return len(items) + n
 
 
 # --------------------------------------------------------------------------- demo history
