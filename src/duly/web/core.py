@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, unquote, urlencode
@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from duly.engine.service import Engine
 from duly.web.users import User, UserStore
@@ -411,8 +411,6 @@ def _make_env() -> Environment:
         state_of=_state_of,
     )
     e.filters.update(json_pretty=_json_pretty, urlquote=lambda s: quote(str(s), safe=""))
-    e.globals["escape"] = escape
-    e.globals["date"] = date
     return e
 
 
