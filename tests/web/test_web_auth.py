@@ -135,6 +135,8 @@ def test_pages_carry_security_headers(web: Web) -> None:
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
     assert r.headers["x-content-type-options"] == "nosniff"
     assert r.headers["server-timing"].startswith("app;dur=")
+    assert r.headers["cache-control"] == "no-store"
+    assert web.get("/static/duly.css").headers["cache-control"] == "max-age=3600"
 
 
 def test_the_api_is_untouched_by_the_ui(web: Web) -> None:

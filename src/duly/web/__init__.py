@@ -118,6 +118,7 @@ class Headers:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        static = scope.get("path", "").startswith("/static/")
 
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -128,7 +129,9 @@ class Headers:
                     (b"x-content-type-options", b"nosniff"),
                     (b"referrer-policy", b"same-origin"),
                     (b"x-frame-options", b"DENY"),
-                    (b"cache-control", b"no-store"),
+                    # pages hold private data: never kept; our static files change only
+                    # with an upgrade (and carry an ETag)
+                    (b"cache-control", b"max-age=3600" if static else b"no-store"),
                 ]
                 for k, v in extra:
                     if k not in names:
