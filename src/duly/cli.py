@@ -307,14 +307,20 @@ def keys() -> None:
     """Manage API keys (stored hashed; a key is shown once, when made)."""
 
 
-def _keystore(database: str) -> Any:
-    from duly.keys import KeyStore
+def _migrated(database: str) -> Any:
+    """An engine on ``database``, migrated to the latest schema first."""
     from duly.store.db import make_engine
     from duly.store.db import migrate as do_migrate
 
     db = make_engine(database)
     do_migrate(db)
-    return KeyStore(db)
+    return db
+
+
+def _keystore(database: str) -> Any:
+    from duly.keys import KeyStore
+
+    return KeyStore(_migrated(database))
 
 
 @keys.command("create")
@@ -378,13 +384,9 @@ def users() -> None:
 
 
 def _userstore(database: str) -> Any:
-    from duly.store.db import make_engine
-    from duly.store.db import migrate as do_migrate
     from duly.web.users import UserStore
 
-    db = make_engine(database)
-    do_migrate(db)
-    return UserStore(db)
+    return UserStore(_migrated(database))
 
 
 def _read_password(password_stdin: bool) -> str:

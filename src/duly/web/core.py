@@ -200,6 +200,21 @@ def render(
     return HTMLResponse(html, status_code=status)
 
 
+# --------------------------------------------------------------------------- links
+
+
+def subject_path(kind: str, key: str) -> str:
+    """The page of subject KIND/KEY (both quoted: keys may hold slashes and anything)."""
+    return f"/subjects/{quote(kind, safe='')}/{quote(key, safe='')}"
+
+
+def subject_url(ref: str | None) -> str | None:
+    """The page of a ``KIND/KEY`` reference as stored on deliveries and reminders; None
+    when there is no subject ("")."""
+    kind, _, key = (ref or "").partition("/")
+    return subject_path(kind, key) if kind and key else None
+
+
 # --------------------------------------------------------------------------- message frames
 
 # A message's HTML is shown in <iframe sandbox src=…> from a URL of ours answered with this
@@ -409,6 +424,7 @@ def _make_env() -> Environment:
         query_with=query_with,
         to_local_input=to_local_input,
         state_of=_state_of,
+        subject_url=subject_url,
     )
     e.filters.update(json_pretty=_json_pretty, urlquote=lambda s: quote(str(s), safe=""))
     return e

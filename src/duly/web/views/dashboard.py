@@ -190,15 +190,6 @@ def engine_health(request: Request, conn: sa.Connection, now: datetime) -> dict[
     }
 
 
-def subject_link_of(ref: str) -> str | None:
-    if not ref or "/" not in ref:
-        return None
-    from urllib.parse import quote
-
-    kind, key = ref.split("/", 1)
-    return f"/subjects/{quote(kind, safe='')}/{quote(key, safe='')}"
-
-
 @router.get("/", response_class=HTMLResponse)
 def dashboard(request: Request, user: CurrentUser) -> HTMLResponse:
     rt = runtime_of(request)
@@ -244,6 +235,5 @@ def dashboard(request: Request, user: CurrentUser) -> HTMLResponse:
             "needs": needs,
             "health": health,
             "zones": zones,
-            "subject_link": subject_link_of,
         },
     )

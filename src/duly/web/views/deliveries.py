@@ -168,11 +168,6 @@ def recipient_zones(engine: Engine, conn: Connection, ids: set[str]) -> dict[str
     return {i: (found[i].timezone if i in found and found[i].timezone else default) for i in ids}
 
 
-def subject_parts(ref: str) -> tuple[str, str] | None:
-    kind, _, key = (ref or "").partition("/")
-    return (kind, key) if kind and key else None
-
-
 def rule_options(request: Request, selected: str) -> list[tuple[str, str]]:
     names = [r.name for r in runtime_of(request).rules.rules] + [REMINDER_RULE]
     if selected and selected not in names:
@@ -209,7 +204,6 @@ def deliveries_list(request: Request, user: CurrentUser, engine: EngineDep) -> R
             "states": [(s, "overdue (pending, past due)" if s == "overdue" else s) for s in STATES],
             "rules": rule_options(request, f.rule),
             "channels": channel_options(request, f.channel),
-            "subject_parts": subject_parts,
             "title": "Deliveries",
         },
         status=400 if errors else 200,
@@ -287,7 +281,6 @@ def delivery_detail(
             "outcomes": outcomes,
             "siblings": siblings,
             "recipient_tz": zones.get(row["recipient"]),
-            "subject_parts": subject_parts,
             "title": f"Delivery {did}",
         },
     )

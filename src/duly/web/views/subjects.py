@@ -30,6 +30,7 @@ from duly.web.core import (
     parse_local_datetime,
     redirect,
     render,
+    subject_path,
     to_local_input,
     viewer_tz,
 )
@@ -55,12 +56,6 @@ def _kinds(eng: Any, conn: sa.Connection) -> list[str]:
     ruled = {r.subject for r in eng.rules.rules if getattr(r, "subject", None)}
     stored = conn.execute(sa.select(subjects.c.kind).distinct().limit(100)).scalars().all()
     return sorted(ruled | set(stored))
-
-
-def subject_url(kind: str, key: str) -> str:
-    from urllib.parse import quote
-
-    return f"/subjects/{quote(kind, safe='')}/{quote(key, safe='')}"
 
 
 # --------------------------------------------------------------------------- list
@@ -112,7 +107,7 @@ def subject_list(
     items = [
         {
             **r,
-            "url": subject_url(r["kind"], r["key"]),
+            "url": subject_path(r["kind"], r["key"]),
             "pending": pending.get(f"{r['kind']}/{r['key']}", 0),
             "held": r["hold_until"] is not None and r["hold_until"] > now,
             "indefinite": r["hold_until"] is not None and r["hold_until"] >= INDEFINITE,
@@ -188,7 +183,7 @@ def _load(eng: Any, kind: str, key: str) -> dict[str, Any]:
     return {
         "s": s,
         "ref": ref,
-        "url": subject_url(kind, key),
+        "url": subject_path(kind, key),
         "created_at": row.created_at if row else None,
         "updated_at": row.updated_at if row else None,
         "plan": plan[:ROWS],
@@ -272,4 +267,4 @@ async def hold(request: Request, kind: str, key: str, user: AdminUser) -> Respon
         ctx["errors"] = {"until": error}
         return render(request, "subjects/detail.html", ctx, 400)
     flash(request, msg)
-    return redirect(subject_url(kind, key))
+    return redirect(subject_path(kind, key))

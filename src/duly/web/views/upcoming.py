@@ -29,7 +29,7 @@ from duly.web.core import (
     to_local_input,
     viewer_tz,
 )
-from duly.web.views.dashboard import OVERDUE_AFTER, subject_link_of
+from duly.web.views.dashboard import OVERDUE_AFTER
 
 router = APIRouter()
 
@@ -179,7 +179,6 @@ def upcoming(request: Request, user: CurrentUser) -> HTMLResponse:
             "continued": after is not None,
             "from_value": to_local_input(f.get("from_at"), tz) if f.get("from_at") else f["from"],
             "to_value": to_local_input(f.get("to_at"), tz) if f.get("to_at") else f["to"],
-            "subject_link": subject_link_of,
         },
         status=400 if errors else 200,
     )
