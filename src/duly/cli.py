@@ -50,6 +50,27 @@ def _opt_rules(f: Any) -> Any:
 
 
 def _opt_breaker(f: Any) -> Any:
+    """The dispatcher's options, shared by serve and worker."""
+    f = click.option(
+        "--lease",
+        envvar="DULY_LEASE",
+        show_envvar=True,
+        default=30.0,
+        show_default=True,
+        type=click.FloatRange(min=3.0),
+        help="Seconds a claimed delivery stays this process's without renewal. It is renewed "
+        "while the send goes on, however slow; a process that dies loses its claims after this "
+        "long and another takes them over.",
+    )(f)
+    f = click.option(
+        "--concurrency",
+        envvar="DULY_CONCURRENCY",
+        show_envvar=True,
+        default=8,
+        show_default=True,
+        type=click.IntRange(min=1, max=256),
+        help="Sends in flight at once (at most this many can be repeated after a crash).",
+    )(f)
     f = click.option(
         "--breaker-cooldown",
         envvar="DULY_BREAKER_COOLDOWN",
@@ -171,6 +192,8 @@ def serve(
     demo: bool | None,
     breaker_failures: int,
     breaker_cooldown: float,
+    lease: float,
+    concurrency: int,
     log_level: str,
 ) -> None:
     """Run everything in one process: HTTP server, dispatcher and scheduler."""
@@ -182,7 +205,12 @@ def serve(
     _setup_logging(log_level)
     rf, bundled = _load(rules)
     rt = _runtime(
-        rf, database, breaker_failures=breaker_failures, breaker_cooldown=breaker_cooldown
+        rf,
+        database,
+        send_workers=concurrency,
+        breaker_failures=breaker_failures,
+        breaker_cooldown=breaker_cooldown,
+        lease=lease,
     )
     log.info("rules: %s (%d rules); database: %s", rf.path, len(rf.rules), redact_url(database))
     if demo or (demo is None and bundled):
@@ -241,15 +269,6 @@ def _first_user(rt: Any, *, demo: bool, host: str, port: int) -> None:
 @main.command()
 @_opt_rules
 @_opt_db
-@click.option(
-    "--concurrency",
-    envvar="DULY_CONCURRENCY",
-    show_envvar=True,
-    default=8,
-    show_default=True,
-    type=int,
-    help="Sends in flight at once.",
-)
 @_opt_breaker
 @_opt_log
 def worker(
@@ -258,6 +277,7 @@ def worker(
     concurrency: int,
     breaker_failures: int,
     breaker_cooldown: float,
+    lease: float,
     log_level: str,
 ) -> None:
     """Run only the dispatcher (any number of workers can share one PostgreSQL database)."""
@@ -269,6 +289,7 @@ def worker(
         send_workers=concurrency,
         breaker_failures=breaker_failures,
         breaker_cooldown=breaker_cooldown,
+        lease=lease,
     )
     stop = threading.Event()
 

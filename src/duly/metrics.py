@@ -7,7 +7,9 @@ which therefore never pay for it):
 
 - :meth:`Metrics.claimed` after each claim transaction,
 - :meth:`Metrics.sent` after each ``channel.send()``, successful or not,
-- :meth:`Metrics.recorded` after the outcomes of a batch are committed.
+- :meth:`Metrics.recorded` after the outcomes of a batch are committed,
+- :meth:`Metrics.retaken` when it takes over rows whose sender died mid-send,
+- :meth:`Metrics.error` when a stage fails and is recovered from.
 
 Exposed at ``GET /metrics`` (no API key) by :mod:`duly.api.metrics`:
 
@@ -20,7 +22,12 @@ Exposed at ``GET /metrics`` (no API key) by :mod:`duly.api.metrics`:
 ``duly_pending``                    gauge      deliveries planned and not yet sent (all
                                                processes: read from the database at scrape)
 ``duly_due_backlog``                gauge      of those, the ones already due (should be ~0)
-``duly_dispatcher_up``              gauge      1 while this process's dispatcher thread runs
+``duly_outcome_unknown_total``      counter    deliveries retaken after their sender's lease
+                                               ran out mid-send: they may have gone out twice
+``duly_dispatcher_errors_total``    counter    failures recovered from, by stage (cycle,
+                                               schedules, decide, set, record, lost_lease)
+``duly_dispatcher_up``              gauge      1 while this process's dispatcher loop is alive
+                                               (its thread runs and it makes progress)
 ==================================  =========  ==================================================
 """
 
@@ -81,6 +88,17 @@ class Metrics:
             buckets=CALL_BUCKETS,
             registry=r,
         )
+        self.unknown = Counter(
+            "duly_outcome_unknown",
+            "Deliveries retaken after their sender's lease ran out mid-send (may have gone out).",
+            registry=r,
+        )
+        self.errors = Counter(
+            "duly_dispatcher_errors",
+            "Dispatcher failures recovered from, by stage.",
+            ["stage"],
+            registry=r,
+        )
         self._watching = False
         self._lock = threading.Lock()
 
@@ -91,6 +109,12 @@ class Metrics:
 
     def sent(self, channel: str, seconds: float) -> None:
         self.send_seconds.labels(channel).observe(seconds)
+
+    def retaken(self, n: int) -> None:
+        self.unknown.inc(n)
+
+    def error(self, stage: str) -> None:
+        self.errors.labels(stage).inc()
 
     def recorded(self, logs: Iterable[tuple[Any, dict[str, Any]]]) -> None:
         """``(DeliveryRow, log row)`` pairs of a committed batch; outcomes are counted."""
@@ -189,4 +213,4 @@ class _StateCollector(Collector):
             yield GaugeMetricFamily(
                 "duly_due_backlog", "Pending deliveries whose due time has passed.", backlog
             )
-        yield GaugeMetricFamily("duly_dispatcher_up", "1 while the dispatcher thread runs.", up)
+        yield GaugeMetricFamily("duly_dispatcher_up", "1 while the dispatcher loop is alive.", up)

@@ -8,9 +8,12 @@ so a worker never polls on a fixed interval.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,8 @@ import sqlalchemy as sa
 from duly.engine.dispatcher import Dispatcher
 from duly.engine.service import Engine
 from duly.model import RuleFile
-from duly.store.db import is_postgres, make_engine, migrate
+from duly.store.db import is_postgres, make_engine, migrate, write_transaction
+from duly.store.tables import workers
 from duly.webhooks import WebhookSender
 
 log = logging.getLogger("duly")
@@ -81,23 +85,37 @@ class Runtime:
     webhooks: WebhookSender | None = None  # sends the webhook outbox
     webhooks_thread: threading.Thread | None = None
     webhooks_stop: threading.Event = field(default_factory=threading.Event)
-    heartbeat_thread: threading.Thread | None = None
+    heartbeat_thread: threading.Thread | None = None  # the keeper (see start)
     heartbeat_stop: threading.Event = field(default_factory=threading.Event)
+    _started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
-    def start(self) -> None:
-        from duly.retention import Maintenance
+    restarts: int = 0  # times the keeper found the dispatcher's thread ended and restarted it
 
+    def dispatcher_alive(self) -> bool:
+        """The dispatcher's thread runs and its loop makes progress (what /readyz, /metrics
+        and the dashboard report, and what the heartbeat stands for)."""
+        thread = self.thread
+        return thread is not None and thread.is_alive() and self.dispatcher.alive()
+
+    def _start_dispatcher(self) -> None:
         self.thread = threading.Thread(
             target=self.dispatcher.run_forever, name="duly-dispatcher", daemon=True
         )
         self.thread.start()
-        # the workers table: which dispatchers are alive, for the dashboard of any process
-        self.heartbeat_thread = threading.Thread(
-            target=_heartbeat,
-            args=(self.db, self.dispatcher.owner, self.engine.clock, self.heartbeat_stop),
-            name="duly-heartbeat",
-            daemon=True,
-        )
+
+    def start(self) -> None:
+        from duly.retention import Maintenance
+
+        # SQLite: rows a killed predecessor left 'sending' are retaken now, not when their
+        # lease runs out. (On PostgreSQL, workers may share a host name across machines or
+        # PID namespaces, so a dead worker's rows wait for their lease: 30 s by default.)
+        if not is_postgres(self.db):
+            retake_dead_local_claims(self.db, self.engine, self.dispatcher)
+        self._start_dispatcher()
+        # keeper: restarts a dispatcher thread that ended, renews the leases of what it is
+        # sending, and keeps this process's row in `workers` fresh (the dashboard of any
+        # process lists the dispatchers) — all only while the dispatcher's loop is alive
+        self.heartbeat_thread = threading.Thread(target=self._keep, name="duly-keeper", daemon=True)
         self.heartbeat_thread.start()
         if self.webhooks is not None:
             self.webhooks_thread = threading.Thread(
@@ -116,8 +134,45 @@ class Runtime:
             )
             self.listener.start()
 
+    def _keep(self) -> None:
+        """The keeper thread's loop (see ``start``)."""
+        disp = self.dispatcher
+        every = min(HEARTBEAT_SECONDS, max(1.0, disp.lease.total_seconds() / 3))
+        last_beat = 0.0
+        while not self.heartbeat_stop.is_set():
+            thread = self.thread
+            if thread is not None and not thread.is_alive() and not disp.stopping:
+                self.restarts += 1
+                log.error(
+                    "the dispatcher's thread ended; restarting it (restart %d)", self.restarts
+                )
+                self._start_dispatcher()
+            if self.dispatcher_alive():
+                try:
+                    disp.keep_leases()
+                except Exception:
+                    log.warning("renewing leases failed; trying again shortly", exc_info=True)
+                if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
+                    if _beat(self.db, disp.owner, self.engine.clock, self._started):
+                        last_beat = time.monotonic()
+                    if not is_postgres(self.db):
+                        retake_dead_local_claims(self.db, self.engine, disp)
+            elif thread is not None and thread.is_alive():
+                log.error(
+                    "the dispatcher has made no progress for %.0f s: heartbeat and lease "
+                    "renewals paused, so other processes can retake its deliveries",
+                    disp.stall_after,
+                )
+            self.heartbeat_stop.wait(every)
+        try:
+            with write_transaction(self.db) as conn:
+                conn.execute(sa.delete(workers).where(workers.c.id == disp.owner))
+        except Exception:
+            log.debug("could not remove the heartbeat row", exc_info=True)
+
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop after in-flight sends; nothing claimed is lost (the batch in flight is finished)."""
+        """Stop: the sends in flight finish (each bounded by its channel's timeout) and are
+        recorded; rows claimed but not yet sent are given back, pending again."""
         if self.maintenance is not None:
             self.maintenance.stop()  # between two chunks of a prune
         self.dispatcher.stop()
@@ -147,6 +202,7 @@ def build_runtime(
     send_workers: int = 8,
     breaker_failures: int = 5,
     breaker_cooldown: float = 60.0,
+    lease: float = 30.0,
 ) -> Runtime:
     db = make_engine(database_url)
     migrate(db)
@@ -168,6 +224,7 @@ def build_runtime(
         send_workers=send_workers,
         breaker_failures=breaker_failures,
         breaker_cooldown=timedelta(seconds=breaker_cooldown),
+        lease=timedelta(seconds=lease),
     )
     dispatcher.metrics = Metrics()
     # the same secret as acknowledge links (another salt); DULY_UNSUBSCRIBE_MAILTO optional
@@ -192,43 +249,71 @@ HEARTBEAT_SECONDS = 30.0
 FORGET_WORKERS_AFTER = timedelta(days=1)
 
 
-def _heartbeat(db: sa.Engine, owner: str, clock: Any, stop: threading.Event) -> None:
-    """Keep this process's row in ``workers`` fresh every HEARTBEAT_SECONDS; remove it on
-    a clean stop. A failed beat is logged and retried at the next one."""
-    import socket
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
-    from duly.store.db import write_transaction
-    from duly.store.tables import workers
 
-    started = clock.now()
-    host = socket.gethostname()[:200]
-    while True:
-        now = clock.now()
-        try:
-            with write_transaction(db) as conn:
-                n = conn.execute(
-                    sa.update(workers).where(workers.c.id == owner).values(heartbeat_at=now)
-                ).rowcount
-                if not n:
-                    conn.execute(
-                        sa.insert(workers).values(
-                            id=owner, host=host, started_at=started, heartbeat_at=now
-                        )
-                    )
-                conn.execute(
-                    sa.delete(workers).where(workers.c.heartbeat_at < now - FORGET_WORKERS_AFTER)
-                )
-        except Exception:
-            log.warning(
-                "worker heartbeat failed; trying again in %.0f s", HEARTBEAT_SECONDS, exc_info=True
-            )
-        if stop.wait(HEARTBEAT_SECONDS):
-            break
+def retake_dead_local_claims(db: sa.Engine, engine: Engine, disp: Dispatcher) -> int:
+    """End the leases held by dispatchers of this machine whose process is gone (an owner
+    is ``host:pid:…``): their rows are retaken at the next claim, each recorded as possibly
+    sent. Owners on other machines keep their leases until they run out. Returns the number
+    of rows freed; a database error is logged and retried later."""
+    host = socket.gethostname()
     try:
         with write_transaction(db) as conn:
-            conn.execute(sa.delete(workers).where(workers.c.id == owner))
+            now = engine.clock.now()
+            dead = []
+            for owner in engine.store.lease_owners(conn, now):
+                h, _, rest = owner.partition(":")
+                pid = rest.partition(":")[0]
+                if h == host and owner != disp.owner and pid.isdigit() and not _pid_alive(int(pid)):
+                    dead.append(owner)
+            n = engine.store.expire_leases(conn, dead, now)
     except Exception:
-        log.debug("could not remove the heartbeat row", exc_info=True)
+        log.warning("could not look for claims of dead processes", exc_info=True)
+        return 0
+    if n:
+        log.warning(
+            "%d deliveries were being sent by processes that died (%s); they are retaken now "
+            "(each may have gone out once already)",
+            n,
+            ", ".join(dead),
+        )
+        disp.wake()
+    return n
+
+
+def _beat(db: sa.Engine, owner: str, clock: Any, started: datetime) -> bool:
+    """Write this process's row in ``workers`` (and forget workers silent for a day).
+    Returns False (logged) when the database could not be written."""
+    now = clock.now()
+    try:
+        with write_transaction(db) as conn:
+            n = conn.execute(
+                sa.update(workers).where(workers.c.id == owner).values(heartbeat_at=now)
+            ).rowcount
+            if not n:
+                conn.execute(
+                    sa.insert(workers).values(
+                        id=owner,
+                        host=socket.gethostname()[:200],
+                        started_at=started,
+                        heartbeat_at=now,
+                    )
+                )
+            conn.execute(
+                sa.delete(workers).where(workers.c.heartbeat_at < now - FORGET_WORKERS_AFTER)
+            )
+        return True
+    except Exception:
+        log.warning("worker heartbeat failed; trying again shortly", exc_info=True)
+        return False
 
 
 def _due(payload: str) -> datetime | None:

@@ -198,17 +198,28 @@ def create_app(
             checks["database"] = "ok"
         except Exception as exc:  # report, never 500
             checks["database"] = f"error: {type(exc).__name__}"
-        thread = getattr(runtime, "thread", None)
-        alive = thread is not None and thread.is_alive()
+        alive = _dispatcher_alive(runtime)
         checks["dispatcher"] = "ok" if alive else "stopped"
         ok = all(v == "ok" for v in checks.values())
+        detail: dict[str, Any] = {}
+        disp_ = getattr(runtime, "dispatcher", None)
+        last = getattr(disp_, "last_error", None)
+        if last is not None:  # the latest failure it recovered from, for operators
+            detail["dispatcher_last_error"] = {"at": last[0].isoformat(), "stage": last[1]}
+        if getattr(runtime, "restarts", 0):
+            detail["dispatcher_restarts"] = runtime.restarts
         # channel breakers: reported, not a reason to take the process out of service
         # (deliveries wait while a provider is down; the API keeps accepting work)
         now = runtime.engine.clock.now()
         disp = getattr(runtime, "dispatcher", None)
         channels = {n: b.state(now) for n, b in sorted(getattr(disp, "breakers", {}).items())}
         return JSONResponse(
-            {"status": "ok" if ok else "unavailable", "checks": checks, "channels": channels},
+            {
+                "status": "ok" if ok else "unavailable",
+                "checks": checks,
+                "channels": channels,
+                **detail,
+            },
             status_code=200 if ok else 503,
         )
 
@@ -224,6 +235,15 @@ def create_app(
     app.add_middleware(ApiKeyAuth, fastapi_app=app)  # outermost: before the body is read
     app.add_middleware(CatchAll)  # outside everything of ours, inside Starlette's own
     return app
+
+
+def _dispatcher_alive(runtime: Any) -> bool:
+    """The dispatcher's thread runs and its loop makes progress."""
+    check = getattr(runtime, "dispatcher_alive", None)
+    if check is not None:
+        return bool(check())
+    thread = getattr(runtime, "thread", None)
+    return thread is not None and thread.is_alive()
 
 
 def _extra_routers() -> list[Any]:

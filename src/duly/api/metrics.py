@@ -22,6 +22,9 @@ def metrics_of(request: Request) -> Metrics:
                 rt.dispatcher.metrics = m
 
     def up() -> bool:
+        check = getattr(rt, "dispatcher_alive", None)
+        if check is not None:
+            return bool(check())
         thread = getattr(rt, "thread", None)
         return thread is not None and thread.is_alive()
 

@@ -1,9 +1,28 @@
 """The dispatcher: claims due deliveries, applies policies, renders, sends, records.
 
 It only loops: every state change goes through the store in short write transactions
-(claim; then record), and sends happen outside any transaction. A claimed row carries a
-lease; a worker that dies leaves its rows to be taken over when the lease expires, and the
-resend reuses the delivery's Message-ID (at-least-once with the same id).
+(claim; then record), and sends happen outside any transaction.
+
+Guarantees, and where they are kept:
+
+- **Leases.** A claimed row carries a lease (``lease``, 30 s by default). While the loop
+  makes progress, ``keep_leases()`` (called by the runtime's keeper thread every few
+  seconds) renews the leases of every row this process still holds, so a slow provider
+  never lets another process take a row that is being sent. A process that dies stops
+  renewing; its rows are retaken when their lease runs out (within ``lease`` seconds), and
+  ``Store.claim_due`` records on each an attempt whose outcome is unknown (it may have gone
+  out). The resend reuses the delivery's Message-ID: at-least-once with the same id.
+- **Outcomes per send.** Each send's outcome is written as soon as the provider answers
+  (sends that finish together share one transaction: a group commit), so a crash can
+  duplicate at most the sends in flight at that moment. A write that finds the row no longer
+  held by this process (its lease was lost) is refused, logged with the delivery's identity,
+  and leaves no log rows behind.
+- **A loop that cannot die.** Every stage of a cycle is guarded: a database error backs off
+  (1 s, doubling to 30 s) and the loop carries on. ``alive()`` says whether the loop is
+  making progress; the runtime's keeper writes the heartbeat and renews leases only then,
+  and restarts the loop's thread if it ever ends.
+- **Stopping.** ``stop()`` lets the sends in flight finish and be recorded, and gives back
+  (pending again, no attempt spent) every row claimed but not yet sent.
 """
 
 from __future__ import annotations
@@ -16,9 +35,9 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from duly import planner, webhooks
@@ -77,6 +96,8 @@ class _Work:
     tzname: str | None = None
     suppress: tuple[str, str, str] | None = None  # (address, channel, reason)
     rendered: Any = None
+    probe: bool = False  # the breaker's half-open probe: a temporary failure costs no attempt
+    released: bool = False  # stopping: given back unsent, pending again
     update: dict[str, Any] = field(default_factory=dict)
     logs: list[dict[str, Any]] = field(default_factory=list)
 
@@ -107,15 +128,24 @@ class Breaker:
 
     def wait_until(self, now: datetime) -> datetime | None:
         """None when a send may go now; else when to try again."""
+        return self.acquire(now)[0]
+
+    def acquire(self, now: datetime) -> tuple[datetime | None, bool]:
+        """(when to try again, or None to send now; whether this send is the probe)."""
         with self._lock:
             if self.open_until is None:
-                return None
+                return None, False
             if now < self.open_until:
-                return self.open_until
+                return self.open_until, False
             if not self.probing:
                 self.probing = True  # this one is the probe
-                return None
-            return now + min(self.cooldown, timedelta(seconds=5))
+                return None, True
+            return now + min(self.cooldown, timedelta(seconds=5)), False
+
+    def retry_at(self, now: datetime) -> datetime:
+        """When a delivery that failed while the breaker is open should try again."""
+        with self._lock:
+            return self.open_until if self.open_until and self.open_until > now else now
 
     def ok(self) -> None:
         with self._lock:
@@ -144,6 +174,10 @@ class Stats:
     deferred: int = 0
     retried: int = 0
     set: int = 0
+    released: int = 0  # claimed, then given back unsent at a stop
+    retaken: int = 0  # taken over after another process's lease expired mid-send
+    lost_lease: int = 0  # outcomes refused: the row was no longer ours to record
+    errors: int = 0  # cycles or stages that failed (database errors, bugs), recovered from
 
 
 class Dispatcher:
@@ -155,8 +189,9 @@ class Dispatcher:
         *,
         owner: str | None = None,
         batch_size: int = 200,
-        lease: timedelta = timedelta(minutes=5),
+        lease: timedelta = timedelta(seconds=30),
         send_workers: int = 8,
+        stall_after: float = 120.0,
         on_outcome: Any = None,
         breaker_failures: int = 5,
         breaker_cooldown: timedelta = timedelta(seconds=60),
@@ -168,7 +203,17 @@ class Dispatcher:
         self.preferences: Any = None
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.batch_size = batch_size
+        if lease < timedelta(seconds=3):
+            raise ValueError("the lease must be at least 3 seconds")
         self.lease = lease
+        # the loop counts as stalled (no heartbeat, no lease renewals) after this long
+        # without progress: a send or render stuck beyond every timeout
+        self.stall_after = stall_after
+        self._progress = time.monotonic()
+        self._busy = False  # in a cycle (claiming, sending); False while asleep
+        self._held: set[int] = set()  # ids of the rows being processed: their leases are renewed
+        self._held_lock = threading.Lock()
+        self.last_error: tuple[datetime, str] | None = None  # the latest recovered failure
         self.stats = Stats()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -208,40 +253,99 @@ class Dispatcher:
         self._stop.set()
         self._wake.set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def next_due(self) -> datetime | None:
         with self.engine.db.connect() as conn:
             return self.store.next_due(conn)
 
-    def run_forever(self, max_sleep: float = 300.0) -> None:
+    def _tick(self) -> None:
+        self._progress = time.monotonic()
+
+    def alive(self) -> bool:
+        """The loop is making progress: asleep waiting for work, or busy and some send,
+        claim or stage finished within ``stall_after`` seconds. (Whether its thread runs
+        is the runtime's to check.)"""
+        return not self._busy or time.monotonic() - self._progress < self.stall_after
+
+    def _failed(self, what: str) -> None:
+        """A stage failed (logged with its traceback); remembered for /readyz."""
+        self.stats.errors += 1
+        self.last_error = (datetime.now(UTC), what)
+        if self.metrics is not None:
+            self.metrics.error(what)
+
+    def run_forever(self, max_sleep: float = 30.0) -> None:
         """Send due work, then sleep until the next due time or until woken (new work
         planned by this process, or a NOTIFY from another). ``max_sleep`` only bounds the
-        wait so a clock jump or a missed notification is recovered from."""
+        wait so a clock jump or a missed notification is recovered from.
+
+        Nothing ends this loop but ``stop()``: every stage is guarded, and a failure (the
+        database restarting, a bug) is logged and retried after a back-off of 1 s doubling
+        up to 30 s; the connection pool replaces dead connections."""
         log.info("dispatcher %s started", self.owner)
+        backoff = 1.0
         while not self._stop.is_set():
             try:
+                self._busy = True
+                self._tick()
                 self.run_once()
-            except Exception:  # the loop must survive a database hiccup
-                log.exception("dispatcher cycle failed; retrying in 1 s")
-                self._stop.wait(1.0)
+                self._wake.clear()
+                nxt = self.next_due()
+                backoff = 1.0
+            except Exception:  # the loop must survive a database restart or a bug
+                log.exception("dispatcher cycle failed; retrying in %.0f s", backoff)
+                self._failed("cycle")
+                self._busy = False
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
                 continue
-            self._wake.clear()
-            nxt = self.next_due()
-            now = self.engine.clock.now()
-            timeout = max_sleep if nxt is None else max(0.0, (nxt - now).total_seconds())
-            if timeout > 0:
-                wait = min(timeout, max_sleep)
-                # set before waiting: a wake_for() in between sees it or finds the loop awake
-                self._sleep_until = now + timedelta(seconds=wait)
-                self._wake.wait(wait)
+            finally:
+                self._busy = False
+                self._tick()
+            try:
+                now = self.engine.clock.now()
+                timeout = max_sleep if nxt is None else max(0.0, (nxt - now).total_seconds())
+                if timeout > 0:
+                    wait = min(timeout, max_sleep)
+                    # set before waiting: a wake_for() in between sees it or finds the loop awake
+                    self._sleep_until = now + timedelta(seconds=wait)
+                    self._wake.wait(wait)
+            except Exception:  # a clock that misbehaves; never end the loop
+                log.exception("dispatcher wait failed")
+                self._stop.wait(1.0)
+            finally:
                 self._sleep_until = None
         if self._pool:
             self._pool.shutdown(wait=True)
         log.info("dispatcher %s stopped", self.owner)
 
+    def keep_leases(self) -> int:
+        """Renew the leases of the rows this process is sending, if the loop is alive (a
+        stalled loop lets its rows go, to be retaken by another process). Returns the number
+        renewed; raises on a database error (the caller logs and tries again)."""
+        if not self.alive():
+            return 0
+        with self._held_lock:
+            ids = sorted(self._held)
+        if not ids:
+            return 0
+        with write_transaction(self.engine.db) as conn:
+            return self.store.renew_leases(
+                conn, self.owner, ids, self.engine.clock.now(), self.lease
+            )
+
     def run_once(self) -> int:
         """Process everything due now. Returns the number of rows handled."""
         total = 0
-        self._check_schedules()
+        try:
+            self._check_schedules()
+        except Exception:  # the schedules' trouble must not hold back other deliveries
+            log.exception("planning schedule rules failed; other deliveries go on")
+            self._failed("schedules")
+            self._sched_at = self.engine.clock.now() + timedelta(seconds=30)
         while not self._stop.is_set():
             now = self.engine.clock.now()
             t0 = time.perf_counter()
@@ -270,9 +374,32 @@ class Dispatcher:
     # ------------------------------------------------------------------ one batch
 
     def _process(self, rows: list[DeliveryRow]) -> None:
+        """Decide, send and record one claimed batch. While it runs, its rows are renewed by
+        ``keep_leases``; if it fails, they are not, and their leases run out: another cycle
+        (here or elsewhere) retakes them and records their sends as possibly made."""
+        ids = [r.id for r in rows]
+        with self._held_lock:
+            self._held.update(ids)
+        try:
+            self._process_held(rows, ids)
+        finally:
+            with self._held_lock:
+                self._held.difference_update(ids)
+
+    def _process_held(self, rows: list[DeliveryRow], ids: list[int]) -> None:
         rf = self.engine.rules
         now = self.engine.clock.now()
-        rows = rows + self._claim_batch_mates(rows, now)
+        retaken = sum(1 for r in rows if r.retaken)
+        if retaken:
+            self.stats.retaken += retaken
+            if self.metrics is not None:
+                self.metrics.retaken(retaken)
+        mates = self._claim_batch_mates(rows, now)
+        if mates:
+            ids += [r.id for r in mates]
+            with self._held_lock:
+                self._held.update(r.id for r in mates)
+            rows = rows + mates
         works = [_Work(r) for r in rows]
         with self.engine.db.connect() as conn:
             keys = {
@@ -333,10 +460,10 @@ class Dispatcher:
         for group_works in (first, later):
             if group_works is later:
                 for w in sets:
-                    self._apply_set(w, now)
+                    self._apply_set_guarded(w, now)
                 applied = set(map(id, sets))
             for w in group_works:
-                decision = self._decide(w, now, cycle)
+                decision = self._decide_guarded(w, now, cycle)
                 if decision == "send":
                     to_send.append(w)
                 elif decision == "set":
@@ -355,26 +482,16 @@ class Dispatcher:
         # re-plan, each in its own transaction
         for w in sets:
             if id(w) not in applied:
-                self._apply_set(w, now)
-        if to_send:
-            if self._pool is not None and len(to_send) > 1:
-                list(self._pool.map(lambda w: self._send(w), to_send))
-            else:
-                for w in to_send:
-                    self._send(w)
-        for group in groups:
-            self._copy_outcome(group[0], group[1:])
+                self._apply_set_guarded(w, now)
+        # What was decided without sending (skips, deferrals, render errors) is recorded
+        # first; then each send's outcome as soon as its provider answers.
         set_ids = {id(w) for w in sets}
-        done = [w for w in works if w.update and id(w) not in set_ids]
-        if done:
-            with write_transaction(self.engine.db) as conn:
-                self.store.finish(conn, [w.update for w in done], self.owner)
-                self.store.log(conn, [lg for w in done for lg in w.logs])
-                self._emit_outcomes(conn, done, self.engine.clock.now())
-                for w in done:
-                    if w.suppress is not None:
-                        self.store.suppress(conn, *w.suppress, w.row.id, now)
-                self._fall_back(conn, done, now)
+        sending = {id(w) for w in to_send} | {id(x) for g in groups for x in g}
+        decided = [w for w in works if w.update and id(w) not in set_ids and id(w) not in sending]
+        if decided:
+            self._record(decided, now)
+        members = {id(g[0]): g for g in groups}
+        self._send_all(to_send, members, now)
         # An open-ended repeat is planned over a rolling horizon: each occurrence handled
         # moves the horizon on, so its subject is re-planned.
         rolling = sorted(
@@ -392,13 +509,131 @@ class Dispatcher:
             self.engine.replan(rolling)
         if any(w.rule is not None and w.rule.kind == "cron" for w in works):
             self._check_schedules(force=True)
+
+    def _send_all(
+        self, to_send: list[_Work], members: dict[int, list[_Work]], now: datetime
+    ) -> None:
+        """Send each message (``send_workers`` at a time) and record each outcome as soon as
+        it is known: sends that finish together are written in one transaction."""
+
+        def finished(w: _Work) -> list[_Work]:
+            group = members.get(id(w))
+            if group is None:
+                return [w]
+            if w.released:
+                for x in group:
+                    x.released = True
+            else:
+                self._copy_outcome(w, group[1:])
+            return group
+
+        if not to_send:
+            return
+        if self._pool is None or len(to_send) == 1:
+            for w in to_send:
+                self._send(w)
+                self._tick()
+                self._record(finished(w), now)
+            return
+        futures: dict[Future[None], _Work] = {self._pool.submit(self._send, w): w for w in to_send}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            self._tick()
+            ready: list[_Work] = []
+            for f in done:
+                w = futures[f]
+                exc = f.exception()
+                if exc is not None:  # _send guards itself; this is a bug, kept to this row
+                    log.error("delivery %s: send failed unexpectedly", w.row.id, exc_info=exc)
+                    self._final(
+                        w,
+                        self.engine.clock.now(),
+                        "failed",
+                        Reason.permanent_error,
+                        attempts=w.row.attempts + 1,
+                        last_error=repr(exc),
+                    )
+                ready += finished(w)
+            self._record(ready, now)
+
+    def _record(self, works: list[_Work], now: datetime) -> None:
+        """Write these outcomes in one transaction: the rows (only those this process still
+        holds), their history, webhooks, suppressions and fallbacks. A database error is
+        retried (the outcome of a send must not be lost while the database restarts) for
+        up to the lease; after that the rows' leases have run out and another process will
+        retake them, recording the attempt as possibly sent."""
+        released = [w for w in works if w.released]
+        works = [w for w in works if w.update and not w.released]
+        if released:
+            self._release(released, now)
+        if not works:
+            return
+        deadline = time.monotonic() + max(self.lease.total_seconds(), 5.0)
+        delay = 0.2
+        while True:
+            try:
+                with write_transaction(self.engine.db) as conn:
+                    held = self.store.finish(conn, [w.update for w in works], self.owner)
+                    ok = [w for w in works if w.row.id in held]
+                    self.store.log(conn, [lg for w in ok for lg in w.logs])
+                    self._emit_outcomes(conn, ok, self.engine.clock.now())
+                    for w in ok:
+                        if w.suppress is not None:
+                            self.store.suppress(conn, *w.suppress, w.row.id, now)
+                    self._fall_back(conn, ok, now)
+                break
+            except Exception:
+                if time.monotonic() + delay > deadline:
+                    log.exception(
+                        "could not record the outcomes of deliveries %s; they will be retaken "
+                        "when their lease runs out",
+                        [w.row.id for w in works],
+                    )
+                    self._failed("record")
+                    return
+                log.warning("recording outcomes failed; retrying in %.1f s", delay, exc_info=True)
+                self._stop.wait(delay) if not self._stop.is_set() else time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for w in works:
+            if w.row.id not in held:
+                self.stats.lost_lease += 1
+                ident = w.row.identity
+                log.error(
+                    "delivery %s (rule %s, step %s, subject %s, recipient %s, channel %s, "
+                    "Message-ID %s): outcome %s not recorded: this process no longer holds "
+                    "the row (its lease ran out and another process retook it)",
+                    w.row.id,
+                    ident.rule,
+                    ident.step or "-",
+                    ident.subject or "-",
+                    ident.recipient or "-",
+                    ident.channel or "-",
+                    w.update.get("message_id") or w.row.message_id,
+                    w.update.get("state"),
+                )
+                if self.metrics is not None:
+                    self.metrics.error("lost_lease")
+        self._after_record([w for w in works if w.row.id in held])
+
+    def _after_record(self, ok: list[_Work]) -> None:
+        """Tell the simulation and the metrics what was recorded."""
         if self.on_outcome is not None:
-            for w in works:
+            for w in ok:
                 for lg in w.logs:
                     if lg.get("kind") == "outcome":
                         self.on_outcome(w.row, lg)
         if self.metrics is not None:
-            self.metrics.recorded([(w.row, lg) for w in works for lg in w.logs])
+            self.metrics.recorded([(w.row, lg) for w in ok for lg in w.logs])
+
+    def _release(self, works: list[_Work], now: datetime) -> None:
+        """Stopping: give back rows claimed but not sent."""
+        try:
+            with write_transaction(self.engine.db) as conn:
+                n = self.store.release(conn, [w.row.id for w in works], self.owner, now)
+            self.stats.released += n
+        except Exception:  # their leases run out and another process takes them
+            log.warning("could not give back %d unsent deliveries", len(works), exc_info=True)
 
     # ------------------------------------------------------------------ policies
 
@@ -447,6 +682,41 @@ class Dispatcher:
             **extra,
         }
         self.stats.deferred += 1
+
+    def _decide_guarded(self, w: _Work, now: datetime, cycle: _Cycle) -> str:
+        """``_decide`` for one row; a failure (a bug, a database error) stays with that row:
+        it is logged with the delivery's id, recorded as its last error, and the row waits
+        a minute before it is tried again. The rest of the batch goes on."""
+        try:
+            return self._decide(w, now, cycle)
+        except Exception as exc:
+            log.exception("delivery %s: deciding what to do failed", w.row.id)
+            self._failed("decide")
+            w.logs.clear()
+            self._defer(w, now, now + timedelta(seconds=60), last_error=f"internal error: {exc!r}")
+            return ""
+
+    def _apply_set_guarded(self, w: _Work, now: datetime) -> None:
+        try:
+            self._apply_set(w, now)
+        except _LeaseLost:
+            self.stats.lost_lease += 1
+            log.error(
+                "delivery %s (rule %s, subject %s): set not applied: another process retook "
+                "the row after this one's lease ran out",
+                w.row.id,
+                w.row.identity.rule,
+                w.row.identity.subject or "-",
+            )
+        except Exception as exc:
+            log.exception("delivery %s: applying its set/webhook actions failed", w.row.id)
+            self._failed("set")
+            w.logs.clear()
+            self._defer(w, now, now + timedelta(seconds=60), last_error=f"internal error: {exc!r}")
+            try:
+                self._record([w], now)
+            except Exception:  # its lease runs out; another cycle retakes it
+                log.exception("delivery %s: could not record the failure", w.row.id)
 
     def _decide(self, w: _Work, now: datetime, cycle: _Cycle) -> str:
         """Apply the policies in spec order. Returns "send", "set", or "" (decided)."""
@@ -547,7 +817,7 @@ class Dispatcher:
             )
             return ""
         breaker = self.breakers.get(ident.channel or "")
-        wait = breaker.wait_until(now) if breaker is not None else None
+        wait, w.probe = breaker.acquire(now) if breaker is not None else (None, False)
         if wait is not None:
             self._defer(w, now, wait)  # no attempt spent: the channel is resting
             return ""
@@ -800,6 +1070,12 @@ class Dispatcher:
     def _send(self, w: _Work) -> None:
         assert w.message is not None and w.rule is not None
         chan = self.channels[w.row.identity.channel or ""]
+        if self._stop.is_set():
+            # stopping: what has not started goes back to the queue, no attempt spent
+            w.released = True
+            if w.probe and chan.name in self.breakers:
+                self.breakers[chan.name].probing = False
+            return
         msg = w.message
         attempt = w.row.attempts + 1
         t0 = time.perf_counter()
@@ -814,6 +1090,20 @@ class Dispatcher:
             if exc.permanent and exc.address:
                 w.suppress = (msg.to, chan.name, str(exc))
             retry = w.rule.retry
+            if w.probe and not exc.permanent and breaker is not None:
+                # The breaker's probe found the channel still down: the outage is the
+                # channel's, not this delivery's; it waits with the others and keeps its
+                # attempts (spec: deliveries wait during an outage).
+                w.logs[-1]["error"] = f"{exc} (circuit breaker probe; no attempt counted)"
+                self._defer(
+                    w,
+                    now,
+                    breaker.retry_at(now),
+                    last_error=str(exc),
+                    message_id=msg.message_id,
+                )
+                log.info("delivery %s: breaker probe on %s failed: %s", w.row.id, chan.name, exc)
+                return
             common = {
                 "attempts": attempt,
                 "last_error": str(exc),
@@ -896,9 +1186,12 @@ class Dispatcher:
                     self._emit_action(conn, w, action, changes, now)
             else:
                 self._final(w, now, "cancelled", Reason.subject_deleted)
-            self.store.finish(conn, [w.update], self.owner)
+            held = self.store.finish(conn, [w.update], self.owner)
+            if not held:  # another process retook the row: undo this one's changes
+                raise _LeaseLost(w.row.id)
             self.store.log(conn, w.logs)
         self.stats.set += 1
+        self._after_record([w])
 
     def _emit_action(
         self, conn: Any, w: _Work, action: WebhookAction, changes: dict[str, Any], now: datetime
@@ -929,6 +1222,10 @@ class Dispatcher:
             if state in (Outcome.sent, Outcome.failed):
                 data = webhooks.delivery_data(w.row.id, w.row.identity, w.update, w.row.attempts)
                 webhooks.emit(conn, rf, f"delivery.{state}", data, now)
+
+
+class _LeaseLost(Exception):
+    """A row this process claimed was retaken by another before its outcome was written."""
 
 
 _FALLS_BACK = frozenset(

@@ -56,6 +56,9 @@ class DeliveryRow:
     lease_until: datetime | None
     changes: dict[str, Any] | None
     message_id: str | None
+    # taken over after its lease expired while another process was sending it: that send's
+    # outcome is unknown (recorded as an attempt with outcome "unknown" by claim_due)
+    retaken: bool = False
 
 
 def _subject_from_row(r: RowMapping) -> SubjectRecord:
@@ -582,14 +585,15 @@ class Store:
         # overdue, and few rows are ever 'sending' (the state prefix of
         # ix_deliveries_state_due finds them).
         q = (
-            select(deliveries.c.id)
+            select(deliveries.c.id, deliveries.c.lease_owner)
             .where(deliveries.c.state == "sending", deliveries.c.lease_until <= now)
             .order_by(deliveries.c.priority.desc(), deliveries.c.due_at, deliveries.c.id)
             .limit(limit)
         )
         if self.postgres:
             q = q.with_for_update(skip_locked=True)
-        ids: list[int] = list(conn.execute(q).scalars())
+        expired = {r.id: r.lease_owner for r in conn.execute(q)}
+        ids: list[int] = list(expired)
         for p in sorted(set(levels), reverse=True):
             need = limit - len(ids)
             if need <= 0:
@@ -620,7 +624,109 @@ class Store:
             if self.postgres:
                 q = q.with_for_update(skip_locked=True)
             ids += conn.execute(q).scalars()
-        return self._take(conn, ids, now, owner, lease)
+        rows = self._take(conn, ids, now, owner, lease)
+        if expired:
+            self._record_unknown(conn, [r for r in rows if r.id in expired], expired, now)
+        return rows
+
+    def _record_unknown(
+        self,
+        conn: Connection,
+        rows: list[DeliveryRow],
+        owners: dict[int, str | None],
+        now: datetime,
+    ) -> None:
+        """Rows retaken after their lease expired in state ``sending``: the process that held
+        them stopped (or lost the database) before recording what its send did, so the
+        message may have gone out. Each gets an attempt with outcome ``unknown`` in its
+        history and counts it in ``attempts``; a resend keeps the delivery's Message-ID."""
+        logs = []
+        for r in rows:
+            r.retaken = True
+            r.attempts += 1
+            error = (
+                f"outcome unknown: {owners.get(r.id) or 'another process'} stopped (or lost the "
+                "database) while sending; the message may have gone out, and a resend keeps "
+                "its Message-ID"
+            )
+            logs.append(
+                {
+                    "delivery_id": r.id,
+                    "at": now,
+                    "kind": "attempt",
+                    "outcome": "unknown",
+                    "attempt": r.attempts,
+                    "error": error,
+                    "message_id": r.message_id,
+                }
+            )
+            conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id == r.id)
+                .values(attempts=r.attempts, last_error=error)
+            )
+        self.log(conn, logs)
+
+    def renew_leases(
+        self, conn: Connection, owner: str, ids: Sequence[int], now: datetime, lease: timedelta
+    ) -> int:
+        """Extend to ``now + lease`` the lease of each of ``ids`` that ``owner`` still holds
+        in state ``sending``: a worker alive and sending keeps its rows, however slow the
+        provider. A row another process retook is left alone. Returns the number renewed."""
+        n = 0
+        for chunk in _chunks(list(ids), 500):
+            res = conn.execute(
+                update(deliveries)
+                .where(
+                    deliveries.c.id.in_(list(chunk)),
+                    deliveries.c.lease_owner == owner,
+                    deliveries.c.state == "sending",
+                )
+                .values(lease_until=now + lease)
+            )
+            n += max(res.rowcount or 0, 0)
+        return n
+
+    def release(self, conn: Connection, ids: Sequence[int], owner: str, now: datetime) -> int:
+        """Give back rows ``owner`` claimed but did not send (a stop in the middle of a
+        batch): pending again, due as they were, no attempt spent."""
+        if not ids:
+            return 0
+        res = conn.execute(
+            update(deliveries)
+            .where(
+                deliveries.c.id.in_(list(ids)),
+                deliveries.c.lease_owner == owner,
+                deliveries.c.state == "sending",
+            )
+            .values(state="pending", lease_owner=None, lease_until=None, updated_at=now)
+        )
+        return max(res.rowcount or 0, 0)
+
+    def lease_owners(self, conn: Connection, now: datetime) -> set[str]:
+        """The owners of rows in state ``sending`` whose lease still runs."""
+        q = (
+            select(deliveries.c.lease_owner)
+            .where(deliveries.c.state == "sending", deliveries.c.lease_until > now)
+            .distinct()
+        )
+        return {o for o in conn.execute(q).scalars() if o}
+
+    def expire_leases(self, conn: Connection, owners: Sequence[str], now: datetime) -> int:
+        """End now the leases of rows held by ``owners`` (processes known to be dead): they
+        are retaken at once instead of when their lease would have run out."""
+        if not owners:
+            return 0
+        res = conn.execute(
+            update(deliveries)
+            .where(
+                deliveries.c.state == "sending",
+                deliveries.c.lease_owner.in_(list(owners)),
+                deliveries.c.lease_until > now,
+            )
+            .values(lease_until=now)
+        )
+        return max(res.rowcount or 0, 0)
 
     def claim_batch(
         self,
@@ -697,12 +803,26 @@ class Store:
         rows.sort(key=lambda d: (-d.priority, d.due_at, d.id))
         return rows
 
-    def finish(self, conn: Connection, updates: Sequence[dict[str, Any]], owner: str) -> int:
+    def finish(self, conn: Connection, updates: Sequence[dict[str, Any]], owner: str) -> set[int]:
         """Record the results of claimed rows. Each update names ``_id`` and the columns to
         set; only rows still claimed by ``owner`` are written ("another process got there
-        first" otherwise). Returns the number of rows written."""
-        n = 0
-        for group in _group_by_keys(list(updates)):
+        first" otherwise: its lease expired and another worker retook the row). Returns the
+        ids written, so the caller can tell which outcomes were refused."""
+        if not updates:
+            return set()
+        want = [u["_id"] for u in updates]
+        held: set[int] = set()
+        for chunk in _chunks(want, 500):
+            q = select(deliveries.c.id).where(
+                deliveries.c.id.in_(list(chunk)),
+                deliveries.c.lease_owner == owner,
+                deliveries.c.state == "sending",
+            )
+            if self.postgres:
+                q = q.with_for_update()
+            held.update(conn.execute(q).scalars())
+        mine = [u for u in updates if u["_id"] in held]
+        for group in _group_by_keys(mine):
             stmt = (
                 update(deliveries)
                 .where(
@@ -712,9 +832,8 @@ class Store:
                 )
                 .values({k: bindparam(k) for k in group[0] if k != "_id"})
             )
-            res = conn.execute(stmt, [{**u, "_owner": owner} for u in group])
-            n += res.rowcount if res.rowcount and res.rowcount > 0 else 0
-        return n
+            conn.execute(stmt, [{**u, "_owner": owner} for u in group])
+        return held
 
     def _same_stream(self, ident: Identity) -> Any:
         rule, _, _, subj, rcp, ch = ident.db_key()

@@ -184,7 +184,11 @@ def engine_health(request: Request, conn: sa.Connection, now: datetime) -> dict[
         ).mappings()
     ]
     return {
-        "alive": thread is not None and thread.is_alive(),
+        "alive": (
+            rt.dispatcher_alive()
+            if hasattr(rt, "dispatcher_alive")
+            else thread is not None and thread.is_alive()
+        ),
         "workers": others,
         "breakers": breakers,
     }
