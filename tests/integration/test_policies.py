@@ -174,6 +174,28 @@ def test_circuit_breaker_pauses_a_failing_channel_without_spending_attempts(tmp_
     assert all(r["at"] >= "2026-05-02T09:03:00Z" for r in rows)
 
 
+def test_a_thirty_minute_outage_spends_no_attempts_beyond_the_first_failures(
+    tmp_path: Path,
+) -> None:
+    """Default retries (3 after the first try), a channel down for 30 minutes: the breaker's
+    probes find it down about thirty times, and that costs the deliveries nothing; every
+    one goes out once the channel is back, well within its grace."""
+    rules = FALLBACK.replace("    fallback: [sms, email]\n", "    channels: [email]\n")
+    lines = [person("p", email="p@x.test")] + [
+        job(f"J{i}", "2026-05-02T09:00:00Z", "p") for i in range(6)
+    ]
+    lines.append(
+        {
+            "at": "2026-05-02T08:00:00Z",
+            "fail": {"channel": "email", "until": "2026-05-02T09:30:00Z"},
+        }
+    )
+    rows = sim(tmp_path, rules, lines)
+    assert [r["outcome"] for r in rows] == ["sent"] * 6
+    assert all("2026-05-02T09:30:00Z" <= r["at"] < "2026-05-02T09:33:00Z" for r in rows)
+    assert max(r["attempt"] for r in rows) <= 4  # retries left over, never exhausted
+
+
 def test_breaker_threshold_and_cooldown_are_configurable(tmp_path: Path) -> None:
     from datetime import timedelta
 

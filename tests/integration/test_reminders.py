@@ -109,7 +109,9 @@ def test_validation_names_the_field(env, change: dict, field: str) -> None:  # n
 
 def test_a_recipient_or_channel_named_twice_is_one_delivery(env) -> None:  # noqa: ANN001
     eng, _, _ = env
-    rid = eng.create_reminder(ReminderInput("x", "", T0 + timedelta(hours=1), ["a", "a", "b"], ["email", "email"]))
+    rid = eng.create_reminder(
+        ReminderInput("x", "", T0 + timedelta(hours=1), ["a", "a", "b"], ["email", "email"])
+    )
     assert sorted(s[0] for s in states(eng)) == ["a", "b"]
     eng.update_reminder(rid, ReminderInput("x", "", T0 + timedelta(hours=2), ["b", "b"]))
     assert [s for s in states(eng) if s[1] == "pending"] == [("b", "pending", None)]

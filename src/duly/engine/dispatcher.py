@@ -378,15 +378,22 @@ class Dispatcher:
         ``keep_leases``; if it fails, they are not, and their leases run out: another cycle
         (here or elsewhere) retakes them and records their sends as possibly made."""
         ids = [r.id for r in rows]
+        tried: set[int] = set()  # rows whose send began: never given back
         with self._held_lock:
             self._held.update(ids)
         try:
-            self._process_held(rows, ids)
+            self._process_held(rows, ids, tried)
+        except Exception:
+            # Nothing was sent for the rows not tried: back to pending at once, so a failed
+            # stage (a database restart while loading the batch) delays them by one back-off,
+            # not by a lease. The tried ones wait for their lease (their send may have gone).
+            self._release_ids([i for i in ids if i not in tried])
+            raise
         finally:
             with self._held_lock:
                 self._held.difference_update(ids)
 
-    def _process_held(self, rows: list[DeliveryRow], ids: list[int]) -> None:
+    def _process_held(self, rows: list[DeliveryRow], ids: list[int], tried: set[int]) -> None:
         rf = self.engine.rules
         now = self.engine.clock.now()
         retaken = sum(1 for r in rows if r.retaken)
@@ -491,6 +498,8 @@ class Dispatcher:
         if decided:
             self._record(decided, now)
         members = {id(g[0]): g for g in groups}
+        for w in to_send:
+            tried.update(x.row.id for x in members.get(id(w), [w]))
         self._send_all(to_send, members, now)
         # An open-ended repeat is planned over a rolling horizon: each occurrence handled
         # moves the horizon on, so its subject is re-planned.
@@ -584,13 +593,13 @@ class Dispatcher:
                     self._fall_back(conn, ok, now)
                 break
             except Exception:
+                self._failed("record")
                 if time.monotonic() + delay > deadline:
                     log.exception(
                         "could not record the outcomes of deliveries %s; they will be retaken "
                         "when their lease runs out",
                         [w.row.id for w in works],
                     )
-                    self._failed("record")
                     return
                 log.warning("recording outcomes failed; retrying in %.1f s", delay, exc_info=True)
                 self._stop.wait(delay) if not self._stop.is_set() else time.sleep(delay)
@@ -628,12 +637,17 @@ class Dispatcher:
 
     def _release(self, works: list[_Work], now: datetime) -> None:
         """Stopping: give back rows claimed but not sent."""
+        self._release_ids([w.row.id for w in works])
+
+    def _release_ids(self, ids: list[int]) -> None:
+        if not ids:
+            return
         try:
             with write_transaction(self.engine.db) as conn:
-                n = self.store.release(conn, [w.row.id for w in works], self.owner, now)
+                n = self.store.release(conn, ids, self.owner, self.engine.clock.now())
             self.stats.released += n
         except Exception:  # their leases run out and another process takes them
-            log.warning("could not give back %d unsent deliveries", len(works), exc_info=True)
+            log.warning("could not give back %d unsent deliveries", len(ids), exc_info=True)
 
     # ------------------------------------------------------------------ policies
 
