@@ -511,3 +511,34 @@ def test_claims_of_a_live_process_are_not_taken_early(
     assert retake_dead_local_claims(engine.db, engine, disp) == 0
     assert disp.run_once() == 0
     assert states(engine) == {"sending": 2}
+
+
+def test_the_api_and_metrics_show_a_possibly_repeated_send(
+    sqlite_url: str, tmp_path: Path, smtp: tuple[Sink, int]
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from duly.api.app import create_app
+    from duly.keys import KeyStore
+    from duly.metrics import Metrics
+
+    sink, port = smtp
+    engine, disp = build(sqlite_url, tmp_path, port)
+    disp.metrics = Metrics()
+    plan(engine, 2)
+    with write_transaction(engine.db) as conn:
+        (claimed, other) = engine.store.claim_due(
+            conn, datetime.now(UTC), "dead:1:x", timedelta(seconds=3), 1
+        ) + engine.store.claim_due(conn, datetime.now(UTC), disp.owner, timedelta(hours=1), 1)
+    time.sleep(3.1)
+    with write_transaction(engine.db) as conn:  # the second one: its sender recorded it
+        engine.store.release(conn, [other.id], disp.owner, datetime.now(UTC))
+    drain(disp)
+    rt = Runtime(engine.rules, engine.db, engine, disp, metrics=disp.metrics)
+    key = KeyStore(engine.db).create("test", datetime.now(UTC))[0]
+    with TestClient(create_app(rt, ui=False), headers={"Authorization": f"Bearer {key}"}) as c:
+        got = c.get(f"/v1/deliveries/{claimed.id}").json()
+        assert got["possibly_sent_before"] is True
+        assert [a["outcome"] for a in got["attempt_log"]] == ["unknown", None]
+        assert c.get(f"/v1/deliveries/{other.id}").json()["possibly_sent_before"] is False
+        assert "duly_outcome_unknown_total 1.0" in c.get("/metrics").text

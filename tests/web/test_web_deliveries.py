@@ -377,3 +377,18 @@ def test_list_and_detail_on_postgresql(tmp_path: Path, pg_db_url: str) -> None:
         assert web.get(f"/deliveries/{sent}/html").status_code == 404
     finally:
         web.close()
+
+
+def test_detail_says_when_an_attempts_outcome_is_unknown(web: Web) -> None:
+    """A row retaken after its sender died mid-send: the page says it may have gone out."""
+    web.login()
+    did = add(web, state="sent", attempts=2)
+    log(web, did, attempt=1, outcome="unknown", error="outcome unknown: w1 stopped while sending")
+    log(web, did, attempt=2)
+    r = web.get(f"/deliveries/{did}")
+    assert r.status_code == 200
+    assert "Outcome unknown — this message may have gone out." in r.text
+    assert "w1 stopped while sending" in r.text
+    plain = add(web, state="sent", attempts=1)
+    log(web, plain, attempt=1)
+    assert "Outcome unknown" not in web.get(f"/deliveries/{plain}").text

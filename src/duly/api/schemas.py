@@ -103,6 +103,11 @@ class Attempt(BaseModel):
     at: datetime
     error: str | None
     receipt: str | None
+    outcome: str | None = Field(
+        default=None,
+        description='"unknown": the process sending it stopped before recording what the '
+        "provider answered, so the message may have gone out (a resend keeps its Message-ID)",
+    )
 
 
 class HistoryItem(BaseModel):
@@ -123,6 +128,11 @@ class DeliveryDetail(DeliveryOut):
     receipt: str | None = None
     content: Content
     attempt_log: list[Attempt]
+    possibly_sent_before: bool = Field(
+        default=False,
+        description="An attempt's outcome is unknown: the message may have gone out more "
+        "than once (each time with the same Message-ID).",
+    )
     history: list[HistoryItem]
     changes: dict[str, Any] | None = None
 

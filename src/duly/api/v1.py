@@ -379,10 +379,19 @@ def get_delivery(did: DbId, eng: EngineDep) -> S.DeliveryDetail:
             to=r["to_address"], title=r["title"], text=r["body_text"], html=r["body_html"]
         ),
         attempt_log=[
-            S.Attempt(attempt=h["attempt"], at=h["at"], error=h["error"], receipt=h["receipt"])
+            S.Attempt(
+                attempt=h["attempt"],
+                at=h["at"],
+                error=h["error"],
+                receipt=h["receipt"],
+                outcome=h["outcome"],
+            )
             for h in hist
             if h["kind"] == "attempt"
         ],
+        possibly_sent_before=any(
+            h["kind"] == "attempt" and h["outcome"] == "unknown" for h in hist
+        ),
         history=[
             S.HistoryItem(at=h["at"], outcome=h["outcome"], reason=h["reason"])
             for h in hist
