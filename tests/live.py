@@ -65,7 +65,7 @@ def live_server(
         **os.environ,
         "DULY_PORT": str(port),
         "DULY_DATABASE_URL": database,
-        "DULY_LOG_LEVEL": "warning",
+        "DULY_LOG_LEVEL": os.environ.get("DULY_TEST_LOG_LEVEL", "warning"),
         **(extra_env or {}),
     }
     if rules is not None:

@@ -170,22 +170,39 @@ class Runtime:
         except Exception:
             log.debug("could not remove the heartbeat row", exc_info=True)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop: the sends in flight finish (each bounded by its channel's timeout) and are
-        recorded; rows claimed but not yet sent are given back, pending again."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop within ``timeout`` seconds in all (default: 10 s plus the longest send
+        timeout of the channels). The sends in flight finish and are recorded; rows claimed
+        but not yet sent are given back, pending again. A send still running at the end is
+        abandoned: its row's lease runs out and the next process retakes it (recorded as
+        possibly sent)."""
+        if timeout is None:
+            sends = [getattr(ch, "timeout", 30.0) for ch in self.dispatcher.channels.values()]
+            timeout = 10.0 + max([float(t) for t in sends if t] or [30.0])
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
         if self.maintenance is not None:
             self.maintenance.stop()  # between two chunks of a prune
         self.dispatcher.stop()
-        if self.thread is not None:
-            self.thread.join(timeout)
-        self.heartbeat_stop.set()
-        if self.heartbeat_thread is not None:
-            self.heartbeat_thread.join(timeout)
         if self.webhooks is not None:
             self.webhooks_stop.set()
             self.webhooks.wake()
+        if self.thread is not None:
+            self.thread.join(left())
+            if self.thread.is_alive():
+                log.warning(
+                    "stopping without waiting longer for the dispatcher: what it is still "
+                    "sending will be retaken when its lease runs out"
+                )
+        self.heartbeat_stop.set()
+        if self.heartbeat_thread is not None:
+            self.heartbeat_thread.join(left())
+        if self.webhooks is not None:
             if self.webhooks_thread is not None:
-                self.webhooks_thread.join(timeout)
+                self.webhooks_thread.join(left())
             self.webhooks.close()
         for ch in self.dispatcher.channels.values():
             try:

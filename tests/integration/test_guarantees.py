@@ -105,12 +105,18 @@ def smtp() -> Iterator[tuple[Sink, int]]:
 
 
 def build(
-    db_url: str, tmp: Path, port: int, *, owner: str | None = None, **kw: Any
+    db_url: str,
+    tmp: Path,
+    port: int,
+    *,
+    owner: str | None = None,
+    rules: str = RULES,
+    **kw: Any,
 ) -> tuple[Engine, Dispatcher]:
     tdir = tmp / "templates"
     tdir.mkdir(exist_ok=True)
     (tdir / "plain.email.txt").write_text("Subject: receipt {{ subject.key }}\nPaid, thanks.\n")
-    rf = load_rules_text(RULES, path=str(tmp / "duly.yaml"), templates_dir=str(tdir))
+    rf = load_rules_text(rules, path=str(tmp / "duly.yaml"), templates_dir=str(tdir))
     engine = Engine(rf, make_engine(db_url), clock=SystemClock())
     chan = SmtpChannel("email", url=f"smtp://127.0.0.1:{port}", from_="billing@acme.test")
     disp = Dispatcher(engine, {"email": chan}, Renderer(rf.templates_dir), owner=owner, **kw)
@@ -542,3 +548,85 @@ def test_the_api_and_metrics_show_a_possibly_repeated_send(
         assert [a["outcome"] for a in got["attempt_log"]] == ["unknown", None]
         assert c.get(f"/v1/deliveries/{other.id}").json()["possibly_sent_before"] is False
         assert "duly_outcome_unknown_total 1.0" in c.get("/metrics").text
+
+
+# ---------------------------------------------------------------------- isolation, stuck work
+
+SCHEDULES = (
+    RULES
+    + """
+  - name: broken-schedule
+    cron: "5 4 * * *"
+    to: ["id:c1"]
+    template: plain
+  - name: good-schedule
+    cron: "* * * * *"
+    to: ["id:c1"]
+    template: plain
+"""
+)
+
+
+def test_a_schedule_rule_that_cannot_be_planned_stops_nothing_else(
+    db_url: str, tmp_path: Path, smtp: tuple[Sink, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planning one schedule rule fails (here: its time math raises, as croniter did for
+    `0 0 30 2 *`). The other schedule rule is planned, an ordinary receipt goes out on time,
+    and /readyz names the failing rule."""
+    from duly.engine import service
+    from duly.rules import timemath
+
+    real = timemath.cron_next
+
+    def cron_next(expr: str, *a: Any, **kw: Any) -> datetime:
+        if expr == "5 4 * * *":
+            raise RuntimeError("failed to find next date")
+        return real(expr, *a, **kw)
+
+    monkeypatch.setattr(service.timemath, "cron_next", cron_next)
+    sink, port = smtp
+    engine, disp = build(db_url, tmp_path, port, rules=SCHEDULES)
+    plan(engine, 1)
+    assert disp.run_once() == 1  # the receipt
+    assert sink.count() == 1
+    with engine.db.connect() as c:
+        planned = set(c.execute(sa.select(deliveries.c.rule)).scalars())
+    assert planned == {"receipt", "good-schedule"}
+    assert "failed to find next date" in engine.schedule_errors["broken-schedule"][1]
+    from fastapi.testclient import TestClient
+
+    from duly.api.app import create_app
+
+    rt = Runtime(engine.rules, engine.db, engine, disp)
+    with TestClient(create_app(rt, ui=False)) as client:
+        detail = client.get("/readyz").json()
+    assert "failed to find next date" in detail["schedule_errors"]["broken-schedule"]["error"]
+
+
+def test_an_operator_can_cancel_or_retry_a_delivery_left_sending_past_its_lease(
+    sqlite_url: str, tmp_path: Path, smtp: tuple[Sink, int]
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from duly.api.app import create_app
+    from duly.keys import KeyStore
+
+    sink, port = smtp
+    engine, disp = build(sqlite_url, tmp_path, port)
+    plan(engine, 2)
+    with write_transaction(engine.db) as conn:
+        a, b = engine.store.claim_due(conn, datetime.now(UTC), "w9:1:x", timedelta(seconds=3), 2)
+    rt = Runtime(engine.rules, engine.db, engine, disp)
+    key = KeyStore(engine.db).create("test", datetime.now(UTC))[0]
+    with TestClient(create_app(rt, ui=False), headers={"Authorization": f"Bearer {key}"}) as c:
+        r = c.post(f"/v1/deliveries/{a.id}/cancel")
+        assert r.status_code == 409 and "being sent by w9:1:x" in r.text
+        time.sleep(3.1)
+        assert c.post(f"/v1/deliveries/{a.id}/cancel").status_code == 200
+        assert c.post(f"/v1/deliveries/{b.id}/retry").status_code == 200
+        got_a = c.get(f"/v1/deliveries/{a.id}").json()
+        got_b = c.get(f"/v1/deliveries/{b.id}").json()
+    assert got_a["state"] == "cancelled" and got_a["possibly_sent_before"] is True
+    assert got_b["state"] == "pending" and got_b["possibly_sent_before"] is True
+    drain(disp)
+    assert sink.count() == 1 and states(engine) == {"cancelled": 1, "sent": 1}

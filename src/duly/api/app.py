@@ -208,6 +208,11 @@ def create_app(
             detail["dispatcher_last_error"] = {"at": last[0].isoformat(), "stage": last[1]}
         if getattr(runtime, "restarts", 0):
             detail["dispatcher_restarts"] = runtime.restarts
+        sched = getattr(runtime.engine, "schedule_errors", None)
+        if sched:  # schedule rules that cannot be planned: the others go on
+            detail["schedule_errors"] = {
+                name: {"at": at.isoformat(), "error": err} for name, (at, err) in sched.items()
+            }
         # channel breakers: reported, not a reason to take the process out of service
         # (deliveries wait while a provider is down; the API keeps accepting work)
         now = runtime.engine.clock.now()

@@ -305,6 +305,8 @@ class Dispatcher:
             finally:
                 self._busy = False
                 self._tick()
+            if self._stop.is_set():  # stop() may have set the wake-up cleared above
+                break
             try:
                 now = self.engine.clock.now()
                 timeout = max_sleep if nxt is None else max(0.0, (nxt - now).total_seconds())

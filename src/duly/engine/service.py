@@ -98,6 +98,8 @@ class Engine:
             [on_planned] if on_planned else []
         )
         self._rule_names = {r.name for r in rules.rules}
+        # schedule rules whose planning failed: name → (when, error); cleared on success
+        self.schedule_errors: dict[str, tuple[datetime, str]] = {}
 
     def add_wake_hook(self, hook: Callable[[datetime | None], None]) -> None:
         """Called after a transaction that made deliveries pending (wakes dispatchers), with
@@ -443,12 +445,25 @@ class Engine:
         if not rules:
             return None
         now = self.clock.now()
-        try:
-            return self._plan_schedules(rules, now)
-        except sa.exc.IntegrityError:
-            # another process planned the same occurrence first: the database kept one
-            log.debug("schedule occurrence planned by another process")
-            return None
+        earliest: datetime | None = None
+        for rule in rules:
+            # each rule on its own: one that fails (a bug, an expression that can never
+            # fire) is logged, remembered for /readyz and tried again later; the others and
+            # every other delivery go on
+            try:
+                t = self._plan_schedules([rule], now)
+                self.schedule_errors.pop(rule.name, None)
+            except sa.exc.IntegrityError:
+                # another process planned the same occurrence first: the database kept one
+                log.debug("schedule occurrence of %s planned by another process", rule.name)
+                continue
+            except Exception as exc:
+                log.exception("schedule rule %s: planning its next occurrence failed", rule.name)
+                self.schedule_errors[rule.name] = (now, f"{type(exc).__name__}: {exc}")
+                t = now + timedelta(minutes=1)
+            if t is not None and (earliest is None or t < earliest):
+                earliest = t
+        return earliest
 
     def _plan_schedules(self, rules: list[Any], now: datetime) -> datetime | None:
         from duly.store.tables import deliveries
@@ -556,12 +571,28 @@ class Engine:
             )
             self._wake(conn)
 
+    def _stuck(self, conn: Connection, row: Any, now: datetime) -> bool:
+        """A row left ``sending`` past its lease (its process died or stalled): an operator
+        may cancel or retry it; its last send is recorded as of unknown outcome. Raises
+        Conflict while a live process still holds it."""
+        if row["state"] != "sending":
+            return False
+        if row["lease_until"] is not None and row["lease_until"] > now:
+            raise Conflict(
+                f"delivery {row['id']} is being sent by {row['lease_owner']} (its claim runs "
+                f"until {row['lease_until'].isoformat()}); try again after that",
+                field="state",
+            )
+        self.store.record_unknown(conn, row["id"], row["lease_owner"], now)
+        return True
+
     def cancel_delivery(self, did: int) -> None:
-        """Cancel a pending delivery (reason ``manual``)."""
+        """Cancel a pending delivery (reason ``manual``), or one left ``sending`` past its
+        lease."""
         now = self.clock.now()
         with write_transaction(self.db) as conn:
             row = self._one_delivery(conn, did)
-            if row["state"] != "pending":
+            if row["state"] != "pending" and not self._stuck(conn, row, now):
                 raise Conflict(f"delivery {did} is {row['state']}, not pending", field="state")
             ex = Existing(
                 did,
@@ -574,14 +605,16 @@ class Engine:
             self.store.apply(conn, [Action("cancel", None, ex, reason=Reason.manual)], now)
 
     def retry_delivery(self, did: int) -> None:
-        """Try a failed, skipped or cancelled delivery again, now. A sent one is never sent
-        twice."""
+        """Try a failed, skipped or cancelled delivery again, now (or one left ``sending``
+        past its lease). A sent one is never sent twice."""
         from duly.store.tables import deliveries
 
         now = self.clock.now()
         with write_transaction(self.db) as conn:
             row = self._one_delivery(conn, did)
-            if row["state"] not in ("failed", "skipped", "cancelled"):
+            if row["state"] not in ("failed", "skipped", "cancelled") and not self._stuck(
+                conn, row, now
+            ):
                 raise Conflict(
                     f"delivery {did} is {row['state']}: only failed, skipped or cancelled "
                     "deliveries can be retried",

@@ -667,6 +667,33 @@ class Store:
             )
         self.log(conn, logs)
 
+    def record_unknown(self, conn: Connection, did: int, owner: str | None, now: datetime) -> None:
+        """One row left ``sending`` past its lease, taken in hand by an operator: its last
+        send is recorded as an attempt of unknown outcome (see ``_record_unknown``)."""
+        r = conn.execute(
+            select(deliveries.c.attempts, deliveries.c.message_id).where(deliveries.c.id == did)
+        ).one()
+        row = DeliveryRow(
+            id=did,
+            identity=Identity("", None, 0, None, None, None),
+            state="sending",
+            category="",
+            priority=0,
+            planned_at=now,
+            due_at=now,
+            deadline_at=None,
+            attempts=r.attempts,
+            lease_until=None,
+            changes=None,
+            message_id=r.message_id,
+        )
+        self._record_unknown(conn, [row], {did: owner}, now)
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id == did)
+            .values(lease_owner=None, lease_until=None)
+        )
+
     def renew_leases(
         self, conn: Connection, owner: str, ids: Sequence[int], now: datetime, lease: timedelta
     ) -> int:
