@@ -135,6 +135,17 @@ class TestGapsThatAreNotWholeHours:
         got = fires("0 * * * *", ny, local(ny, 2026, 3, 8, 0, 30), 4)
         assert [t.strftime("%H:%M") for t in got] == ["01:00", "03:00", "04:00", "05:00"]
 
+    def test_a_skipped_day_is_one_occurrence_on_the_next(self) -> None:
+        # Samoa skipped 2011-12-30: its 09:00 moves a whole day, onto the 31st's 09:00
+        apia = ZoneInfo("Pacific/Apia")
+        got = fires("0 9 * * *", apia, local(apia, 2011, 12, 29, 0, 0), 3)
+        assert [t.isoformat() for t in got] == [
+            "2011-12-29T09:00:00-10:00", "2011-12-31T09:00:00+14:00",
+            "2012-01-01T09:00:00+14:00",
+        ]  # fmt: skip
+        prev = timemath.cron_prev("0 9 * * *", apia, got[1] - ONE_MINUTE)
+        assert prev == got[0]
+
     def test_a_fold_fires_once_and_the_previous_occurrence_knows_it(self) -> None:
         # London 2026-10-25 02:00 BST → 01:00 GMT: 01:30 fires at its first instant only
         got = fires("30 1 * * *", LONDON, datetime(2026, 10, 24, 12, tzinfo=UTC), 2)
@@ -506,11 +517,12 @@ def walls_of_day(zone: str, d: date) -> dict[datetime, datetime]:
     forward by the gap's length L: to the instant that shows the wall time plus L.
     """
     tz = ZoneInfo(zone)
-    start = datetime(d.year, d.month, d.day, tzinfo=UTC) - timedelta(hours=16)
+    # UTC minutes enough for offsets from -12:00 to +15:00 and a gap of up to a day
+    start = datetime(d.year, d.month, d.day, tzinfo=UTC) - timedelta(hours=15)
     shown: dict[datetime, datetime] = {}
     gaps: list[tuple[datetime, datetime]] = []  # [first skipped, first shown after)
     before = None
-    for i in range((24 + 16 + 9) * 60):
+    for i in range((15 + 24 + 12 + 25) * 60):
         t = start + i * ONE_MINUTE
         wall = t.astimezone(tz).replace(tzinfo=None)
         shown.setdefault(wall, t)
