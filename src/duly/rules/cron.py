@@ -114,10 +114,6 @@ class Cron:
         dow = (d.weekday() + 1) % 7 in self.weekdays  # date.weekday() has Monday = 0
         return (dom and dow) if self.days_and else (dom or dow)
 
-    def matches(self, wall: datetime) -> bool:
-        """Whether the wall-clock minute ``wall`` (seconds ignored) is one the fields allow."""
-        return wall.minute in self.minutes and wall.hour in self.hours and self.day_matches(wall)
-
     def next_wall(self, wall: datetime, limit: datetime | None = None) -> datetime | None:
         """The first matching wall-clock minute at or after ``wall`` (a naive datetime; a
         time with seconds counts from the next minute), or None when there is none within
@@ -309,7 +305,7 @@ def _parse_field(text: str, field: _Field) -> set[int]:
                 )
         else:
             low = _value(base, term, field)
-            high = field.high if slash else low  # "10/15" is "10-59/15", as in Debian cron
+            high = field.high if slash else low  # "10/15" runs to the end: "10-59/15"
         step = 1
         if slash:
             span = field.high - field.low + 1

@@ -661,10 +661,6 @@ def _clock_jumps(instant: datetime, tz: ZoneInfo) -> tuple[timedelta, timedelta]
     return max(timedelta(0), now - min(offsets)), max(timedelta(0), max(offsets) - now)
 
 
-def _cron(expr: str) -> cron.Cron:
-    return cron.parse(expr)
-
-
 def cron_next(expr: str, tz: ZoneInfo, after: datetime, *, inclusive: bool = False) -> datetime:
     """The first occurrence of a cron expression (see :mod:`duly.rules.cron`) in ``tz``
     strictly after ``after`` (or at it, with ``inclusive``).
@@ -682,7 +678,7 @@ def cron_next(expr: str, tz: ZoneInfo, after: datetime, *, inclusive: bool = Fal
     valid, and ValueError only when no occurrence falls before the end of year 9999: an
     expression that parses fires at least once in any 400 years, so the search is bounded.
     """
-    spec = _cron(expr)
+    spec = cron.parse(expr)
     after = _utc(after)
     best: datetime | None = None
     try:
@@ -714,7 +710,7 @@ def cron_prev(expr: str, tz: ZoneInfo, at: datetime) -> datetime | None:
     Raises :class:`duly.rules.cron.CronError` (a ValueError) for an expression that is not
     valid.
     """
-    spec = _cron(expr)
+    spec = cron.parse(expr)
     at = _utc(at)
     best: datetime | None = None
     try:
