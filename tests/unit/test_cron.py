@@ -17,6 +17,7 @@ here). For a longer search::
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from dataclasses import dataclass
@@ -666,3 +667,31 @@ def test_the_oracle_zones_have_changes_to_test_near() -> None:
         if zone != "Asia/Kolkata":
             assert len(transitions(zone)) >= 40, zone
     assert cron.SEARCH_YEARS == 400
+
+
+def test_simulate_runs_the_lord_howe_schedule_in_instant_order(tmp_path: Path) -> None:
+    """End to end: the engine plans each next occurrence from the last one, so the real
+    02:40 after the half-hour gap is sent between the moved 02:30 and 02:50."""
+    rules = tmp_path / "duly.yaml"
+    rules.write_text(
+        "timezone: Australia/Lord_Howe\n"
+        "rules:\n"
+        "  - name: tick\n"
+        '    cron: "*/20 * * * *"\n'
+        "    to: [id:m1]\n"
+    )
+    timeline = tmp_path / "t.jsonl"
+    timeline.write_text(
+        '{"at": "2021-10-02T15:00:00Z", "recipient": {"id": "m1", "email": "m1@x.test"}}\n'
+    )
+    res = CliRunner().invoke(
+        main,
+        ["simulate", str(rules), str(timeline), "--until", "2021-10-02T16:10:00Z", "--no-render"],
+    )
+    assert res.exit_code == 0, res.stderr
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert all(r["outcome"] == "sent" for r in rows)
+    assert [
+        datetime.fromisoformat(r["occurrence"]).astimezone(LORD_HOWE).strftime("%H:%M")
+        for r in rows
+    ] == ["01:40", "02:30", "02:40", "02:50", "03:00"]
