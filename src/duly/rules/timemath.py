@@ -666,7 +666,7 @@ def cron_next(expr: str, tz: ZoneInfo, after: datetime, *, inclusive: bool = Fal
     strictly after ``after`` (or at it, with ``inclusive``).
 
     The occurrences of an expression are the instants of the wall-clock times in ``tz`` that
-    match it, each resolved by :func:`resolve_local` (spec/rules.md "Time"): a time in a
+    match it, each resolved by :func:`resolve_local` like every local time: a time in a
     spring-forward gap moves forward by the length of the gap (02:30 → 03:30), a time in the
     fall-back fold is taken once, at its earlier instant. Several wall times that resolve to
     one instant (02:00 in a one-hour gap and 03:00) are one occurrence, and occurrences come
