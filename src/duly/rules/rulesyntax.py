@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from croniter import croniter
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from duly.model import (
@@ -42,6 +41,8 @@ from duly.model import (
     WebhookAction,
     Window,
 )
+from duly.rules.cron import CronError
+from duly.rules.cron import parse as parse_cron
 from duly.rules.yamlnodes import IDENT_RE, NAME_RE, NodeReader, describe, hint, join, listing
 
 __all__ = ["IMPLICIT_CHANNELS", "RULE_KEYS", "STEP_KEYS", "RuleReader"]
@@ -61,7 +62,6 @@ IMPLICIT_CHANNELS = {"email": "outbox", "inbox": "inbox"}
 STATS_PERIODS = ("today", "yesterday", "last_week", "last_month")
 _EVENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 _HOURS_RE = re.compile(r"^\s*(\d{1,2}:\d{2})\s*-\s*(\d{1,2}:\d{2})\s*$")
-_CRON_FIELD_RE = re.compile(r"^[0-9a-z*/,-]+$")
 _TRIGGER_KINDS = {"steps": "steps", "at": "steps", "on": "event", "cron": "cron"}
 
 
@@ -503,26 +503,19 @@ class RuleReader(NodeReader):
         )
 
     def cron(self, node: Node, field: str) -> str | None:
-        """5 fields (minute hour day-of-month month day-of-week), checked by croniter."""
+        """5 fields (minute hour day-of-month month day-of-week) or a macro, read as Vixie
+        cron reads them (:mod:`duly.rules.cron`); an expression that never fires is an
+        error here, so the engine never meets one."""
         value = self.text(node, field, 'a cron expression such as "0 8 * * mon-fri"')
         if value is None:
             return None
-        fields = value.split()
-        ok = len(fields) == 5 and all(_CRON_FIELD_RE.match(part.lower()) for part in fields)
-        if ok:
-            try:
-                ok = bool(croniter.is_valid(" ".join(fields)))
-            except Exception:  # croniter raises assorted types on odd input
-                ok = False
-        if not ok:
-            self.error(
-                node,
-                field,
-                "expected a cron expression of 5 fields (minute hour day-of-month month "
-                f'day-of-week) such as "0 8 * * mon-fri", got {value!r}',
-            )
+        text = " ".join(value.split())
+        try:
+            parse_cron(text)
+        except CronError as exc:
+            self.error(node, field, str(exc))
             return None
-        return " ".join(fields)
+        return text
 
     def collect(self, node: Node, field: str) -> tuple[Collect, ...]:
         """``{NAME: {subject: KIND, if: EXPR}}`` or ``{NAME: {stats: PERIOD}}``."""

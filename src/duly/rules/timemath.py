@@ -27,6 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from duly.model import WEEKDAYS, AtExpr, Calendar, Duration, Window
+from duly.rules import cron
 
 __all__ = [
     "BadDate",
@@ -34,6 +35,8 @@ __all__ = [
     "add_duration",
     "anchor_of",
     "at_time_of_day",
+    "cron_next",
+    "cron_prev",
     "eval_at",
     "holiday_dates",
     "in_window",
@@ -632,41 +635,101 @@ def repeat_times(
 # --------------------------------------------------------------------------- schedules
 
 
+# Before an instant, the points at which the zone's offset is read to find a clock change
+# shortly before it (the largest jump on record is a whole day: Samoa, December 2011).
+_JUMP_PROBES = tuple(timedelta(hours=h) for h in (1, 2, 3, 6, 12, 25))
+# No cron_next / cron_prev looks at more matching wall times than this (a search crosses at
+# most one gap or fold: a few hundred minutes; a day's minutes in the very worst zone).
+MAX_CRON_CANDIDATES = 10_000
+_ONE_MINUTE = timedelta(minutes=1)
+
+
+def _clock_jumps(instant: datetime, tz: ZoneInfo) -> tuple[timedelta, timedelta]:
+    """How far the clocks of ``tz`` went forward (a gap) and back (a fold) in the day
+    before ``instant``: (gap, fold), each zero when there was no such change."""
+    offsets = []
+    for probe in (timedelta(0), *_JUMP_PROBES):
+        try:
+            offset = (instant - probe).astimezone(tz).utcoffset()
+        except OverflowError:  # near year 1
+            continue
+        if offset is not None:
+            offsets.append(offset)
+    if not offsets:
+        return timedelta(0), timedelta(0)
+    now = offsets[0]
+    return max(timedelta(0), now - min(offsets)), max(timedelta(0), max(offsets) - now)
+
+
 def cron_next(expr: str, tz: ZoneInfo, after: datetime, *, inclusive: bool = False) -> datetime:
-    """The first occurrence of a 5-field cron expression, read as wall-clock times in ``tz``,
+    """The first occurrence of a cron expression (see :mod:`duly.rules.cron`) in ``tz``
     strictly after ``after`` (or at it, with ``inclusive``).
 
-    croniter is given naive local wall times and each result is resolved with this module's
-    rule for local times (spec/rules.md "Time"): a time in a spring-forward gap runs shifted
-    forward by the gap (02:30 → 03:30), a time in the fall-back hour runs once, at the
-    earlier instant. (croniter with a zone-aware start fires at 03:00 in the gap and twice
-    in the fold.) Two wall times that resolve to one instant give one occurrence.
-    """
-    from croniter import croniter
+    The occurrences of an expression are the instants of the wall-clock times in ``tz`` that
+    match it, each resolved by :func:`resolve_local` like every local time: a time in a
+    spring-forward gap moves forward by the length of the gap (02:30 → 03:30), a time in the
+    fall-back fold is taken once, at its earlier instant. Several wall times that resolve to
+    one instant (02:00 in a one-hour gap and 03:00) are one occurrence, and occurrences come
+    in the order of their instants, not of their wall times: on Lord Howe Island, where
+    2021-10-03 02:00 became 02:30, ``*/20 * * * *`` fires at 01:40, 02:30 (moved from 02:00),
+    02:40, 02:50 (moved from 02:20) and 03:00.
 
+    Raises :class:`duly.rules.cron.CronError` (a ValueError) for an expression that is not
+    valid, and ValueError only when no occurrence falls before the end of year 9999: an
+    expression that parses fires at least once in any 400 years, so the search is bounded.
+    """
+    spec = cron.parse(expr)
     after = _utc(after)
-    # start a little before: an occurrence shifted forward out of a gap may resolve after
-    # ``after`` although its wall time is before it
-    start = _local_naive(after, tz) - timedelta(hours=3)
-    it = croniter(expr, start)
-    for _ in range(100_000):
-        wall = it.get_next(datetime)
-        t = resolve_local(wall, tz)
-        if t > after or (inclusive and t == after):
-            return t
-    raise ValueError(f"cron {expr!r} has no occurrence after {after.isoformat()}")
+    best: datetime | None = None
+    try:
+        # A wall time a little before ``after``'s may lie in a gap that moves it past
+        # ``after``: start from the wall time the clock showed before the last jump forward.
+        gap, _ = _clock_jumps(after, tz)
+        wall = spec.next_wall(_local_naive(after, tz) - gap)
+        best_wall: datetime | None = None
+        for _ in range(MAX_CRON_CANDIDATES):
+            if wall is None:
+                break
+            t = resolve_local(wall, tz)
+            if (t > after or (inclusive and t == after)) and (best is None or t < best):
+                # Later wall times resolve later, except those after a gap, whose instants
+                # can precede the moved ones: they all show a wall time up to best's own.
+                best, best_wall = t, _local_naive(t, tz)
+            wall = spec.next_wall(wall + _ONE_MINUTE, best_wall)
+    except OverflowError:  # the search ran into year 9999
+        pass
+    if best is None:
+        raise ValueError(f"cron {expr!r} has no occurrence after {after.isoformat()}")
+    return best
 
 
 def cron_prev(expr: str, tz: ZoneInfo, at: datetime) -> datetime | None:
-    """The latest occurrence at or before ``at`` (same reading of local times as
-    :func:`cron_next`), or None."""
-    from croniter import croniter
+    """The latest occurrence at or before ``at`` (occurrences as :func:`cron_next` defines
+    them), or None when there is none in the 400 years before it.
 
+    Raises :class:`duly.rules.cron.CronError` (a ValueError) for an expression that is not
+    valid.
+    """
+    spec = cron.parse(expr)
     at = _utc(at)
-    it = croniter(expr, _local_naive(at, tz) + timedelta(hours=3))
-    for _ in range(100_000):
-        wall = it.get_prev(datetime)
-        t = resolve_local(wall, tz)
-        if t <= at:
-            return t
-    return None
+    best: datetime | None = None
+    try:
+        # After a fold, wall times a little after ``at``'s were first shown before ``at``.
+        _, fold = _clock_jumps(at, tz)
+        wall = spec.prev_wall(_local_naive(at, tz) + fold)
+        floor: datetime | None = None
+        for _ in range(MAX_CRON_CANDIDATES):
+            if wall is None:
+                break
+            t = resolve_local(wall, tz)
+            if t <= at and (best is None or t > best):
+                # Earlier wall times resolve earlier, except those in a gap just before
+                # best's wall time, which move forward: they show no earlier than the gap's
+                # length before it.
+                best = t
+                gap, _ = _clock_jumps(best, tz)
+                floor = _local_naive(best, tz) - gap
+            wall = spec.prev_wall(wall - _ONE_MINUTE, floor)
+    except OverflowError:  # the search ran into year 1
+        pass
+    return best
