@@ -264,3 +264,17 @@ def test_a_running_engine_beats_in_the_workers_table_and_is_not_its_own_other(we
     with web.rt.db.connect() as conn:
         assert conn.execute(sa.select(workers.c.id)).scalars().all() == []
     assert runtime.HEARTBEAT_SECONDS <= 60  # the dashboard calls a worker silent after 2 min
+
+
+def test_engine_health_lists_schedules_that_cannot_be_planned(web: Web) -> None:
+    fixed(web).login()
+    assert 'id="h-schedules"' not in web.get("/").text
+    web.engine.schedule_errors["weekly-digest"] = (NOW, "RuntimeError: <no next date>")
+    web.rt.dispatcher.last_error = (NOW, "cycle")
+    html = web.get("/").text
+    m = re.search(r'id="h-schedules">(.*?)</ul>', html, re.S)
+    assert m
+    listed = re.sub(r"<[^>]+>", "", m.group(1))
+    assert "cannot be planned" in listed and "weekly-digest" in listed
+    assert "&lt;no next date&gt;" in html  # escaped
+    assert "cycle stage" in text_of(html, "h-last-error")

@@ -191,6 +191,8 @@ def engine_health(request: Request, conn: sa.Connection, now: datetime) -> dict[
         ),
         "workers": others,
         "breakers": breakers,
+        "schedule_errors": dict(getattr(rt.engine, "schedule_errors", {}) or {}),
+        "last_error": getattr(disp, "last_error", None),
     }
 
 
