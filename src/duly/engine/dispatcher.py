@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -65,6 +65,9 @@ __all__ = ["Dispatcher", "message_id_for"]
 _REMINDER = Rule(name=REMINDER_RULE, sends_message=True)
 
 log = logging.getLogger("duly.dispatcher")
+
+# Outcomes of sends that finish within this many seconds of each other share a transaction.
+GROUP_COMMIT = 0.005
 
 DEFAULT_GRACE = {"reminder": timedelta(hours=12), "promotional": timedelta(hours=12)}
 
@@ -549,7 +552,11 @@ class Dispatcher:
         futures: dict[Future[None], _Work] = {self._pool.submit(self._send, w): w for w in to_send}
         pending = set(futures)
         while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            # group commit: what finished within GROUP_COMMIT seconds is written together
+            # (fast channels: the whole batch at once; a slow relay: each send within ms)
+            done, pending = wait(pending, timeout=GROUP_COMMIT, return_when=ALL_COMPLETED)
+            if not done:
+                continue
             self._tick()
             ready: list[_Work] = []
             for f in done:
