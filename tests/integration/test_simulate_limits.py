@@ -256,3 +256,19 @@ def test_limit_exceeded_names_the_limit() -> None:
     with pytest.raises(LimitExceeded) as exc:
         run(rf, tl, render=False, limits=Limits(span=timedelta(days=1)))
     assert exc.value.limit == "span"
+
+
+def test_an_expiry_past_the_year_9999_never_comes_instead_of_failing(tmp_path: Path) -> None:
+    rules = INVOICES.replace("    to: [customer]\n", "    to: [customer]\n    expire: 1000y\n")
+    r, t = write(
+        tmp_path,
+        rules,
+        [
+            OPS,
+            invoice("2026-03-01T00:00:00Z", due="9500-03-10"),
+            invoice("2026-03-01T00:00:00Z", key="I2"),
+        ],
+    )
+    code, out, err = sim(r, t)
+    assert code == 0 and err == "", err
+    assert [json.loads(x)["subject"] for x in out.splitlines()] == ["invoice/I2"]
