@@ -8,13 +8,14 @@ A run is bounded (:class:`Limits`): its virtual span, the outcomes it records an
 time it takes. ``duly simulate`` has generous defaults (:data:`CLI_LIMITS`) that flags raise;
 the server (``POST /v1/simulate`` and the rules page) uses stricter ones
 (:data:`SERVER_LIMITS`) and runs at most :data:`SERVER_CONCURRENCY` simulations at a time
-(:data:`server_gate`). Going past a limit raises :class:`LimitExceeded`.
+(:data:`server`). Going past a limit raises :class:`LimitExceeded`.
 """
 
 from __future__ import annotations
 
 import heapq
 import json
+import math
 import sys
 import threading
 import time
@@ -45,7 +46,8 @@ __all__ = [
     "execute",
     "parse_timeline",
     "run",
-    "server_gate",
+    "server",
+    "ServerSimulations",
     "simulate_files",
 ]
 
@@ -88,7 +90,38 @@ CLI_LIMITS = Limits(span=timedelta(days=400), outcomes=100_000, wall=300.0)
 # POST /v1/simulate and the rules page, which anyone with a key or a sign-in may run.
 SERVER_LIMITS = Limits(span=timedelta(days=92), outcomes=10_000, wall=10.0)
 SERVER_CONCURRENCY = 2  # simulations the server runs at once; more are refused as busy
-server_gate = threading.BoundedSemaphore(SERVER_CONCURRENCY)
+
+
+class ServerSimulations:
+    """How the server runs simulations: each within ``limits``, at most ``concurrency`` at
+    once (a caller that finds them all taken answers busy, with :attr:`retry_after`)."""
+
+    def __init__(self, limits: Limits = SERVER_LIMITS, concurrency: int = SERVER_CONCURRENCY):
+        self.limits = limits
+        self.concurrency = concurrency
+        self._lock = threading.Lock()
+        self.running = 0
+
+    @property
+    def retry_after(self) -> int:
+        """Seconds after which a busy caller may try again: the longest a run may take."""
+        return max(1, math.ceil(self.limits.wall or 10))
+
+    def try_enter(self) -> bool:
+        """Take a place without waiting; False when every place is taken."""
+        with self._lock:
+            if self.running >= self.concurrency:
+                return False
+            self.running += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self.running -= 1
+
+
+# The one the API and the pages share (module state: one per process, as the server is).
+server = ServerSimulations()
 
 
 class LimitExceeded(SimulationError):

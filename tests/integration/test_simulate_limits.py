@@ -8,16 +8,29 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+from duly import simulate
 from duly.cli import main
+from duly.keys import KeyStore
 from duly.rules.loader import load_rules_text
-from duly.simulate import LimitExceeded, Limits, execute, parse_timeline, run
+from duly.simulate import (
+    LimitExceeded,
+    Limits,
+    ServerSimulations,
+    execute,
+    parse_timeline,
+    run,
+)
+from webui import Web, make_web  # tests/webui.py
 
 # A schedule that fires every minute: ~1 outcome per virtual minute, the costliest shape.
 TICK = """\
@@ -236,12 +249,12 @@ def _timeline(lines: list[dict]) -> list:
 def test_execute_keeps_only_the_rows_asked_for_but_counts_them_all() -> None:
     rf = load_rules_text(TICK, check_templates=False, resolve_env=False, check_channels=False)
     tl = _timeline([OPS])
-    until = datetime(2026, 3, 1, 0, 30, tzinfo=UTC)
+    until = datetime(2026, 3, 1, 0, 10, tzinfo=UTC)
     full = run(rf, tl, until=until, render=False)
-    assert len(full) == 31
-    res = execute(rf, tl, until=until, render=False, keep=10)
-    assert res.total == 31 and res.rows == full[:10]
-    assert res.counts == {"sent": 31}
+    assert len(full) == 11
+    res = execute(rf, tl, until=until, render=False, keep=4)
+    assert res.total == 11 and res.rows == full[:4]
+    assert res.counts == {"sent": 11}
 
 
 def test_limit_exceeded_names_the_limit() -> None:
@@ -272,3 +285,110 @@ def test_an_expiry_past_the_year_9999_never_comes_instead_of_failing(tmp_path: P
     code, out, err = sim(r, t)
     assert code == 0 and err == "", err
     assert [json.loads(x)["subject"] for x in out.splitlines()] == ["invoice/I2"]
+
+
+# --------------------------------------------------------------------------- the API
+
+
+def serve_with(monkeypatch: pytest.MonkeyPatch, limits: Limits, n: int = 2) -> ServerSimulations:
+    """The server's simulations with these limits (small ones: fast tests)."""
+    srv = ServerSimulations(limits, n)
+    monkeypatch.setattr(simulate, "server", srv)
+    return srv
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Web]:
+    w = make_web(tmp_path)
+    token, _ = KeyStore(w.rt.db).create("sim", datetime.now(UTC))
+    w.client.headers["Authorization"] = f"Bearer {token}"
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def _post(api: Web, rules: str, lines: list[dict] | str, **kw: object) -> Any:
+    tl = lines if isinstance(lines, str) else "".join(json.dumps(x) + "\n" for x in lines)
+    return api.client.post("/v1/simulate", json={"rules": rules, "timeline": tl, **kw})
+
+
+def _error(r: Any, status: int, code: str, field: str | None) -> str:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert (err["code"], err["field"]) == (code, field), err
+    return str(err["message"])
+
+
+def test_api_simulation_within_the_limits_answers_the_rows(api: Web) -> None:
+    r = _post(api, INVOICES, [OPS, invoice("2026-03-01T00:00:00Z")])
+    assert r.status_code == 200, r.text
+    assert [x["outcome"] for x in r.json()["rows"]] == ["sent"]
+
+
+def test_api_refuses_a_span_over_92_days_naming_until(api: Web) -> None:
+    r = _post(api, TICK, [OPS], until="2026-06-02T00:00:00Z")
+    msg = _error(r, 422, "limit_exceeded", "until")
+    assert "93 days" in msg and "92 days" in msg and "duly simulate" in msg, msg
+    r = _post(api, TICK, [OPS], until="3026-03-01T00:00:00Z")  # 1,000 years: refused at once
+    _error(r, 422, "limit_exceeded", "until")
+
+
+def test_api_stops_at_the_outcome_limit(api: Web, monkeypatch: pytest.MonkeyPatch) -> None:
+    serve_with(monkeypatch, Limits(span=timedelta(days=92), outcomes=5, wall=60))
+    msg = _error(_post(api, TICK, [OPS]), 422, "limit_exceeded", "until")
+    assert "more than 5 outcomes" in msg and "(outcomes)" in msg, msg
+
+
+def test_api_stops_at_the_wall_time_limit_and_stays_responsive(
+    api: Web, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A per-minute schedule over 30 days (minutes of work) is stopped at the limit; while
+    it runs the server answers other requests, and a second simulation is refused as busy
+    (the gate allows one here) with Retry-After."""
+    srv = serve_with(monkeypatch, Limits(span=timedelta(days=92), wall=2.0), 1)
+    got: dict[str, Any] = {}
+
+    def first() -> None:
+        t0 = time.perf_counter()
+        got["r"] = _post(api, TICK, [OPS])
+        got["took"] = time.perf_counter() - t0
+
+    th = threading.Thread(target=first)
+    th.start()
+    try:
+        for _ in range(300):
+            if srv.running:
+                break
+            time.sleep(0.1)
+        assert srv.running == 1
+        t0 = time.perf_counter()
+        assert api.client.get("/healthz").status_code == 200
+        assert time.perf_counter() - t0 < 1.5
+        busy = _post(api, INVOICES, [OPS])
+        _error(busy, 429, "busy", None)
+        assert busy.headers["Retry-After"] == "2"
+    finally:
+        th.join(60)
+    msg = _error(got["r"], 422, "limit_exceeded", "until")
+    assert "longer than 2 s" in msg and "(wall)" in msg, msg
+    assert got["took"] < 6, got["took"]
+    assert srv.running == 0  # its place is free again
+    assert _post(api, INVOICES, [OPS, invoice("2026-03-01T00:00:00Z")]).status_code == 200
+
+
+def test_api_bad_durations_and_times_are_422_naming_the_field(api: Web) -> None:
+    rules = INVOICES.replace(
+        "    to: [customer]\n", "    to: [customer]\n    expire: 99999999999999y\n"
+    )
+    msg = _error(_post(api, rules, [OPS]), 422, "invalid_rules", "rules")
+    assert "duly.yaml:6" in msg and "1000 years" in msg, msg
+    rules = INVOICES.replace("    to:", '    if: "due_at < 99999999999999999999999d"\n    to:')
+    msg = _error(_post(api, rules, [OPS]), 422, "invalid_rules", "rules")
+    assert "duly.yaml:5" in msg and "1000 years" in msg, msg
+    bad = [{"at": "9999-12-31T23:59:59-12:00", "delete": "a/b"}]
+    msg = _error(_post(api, INVOICES, bad), 422, "invalid_timeline", "timeline")
+    assert msg.startswith("timeline.jsonl:1: at:") and "range" in msg, msg
+    for until in ("9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+14:00"):
+        msg = _error(_post(api, INVOICES, [OPS], until=until), 422, "invalid", "until")
+        assert "range" in msg, msg
