@@ -392,3 +392,18 @@ def test_api_bad_durations_and_times_are_422_naming_the_field(api: Web) -> None:
     for until in ("9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+14:00"):
         msg = _error(_post(api, INVOICES, [OPS], until=until), 422, "invalid", "until")
         assert "range" in msg, msg
+
+
+def test_rules_check_reports_a_huge_duration_in_a_condition(api: Web, tmp_path: Path) -> None:
+    rules = INVOICES.replace("    to:", '    if: "x < 99999999999999999999999d"\n    to:')
+    r = api.client.post("/v1/rules:check", json={"rules": rules})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["ok"] is False and [e["line"] for e in body["errors"]] == [5], body
+    assert "1000 years" in body["errors"][0]["message"]
+    (tmp_path / "duly.yaml").write_text(rules)
+    res = CliRunner().invoke(
+        main, ["rules", "check", "--no-templates", str(tmp_path / "duly.yaml")]
+    )
+    assert res.exit_code == 2, res.output
+    assert "duly.yaml:5" in res.stderr and "1000 years" in res.stderr, res.stderr
