@@ -199,6 +199,12 @@ def parse_timeline(text: str, path: str = "timeline.jsonl") -> list[TimelineLine
             raise SimulationError(
                 f"{where}: not valid JSON: {exc.msg} (column {exc.colno})"
             ) from None
+        except RecursionError:
+            raise SimulationError(f"{where}: the JSON is nested too deeply") from None
+        except ValueError:  # Python refuses integers of more than 4300 digits
+            raise SimulationError(
+                f"{where}: not valid JSON: a number has too many digits"
+            ) from None
         if not isinstance(obj, dict):
             raise SimulationError(f"{where}: expected a JSON object")
         if "at" not in obj:

@@ -407,3 +407,17 @@ def test_rules_check_reports_a_huge_duration_in_a_condition(api: Web, tmp_path: 
     )
     assert res.exit_code == 2, res.output
     assert "duly.yaml:5" in res.stderr and "1000 years" in res.stderr, res.stderr
+
+
+def test_hostile_json_in_a_timeline_is_an_error_with_its_line(tmp_path: Path) -> None:
+    at = '"at": "2026-03-01T00:00:00Z"'
+    cases = {
+        "a number has too many digits": f'{{{at}, "subject": {{"kind": "a", "key": {"1" * 5000}}}}}',
+        "nested too deeply": f'{{{at}, "subject": {{"kind": "a", "key": "k", "attributes": '
+        f'{{"x": {"[" * 100_000}{"]" * 100_000}}}}}}}',
+    }
+    for what, line in cases.items():
+        r, t = write(tmp_path, INVOICES, json.dumps(OPS) + "\n" + line + "\n")
+        code, out, err = sim(r, t)
+        assert code == 2 and out == "", err
+        assert "timeline.jsonl:2: " in err and what in err, err
