@@ -421,3 +421,9 @@ def test_hostile_json_in_a_timeline_is_an_error_with_its_line(tmp_path: Path) ->
         code, out, err = sim(r, t)
         assert code == 2 and out == "", err
         assert "timeline.jsonl:2: " in err and what in err, err
+
+
+def test_api_rules_nested_thousands_deep_are_422(api: Web) -> None:
+    rules = "rules: " + "[" * 5000 + "]" * 5000 + "\n"
+    msg = _error(_post(api, rules, [OPS]), 422, "invalid_rules", "rules")
+    assert "nested too deeply" in msg or "duly.yaml" in msg, msg

@@ -403,3 +403,15 @@ def test_the_page_holds_only_the_rows_it_shows(web: Web, monkeypatch: pytest.Mon
     assert _outcomes(full.text) == every[:3]
     assert "Showing the first 3 of 7 rows." in full.text
     assert "sent: <strong>6</strong>" in full.text  # the summary counts every row
+
+
+def test_rules_nested_thousands_deep_are_refused_on_the_page(web: Web) -> None:
+    web.login(VIEWER)
+    rules = "rules: " + "[" * 5000 + "]" * 5000 + "\n"
+    r = web.post(
+        "/rules/simulate",
+        {"timeline": _example(web), "rules": rules},
+        token_from="/rules/simulate",
+    )
+    assert r.status_code == 400 and "Not run." in r.text, r.text[:500]
+    assert "nested too deeply" in r.text or "the rules are not valid" in r.text

@@ -661,6 +661,10 @@ def _simulate(body: S.SimulateIn, limits: Any) -> S.SimulateOut:
             timeline = parse_timeline(body.timeline, "timeline.jsonl")
         except RuleFileError as exc:
             raise ApiError(422, "invalid_rules", str(exc), "rules") from None
+        except RecursionError:  # YAML nested thousands deep
+            raise ApiError(
+                422, "invalid_rules", "the rules are nested too deeply", "rules"
+            ) from None
         except SimulationError as exc:
             raise ApiError(422, "invalid_timeline", str(exc), "timeline") from None
         try:

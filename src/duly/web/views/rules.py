@@ -381,6 +381,9 @@ def _run(request: Request, sim: SimForm) -> None:
                 {"line": e.line, "field": e.field, "message": e.message} for e in exc.errors
             ]
             return
+        except RecursionError:  # YAML nested thousands deep
+            sim.errors["rules"] = "the rules are nested too deeply (nothing was run)"
+            return
         try:
             timeline = parse_timeline(sim.timeline, "timeline")
         except SimulationError as exc:
