@@ -224,8 +224,9 @@ def test_until_out_of_range_exits_2(tmp_path: Path) -> None:
 def test_a_failure_during_the_run_exits_2_with_a_message_not_a_traceback(
     tmp_path: Path,
 ) -> None:
-    """A real process: exit status 2 and one clear message, whatever goes wrong in the run
-    (here a schedule that can never fire: February has no 30th)."""
+    """A real process: exit status 2 and one clear message naming the rule file, never a
+    traceback (a schedule that can never fire, February 30th: it failed every cycle of the
+    run with a traceback; the loader now refuses it with its line)."""
     rules = TICK.replace('"* * * * *"', '"0 0 30 2 *"')
     r, t = write(tmp_path, rules, [OPS])
     p = subprocess.run(
