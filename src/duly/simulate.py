@@ -35,6 +35,7 @@ from duly.runtime import used_channels
 
 __all__ = [
     "CLI_LIMITS",
+    "DEFAULT_TAIL",
     "EngineFailed",
     "SERVER_CONCURRENCY",
     "SERVER_LIMITS",
@@ -43,6 +44,8 @@ __all__ = [
     "Result",
     "SimulationError",
     "TimelineLine",
+    "check_until",
+    "describe_span",
     "execute",
     "parse_timeline",
     "run",
@@ -85,7 +88,8 @@ class Limits:
     wall: float | None = None
 
 
-# `duly simulate`: each raised with a flag (--max-span, --max-outcomes, --timeout).
+# `duly simulate`: each raised with a flag (--max-span, --max-outcomes, --timeout; the
+# flags' defaults are these, written out in cli.py so that `duly --help` stays light).
 CLI_LIMITS = Limits(span=timedelta(days=400), outcomes=100_000, wall=300.0)
 # POST /v1/simulate and the rules page, which anyone with a key or a sign-in may run.
 SERVER_LIMITS = Limits(span=timedelta(days=92), outcomes=10_000, wall=10.0)

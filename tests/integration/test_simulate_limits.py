@@ -428,3 +428,12 @@ def test_api_rules_nested_thousands_deep_are_422(api: Web) -> None:
     rules = "rules: " + "[" * 5000 + "]" * 5000 + "\n"
     msg = _error(_post(api, rules, [OPS]), 422, "invalid_rules", "rules")
     assert "nested too deeply" in msg or "duly.yaml" in msg, msg
+
+
+def test_the_flags_defaults_are_the_cli_limits() -> None:
+    defaults = {p.name: p.default for p in main.commands["simulate"].params}
+    assert simulate.CLI_LIMITS == Limits(
+        span=timedelta(days=int(str(defaults["max_span"]).removesuffix("d"))),
+        outcomes=defaults["max_outcomes"],
+        wall=defaults["timeout"],
+    )
