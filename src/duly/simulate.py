@@ -385,8 +385,7 @@ def execute(
             f"the run would span {describe_span(end - start)} of virtual time, from "
             f"{_iso(start)} to {_iso(end)}{why}; the limit is {describe_span(limits.span)}",
         )
-    started = time.monotonic()
-    deadline = started + limits.wall if limits.wall is not None else None
+    deadline = time.monotonic() + limits.wall if limits.wall is not None else None
     sim = _Simulation(rf, start, render)
     # the dispatcher is told to stop at the deadline, so a long batch ends with it too
     alarm = threading.Timer(limits.wall, sim.disp.stop) if limits.wall is not None else None
@@ -394,7 +393,7 @@ def execute(
         if alarm is not None:
             alarm.daemon = True
             alarm.start()
-        sim.loop(timeline, end, err, timeline_path, limits, deadline, started)
+        sim.loop(timeline, end, err, timeline_path, limits, deadline)
         with sim.db.connect() as conn:
             return _collect(sim.engine.store.iter_outcomes(conn), keep)
     finally:
@@ -472,7 +471,6 @@ class _Simulation:
         timeline_path: str,
         limits: Limits,
         deadline: float | None,
-        started: float,
     ) -> None:
         clock, disp = self.clock, self.disp
         try:
