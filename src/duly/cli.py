@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -694,12 +695,17 @@ def simulate(
         )
         raise SystemExit(2) from None
     out = sys.stdout
-    if fmt == "jsonl":
-        for r in rows:
-            out.write(dumps_row(r) + "\n")
-    else:
-        for line in table(rows):
-            out.write(line + "\n")
+    try:
+        if fmt == "jsonl":
+            for r in rows:
+                out.write(dumps_row(r) + "\n")
+        else:
+            for line in table(rows):
+                out.write(line + "\n")
+        out.flush()
+    except BrokenPipeError:  # the reader stopped early (`| head`): the run itself completed
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
 
 
 # --------------------------------------------------------------------------- prune

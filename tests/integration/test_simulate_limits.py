@@ -437,3 +437,19 @@ def test_the_flags_defaults_are_the_cli_limits() -> None:
         outcomes=defaults["max_outcomes"],
         wall=defaults["timeout"],
     )
+
+
+def test_a_reader_that_stops_early_does_not_make_it_fail(tmp_path: Path) -> None:
+    """`duly simulate ... | head -1`: the run completed, so exit 0 and nothing on stderr."""
+    r, t = write(tmp_path, TICK, [OPS])
+    p = subprocess.Popen(
+        [sys.executable, "-m", "duly.cli", "simulate", "--no-render", r, t],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "DULY_SIM_UNTIL": "2026-03-01T06:00:00Z"},  # 361 lines, > 64 KiB
+    )
+    assert p.stdout is not None and p.stderr is not None
+    assert json.loads(p.stdout.readline())["rule"] == "tick"
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(60) == 0 and err == "", err
