@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, time
 from enum import StrEnum
+from fractions import Fraction
 from typing import Any
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Collect",
     "Duration",
     "DurationError",
+    "DurationTooLong",
     "Event",
     "Outcome",
     "Reason",
@@ -38,6 +40,7 @@ __all__ = [
     "WebhookAction",
     "WebhookTarget",
     "Window",
+    "MAX_DURATION_YEARS",
     "WEEKDAYS",
     "parse_duration",
 ]
@@ -95,6 +98,21 @@ class DurationError(ValueError):
     """Not a duration: expected e.g. 30s, 15m, 2h, 3d, 2w, 1mo, 1y, 3bd or a sum like 1d12h."""
 
 
+class DurationTooLong(DurationError):
+    """A duration longer than the longest a rule file may write (MAX_DURATION_YEARS)."""
+
+
+# The longest duration a rule file may write. A thousand years is far beyond any reminder,
+# and it keeps date arithmetic in range: a time in the years 1000 to 8999 plus or minus such
+# a duration is still a date Python can hold (years 1 to 9999).
+MAX_DURATION_YEARS = 1000
+# Lengths in days for that check: a year is 365.2425 days (the Gregorian average), a month a
+# twelfth of it, a week 7 days, a business day at least one day.
+_YEAR_DAYS = Fraction(146_097, 400)
+_MAX_DURATION_DAYS = MAX_DURATION_YEARS * _YEAR_DAYS
+_MAX_DIGITS = 12  # more digits than this is past the limit in any unit (and int() is slow)
+
+
 @dataclass(frozen=True, slots=True)
 class Duration:
     """A span of time as written in a rule file.
@@ -134,6 +152,8 @@ def parse_duration(text: str) -> Duration:
         )
     months = days = bdays = secs = 0
     for num, unit in _DURATION_RE.findall(s):
+        if len(num.lstrip("0")) > _MAX_DIGITS:
+            raise _too_long(s)
         n = int(num)
         if unit == "y":
             months += 12 * n
@@ -151,7 +171,18 @@ def parse_duration(text: str) -> Duration:
             secs += 60 * n
         else:
             secs += n
+    length = months * _YEAR_DAYS / 12 + days + bdays + Fraction(secs, 86_400)
+    if length > _MAX_DURATION_DAYS:
+        raise _too_long(s)
     return Duration(months=months, days=days, business_days=bdays, seconds=secs, text=s)
+
+
+def _too_long(text: str) -> DurationTooLong:
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    return DurationTooLong(
+        f"{shown!r} is too long: a duration is at most {MAX_DURATION_YEARS} years "
+        f"(e.g. {MAX_DURATION_YEARS}y or {MAX_DURATION_YEARS * 12}mo)"
+    )
 
 
 # --------------------------------------------------------------------------- rule file

@@ -479,8 +479,8 @@ def _plan_step(
         changes = dict(step.set) if (rid is None and step.set) else None
         for index, planned in _occurrences(step, subject, first, tz, cal, now):
             deadline = anchor if (step.at.is_before_anchor and anchor is not None) else None
-            if expire is not None:
-                exp = timemath.add_duration(planned, expire, 1, tz, cal)
+            exp = _expiry(planned, expire, tz, cal)
+            if exp is not None:
                 deadline = exp if deadline is None else min(deadline, exp)
             due = planned
             skip = None
@@ -511,6 +511,17 @@ def _plan_step(
                         changes,
                     )
                 )
+
+
+def _expiry(planned: datetime, expire: Any, tz: Any, cal: Calendar | None) -> datetime | None:
+    """``planned + expire``; None without ``expire`` or when that is past the year 9999 (a
+    rule file's durations are at most 1000 years, but a date attribute may be late)."""
+    if expire is None:
+        return None
+    try:
+        return timemath.add_duration(planned, expire, 1, tz, cal)
+    except OverflowError:
+        return None
 
 
 def _occurrences(
@@ -580,9 +591,7 @@ def plan_trigger(
         if rule.delay is not None:
             planned = timemath.add_duration(at, rule.delay, 1, tz, None)
         due, skip = planned, None
-        deadline = None
-        if rule.expire is not None:
-            deadline = timemath.add_duration(planned, rule.expire, 1, tz, None)
+        deadline = _expiry(planned, rule.expire, tz, None)
         if rule.window is not None and rid is not None:
             due = timemath.next_window_opening(planned, rule.window, tz, rf.calendars)
             if deadline is not None and due > deadline:

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from duly import simulate
 from duly.engine.service import SubjectInput
 from duly.model import Recipient
 from duly.rules import timemath
+from duly.simulate import Limits, ServerSimulations
 from duly.web.views.rules import example_timeline
 from webui import HOSTILE, VIEWER, Web, make_web  # tests/webui.py
 
@@ -341,3 +343,75 @@ def test_a_password_written_into_a_url_in_the_rule_file_is_not_shown(tmp_path: P
         assert "smtp://billing:***@mail.example.com:587" in w.get("/rules").text
     finally:
         w.close()
+
+
+# --------------------------------------------------------------------------- bounded runs
+
+
+def _serve_with(monkeypatch: pytest.MonkeyPatch, limits: Limits, n: int = 2) -> None:
+    monkeypatch.setattr(simulate, "server", ServerSimulations(limits, n))
+
+
+def test_a_viewers_simulation_stops_at_the_outcome_and_time_limits(
+    web: Web, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    web.login(VIEWER)
+    timeline = _example(web)  # 7 outcomes
+    _serve_with(monkeypatch, Limits(span=timedelta(days=92), outcomes=3, wall=60))
+    r = web.post("/rules/simulate", {"timeline": timeline}, token_from="/rules/simulate")
+    assert r.status_code == 400 and "Not run." in r.text
+    assert "more than 3 outcomes" in r.text and "Choose an earlier until" in r.text
+    assert '<table class="outcomes">' not in r.text
+    _serve_with(monkeypatch, Limits(span=timedelta(days=92), wall=1e-6))
+    r = web.post("/rules/simulate", {"timeline": timeline}, token_from="/rules/simulate")
+    assert r.status_code == 400 and "took longer than 1e-06 s" in r.text
+    _serve_with(monkeypatch, Limits(span=timedelta(days=92), outcomes=7, wall=60))
+    r = web.post("/rules/simulate", {"timeline": timeline}, token_from="/rules/simulate")
+    assert r.status_code == 200 and len(_outcomes(r.text)) == 7  # exactly the limit runs
+
+
+def test_a_simulation_is_refused_while_the_server_runs_as_many_as_it_allows(
+    web: Web, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    web.login(VIEWER)
+    srv = ServerSimulations(Limits(span=timedelta(days=92), wall=10), 1)
+    monkeypatch.setattr(simulate, "server", srv)
+    timeline = _example(web)
+    assert srv.try_enter()  # one simulation running (by the API, say)
+    try:
+        r = web.post("/rules/simulate", {"timeline": timeline}, token_from="/rules/simulate")
+        assert r.status_code == 429 and r.headers["Retry-After"] == "10"
+        assert "Server busy:" in r.text and "try again in 10 s" in r.text
+    finally:
+        srv.leave()
+    r = web.post("/rules/simulate", {"timeline": timeline}, token_from="/rules/simulate")
+    assert r.status_code == 200 and len(_outcomes(r.text)) == 7
+
+
+def test_the_page_holds_only_the_rows_it_shows(web: Web, monkeypatch: pytest.MonkeyPatch) -> None:
+    from duly.web.views import rules as view
+
+    monkeypatch.setattr(view, "MAX_ROWS", 3)
+    web.login(VIEWER)
+    full = web.post("/rules/simulate", {"timeline": _example(web)}, token_from="/rules/simulate")
+    monkeypatch.undo()
+    monkeypatch.setattr(view, "MAX_ROWS", 1000)
+    every = _outcomes(
+        web.post("/rules/simulate", {"timeline": _example(web)}, token_from="/rules/simulate").text
+    )
+    assert full.status_code == 200
+    assert _outcomes(full.text) == every[:3]
+    assert "Showing the first 3 of 7 rows." in full.text
+    assert "sent: <strong>6</strong>" in full.text  # the summary counts every row
+
+
+def test_rules_nested_thousands_deep_are_refused_on_the_page(web: Web) -> None:
+    web.login(VIEWER)
+    rules = "rules: " + "[" * 5000 + "]" * 5000 + "\n"
+    r = web.post(
+        "/rules/simulate",
+        {"timeline": _example(web), "rules": rules},
+        token_from="/rules/simulate",
+    )
+    assert r.status_code == 400 and "Not run." in r.text, r.text[:500]
+    assert "nested too deeply" in r.text or "the rules are not valid" in r.text

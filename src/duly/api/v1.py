@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as P
 
 from duly.api import schemas as S
-from duly.api.errors import ApiError
+from duly.api.errors import ApiError, error_response
 from duly.engine.service import REMINDER_RULE, Engine, ReminderInput, SubjectInput
 from duly.errors import DulyError, InvalidInput, UnknownSubject
 from duly.model import Recipient
@@ -32,6 +32,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         409: "the record's state does not allow this",
         413: "the body is too large",
         422: "invalid input; `error.field` names it",
+        429: "busy: as many simulations as the server runs at once are running; see Retry-After",
     }
     return {c: {"model": S.ErrorOut, "description": what[c]} for c in codes}
 
@@ -600,12 +601,43 @@ def check_rules(body: S.RulesCheckIn) -> S.RulesCheckOut:
 # --------------------------------------------------------------------------- simulate
 
 
-@router.post("/simulate", response_model=S.SimulateOut, tags=["simulate"])
-def simulate(body: S.SimulateIn) -> S.SimulateOut:
+@router.post("/simulate", response_model=S.SimulateOut, tags=["simulate"], responses=_errors(429))
+def simulate(body: S.SimulateIn) -> Any:
     """Run a simulation (spec/simulate.md) of posted rules over a posted timeline. With
-    ``templates`` (file name → source) messages are rendered; without, nothing is."""
+    ``templates`` (file name → source) messages are rendered; without, nothing is.
+
+    Bounded (docs/reference/simulate.md): at most 92 days of virtual time from the first
+    line, 10,000 outcomes and 10 s of real time (422 ``limit_exceeded``, field ``until``),
+    and two simulations at a time (429 ``busy`` with Retry-After)."""
+    from duly import simulate as sims
+
+    srv = sims.server
+    if not srv.try_enter():
+        return error_response(
+            429,
+            "busy",
+            f"the server is running as many simulations as it runs at once; try again in "
+            f"{srv.retry_after} s (or run `duly simulate`)",
+            None,
+            headers={"Retry-After": str(srv.retry_after)},
+        )
+    try:
+        return _simulate(body, srv.limits)
+    finally:
+        srv.leave()
+
+
+def _simulate(body: S.SimulateIn, limits: Any) -> S.SimulateOut:
     from duly.rules.loader import RuleFileError, load_rules_text
-    from duly.simulate import SimulationError, parse_timeline, run
+    from duly.simulate import (
+        EngineFailed,
+        LimitExceeded,
+        SimulationError,
+        check_until,
+        describe_span,
+        parse_timeline,
+        run,
+    )
 
     render = body.templates is not None
     with tempfile.TemporaryDirectory() as d:
@@ -629,11 +661,35 @@ def simulate(body: S.SimulateIn) -> S.SimulateOut:
             timeline = parse_timeline(body.timeline, "timeline.jsonl")
         except RuleFileError as exc:
             raise ApiError(422, "invalid_rules", str(exc), "rules") from None
+        except RecursionError:  # YAML nested thousands deep
+            raise ApiError(
+                422, "invalid_rules", "the rules are nested too deeply", "rules"
+            ) from None
         except SimulationError as exc:
             raise ApiError(422, "invalid_timeline", str(exc), "timeline") from None
+        try:
+            until = check_until(body.until) if body.until is not None else None
+        except SimulationError as exc:
+            raise ApiError(422, "invalid", str(exc), "until") from None
         err = io.StringIO()
         try:
-            rows = run(rf, timeline, until=body.until, render=render, stderr=err)
+            rows = run(rf, timeline, until=until, render=render, stderr=err, limits=limits)
+        except LimitExceeded as exc:
+            bounds = (
+                f"{describe_span(limits.span)} of virtual time" if limits.span else None,
+                f"{limits.outcomes:,} outcomes" if limits.outcomes else None,
+                f"{limits.wall:g} s" if limits.wall else None,
+            )
+            raise ApiError(
+                422,
+                "limit_exceeded",
+                f"{exc} ({exc.limit}). This server simulates at most "
+                f"{', '.join(b for b in bounds if b)}: give an earlier until, or run "
+                "`duly simulate`, whose limits can be raised",
+                "until",
+            ) from None
+        except EngineFailed as exc:
+            raise ApiError(422, "simulation_failed", str(exc), None) from None
         except DulyError as exc:
             raise ApiError(422, "invalid", str(exc), exc.field) from None
     return S.SimulateOut(rows=rows, warnings=[w for w in err.getvalue().splitlines() if w])

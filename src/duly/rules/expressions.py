@@ -46,6 +46,7 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from duly.model import DurationError, DurationTooLong, parse_duration
 from duly.rules import timemath
 
 __all__ = [
@@ -198,13 +199,21 @@ def _tokenize(text: str) -> list[_Token]:
 
 
 def _duration(word: str, pos: int) -> timedelta:
-    seconds = 0
-    for num, unit in _DURATION_PART_RE.findall(word):
+    parts = _DURATION_PART_RE.findall(word)
+    for _, unit in parts:
         if unit not in _UNIT_SECONDS:
             raise ExpressionError(
                 f"at column {pos + 1}: {word!r}: months (mo), years (y) and business days (bd) "
                 "have no fixed length and are not supported in expressions; use s, m, h, d or w"
             )
+    try:  # the rule file's longest duration (and no int() of thousands of digits)
+        parse_duration(word)
+    except DurationTooLong as e:
+        raise ExpressionError(f"at column {pos + 1}: {e}") from None
+    except DurationError:
+        pass  # the shape is checked by the tokenizer's pattern
+    seconds = 0
+    for num, unit in parts:
         seconds += int(num) * _UNIT_SECONDS[unit]
     return timedelta(seconds=seconds)
 

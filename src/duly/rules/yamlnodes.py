@@ -24,7 +24,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from duly.model import WEEKDAYS, AtExpr, Duration, DurationError, parse_duration
+from duly.model import (
+    WEEKDAYS,
+    AtExpr,
+    Duration,
+    DurationError,
+    DurationTooLong,
+    parse_duration,
+)
 from duly.rules.expressions import ExpressionError, compile_expression
 
 __all__ = ["NodeReader", "RuleError", "RuleFileError"]
@@ -261,6 +268,9 @@ class NodeReader:
             return None
         try:
             d = parse_duration(value)
+        except DurationTooLong as e:
+            self.error(node, field, str(e))
+            return None
         except DurationError:
             self.error(node, field, f"{DURATION_HINT}, got {value!r}")
             return None
@@ -357,6 +367,9 @@ class NodeReader:
         for sign, text in zip(parts[1::2], parts[2::2], strict=True):
             try:
                 offsets.append((1 if sign == "+" else -1, parse_duration(text.strip())))
+            except DurationTooLong as e:
+                self.error(node, field, f"{e} (in {value!r})")
+                return None
             except DurationError:
                 self.error(node, field, f"{DURATION_HINT}, got {text.strip()!r} in {value!r}")
                 return None

@@ -9,7 +9,7 @@ difference is in this module only.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -1019,6 +1019,19 @@ class Store:
 
     def outcomes(self, conn: Connection) -> list[dict[str, Any]]:
         """Every outcome recorded, with its delivery's identity (simulation output)."""
+        return list(self.iter_outcomes(conn))
+
+    def count_outcomes_after(self, conn: Connection, after_id: int) -> tuple[int, int]:
+        """(outcomes recorded after log row ``after_id``, the id of the last of them): a
+        simulation counts what each step added, by the primary key, not the whole log."""
+        q = select(func.count(), func.max(delivery_log.c.id)).where(
+            delivery_log.c.id > after_id, delivery_log.c.kind == "outcome"
+        )
+        n, last = conn.execute(q).one()
+        return int(n or 0), int(last or after_id)
+
+    def iter_outcomes(self, conn: Connection) -> Iterator[dict[str, Any]]:
+        """:meth:`outcomes` one row at a time (a simulation keeps only what it shows)."""
         q = (
             select(
                 delivery_log.c.at,
@@ -1041,7 +1054,8 @@ class Store:
             .where(delivery_log.c.kind == "outcome")
             .order_by(delivery_log.c.id)
         )
-        return [dict(r) for r in conn.execute(q).mappings()]
+        for r in conn.execute(q).mappings():
+            yield dict(r)
 
     def outbox(
         self,

@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
@@ -41,6 +41,9 @@ from duly.web.core import (
     viewer_tz,
 )
 
+if TYPE_CHECKING:
+    from duly.simulate import Limits
+
 router = APIRouter()
 
 NEXT = 5
@@ -48,8 +51,9 @@ MAX_RULE_FILE = 1_000_000  # characters of the rule file shown
 MAX_TIMELINE = 500_000  # characters of a timeline (the app's body limit is 1 MB)
 MAX_TIMELINE_LINES = 5_000
 MAX_RULES_TEXT = 300_000
-MAX_HORIZON = timedelta(days=92)  # virtual time from the first line to "until"
-MAX_ROWS = 1_000  # outcome rows shown
+MAX_ROWS = 1_000  # outcome rows shown (and held: the rest are only counted)
+# A run's virtual span, outcomes and wall time, and how many run at once, are the server's
+# (simulate.server, shared with POST /v1/simulate).
 
 
 def example_timeline(now: datetime) -> str:
@@ -269,11 +273,25 @@ class SimForm:
     ran: bool = False
 
 
+def _limits() -> Limits:
+    from duly import simulate
+
+    return simulate.server.limits
+
+
 def _sim_page(request: Request, sim: SimForm, status: int = 200) -> Response:
+    from duly.simulate import describe_span
+
+    limits = _limits()
     return render(
         request,
         "rules/simulate.html",
-        {"title": "Simulate", "sim": sim, "max_days": MAX_HORIZON.days},
+        {
+            "title": "Simulate",
+            "sim": sim,
+            "max_span": describe_span(limits.span) if limits.span else None,
+            "limits": limits,
+        },
         status,
     )
 
@@ -316,8 +334,16 @@ def _copy_templates(request: Request, dst: Path) -> None:
 
 def _run(request: Request, sim: SimForm) -> None:
     from duly.rules.loader import RuleFileError, load_rules_text
-    from duly.simulate import SimulationError, parse_timeline, run
+    from duly.simulate import (
+        DEFAULT_TAIL,
+        LimitExceeded,
+        SimulationError,
+        describe_span,
+        execute,
+        parse_timeline,
+    )
 
+    limits = _limits()
     rf: RuleFile = engine_of(request).rules
     rules_name = Path(rf.path).name or "duly.yaml"
     until = None
@@ -355,6 +381,9 @@ def _run(request: Request, sim: SimForm) -> None:
                 {"line": e.line, "field": e.field, "message": e.message} for e in exc.errors
             ]
             return
+        except RecursionError:  # YAML nested thousands deep
+            sim.errors["rules"] = "the rules are nested too deeply (nothing was run)"
+            return
         try:
             timeline = parse_timeline(sim.timeline, "timeline")
         except SimulationError as exc:
@@ -372,37 +401,49 @@ def _run(request: Request, sim: SimForm) -> None:
             sim.errors["timeline"] = "the timeline has no lines"
             return
         start = timeline[0].at
-        end = until or timeline[-1].at + timedelta(days=30)
-        if end - start > MAX_HORIZON:
+        end = until or timeline[-1].at + DEFAULT_TAIL
+        span = limits.span
+        if span is not None and end - start > span:
             if until is not None:
                 sim.errors["until"] = (
-                    f"simulate at most {MAX_HORIZON.days} days here: until must be before "
-                    f"{(start + MAX_HORIZON).strftime('%Y-%m-%d %H:%M')} UTC"
+                    f"simulate at most {describe_span(span)} here: until must be before "
+                    f"{(start + span).strftime('%Y-%m-%d %H:%M')} UTC"
                 )
                 return
-            end = start + MAX_HORIZON
+            end = start + span
             sim.notes.append(
-                f"Simulated {MAX_HORIZON.days} days from the first line (the most this page "
+                f"Simulated {describe_span(span)} from the first line (the most this page "
                 "runs); use `duly simulate` for longer runs."
             )
         err = io.StringIO()
         try:
-            rows = run(
-                rules, timeline, until=end, render=True, stderr=err, timeline_path="timeline"
+            res = execute(
+                rules,
+                timeline,
+                until=end,
+                render=True,
+                stderr=err,
+                timeline_path="timeline",
+                limits=limits,
+                keep=MAX_ROWS,
             )
+        except LimitExceeded as exc:
+            sim.errors["until"] = (
+                f"{exc}. Choose an earlier until, or use `duly simulate` for larger runs."
+            )
+            return
+        except SimulationError as exc:
+            sim.errors["until" if str(exc).startswith("until:") else "timeline"] = str(exc)
+            return
         except DulyError as exc:
             sim.errors["timeline"] = str(exc)
             return
     sim.ran = True
     sim.warnings = [w for w in err.getvalue().splitlines() if w]
-    counts: dict[str, int] = {}
-    for o in rows:
-        k = o["outcome"] + (f" ({o['reason']})" if o.get("reason") else "")
-        counts[k] = counts.get(k, 0) + 1
-    sim.summary = sorted(counts.items())
-    sim.shown, sim.total = min(len(rows), MAX_ROWS), len(rows)
+    sim.summary = list(res.counts.items())
+    sim.shown, sim.total = len(res.rows), res.total
     sim.rows = []
-    for o in rows[:MAX_ROWS]:
+    for o in res.rows:
         sim.rows.append(
             {
                 **o,
@@ -410,7 +451,8 @@ def _run(request: Request, sim: SimForm) -> None:
                 "planned_t": _iso(o.get("planned")),
             }
         )
-    sim.notes.append(f"{len(rows)} outcome{'s' if len(rows) != 1 else ''} until {_fmt_end(end)}.")
+    n = res.total
+    sim.notes.append(f"{n} outcome{'s' if n != 1 else ''} until {_fmt_end(end)}.")
 
 
 def _iso(v: str | None) -> datetime | None:
@@ -453,5 +495,19 @@ async def simulate_run(request: Request, user: CurrentUser) -> Response:
     if not sim.rules.strip():
         sim.rules = await run_in_threadpool(_default_rules, request)
     if not sim.errors:
-        await run_in_threadpool(_run, request, sim)
+        from duly import simulate
+
+        srv = simulate.server
+        if not srv.try_enter():
+            sim.errors["run"] = (
+                "the server is running as many simulations as it runs at once; "
+                f"try again in {srv.retry_after} s"
+            )
+            page = _sim_page(request, sim, 429)
+            page.headers["Retry-After"] = str(srv.retry_after)
+            return page
+        try:  # in a worker thread: the limits stop it, and the server stays responsive
+            await run_in_threadpool(_run, request, sim)
+        finally:
+            srv.leave()
     return _sim_page(request, sim, 200 if sim.ran else 400)
