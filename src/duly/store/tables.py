@@ -375,3 +375,36 @@ users = Table(
     Column("last_login_at", UTCDateTime),
     sqlite_autoincrement=True,
 )
+
+
+# Signed-in sessions of the web UI (duly.web.users owns it). The cookie holds a random token;
+# only its SHA-256 is kept here, so a copy of the database does not sign anyone in. Every
+# request looks its session up by ``id``: signing out, a password or role change and
+# deleting the user delete the rows, and the copied cookie stops working at once.
+ui_sessions = Table(
+    "ui_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),  # hex SHA-256 of the cookie's token
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False),  # idle sessions end (sliding)
+    # serves "end every session of this user" (password or role change)
+    Index("ix_ui_sessions_user_id", "user_id"),
+)
+
+# Sign-in attempts that count against the web UI's limits (duly.web.users.SignInLimits):
+# one row per limited key ("account:NAME", "address:IP", "device:ID") and attempt, written
+# before the password is checked and deleted when it was right, so what remains are the
+# failures and the attempts in flight.
+sign_in_attempts = Table(
+    "sign_in_attempts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("key", String(200), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    # serves "attempts for this key since the window's start", counted before each check
+    Index("ix_sign_in_attempts_key_at", "key", "at"),
+    # serves the housekeeping "delete attempts older than the window"
+    Index("ix_sign_in_attempts_at", "at"),
+    sqlite_autoincrement=True,
+)

@@ -1,17 +1,25 @@
-"""People who sign in to the web UI: ``duly users create``, argon2 password hashes, roles.
+"""People who sign in to the web UI: ``duly users create``, argon2 password hashes, roles;
+their sessions, and the limits on sign-in attempts.
 
 Only an argon2id hash of a password is stored (argon2-cffi's recommended parameters; a
 hash made with older parameters is upgraded at the next successful sign-in). Checking an
 unknown username costs the same as checking a wrong password, so a sign-in form does not
 tell which usernames exist.
+
+Sessions are rows (:class:`SessionStore`): a session cookie only names one, and changing a
+user's password or role, or deleting the user, deletes their rows in the same transaction,
+whichever surface (UI or CLI) did it. Sign-in attempts are counted in the database
+(:class:`SignInLimits`), so the limits hold across threads and server processes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
-from datetime import datetime
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
@@ -19,10 +27,10 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from duly.errors import InvalidInput
-from duly.store.db import write_transaction
-from duly.store.tables import users
+from duly.store.db import is_postgres, write_transaction
+from duly.store.tables import sign_in_attempts, ui_sessions, users
 
-__all__ = ["ROLES", "User", "UserStore", "MIN_PASSWORD"]
+__all__ = ["ROLES", "Attempt", "SessionStore", "SignInLimits", "User", "UserStore", "MIN_PASSWORD"]
 
 ROLES = ("admin", "viewer")
 MIN_PASSWORD = 8
@@ -41,16 +49,10 @@ class User:
     timezone: str | None
     created_at: datetime
     last_login_at: datetime | None
-    # changes whenever the password does: a session made before a change stops working
-    password_stamp: str
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
-
-
-def _stamp(password_hash: str) -> str:
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
 
 def _user(r: sa.RowMapping) -> User:
@@ -61,7 +63,6 @@ def _user(r: sa.RowMapping) -> User:
         timezone=r["timezone"],
         created_at=r["created_at"],
         last_login_at=r["last_login_at"],
-        password_stamp=_stamp(r["password_hash"]),
     )
 
 
@@ -173,29 +174,201 @@ class UserStore:
         return self.get(r["id"])
 
     def set_password(self, username: str, password: str, now: datetime) -> User:
+        """Change the password and end every session of the user."""
         check_password(password)
-        return self._update(username, now, password_hash=_hasher.hash(password))
+        return self._update(username, now, end_sessions=True, password_hash=_hasher.hash(password))
 
     def set_role(self, username: str, role: str, now: datetime) -> User:
-        return self._update(username, now, role=check_role(role))
+        """Change the role and end every session of the user (they sign in again)."""
+        return self._update(username, now, end_sessions=True, role=check_role(role))
 
     def set_timezone(self, username: str, tz: str | None, now: datetime) -> User:
         return self._update(username, now, timezone=check_timezone(tz))
 
     def delete(self, username: str) -> bool:
+        """Delete the user and their sessions."""
         with write_transaction(self.db) as conn:
+            uid = sa.select(users.c.id).where(users.c.username == username).scalar_subquery()
+            conn.execute(sa.delete(ui_sessions).where(ui_sessions.c.user_id == uid))
             n = conn.execute(sa.delete(users).where(users.c.username == username)).rowcount
         return bool(n)
 
-    def _update(self, username: str, now: datetime, **values: object) -> User:
+    def _update(
+        self, username: str, now: datetime, *, end_sessions: bool = False, **values: object
+    ) -> User:
         with write_transaction(self.db) as conn:
             n = conn.execute(
                 sa.update(users)
                 .where(users.c.username == username)
                 .values(updated_at=now, **values)
             ).rowcount
+            if n and end_sessions:
+                uid = sa.select(users.c.id).where(users.c.username == username).scalar_subquery()
+                conn.execute(sa.delete(ui_sessions).where(ui_sessions.c.user_id == uid))
         if not n:
             raise InvalidInput(f"no user {username!r}", field="username")
         got = self.get_by_name(username)
         assert got is not None
         return got
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def _token_id(token: str) -> str:
+    """A session's row id: the SHA-256 of the cookie's token (the token is not stored)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class SessionStore:
+    """Signed-in sessions of the web UI, one row each, found by the token a cookie holds.
+
+    A session ends when its row is deleted: on sign-out, when the user's password or role
+    changes or the user is deleted (:class:`UserStore` does it in the same transaction),
+    and after ``max_age`` seconds without a request.
+    """
+
+    # how stale ``last_seen_at`` may get before a request writes it again: a write per
+    # page would serialise every page view on SQLite
+    TOUCH_EVERY = timedelta(minutes=1)
+
+    def __init__(self, db: sa.Engine) -> None:
+        self.db = db
+
+    def start(self, user_id: int, now: datetime) -> str:
+        """A new session of the user; returns the token for the cookie."""
+        token = secrets.token_urlsafe(32)
+        with write_transaction(self.db) as conn:
+            conn.execute(
+                sa.insert(ui_sessions).values(
+                    id=_token_id(token), user_id=user_id, created_at=now, last_seen_at=now
+                )
+            )
+        return token
+
+    def user(self, token: str, now: datetime, max_age: float) -> User | None:
+        """The user of a live session (and the session marked as seen), else None."""
+        if not token or len(token) > 100:
+            return None
+        sid = _token_id(token)
+        with self.db.connect() as conn:
+            r = (
+                conn.execute(
+                    sa.select(users, ui_sessions.c.last_seen_at)
+                    .join(ui_sessions, ui_sessions.c.user_id == users.c.id)
+                    .where(ui_sessions.c.id == sid)
+                )
+                .mappings()
+                .first()
+            )
+        if r is None:
+            return None
+        seen = r["last_seen_at"]
+        if seen <= now - timedelta(seconds=max_age):
+            self.end(token)
+            return None
+        if seen <= now - self.TOUCH_EVERY:
+            with write_transaction(self.db) as conn:
+                conn.execute(
+                    sa.update(ui_sessions).where(ui_sessions.c.id == sid).values(last_seen_at=now)
+                )
+        return _user(r)
+
+    def end(self, token: str) -> None:
+        if token and len(token) <= 100:
+            with write_transaction(self.db) as conn:
+                conn.execute(sa.delete(ui_sessions).where(ui_sessions.c.id == _token_id(token)))
+
+    def expire(self, now: datetime, max_age: float) -> int:
+        """Delete the sessions idle for ``max_age`` seconds; returns how many."""
+        with write_transaction(self.db) as conn:
+            cut = now - timedelta(seconds=max_age)
+            return int(
+                conn.execute(
+                    sa.delete(ui_sessions).where(ui_sessions.c.last_seen_at <= cut)
+                ).rowcount
+            )
+
+    def count(self) -> int:
+        with self.db.connect() as conn:
+            q = sa.select(sa.func.count()).select_from(ui_sessions)
+            return int(conn.execute(q).scalar() or 0)
+
+
+# --------------------------------------------------------------------------- sign-in limits
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A sign-in attempt as counted: ``ids`` of its rows when allowed, else how many
+    seconds until the key that refused it allows one again."""
+
+    ids: list[int] = field(default_factory=list)
+    retry_after: float = 0.0
+
+    @property
+    def allowed(self) -> bool:
+        return self.retry_after <= 0
+
+
+class SignInLimits:
+    """At most ``limit`` attempts per key within a sliding ``window``, counted in the database
+    before the password is checked, so attempts made at the same moment (other threads,
+    other server processes) cannot get past the limit together.
+
+    ``begin`` counts the key's rows of the window and, when every key is under its limit,
+    writes one row per key — atomically: one write transaction that on SQLite holds the
+    database's write lock (``BEGIN IMMEDIATE``) and on PostgreSQL first takes a
+    transaction-scoped advisory lock per key (attempts on other keys are not held up).
+    ``finish`` deletes the rows of an attempt whose password was right, so the rows
+    left are failures and attempts still being checked. A refused attempt writes nothing:
+    the window ends ``window`` after the oldest failure, however long someone keeps trying.
+    """
+
+    def __init__(self, db: sa.Engine, window: timedelta = timedelta(minutes=15)) -> None:
+        self.db, self.window = db, window
+
+    def begin(self, keys: Sequence[tuple[str, int]], now: datetime) -> Attempt:
+        """Count an attempt against each ``(key, limit)``, or refuse it if a key is at its
+        limit."""
+        start = now - self.window
+        with write_transaction(self.db) as conn:
+            if is_postgres(conn):
+                # sorted: two attempts lock shared keys in the same order (no deadlock)
+                for key, _ in sorted(keys):
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(key))))
+            wait = 0.0
+            for key, limit in keys:
+                q = (
+                    sa.select(sign_in_attempts.c.at)
+                    .where(sign_in_attempts.c.key == key, sign_in_attempts.c.at > start)
+                    .order_by(sign_in_attempts.c.at.desc())
+                    .limit(limit)
+                )
+                times = conn.execute(q).scalars().all()
+                if len(times) >= limit:  # free again when the limit-th latest leaves
+                    wait = max(wait, (times[-1] - start).total_seconds())
+            if wait > 0:
+                return Attempt(retry_after=wait)
+            ids = [
+                int(
+                    conn.execute(
+                        sa.insert(sign_in_attempts).values(key=key, at=now)
+                    ).inserted_primary_key[0]
+                )
+                for key, _ in keys
+            ]
+        return Attempt(ids=ids)
+
+    def finish(self, attempt: Attempt, *, ok: bool, now: datetime) -> None:
+        """The password was checked: a right one (``ok``) is not a failure, so its rows go;
+        a wrong one's stay for the window. Either way attempts older than the window are
+        forgotten (housekeeping: the table holds one window's attempts)."""
+        with write_transaction(self.db) as conn:
+            if ok and attempt.ids:
+                conn.execute(
+                    sa.delete(sign_in_attempts).where(sign_in_attempts.c.id.in_(attempt.ids))
+                )
+            conn.execute(
+                sa.delete(sign_in_attempts).where(sign_in_attempts.c.at <= now - self.window)
+            )
