@@ -175,6 +175,17 @@ def _runtime(rf: Any, database: str, **kw: Any) -> Any:
     help="Send the web UI's cookies over HTTPS only (set it behind a TLS proxy).",
 )
 @click.option(
+    "--forwarded-allow-ips",
+    envvar="DULY_FORWARDED_ALLOW_IPS",
+    show_envvar=True,
+    default="127.0.0.1,::1",
+    show_default=True,
+    help="Reverse proxies (comma-separated addresses or networks, or *) whose "
+    "X-Forwarded-For and X-Forwarded-Proto are believed: the client's address is then the "
+    "one they forward. The web UI's sign-in limits count failures by client address only "
+    "when it is the client's own (see the web UI how-to).",
+)
+@click.option(
     "--demo/--no-demo",
     envvar="DULY_DEMO",
     show_envvar=True,
@@ -190,6 +201,7 @@ def serve(
     port: int,
     max_body: int,
     cookie_secure: bool,
+    forwarded_allow_ips: str,
     demo: bool | None,
     breaker_failures: int,
     breaker_cooldown: float,
@@ -202,6 +214,7 @@ def serve(
 
     from duly.api.app import create_app
     from duly.store.db import redact_url
+    from duly.web import ClientAddress
 
     _setup_logging(log_level)
     rf, bundled = _load(rules)
@@ -226,8 +239,14 @@ def serve(
             )
     _first_user(rt, demo=bool(demo or (demo is None and bundled)), host=host, port=port)
     rt.start()
-    app = create_app(rt, max_body=max_body, cookie_secure=cookie_secure)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
+    # ClientAddress applies the proxy headers (uvicorn's own handling is off: it would not
+    # tell the sign-in limits whether the address is a client's or a proxy's)
+    app = ClientAddress(
+        create_app(rt, max_body=max_body, cookie_secure=cookie_secure), forwarded_allow_ips
+    )
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, access_log=False, proxy_headers=False
+    )
     server = uvicorn.Server(config)
     # uvicorn handles SIGINT/SIGTERM itself, then re-raises the signal into the handler that
     # was installed before it: make that one a no-op so the dispatcher is stopped below

@@ -6,12 +6,17 @@ of the API app (duly.api.app.create_app), sends it the requests it serves: paths
 ``/a/…`` and ``/u/…``) to the API unchanged — so the API keeps its JSON errors and pays
 nothing for sessions.
 
+``ClientAddress`` (wrapped around both by ``duly serve``) decides the client address the
+sign-in limits may count: the one a trusted proxy forwards, else the peer's own.
+
 The UI app's middleware, outermost first:
 
 - security headers (a strict Content-Security-Policy: no inline script or style, frames
   only from this site, no framing of ours) and a ``Server-Timing`` header;
 - Starlette's ``SessionMiddleware``: a signed cookie (HttpOnly, SameSite=Lax, Secure
-  with ``duly serve --cookie-secure``) holding only the user's id and a stamp of their password;
+  with ``duly serve --cookie-secure``) holding the token of a session row (and flash
+  messages); the row is looked up on every request (duly.web.core.session_user), so a
+  session ended on the server ends for every copy of its cookie;
 - ``asgi-csrf`` (Datasette's): a signed double-submit token checked on every POST, read
   from the form field ``csrftoken`` (forms work without JavaScript) or the
   ``x-csrftoken`` header (the few fetches our script makes).
@@ -37,9 +42,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from duly.errors import DulyError
 from duly.web import core
-from duly.web.users import UserStore
+from duly.web.users import SessionStore, UserStore
 
-__all__ = ["PAGES", "UiDispatch", "build_ui", "is_ui_path"]
+__all__ = [
+    "PAGES",
+    "SESSION_COOKIE",
+    "SESSION_MAX_AGE",
+    "ClientAddress",
+    "UiDispatch",
+    "build_ui",
+    "is_ui_path",
+]
 
 log = logging.getLogger("duly.web")
 
@@ -77,7 +90,7 @@ UI_SEGMENTS = frozenset(
 )
 
 SESSION_COOKIE = "duly_session"
-SESSION_MAX_AGE = 12 * 3600  # sliding: renewed by every page the user opens
+SESSION_MAX_AGE = core.SESSION_MAX_AGE  # sliding: renewed by every page the user opens
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -104,6 +117,58 @@ class UiDispatch:
             await self.ui(scope, receive, send)
         else:
             await self.api(scope, receive, send)
+
+
+class ClientAddress:
+    """The client's address, and whether the sign-in limits may count attempts by it.
+
+    uvicorn's ``ProxyHeadersMiddleware`` makes the address a trusted proxy forwards (the
+    first untrusted one from the right of ``X-Forwarded-For``) the request's client, as
+    ``duly serve --forwarded-allow-ips`` configures. Then ``scope["duly.client_trusted"]``
+    says whether that address is one client's own:
+
+    - from a peer that is not a trusted proxy: its own address (yes, even when it sends
+      ``X-Forwarded-For``: a forged header must not escape the address limit; a proxy
+      missing from the list is warned about once);
+    - from a trusted proxy with ``X-Forwarded-For``: the forwarded address (yes);
+    - from a trusted proxy without it: the proxy's own address, shared by every client
+      behind it (no: counting by it would let anyone lock everyone out).
+    """
+
+    def __init__(self, app: ASGIApp, trusted: str | list[str] = "127.0.0.1,::1") -> None:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        self.app = app
+        self.proxy = ProxyHeadersMiddleware(self._after, trusted_hosts=trusted)  # type: ignore[arg-type]
+        self.trusted = self.proxy.trusted_hosts
+        self._warned = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope["duly.peer"] = (scope.get("client") or ("",))[0]
+        await self.proxy(scope, receive, send)  # type: ignore[arg-type]
+
+    async def _after(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            peer = scope.pop("duly.peer", "")
+            host = (scope.get("client") or ("",))[0]
+            forwarded = any(k == b"x-forwarded-for" for k, _ in scope.get("headers", ()))
+            if peer not in self.trusted:
+                scope["duly.client_trusted"] = True
+                if forwarded and not self._warned:
+                    self._warned = True
+                    log.warning(
+                        "requests from %s carry X-Forwarded-For, but %s is not a trusted proxy "
+                        "(duly serve --forwarded-allow-ips): the sign-in limits count every "
+                        "client behind it as one address",
+                        peer,
+                        peer,
+                    )
+            else:
+                scope["duly.client_trusted"] = bool(
+                    forwarded and host and (self.trusted.always_trust or host not in self.trusted)
+                )
+        await self.app(scope, receive, send)
 
 
 class Headers:
@@ -206,6 +271,7 @@ def build_ui(runtime: Any, *, secret: str | None = None, cookie_secure: bool = F
     ui = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     ui.state.runtime = runtime
     ui.state.users = UserStore(runtime.db)
+    ui.state.sessions = SessionStore(runtime.db)
     for name in PAGES:
         try:
             mod = importlib.import_module(f"duly.web.views.{name}")
@@ -222,6 +288,8 @@ def build_ui(runtime: Any, *, secret: str | None = None, cookie_secure: bool = F
 
     secret = secret or load_secret(runtime.db)
     secure = cookie_secure
+    ui.state.cookie_secure = secure
+    ui.state.device_secret = _derive(secret, "duly.web.device")
     app: ASGIApp = asgi_csrf(
         ui,
         signing_secret=_derive(secret, "duly.web.csrf"),

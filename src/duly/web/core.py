@@ -36,7 +36,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from duly.engine.service import Engine
-from duly.web.users import User, UserStore
+from duly.web.users import SessionStore, User, UserStore
 
 __all__ = [
     "AdminUser",
@@ -59,11 +59,11 @@ audit = logging.getLogger("duly.audit")
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 STATIC_DIR = Path(__file__).parent / "static"
 
-# Session keys
-SESSION_USER = "uid"
-SESSION_STAMP = "pw"
+# Session keys (the cookie is signed; the session itself is a row: SessionStore)
+SESSION_ID = "sid"  # the token naming the session's row
 SESSION_FLASH = "flash"
 TZ_COOKIE = "duly_tz"
+SESSION_MAX_AGE = 12 * 3600  # idle seconds before a session ends (cookie and row)
 
 
 class LoginRequired(Exception):
@@ -84,6 +84,15 @@ def users_of(request: Request) -> UserStore:
     return request.app.state.users  # type: ignore[no-any-return]
 
 
+def sessions_of(request: Request) -> SessionStore:
+    return request.app.state.sessions  # type: ignore[no-any-return]
+
+
+def wall_now() -> datetime:
+    """The real time, for sessions and sign-in limits (never a simulated clock)."""
+    return datetime.now(UTC)
+
+
 def runtime_of(request: Request) -> Any:
     return request.app.state.runtime
 
@@ -93,16 +102,17 @@ def engine_of(request: Request) -> Engine:
 
 
 def session_user(request: Request) -> User | None:
-    """The signed-in user, or None. A session made before the user's password changed, or
-    for a deleted user, is dropped."""
+    """The signed-in user, or None: the cookie's session is looked up on every request, so
+    one ended server-side (sign-out, password or role change, user deleted, idle too
+    long) is gone at once, copied cookies included; its cookie is then emptied."""
     cached = request.scope.get("duly.user")
     if cached is not None:
         return cached if isinstance(cached, User) else None
-    uid = request.session.get(SESSION_USER)
-    user = users_of(request).get(uid) if isinstance(uid, int) else None
-    if user is not None and request.session.get(SESSION_STAMP) != user.password_stamp:
-        user = None
-    if user is None and uid is not None:
+    token = request.session.get(SESSION_ID)
+    user = None
+    if isinstance(token, str):
+        user = sessions_of(request).user(token, wall_now(), SESSION_MAX_AGE)
+    if user is None and token is not None:
         request.session.clear()
     request.scope["duly.user"] = user if user is not None else False
     return user
@@ -128,9 +138,20 @@ EngineDep = Annotated[Engine, Depends(engine_of)]
 
 
 def sign_in(request: Request, user: User) -> None:
-    request.session.clear()  # a new session: no fixation of one made before signing in
-    request.session[SESSION_USER] = user.id
-    request.session[SESSION_STAMP] = user.password_stamp
+    """Start a new session for ``user`` (a new token: no fixation of one made before),
+    ending the one this browser had."""
+    sign_out(request)
+    request.session[SESSION_ID] = sessions_of(request).start(user.id, wall_now())
+    request.scope["duly.user"] = user
+
+
+def sign_out(request: Request) -> None:
+    """End this browser's session: its row goes, so a copy of the cookie stops working."""
+    token = request.session.get(SESSION_ID)
+    if isinstance(token, str):
+        sessions_of(request).end(token)
+    request.session.clear()
+    request.scope.pop("duly.user", None)
 
 
 # --------------------------------------------------------------------------- responses
@@ -161,6 +182,8 @@ def safe_next(url: str | None) -> str:
     """A place to return to after signing in: only a path on this site."""
     if not url or not url.startswith("/") or url.startswith("//") or "\\" in url:
         return "/"
+    if len(url) > 2000 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        return "/"  # control characters (a NUL, a line break) make no place to go back to
     return url
 
 

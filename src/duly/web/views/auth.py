@@ -1,14 +1,31 @@
-"""Signing in and out, and the signed-in user's own account (zone, password)."""
+"""Signing in and out, and the signed-in user's own account (zone, password).
+
+Sign-in limits (docs/how-to/use-the-web-ui.md, "Sign-in limits"): every attempt is
+counted in the database before its password is checked (duly.web.users.SignInLimits), so
+no number of simultaneous attempts, on any number of server processes, gets more checks
+than the limits allow:
+
+- an account: 5 failed attempts in 15 minutes, then its sign-ins are refused (429)
+  until the oldest of them is 15 minutes old;
+- a client address: 20 failed attempts in 15 minutes, on any accounts; counted only
+  when the address is the client's own (duly.web.ClientAddress: behind a proxy that does
+  not forward it, every client would share one);
+- a browser that signed in to the account before (a signed device cookie, kept 180
+  days) is held to a limit of its own, 5 failures in 15 minutes, instead of the two
+  above: someone else's failures never keep a user out of their usual browser.
+
+A right password deletes its attempt: only failures (and attempts being checked) count.
+"""
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
+import secrets
 from zoneinfo import available_timezones
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
+from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.concurrency import run_in_threadpool
 
 from duly.errors import InvalidInput
@@ -22,71 +39,76 @@ from duly.web.core import (
     safe_next,
     session_user,
     sign_in,
+    sign_out,
     users_of,
+    wall_now,
 )
+from duly.web.users import _USERNAME, Attempt, SignInLimits
 
 router = APIRouter()
 log = logging.getLogger("duly.web")
 
 _ZONES = sorted(z for z in available_timezones() if "/" in z and not z.startswith("Etc/"))
 
-
-class Throttle:
-    """Failed sign-ins per username and per client address: after ``limit`` failures
-    within ``window`` seconds, further attempts are refused until the window has passed
-    since the first of them (in memory: one `duly serve` process serves the UI)."""
-
-    def __init__(self, limit: int = 5, window: float = 900.0) -> None:
-        self.limit, self.window = limit, window
-        self._failures: dict[str, list[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, key: str, now: float) -> list[float]:
-        times = [t for t in self._failures.get(key, []) if t > now - self.window]
-        if times:
-            self._failures[key] = times
-        else:
-            self._failures.pop(key, None)
-        return times
-
-    def wait(self, keys: list[str]) -> float:
-        """Seconds before another attempt is allowed (0: now)."""
-        now = time.monotonic()
-        with self._lock:
-            waits = [
-                times[0] + self.window - now
-                for key in keys
-                if len(times := self._recent(key, now)) >= self.limit
-            ]
-        return max(waits, default=0.0)
-
-    def failed(self, keys: list[str]) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for key in keys:
-                self._recent(key, now)
-                self._failures.setdefault(key, []).append(now)
-            if len(self._failures) > 10_000:  # forget the stalest keys first
-                for key in sorted(self._failures, key=lambda k: self._failures[k][-1])[:5_000]:
-                    del self._failures[key]
-
-    def succeeded(self, keys: list[str]) -> None:
-        with self._lock:
-            for key in keys:
-                self._failures.pop(key, None)
+ACCOUNT_LIMIT = 5  # failed attempts per account in the window
+ADDRESS_LIMIT = 20  # failed attempts per client address in the window
+DEVICE_LIMIT = 5  # failed attempts per known browser (device cookie) in the window
+DEVICE_COOKIE = "duly_device"
+DEVICE_MAX_AGE = 180 * 24 * 3600
 
 
-def _throttle(request: Request) -> Throttle:
-    """The app's throttle (each UI app, so each server, counts its own)."""
+def _limits(request: Request) -> SignInLimits:
     state = request.app.state
-    if getattr(state, "login_throttle", None) is None:
-        state.login_throttle = Throttle()
-    return state.login_throttle  # type: ignore[no-any-return]
+    if getattr(state, "sign_in_limits", None) is None:
+        state.sign_in_limits = SignInLimits(state.runtime.db)
+    return state.sign_in_limits  # type: ignore[no-any-return]
 
 
-def _throttle_keys(request: Request, username: str) -> list[str]:
-    client = request.client.host if request.client else "?"
-    return [f"user:{username.strip().lower()}", f"addr:{client}"]
+def _devices(request: Request) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(request.app.state.device_secret, salt="duly.web.device")
+
+
+def _device_of(request: Request, username: str) -> str | None:
+    """The id of this browser when it signed in to ``username`` before, else None."""
+    raw = request.cookies.get(DEVICE_COOKIE)
+    if not raw or len(raw) > 500:
+        return None
+    try:
+        data = _devices(request).loads(raw, max_age=DEVICE_MAX_AGE)
+    except BadSignature:
+        return None
+    if not isinstance(data, dict) or data.get("u") != username.lower():
+        return None
+    device = data.get("d")
+    return device if isinstance(device, str) and 0 < len(device) <= 64 else None
+
+
+def _client_address(request: Request) -> str | None:
+    """The client's address when it is the client's own (see duly.web.ClientAddress;
+    without it in front, as in tests, the peer's address)."""
+    if request.scope.get("duly.client_trusted", True) is False or request.client is None:
+        return None
+    host = request.client.host
+    return host[:100] if host else None
+
+
+def _limit_keys(request: Request, username: str, device: str | None) -> list[tuple[str, int]]:
+    if device is not None:
+        return [(f"device:{device}", DEVICE_LIMIT)]
+    keys = [(f"account:{username.lower()}", ACCOUNT_LIMIT)]
+    address = _client_address(request)
+    if address is not None:
+        keys.append((f"address:{address}", ADDRESS_LIMIT))
+    return keys
+
+
+def _login_page(request: Request, nxt: str, username: str, error: str, status: int) -> HTMLResponse:
+    return render(
+        request,
+        "login.html",
+        {"next": nxt, "username": username, "no_users": False, "error": error},
+        status=status,
+    )
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -103,51 +125,57 @@ def login_page(request: Request, next: str = "/") -> Response:
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request) -> Response:
     form = await request.form()
-    username = str(form.get("username", ""))[:200]
+    username = str(form.get("username", ""))[:200].strip()
     password = str(form.get("password", ""))[:1024]
     nxt = safe_next(str(form.get("next", "/")))
-    now = engine_of(request).clock.now()
-    keys = _throttle_keys(request, username)
-    wait = _throttle(request).wait(keys)
-    if wait > 0:
+    shown = username if _USERNAME.fullmatch(username) else ""
+    if not _USERNAME.fullmatch(username):
+        # no such user can exist (nor reach the database: a NUL there is an error on
+        # PostgreSQL): the same answer as a wrong password, without counting or checking
+        return _login_page(request, nxt, shown, "Wrong username or password.", 400)
+    device = _device_of(request, username)
+    limits = _limits(request)
+    attempt: Attempt = await run_in_threadpool(
+        limits.begin, _limit_keys(request, username, device), wall_now()
+    )
+    if not attempt.allowed:
         log.warning("sign-in for %r refused: too many failed attempts", username)
-        minutes = max(1, round(wait / 60))
-        return render(
+        minutes = max(1, round(attempt.retry_after / 60))
+        return _login_page(
             request,
-            "login.html",
-            {
-                "next": nxt,
-                "username": username,
-                "no_users": False,
-                "error": f"Too many failed sign-ins. Try again in {minutes} min.",
-            },
-            status=429,
+            nxt,
+            username,
+            f"Too many failed sign-ins. Try again in {minutes} min.",
+            429,
         )
     # argon2 takes tens of milliseconds: off the event loop
+    now = engine_of(request).clock.now()
     user = await run_in_threadpool(users_of(request).authenticate, username, password, now)
+    await run_in_threadpool(limits.finish, attempt, ok=user is not None, now=wall_now())
     if user is None:
-        _throttle(request).failed(keys)
         log.info("sign-in refused for %r", username)
-        return render(
-            request,
-            "login.html",
-            {
-                "next": nxt,
-                "username": username,
-                "error": "Wrong username or password.",
-                "no_users": False,
-            },
-            status=400,
-        )
-    _throttle(request).succeeded(keys[:1])  # the address keeps its count: it may be guessing others
+        return _login_page(request, nxt, username, "Wrong username or password.", 400)
     sign_in(request, user)
     log.info("%s signed in", user.username)
-    return redirect(nxt)
+    response = redirect(nxt)
+    cookie = _devices(request).dumps(
+        {"u": username.lower(), "d": device or secrets.token_urlsafe(16)}
+    )
+    response.set_cookie(
+        DEVICE_COOKIE,
+        cookie,
+        max_age=DEVICE_MAX_AGE,
+        path="/login",
+        httponly=True,
+        samesite="lax",
+        secure=bool(getattr(request.app.state, "cookie_secure", False)),
+    )
+    return response
 
 
 @router.post("/logout")
 def logout(request: Request) -> Response:
-    request.session.clear()
+    sign_out(request)
     return redirect("/login")
 
 

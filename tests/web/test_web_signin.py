@@ -1,0 +1,315 @@
+"""Sign-in limits and server-side sessions, on SQLite and PostgreSQL.
+
+The limits (docs/how-to/use-the-web-ui.md, "Sign-in limits"): attempts are counted in the
+database before the password is checked; 5 failures in 15 minutes lock an account, 20 lock
+a client address (only when the address is the client's own), and a browser that signed in
+to an account before (its device cookie) is held to its own limit instead of both, so
+someone else's failures do not keep a user out of their usual browser.
+
+Sessions live in the database: a copied session cookie stops working on sign-out, password
+change, role change and deletion of the user.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.testclient import TestClient
+
+from duly.api.app import create_app
+from duly.rules.loader import load_rules
+from duly.runtime import BUNDLED_RULES, build_runtime
+from duly.web import SESSION_COOKIE, ClientAddress
+from duly.web.users import SignInLimits, UserStore
+from live import free_port  # tests/live.py
+from webui import _TOKEN, ADMIN, VIEWER, Web, make_web  # tests/webui.py
+
+BASE = "http://127.0.0.1:8000"
+
+
+@pytest.fixture
+def web(db_url: str, tmp_path: Path) -> Iterator[Web]:
+    """The UI on SQLite and on PostgreSQL (the module's tests run on both)."""
+    w = make_web(tmp_path, database=db_url)
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def client_at(web: Web, address: str, app: Any = None, **kw: Any) -> Web:
+    """Another browser (no cookies), connecting from ``address``."""
+    c = TestClient(app or web.client.app, base_url=BASE, client=(address, 40000), **kw)
+    return Web(web.rt, c)
+
+
+def try_login(w: Web, who: tuple[str, str], **kw: Any) -> int:
+    return int(w.post("/login", {"username": who[0], "password": who[1]}, **kw).status_code)
+
+
+def fail(w: Web, username: str, n: int = 1, **kw: Any) -> None:
+    for _ in range(n):
+        assert try_login(w, (username, "a wrong guess"), **kw) == 400
+
+
+# --------------------------------------------------------------------------- counting
+
+
+class CountChecks:
+    """Counts the password checks (UserStore.authenticate, which runs argon2)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.n = 0
+        self._lock = threading.Lock()
+        real = UserStore.authenticate
+
+        def counted(store: UserStore, *a: Any, **kw: Any) -> Any:
+            with self._lock:
+                self.n += 1
+            return real(store, *a, **kw)
+
+        monkeypatch.setattr(UserStore, "authenticate", counted)
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """``app`` served by a real uvicorn on a free port, in a thread."""
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(500):
+            if server.started:
+                break
+            threading.Event().wait(0.02)
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_concurrent_sign_ins_cannot_exceed_the_limit_even_across_servers(
+    web: Web, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """150 sign-ins for one account at once, through two servers sharing the database
+    (as two `duly serve` processes would): at most 5 reach the password check."""
+    checks = CountChecks(monkeypatch)
+    rt2 = build_runtime(load_rules(str(BUNDLED_RULES)), db_url)
+    n = 150
+    statuses: list[int] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(n)
+    try:
+        with serving(create_app(web.rt)) as url1, serving(create_app(rt2)) as url2:
+
+            def attempt(i: int) -> None:
+                with httpx.Client(base_url=(url1, url2)[i % 2], timeout=60) as c:
+                    m = _TOKEN.search(c.get("/login").text)
+                    assert m
+                    password = ADMIN[1] if i == n - 1 else f"wrong guess {i}"
+                    barrier.wait(timeout=60)
+                    r = c.post(
+                        "/login",
+                        data={"csrftoken": m.group(1), "username": "admin", "password": password},
+                    )
+                with lock:
+                    statuses.append(r.status_code)
+
+            threads = [threading.Thread(target=attempt, args=(i,)) for i in range(n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=120)
+    finally:
+        rt2.db.dispose()
+    assert len(statuses) == n
+    assert checks.n <= 5, f"{checks.n} attempts reached the password check"
+    assert statuses.count(429) >= n - 5
+    assert set(statuses) <= {303, 400, 429}
+    assert statuses.count(303) + statuses.count(400) == checks.n
+
+
+def test_attempts_are_counted_before_the_check_and_a_success_is_not_a_failure(
+    db_engine: Any,
+) -> None:
+    limits = SignInLimits(db_engine)
+    t0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    keys = [("account:a", 2), ("address:x", 3)]
+    first = limits.begin(keys, t0)
+    second = limits.begin(keys, t0 + timedelta(seconds=1))
+    assert first.allowed and second.allowed
+    # two attempts in flight: the third is refused before any check
+    third = limits.begin(keys, t0 + timedelta(seconds=2))
+    assert not third.allowed and 0 < third.retry_after <= 900
+    limits.finish(first, ok=True, now=t0 + timedelta(seconds=3))  # right: not a failure
+    assert limits.begin([("account:a", 2)], t0 + timedelta(seconds=4)).allowed
+    assert not limits.begin([("account:a", 2)], t0 + timedelta(seconds=5)).allowed
+    # the address's limit is its own
+    assert limits.begin([("address:x", 3)], t0 + timedelta(seconds=6)).allowed
+    # refused attempts did not count; the window slides past the oldest
+    later = t0 + timedelta(minutes=15, seconds=2)
+    assert limits.begin([("account:a", 2)], later).allowed
+    assert limits.begin([("account:b", 2)], t0).allowed  # other keys are untouched
+
+
+# --------------------------------------------------------------------------- policy
+
+
+def test_failures_on_one_account_do_not_refuse_others_from_the_same_address(web: Web) -> None:
+    attacker = client_at(web, "10.0.0.1")
+    fail(attacker, "admin", 5)
+    assert try_login(attacker, ADMIN) == 429  # that account is locked for new browsers
+    assert "Too many failed sign-ins" in attacker.post("/login", {"username": "admin"}).text
+    colleague = client_at(web, "10.0.0.1")  # the same address (a shared NAT, a proxy)
+    assert try_login(colleague, VIEWER) == 303
+
+
+def test_a_locked_account_still_lets_its_usual_browser_in(web: Web) -> None:
+    usual = client_at(web, "10.0.0.2")
+    usual.login(ADMIN)
+    usual.logout()
+    attacker = client_at(web, "10.0.0.3")
+    fail(attacker, "admin", 5)
+    assert try_login(attacker, ADMIN) == 429
+    assert try_login(usual, ADMIN) == 303  # a browser that signed in before: its own limit
+    usual.logout()
+    fail(usual, "admin", 5)  # which holds too
+    assert try_login(usual, ADMIN) == 429
+
+
+def test_many_failures_from_one_address_limit_that_address(web: Web) -> None:
+    usual = client_at(web, "10.0.0.4")
+    usual.login(VIEWER)
+    usual.logout()
+    sprayer = client_at(web, "10.0.0.4")
+    for i in range(20):
+        fail(sprayer, f"user{i}")
+    assert try_login(client_at(web, "10.0.0.4"), VIEWER) == 429  # a new browser there
+    assert try_login(usual, VIEWER) == 303  # the known browser is not held to the address
+    assert try_login(client_at(web, "10.0.0.5"), VIEWER) == 303  # another address
+
+
+def test_behind_a_trusted_proxy_the_forwarded_address_is_limited(web: Web) -> None:
+    app = ClientAddress(web.client.app, "127.0.0.1")
+
+    def via_proxy(client: str) -> Web:
+        return client_at(web, "127.0.0.1", app, headers={"x-forwarded-for": client})
+
+    sprayer = via_proxy("203.0.113.5")
+    for i in range(20):
+        fail(sprayer, f"user{i}")
+    assert try_login(via_proxy("203.0.113.5"), VIEWER) == 429
+    assert try_login(via_proxy("203.0.113.6"), VIEWER) == 303
+
+
+def test_a_proxy_that_does_not_pass_the_address_locks_nobody_out(web: Web) -> None:
+    """A trusted proxy without X-Forwarded-For: every client would share its address, so
+    no address limit applies (the account limit does)."""
+    app = ClientAddress(web.client.app, "127.0.0.1")
+    sprayer = client_at(web, "127.0.0.1", app)
+    for i in range(25):
+        fail(sprayer, f"user{i}")
+    assert try_login(client_at(web, "127.0.0.1", app), VIEWER) == 303
+
+
+def test_an_untrusted_peer_cannot_escape_the_address_limit_with_a_forged_header(
+    web: Web,
+) -> None:
+    app = ClientAddress(web.client.app, "127.0.0.1")
+    for i in range(20):
+        forged = client_at(web, "198.51.100.7", app, headers={"x-forwarded-for": f"1.2.3.{i}"})
+        fail(forged, f"user{i}")
+    fresh = client_at(web, "198.51.100.7", app, headers={"x-forwarded-for": "9.9.9.9"})
+    assert try_login(fresh, VIEWER) == 429
+
+
+def test_nul_bytes_in_the_sign_in_form_are_a_plain_failure(web: Web) -> None:
+    for username, password in (("ad\x00min", ADMIN[1]), ("admin", "pass\x00word"), ("\x00", "")):
+        r = web.post("/login", {"username": username, "password": password})
+        assert r.status_code == 400, r.text[:300]
+        assert "Wrong username or password" in r.text
+    r = web.post("/login", {"username": ADMIN[0], "password": ADMIN[1], "next": "/a\x00b"})
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    assert web.get("/login?next=/x%00y").status_code in (200, 303)
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def copied_cookie_works(web: Web, cookie: str) -> bool:
+    """Replays a copied session cookie from another browser."""
+    c = TestClient(web.client.app, base_url=BASE, cookies={SESSION_COOKIE: cookie})
+    try:
+        r = c.get("/account", follow_redirects=False)
+    finally:
+        c.close()
+    return r.status_code == 200 and "Signed in as" in r.text
+
+
+def signed_in(web: Web, who: tuple[str, str] = ADMIN) -> tuple[Web, str]:
+    w = client_at(web, "10.1.0.1").login(who)
+    cookie = w.client.cookies.get(SESSION_COOKIE)
+    assert cookie and copied_cookie_works(web, cookie)
+    return w, cookie
+
+
+def test_a_copied_cookie_stops_working_on_sign_out(web: Web) -> None:
+    w, cookie = signed_in(web)
+    w.logout()
+    assert not copied_cookie_works(web, cookie)
+
+
+def test_a_copied_cookie_stops_working_on_password_change(web: Web) -> None:
+    w, cookie = signed_in(web)
+    other, other_cookie = signed_in(web)
+    r = w.post(
+        "/account/password",
+        {"current": ADMIN[1], "password": "a brand new password"},
+        token_from="/account",
+    )
+    assert r.status_code == 303
+    assert w.get("/account").status_code == 200  # the session that changed it goes on
+    assert not copied_cookie_works(web, cookie)  # under a new id: the old cookie is dead
+    assert not copied_cookie_works(web, other_cookie)
+    UserStore(web.rt.db).set_password("viewer", "another new password", datetime.now(UTC))
+
+
+def test_a_copied_cookie_stops_working_on_role_change(web: Web) -> None:
+    _, cookie = signed_in(web, VIEWER)
+    UserStore(web.rt.db).set_role("viewer", "admin", datetime.now(UTC))
+    assert not copied_cookie_works(web, cookie)
+
+
+def test_a_copied_cookie_stops_working_when_the_user_is_deleted(web: Web) -> None:
+    _, cookie = signed_in(web, VIEWER)
+    store = UserStore(web.rt.db)
+    assert store.delete("viewer")
+    assert not copied_cookie_works(web, cookie)
+    # a new user of the same name (and maybe the same id) gets no old session
+    store.create("viewer", VIEWER[1], "viewer", datetime.now(UTC))
+    assert not copied_cookie_works(web, cookie)
+
+
+def test_an_idle_session_ends(web: Web) -> None:
+    from duly.web import SESSION_MAX_AGE
+    from duly.web.users import SessionStore
+
+    _, cookie = signed_in(web)
+    sessions = SessionStore(web.rt.db)
+    assert sessions.count() == 1
+    later = datetime.now(UTC) + timedelta(seconds=SESSION_MAX_AGE + 60)
+    assert sessions.expire(later, SESSION_MAX_AGE) == 1
+    assert not copied_cookie_works(web, cookie)
