@@ -141,7 +141,7 @@ def sign_in(request: Request, user: User) -> None:
     """Start a new session for ``user`` (a new token: no fixation of one made before),
     ending the one this browser had."""
     sign_out(request)
-    request.session[SESSION_ID] = sessions_of(request).start(user.id, wall_now())
+    request.session[SESSION_ID] = sessions_of(request).start(user.id, wall_now(), SESSION_MAX_AGE)
     request.scope["duly.user"] = user
 
 

@@ -231,17 +231,36 @@ class SessionStore:
     # how stale ``last_seen_at`` may get before a request writes it again: a write per
     # page would serialise every page view on SQLite
     TOUCH_EVERY = timedelta(minutes=1)
+    PER_USER = 50  # sessions a user keeps (each browser, each script signing in)
 
     def __init__(self, db: sa.Engine) -> None:
         self.db = db
 
-    def start(self, user_id: int, now: datetime) -> str:
-        """A new session of the user; returns the token for the cookie."""
+    def start(self, user_id: int, now: datetime, max_age: float) -> str:
+        """A new session of the user; returns the token for the cookie. Sessions idle for
+        ``max_age`` seconds are deleted on the way, and a user keeps at most
+        ``PER_USER`` (the least recently used end first)."""
         token = secrets.token_urlsafe(32)
         with write_transaction(self.db) as conn:
             conn.execute(
                 sa.insert(ui_sessions).values(
                     id=_token_id(token), user_id=user_id, created_at=now, last_seen_at=now
+                )
+            )
+            conn.execute(
+                sa.delete(ui_sessions).where(
+                    ui_sessions.c.last_seen_at <= now - timedelta(seconds=max_age)
+                )
+            )
+            keep = (
+                sa.select(ui_sessions.c.id)
+                .where(ui_sessions.c.user_id == user_id)
+                .order_by(ui_sessions.c.last_seen_at.desc(), ui_sessions.c.created_at.desc())
+                .limit(self.PER_USER)
+            )
+            conn.execute(
+                sa.delete(ui_sessions).where(
+                    ui_sessions.c.user_id == user_id, ui_sessions.c.id.not_in(keep)
                 )
             )
         return token
