@@ -66,6 +66,12 @@ def _user(r: sa.RowMapping) -> User:
     )
 
 
+def is_username(name: str) -> bool:
+    """Whether some user could have this name (a sign-in form's name is checked with it
+    before it reaches the database)."""
+    return _USERNAME.fullmatch(name or "") is not None
+
+
 def check_username(name: str) -> str:
     name = (name or "").strip()
     if not _USERNAME.fullmatch(name):

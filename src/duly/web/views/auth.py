@@ -43,7 +43,7 @@ from duly.web.core import (
     users_of,
     wall_now,
 )
-from duly.web.users import _USERNAME, Attempt, SignInLimits
+from duly.web.users import Attempt, SignInLimits, is_username
 
 router = APIRouter()
 log = logging.getLogger("duly.web")
@@ -128,11 +128,10 @@ async def login(request: Request) -> Response:
     username = str(form.get("username", ""))[:200].strip()
     password = str(form.get("password", ""))[:1024]
     nxt = safe_next(str(form.get("next", "/")))
-    shown = username if _USERNAME.fullmatch(username) else ""
-    if not _USERNAME.fullmatch(username):
-        # no such user can exist (nor reach the database: a NUL there is an error on
-        # PostgreSQL): the same answer as a wrong password, without counting or checking
-        return _login_page(request, nxt, shown, "Wrong username or password.", 400)
+    if not is_username(username):
+        # no user can have this name (and it must not reach the database: a NUL is an
+        # error on PostgreSQL): the answer to a wrong password, without counting or checking
+        return _login_page(request, nxt, "", "Wrong username or password.", 400)
     device = _device_of(request, username)
     limits = _limits(request)
     attempt: Attempt = await run_in_threadpool(
