@@ -243,7 +243,7 @@ def test_a_proxy_that_does_not_pass_the_address_locks_nobody_out(web: Web) -> No
 
 
 def test_an_untrusted_peer_cannot_escape_the_address_limit_with_a_forged_header(
-    web: Web,
+    web: Web, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = ClientAddress(web.client.app, "127.0.0.1")
     for i in range(20):
@@ -251,6 +251,9 @@ def test_an_untrusted_peer_cannot_escape_the_address_limit_with_a_forged_header(
         fail(forged, f"user{i}")
     fresh = client_at(web, "198.51.100.7", app, headers={"x-forwarded-for": "9.9.9.9"})
     assert try_login(fresh, VIEWER) == 429
+    # a proxy missing from --forwarded-allow-ips would look the same: said once
+    said = [r for r in caplog.records if "not a trusted proxy" in r.getMessage()]
+    assert len(said) == 1 and "198.51.100.7" in said[0].getMessage()
 
 
 def test_nul_bytes_in_the_sign_in_form_are_a_plain_failure(web: Web) -> None:
@@ -318,6 +321,33 @@ def test_a_copied_cookie_stops_working_when_the_user_is_deleted(web: Web) -> Non
     # a new user of the same name (and maybe the same id) gets no old session
     store.create("viewer", VIEWER[1], "viewer", datetime.now(UTC))
     assert not copied_cookie_works(web, cookie)
+
+
+def test_a_cookie_from_before_sessions_were_stored_signs_nobody_in(web: Web) -> None:
+    """The cookie used to hold the user's id and a password stamp, enough on its own."""
+    import base64
+    import hashlib
+    import json
+
+    import sqlalchemy as sa
+    from itsdangerous import TimestampSigner
+
+    from duly.ack import load_secret
+    from duly.store.tables import users
+    from duly.web import _derive
+
+    with web.rt.db.connect() as conn:
+        uid, pw_hash = conn.execute(
+            sa.select(users.c.id, users.c.password_hash).where(users.c.username == "admin")
+        ).one()
+    stamp = hashlib.sha256(pw_hash.encode()).hexdigest()[:16]  # as the old cookie had it
+    signer = TimestampSigner(_derive(load_secret(web.rt.db), "duly.web.session"))
+    data = base64.b64encode(json.dumps({"uid": uid, "pw": stamp}).encode())
+    old = signer.sign(data).decode()
+    assert not copied_cookie_works(web, old)
+    # and the form of such a cookie with this secret is right: a live session passes
+    _, cookie = signed_in(web)
+    assert signer.unsign(cookie)
 
 
 def test_an_idle_session_ends(web: Web) -> None:
