@@ -178,8 +178,8 @@ def _runtime(rf: Any, database: str, **kw: Any) -> Any:
     "--forwarded-allow-ips",
     envvar="DULY_FORWARDED_ALLOW_IPS",
     show_envvar=True,
-    default="127.0.0.1,::1",
-    show_default=True,
+    default=None,
+    show_default="uvicorn's FORWARDED_ALLOW_IPS, else 127.0.0.1,::1",
     help="Reverse proxies (comma-separated addresses or networks, or *) whose "
     "X-Forwarded-For and X-Forwarded-Proto are believed: the client's address is then the "
     "one they forward. The web UI's sign-in limits count failures by client address only "
@@ -201,7 +201,7 @@ def serve(
     port: int,
     max_body: int,
     cookie_secure: bool,
-    forwarded_allow_ips: str,
+    forwarded_allow_ips: str | None,
     demo: bool | None,
     breaker_failures: int,
     breaker_cooldown: float,
@@ -241,9 +241,8 @@ def serve(
     rt.start()
     # ClientAddress applies the proxy headers (uvicorn's own handling is off: it would not
     # tell the sign-in limits whether the address is a client's or a proxy's)
-    app = ClientAddress(
-        create_app(rt, max_body=max_body, cookie_secure=cookie_secure), forwarded_allow_ips
-    )
+    proxies = forwarded_allow_ips or os.environ.get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1"
+    app = ClientAddress(create_app(rt, max_body=max_body, cookie_secure=cookie_secure), proxies)
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False, proxy_headers=False
     )
