@@ -427,6 +427,23 @@ def test_recipient_create_replace_read_delete(api: httpx.Client) -> None:
         assert (got["state"], got["reason"]) == ("cancelled", "recipient_removed")
 
 
+def test_put_recipient_takes_the_id_of_the_path_in_the_body(api: httpx.Client) -> None:
+    """The body has the fields of a timeline's recipient line, ``id`` included: the same id
+    as the path is accepted, another one refused naming ``id`` (nothing stored)."""
+    body = {"id": "hopper", "name": "Grace Hopper", "email": "gh@example.com"}
+    r = api.put("/v1/recipients/hopper", json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["id"] == "hopper" and r.json()["name"] == "Grace Hopper"
+    r = api.put("/v1/recipients/hopper", json={**body, "name": "G. Hopper"})
+    assert r.status_code == 200, r.text
+    err = check_error(api.put("/v1/recipients/hopper", json={**body, "id": "ada"}), 422, field="id")
+    assert "hopper" in err["message"] and "ada" in err["message"]
+    check_error(api.put("/v1/recipients/nobody", json={**body, "id": "hopper"}), 422, field="id")
+    check_error(api.get("/v1/recipients/nobody"), 404, "not_found")
+    assert api.get("/v1/recipients/hopper").json()["name"] == "G. Hopper"
+    check_error(api.put("/v1/recipients/hopper", json={**body, "id": 7}), 422, field="id")
+
+
 # --------------------------------------------------------------------------- subjects
 
 

@@ -153,9 +153,17 @@ def _recipient_out(r: Recipient) -> S.RecipientOut:
     responses={201: {"model": S.RecipientOut, "description": "created"}},
 )
 def put_recipient(
-    rid: RecipientId, body: S.RecipientIn, eng: EngineDep, response: Response
+    rid: RecipientId, body: S.RecipientPut, eng: EngineDep, response: Response
 ) -> S.RecipientOut:
-    """Create or replace a recipient (whole state)."""
+    """Create or replace a recipient (whole state). The body may repeat the path's id."""
+    if body.id is not None and body.id != rid:
+        raise ApiError(
+            422,
+            "invalid",
+            f"id: the body's id {body.id!r} is not the path's {rid!r} "
+            "(leave it out, or give the same)",
+            "id",
+        )
     consent = body.consent.model_dump(exclude_none=True, exclude_defaults=True)
     r = Recipient(
         id=rid,
