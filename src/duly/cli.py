@@ -138,6 +138,15 @@ def _runtime(rf: Any, database: str, **kw: Any) -> Any:
         raise SystemExit(2) from None
 
 
+def _start_warnings(rt: Any) -> None:
+    """What a process that sends should say at start about its configuration."""
+    from duly.preferences import warn_about_unsubscribe_links
+
+    if rt.preferences is not None:
+        types = [c.type for c in rt.rules.channels.values()]
+        warn_about_unsubscribe_links(rt.preferences, types)
+
+
 @main.command()
 @_opt_rules
 @_opt_db
@@ -225,6 +234,7 @@ def serve(
                 n,
             )
     _first_user(rt, demo=bool(demo or (demo is None and bundled)), host=host, port=port)
+    _start_warnings(rt)
     rt.start()
     app = create_app(rt, max_body=max_body, cookie_secure=cookie_secure)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
@@ -301,6 +311,7 @@ def worker(
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    _start_warnings(rt)
     rt.start()
     while not stop.is_set():
         stop.wait(0.5)
