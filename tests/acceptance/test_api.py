@@ -162,6 +162,28 @@ def test_openapi_document_and_docs_page_are_served(live: Live) -> None:
     assert "/openapi.json" in page.text
 
 
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_docs_pages_load_everything_from_the_server_itself(live: Live, page: str) -> None:
+    """An offline server's docs work: no CDN, no font service; every URL the page loads is
+    the server's own and answers 200."""
+    r = httpx.get(f"{live.url}{page}")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    urls = re.findall(
+        r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']|url\s*:\s*["']([^"']+)["']""", r.text
+    )
+    found = {u for pair in urls for u in pair if u}
+    external = sorted(u for u in found if re.match(r"(?:[a-z]+:)?//", u))
+    assert external == [], external
+    assert "/openapi.json" in found
+    scripts = [u for u in found if u.endswith(".js")]
+    assert scripts, r.text
+    for url in sorted(found):
+        got = httpx.get(f"{live.url}{url}")
+        assert got.status_code == 200, url
+        assert len(got.content) > 0, url
+    assert not re.search(r"https?://(?!127\.0\.0\.1)[^\s\"']*\.(?:js|css)", r.text)
+
+
 def test_health_needs_no_key(live: Live) -> None:
     assert httpx.get(f"{live.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{live.url}/readyz")

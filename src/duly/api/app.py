@@ -1,5 +1,6 @@
 """The HTTP application served by ``duly serve``: the /v1 API (API key required),
-liveness and readiness, and the OpenAPI document at /openapi.json (docs at /docs)."""
+liveness and readiness, and the OpenAPI document at /openapi.json (docs at /docs and /redoc,
+served from the package: duly.api.docs)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from duly import __version__
 from duly.api import errors
+from duly.api.docs import install_docs
 from duly.api.errors import ApiError, error_response
 from duly.api.schemas import ErrorOut
 from duly.keys import KeyStore
@@ -168,6 +170,8 @@ def create_app(
     app = FastAPI(
         title="duly",
         version=__version__,
+        docs_url=None,  # served from the package by install_docs, not from a CDN
+        redoc_url=None,
         description="Reminders and notifications from rules in a file: the HTTP API. "
         "Every /v1 call needs `Authorization: Bearer <api key>` (`duly keys create`).",
     )
@@ -230,6 +234,7 @@ def create_app(
 
     for extra in _public_routers():
         app.include_router(extra)
+    install_docs(app)
     if ui:
         from duly.web import UiDispatch, build_ui
 
