@@ -19,6 +19,7 @@ from duly import __version__
 from duly.api import errors
 from duly.api.docs import install_docs
 from duly.api.errors import ApiError, error_response
+from duly.api.openapi import install_openapi
 from duly.api.schemas import ErrorOut
 from duly.keys import KeyStore
 
@@ -192,7 +193,11 @@ def create_app(
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        responses={503: {"description": "the database or the dispatcher is not ready"}},
+    )
     def readyz() -> JSONResponse:
         """Readiness: the database answers and the dispatcher thread is alive."""
         checks: dict[str, str] = {}
@@ -235,6 +240,7 @@ def create_app(
     for extra in _public_routers():
         app.include_router(extra)
     install_docs(app)
+    install_openapi(app)  # every error answer of every route listed, in one place
     if ui:
         from duly.web import UiDispatch, build_ui
 

@@ -718,7 +718,9 @@ def list_suppressions(
     return {"items": [{k: r[k] for k in keep} for r in rows]}
 
 
-@router.delete("/suppressions/{address}", status_code=204, tags=["suppressions"])
+@router.delete(
+    "/suppressions/{address}", status_code=204, tags=["suppressions"], responses=_errors(404)
+)
 def clear_suppression(
     address: Annotated[str, P(min_length=1, max_length=320)], eng: EngineDep
 ) -> Response:
