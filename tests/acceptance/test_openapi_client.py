@@ -18,7 +18,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from pydantic import BaseModel
 
+from duly.api.openapi import install_openapi
+from duly.api.schemas import ErrorOut
 from live import Live, live_server  # tests/ is on sys.path (conftest.py)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -108,3 +112,38 @@ def test_openapi_python_client_generates_every_operation_without_warnings(
                     untyped.append(f"{method.upper()} {path}: {status}")
     assert missing == [], missing
     assert untyped == [], untyped
+
+
+class ThingIn(BaseModel):
+    name: str
+
+
+def test_a_new_route_gets_the_error_answers_without_declaring_them() -> None:
+    """The completion is central: a route module declares only its own errors."""
+    app = FastAPI()
+
+    @app.get("/v1/things", responses={404: {"model": ErrorOut, "description": "none"}})
+    def list_things(limit: int = 10) -> dict[str, int]:
+        return {"limit": limit}
+
+    @app.post("/v1/things")
+    def make_thing(body: ThingIn) -> dict[str, str]:
+        return {"name": body.name}
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {}
+
+    install_openapi(app)
+    doc = app.openapi()
+    ops = doc["paths"]["/v1/things"]
+    assert sorted(ops["get"]["responses"]) == ["200", "401", "404", "413", "422"]
+    assert sorted(ops["post"]["responses"]) == ["200", "400", "401", "413", "422"]
+    assert sorted(doc["paths"]["/healthz"]["get"]["responses"]) == ["200"]
+    for op in ops.values():
+        for status, answer in op["responses"].items():
+            if status != "200":
+                ref = answer["content"]["application/json"]["schema"]["$ref"]
+                assert ref == "#/components/schemas/ErrorOut", (status, answer)
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+    assert app.openapi() is doc  # made once

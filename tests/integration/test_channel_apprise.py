@@ -128,7 +128,9 @@ def test_a_whole_url_per_recipient(server: HttpRecorder) -> None:
     ch.send(message(to=json_url(server, "/ada")))
     err = send_error(ch, message(to="nosuchservice://token"))
     bad = send_error(ch, message(to="json://"))  # an allowed scheme, but no valid URL
+    empty = send_error(ch, message(to="  "))
     ch.close()
+    assert empty.permanent and empty.code == "bad_address" and "(none)" not in str(empty)
     assert [r.path for r in server.requests] == ["/ada"]
     assert err.permanent and err.code == "scheme_not_allowed"
     assert "token" not in str(err)

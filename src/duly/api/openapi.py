@@ -6,8 +6,9 @@ forbids it, a template's own 422). What every operation can answer, because of w
 sits, is added here from what the operation takes, so a new route is documented without
 anyone remembering to:
 
-- 401 for every /v1 operation (the API key is checked first);
-- 400 (the body is not JSON) and 413 (the body is too large) for one that takes a body;
+- 401 for every /v1 operation (the API key is checked first), and 413 (the server refuses
+  any request whose body is over its limit, whatever the operation);
+- 400 (the body is not JSON) for one that takes a body;
 - 422 for one that takes parameters or a body, in the error shape, replacing FastAPI's
   ``{"detail": [...]}`` (``HTTPValidationError``), which this API never answers;
 - 503 for ``/readyz`` is declared on the route itself.
@@ -29,7 +30,7 @@ __all__ = ["complete_errors", "install_openapi"]
 ERROR_SCHEMA = "ErrorOut"
 _FASTAPI_VALIDATION = ("HTTPValidationError", "ValidationError")
 
-# status → (when it applies, description)
+# status → description
 _GENERAL: dict[str, str] = {
     "400": "the body is not valid JSON",
     "401": "no API key, or not a valid one",
@@ -63,9 +64,9 @@ def complete_errors(doc: dict[str, Any]) -> dict[str, Any]:
                 continue
             responses: dict[str, Any] = op["responses"]
             body = "requestBody" in op
-            needed = ["401"]
+            needed = ["401", "413"]
             if body:
-                needed += ["400", "413"]
+                needed.append("400")
             if body or op.get("parameters"):
                 needed.append("422")
             for status in needed:

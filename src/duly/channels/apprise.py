@@ -263,6 +263,12 @@ class AppriseChannel:
         """A whole URL from a recipient's address: its scheme must be one the channel lists,
         and no option may make Apprise read a file here. Raises DeliveryError (permanent)."""
         scheme = _scheme(url).lower()
+        if not _SCHEME.match(url):
+            raise DeliveryError(
+                f"{self.where}: the recipient's address is not an Apprise URL (SCHEME://…)",
+                permanent=True,
+                code="bad_address",
+            )
         if scheme not in self.schemes and scheme not in _NATIVE:
             raise self._scheme_refused(scheme)
         query = url.partition("?")[2]
