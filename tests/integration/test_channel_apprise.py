@@ -252,8 +252,9 @@ def test_an_allowed_scheme_with_a_file_url_value_is_refused(server: HttpRecorder
 def test_the_default_schemes_take_a_remote_service(server: HttpRecorder) -> None:
     ch = channel("{to}")
     ch.send(message(to=json_url(server, "/ntfy-like")))
+    ch.send(message(to=json_url(server, "/p") + "?:kind=profile:admin"))  # not a file: URL
     ch.close()
-    assert [r.path for r in server.requests] == ["/ntfy-like"]
+    assert [r.path for r in server.requests] == ["/ntfy-like", "/p"]
 
 
 def test_listed_schemes_replace_the_default(server: HttpRecorder) -> None:

@@ -90,6 +90,8 @@ DEFAULT_SCHEMES: tuple[str, ...] = (
 FILE_OPTIONS = frozenset(
     {"attach", "attachment", "keyfile", "pgpkey", "pgpprv", "pgppub", "subfile", "template"}
 )
+# A file: URL anywhere in a value (not "profile:": the scheme starts a word).
+_FILE_URL = re.compile(r"(?<![A-Za-z0-9+.-])file:", re.IGNORECASE)
 # Native service URLs (https://discord.com/api/webhooks/…) are allowed by their service.
 _NATIVE = frozenset({"http", "https"})
 
@@ -276,7 +278,7 @@ class AppriseChannel:
             from apprise.utils.parse import parse_qsd  # Apprise's own reading of the query
 
             for key, value in parse_qsd(query, simple=True)["qsd"].items():
-                if key in FILE_OPTIONS or "file:" in unquote(str(value)).lower():
+                if key in FILE_OPTIONS or _FILE_URL.search(unquote(str(value))):
                     raise DeliveryError(
                         f"{self.where}: the recipient's address sets the option {key!r}, "
                         "which would have Apprise read a file of this host; a recipient's "
@@ -284,7 +286,7 @@ class AppriseChannel:
                         permanent=True,
                         code="option_not_allowed",
                     )
-        if "file:" in unquote(url).lower():
+        if _FILE_URL.search(unquote(url)):
             raise DeliveryError(
                 f"{self.where}: the recipient's address holds a file: URL, which would have "
                 "Apprise read a file of this host",
