@@ -138,6 +138,15 @@ def _runtime(rf: Any, database: str, **kw: Any) -> Any:
         raise SystemExit(2) from None
 
 
+def _start_warnings(rt: Any) -> None:
+    """What a process that sends should say at start about its configuration."""
+    from duly.preferences import warn_about_unsubscribe_links
+
+    if rt.preferences is not None:
+        types = [c.type for c in rt.rules.channels.values()]
+        warn_about_unsubscribe_links(rt.preferences, types)
+
+
 @main.command()
 @_opt_rules
 @_opt_db
@@ -238,6 +247,7 @@ def serve(
                 n,
             )
     _first_user(rt, demo=bool(demo or (demo is None and bundled)), host=host, port=port)
+    _start_warnings(rt)
     rt.start()
     # ClientAddress applies the proxy headers (uvicorn's own handling is off: it would not
     # tell the sign-in limits whether the address is a client's or a proxy's)
@@ -319,6 +329,7 @@ def worker(
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    _start_warnings(rt)
     rt.start()
     while not stop.is_set():
         stop.wait(0.5)

@@ -20,6 +20,11 @@ of is decided by :func:`apply_unsubscribe` from what the token names:
 Transactional mail is always allowed (spec), so an unsubscribe never touches it, and the
 List-Unsubscribe headers (:func:`list_unsubscribe_headers`) are only put on reminder and
 promotional mail.
+
+RFC 8058 one-click needs an https URI. With an ``http://`` base URL the link is still put in
+``List-Unsubscribe`` (a person can open it) but ``List-Unsubscribe-Post`` is left out, so no
+mailbox provider offers one-click on it, and ``duly serve`` / ``duly worker`` warn at start
+(:func:`warn_about_unsubscribe_links`) when email would go out that way.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -61,7 +67,9 @@ __all__ = [
     "apply_unsubscribe",
     "list_unsubscribe_headers",
     "pref_token",
+    "unsubscribe_link_warning",
     "unsubscribe_scope",
+    "warn_about_unsubscribe_links",
 ]
 
 log = logging.getLogger("duly.preferences")
@@ -294,7 +302,38 @@ def list_unsubscribe_headers(
     if links.mailto:
         address = links.mailto.removeprefix("mailto:")
         parts.append(f"<mailto:{address}?subject={quote('unsubscribe ' + token)}>")
-    return {
-        "List-Unsubscribe": ", ".join(parts),
-        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-    }
+    headers = {"List-Unsubscribe": ", ".join(parts)}
+    if _is_https(links.base_url):  # RFC 8058: one-click only to an https URI
+        headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    return headers
+
+
+def _is_https(url: str) -> bool:
+    return url.strip().lower().startswith("https://")
+
+
+# Channel types whose email carries the List-Unsubscribe headers out to people (the outbox
+# keeps its messages in the database: nobody's mail client sees them).
+_SENDS_EMAIL = frozenset({"smtp"})
+
+
+def unsubscribe_link_warning(base_url: str, channel_types: Iterable[str]) -> str | None:
+    """The warning to give at start when email would carry unsubscribe links that are not
+    https (RFC 8058), else None."""
+    if _is_https(base_url) or not _SENDS_EMAIL & {str(t) for t in channel_types}:
+        return None
+    return (
+        f"unsubscribe links in email will be {base_url.rstrip('/')}/u/…, not https: "
+        "mail clients and providers (RFC 8058) want an https List-Unsubscribe URI, so "
+        "List-Unsubscribe-Post (one-click) is left out; set DULY_BASE_URL to the https "
+        "address where people reach duly"
+    )
+
+
+def warn_about_unsubscribe_links(links: PrefLinks, channel_types: Iterable[str]) -> bool:
+    """Log :func:`unsubscribe_link_warning` (a WARNING of ``duly.preferences``: on stderr
+    with duly's own logging) when there is one; says whether there was."""
+    text = unsubscribe_link_warning(links.base_url, channel_types)
+    if text is not None:
+        log.warning("%s", text)
+    return text is not None

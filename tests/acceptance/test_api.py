@@ -162,6 +162,28 @@ def test_openapi_document_and_docs_page_are_served(live: Live) -> None:
     assert "/openapi.json" in page.text
 
 
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_docs_pages_load_everything_from_the_server_itself(live: Live, page: str) -> None:
+    """An offline server's docs work: no CDN, no font service; every URL the page loads is
+    the server's own and answers 200."""
+    r = httpx.get(f"{live.url}{page}")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    urls = re.findall(
+        r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']|url\s*:\s*["']([^"']+)["']""", r.text
+    )
+    found = {u for pair in urls for u in pair if u}
+    external = sorted(u for u in found if re.match(r"(?:[a-z]+:)?//", u))
+    assert external == [], external
+    assert "/openapi.json" in found
+    scripts = [u for u in found if u.endswith(".js")]
+    assert scripts, r.text
+    for url in sorted(found):
+        got = httpx.get(f"{live.url}{url}")
+        assert got.status_code == 200, url
+        assert len(got.content) > 0, url
+    assert not re.search(r"https?://(?!127\.0\.0\.1)[^\s\"']*\.(?:js|css)", r.text)
+
+
 def test_health_needs_no_key(live: Live) -> None:
     assert httpx.get(f"{live.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{live.url}/readyz")
@@ -425,6 +447,23 @@ def test_recipient_create_replace_read_delete(api: httpx.Client) -> None:
     for d in plan:
         got = api.get(f"/v1/deliveries/{d['id']}").json()
         assert (got["state"], got["reason"]) == ("cancelled", "recipient_removed")
+
+
+def test_put_recipient_takes_the_id_of_the_path_in_the_body(api: httpx.Client) -> None:
+    """The body has the fields of a timeline's recipient line, ``id`` included: the same id
+    as the path is accepted, another one refused naming ``id`` (nothing stored)."""
+    body = {"id": "hopper", "name": "Grace Hopper", "email": "gh@example.com"}
+    r = api.put("/v1/recipients/hopper", json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["id"] == "hopper" and r.json()["name"] == "Grace Hopper"
+    r = api.put("/v1/recipients/hopper", json={**body, "name": "G. Hopper"})
+    assert r.status_code == 200, r.text
+    err = check_error(api.put("/v1/recipients/hopper", json={**body, "id": "ada"}), 422, field="id")
+    assert "hopper" in err["message"] and "ada" in err["message"]
+    check_error(api.put("/v1/recipients/nobody", json={**body, "id": "hopper"}), 422, field="id")
+    check_error(api.get("/v1/recipients/nobody"), 404, "not_found")
+    assert api.get("/v1/recipients/hopper").json()["name"] == "G. Hopper"
+    check_error(api.put("/v1/recipients/hopper", json={**body, "id": 7}), 422, field="id")
 
 
 # --------------------------------------------------------------------------- subjects

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -208,3 +209,44 @@ def test_worker_stops_cleanly_on_sigterm_and_loses_nothing(
     assert states.get("sent", 0) == sink.count  # every send recorded, none twice
     assert states.get("sent", 0) + states.get("pending", 0) == n
     db.dispose()
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_an_http_base_url_is_warned_about_at_start(command: str, tmp_path: Path, smtp_sink) -> None:  # noqa: ANN001
+    """Unsubscribe links in email need https (RFC 8058): duly says so on stderr, in its log."""
+    _, port = smtp_sink
+    (tmp_path / "duly.yaml").write_text(
+        "channels:\n"
+        f'  email: {{type: smtp, url: "smtp://127.0.0.1:{port}", from: "a@b.test"}}\n'
+        "rules: []\n"
+    )
+    env = {
+        **os.environ,
+        "DULY_DATABASE_URL": f"sqlite:///{tmp_path / 'duly.db'}",
+        "DULY_RULES": str(tmp_path / "duly.yaml"),
+        "DULY_BASE_URL": "http://duly.example.test",
+    }
+    args = [*DULY, command] + (["--port", str(free_port())] if command == "serve" else [])
+    proc = subprocess.Popen(
+        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    lines: list[str] = []
+
+    def drain() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        assert _wait(lambda: any("started" in x or "DULY_BASE_URL" in x for x in lines), 30)
+        time.sleep(0.5)  # a warning comes before the start line; give it a moment anyway
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        reader.join(10)
+    out = "".join(lines)
+    [warning] = [line for line in out.splitlines() if "DULY_BASE_URL" in line]
+    assert "WARNING" in warning and "duly.preferences" in warning
+    assert "http://duly.example.test" in warning and "https" in warning

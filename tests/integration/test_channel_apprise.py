@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -125,10 +127,166 @@ def test_a_whole_url_per_recipient(server: HttpRecorder) -> None:
     assert repr(ch) == "AppriseChannel(name='chat', url='{to}')"
     ch.send(message(to=json_url(server, "/ada")))
     err = send_error(ch, message(to="nosuchservice://token"))
+    bad = send_error(ch, message(to="json://"))  # an allowed scheme, but no valid URL
+    empty = send_error(ch, message(to="  "))
     ch.close()
+    assert empty.permanent and empty.code == "bad_address" and "(none)" not in str(empty)
     assert [r.path for r in server.requests] == ["/ada"]
-    assert err.permanent and err.code == "bad_address"
+    assert err.permanent and err.code == "scheme_not_allowed"
     assert "token" not in str(err)
+    assert bad.permanent and bad.code == "bad_address"
+
+
+# --------------------------------------------------------------------------- schemes
+
+# Audit events seen while a test watches (sys.addaudithook cannot be removed: one hook for
+# the process, recording only while a test has put a list here).
+_watching: list[list[tuple[str, tuple[Any, ...]]]] = []
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if _watching and (event == "open" or event.startswith("syslog.")):
+        _watching[-1].append((event, args))
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.fixture
+def audit() -> Iterator[list[tuple[str, tuple[Any, ...]]]]:
+    seen: list[tuple[str, tuple[Any, ...]]] = []
+    _watching.append(seen)
+    try:
+        yield seen
+    finally:
+        _watching.remove(seen)
+
+
+@pytest.fixture
+def udp() -> Iterator[socket.socket]:
+    """A real UDP socket on 127.0.0.1, standing in for a syslog daemon."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(0.5)
+        yield s
+
+
+def received(sock: socket.socket) -> list[bytes]:
+    got = []
+    try:
+        while True:
+            got.append(sock.recv(65536))
+    except TimeoutError:
+        return got
+
+
+def test_an_address_cannot_pick_rsyslog_to_a_local_port(udp: socket.socket) -> None:
+    port = udp.getsockname()[1]
+    ch = channel("{to}")
+    err = send_error(ch, message(to=f"rsyslog://127.0.0.1:{port}/user"))
+    ch.close()
+    assert err.permanent and err.code == "scheme_not_allowed"
+    assert "rsyslog://" in str(err) and "schemes" in str(err)
+    assert received(udp) == []
+    # the same address goes out once the channel lists the scheme: the socket does hear it
+    listed = channel("{to}", schemes=["rsyslog"])
+    listed.send(message(to=f"rsyslog://127.0.0.1:{port}/user"))
+    listed.close()
+    assert len(received(udp)) == 1
+
+
+def test_an_address_cannot_pick_the_local_syslog(
+    audit: list[tuple[str, tuple[Any, ...]]],
+) -> None:
+    ch = channel("{to}")
+    for address in ("syslog://", "syslog://local5", "SYSLOG://user"):
+        err = send_error(ch, message(to=address))
+        assert err.permanent and err.code == "scheme_not_allowed", address
+        assert "syslog://" in str(err)
+    ch.close()
+    assert [e for e, _ in audit if e.startswith("syslog.")] == []
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        "template={path}",
+        "template=file://{path}",
+        "template=secret.json",  # relative to the working directory: a file too
+        "TEMPLATE={path}",
+        "template=%2F{path_quoted}",
+        "attach=file://{path}",
+        "keyfile={path}",
+        "pgppub={path}",
+    ],
+)
+def test_an_address_cannot_make_apprise_read_a_local_file(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    audit: list[tuple[str, tuple[Any, ...]]],
+    option: str,
+) -> None:
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"content": "the server\'s secret"}')
+    monkeypatch.chdir(tmp_path)
+    path = str(secret)
+    query = option.format(path=path, path_quoted=path.lstrip("/").replace("/", "%2F"))
+    ch = channel("{to}")  # discord is one of the default schemes
+    err = send_error(ch, message(to=f"discord://1234567/t0ken/?{query}"))
+    ch.close()
+    assert err.permanent and err.code == "option_not_allowed"
+    assert repr(query.split("=")[0].lower()) in str(err)
+    assert "t0ken" not in str(err)
+    reads = [a for e, a in audit if e == "open" and "secret" in str(a[0]) and a[1] != "w"]
+    assert reads == []
+
+
+def test_an_allowed_scheme_with_a_file_url_value_is_refused(server: HttpRecorder) -> None:
+    ch = channel("{to}")
+    err = send_error(ch, message(to=json_url(server, "/x") + "?logo=file:///etc/passwd"))
+    ch.close()
+    assert err.permanent and err.code == "option_not_allowed" and "'logo'" in str(err)
+    assert server.requests == []
+
+
+def test_the_default_schemes_take_a_remote_service(server: HttpRecorder) -> None:
+    ch = channel("{to}")
+    ch.send(message(to=json_url(server, "/ntfy-like")))
+    ch.send(message(to=json_url(server, "/p") + "?:kind=profile:admin"))  # not a file: URL
+    ch.close()
+    assert [r.path for r in server.requests] == ["/ntfy-like", "/p"]
+
+
+def test_listed_schemes_replace_the_default(server: HttpRecorder) -> None:
+    ch = channel("{to}", schemes="ntfy, ntfys")  # a ${VAR} gives a string
+    err = send_error(ch, message(to=json_url(server, "/x")))
+    ch.close()
+    assert err.code == "scheme_not_allowed" and "json://" in str(err)
+    assert "ntfy, ntfys" in str(err)
+    assert server.requests == []
+
+
+def test_a_native_url_is_judged_by_the_service_it_names() -> None:
+    ch = channel("{to}", schemes=["ntfys"])
+    err = send_error(ch, message(to="https://discord.com/api/webhooks/1234567/t0ken"))
+    ch.close()
+    assert err.permanent and err.code == "scheme_not_allowed"
+    assert "discord://" in str(err) and "t0ken" not in str(err)
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"url": "{to}", "schemes": ["nosuch"]}, "schemes: 'nosuch' is not an Apprise scheme"),
+        ({"url": "{to}", "schemes": []}, "schemes: list at least one"),
+        ({"url": "{to}", "schemes": 7}, "schemes: expected a list"),
+        ({"url": "json://h.test/{to}", "schemes": ["json"]}, 'schemes: only for url "{to}"'),
+    ],
+)
+def test_schemes_are_checked_at_load(options: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ChannelConfigError) as info:
+        build_channel(ChannelConfig("chat", "apprise", options))
+    assert problem in str(info.value)
 
 
 # --------------------------------------------------------------------------- failures
@@ -235,7 +393,7 @@ def test_the_check_does_not_outlive_the_send(server: HttpRecorder) -> None:
         ({"url": "json://h.test", "allow_private": "perhaps"}, "allow_private: expected"),
         (
             {"url": "json://h.test", "format": "text"},
-            "unknown option 'format' (accepted: url, timeout, allow_private)",
+            "unknown option 'format' (accepted: url, timeout, allow_private, schemes)",
         ),
     ],
 )

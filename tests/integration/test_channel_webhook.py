@@ -122,6 +122,35 @@ def test_a_whsec_secret_signs_with_its_decoded_bytes(server: HttpRecorder) -> No
     assert server.requests[0].json()["text"] == "Non-ASCII: Grüße, 你好"
 
 
+# 32 bytes: standard base64 ends in one "=", which the unpadded form leaves out
+UNPADDED_KEY = bytes(range(200, 232))
+UNPADDED = "whsec_" + base64.b64encode(UNPADDED_KEY).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("secret", [UNPADDED, UNPADDED + "=", UNPADDED + "=="])
+def test_a_whsec_secret_with_or_without_padding_verifies_with_the_reference_library(
+    server: HttpRecorder, secret: str
+) -> None:
+    """The Standard Webhooks reference library takes the base64 after whsec_ with or
+    without its padding; the receiver below verifies with that library itself."""
+    standardwebhooks = pytest.importorskip("standardwebhooks")
+    assert not UNPADDED.endswith("=")
+    receiver = standardwebhooks.Webhook(UNPADDED)
+
+    def check(req: Request) -> int | None:
+        try:
+            receiver.verify(req.body, dict(req.headers))
+        except standardwebhooks.WebhookVerificationError:
+            return 401
+        return None
+
+    server.check = check
+    ch = channel(server.url, secret=secret)
+    ch.send(message())
+    ch.close()
+    assert len(server.requests) == 1
+
+
 @pytest.mark.parametrize(
     ("sender_secret", "receiver_key"),
     [

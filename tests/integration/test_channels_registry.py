@@ -82,7 +82,7 @@ def test_unsupported_types_are_named(type_: str, problem: str) -> None:
         ({"from": "a@b.test"}, "missing option 'url'"),
         (
             {"url": "smtp://h", "from": "a@b.test", "form": "x"},
-            "unknown option 'form' (accepted: url, from, timeout, max_connections)",
+            "unknown option 'form' (accepted: url, from, timeout, max_connections, message_id_domain)",
         ),
         (
             {"url": "smtp://h", "from": "a@b.test", "timeout": "soon"},

@@ -25,7 +25,7 @@ from duly.engine.clock import VirtualClock
 from duly.engine.dispatcher import Dispatcher
 from duly.engine.service import Engine, SubjectInput
 from duly.model import Recipient
-from duly.preferences import PrefLinks, PrefSigner
+from duly.preferences import PrefLinks, PrefSigner, unsubscribe_link_warning
 from duly.render import Renderer
 from duly.rules.loader import load_rules_text
 from duly.store.db import make_engine
@@ -78,7 +78,7 @@ def smtp() -> Iterator[tuple[Sink, int]]:
 
 
 def setup(
-    db_url: str, tmp: Path, port: int, mailto: str | None
+    db_url: str, tmp: Path, port: int, mailto: str | None, base: str = BASE
 ) -> tuple[Engine, Dispatcher, PrefSigner]:
     (tmp / "templates").mkdir(exist_ok=True)
     (tmp / "templates" / "plain.email.txt").write_text(
@@ -92,7 +92,7 @@ def setup(
     if not hasattr(disp, "preferences"):
         pytest.skip("Dispatcher.preferences comes with the dispatcher wiring diff")
     signer = PrefSigner("s3cret", clock=clock)
-    disp.preferences = PrefLinks(signer=signer, base_url=BASE + "/", mailto=mailto)
+    disp.preferences = PrefLinks(signer=signer, base_url=base + "/", mailto=mailto)
     engine.put_recipient(Recipient("c1", name="Alice", email="alice@example.test"))
     return engine, disp, signer
 
@@ -147,3 +147,44 @@ def test_without_a_mailto_address_only_the_https_uri(
     value = msg["List-Unsubscribe"]
     assert value.startswith(f"<{BASE}/u/") and value.endswith(">") and "," not in value
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+def test_an_http_base_url_keeps_the_link_but_offers_no_one_click(
+    db_url: str, tmp_path: Path, smtp: tuple[Sink, int]
+) -> None:
+    """RFC 8058 one-click needs an https URI: over http the link stays (a person can still
+    open it), List-Unsubscribe-Post is left out so no mailbox provider POSTs to it."""
+    sink, port = smtp
+    base = "http://duly.example.test"
+    engine, disp, signer = setup(db_url, tmp_path, port, "unsubscribe@acme.test", base=base)
+    inv = {"status": "sent", "due_at": "2026-03-10T09:00:00Z"}
+    engine.upsert_subject(SubjectInput("invoice", "INV-3", inv, {"customer": "c1"}))
+    engine.clock.set(datetime(2026, 3, 7, 9, 0, tzinfo=UTC))  # type: ignore[attr-defined]
+    assert disp.run_once() == 1
+    (msg,) = received(sink)
+    http, mailto = (u.strip().strip("<>") for u in msg["List-Unsubscribe"].split(","))
+    assert http.startswith(base + "/u/") and mailto.startswith("mailto:unsubscribe@acme.test")
+    assert signer.loads(http.rsplit("/", 1)[1]).recipient == "c1"
+    assert msg["List-Unsubscribe-Post"] is None
+
+
+@pytest.mark.parametrize(
+    ("base", "types", "warned"),
+    [
+        ("http://duly.example.test", ["smtp"], True),
+        ("HTTP://duly.example.test", ["outbox", "smtp"], True),
+        ("https://duly.example.test", ["smtp"], False),
+        ("http://127.0.0.1:8000", ["outbox"], False),  # nothing leaves: nobody to mislead
+        ("http://duly.example.test", [], False),
+    ],
+)
+def test_the_start_warning_when_unsubscribe_links_would_be_http(
+    base: str, types: list[str], warned: bool
+) -> None:
+    text = unsubscribe_link_warning(base, types)
+    if not warned:
+        assert text is None
+        return
+    assert text is not None
+    assert base in text and "DULY_BASE_URL" in text and "https" in text
+    assert "List-Unsubscribe-Post" in text

@@ -203,6 +203,62 @@ def test_rendered_message_arrives_with_headers_and_both_parts(
     assert receipt.detail == "Message-ID <d-42.invoice-reminders.due-soon@duly.test>"
 
 
+BARE_ID = "2c9949f0a4b1c2d3e4f5061728394a5b"  # what the dispatcher stores: no @domain
+
+
+def test_a_bare_id_gets_the_senders_domain(
+    server: tuple[Recorder, int], channel: SmtpChannel
+) -> None:
+    """RFC 5322 §3.6.4: msg-id is id-left@id-right; Python's parser flags one without."""
+    receipt = channel.send(message(message_id=BARE_ID))
+    [got] = server[0].received
+    header = got.message["Message-ID"]
+    assert header == f"<{BARE_ID}@acme.test>"
+    assert header.defects == ()
+    assert receipt.detail == f"Message-ID <{BARE_ID}@acme.test>"
+
+
+def test_the_message_id_domain_option(server: tuple[Recorder, int]) -> None:
+    config = ChannelConfig(
+        "email",
+        "smtp",
+        {
+            "url": f"smtp://127.0.0.1:{server[1]}",
+            "from": FROM,
+            "message_id_domain": "Mail.Example.ORG",
+        },
+    )
+    smtp = build_channel(config)
+    smtp.send(message(message_id=BARE_ID))
+    smtp.send(message(message_id="given@elsewhere.test"))  # a whole id is kept as it is
+    smtp.close()
+    first, second = (r.message["Message-ID"] for r in server[0].received)
+    assert first == f"<{BARE_ID}@mail.example.org>" and first.defects == ()
+    assert second == "<given@elsewhere.test>"
+
+
+def test_an_international_senders_domain_is_written_in_ascii(
+    server: tuple[Recorder, int],
+) -> None:
+    smtp = SmtpChannel(
+        "email", url=f"smtp://127.0.0.1:{server[1]}", from_="billing@bücher.example", timeout=5
+    )
+    assert smtp.message_id_domain == "xn--bcher-kva.example"
+    literal = SmtpChannel("email", url="smtp://h", from_="duly@[192.0.2.7]", timeout=5)
+    assert literal.message_id_header("abc") == "<abc@[192.0.2.7]>"
+
+
+@pytest.mark.parametrize(
+    "domain", ["", "has space.test", "a@b.test", "<x>", "dot..dot", ".lead", "x" * 300]
+)
+def test_a_bad_message_id_domain_is_refused_at_load(domain: str) -> None:
+    config = ChannelConfig(
+        "email", "smtp", {"url": "smtp://h", "from": FROM, "message_id_domain": domain}
+    )
+    with pytest.raises(ChannelConfigError, match="message_id_domain: "):
+        build_channel(config)
+
+
 def test_text_only_and_html_only(server: tuple[Recorder, int], channel: SmtpChannel) -> None:
     channel.send(message(text="just text\n", html=None))
     channel.send(message(text=None, html="<p>just html</p>"))

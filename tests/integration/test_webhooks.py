@@ -222,6 +222,21 @@ def test_signature_matches_the_standard_webhooks_reference_vector() -> None:
     assert sig == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 
+@pytest.mark.parametrize("padding", ["", "=", "=="])
+def test_a_whsec_secret_may_leave_out_its_base64_padding(padding: str) -> None:
+    """As the Standard Webhooks reference library does (it decodes ``secret + "=="``)."""
+    standardwebhooks = pytest.importorskip("standardwebhooks")
+    key = bytes(range(200, 232))  # 32 bytes: standard base64 ends in one "="
+    unpadded = "whsec_" + base64.b64encode(key).decode().rstrip("=")
+    assert decode_secret(unpadded + padding) == key
+    reference = standardwebhooks.Webhook(unpadded).sign(
+        "msg_1", datetime.fromtimestamp(1, UTC), "{}"
+    )
+    assert signature(key, "msg_1", 1, b"{}") == reference
+    with pytest.raises(ValueError, match="not base64"):
+        decode_secret(unpadded[:-1] + "*")
+
+
 def test_secrets_are_whsec_base64_or_a_plain_string() -> None:
     assert decode_secret("whsec_" + base64.b64encode(b"k" * 24).decode()) == b"k" * 24
     assert decode_secret("a plain shared string") == b"a plain shared string"

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from duly.ack import AckClaim, AckLinkExpired, AckLinkInvalid, AckLinks, AckNotConfigured
 from duly.api.errors import ApiError
+from duly.api.schemas import ErrorOut
 from duly.engine.service import Engine
 from duly.errors import InvalidInput, UnknownSubject
 
@@ -66,7 +67,12 @@ class AckOut(BaseModel):
     cancelled: int = Field(description="Pending repeats cancelled (reason `acknowledged`).")
 
 
-@router.post("/subjects/{kind}/{key:path}/ack", response_model=AckOut, tags=["subjects"])
+@router.post(
+    "/subjects/{kind}/{key:path}/ack",
+    response_model=AckOut,
+    tags=["subjects"],
+    responses={404: {"model": ErrorOut, "description": "no such subject"}},
+)
 def acknowledge(
     kind: Annotated[str, P(min_length=1, max_length=100)],
     key: Annotated[str, P(min_length=1, max_length=200)],

@@ -1,5 +1,6 @@
 """The HTTP application served by ``duly serve``: the /v1 API (API key required),
-liveness and readiness, and the OpenAPI document at /openapi.json (docs at /docs)."""
+liveness and readiness, and the OpenAPI document at /openapi.json (docs at /docs and /redoc,
+served from the package: duly.api.docs)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from duly import __version__
 from duly.api import errors
+from duly.api.docs import install_docs
 from duly.api.errors import ApiError, error_response
+from duly.api.openapi import install_openapi
 from duly.api.schemas import ErrorOut
 from duly.keys import KeyStore
 
@@ -168,6 +171,8 @@ def create_app(
     app = FastAPI(
         title="duly",
         version=__version__,
+        docs_url=None,  # served from the package by install_docs, not from a CDN
+        redoc_url=None,
         description="Reminders and notifications from rules in a file: the HTTP API. "
         "Every /v1 call needs `Authorization: Bearer <api key>` (`duly keys create`).",
     )
@@ -188,7 +193,11 @@ def create_app(
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        responses={503: {"description": "the database or the dispatcher is not ready"}},
+    )
     def readyz() -> JSONResponse:
         """Readiness: the database answers and the dispatcher thread is alive."""
         checks: dict[str, str] = {}
@@ -230,6 +239,8 @@ def create_app(
 
     for extra in _public_routers():
         app.include_router(extra)
+    install_docs(app)
+    install_openapi(app)  # every error answer of every route listed, in one place
     if ui:
         from duly.web import UiDispatch, build_ui
 

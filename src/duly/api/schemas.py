@@ -32,6 +32,13 @@ class RecipientIn(Strict):
     consent: Consent = Field(default_factory=Consent)
 
 
+class RecipientPut(RecipientIn):
+    """The body of ``PUT /v1/recipients/{id}``: a timeline's recipient line, whose ``id``
+    may be given (it must then be the path's)."""
+
+    id: str | None = Field(None, min_length=1, max_length=200)
+
+
 class RecipientOut(RecipientIn):
     id: str
 

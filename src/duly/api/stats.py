@@ -17,7 +17,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from duly.api.errors import ApiError
-from duly.api.schemas import ErrorBody
+from duly.api.schemas import ErrorOut  # the one error shape: one schema name
 from duly.store.tables import deliveries, delivery_log
 
 router = APIRouter(prefix="/v1", tags=["stats"])
@@ -71,10 +71,6 @@ class StatsOut(BaseModel):
     sending: int = Field(description="now: claimed by a dispatcher, being sent")
     overdue: int = Field(description="now: pending and already due")
     failed: int = Field(description="now: deliveries whose last outcome is failed")
-
-
-class ErrorOut(BaseModel):
-    error: ErrorBody
 
 
 # --------------------------------------------------------------------------- queries

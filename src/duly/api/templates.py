@@ -71,7 +71,7 @@ class RestoreIn(_Strict):
     version: int = Field(ge=1, le=2**31 - 1)
 
 
-class EventIn(_Strict):
+class PreviewEventIn(_Strict):
     name: str = Field("preview", min_length=1, max_length=200)
     data: dict[str, Any] = Field(default_factory=dict)
 
@@ -96,7 +96,7 @@ class PreviewIn(_Strict):
     body: str | None = Field(
         None, max_length=MAX_BODY, description="unsaved source for the part `ext`"
     )
-    event: EventIn | None = Field(None, description="the event, for event-triggered rules")
+    event: PreviewEventIn | None = Field(None, description="the event, for event-triggered rules")
 
 
 class PartSummary(BaseModel):
@@ -164,7 +164,10 @@ class TemplateErrorDetail(BaseModel):
     reason: str
 
 
-class ErrorOut(BaseModel):
+class TemplateErrorOut(BaseModel):
+    """An error answer; a template that fails says where (schema name of its own: the API's
+    plain ErrorOut is another)."""
+
     error: ErrorBody
     template_error: TemplateErrorDetail | None = Field(
         None, description="where a template failed (a refused save or a failed preview)"
@@ -172,8 +175,14 @@ class ErrorOut(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorOut, "description": "no such template, version, subject or recipient"},
-    422: {"model": ErrorOut, "description": "invalid input, or the template fails (file, line)"},
+    404: {
+        "model": TemplateErrorOut,
+        "description": "no such template, version, subject or recipient",
+    },
+    422: {
+        "model": TemplateErrorOut,
+        "description": "invalid input, or the template fails (file, line)",
+    },
 }
 
 

@@ -153,9 +153,17 @@ def _recipient_out(r: Recipient) -> S.RecipientOut:
     responses={201: {"model": S.RecipientOut, "description": "created"}},
 )
 def put_recipient(
-    rid: RecipientId, body: S.RecipientIn, eng: EngineDep, response: Response
+    rid: RecipientId, body: S.RecipientPut, eng: EngineDep, response: Response
 ) -> S.RecipientOut:
-    """Create or replace a recipient (whole state)."""
+    """Create or replace a recipient (whole state). The body may repeat the path's id."""
+    if body.id is not None and body.id != rid:
+        raise ApiError(
+            422,
+            "invalid",
+            f"id: the body's id {body.id!r} is not the path's {rid!r} "
+            "(leave it out, or give the same)",
+            "id",
+        )
     consent = body.consent.model_dump(exclude_none=True, exclude_defaults=True)
     r = Recipient(
         id=rid,
@@ -710,7 +718,9 @@ def list_suppressions(
     return {"items": [{k: r[k] for k in keep} for r in rows]}
 
 
-@router.delete("/suppressions/{address}", status_code=204, tags=["suppressions"])
+@router.delete(
+    "/suppressions/{address}", status_code=204, tags=["suppressions"], responses=_errors(404)
+)
 def clear_suppression(
     address: Annotated[str, P(min_length=1, max_length=320)], eng: EngineDep
 ) -> Response:

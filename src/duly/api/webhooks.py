@@ -14,16 +14,12 @@ from pydantic import BaseModel, Field
 
 from duly import webhooks
 from duly.api.errors import ApiError
-from duly.api.schemas import ErrorBody
+from duly.api.schemas import ErrorOut  # the one error shape: one schema name
 from duly.store.db import write_transaction
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
 EventId = Annotated[int, P(ge=1, le=2**62)]
-
-
-class ErrorOut(BaseModel):
-    error: ErrorBody
 
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {

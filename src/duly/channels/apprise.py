@@ -10,7 +10,12 @@ Matrix, WeCom, DingTalk, …), each named by an Apprise URL (https://github.com/
   ``addresses: {telegram: "123456789"}``. A value put in the URL may not hold ``/``, ``?``,
   ``&``, ``\\`` or whitespace, so an address cannot add targets or change options;
 - exactly ``"{to}"``: each recipient's address is a whole Apprise URL of its own (their
-  own ntfy topic, say).
+  own ntfy topic, say). The address comes from the app, so it may only name a service the
+  channel lists in ``schemes`` (by default :data:`DEFAULT_SCHEMES`, remote services reached
+  over HTTP(S), never one that writes to this host, ``syslog://`` say, or sends datagrams,
+  ``rsyslog://``), and it may not carry an option that makes Apprise read a file of this
+  host (``template=``, ``keyfile=``, ``attach=``, PGP keys …, or any ``file:`` URL). Both are
+  checked before anything is sent; a refusal is permanent and names the scheme or option.
 
 The message goes out as its text (or its HTML when there is no text, converted by Apprise
 for services that take plain text), with its title.
@@ -30,13 +35,15 @@ import logging
 import re
 import threading
 import warnings
+from collections.abc import Iterable
 from types import ModuleType
 from typing import Any
+from urllib.parse import unquote
 
 from duly.channels import _http
 from duly.channels.base import DeliveryError, Message, Receipt
 
-__all__ = ["AppriseChannel"]
+__all__ = ["DEFAULT_SCHEMES", "AppriseChannel"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,48 @@ WHOLE_URL = "{to}"
 _FORBIDDEN = re.compile(r"[/?&\\\s]")
 _HTTP_STATUS = re.compile(r"\berror=(\d{3})\b")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+# The services a recipient's address may name when ``url`` is "{to}" and the channel lists no
+# ``schemes``: remote chat and push services reached over HTTP(S), so every connection goes
+# through the private-address check. Not among them: what acts on this host (syslog, dbus,
+# desktop notifications), sends datagrams (rsyslog, growl) or reaches other protocols.
+DEFAULT_SCHEMES: tuple[str, ...] = (
+    "discord",
+    "form",
+    "forms",
+    "gotify",
+    "gotifys",
+    "json",
+    "jsons",
+    "matrix",
+    "matrixs",
+    "mmost",
+    "mmosts",
+    "ntfy",
+    "ntfys",
+    "pbul",
+    "pover",
+    "rocket",
+    "rockets",
+    "signal",
+    "signals",
+    "slack",
+    "tgram",
+    "workflow",
+    "workflows",
+    "xml",
+    "xmls",
+    "zulip",
+)
+# URL options through which Apprise's plugins read a file of this host (a message template,
+# a key file, a PGP key, an attachment), refused in a URL a recipient's address decides.
+FILE_OPTIONS = frozenset(
+    {"attach", "attachment", "keyfile", "pgpkey", "pgpprv", "pgppub", "subfile", "template"}
+)
+# A file: URL anywhere in a value (not "profile:": the scheme starts a word).
+_FILE_URL = re.compile(r"(?<![A-Za-z0-9+.-])file:", re.IGNORECASE)
+# Native service URLs (https://discord.com/api/webhooks/…) are allowed by their service.
+_NATIVE = frozenset({"http", "https"})
 
 _load_lock = threading.Lock()
 _apprise: ModuleType | None = None
@@ -74,6 +123,39 @@ def _scheme(url: str) -> str:
     return m.group(1) if m else "(none)"
 
 
+def _service_schemes(service: Any) -> set[str]:
+    """The schemes of the plugin behind an Apprise service object."""
+    out: set[str] = set()
+    for attr in ("protocol", "secure_protocol"):
+        value = getattr(service, attr, None)
+        values = (value,) if isinstance(value, str) else (value or ())
+        out.update(str(v).lower() for v in values)
+    return out
+
+
+def _schemes_option(value: Any, known: Any) -> tuple[str, ...]:
+    """The ``schemes`` option: a list, or a string of names separated by commas or spaces
+    (from a ``${VAR}``). Raises ValueError naming the option."""
+    if isinstance(value, str):
+        items: Iterable[Any] = value.replace(",", " ").split()
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        raise ValueError(f"schemes: expected a list of Apprise schemes, not {value!r}")
+    names = []
+    for item in items:
+        name = str(item).strip().lower().removesuffix("://")
+        if not isinstance(item, str) or name not in known:
+            raise ValueError(
+                f"schemes: {item!r} is not an Apprise scheme (the part before :// of a "
+                "service's URL, e.g. ntfys, tgram, discord)"
+            )
+        names.append(name)
+    if not names:
+        raise ValueError("schemes: list at least one Apprise scheme")
+    return tuple(dict.fromkeys(names))
+
+
 class AppriseChannel:
     """Sends through Apprise; safe to share between threads (each send has its own
     Apprise object)."""
@@ -87,6 +169,7 @@ class AppriseChannel:
         url: str,
         timeout: float | str = DEFAULT_TIMEOUT,
         allow_private: bool | str = False,
+        schemes: list[str] | str | None = None,
     ) -> None:
         self.name = name
         self.where = f"apprise channel {name!r}"
@@ -100,6 +183,16 @@ class AppriseChannel:
         self.allow_private = _http.bool_option("allow_private", allow_private)
         self._apprise = _load()
         self._asset = self._apprise.AppriseAsset(storage_mode="memory")  # nothing on disk
+        if schemes is not None and self.url != WHOLE_URL:
+            raise ValueError(
+                'schemes: only for url "{to}", where each recipient\'s address is a whole '
+                "Apprise URL; this URL's service is fixed"
+            )
+        from apprise.plugins import N_MGR
+
+        self.schemes = (
+            DEFAULT_SCHEMES if schemes is None else _schemes_option(schemes, N_MGR.schemas())
+        )
         if self.url != WHOLE_URL:
             # A URL holds tokens: errors name its scheme, never the URL.
             sample = self._fill(self.url, to="x", recipient="x")
@@ -126,6 +219,9 @@ class AppriseChannel:
                 permanent=True,
                 code="bad_address",
             )
+        if self.url == WHOLE_URL and not _service_schemes(service) & set(self.schemes):
+            # a native URL (https://discord.com/…) is judged by the service it names
+            raise self._scheme_refused(sorted(_service_schemes(service))[0])
         notifier = apprise.Apprise(asset=self._asset)
         notifier.add(service)
         title = message.title or ""
@@ -155,13 +251,57 @@ class AppriseChannel:
 
     def _target(self, message: Message) -> str:
         if self.url == WHOLE_URL:
-            return message.to.strip()
+            url = message.to.strip()
+            self._check_address(url)
+            return url
         try:
             return self._fill(self.url, to=message.to, recipient=message.recipient_id)
         except ValueError as exc:
             raise DeliveryError(
                 f"{self.where}: {exc}", permanent=True, code="bad_address"
             ) from None
+
+    def _check_address(self, url: str) -> None:
+        """A whole URL from a recipient's address: its scheme must be one the channel lists,
+        and no option may make Apprise read a file here. Raises DeliveryError (permanent)."""
+        scheme = _scheme(url).lower()
+        if not _SCHEME.match(url):
+            raise DeliveryError(
+                f"{self.where}: the recipient's address is not an Apprise URL (SCHEME://…)",
+                permanent=True,
+                code="bad_address",
+            )
+        if scheme not in self.schemes and scheme not in _NATIVE:
+            raise self._scheme_refused(scheme)
+        query = url.partition("?")[2]
+        if query:
+            from apprise.utils.parse import parse_qsd  # Apprise's own reading of the query
+
+            for key, value in parse_qsd(query, simple=True)["qsd"].items():
+                if key in FILE_OPTIONS or _FILE_URL.search(unquote(str(value))):
+                    raise DeliveryError(
+                        f"{self.where}: the recipient's address sets the option {key!r}, "
+                        "which would have Apprise read a file of this host; a recipient's "
+                        "address may not (put it in the channel's url instead)",
+                        permanent=True,
+                        code="option_not_allowed",
+                    )
+        if _FILE_URL.search(unquote(url)):
+            raise DeliveryError(
+                f"{self.where}: the recipient's address holds a file: URL, which would have "
+                "Apprise read a file of this host",
+                permanent=True,
+                code="option_not_allowed",
+            )
+
+    def _scheme_refused(self, scheme: str) -> DeliveryError:
+        return DeliveryError(
+            f"{self.where}: the recipient's address is a {scheme}:// URL, a service this "
+            f"channel does not send to (its schemes: {', '.join(self.schemes)}; list others "
+            "in the channel's schemes option)",
+            permanent=True,
+            code="scheme_not_allowed",
+        )
 
     @staticmethod
     def _fill(url: str, *, to: str, recipient: str) -> str:

@@ -10,6 +10,12 @@ a log line or an error)::
 Query options: ``verify=false`` skips certificate checks (self-signed test servers only),
 ``ca_file=PATH`` trusts that CA bundle, ``local_hostname=NAME`` is what EHLO says.
 
+Message-ID: RFC 5322 (§3.6.4) wants ``<id-left@id-right>``. A message id without ``@`` (the
+dispatcher's: 32 hex digits, see :mod:`duly.ids`) is written ``<id@DOMAIN>``, DOMAIN being
+the ``message_id_domain`` option, by default the domain of the ``from`` address (an
+internationalised one in its ASCII form); an id that has its ``@`` already is written as it
+is.
+
 Errors: the server's reply code decides. 5xx is permanent (550 unknown mailbox, 535 bad
 login, 552 too big), 4xx temporary (451, 421). Failing to connect, timeouts, TLS failures
 (including a certificate that doesn't verify), a dropped connection and a server that
@@ -77,6 +83,28 @@ _RESERVED_HEADERS = frozenset(
 # The email package silently truncates a Message-ID it cannot parse (at a space, say); the
 # dispatcher relies on it arriving exactly as given, so anything else is refused.
 _MESSAGE_ID_RE = re.compile(r"[^\s<>\"]+")
+# The id-right of a Message-ID: a domain name's labels (RFC 5322 dot-atom, kept to what a
+# host name holds).
+_DOMAIN_LITERAL = re.compile(r"\[(?:ipv6:)?[0-9a-f:.]{2,45}\]")
+_DOMAIN_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?|[a-z0-9_][a-z0-9_-]{0,62}")
+
+
+def message_id_domain_of(value: str) -> str:
+    """``value`` as the id-right of a Message-ID: lower case, an internationalised name in
+    its ASCII (IDNA) form. Raises ValueError saying what is wrong."""
+    domain = str(value).strip().rstrip(".").lower()
+    if not domain:
+        raise ValueError("empty")
+    if _DOMAIN_LITERAL.fullmatch(domain):  # an address literal, as in billing@[192.0.2.1]
+        return domain
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"{value!r} is not a domain name") from None
+    if len(domain) > 253 or not all(_DOMAIN_LABEL.fullmatch(p) for p in domain.split(".")):
+        raise ValueError(f"{value!r} is not a domain name (letters, digits, - and dots)")
+    return domain
 
 
 def redact_url(url: str) -> str:
@@ -228,6 +256,7 @@ class SmtpChannel:
         from_: str,
         timeout: float = 30.0,
         max_connections: int = 4,
+        message_id_domain: str | None = None,
     ) -> None:
         self.name = name
         self.url = SmtpUrl.parse(url)
@@ -240,6 +269,18 @@ class SmtpChannel:
             EmailMessage()["From"] = from_
         except (ValueError, MessageError) as exc:
             raise ValueError(f"from: {from_!r} is not a valid From header: {exc}") from None
+        if message_id_domain is None:
+            try:
+                self.message_id_domain = message_id_domain_of(self._sender.rpartition("@")[2])
+            except ValueError as exc:
+                raise ValueError(
+                    f"from: its domain cannot end a Message-ID ({exc}); set message_id_domain"
+                ) from None
+        else:
+            try:
+                self.message_id_domain = message_id_domain_of(message_id_domain)
+            except ValueError as exc:
+                raise ValueError(f"message_id_domain: {exc}") from None
         # Options may arrive as strings (from ${VAR}); say which one is wrong.
         try:
             self.timeout = float(timeout)
@@ -271,11 +312,10 @@ class SmtpChannel:
         outgoing = self._prepare(message)
         with self._slots:
             reply = self._send(outgoing)
-        log.debug("smtp channel %r: sent <%s>: %s", self.name, message.message_id, reply)
+        header = self.message_id_header(message.message_id)
+        log.debug("smtp channel %r: sent %s: %s", self.name, header, reply)
         # The reply to DATA usually carries the relay's queue id ("Ok: queued as 4F2A1").
-        return Receipt(
-            provider_id=reply or message.message_id, detail=f"Message-ID <{message.message_id}>"
-        )
+        return Receipt(provider_id=reply or message.message_id, detail=f"Message-ID {header}")
 
     def close(self) -> None:
         with self._lock:
@@ -286,20 +326,26 @@ class SmtpChannel:
 
     # ------------------------------------------------------------------ building
 
+    def message_id_header(self, message_id: str) -> str:
+        """The Message-ID header for a message id: ``<id@domain>``, or ``<id>`` when the id
+        has its ``@`` already. Raises ValueError."""
+        mid = message_id.strip()
+        if mid.startswith("<") and mid.endswith(">"):
+            mid = mid[1:-1]
+        if not _MESSAGE_ID_RE.fullmatch(mid):
+            raise ValueError(f"Message-ID {message_id!r} has spaces, quotes or brackets")
+        return f"<{mid}>" if "@" in mid else f"<{mid}@{self.message_id_domain}>"
+
     def build_email(self, message: Message) -> EmailMessage:
         """The email ``message`` becomes. Raises ValueError or an email.errors exception."""
-        message_id = message.message_id.strip()
-        if message_id.startswith("<") and message_id.endswith(">"):
-            message_id = message_id[1:-1]
-        if not _MESSAGE_ID_RE.fullmatch(message_id):
-            raise ValueError(f"Message-ID {message.message_id!r} has spaces, quotes or brackets")
+        message_id = self.message_id_header(message.message_id)
         email = EmailMessage()
         email["From"] = self.from_
         email["To"] = _address(message.recipient_name, message.to)
         if message.title:
             email["Subject"] = message.title
         email["Date"] = format_datetime(datetime.now(UTC))
-        email["Message-ID"] = f"<{message_id}>"
+        email["Message-ID"] = message_id
         for header, value in message.headers.items():
             if header.lower() in _RESERVED_HEADERS:
                 raise ValueError(f"header {header!r} is written by the channel, not the caller")

@@ -11,8 +11,8 @@ Signature (https://www.standardwebhooks.com, symmetric ``v1``): headers ``webhoo
 message id: the same on every retry, so the receiver can drop duplicates),
 ``webhook-timestamp`` (Unix seconds of this attempt) and ``webhook-signature: v1,<base64
 HMAC-SHA256 of "{id}.{timestamp}.{body}">``. The ``secret`` option (a ``${VAR}``) is either
-``whsec_<base64>`` — the key is the decoded bytes — or any other string, whose UTF-8 bytes
-are the key.
+``whsec_<base64>`` — the key is the decoded bytes, the base64 with or without its ``=``
+padding — or any other string, whose UTF-8 bytes are the key.
 
 ``url`` may hold ``{to}`` (the recipient's address on this channel) and ``{recipient}``
 (the recipient's id), each percent-encoded as one path segment or query value.
@@ -55,7 +55,9 @@ def decode_secret(secret: str) -> bytes:
         raise ValueError("secret: empty")
     if secret.startswith(SECRET_PREFIX):
         try:
-            key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+            # padding optional, as the Standard Webhooks reference libraries take it
+            rest = secret[len(SECRET_PREFIX) :].rstrip("=")
+            key = base64.b64decode(rest + "=" * (-len(rest) % 4), validate=True)
         except (binascii.Error, ValueError):
             raise ValueError(
                 f"secret: starts with {SECRET_PREFIX} but the rest is not base64"

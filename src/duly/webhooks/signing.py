@@ -5,7 +5,8 @@ base64 HMAC-SHA256 of it, sent as ``webhook-signature: v1,<base64>``.
 
 Secrets, read from the environment variable the rule file names:
 
-- ``whsec_<base64>`` (the Standard Webhooks form): the key is the base64-decoded bytes;
+- ``whsec_<base64>`` (the Standard Webhooks form): the key is the base64-decoded bytes, the
+  base64 with or without its ``=`` padding (as the reference libraries take it);
 - anything else: the key is the string's UTF-8 bytes, as is (for receivers that verify with
   a plain shared string). A value that starts with ``whsec_`` but is not valid base64 is an
   error, never silently used as a plain string.
@@ -18,7 +19,14 @@ import binascii
 import hashlib
 import hmac
 
-__all__ = ["SECRET_PREFIX", "SecretError", "decode_secret", "signature", "signed_headers"]
+__all__ = [
+    "SECRET_PREFIX",
+    "SecretError",
+    "decode_secret",
+    "padded",
+    "signature",
+    "signed_headers",
+]
 
 SECRET_PREFIX = "whsec_"
 
@@ -33,7 +41,7 @@ def decode_secret(secret: str) -> bytes:
         raise SecretError("the signing secret is empty")
     if secret.startswith(SECRET_PREFIX):
         try:
-            key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+            key = base64.b64decode(padded(secret[len(SECRET_PREFIX) :]), validate=True)
         except (binascii.Error, ValueError):
             raise SecretError(
                 f"the signing secret starts with {SECRET_PREFIX} but the rest is not base64"
@@ -42,6 +50,13 @@ def decode_secret(secret: str) -> bytes:
             raise SecretError(f"the signing secret is {SECRET_PREFIX} with nothing after it")
         return key
     return secret.encode()
+
+
+def padded(text: str) -> str:
+    """Base64 ``text`` with exactly the ``=`` padding it needs: Standard Webhooks secrets are
+    often written without it, and the reference libraries accept both forms."""
+    bare = text.rstrip("=")
+    return bare + "=" * (-len(bare) % 4)
 
 
 def signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
