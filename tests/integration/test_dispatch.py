@@ -18,7 +18,7 @@ from aiosmtpd.controller import Controller
 
 from duly.channels.smtp import SmtpChannel
 from duly.engine.clock import SystemClock, VirtualClock
-from duly.engine.dispatcher import Dispatcher, jitter, message_id_for
+from duly.engine.dispatcher import Dispatcher, jitter
 from duly.engine.service import Engine, SubjectInput
 from duly.errors import UnknownSubject
 from duly.model import Recipient
@@ -220,7 +220,7 @@ def test_a_crashed_workers_claims_are_taken_over_after_the_lease_with_the_same_m
     assert disp.run_once() == 1
     (msg,) = sink.messages
     assert msg["X-Duly-Delivery"] == str(claimed.id)
-    assert message_id_for(claimed.identity) in msg["Message-ID"]
+    assert disp.message_ids(claimed.identity) in msg["Message-ID"]
     assert rows(engine)[0]["state"] == "sent"
 
 

@@ -125,8 +125,6 @@ def test_a_sent_email_carries_the_installations_keyed_id_at_the_senders_domain(
     engine = Engine(rf, make_engine(db_url), clock=clock)
     email = SmtpChannel("email", url=f"smtp://127.0.0.1:{port}", from_="Billing <b@acme.test>")
     disp = Dispatcher(engine, {"email": email}, Renderer(rf.templates_dir), send_workers=1)
-    if not hasattr(disp, "message_ids"):
-        pytest.skip("Dispatcher.message_ids (duly.ids.MessageIds) comes with the dispatcher wiring")
     engine.put_recipient(Recipient("c1", name="Alice", email="alice@example.test"))
     engine.upsert_subject(
         SubjectInput("invoice", "INV-1", {"due_at": "2026-03-02T09:00:00Z"}, {"customer": "c1"})

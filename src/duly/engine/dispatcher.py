@@ -73,7 +73,8 @@ DEFAULT_GRACE = {"reminder": timedelta(hours=12), "promotional": timedelta(hours
 
 
 def message_id_for(identity: planner.Identity) -> str:
-    """A stable id for a delivery identity: a resend after a crash reuses it."""
+    """A stable, unkeyed hash of a delivery identity (retry jitter). Message-IDs come from
+    ``Dispatcher.message_ids``: keyed with the installation's secret."""
     h = hashlib.sha256("\x1f".join(identity.db_key()).encode()).hexdigest()
     return h[:32]
 
@@ -218,6 +219,11 @@ class Dispatcher:
         self._held_lock = threading.Lock()
         self.last_error: tuple[datetime, str] | None = None  # the latest recovered failure
         self.stats = Stats()
+        # the installation's keyed Message-IDs (DULY_SECRET_KEY, else the database's secret);
+        # simulations set a fixed key so their output is reproducible
+        from duly.ids import MessageIds
+
+        self.message_ids: Any = MessageIds(db=engine.db)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(send_workers) if send_workers > 1 else None
@@ -1011,7 +1017,7 @@ class Dispatcher:
     ) -> str:
         rule, step, ident = w.rule, w.step, w.row.identity
         assert rule is not None and w.recipient is not None
-        mid = w.row.message_id or message_id_for(ident)
+        mid = w.row.message_id or self.message_ids(ident)
         title = text = html = None
         if w.reminder is not None:
             title, text = w.reminder["title"], w.reminder["message"]
