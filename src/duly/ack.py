@@ -25,16 +25,17 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
 from itsdangerous import BadData, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 from jinja2 import pass_context
 from jinja2.runtime import Context
 
 from duly.engine.clock import Clock, SystemClock
 from duly.errors import DulyError, InvalidInput
-from duly.store.db import write_transaction
+
+if TYPE_CHECKING:  # the database is imported when a secret is loaded: render processes
+    import sqlalchemy as sa  # import this module and start faster without it
 
 __all__ = [
     "ACK_LINKS_KEY",
@@ -223,6 +224,8 @@ def base_url_from_env() -> str:
 
 
 def _settings_table() -> sa.Table | None:
+    import sqlalchemy as sa
+
     from duly.store import tables
 
     table = getattr(tables, "settings", None)
@@ -235,6 +238,10 @@ def load_secret(db: sa.Engine | None) -> str:
     env = (os.environ.get(SECRET_ENV) or "").strip()
     if env:
         return env
+    import sqlalchemy as sa
+
+    from duly.store.db import write_transaction
+
     table = _settings_table()
     if db is None or table is None:
         raise AckNotConfigured()

@@ -30,6 +30,7 @@ __all__ = [
     "Outcome",
     "Reason",
     "Recipient",
+    "RenderLimits",
     "Repeat",
     "Retry",
     "Rule",
@@ -359,6 +360,19 @@ class WebhookTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class RenderLimits:
+    """The rule file's ``render:`` section: what one render may cost (``duly.render``).
+    ``timeout`` in seconds (wall clock, which bounds CPU time too); ``max_output`` in
+    characters of rendered text; ``max_memory`` in bytes a render may allocate; ``workers``
+    the render processes that previews and deliveries share."""
+
+    timeout: float = 2.0
+    max_output: int = 10_000_000
+    max_memory: int = 256_000_000
+    workers: int = 2
+
+
+@dataclass(frozen=True, slots=True)
 class RuleFile:
     path: str
     timezone: str = "UTC"
@@ -371,6 +385,7 @@ class RuleFile:
     webhooks: tuple[WebhookTarget, ...] = ()
     allow_private_targets: bool = False
     templates_dir: str | None = None
+    render: RenderLimits = field(default_factory=RenderLimits)
 
     def rule(self, name: str) -> Rule | None:
         for r in self.rules:

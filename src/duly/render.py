@@ -63,28 +63,61 @@ from jinja2 import (
 from jinja2.exceptions import SecurityError
 from jinja2.loaders import split_template_path
 from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing
 
 from duly.ack import ACK_LINKS_KEY, AckLinks, ack_link
-from duly.model import Recipient
+from duly.model import Recipient, RenderLimits
+from duly.sandbox import BoundedSandbox, LimitError
 
-__all__ = ["RenderError", "Rendered", "Renderer"]
+__all__ = ["RenderBusy", "RenderError", "RenderLimitExceeded", "Rendered", "Renderer"]
 
 Overrides = Callable[[str], str | None]
 
 
 class RenderError(Exception):
-    """A template could not be rendered."""
+    """A template could not be rendered.
 
-    def __init__(self, message: str, *, template: str | None = None, line: int | None = None):
+    ``kind`` says why, so that callers can tell a broken template from data that does not
+    fit it: ``syntax``, ``security`` (refused by the sandbox), ``not_found`` (an included
+    template), ``limit`` (:class:`RenderLimitExceeded`), ``busy`` (:class:`RenderBusy`),
+    ``data`` (anything else: a missing value, a helper given bad input)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        template: str | None = None,
+        line: int | None = None,
+        kind: str = "data",
+    ):
         self.template = template
         self.line = line
         self.reason = message
+        self.kind = kind
         where = template or "template"
         if line:
             where += f", line {line}"
         super().__init__(f"{where}: {message}")
+
+
+class RenderLimitExceeded(RenderError):
+    """A render went over one of the rule file's ``render:`` limits; ``limit`` names it
+    (``render.timeout``, ``render.max_output`` or ``render.max_memory``)."""
+
+    def __init__(
+        self, message: str, *, limit: str, template: str | None = None, line: int | None = None
+    ):
+        self.limit = limit
+        super().__init__(f"{message} ({limit})", template=template, line=line, kind="limit")
+
+
+class RenderBusy(RenderError):
+    """Every render process is taken and none came free in time; try again in
+    ``retry_after`` seconds. Only previews and save checks get it: deliveries wait."""
+
+    def __init__(self, message: str, *, retry_after: int, template: str | None = None):
+        self.retry_after = retry_after
+        super().__init__(message, template=template, kind="busy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,6 +525,16 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _kind(exc: BaseException) -> str:
+    if isinstance(exc, TemplateSyntaxError):
+        return "syntax"
+    if isinstance(exc, SecurityError):
+        return "security"
+    if isinstance(exc, TemplateNotFound):
+        return "not_found"
+    return "data"
+
+
 def _render_error(exc: BaseException, template: str) -> RenderError:
     line: int | None = None
     if isinstance(exc, TemplateSyntaxError):
@@ -501,7 +544,17 @@ def _render_error(exc: BaseException, template: str) -> RenderError:
         frame = _template_frame(exc.__traceback__)
         if frame is not None:
             template, line = os.path.basename(frame[0]), frame[1]
-    return RenderError(_describe(exc), template=template, line=line)
+    if isinstance(exc, LimitError):
+        return RenderLimitExceeded(str(exc), limit=exc.limit, template=template, line=line)
+    return RenderError(_describe(exc), template=template, line=line, kind=_kind(exc))
+
+
+def _over_output(limits: RenderLimits, template: str | None) -> RenderLimitExceeded:
+    return RenderLimitExceeded(
+        f"the rendered text is longer than {limits.max_output:,} characters",
+        limit="render.max_output",
+        template=template,
+    )
 
 
 # --------------------------------------------------------------------------- renderer
@@ -515,6 +568,18 @@ class Renderer:
     template is current, so it must be cheap (e.g. a dict kept up to date on change).
 
     ``ack_links`` signs the links ``{{ ack_link() }}`` makes (``duly.ack.AckLinks``).
+
+    ``limits`` (the rule file's ``render:``) bound every render: :meth:`render` runs in a
+    render process of :mod:`duly.renderpool` that is killed when it takes longer than
+    ``limits.timeout`` or allocates more than ``limits.max_memory``, and the rendered text
+    may not be longer than ``limits.max_output``. A render over a limit raises
+    :class:`RenderLimitExceeded`. ``interactive`` renderers (previews, save checks) give way
+    to deliveries and raise :class:`RenderBusy` when no render process comes free in time.
+    ``isolated=False`` renders in this process (the sandbox's size checks and the output
+    cap, but no time or memory bound): for the render process itself and for tests.
+
+    :meth:`start` starts the render processes ahead of the first render (else the first
+    render does); :meth:`close` stops them at once, failing renders in flight.
     """
 
     def __init__(
@@ -523,19 +588,29 @@ class Renderer:
         *,
         loader_overrides: Overrides | None = None,
         ack_links: AckLinks | None = None,
+        limits: RenderLimits | None = None,
+        interactive: bool = False,
+        isolated: bool = True,
+        pool: Any = None,
     ) -> None:
         self.templates_dir = Path(templates_dir) if templates_dir is not None else None
         self.ack_links = ack_links
+        self.limits = limits or RenderLimits()
+        self.interactive = interactive
+        self.isolated = isolated
+        self._pool = pool
+        self._loader_overrides = loader_overrides
         self._loader = _Loader(self.templates_dir, loader_overrides)
         # Immutable: a template can call .get() on the data it is given but never change it
         # (the dispatcher hands it the subject it keeps working with).
-        self._env = ImmutableSandboxedEnvironment(
+        self._env = BoundedSandbox(
             loader=self._loader,
             autoescape=lambda name: name is not None and name.endswith(".html"),
             undefined=_Undefined,
             keep_trailing_newline=True,
             auto_reload=True,
             cache_size=2000,
+            max_output=self.limits.max_output,
         )
         self._env.globals.update(_HELPERS)
         self._env.filters.update(_HELPERS)
@@ -543,6 +618,30 @@ class Renderer:
         # One inliner: building one per render costs more than the inlining. At-rules stay
         # (responsive @media queries can't be inlined); remote stylesheets are never fetched.
         self._inliner = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
+
+    # ------------------------------------------------------------------ render processes
+
+    @property
+    def pool(self) -> Any:
+        """The render processes this renderer uses (by default the process-wide ones)."""
+        if self._pool is None:
+            from duly.renderpool import shared_pool
+
+            self._pool = shared_pool()
+        return self._pool
+
+    def start(self) -> None:
+        """Start the render processes now (``limits.workers`` of them)."""
+        if self.isolated:
+            self.pool.start(self.limits.workers)
+
+    def close(self) -> None:
+        """Stop the render processes at once; a render in flight fails with a RenderError.
+        A later render starts them again."""
+        if self.isolated and self._pool is not None:
+            self._pool.close()
+
+    # ------------------------------------------------------------------ rendering
 
     def has_template(self, name: str, channel: str) -> bool:
         """True when ``NAME.CHANNEL.txt`` or ``NAME.CHANNEL.html`` exists."""
@@ -561,12 +660,40 @@ class Renderer:
         timezone: str | None = None,
         locale: str | None = None,
     ) -> Rendered:
-        """Render template ``name`` for ``channel``.
+        """Render template ``name`` for ``channel``, within ``limits``.
 
         Helpers format in ``locale`` and ``timezone``, else the recipient's, else English and
         UTC. ``recipient`` is also put in the context as ``recipient`` unless it has one.
-        Raises :class:`RenderError`.
+        Raises :class:`RenderError` (:class:`RenderLimitExceeded` over a limit) — within
+        ``limits.timeout`` of the render process starting on it.
         """
+        if not self.isolated:
+            return self.render_here(
+                name, channel, context, recipient=recipient, timezone=timezone, locale=locale
+            )
+        return self.pool.render(
+            self,
+            name,
+            channel,
+            dict(context),
+            recipient=recipient,
+            timezone=timezone,
+            locale=locale,
+        )
+
+    def render_here(
+        self,
+        name: str,
+        channel: str,
+        context: Mapping[str, Any],
+        *,
+        recipient: Recipient | None = None,
+        timezone: str | None = None,
+        locale: str | None = None,
+        on_part: Callable[[str], None] | None = None,
+    ) -> Rendered:
+        """:meth:`render` in this process: no time or memory bound (what a render process
+        runs). ``on_part(filename)`` is told which part is about to be rendered."""
         base = f"{name}.{channel}"
         zone_name = timezone or (recipient.timezone if recipient else None) or "UTC"
         locale_name = locale or (recipient.locale if recipient else None) or "en"
@@ -586,15 +713,27 @@ class Renderer:
         html_t = self._template(f"{base}.html")
         if text_t is None and html_t is None:
             where = self.templates_dir if self.templates_dir is not None else "the database"
-            raise RenderError(f"no template {base}.txt or {base}.html in {where}", template=base)
+            raise RenderError(
+                f"no template {base}.txt or {base}.html in {where}",
+                template=base,
+                kind="not_found",
+            )
 
-        text = self._run(text_t, values, f"{base}.txt") if text_t else None
-        html = self._run(html_t, values, f"{base}.html") if html_t else None
+        budget = [self.limits.max_output]  # characters left for every part together
+        text = html = None
+        if text_t is not None:
+            if on_part is not None:
+                on_part(f"{base}.txt")
+            text = self._run(text_t, values, f"{base}.txt", budget)
+        if html_t is not None:
+            if on_part is not None:
+                on_part(f"{base}.html")
+            html = self._run(html_t, values, f"{base}.html", budget)
 
         subject_of = text_t if text_t is not None and text_t.subject is not None else html_t
         if subject_of is not None and subject_of.subject is not None:
             filename = f"{base}.txt" if subject_of is text_t else f"{base}.html"
-            title = _one_line(self._run(subject_of.subject, values, filename))
+            title = _one_line(self._run(subject_of.subject, values, filename, budget))
         elif text:
             title = _first_line(text)
         elif html:
@@ -607,6 +746,8 @@ class Renderer:
                 html = self._inliner.inline(html)
             except css_inline.InlineError as exc:
                 raise RenderError(f"cannot inline CSS: {exc}", template=f"{base}.html") from exc
+            if len(html) + len(text or "") > self.limits.max_output:
+                raise _over_output(self.limits, f"{base}.html")
         return Rendered(title=title, text=text, html=html)
 
     def _template(self, filename: str) -> _Template | None:
@@ -622,12 +763,22 @@ class Renderer:
         assert isinstance(template, _Template)
         return template
 
-    @staticmethod
-    def _run(template: Template, values: dict[str, Any], filename: str) -> str:
+    def _run(
+        self, template: Template, values: dict[str, Any], filename: str, budget: list[int]
+    ) -> str:
+        """Render ``template``, streamed, so that output over the budget stops it early."""
+        chunks: list[str] = []
         try:
-            out = template.render(values)
+            for chunk in template.generate(values):
+                budget[0] -= len(chunk)
+                if budget[0] < 0:
+                    raise _over_output(self.limits, filename)
+                chunks.append(chunk)
+        except RenderError:
+            raise
         except Exception as exc:
             raise _render_error(exc, filename) from exc
+        out = "".join(chunks)
         if isinstance(template, _Template) and template.subject is not None:
             # The blank line that usually follows "Subject: ..." is not part of the body.
             out = _LEADING_BLANK_LINES.sub("", out)

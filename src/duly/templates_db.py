@@ -16,11 +16,17 @@ A save is checked before it is stored, in this order, and refused as a whole
 1. does not compile (Jinja syntax, an unknown filter, a bad ``Subject:`` line);
 2. reads a name the dispatcher never provides (``{{ subjet.key }}``: a typo that would fail
    every delivery) or a dunder attribute (``x.__class__``: refused by the sandbox);
-3. breaks the sandbox or includes a missing template when rendered with sample data.
+3. breaks the sandbox, includes a missing template or goes over a ``render:`` limit of the
+   rule file (:class:`TemplateOverLimit`) when rendered with sample data, or with the data of
+   the most recent subjects (REAL_SUBJECTS of them) of the kinds its rules work on — so a
+   branch sample data never enters (``{% if subject.attributes.vip %}``) is rendered too;
+   the error then names the subject.
 
-Other failures with sample data — ``subject.attributes.amount`` is missing in it, a helper
-gets a placeholder — only say the sample data does not fit: they come back as warnings and
-the save goes through. Preview a template with a real subject to see it rendered for real.
+Other failures — ``subject.attributes.amount`` is missing in the sample data or in a real
+subject, a helper gets a placeholder — come back as warnings (naming the subject) and the
+save goes through. Every render here runs with the rule file's limits in a render process
+(:mod:`duly.renderpool`), as an interactive render: when every render process is busy the
+check raises :class:`~duly.render.RenderBusy` and nothing is saved.
 
 The override lookup runs on every render, so it reads a dict. The dict is rebuilt when this
 process saves and, for saves by other processes, when ``(count, max id)`` of the table has
@@ -41,13 +47,18 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from jinja2 import TemplateNotFound, TemplateSyntaxError, meta, nodes
-from jinja2.exceptions import SecurityError
+from jinja2 import TemplateSyntaxError, meta, nodes
 
 from duly import planner
 from duly.errors import InvalidInput, NotFound
-from duly.model import Recipient, Rule, RuleFile, Subject
-from duly.render import Rendered, Renderer, RenderError, _split_subject
+from duly.model import Recipient, RenderLimits, Rule, RuleFile, Subject
+from duly.render import (
+    Rendered,
+    Renderer,
+    RenderError,
+    RenderLimitExceeded,
+    _split_subject,
+)
 from duly.rules.yamlnodes import NAME_RE
 from duly.store.db import is_postgres, write_transaction
 from duly.store.tables import templates
@@ -58,6 +69,7 @@ __all__ = [
     "Part",
     "Saved",
     "TemplateInvalid",
+    "TemplateOverLimit",
     "TemplateStore",
     "TemplateSummary",
     "TemplateView",
@@ -70,6 +82,8 @@ log = logging.getLogger("duly.templates")
 EXTS = ("txt", "html")
 MAX_BODY = 500_000
 REFRESH_SECONDS = 2.0
+# A save is also rendered with the data of this many of the newest subjects its rules use.
+REAL_SUBJECTS = 3
 
 # The names the dispatcher puts in every template's context (Dispatcher._context; a test
 # pins the two together), besides the collections of schedule rules (``collect``), each under
@@ -96,11 +110,30 @@ class TemplateInvalid(InvalidInput):
     code = "template_invalid"
 
     def __init__(
-        self, reason: str, *, file: str, line: int | None, field: str | None = "body"
+        self,
+        reason: str,
+        *,
+        file: str,
+        line: int | None,
+        field: str | None = "body",
+        subject: str | None = None,
     ) -> None:
-        self.file, self.line, self.reason = file, line, reason
+        self.file, self.line, self.reason, self.subject = file, line, reason, subject
         where = f"{file}, line {line}" if line else file
-        super().__init__(f"{where}: {reason}", field=field)
+        data = f" (with the data of subject {subject})" if subject else ""
+        super().__init__(f"{where}{data}: {reason}", field=field)
+
+
+class TemplateOverLimit(TemplateInvalid):
+    """The template goes over a ``render:`` limit of the rule file (``limit`` names it)."""
+
+    code = "render_limit"
+
+    def __init__(
+        self, reason: str, *, file: str, line: int | None, limit: str, subject: str | None
+    ) -> None:
+        self.limit = limit
+        super().__init__(reason, file=file, line=line, subject=subject)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +341,8 @@ def _static_check(
             _check_tree(ast, file, names)
     except TemplateSyntaxError as exc:  # also an unknown filter or test (an assertion)
         raise TemplateInvalid(exc.message or "syntax error", file=file, line=exc.lineno) from None
+    except RecursionError:
+        raise TemplateInvalid("expressions are nested too deeply", file=file, line=None) from None
 
 
 def _check_tree(ast: nodes.Template, file: str, names: frozenset[str]) -> None:
@@ -337,13 +372,19 @@ def _check_tree(ast: nodes.Template, file: str, names: frozenset[str]) -> None:
             )
 
 
-def _refusal(exc: RenderError, own: set[str]) -> TemplateInvalid | None:
-    """A render failure that refuses the save: in a file being saved, and not about data."""
-    cause = exc.__cause__
-    if exc.template not in own:
-        return None
-    if isinstance(cause, TemplateSyntaxError | SecurityError | TemplateNotFound):
-        return TemplateInvalid(exc.reason, file=exc.template or "", line=exc.line)
+def _refusal(exc: RenderError, own: set[str], subject: str | None) -> TemplateInvalid | None:
+    """A render failure that refuses the save: over a limit, or in a file being saved and
+    not about data (syntax, the sandbox, a missing include)."""
+    if isinstance(exc, RenderLimitExceeded):
+        return TemplateOverLimit(
+            exc.reason,
+            file=exc.template or "",
+            line=exc.line,
+            limit=exc.limit,
+            subject=subject,
+        )
+    if exc.template in own and exc.kind in ("syntax", "security", "not_found"):
+        return TemplateInvalid(exc.reason, file=exc.template or "", line=exc.line, subject=subject)
     return None
 
 
@@ -596,11 +637,48 @@ class TemplateStore:
                 return extra[file]
             return None if file in hidden else self.override(file)
 
-        return Renderer(self.templates_dir, loader_overrides=lookup)
+        return Renderer(
+            self.templates_dir, loader_overrides=lookup, limits=self.limits, interactive=True
+        )
+
+    @property
+    def limits(self) -> RenderLimits:
+        """The rule file's ``render:`` limits (the defaults without a rule file)."""
+        return self.rules.render if self.rules is not None else RenderLimits()
+
+    def real_subjects(
+        self, name: str, n: int = REAL_SUBJECTS
+    ) -> list[tuple[Subject, Recipient | None]]:
+        """The ``n`` newest subjects (not deleted) of the kinds the rules using ``name`` work
+        on, each with its first recipient: the real data a save is checked with."""
+        from duly.store.store import Store
+        from duly.store.tables import subjects
+
+        kinds = sorted({r.subject for r in self.rules_using(name) if r.subject})
+        if not kinds:
+            return []
+        # served by the primary key (newest first) filtered on kind; a few rows at most
+        q = (
+            sa.select(subjects.c.kind, subjects.c.key)
+            .where(subjects.c.kind.in_(kinds), subjects.c.deleted_at.is_(None))
+            .order_by(subjects.c.id.desc())
+            .limit(n)
+        )
+        with self.db.connect() as conn:
+            store = Store(postgres=is_postgres(conn))
+            refs = [(r.kind, r.key) for r in conn.execute(q)]
+            records = store.get_subjects(conn, refs)
+            found = [records[ref].subject for ref in refs if ref in records]
+            first = {
+                s.ref: next((r for ids in s.recipients.values() for r in ids), None) for s in found
+            }
+            people = store.get_recipients(conn, [r for r in first.values() if r])
+        return [(s, people.get(first[s.ref] or "")) for s in found]
 
     def check(self, name: str, sources: Mapping[str, str], now: datetime) -> list[str]:
         """Check new bodies of ``name``'s parts (``{file name: body}``) as explained in the
-        module docstring. Raises TemplateInvalid; returns warnings about sample data."""
+        module docstring. Raises TemplateInvalid (TemplateOverLimit) or RenderBusy; returns
+        warnings about sample data and about real subjects' data."""
         renderer = self.renderer(sources)
         samples = self.sample_collections(name)
         names = CONTEXT_NAMES | samples.keys()
@@ -608,23 +686,38 @@ class TemplateStore:
             _static_check(renderer, file, body, names)
         warnings: list[str] = []
         channels = sorted({f[len(name) + 1 :].rsplit(".", 1)[0] for f in sources})
+        event = {"id": "sample-event", "name": "sample", "data": {}, "at": now}
+        parties: list[tuple[Subject, Recipient | None, bool]] = [
+            (SAMPLE_SUBJECT, SAMPLE_RECIPIENT, False)
+        ]
+        parties += [(s, r, True) for s, r in self.real_subjects(name)]
         for channel in channels:
-            ctx = render_context(
-                name=name,
-                subject=SAMPLE_SUBJECT,
-                recipient=SAMPLE_RECIPIENT,
-                event={"id": "sample-event", "name": "sample", "data": {}, "at": now},
-                now=now,
-                timezone="UTC",
-                collected=samples,
-            )
-            try:
-                renderer.render(name, channel, ctx, recipient=SAMPLE_RECIPIENT)
-            except RenderError as exc:
-                refused = _refusal(exc, set(sources))
-                if refused is not None:
-                    raise refused from None
-                warnings.append(f"with sample data: {exc}")
+            for subject, recipient, real in parties:
+                tz = (recipient.timezone if recipient else None) or (
+                    self.rules.timezone if self.rules is not None and real else "UTC"
+                )
+                ctx = render_context(
+                    name=name,
+                    subject=subject,
+                    recipient=recipient,
+                    event=event,
+                    now=now,
+                    timezone=tz,
+                    collected=samples,
+                )
+                ref = subject.ref if real else None
+                try:
+                    renderer.render(name, channel, ctx, recipient=recipient, timezone=tz)
+                except RenderLimitExceeded as exc:
+                    raise _refusal(exc, set(sources), ref) from None  # type: ignore[misc]
+                except RenderError as exc:
+                    if exc.kind == "busy":
+                        raise
+                    refused = _refusal(exc, set(sources), ref)
+                    if refused is not None:
+                        raise refused from None
+                    data = f"subject {ref}" if real else "sample data"
+                    warnings.append(f"with {data}: {exc}")
         return warnings
 
     # ------------------------------------------------------------------ saving

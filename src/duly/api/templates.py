@@ -4,8 +4,13 @@ A template is a name with parts, one per channel and extension (``txt``, ``html`
 files ``templates/NAME.CHANNEL.EXT``. Every save is a new version of the name, recorded with
 the API key's name and the time; the newest version of a part overrides the file of the
 same name for every delivery rendered from then on (other processes see it within seconds).
-A save is rendered with sample data first and refused (422, naming the file and line) when
-a part does not compile or breaks the sandbox. Restoring is saving an old version's bodies
+A save is rendered with sample data and with the data of the newest few subjects its rules
+work on first, and refused (422, naming the file and line, and the subject when one was
+used) when a part does not compile, breaks the sandbox or goes over a ``render:`` limit of
+the rule file (code ``render_limit``, ``template_error.limit`` naming it, e.g.
+``render.timeout``). Previews are bounded by the same limits (422 ``render_limit``). Renders
+share a few render processes and deliveries come first: when none comes free in time, a
+preview or save answers 503 ``busy`` with ``Retry-After``. Restoring is saving an old version's bodies
 again: ``POST /v1/templates/{name}/restore {"version": N}`` does that in one call (or read
 ``GET /v1/templates/{name}?version=N`` and ``PUT`` its bodies).
 """
@@ -20,17 +25,18 @@ from fastapi import Path as P
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from duly.api.errors import ApiError
+from duly.api.errors import ApiError, error_response
 from duly.api.schemas import ErrorBody
 from duly.engine.service import Engine
 from duly.errors import NotFound
-from duly.render import RenderError
+from duly.render import RenderBusy, RenderError, RenderLimitExceeded
 from duly.templates_db import (
     EXTS,
     MAX_BODY,
     Part,
     Saved,
     TemplateInvalid,
+    TemplateOverLimit,
     TemplateStore,
     TemplateView,
     filename,
@@ -162,6 +168,12 @@ class TemplateErrorDetail(BaseModel):
     file: str
     line: int | None
     reason: str
+    limit: str | None = Field(
+        None, description="the render: limit gone over (render.timeout, ...), if that was it"
+    )
+    subject: str | None = Field(
+        None, description="KIND/KEY of the real subject whose data the save failed with"
+    )
 
 
 class TemplateErrorOut(BaseModel):
@@ -181,7 +193,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     },
     422: {
         "model": TemplateErrorOut,
-        "description": "invalid input, or the template fails (file, line)",
+        "description": "invalid input, or the template fails (file, line) or goes over a "
+        "render limit (code render_limit)",
+    },
+    503: {
+        "model": TemplateErrorOut,
+        "description": "every render process is busy (code busy): retry after Retry-After",
     },
 }
 
@@ -208,12 +225,26 @@ def _engine(request: Request) -> Engine:
 def _template_error(status: int, code: str, exc: TemplateInvalid | RenderError) -> JSONResponse:
     file = (exc.file if isinstance(exc, TemplateInvalid) else exc.template) or ""
     field = exc.field if isinstance(exc, TemplateInvalid) else "body"
+    limit = exc.limit if isinstance(exc, TemplateOverLimit | RenderLimitExceeded) else None
+    subject = exc.subject if isinstance(exc, TemplateInvalid) else None
     return JSONResponse(
         {
             "error": {"code": code, "message": str(exc), "field": field},
-            "template_error": {"file": file, "line": exc.line, "reason": exc.reason},
+            "template_error": {
+                "file": file,
+                "line": exc.line,
+                "reason": exc.reason,
+                "limit": limit,
+                "subject": subject,
+            },
         },
         status_code=status,
+    )
+
+
+def _busy(exc: RenderBusy) -> JSONResponse:
+    return error_response(
+        503, "busy", str(exc), None, headers={"Retry-After": str(exc.retry_after)}
     )
 
 
@@ -311,6 +342,8 @@ def put_template(
         )
     except TemplateInvalid as exc:
         return _template_error(422, exc.code, exc)
+    except RenderBusy as exc:
+        return _busy(exc)
     return _saved(ts, name, saved)
 
 
@@ -325,6 +358,8 @@ def restore_template(name: Name, body: RestoreIn, request: Request) -> SaveOut |
         )
     except TemplateInvalid as exc:
         return _template_error(422, exc.code, exc)
+    except RenderBusy as exc:
+        return _busy(exc)
     return _saved(ts, name, saved)
 
 
@@ -332,7 +367,8 @@ def restore_template(name: Name, body: RestoreIn, request: Request) -> SaveOut |
 def preview_template(name: Name, body: PreviewIn, request: Request) -> PreviewOut | JSONResponse:
     """Render for ``channel`` with a subject's and recipient's real data (or sample data),
     the current parts — or a past ``version`` — and, optionally, unsaved ``body`` for the
-    part ``ext``. Answers title, text and html, or 422 with the render error (file, line)."""
+    part ``ext``. Answers title, text and html, or 422 with the render error (file, line;
+    code ``render_limit`` over a ``render:`` limit), or 503 ``busy`` with Retry-After."""
     ts, eng = store_of(request), _engine(request)
     now = eng.clock.now()
     sources: dict[str, str] = {}
@@ -376,6 +412,10 @@ def preview_template(name: Name, body: PreviewIn, request: Request) -> PreviewOu
             timezone=pin.timezone,
             locale=pin.locale,
         )
+    except RenderBusy as exc:
+        return _busy(exc)
+    except RenderLimitExceeded as exc:
+        return _template_error(422, "render_limit", exc)
     except RenderError as exc:
         return _template_error(422, "render_error", exc)
     return PreviewOut(

@@ -40,6 +40,7 @@ from duly.model import (
     Duration,
     DurationError,
     Outcome,
+    RenderLimits,
     RuleFile,
     WebhookTarget,
     parse_duration,
@@ -58,12 +59,31 @@ TOP_KEYS = (
     "retention",
     "webhooks",
     "allow_private_targets",
+    "render",
     "rules",
 )
 CHANNEL_TYPES = ("smtp", "outbox", "inbox", "webhook", "twilio-sms", "twilio-whatsapp", "apprise")
 _LIMIT_RE = re.compile(r"^\s*(\d+)\s*/\s*(\S+)\s*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EVENT_RE = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9_.:*-]*$")
+_SECONDS_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
+# render: key -> (lowest, highest, as said in an error)
+_RENDER_RANGES = {
+    "timeout": (0.1, 300.0, "100ms to 300s"),
+    "max_output": (1_000, 1_000_000_000, "1KB to 1GB"),
+    "max_memory": (32_000_000, 64_000_000_000, "32MB to 64GB"),
+    "workers": (1, 32, "1 to 32"),
+}
 
 
 class _Loader(RuleReader):
@@ -91,6 +111,7 @@ class _Loader(RuleReader):
             allow_private = bool(
                 self.boolean(top["allow_private_targets"], "allow_private_targets")
             )
+        render = self.render_section(top["render"]) if "render" in top else RenderLimits()
         rules = self.rules_section(top["rules"]) if "rules" in top else ()
         if self.errors:
             return None
@@ -105,6 +126,7 @@ class _Loader(RuleReader):
             retention=retention,
             webhooks=webhooks,
             allow_private_targets=allow_private,
+            render=render,
             templates_dir=str(self.templates_dir) if self.templates_dir is not None else None,
         )
 
@@ -277,6 +299,44 @@ class _Loader(RuleReader):
             if d is not None:
                 out[key] = d
         return out
+
+    def render_section(self, node: Node) -> RenderLimits:
+        """What one render may cost: ``{timeout: 2s, max_output: 10MB, max_memory: 256MB,
+        workers: 2}``; sizes in B, KB, MB, GB (or KiB, MiB, GiB), a timeout in ms, s or m."""
+        values: dict[str, float] = {}
+        keys = tuple(_RENDER_RANGES)
+        for key, value in (self.mapping(node, "render", keys) or {}).items():
+            f = join("render", key)
+            text = value.value if isinstance(value, ScalarNode) else None
+            if key == "workers":
+                n = self.integer(value, f, minimum=1)
+                if n is None:
+                    continue
+                got: float | None = n
+            elif key == "timeout":
+                m = _SECONDS_RE.match(text or "")
+                scale = {"ms": 0.001, "m": 60.0}.get(m.group(2) or "s", 1.0) if m else 0
+                got = float(m.group(1)) * scale if m else None
+                expected = "a time such as 2s, 500ms or 1m"
+            else:
+                m = _SIZE_RE.match(text or "")
+                got = float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "b").lower()] if m else None
+                expected = "a size such as 10MB, 512KB or 1GiB"
+            if got is None:
+                self.error(value, f, f"expected {expected}, got {describe(value)}")
+                continue
+            low, high, said = _RENDER_RANGES[key]
+            if not low <= got <= high:
+                self.error(value, f, f"expected {said}, got {text}")
+                continue
+            values[key] = got
+        d = RenderLimits()
+        return RenderLimits(
+            timeout=values.get("timeout", d.timeout),
+            max_output=int(values.get("max_output", d.max_output)),
+            max_memory=int(values.get("max_memory", d.max_memory)),
+            workers=int(values.get("workers", d.workers)),
+        )
 
     def webhooks_section(self, node: Node) -> tuple[WebhookTarget, ...]:
         """``[{url, events: [...], secret: "${VAR}" | secret_env: VAR}]``."""

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from duly.api.templates import store_of  # the runtime's TemplateStore
 from duly.errors import InvalidInput, NotFound
-from duly.render import RenderError
+from duly.render import RenderBusy, RenderError
 from duly.rules.yamlnodes import NAME_RE
 from duly.store.tables import subjects
 from duly.templates_db import (
@@ -222,12 +222,13 @@ def render_preview(
             timezone=pin.timezone,
             locale=pin.locale,
         )
-    except RenderError as exc:
+    except RenderError as exc:  # also over a render: limit, or every render process busy
         out.error = {
             "file": exc.template,
             "line": exc.line,
             "reason": exc.reason,
             "source_line": _source_line(sources, exc.template, exc.line),
+            "busy": exc.kind == "busy",
         }
         return out
     out.title, out.text, out.html = r.title, r.text, r.html
@@ -459,16 +460,22 @@ async def template_save(name: str, request: Request, user: AdminUser) -> Respons
         except TemplateInvalid as exc:
             sources = {p.file: p.body for p in parts}
             target = next((p for p in parts if p.file == exc.file), None)
+            reason = f"with the data of {exc.subject}: {exc.reason}" if exc.subject else exc.reason
             if target is None:  # an included file failed: show it on the first part
                 target = parts[0]
-                target.error = f"{exc.file}: {exc.reason}"
+                target.error = f"{exc.file}: {reason}"
             else:
-                target.error = exc.reason
+                target.error = reason
             target.error_line = exc.line
             target.error_source_line = _source_line(sources, exc.file, exc.line)
             return refuse("Not saved: fix the error shown next to the part. Nothing was changed.")
         except InvalidInput as exc:
             return refuse(f"Not saved: {exc}")
+        except RenderBusy:
+            return refuse(
+                "Not saved: the server is busy rendering messages; try again in a few seconds. "
+                "Nothing was changed."
+            )
         if saved.version is None:
             flash(request, "Nothing changed: every part was already current.", "info")
         else:

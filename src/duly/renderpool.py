@@ -1,0 +1,456 @@
+"""Render processes: every render runs in a small pool of worker processes that are killed
+when a render goes over its time or memory limit.
+
+Why processes: a template runs in Jinja's sandbox, but a single C-level operation
+(``'x' * 10**9``, a huge ``|join``, ``s.replace('', s)``) can run for minutes or take
+gigabytes before Python regains control, and a Python thread cannot be stopped from
+outside. :mod:`duly.sandbox` refuses the operations whose size it can see coming; this module
+is the bound for everything else:
+
+- each worker (``python -m duly.renderworker``) renders one request at a time, with
+  ``RLIMIT_AS`` set to its current size plus ``render.max_memory`` (an allocation over it
+  fails with MemoryError, reported as ``render.max_memory``) and ``RLIMIT_CPU`` a little
+  above ``render.timeout`` (so a worker whose parent died can never spin for long);
+- the caller waits at most ``render.timeout`` (wall clock, from the moment a ready worker
+  has the request) and then kills the worker (SIGKILL) and raises
+  :class:`~duly.render.RenderLimitExceeded`; a new worker is started in its place at once,
+  and its start-up time is never counted against a render;
+- :meth:`RenderPool.close` kills every worker, so renders in flight fail at once: a
+  process stop never waits on a runaway render;
+- deliveries always get a worker eventually (each render ends within its timeout);
+  *interactive* renders (previews, save checks) may hold at most ``workers - 1`` of them
+  (so deliveries always have one), at most ``4 * workers`` of them wait, each for at most
+  ``timeout + 3`` seconds, and otherwise get :class:`~duly.render.RenderBusy` at once.
+
+The protocol: length-prefixed pickles over the worker's stdin and stdout. The parent
+sends ``(op, request)``; the worker answers ``("ok", result)`` or ``("fail", error)``, and
+may ask first for a template's source kept in the database (``("source", filename)``) or
+an acknowledge link (``("ack", ...)``), which only the parent can give. What the worker
+sends is unpickled with no classes allowed (only str, int, dict, list, tuple, None).
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import logging
+import math
+import os
+import pickle
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from duly.model import Recipient, RenderLimits
+from duly.render import RenderBusy, Rendered, Renderer, RenderError, RenderLimitExceeded
+
+__all__ = ["RenderPool", "shared_pool"]
+
+log = logging.getLogger("duly.render")
+
+# A worker that has not said "ready" this long after it was started is given up on.
+START_TIMEOUT = 60.0
+# An interactive render waits this long beyond the timeout for a free worker.
+INTERACTIVE_GRACE = 3.0
+# A delivery waits for a free worker at most this many timeouts (each render ends within
+# one, so this only trips when the pool cannot start workers at all).
+DELIVERY_WAIT_TIMEOUTS = 30
+_HEADER = struct.Struct(">I")
+
+
+class _Dead(Exception):
+    """The worker's pipe closed: it died or was killed."""
+
+
+class _Strict(pickle.Unpickler):
+    """Unpickles plain data only: a worker can never make the parent build an object."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"a render worker may not send {module}.{name}")
+
+
+class _Worker:
+    """One render process and the bytes read from it so far."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "duly.renderworker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+            env=env,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin = self.proc.stdin
+        self.fd = self.proc.stdout.fileno()
+        self.buffer = bytearray()
+        self.ready = False
+        self.started = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, message: Any) -> None:
+        self.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def send_bytes(self, data: bytes) -> None:
+        try:
+            self.stdin.write(_HEADER.pack(len(data)) + data)
+            self.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            raise _Dead from None
+
+    def receive(self, deadline: float) -> Any:
+        """The next message, or TimeoutError at ``deadline`` (time.monotonic())."""
+        while True:
+            if len(self.buffer) >= _HEADER.size:
+                (size,) = _HEADER.unpack_from(self.buffer)
+                if len(self.buffer) >= _HEADER.size + size:
+                    data = bytes(self.buffer[_HEADER.size : _HEADER.size + size])
+                    del self.buffer[: _HEADER.size + size]
+                    return _Strict(io.BytesIO(data)).load()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            try:
+                readable, _, _ = select.select([self.fd], [], [], left)
+            except (OSError, ValueError):
+                raise _Dead from None
+            if not readable:
+                raise TimeoutError
+            chunk = os.read(self.fd, 1 << 20)
+            if not chunk:
+                raise _Dead
+            self.buffer += chunk
+
+    def poll_ready(self) -> bool:
+        """True once the worker has said it is ready (never blocks)."""
+        if not self.ready:
+            try:
+                readable, _, _ = select.select([self.fd], [], [], 0)
+            except (OSError, ValueError):
+                return False
+            if readable:
+                try:
+                    self.wait_ready()
+                except (TimeoutError, _Dead):
+                    return False
+        return self.ready
+
+    def wait_ready(self) -> None:
+        if self.ready:
+            return
+        message = self.receive(self.started + START_TIMEOUT)
+        if not (isinstance(message, tuple) and message[:1] == ("ready",)):
+            raise _Dead
+        self.ready = True
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not ignorable
+            log.warning("render worker %s did not end after SIGKILL", self.pid)
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:
+                pass
+
+    def exit_reason(self) -> str:
+        code = self.proc.poll()
+        if code is None:
+            return "it stopped answering"
+        if code < 0:
+            try:
+                return f"it was ended by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"it was ended by signal {-code}"
+        return f"it exited with status {code}"
+
+
+class RenderPool:
+    """Up to ``size`` render processes, shared by every Renderer using this pool;
+    thread-safe. See the module docstring for the guarantees."""
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self._cond = threading.Condition()
+        self._idle: list[_Worker] = []
+        self._all: set[_Worker] = set()
+        self._interactive_busy = 0
+        self._interactive_waiting = 0
+        self._generation = 0  # bumped by close(): renders in flight then fail
+        self.kills = 0  # workers killed over a limit (tests, metrics)
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self, size: int | None = None) -> None:
+        """Start workers up to ``size`` (which also raises the pool's size) now."""
+        with self._cond:
+            if size is not None and size > self.size:
+                self.size = size
+            while len(self._all) < self.size:
+                self._spawn_locked()
+
+    def close(self) -> None:
+        """Kill every worker now; renders in flight fail with a RenderError."""
+        with self._cond:
+            self._generation += 1
+            workers = list(self._all)
+            self._all.clear()
+            self._idle.clear()
+            self._cond.notify_all()
+        for w in workers:
+            w.kill()
+
+    def pids(self) -> list[int]:
+        with self._cond:
+            return sorted(w.pid for w in self._all)
+
+    def _spawn_locked(self) -> _Worker:
+        w = _Worker()
+        self._all.add(w)
+        self._idle.append(w)
+        return w
+
+    # ------------------------------------------------------------------ taking a worker
+
+    def _acquire(self, limits: RenderLimits, interactive: bool, template: str) -> _Worker:
+        if limits.workers > self.size:
+            self.start(limits.workers)
+        wait = (
+            limits.timeout + INTERACTIVE_GRACE
+            if interactive
+            else limits.timeout * DELIVERY_WAIT_TIMEOUTS
+        )
+        deadline = time.monotonic() + wait
+        busy = RenderBusy(
+            "every render process is busy; try again in a few seconds",
+            retry_after=max(1, math.ceil(limits.timeout)),
+            template=template,
+        )
+        with self._cond:
+            if interactive:
+                if self._interactive_waiting >= 4 * self.size:
+                    raise busy
+                self._interactive_waiting += 1
+            try:
+                while True:
+                    share = max(1, self.size - 1)
+                    allowed = not interactive or self._interactive_busy < share
+                    if allowed and (self._idle or len(self._all) < self.size):
+                        # a worker that is ready first; one still starting, else a new one
+                        ready = [w for w in self._idle if w.poll_ready()]
+                        w = (ready or self._idle or [self._spawn_locked()])[-1]
+                        self._idle.remove(w)
+                        if interactive:
+                            self._interactive_busy += 1
+                        return w
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        if interactive:
+                            raise busy
+                        raise RenderError(
+                            f"no render process came free in {wait:.0f} s", template=template
+                        )
+                    self._cond.wait(left)
+            finally:
+                if interactive:
+                    self._interactive_waiting -= 1
+
+    def _release(self, w: _Worker, interactive: bool, ok: bool, generation: int) -> None:
+        with self._cond:
+            if interactive:
+                self._interactive_busy -= 1
+            if ok and generation == self._generation and w in self._all:
+                self._idle.append(w)
+            else:
+                self._all.discard(w)
+                if generation == self._generation:
+                    # replaced at once: its start-up overlaps the next render's wait
+                    while len(self._all) < self.size:
+                        self._spawn_locked()
+            self._cond.notify()
+        if not ok:
+            w.kill()
+
+    # ------------------------------------------------------------------ rendering
+
+    def render(
+        self,
+        renderer: Renderer,
+        name: str,
+        channel: str,
+        context: dict[str, Any],
+        *,
+        recipient: Recipient | None,
+        timezone: str | None,
+        locale: str | None,
+    ) -> Rendered:
+        """Render in a worker (see Renderer.render). Raises RenderError."""
+        base = f"{name}.{channel}"
+        overrides = renderer._loader_overrides
+        known: dict[str, str | None] = {}
+        if overrides is not None:
+            # the two files every render reads, sent along: no round trip for them
+            for ext in ("txt", "html"):
+                known[f"{base}.{ext}"] = overrides(f"{base}.{ext}")
+        request = {
+            "templates_dir": str(renderer.templates_dir) if renderer.templates_dir else None,
+            "name": name,
+            "channel": channel,
+            "context": context,
+            "recipient": recipient,
+            "timezone": timezone,
+            "locale": locale,
+            "known": known,
+            "has_overrides": overrides is not None,
+            "ack_links": renderer.ack_links is not None,
+            "limits": _limits_dict(renderer.limits),
+        }
+        result = self.run("render", request, renderer, base)
+        return Rendered(title=result["title"], text=result["text"], html=result["html"])
+
+    def run(self, op: str, request: dict[str, Any], renderer: Renderer | None, what: str) -> Any:
+        """Send ``(op, request)`` to a worker, answer its questions, return its result."""
+        limits = renderer.limits if renderer is not None else _limits_of(request)
+        interactive = renderer is not None and renderer.interactive
+        try:
+            payload = pickle.dumps((op, request), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise RenderError(
+                f"the render data cannot be passed to a render process: {exc}", template=what
+            ) from None
+        w = self._acquire(limits, interactive, what)
+        generation = self._generation
+        ok = False
+        part = what
+        try:
+            try:
+                w.wait_ready()
+            except (TimeoutError, _Dead):
+                raise RenderError(
+                    f"a render process could not be started ({w.exit_reason()})", template=what
+                ) from None
+            deadline = time.monotonic() + limits.timeout
+            try:
+                w.send_bytes(payload)
+                while True:
+                    message = w.receive(deadline)
+                    kind = message[0]
+                    if kind == "part":
+                        part = message[1]
+                    elif kind == "source":
+                        w.send(_answer_source(renderer, message[1]))
+                    elif kind == "ack":
+                        w.send(_answer_ack(renderer, *message[1:]))
+                    elif kind == "ok":
+                        ok = True
+                        return message[1]
+                    elif kind == "fail":
+                        error = _error_of(message[1])
+                        # after a MemoryError the worker exits (it may be left fragmented):
+                        # it is replaced; a refusal by the sandbox leaves it as good as new
+                        ok = message[1].get("limit") != "render.max_memory"
+                        raise error
+                    else:
+                        raise _Dead
+            except TimeoutError:
+                self.kills += 1
+                log.warning(
+                    "render of %s took over %s s: render process killed", part, limits.timeout
+                )
+                raise RenderLimitExceeded(
+                    f"render took longer than {limits.timeout:g} s",
+                    limit="render.timeout",
+                    template=part,
+                ) from None
+            except _Dead:
+                if generation != self._generation:
+                    raise RenderError(
+                        "render stopped: the render processes were shut down", template=part
+                    ) from None
+                w.kill()
+                reason = w.exit_reason()
+                raise RenderError(
+                    f"the render process ended during the render ({reason}); a template that "
+                    f"needs more than {_mb(limits.max_memory)} goes over render.max_memory",
+                    template=part,
+                ) from None
+        finally:
+            self._release(w, interactive, ok, generation)
+
+
+def _limits_dict(limits: RenderLimits) -> dict[str, Any]:
+    return {
+        "timeout": limits.timeout,
+        "max_output": limits.max_output,
+        "max_memory": limits.max_memory,
+        "workers": limits.workers,
+    }
+
+
+def _limits_of(request: dict[str, Any]) -> RenderLimits:
+    return RenderLimits(**request["limits"])
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1_000_000:g} MB"
+
+
+def _answer_source(renderer: Renderer | None, filename: str) -> tuple[str, Any]:
+    overrides = renderer._loader_overrides if renderer is not None else None
+    try:
+        return ("source", overrides(filename) if overrides is not None else None)
+    except Exception as exc:  # a database hiccup: the render fails, the worker lives
+        return ("error", f"cannot read template {filename}: {exc}")
+
+
+def _answer_ack(
+    renderer: Renderer | None, rule: str, ref: str, recipient: str | None, days: int
+) -> tuple[str, Any]:
+    links = renderer.ack_links if renderer is not None else None
+    if links is None:
+        return ("error", "ack_link(): acknowledge links are not configured")
+    try:
+        return ("ack", links.url(rule, ref, recipient, max_age_days=days))
+    except Exception as exc:
+        return ("error", f"ack_link(): {exc}")
+
+
+def _error_of(info: dict[str, Any]) -> RenderError:
+    if info.get("limit"):
+        return RenderLimitExceeded(
+            info["message"], limit=info["limit"], template=info["template"], line=info["line"]
+        )
+    return RenderError(
+        info["message"], template=info["template"], line=info["line"], kind=info["kind"]
+    )
+
+
+# --------------------------------------------------------------------------- the shared pool
+
+_shared: RenderPool | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_pool() -> RenderPool:
+    """The process-wide pool (started lazily, its workers killed at exit)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = RenderPool()
+            atexit.register(_shared.close)
+        return _shared
