@@ -96,7 +96,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     def _refuse_over(self, size: int, what: str) -> None:
         if size > self.max_output:
             raise LimitError(
-                f"{what} would be {size:,} characters, over the {self.max_output:,} allowed"
+                f"{what} would be too long: {size:,} characters, over the {self.max_output:,} allowed"
             )
 
     def _check_percent(self, fmt: str, args: Any) -> None:

@@ -21,13 +21,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from jinja2 import ChainableUndefined, TemplateError
-from jinja2.exceptions import SecurityError
-from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
-from duly.model import RuleFile, WebhookTarget
+from duly.model import RenderLimits, RuleFile, WebhookTarget
+from duly.sandbox import BoundedSandbox
 from duly.store.tables import webhook_attempts, webhook_events
 
 __all__ = [
@@ -49,6 +47,7 @@ __all__ = [
     "record",
     "redact_url",
     "render_body",
+    "render_body_bounded",
     "retry",
     "subscribed",
 ]
@@ -98,16 +97,19 @@ def emit_action(
     *,
     context: Mapping[str, Any] | None = None,
     type: str = ACTION_TYPE,
+    limits: RenderLimits | None = None,
 ) -> int:
     """Queue a rule's or step's ``webhook: {url, body}`` action inside the caller's
     transaction; returns the event's id. The body is sent as it is (not in an envelope),
     its string values rendered as templates with ``context`` (``subject``, ``event``,
-    ``rule``; ``now`` is added). A template that fails leaves the event ``failed`` at once,
-    with the error naming the field — the dispatcher's transaction is never broken by it."""
+    ``rule``; ``now`` is added) in a render process within ``limits`` (the rule file's
+    ``render:``; :func:`render_body_bounded`). A template that fails leaves the event
+    ``failed`` at once, with the error naming the field — the dispatcher's transaction is
+    never broken by it, nor held longer than ``limits.timeout``."""
     ctx = {"subject": None, "event": None, "rule": None, **(context or {}), "now": _iso(now)}
     row = _new_row(_new_msg_id(), type, {}, url, secret_env, now)
     try:
-        row["payload"] = _jsonable(render_body(body, ctx))
+        row["payload"] = _jsonable(render_body_bounded(body, ctx, limits))
     except BodyTemplateError as exc:
         row.update(payload=_jsonable(body), state="failed", last_error=str(exc)[:_ERROR_MAX])
     return int(
@@ -176,29 +178,52 @@ class BodyTemplateError(ValueError):
     """A value of a webhook action's body could not be rendered."""
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """Jinja's sandbox (no private attributes, no mutation of data), plus a cap on ``*``
-    and ``**`` so a template cannot build a huge string or number."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int | float) and abs(right) > 64:
-            raise SecurityError("exponent too large")
-        if operator == "*":
-            for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(n, int):
-                    if len(seq) * n > MAX_RENDERED:
-                        raise SecurityError("the result would be too long")
-        return super().call_binop(context, operator, left, right)
-
-
-_ENV = _Sandbox(undefined=ChainableUndefined, autoescape=False)
+# Jinja's sandbox (no private attributes, no mutation of data), refusing operations that
+# would build a string longer than a body string may be (``'x' * 10**9``, ``10 ** 10**9``).
+_ENV = BoundedSandbox(undefined=ChainableUndefined, autoescape=False, max_output=MAX_RENDERED)
 
 
 @lru_cache(maxsize=256)
 def _compile(source: str) -> Any:
     return _ENV.from_string(source)
+
+
+def _has_templates(body: Any) -> bool:
+    if isinstance(body, str):
+        return "{{" in body or "{%" in body
+    if isinstance(body, Mapping):
+        return any(_has_templates(v) for v in body.values())
+    if isinstance(body, list | tuple):
+        return any(_has_templates(v) for v in body)
+    return False
+
+
+def render_body_bounded(
+    body: Any, context: Mapping[str, Any], limits: RenderLimits | None = None
+) -> Any:
+    """:func:`render_body` in a render process (:mod:`duly.renderpool`), killed after
+    ``limits.timeout`` or over ``limits.max_memory``; a body without templates is returned
+    as it is, without one. Raises :class:`BodyTemplateError` naming the limit or the field."""
+    if not _has_templates(body):
+        return body
+    from duly.render import RenderError
+    from duly.renderpool import shared_pool
+
+    limits = limits or RenderLimits()
+    request = {
+        "body": body,
+        "context": dict(context),
+        "limits": {
+            "timeout": limits.timeout,
+            "max_output": limits.max_output,
+            "max_memory": limits.max_memory,
+            "workers": limits.workers,
+        },
+    }
+    try:
+        return shared_pool().run("webhook_body", request, None, "body")
+    except RenderError as exc:
+        raise BodyTemplateError(exc.reason) from None
 
 
 def render_body(body: Any, context: Mapping[str, Any], path: str = "body") -> Any:
