@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from test_dispatch import smtp  # noqa: F401  (the real SMTP server fixture)
 
 from duly.channels.smtp import SmtpChannel
 from duly.engine.clock import VirtualClock
@@ -20,7 +21,6 @@ from duly.render import Renderer
 from duly.rules.loader import load_rules_text
 from duly.store.db import make_engine
 from duly.store.tables import deliveries
-from test_dispatch import smtp  # noqa: F401  (the real SMTP server fixture)
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 
@@ -108,3 +108,160 @@ def test_a_runaway_template_fails_its_own_delivery_and_the_other_goes_out(
     finally:
         renderer.close()
         db.dispose()
+
+
+# --------------------------------------------------------------------------- the save check
+
+SAVE_RULES = """
+timezone: UTC
+render: {timeout: 1s, max_output: 1MB, max_memory: 128MB}
+rules:
+  - name: payment-receipt
+    subject: invoice
+    on: {change: status, to: paid}
+    category: transactional
+    to: [customer]
+"""
+
+
+def test_the_save_check_renders_real_subjects_and_names_the_one_that_failed(
+    db_url: str, tmp_path: Path
+) -> None:
+    from duly.templates_db import TemplateOverLimit, TemplateStore
+
+    d = tmp_path / "templates"
+    d.mkdir()
+    (d / "payment-receipt.email.txt").write_text(GOOD)
+    rf = load_rules_text(SAVE_RULES, path=str(tmp_path / "duly.yaml"), templates_dir=str(d))
+    db = make_engine(db_url)
+    try:
+        engine = Engine(rf, db)
+        engine.put_recipient(Recipient("c1", name="Alice", email="alice@example.test"))
+        engine.upsert_subjects(
+            [
+                SubjectInput("invoice", "INV-1", {"status": "sent"}, {"customer": "c1"}),
+                SubjectInput("invoice", "INV-2", {"status": "sent", "big": 1}, {"customer": "c1"}),
+            ]
+        )
+        ts = TemplateStore(db, d, rules=rf)
+        with pytest.raises(TemplateOverLimit) as info:
+            ts.save("payment-receipt", [("email", "txt", LOOP)], author="a", now=T0)
+        exc = info.value
+        assert (exc.limit, exc.subject, exc.file) == (
+            "render.timeout",
+            "invoice/INV-2",
+            "payment-receipt.email.txt",
+        )
+        assert "invoice/INV-2" in str(exc) and "render.timeout" in str(exc)
+        assert ts.get("payment-receipt").latest is None  # nothing saved
+        # data a real subject lacks is a warning naming that subject; the save goes through
+        body = "Subject: x\n{% if attributes.big %}{{ attributes.amount + 1 }}{% endif %}\n"
+        saved = ts.save("payment-receipt", [("email", "txt", body)], author="a", now=T0)
+        assert saved.version == 1
+        assert [w for w in saved.warnings if "invoice/INV-2" in w], saved.warnings
+        assert not [w for w in saved.warnings if "invoice/INV-1" in w], saved.warnings
+    finally:
+        db.dispose()
+
+
+# --------------------------------------------------------------------------- webhook bodies
+
+
+def test_a_runaway_webhook_body_fails_its_event_within_the_limit(db_url: str) -> None:
+    from duly.model import RenderLimits
+    from duly.store.db import write_transaction
+    from duly.webhooks.outbox import emit_action, get_event
+
+    db = make_engine(db_url)
+    loop = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    try:
+        t0 = time.monotonic()
+        with write_transaction(db) as conn:
+            bad = emit_action(
+                conn,
+                "http://127.0.0.1:9/hook",
+                {"fine": "{{ subject.key }}", "deep": {"bad": loop}},
+                "HOOK_SECRET",
+                T0,
+                context={"subject": {"key": "INV-1"}},
+                limits=RenderLimits(timeout=1.0),
+            )
+            good = emit_action(
+                conn,
+                "http://127.0.0.1:9/hook",
+                {"fine": "{{ subject.key }}"},
+                "HOOK_SECRET",
+                T0,
+                context={"subject": {"key": "INV-1"}},
+            )
+        assert time.monotonic() - t0 < 10
+        with db.connect() as conn:
+            b, g = get_event(conn, bad), get_event(conn, good)
+        assert b is not None and g is not None
+        assert b["state"] == "failed" and "render.timeout" in b["last_error"], b
+        assert g["state"] == "pending" and g["payload"] == {"fine": "INV-1"}
+    finally:
+        db.dispose()
+
+
+# --------------------------------------------------------------------------- the pool
+
+
+def test_close_ends_a_runaway_render_at_once_and_a_later_render_works(tmp_path: Path) -> None:
+    """What a process stop relies on: Renderer.close() never waits for a runaway render."""
+    import threading
+
+    from duly.model import RenderLimits
+    from duly.render import RenderError
+    from duly.renderpool import RenderPool
+
+    (tmp_path / "bad.email.txt").write_text(LOOP)
+    (tmp_path / "good.email.txt").write_text(GOOD)
+    pool = RenderPool(2)
+    r = Renderer(tmp_path, limits=RenderLimits(timeout=60), pool=pool)
+    r.start()
+    got: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            r.render("bad", "email", {"attributes": {"big": True}, "subject": {"key": "A"}})
+        except BaseException as exc:
+            got.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    r.close()
+    t.join(10)
+    assert not t.is_alive() and time.monotonic() - t0 < 5
+    assert isinstance(got[0], RenderError) and "shut down" in str(got[0]), got
+    out = r.render("good", "email", {"subject": {"key": "B"}, "recipient": {"name": "Bo"}})
+    assert out.title == "Receipt B"
+    r.close()
+    assert pool.pids() == []
+
+
+def test_a_killed_worker_is_replaced_and_normal_renders_keep_their_speed(tmp_path: Path) -> None:
+    from duly.model import RenderLimits
+    from duly.render import RenderLimitExceeded
+    from duly.renderpool import RenderPool
+
+    (tmp_path / "bad.email.txt").write_text(LOOP)
+    (tmp_path / "good.email.txt").write_text(GOOD)
+    pool = RenderPool(2)
+    r = Renderer(tmp_path, limits=RenderLimits(timeout=0.5), pool=pool)
+    try:
+        r.start()
+        ctx = {"attributes": {"big": True}, "subject": {"key": "A"}, "recipient": {"name": "A"}}
+        assert r.render("good", "email", ctx).title == "Receipt A"
+        before = set(pool.pids())
+        with pytest.raises(RenderLimitExceeded, match=r"bad.email.txt: render took longer"):
+            r.render("bad", "email", ctx)
+        assert pool.kills == 1
+        t0 = time.monotonic()
+        assert r.render("good", "email", ctx).title == "Receipt A"
+        assert time.monotonic() - t0 < 0.5  # the other worker was ready: no start-up wait
+        assert len(pool.pids()) == 2 and set(pool.pids()) != before
+    finally:
+        r.close()

@@ -227,17 +227,14 @@ def _template_error(status: int, code: str, exc: TemplateInvalid | RenderError) 
     field = exc.field if isinstance(exc, TemplateInvalid) else "body"
     limit = exc.limit if isinstance(exc, TemplateOverLimit | RenderLimitExceeded) else None
     subject = exc.subject if isinstance(exc, TemplateInvalid) else None
+    detail: dict[str, Any] = {"file": file, "line": exc.line, "reason": exc.reason}
+    # only when they say something: other template errors keep their shape
+    if limit is not None:
+        detail["limit"] = limit
+    if subject is not None:
+        detail["subject"] = subject
     return JSONResponse(
-        {
-            "error": {"code": code, "message": str(exc), "field": field},
-            "template_error": {
-                "file": file,
-                "line": exc.line,
-                "reason": exc.reason,
-                "limit": limit,
-                "subject": subject,
-            },
-        },
+        {"error": {"code": code, "message": str(exc), "field": field}, "template_error": detail},
         status_code=status,
     )
 
