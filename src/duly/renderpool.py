@@ -79,13 +79,22 @@ class _Worker:
 
     def __init__(self) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "duly.renderworker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            close_fds=True,
-            env=env,
-        )
+        # the status pipe: the worker writes the part it is rendering; read on a timeout
+        status_r, status_w = os.pipe()
+        os.set_blocking(status_r, False)
+        os.set_blocking(status_w, False)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "duly.renderworker", str(status_w)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                close_fds=True,
+                pass_fds=(status_w,),
+                env=env,
+            )
+        finally:
+            os.close(status_w)
+        self.status = status_r
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.stdin = self.proc.stdin
         self.fd = self.proc.stdout.fileno()
@@ -152,6 +161,20 @@ class _Worker:
             raise _Dead
         self.ready = True
 
+    def last_part(self) -> str | None:
+        """The last part the worker said it was rendering (drains the status pipe)."""
+        data = b""
+        while True:
+            try:
+                chunk = os.read(self.status, 4096)
+            except (BlockingIOError, OSError):
+                break
+            if not chunk:
+                break
+            data += chunk
+        lines = data.decode(errors="replace").split()
+        return lines[-1] if lines else None
+
     def kill(self) -> None:
         try:
             self.proc.kill()
@@ -167,6 +190,10 @@ class _Worker:
                     f.close()
             except OSError:
                 pass
+        try:
+            os.close(self.status)
+        except OSError:
+            pass
 
     def exit_reason(self) -> str:
         code = self.proc.poll()
@@ -350,16 +377,16 @@ class RenderPool:
                 while True:
                     message = w.receive(deadline)
                     kind = message[0]
-                    if kind == "part":
-                        part = message[1]
-                    elif kind == "source":
+                    if kind == "source":
                         w.send(_answer_source(renderer, message[1]))
                     elif kind == "ack":
                         w.send(_answer_ack(renderer, *message[1:]))
                     elif kind == "ok":
                         ok = True
+                        w.last_part()  # drained, so the pipe never fills
                         return message[1]
                     elif kind == "fail":
+                        w.last_part()
                         error = _error_of(message[1])
                         # after a MemoryError the worker exits (it may be left fragmented):
                         # it is replaced; a refusal by the sandbox leaves it as good as new
@@ -368,6 +395,7 @@ class RenderPool:
                     else:
                         raise _Dead
             except TimeoutError:
+                part = w.last_part() or part
                 self.kills += 1
                 log.warning(
                     "render of %s took over %s s: render process killed", part, limits.timeout

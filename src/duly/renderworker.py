@@ -83,11 +83,12 @@ def _clear_limits() -> None:
 
 
 class _Worker:
-    def __init__(self, channel: _Channel) -> None:
+    def __init__(self, channel: _Channel, status: int | None) -> None:
         from duly.ack import AckLinks
         from duly.render import Renderer
 
         self.channel = channel
+        self.status: int | None = status
         self.request: dict[str, Any] = {}
         self.renderers: dict[tuple[Any, ...], Renderer] = {}
 
@@ -110,6 +111,15 @@ class _Worker:
                 return str(worker.ask(("ack", rule, subject, recipient, max_age_days), "ack"))
 
         self._ack_proxy = _AckProxy
+
+    def note_part(self, part: str) -> None:
+        """Tell the parent which part is rendering, on the status pipe it reads only when
+        a render times out (so the error names the file) and drains after each render."""
+        if self.status is not None:
+            try:
+                os.write(self.status, part.encode()[:200] + b"\n")
+            except OSError:
+                pass
 
     def ask(self, question: tuple[Any, ...], answer: str) -> Any:
         self.channel.send(question)
@@ -151,7 +161,7 @@ class _Worker:
                 recipient=req["recipient"],
                 timezone=req["timezone"],
                 locale=req["locale"],
-                on_part=lambda part: self.channel.send(("part", part)),
+                on_part=self.note_part,
             )
             return {"title": r.title, "text": r.text, "html": r.html}
         if op == "webhook_body":
@@ -228,7 +238,8 @@ def main() -> None:
     os.dup2(2, 1)  # a stray print() can never corrupt the protocol
     sys.stdout = sys.stderr
     channel = _Channel(sys.stdin.buffer, out)
-    _Worker(channel).serve()
+    status = int(sys.argv[1]) if len(sys.argv) > 1 else None
+    _Worker(channel, status).serve()
 
 
 if __name__ == "__main__":
