@@ -2,7 +2,8 @@
 (sandbox size checks, helpers, streamed output cap), and the bounded path every render takes
 (a render process of duly.renderpool, killed over render.timeout / render.max_memory).
 
-Prints one table, microseconds per render (median of several rounds), side by side:
+Prints one table, microseconds per render (median of several rounds), side by side; the
+last two columns are throughput (wall time per render with several renders in flight):
 
     .venv/bin/python bench/render.py [--n 2000] [--rounds 5] [--threads 4]
 
@@ -12,6 +13,7 @@ Figures on the development machine are in bench/README.md ("Rendering").
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import threading
@@ -58,14 +60,38 @@ def context(i: int) -> dict:
     }
 
 
-def per_render_us(fn: Callable[[int], object], n: int, rounds: int) -> float:
+POOLS: list[RenderPool] = []
+CPU: dict[str, list[float]] = {}  # label -> CPU µs per render of each round
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its render processes (from /proc)."""
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK")
+    for pool in POOLS:
+        for pid in pool.pids():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+            except OSError:
+                pass
+    return total
+
+
+def per_render_us(
+    fn: Callable[[int], object], n: int, rounds: int, label: str = "", per_call: int = 1
+) -> float:
     fn(0)  # compile, caches, worker start
-    times = []
+    times, cpu = [], []
     for _ in range(rounds):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         for i in range(n):
             fn(i)
-        times.append((time.perf_counter() - t0) / n * 1e6)
+        times.append((time.perf_counter() - t0) / (n * per_call) * 1e6)
+        cpu.append((cpu_seconds() - c0) / (n * per_call) * 1e6)
+    if label:
+        CPU[label] = cpu
     return statistics.median(times)
 
 
@@ -109,6 +135,7 @@ def main() -> None:
 
     here = Renderer(d, isolated=False)
     pool = RenderPool(2)
+    POOLS.append(pool)
     bounded = Renderer(d, limits=RenderLimits(), pool=pool)
     bounded.start()
 
@@ -131,14 +158,26 @@ def main() -> None:
         def bounded_fn(i: int, name: str = name) -> object:
             return bounded.render(name, "email", context(i), recipient=RECIPIENT)
 
+        batch = [
+            {"name": name, "channel": "email", "context": context(i), "recipient": RECIPIENT}
+            for i in range(200)
+        ]
+
+        def many_fn(i: int, batch: list = batch) -> object:
+            # one call renders 200 (counted as 200 renders below)
+            return bounded.render_many(batch)
+
         rows.append(
             (
                 label,
                 [
-                    per_render_us(jinja_fn, args.n, args.rounds),
-                    per_render_us(here_fn, args.n, args.rounds),
-                    per_render_us(bounded_fn, args.n, args.rounds),
+                    per_render_us(jinja_fn, args.n, args.rounds, f"{label}/jinja"),
+                    per_render_us(here_fn, args.n, args.rounds, f"{label}/here"),
+                    per_render_us(bounded_fn, args.n, args.rounds, f"{label}/bounded"),
                     threaded_us(bounded_fn, args.n, args.threads),
+                    per_render_us(
+                        many_fn, max(1, args.n // 200), args.rounds, f"{label}/many", 200
+                    ),
                 ],
             )
         )
@@ -150,14 +189,25 @@ def main() -> None:
         "Renderer in-process",
         "bounded (1 caller)",
         f"bounded ({args.threads} callers, 2 workers)",
+        "bounded render_many (200 per call, 2 workers)",
     ]
     print(f"µs per render, median of {args.rounds} rounds of {args.n}")
     print(" | ".join(heads))
     print(" | ".join("---" for _ in heads))
     for label, values in rows:
         print(" | ".join([label, *(f"{v:,.0f}" for v in values)]))
-    overhead = [r[1][2] - r[1][1] for r in rows]
-    print(f"\nbounded minus in-process: {', '.join(f'{o:,.0f} µs' for o in overhead)}")
+    print(
+        "\nCPU µs per render (this process and the render processes together; "
+        "what a busy machine pays), median:"
+    )
+    kinds = [("jinja", "plain Jinja"), ("here", "in-process"), ("bounded", "bounded")]
+    kinds.append(("many", "render_many"))
+    print(" | ".join(["template", *(k[1] for k in kinds)]))
+    print(" | ".join("---" for _ in range(len(kinds) + 1)))
+    for label, _ in rows:
+        cells = [f"{statistics.median(CPU[f'{label}/{k}']):,.0f}" for k, _ in kinds]
+        print(" | ".join([label, *cells]))
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from datetime import date as Date
@@ -42,7 +42,7 @@ from functools import lru_cache
 from html.parser import HTMLParser
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypedDict
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import css_inline
@@ -69,7 +69,14 @@ from duly.ack import ACK_LINKS_KEY, AckLinks, ack_link
 from duly.model import Recipient, RenderLimits
 from duly.sandbox import BoundedSandbox, LimitError
 
-__all__ = ["RenderBusy", "RenderError", "RenderLimitExceeded", "Rendered", "Renderer"]
+__all__ = [
+    "RenderBusy",
+    "RenderError",
+    "RenderLimitExceeded",
+    "RenderRequest",
+    "Rendered",
+    "Renderer",
+]
 
 Overrides = Callable[[str], str | None]
 
@@ -118,6 +125,20 @@ class RenderBusy(RenderError):
     def __init__(self, message: str, *, retry_after: int, template: str | None = None):
         self.retry_after = retry_after
         super().__init__(message, template=template, kind="busy")
+
+
+class _RenderRequired(TypedDict):
+    name: str
+    channel: str
+    context: Mapping[str, Any]
+
+
+class RenderRequest(_RenderRequired, total=False):
+    """The arguments of one :meth:`Renderer.render`, for :meth:`Renderer.render_many`."""
+
+    recipient: Recipient | None
+    timezone: str | None
+    locale: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -680,6 +701,24 @@ class Renderer:
             timezone=timezone,
             locale=locale,
         )
+
+    def render_many(self, items: Sequence[RenderRequest]) -> list[Rendered | RenderError]:
+        """Render every item, up to ``limits.workers`` at a time in the render processes;
+        each answer (a Rendered or the RenderError it raised) in the order of ``items``.
+
+        Each item has its own ``limits.timeout``, so one runaway fails only its own item;
+        the call returns within ``ceil(len(items) / workers) * timeout`` at worst. For a
+        batch this is several times faster than calling :meth:`render` in a loop: the
+        render processes work side by side, and the caller's own work overlaps theirs."""
+        if not self.isolated or len(items) <= 1:
+            out: list[Rendered | RenderError] = []
+            for it in items:
+                try:
+                    out.append(self.render(**it))
+                except RenderError as exc:
+                    out.append(exc)
+            return out
+        return self.pool.render_many(self, items)  # type: ignore[no-any-return]
 
     def render_here(
         self,

@@ -44,10 +44,20 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from duly.model import Recipient, RenderLimits
-from duly.render import RenderBusy, Rendered, Renderer, RenderError, RenderLimitExceeded
+from duly.render import (
+    RenderBusy,
+    Rendered,
+    Renderer,
+    RenderError,
+    RenderLimitExceeded,
+    RenderRequest,
+)
 
 __all__ = ["RenderPool", "shared_pool"]
 
@@ -61,6 +71,8 @@ INTERACTIVE_GRACE = 3.0
 # one, so this only trips when the pool cannot start workers at all).
 DELIVERY_WAIT_TIMEOUTS = 30
 _HEADER = struct.Struct(">I")
+# Renderer.render_many sends this many renders in one message to a worker.
+BATCH = 16
 
 
 class _Dead(Exception):
@@ -161,19 +173,27 @@ class _Worker:
             raise _Dead
         self.ready = True
 
-    def last_part(self) -> str | None:
-        """The last part the worker said it was rendering (drains the status pipe)."""
+    def status_lines(self) -> list[tuple[int, float, str]]:
+        """What the worker wrote on the status pipe since the last call: ``(item, start
+        time, part)`` per part it started (drains the pipe, so it never fills)."""
         data = b""
         while True:
             try:
-                chunk = os.read(self.status, 4096)
+                chunk = os.read(self.status, 65536)
             except (BlockingIOError, OSError):
                 break
             if not chunk:
                 break
             data += chunk
-        lines = data.decode(errors="replace").split()
-        return lines[-1] if lines else None
+        out = []
+        for line in data.decode(errors="replace").splitlines():
+            fields = line.split(" ", 2)
+            if len(fields) == 3:
+                try:
+                    out.append((int(fields[0]), float(fields[1]), fields[2]))
+                except ValueError:
+                    continue
+        return out
 
     def kill(self) -> None:
         try:
@@ -220,6 +240,7 @@ class RenderPool:
         self._interactive_waiting = 0
         self._generation = 0  # bumped by close(): renders in flight then fail
         self.kills = 0  # workers killed over a limit (tests, metrics)
+        self._executor: ThreadPoolExecutor | None = None  # for render_many
 
     # ------------------------------------------------------------------ life cycle
 
@@ -328,27 +349,175 @@ class RenderPool:
     ) -> Rendered:
         """Render in a worker (see Renderer.render). Raises RenderError."""
         base = f"{name}.{channel}"
-        overrides = renderer._loader_overrides
-        known: dict[str, str | None] = {}
-        if overrides is not None:
-            # the two files every render reads, sent along: no round trip for them
-            for ext in ("txt", "html"):
-                known[f"{base}.{ext}"] = overrides(f"{base}.{ext}")
         request = {
-            "templates_dir": str(renderer.templates_dir) if renderer.templates_dir else None,
+            **_common(renderer),
             "name": name,
             "channel": channel,
             "context": context,
             "recipient": recipient,
             "timezone": timezone,
             "locale": locale,
-            "known": known,
-            "has_overrides": overrides is not None,
-            "ack_links": renderer.ack_links is not None,
-            "limits": _limits_dict(renderer.limits),
+            "known": _known(renderer, base),
         }
         result = self.run("render", request, renderer, base)
         return Rendered(title=result["title"], text=result["text"], html=result["html"])
+
+    def render_many(
+        self, renderer: Renderer, items: Sequence[RenderRequest]
+    ) -> list[Rendered | RenderError]:
+        """Renderer.render_many: the items in batches of up to BATCH per message to a worker
+        (one round trip per batch, not per item), ``renderer.limits.workers`` batches side by
+        side. Each item still has its own timeout: the worker notes when each item starts
+        on its status pipe, and the parent, woken at a deadline, kills the worker only when
+        the item being rendered has run longer than the timeout; the other items of that
+        batch are then rendered again by another worker."""
+        out: list[Rendered | RenderError | None] = [None] * len(items)
+        batches = deque(
+            list(range(i, min(i + BATCH, len(items)))) for i in range(0, len(items), BATCH)
+        )
+        lock = threading.Lock()
+
+        def drain() -> None:
+            while True:
+                with lock:
+                    if not batches:
+                        return
+                    ids = batches.popleft()
+                while ids:  # what is left of it after a runaway item was killed
+                    ids = self._render_batch(renderer, items, ids, out)
+
+        if self._executor is None:
+            with self._cond:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(8, thread_name_prefix="duly-render")
+        helpers = [
+            self._executor.submit(drain)
+            for _ in range(min(len(batches), max(1, renderer.limits.workers)) - 1)
+        ]
+        drain()  # this thread takes its share too
+        for h in helpers:
+            h.result()
+        return [r if r is not None else RenderError("not rendered") for r in out]
+
+    def _render_batch(
+        self,
+        renderer: Renderer,
+        items: Sequence[RenderRequest],
+        ids: list[int],
+        out: list[Rendered | RenderError | None],
+    ) -> list[int]:
+        """Render ``items[i] for i in ids`` in one worker into ``out``; the ids still to
+        render (after a runaway item was killed, without it), else []."""
+        limits = renderer.limits
+        common = _common(renderer)
+        batch = []
+        for i in ids:
+            item = items[i]
+            batch.append(
+                {
+                    "name": item["name"],
+                    "channel": item["channel"],
+                    "context": dict(item["context"]),
+                    "recipient": item.get("recipient"),
+                    "timezone": item.get("timezone"),
+                    "locale": item.get("locale"),
+                    "known": _known(renderer, f"{item['name']}.{item['channel']}"),
+                }
+            )
+        what = f"{items[ids[0]]['name']}.{items[ids[0]]['channel']}"
+        try:
+            payload = pickle.dumps(
+                ("render_many", {"common": common, "items": batch}),
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
+        except Exception:
+            # one item's data cannot be passed: render each alone, so only it fails
+            for i in ids:
+                try:
+                    out[i] = renderer.render(**items[i])
+                except RenderError as exc:
+                    out[i] = exc
+            return []
+        w = self._acquire(limits, renderer.interactive, what)
+        generation = self._generation
+        ok = False
+        seen: list[tuple[int, float, str]] = []
+        try:
+            try:
+                w.wait_ready()
+            except (TimeoutError, _Dead):
+                error = RenderError(
+                    f"a render process could not be started ({w.exit_reason()})", template=what
+                )
+                for i in ids:
+                    out[i] = error
+                return []
+            w.status_lines()
+            sent = time.monotonic()
+            deadline = sent + limits.timeout
+            try:
+                w.send_bytes(payload)
+                while True:
+                    try:
+                        message = w.receive(deadline)
+                    except TimeoutError:
+                        seen += w.status_lines()
+                        current = max((s[0] for s in seen), default=0)
+                        began = min((s[1] for s in seen if s[0] == current), default=sent)
+                        if time.monotonic() < began + limits.timeout:
+                            deadline = began + limits.timeout  # an earlier item was slow
+                            continue
+                        self.kills += 1
+                        part = _part_of(seen, current) or what
+                        log.warning(
+                            "render of %s took over %s s: render process killed",
+                            part,
+                            limits.timeout,
+                        )
+                        out[ids[current]] = RenderLimitExceeded(
+                            f"render took longer than {limits.timeout:g} s",
+                            limit="render.timeout",
+                            template=part,
+                        )
+                        return ids[:current] + ids[current + 1 :]
+                    kind = message[0]
+                    if kind == "source":
+                        w.send(_answer_source(renderer, message[1]))
+                    elif kind == "ack":
+                        w.send(_answer_ack(renderer, *message[1:]))
+                    elif kind == "many":
+                        w.status_lines()
+                        ok = True
+                        for i, (status, value) in zip(ids, message[1], strict=True):
+                            if status == "ok":
+                                out[i] = Rendered(value["title"], value["text"], value["html"])
+                            else:
+                                out[i] = _error_of(value)
+                                if value.get("limit") == "render.max_memory":
+                                    ok = False  # the worker exits: replace it
+                        return []
+                    else:
+                        raise _Dead
+            except _Dead:
+                seen += w.status_lines()
+                if generation != self._generation:
+                    stopped = RenderError(
+                        "render stopped: the render processes were shut down", template=what
+                    )
+                    for i in ids:
+                        out[i] = stopped
+                    return []
+                w.kill()
+                current = max((s[0] for s in seen), default=0)
+                out[ids[current]] = RenderError(
+                    f"the render process ended during the render ({w.exit_reason()}); a "
+                    f"template that needs more than {_mb(limits.max_memory)} goes over "
+                    "render.max_memory",
+                    template=_part_of(seen, current) or what,
+                )
+                return ids[:current] + ids[current + 1 :]
+        finally:
+            self._release(w, renderer.interactive, ok, generation)
 
     def run(self, op: str, request: dict[str, Any], renderer: Renderer | None, what: str) -> Any:
         """Send ``(op, request)`` to a worker, answer its questions, return its result."""
@@ -383,10 +552,10 @@ class RenderPool:
                         w.send(_answer_ack(renderer, *message[1:]))
                     elif kind == "ok":
                         ok = True
-                        w.last_part()  # drained, so the pipe never fills
+                        w.status_lines()  # drained, so the pipe never fills
                         return message[1]
                     elif kind == "fail":
-                        w.last_part()
+                        w.status_lines()
                         error = _error_of(message[1])
                         # after a MemoryError the worker exits (it may be left fragmented):
                         # it is replaced; a refusal by the sandbox leaves it as good as new
@@ -395,7 +564,7 @@ class RenderPool:
                     else:
                         raise _Dead
             except TimeoutError:
-                part = w.last_part() or part
+                part = _part_of(w.status_lines(), 0) or part
                 self.kills += 1
                 log.warning(
                     "render of %s took over %s s: render process killed", part, limits.timeout
@@ -419,6 +588,30 @@ class RenderPool:
                 ) from None
         finally:
             self._release(w, interactive, ok, generation)
+
+
+def _common(renderer: Renderer) -> dict[str, Any]:
+    """What every render request of ``renderer`` says about it."""
+    return {
+        "templates_dir": str(renderer.templates_dir) if renderer.templates_dir else None,
+        "has_overrides": renderer._loader_overrides is not None,
+        "ack_links": renderer.ack_links is not None,
+        "limits": _limits_dict(renderer.limits),
+    }
+
+
+def _known(renderer: Renderer, base: str) -> dict[str, str | None]:
+    """The two files every render of ``base`` reads, sent along: no round trip for them."""
+    overrides = renderer._loader_overrides
+    if overrides is None:
+        return {}
+    return {f"{base}.{ext}": overrides(f"{base}.{ext}") for ext in ("txt", "html")}
+
+
+def _part_of(seen: list[tuple[int, float, str]], item: int) -> str | None:
+    """The last part item ``item`` started, from the status lines."""
+    parts = [p for i, _, p in seen if i == item and p not in ("", "-")]
+    return parts[-1] if parts else None
 
 
 def _limits_dict(limits: RenderLimits) -> dict[str, Any]:

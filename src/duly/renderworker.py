@@ -12,6 +12,7 @@ import pickle
 import signal
 import struct
 import sys
+import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -43,43 +44,54 @@ class _Channel:
         return pickle.loads(data)
 
 
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
 def _vm_size() -> int | None:
     """This process's virtual size in bytes (what RLIMIT_AS counts), from /proc."""
     try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[0]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
 
 
-def _set_limits(limits: dict[str, Any]) -> None:
-    if resource is None:
-        return
-    size = _vm_size()
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if size is not None:
-        soft = size + int(limits["max_memory"])
-        if hard != resource.RLIM_INFINITY:
-            soft = min(soft, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    used = usage.ru_utime + usage.ru_stime
-    _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
-    cpu = math.ceil(used + float(limits["timeout"]) + 2)
-    if cpu_hard != resource.RLIM_INFINITY:
-        cpu = min(cpu, cpu_hard)
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu_hard))
+class _Limits:
+    """Sets RLIMIT_AS and RLIMIT_CPU before each render, with as few system calls as it
+    can: a limit is changed only when the one in force is not the one this render needs."""
 
+    # the address-space limit is moved only when this far from where it should be
+    SLACK = 8 * 1024 * 1024
 
-def _clear_limits() -> None:
-    if resource is None:
-        return
-    for which in (resource.RLIMIT_AS, resource.RLIMIT_CPU):
-        _, hard = resource.getrlimit(which)
-        resource.setrlimit(which, (hard, hard))
+    def __init__(self) -> None:
+        self.as_soft: int | None = None
+        self.cpu_soft: int | None = None
+
+    def set(self, limits: dict[str, Any]) -> None:
+        if resource is None:
+            return
+        size = _vm_size()
+        if size is not None:
+            want = size + int(limits["max_memory"])
+            if self.as_soft is None or abs(self.as_soft - want) > self.SLACK:
+                _, hard = resource.getrlimit(resource.RLIMIT_AS)
+                if hard != resource.RLIM_INFINITY:
+                    want = min(want, hard)
+                resource.setrlimit(resource.RLIMIT_AS, (want, hard))
+                self.as_soft = want
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        used = usage.ru_utime + usage.ru_stime
+        timeout = float(limits["timeout"])
+        # at least timeout + 2 s of CPU left, at most timeout + 4 s (RLIMIT_CPU counts whole
+        # seconds since the process started): a runaway is killed here even if the parent
+        # is gone, and the limit is not reset on every render
+        if self.cpu_soft is None or not used + timeout + 2 <= self.cpu_soft <= used + timeout + 4:
+            cpu = math.ceil(used + timeout + 3)
+            _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+            if hard != resource.RLIM_INFINITY:
+                cpu = min(cpu, hard)
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu, hard))
+            self.cpu_soft = cpu
 
 
 class _Worker:
@@ -89,6 +101,8 @@ class _Worker:
 
         self.channel = channel
         self.status: int | None = status
+        self.item = 0  # the batch item being rendered
+        self.limits = _Limits()
         self.request: dict[str, Any] = {}
         self.renderers: dict[tuple[Any, ...], Renderer] = {}
 
@@ -113,11 +127,14 @@ class _Worker:
         self._ack_proxy = _AckProxy
 
     def note_part(self, part: str) -> None:
-        """Tell the parent which part is rendering, on the status pipe it reads only when
-        a render times out (so the error names the file) and drains after each render."""
+        """Tell the parent which part of which batch item starts rendering, and when
+        (``ITEM MONOTONIC PART``; CLOCK_MONOTONIC is the same clock in every process), on
+        the status pipe: the parent reads it only at a deadline (to name the file, and to
+        time the item of a batch being rendered) and drains it after each answer."""
         if self.status is not None:
+            line = f"{self.item} {time.monotonic():.6f} {part[:200]}\n"
             try:
-                os.write(self.status, part.encode()[:200] + b"\n")
+                os.write(self.status, line.encode())
             except OSError:
                 pass
 
@@ -170,54 +187,63 @@ class _Worker:
             return render_body(req["body"], req["context"])
         raise ValueError(f"unknown request {op!r}")
 
-    def serve(self) -> None:
+    def one(self, op: str, req: dict[str, Any]) -> tuple[str, Any]:
+        """``("ok", result)`` or ``("fail", error)`` for one request (or one batch item)."""
         from duly.render import RenderError, RenderLimitExceeded
 
+        self.request = req
+        what = f"{req.get('name')}.{req.get('channel')}" if op == "render" else "body"
+        limits = req["limits"]
+        memory = f"{int(limits['max_memory']) / 1_000_000:g} MB"
+        over_memory = {
+            "message": f"the render needed more than {memory} of memory",
+            "limit": "render.max_memory",
+            "template": what,
+            "line": None,
+            "kind": "limit",
+        }
+        try:
+            self.limits.set(limits)
+            return ("ok", self.handle(op, req))
+        except RenderLimitExceeded as exc:
+            info = _info(exc, "limit")
+            info["message"] = exc.reason.rsplit(" (", 1)[0]
+            info["limit"] = exc.limit
+            return ("fail", info)
+        except RenderError as exc:
+            if isinstance(exc.__cause__, MemoryError):
+                return ("fail", {**over_memory, "template": exc.template, "line": exc.line})
+            return ("fail", _info(exc, exc.kind))
+        except MemoryError:
+            return ("fail", over_memory)
+        except Exception as exc:  # e.g. a webhook body's BodyTemplateError
+            return ("fail", {"message": str(exc), "template": None, "line": None, "kind": "data"})
+        finally:
+            self.request = {}
+
+    def serve(self) -> None:
         self.channel.send(("ready", os.getpid()))
         while True:
             try:
                 op, req = self.channel.receive()
             except EOFError:
                 return
-            self.request = req
-            what = f"{req.get('name')}.{req.get('channel')}" if op == "render" else "body"
-            limits = req["limits"]
-            memory = f"{int(limits['max_memory']) / 1_000_000:g} MB"
-            over_memory = {
-                "message": f"the render needed more than {memory} of memory",
-                "limit": "render.max_memory",
-                "template": what,
-                "line": None,
-                "kind": "limit",
-            }
-            try:
-                _set_limits(limits)
-                try:
-                    result = self.handle(op, req)
-                finally:
-                    _clear_limits()
-                reply: tuple[str, Any] = ("ok", result)
-            except RenderLimitExceeded as exc:
-                info = _info(exc, "limit")
-                info["message"] = exc.reason.rsplit(" (", 1)[0]
-                info["limit"] = exc.limit
-                reply = ("fail", info)
-            except RenderError as exc:
-                if isinstance(exc.__cause__, MemoryError):
-                    reply = ("fail", {**over_memory, "template": exc.template, "line": exc.line})
-                else:
-                    reply = ("fail", _info(exc, exc.kind))
-            except MemoryError:
-                reply = ("fail", over_memory)
-            except Exception as exc:  # e.g. a webhook body's BodyTemplateError
-                reply = (
-                    "fail",
-                    {"message": str(exc), "template": None, "line": None, "kind": "data"},
-                )
-            finally:
-                self.request = {}
+            if op == "render_many":
+                # one answer for the whole batch: one wake-up of the parent, not one per
+                # item; each item's start goes on the status pipe, so the parent can still
+                # tell which item overran its timeout
+                answers = []
+                for i, item in enumerate(req["items"]):
+                    self.item = i
+                    self.note_part("-")  # the item starts (its parts follow)
+                    answers.append(self.one("render", {**req["common"], **item}))
+                self.item = 0
+                reply: tuple[str, Any] = ("many", answers)
+            else:
+                reply = self.one(op, req)
             self.channel.send(reply)
-            if reply[0] == "fail" and reply[1].get("limit") == "render.max_memory":
+            answers_of = reply[1] if reply[0] == "many" else [reply]
+            if any(a[0] == "fail" and a[1].get("limit") == "render.max_memory" for a in answers_of):
                 return  # the parent replaces this process: start the next one clean
 
 

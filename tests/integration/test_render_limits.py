@@ -96,8 +96,7 @@ def test_a_runaway_template_fails_its_own_delivery_and_the_other_goes_out(
         took = time.monotonic() - t0
         with db.connect() as c:
             got = {
-                r.rule: (r.state, r.reason, r.last_error)
-                for r in c.execute(sa.select(deliveries))
+                r.rule: (r.state, r.reason, r.last_error) for r in c.execute(sa.select(deliveries))
             }
         assert got["good-receipt"][:2] == ("sent", None)
         assert len(sink.messages) == 1 and sink.messages[0]["Subject"] == "Receipt A"
@@ -263,5 +262,48 @@ def test_a_killed_worker_is_replaced_and_normal_renders_keep_their_speed(tmp_pat
         assert r.render("good", "email", ctx).title == "Receipt A"
         assert time.monotonic() - t0 < 0.5  # the other worker was ready: no start-up wait
         assert len(pool.pids()) == 2 and set(pool.pids()) != before
+    finally:
+        r.close()
+
+
+def test_render_many_fails_only_the_runaway_items_of_a_batch(tmp_path: Path) -> None:
+    """A batch (what a dispatcher cycle renders) with two runaways and a memory bomb among
+    40: exactly those three fail, naming their limits; the other 37 render."""
+    from duly.model import RenderLimits
+    from duly.render import RenderError, RenderLimitExceeded
+    from duly.renderpool import RenderPool
+
+    (tmp_path / "loop.email.txt").write_text(LOOP)
+    (tmp_path / "mem.email.txt").write_text(MEMORY)
+    (tmp_path / "good.email.txt").write_text(GOOD)
+    pool = RenderPool(2)
+    r = Renderer(tmp_path, limits=RenderLimits(timeout=1, max_memory=128_000_000), pool=pool)
+    try:
+        items = [
+            {
+                "name": "good",
+                "channel": "email",
+                "context": {
+                    "subject": {"key": f"K{i}"},
+                    "recipient": {"name": "x"},
+                    "attributes": {"big": True},
+                },
+            }
+            for i in range(40)
+        ]
+        for i, name in ((5, "loop"), (20, "mem"), (33, "loop")):
+            items[i] = {**items[i], "name": name}
+        t0 = time.monotonic()
+        out = r.render_many(items)  # type: ignore[arg-type]
+        assert time.monotonic() - t0 < 20
+        failed = {i: x for i, x in enumerate(out) if isinstance(x, RenderError)}
+        assert sorted(failed) == [5, 20, 33]
+        assert isinstance(failed[5], RenderLimitExceeded) and failed[5].limit == "render.timeout"
+        assert "loop.email.txt" in str(failed[5])
+        assert isinstance(failed[20], RenderLimitExceeded)
+        assert failed[20].limit == "render.max_memory"
+        for i, x in enumerate(out):
+            if i not in failed:
+                assert not isinstance(x, RenderError) and x.title == f"Receipt K{i}"
     finally:
         r.close()
