@@ -23,6 +23,11 @@ Normative source: spec/rules.md, "Templates". What this module adds to it:
   recipient's timezone; one without is already local; a date alone is 00:00 local.
 - Every failure (syntax, undefined name, refused attribute, bad helper input) is a
   :class:`RenderError` naming the template file and line.
+- Every render is bounded by the rule file's ``render:`` limits (:class:`duly.model.
+  RenderLimits`): it runs in a render process (:mod:`duly.renderpool`) killed over
+  ``timeout`` or ``max_memory``; the sandbox (:mod:`duly.sandbox`) refuses an operation whose
+  result would be longer than ``max_output`` before it runs, and the output is counted as it
+  is produced. Over a limit: :class:`RenderLimitExceeded`, naming it (``render.timeout``).
 
 Compiled templates are cached per file name and recompiled when the file's mtime changes or
 ``loader_overrides`` returns a different source.

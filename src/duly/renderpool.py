@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import select
 import signal
 import struct
@@ -73,6 +74,11 @@ DELIVERY_WAIT_TIMEOUTS = 30
 _HEADER = struct.Struct(">I")
 # Renderer.render_many sends this many renders in one message to a worker.
 BATCH = 16
+# Environment variables a render process does not inherit (DULY_BASE_URL it keeps: sample
+# acknowledge links use it).
+_SECRET_NAME = re.compile(
+    r"SECRET|PASSW|TOKEN|KEY|CREDENTIAL|AUTH|DATABASE|DSN|^DULY_(?!BASE_URL$)", re.IGNORECASE
+)
 
 
 class _Dead(Exception):
@@ -90,7 +96,9 @@ class _Worker:
     """One render process and the bytes read from it so far."""
 
     def __init__(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # no secrets: a render process needs none (acknowledge links are signed here)
+        env = {k: v for k, v in os.environ.items() if not _SECRET_NAME.search(k)}
+        env["PYTHONUNBUFFERED"] = "1"
         # the status pipe: the worker writes the part it is rendering; read on a timeout
         status_r, status_w = os.pipe()
         os.set_blocking(status_r, False)

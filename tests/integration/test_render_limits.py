@@ -307,3 +307,20 @@ def test_render_many_fails_only_the_runaway_items_of_a_batch(tmp_path: Path) -> 
                 assert not isinstance(x, RenderError) and x.title == f"Receipt K{i}"
     finally:
         r.close()
+
+
+def test_render_processes_inherit_no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from duly.renderpool import RenderPool
+
+    monkeypatch.setenv("DULY_SECRET_KEY", "s3cret-ack")
+    monkeypatch.setenv("SMTP_PASSWORD", "s3cret-smtp")
+    monkeypatch.setenv("DULY_BASE_URL", "https://duly.example.test")
+    pool = RenderPool(1)
+    try:
+        pool.start()
+        (pid,) = pool.pids()
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"DULY_BASE_URL=https://duly.example.test" in env
+        assert not [e for e in env if b"s3cret" in e]
+    finally:
+        pool.close()
