@@ -309,15 +309,21 @@ def test_render_many_fails_only_the_runaway_items_of_a_batch(tmp_path: Path) -> 
         r.close()
 
 
-def test_render_processes_inherit_no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_render_processes_inherit_no_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from duly.model import RenderLimits
     from duly.renderpool import RenderPool
 
     monkeypatch.setenv("DULY_SECRET_KEY", "s3cret-ack")
     monkeypatch.setenv("SMTP_PASSWORD", "s3cret-smtp")
     monkeypatch.setenv("DULY_BASE_URL", "https://duly.example.test")
+    (tmp_path / "good.email.txt").write_text(GOOD)
     pool = RenderPool(1)
     try:
-        pool.start()
+        r = Renderer(tmp_path, limits=RenderLimits(workers=1), pool=pool)
+        # rendered once: the process has started (its environment is the one it runs with)
+        r.render("good", "email", {"subject": {"key": "A"}, "recipient": {"name": "A"}})
         (pid,) = pool.pids()
         env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         assert b"DULY_BASE_URL=https://duly.example.test" in env
