@@ -85,6 +85,10 @@ class _Dead(Exception):
     """The worker's pipe closed: it died or was killed."""
 
 
+class _NotSent(Exception):
+    """The worker was dead before it got the request: try another."""
+
+
 class _Strict(pickle.Unpickler):
     """Unpickles plain data only: a worker can never make the parent build an object."""
 
@@ -203,11 +207,16 @@ class _Worker:
                     continue
         return out
 
-    def kill(self) -> None:
+    def signal_kill(self) -> None:
         try:
             self.proc.kill()
         except OSError:
             pass
+
+    def kill(self) -> None:
+        """SIGKILL, reap, close the pipes. Only by the thread that holds the worker (or
+        when nobody does)."""
+        self.signal_kill()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not ignorable
@@ -264,12 +273,17 @@ class RenderPool:
         """Kill every worker now; renders in flight fail with a RenderError."""
         with self._cond:
             self._generation += 1
-            workers = list(self._all)
+            idle = list(self._idle)
+            busy = [w for w in self._all if w not in idle]
             self._all.clear()
             self._idle.clear()
             self._cond.notify_all()
-        for w in workers:
+        for w in idle:
             w.kill()
+        for w in busy:
+            # only the signal: the thread rendering with it sees the pipe close and cleans
+            # up (its file descriptors are never closed under it)
+            w.signal_kill()
 
     def pids(self) -> list[int]:
         with self._cond:
@@ -393,6 +407,13 @@ class RenderPool:
                     ids = batches.popleft()
                 while ids:  # what is left of it after a runaway item was killed
                     ids = self._render_batch(renderer, items, ids, out)
+                    if ids and ids[0] == -1:  # not sent: one by one
+                        for i in ids[1:]:
+                            try:
+                                out[i] = renderer.render(**items[i])
+                            except RenderError as exc:
+                                out[i] = exc
+                        ids = []
 
         if self._executor is None:
             with self._cond:
@@ -415,7 +436,8 @@ class RenderPool:
         out: list[Rendered | RenderError | None],
     ) -> list[int]:
         """Render ``items[i] for i in ids`` in one worker into ``out``; the ids still to
-        render (after a runaway item was killed, without it), else []."""
+        render (after a runaway item was killed, without it), else []; ``[-1, *ids]`` when
+        the worker was dead before it got them."""
         limits = renderer.limits
         common = _common(renderer)
         batch = []
@@ -464,7 +486,15 @@ class RenderPool:
             sent = time.monotonic()
             deadline = sent + limits.timeout
             try:
-                w.send_bytes(payload)
+                try:
+                    w.send_bytes(payload)
+                except _Dead:
+                    if generation != self._generation:
+                        raise
+                    # the worker died while idle: render these one by one (each with its
+                    # own retry on another worker) once this one is released
+                    ok = False
+                    return [-1, *ids]
                 while True:
                     try:
                         message = w.receive(deadline)
@@ -528,7 +558,19 @@ class RenderPool:
             self._release(w, renderer.interactive, ok, generation)
 
     def run(self, op: str, request: dict[str, Any], renderer: Renderer | None, what: str) -> Any:
-        """Send ``(op, request)`` to a worker, answer its questions, return its result."""
+        """Send ``(op, request)`` to a worker, answer its questions, return its result. A
+        worker found dead before it got the request (it died while idle) is replaced and
+        the request given to another, once."""
+        try:
+            return self._run(op, request, renderer, what)
+        except _NotSent:
+            pass
+        try:
+            return self._run(op, request, renderer, what)
+        except _NotSent:
+            raise RenderError("no render process could take the render", template=what) from None
+
+    def _run(self, op: str, request: dict[str, Any], renderer: Renderer | None, what: str) -> Any:
         limits = renderer.limits if renderer is not None else _limits_of(request)
         interactive = renderer is not None and renderer.interactive
         try:
@@ -550,7 +592,12 @@ class RenderPool:
                 ) from None
             deadline = time.monotonic() + limits.timeout
             try:
-                w.send_bytes(payload)
+                try:
+                    w.send_bytes(payload)
+                except _Dead:
+                    if generation == self._generation:
+                        raise _NotSent from None
+                    raise
                 while True:
                     message = w.receive(deadline)
                     kind = message[0]
@@ -675,11 +722,27 @@ _shared: RenderPool | None = None
 _shared_lock = threading.Lock()
 
 
+def _forget_after_fork() -> None:
+    """A forked child must not share its parent's render processes (their pipes are the
+    parent's): it starts its own on first use."""
+    global _shared
+    _shared = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def shared_pool() -> RenderPool:
     """The process-wide pool (started lazily, its workers killed at exit)."""
     global _shared
     with _shared_lock:
         if _shared is None:
             _shared = RenderPool()
-            atexit.register(_shared.close)
+            atexit.register(_close_at_exit, _shared, os.getpid())
         return _shared
+
+
+def _close_at_exit(pool: RenderPool, owner: int) -> None:
+    if os.getpid() == owner:  # never a forked child's: the processes are its parent's
+        pool.close()

@@ -330,3 +330,33 @@ def test_render_processes_inherit_no_secrets(
         assert not [e for e in env if b"s3cret" in e]
     finally:
         pool.close()
+
+
+def test_a_render_process_that_died_idle_costs_no_render(tmp_path: Path) -> None:
+    """Killed from outside while idle (the OOM killer, an operator): the next render goes to
+    another process instead of failing; single renders and batches alike."""
+    import os
+    import signal
+
+    from duly.model import RenderLimits
+    from duly.render import RenderError
+    from duly.renderpool import RenderPool
+
+    (tmp_path / "good.email.txt").write_text(GOOD)
+    pool = RenderPool(1)
+    r = Renderer(tmp_path, limits=RenderLimits(workers=1), pool=pool)
+    ctx = {"subject": {"key": "A"}, "recipient": {"name": "A"}}
+    try:
+        assert r.render("good", "email", ctx).title == "Receipt A"
+        for batch in (False, True):
+            (pid,) = pool.pids()
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+            if batch:
+                out = r.render_many([{"name": "good", "channel": "email", "context": ctx}] * 3)
+                assert [x.title for x in out if not isinstance(x, RenderError)] == ["Receipt A"] * 3
+            else:
+                assert r.render("good", "email", ctx).title == "Receipt A"
+            assert pool.pids() != [pid]
+    finally:
+        r.close()
