@@ -88,9 +88,7 @@ def test_api_preview_and_save_answer_422_naming_the_limit_and_the_subject(web: W
     assert r.json()["template_error"]["limit"] == "render.timeout"
     assert "render.timeout" in r.json()["error"]["message"]
     # sample data does not enter the {% if %}: the newest real subject does
-    r = c.put(
-        "/v1/templates/payment-receipt", json={"channel": "email", "body": LOOP}, headers=h
-    )
+    r = c.put("/v1/templates/payment-receipt", json={"channel": "email", "body": LOOP}, headers=h)
     assert r.status_code == 422, r.text
     err = r.json()
     assert err["error"]["code"] == "render_limit"
