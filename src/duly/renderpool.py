@@ -90,9 +90,23 @@ class _NotSent(Exception):
 
 
 class _Strict(pickle.Unpickler):
-    """Unpickles plain data only: a worker can never make the parent build an object."""
+    """Unpickles plain data only (and dates, times, decimals: a webhook body may hold
+    them): a worker can never make the parent build any other object."""
+
+    SAFE = frozenset(
+        {
+            ("datetime", "date"),
+            ("datetime", "datetime"),
+            ("datetime", "time"),
+            ("datetime", "timedelta"),
+            ("datetime", "timezone"),
+            ("decimal", "Decimal"),
+        }
+    )
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.SAFE:
+            return super().find_class(module, name)
         raise pickle.UnpicklingError(f"a render worker may not send {module}.{name}")
 
 
@@ -148,7 +162,11 @@ class _Worker:
                 if len(self.buffer) >= _HEADER.size + size:
                     data = bytes(self.buffer[_HEADER.size : _HEADER.size + size])
                     del self.buffer[: _HEADER.size + size]
-                    return _Strict(io.BytesIO(data)).load()
+                    try:
+                        return _Strict(io.BytesIO(data)).load()
+                    except Exception:  # not ours to trust any more: it is killed
+                        log.warning("render worker %s sent what cannot be read", self.pid)
+                        raise _Dead from None
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError

@@ -360,3 +360,18 @@ def test_a_render_process_that_died_idle_costs_no_render(tmp_path: Path) -> None
             assert pool.pids() != [pid]
     finally:
         r.close()
+
+
+def test_a_webhook_body_keeps_its_dates_and_numbers_through_the_render_process() -> None:
+    from datetime import date
+    from decimal import Decimal
+
+    from duly.webhooks.outbox import render_body_bounded
+
+    body = {"key": "{{ subject.key }}", "day": date(2026, 1, 1), "n": Decimal("1.5"), "x": [1]}
+    assert render_body_bounded(body, {"subject": {"key": "K"}}) == {
+        "key": "K",
+        "day": date(2026, 1, 1),
+        "n": Decimal("1.5"),
+        "x": [1],
+    }

@@ -224,6 +224,8 @@ def render_body_bounded(
         return shared_pool().run("webhook_body", request, None, "body")
     except RenderError as exc:
         raise BodyTemplateError(exc.reason) from None
+    except Exception as exc:  # never the dispatcher's transaction: the event fails instead
+        raise BodyTemplateError(f"body: cannot render: {type(exc).__name__}: {exc}") from None
 
 
 def render_body(body: Any, context: Mapping[str, Any], path: str = "body") -> Any:
