@@ -111,6 +111,12 @@ class Runtime:
         # PID namespaces, so a dead worker's rows wait for their lease: 30 s by default.)
         if not is_postgres(self.db):
             retake_dead_local_claims(self.db, self.engine, self.dispatcher)
+        renderer = self.dispatcher.renderer
+        if renderer is not None and hasattr(renderer, "start"):
+            try:  # the first render pays no process start-up
+                renderer.start()
+            except Exception:  # they start on first use instead
+                log.warning("could not start the render processes", exc_info=True)
         self._start_dispatcher()
         # keeper: restarts a dispatcher thread that ended, renews the leases of what it is
         # sending, and keeps this process's row in `workers` fresh (the dashboard of any
@@ -204,6 +210,13 @@ class Runtime:
             if self.webhooks_thread is not None:
                 self.webhooks_thread.join(left())
             self.webhooks.close()
+        # last: closing kills renders in flight (a runaway one never holds the stop up)
+        renderer = self.dispatcher.renderer
+        if renderer is not None and hasattr(renderer, "close"):
+            try:
+                renderer.close()
+            except Exception:
+                log.debug("closing the render processes failed", exc_info=True)
         for ch in self.dispatcher.channels.values():
             try:
                 ch.close()
@@ -233,7 +246,12 @@ def build_runtime(
     templates = TemplateStore(db, rf.templates_dir, rules=rf)  # saved versions win
     # DULY_SECRET_KEY (else a secret generated once, in the database) and DULY_BASE_URL
     ack_links = AckLinks(db=db, clock=engine.clock)
-    renderer = Renderer(rf.templates_dir, loader_overrides=templates.override, ack_links=ack_links)
+    renderer = Renderer(
+        rf.templates_dir,
+        loader_overrides=templates.override,
+        ack_links=ack_links,
+        limits=rf.render,  # every render in a killable render process, within these bounds
+    )
     dispatcher = Dispatcher(
         engine,
         build_channels(rf),

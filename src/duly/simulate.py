@@ -433,7 +433,7 @@ class _Simulation:
             ack_links = AckLinks(
                 signer=AckSigner("duly simulate", clock=clock), base_url=DEFAULT_BASE_URL
             )
-            renderer = Renderer(rf.templates_dir, ack_links=ack_links)
+            renderer = Renderer(rf.templates_dir, ack_links=ack_links, limits=rf.render)
         self.disp = Dispatcher(
             self.engine,
             channels,

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from duly.rules.loader import load_rules
 from duly.runtime import build_runtime
@@ -119,13 +118,9 @@ def test_a_runaway_saved_template_costs_only_its_delivery_and_sigterm_stops(
         assert not [p for p in workers if Path(f"/proc/{p}").exists()], "render processes left"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="build_runtime does not pass the rule file's render: limits to its Renderer yet "
-    "(Renderer(..., limits=rf.render)); deliveries use the defaults (2 s, 10 MB, 256 MB)",
-)
 def test_the_runtime_renders_with_the_rule_files_limits(tmp_path: Path) -> None:
     (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "payment-receipt.email.txt").write_text(GOOD)
     (tmp_path / "duly.yaml").write_text(RULES)
     rf = load_rules(tmp_path / "duly.yaml")
     rt = build_runtime(rf, f"sqlite:///{tmp_path / 'duly.db'}")

@@ -469,6 +469,7 @@ class Dispatcher:
             ]
             cycle.suppressed = self.store.active_suppressions(conn, addrs) if addrs else set()
         to_send: list[_Work] = []
+        to_render: list[_Work] = []
         sets: list[_Work] = []
         batches: dict[tuple[str, str, str, str], list[_Work]] = {}
         # Schedule rows come last (spec: Priority): they are decided after this batch's
@@ -482,14 +483,15 @@ class Dispatcher:
                 applied = set(map(id, sets))
             for w in group_works:
                 decision = self._decide_guarded(w, now, cycle)
-                if decision == "send":
-                    to_send.append(w)
+                if decision == "render":
+                    to_render.append(w)
                 elif decision == "set":
                     sets.append(w)
                 elif decision == "batch":
                     ident = w.row.identity
                     key = (ident.rule, ident.step or "", ident.recipient or "", ident.channel or "")
                     batches.setdefault(key, []).append(w)
+        to_send += self._render_all(to_render, now)
         groups = []
         for group in batches.values():
             group.sort(key=lambda x: (x.row.due_at, x.row.id))
@@ -759,7 +761,8 @@ class Dispatcher:
                 log.exception("delivery %s: could not record the failure", w.row.id)
 
     def _decide(self, w: _Work, now: datetime, cycle: _Cycle) -> str:
-        """Apply the policies in spec order. Returns "send", "set", or "" (decided)."""
+        """Apply the policies in spec order. Returns "render" (its message is to be rendered
+        and sent), "batch", "set", or "" (decided)."""
         rf = self.engine.rules
         ident, rule, step = w.row.identity, w.rule, w.step
         if rule is None or (ident.step is not None and step is None):
@@ -861,10 +864,10 @@ class Dispatcher:
         if wait is not None:
             self._defer(w, now, wait)  # no attempt spent: the channel is resting
             return ""
+        w.address, w.tzname = address, tzname
         if planner.effective(step, rule, "batch") is not None:
-            w.address, w.tzname = address, tzname
             return "batch"
-        return self._render(w, now, address, tzname)
+        return "render"  # rendered with the rest of the batch, in one round of renders
 
     def _within_limits(
         self, w: _Work, rid: str, category: str, now: datetime, cycle: _Cycle
@@ -1015,38 +1018,96 @@ class Dispatcher:
         tzname: str,
         extra: dict[str, Any] | None = None,
     ) -> str:
+        """Render one message (a batched group's): "send", or "" when it failed."""
+        req = self._render_request(w, now, tzname, extra)
+        if req is None:
+            return self._rendered(w, now, address, None)
+        try:
+            out: Any = self.renderer.render(**req)  # type: ignore[union-attr]
+        except Exception as exc:  # RenderError, or anything a template can raise
+            out = exc
+        return self._rendered(w, now, address, out)
+
+    def _render_all(self, works: list[_Work], now: datetime) -> list[_Work]:
+        """Render the messages of ``works`` (their address and zone decided) in one batch
+        through the render processes; returns those ready to send. A render that fails or
+        goes over a limit fails only its own delivery."""
+        reqs: list[Any] = []
+        need: list[_Work] = []
+        ready: list[_Work] = []
+        for w in works:
+            req = self._render_request(w, now, w.tzname or "UTC", None)
+            if req is None:
+                if self._rendered(w, now, w.address or "", None) == "send":
+                    ready.append(w)
+            else:
+                reqs.append(req)
+                need.append(w)
+        if not need:
+            return ready
+        many = getattr(self.renderer, "render_many", None)
+        outs: list[Any]
+        if many is not None and len(reqs) > 1:
+            try:
+                outs = list(many(reqs))
+            except Exception as exc:  # the whole batch failed to render: each row says so
+                log.exception("rendering a batch of %d messages failed", len(reqs))
+                outs = [exc] * len(reqs)
+        else:
+            outs = []
+            for req in reqs:
+                try:
+                    outs.append(self.renderer.render(**req))  # type: ignore[union-attr]
+                except Exception as exc:
+                    outs.append(exc)
+        for w, out in zip(need, outs, strict=True):
+            if self._rendered(w, now, w.address or "", out) == "send":
+                ready.append(w)
+        return ready
+
+    def _render_request(
+        self, w: _Work, now: datetime, tzname: str, extra: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """The renderer's arguments for this delivery; None when nothing is rendered (a
+        one-off reminder carries its own text, or there is no renderer)."""
         rule, step, ident = w.rule, w.step, w.row.identity
+        assert rule is not None and w.recipient is not None
+        if w.reminder is not None or self.renderer is None:
+            return None
+        ctx = self._context(w, now, tzname)
+        if extra:
+            ctx.update(extra)
+        return {
+            "name": planner.effective(step, rule, "template") or rule.name,
+            "channel": ident.channel or "email",
+            "context": ctx,
+            "recipient": w.recipient,
+            "timezone": tzname,
+            "locale": w.recipient.locale or "en",
+        }
+
+    def _rendered(self, w: _Work, now: datetime, address: str, out: Any) -> str:
+        """Build the message from a render's result (None: nothing rendered), or record the
+        render's failure. Returns "send" or ""."""
+        rule, ident = w.rule, w.row.identity
         assert rule is not None and w.recipient is not None
         mid = w.row.message_id or self.message_ids(ident)
         title = text = html = None
         if w.reminder is not None:
             title, text = w.reminder["title"], w.reminder["message"]
-        elif self.renderer is not None:
-            name = planner.effective(step, rule, "template") or rule.name
-            ctx = self._context(w, now, tzname)
-            if extra:
-                ctx.update(extra)
-            try:
-                out = self.renderer.render(
-                    name,
-                    ident.channel or "email",
-                    ctx,
-                    recipient=w.recipient,
-                    timezone=tzname,
-                    locale=w.recipient.locale or "en",
-                )
-            except Exception as exc:  # RenderError, or anything a template can raise
-                self._final(
-                    w,
-                    now,
-                    "failed",
-                    Reason.render_error,
-                    attempts=w.row.attempts + 1,
-                    last_error=str(exc),
-                    message_id=mid,
-                )
-                w.logs.insert(0, self._attempt_log(w, now, str(exc)))
-                return ""
+        elif isinstance(out, BaseException):
+            self._final(
+                w,
+                now,
+                "failed",
+                Reason.render_error,
+                attempts=w.row.attempts + 1,
+                last_error=str(out),
+                message_id=mid,
+            )
+            w.logs.insert(0, self._attempt_log(w, now, str(out)))
+            return ""
+        elif out is not None:
             title, text, html = out.title, out.text, out.html
         w.message = Message(
             to=address,
@@ -1250,7 +1311,15 @@ class Dispatcher:
             "rule": {"name": ident.rule, "step": ident.step, "occurrence": ident.occurrence},
         }
         secret_env = webhooks.action_secret_env(self.engine.rules, action.url)
-        webhooks.emit_action(conn, action.url, action.body, secret_env, now, context=context)
+        webhooks.emit_action(
+            conn,
+            action.url,
+            action.body,
+            secret_env,
+            now,
+            context=context,
+            limits=self.engine.rules.render,
+        )
 
     def _emit_outcomes(self, conn: Any, works: list[_Work], now: datetime) -> None:
         """delivery.sent / delivery.failed webhooks, in the transaction that records them."""
