@@ -73,11 +73,11 @@ def test_finish_only_writes_rows_the_worker_still_holds(store) -> None:  # noqa:
     with write_transaction(db) as c:  # w2 takes it over after the lease
         st.claim_due(c, T + timedelta(minutes=1), "w2", timedelta(seconds=30), 10)
     with write_transaction(db) as c:  # w1 comes back: another process got there first
-        n = st.finish(c, [{"_id": row.id, "state": "sent", "updated_at": T}], "w1")
-    assert n == 0
+        held = st.finish(c, [{"_id": row.id, "state": "sent", "updated_at": T}], "w1")
+    assert held == set()
     with write_transaction(db) as c:
-        n = st.finish(c, [{"_id": row.id, "state": "sent", "updated_at": T}], "w2")
-    assert n == 1
+        held = st.finish(c, [{"_id": row.id, "state": "sent", "updated_at": T}], "w2")
+    assert held == {row.id}
 
 
 def test_concurrent_claims_never_hand_out_a_row_twice(store) -> None:  # noqa: ANN001
