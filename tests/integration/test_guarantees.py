@@ -630,3 +630,35 @@ def test_an_operator_can_cancel_or_retry_a_delivery_left_sending_past_its_lease(
     assert got_b["state"] == "pending" and got_b["possibly_sent_before"] is True
     drain(disp)
     assert sink.count() == 1 and states(engine) == {"cancelled": 1, "sent": 1}
+
+
+def test_a_slow_commit_never_lets_more_than_the_concurrency_go_out_unrecorded(
+    sqlite_url: str, tmp_path: Path, smtp: tuple[Sink, int]
+) -> None:
+    """The first outcome write hangs (a slow fsync). Sends go on only while there is a free
+    slot, and a slot frees when its outcome is written: so at most ``send_workers``
+    messages are ever at the relay unrecorded — what a crash at that moment could repeat."""
+    sink, port = smtp
+    engine, disp = build(sqlite_url, tmp_path, port, send_workers=4)
+    plan(engine, 20)
+    gate = threading.Event()
+    real = engine.store.finish
+    calls = {"n": 0}
+
+    def finish(*a: Any, **kw: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            gate.wait(10)
+        return real(*a, **kw)
+
+    engine.store.finish = finish  # type: ignore[method-assign]
+    t = threading.Thread(target=drain, args=(disp,), daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: calls["n"] >= 1, 10)
+        time.sleep(1.0)  # the relay is instant: anything allowed out is out by now
+        assert sink.count() <= 4
+    finally:
+        gate.set()
+        t.join(20)
+    assert sink.count() == 20 and states(engine) == {"sent": 20}

@@ -226,6 +226,7 @@ class Dispatcher:
         self.message_ids: Any = MessageIds(db=engine.db)
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self.send_workers = max(1, send_workers)
         self._pool = ThreadPoolExecutor(send_workers) if send_workers > 1 else None
         self.on_outcome = on_outcome
         self._levels = sorted(planner.priority_levels(engine.rules), reverse=True)
@@ -568,18 +569,24 @@ class Dispatcher:
                     buf, since = [], 0.0
             self._record(buf, now)
             return
-        futures: dict[Future[None], _Work] = {self._pool.submit(self._send, w): w for w in to_send}
-        pending = set(futures)
-        while pending:
+        # At most ``send_workers`` messages are out at a time, counting those sent and not yet
+        # recorded: a slot is freed only once its outcome is written. So a crash can leave
+        # at most that many messages sent but unrecorded (the duplicate window), however
+        # slow the commits are.
+        queue = list(reversed(to_send))
+        out: dict[Future[None], _Work] = {}
+        while queue or out:
+            while queue and len(out) < self.send_workers:
+                w = queue.pop()
+                out[self._pool.submit(self._send, w)] = w
             # group commit: what finished within GROUP_COMMIT seconds is written together
-            # (fast channels: the whole batch at once; a slow relay: each send within ms)
-            done, pending = wait(pending, timeout=GROUP_COMMIT, return_when=ALL_COMPLETED)
+            done, _ = wait(set(out), timeout=GROUP_COMMIT, return_when=ALL_COMPLETED)
             if not done:
                 continue
             self._tick()
             ready: list[_Work] = []
             for f in done:
-                w = futures[f]
+                w = out[f]
                 exc = f.exception()
                 if exc is not None:  # _send guards itself; this is a bug, kept to this row
                     log.error("delivery %s: send failed unexpectedly", w.row.id, exc_info=exc)
@@ -593,6 +600,8 @@ class Dispatcher:
                     )
                 ready += finished(w)
             self._record(ready, now)
+            for f in done:
+                del out[f]
 
     def _record(self, works: list[_Work], now: datetime) -> None:
         """Write these outcomes in one transaction: the rows (only those this process still
