@@ -1,7 +1,8 @@
 """A local stand-in for Twilio's REST API: the Messages.json subset the twilio channels use.
 
 Twilio cannot run here, so this fake sits at the network edge: a real HTTP server
-(``http.server`` in a thread, on 127.0.0.1) that the channel reaches over a real socket.
+(:class:`fakes.local_server.LocalServer`, on 127.0.0.1) that the channel reaches over a real
+socket.
 
 It answers as Twilio does:
 
@@ -28,17 +29,16 @@ make the client time out, or a raw body. Every request is recorded, parsed, in
 from __future__ import annotations
 
 import base64
-import json
 import re
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs
+
+from fakes.local_server import Incoming, LocalServer, Reply
 
 __all__ = ["Answer", "FakeTwilio", "Recorded"]
 
@@ -85,66 +85,16 @@ class Answer:
 
 
 @dataclass
-class FakeTwilio:
+class FakeTwilio(LocalServer):
     account: str = field(default_factory=lambda: "AC" + secrets.token_hex(16))
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     requests: list[Recorded] = field(default_factory=list)
     _script: list[Answer] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _server: ThreadingHTTPServer | None = None
-    _thread: threading.Thread | None = None
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> FakeTwilio:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                fake._handle(self)
-
-            def do_GET(self) -> None:
-                fake._reply(self, 405, {"code": 20004, "message": "Method not allowed"})
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.02},
-            name="fake-twilio",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def __enter__(self) -> FakeTwilio:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def base_url(self) -> str:
-        assert self._server is not None, "start() first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self.url
 
     # ------------------------------------------------------------------ scripting
 
@@ -164,52 +114,51 @@ class FakeTwilio:
 
     # ------------------------------------------------------------------ the server
 
-    def _handle(self, h: BaseHTTPRequestHandler) -> None:
-        length = int(h.headers.get("content-length") or 0)
-        raw = h.rfile.read(length)
+    def respond(self, request: Incoming) -> Reply:
+        if request.method == "GET":
+            return Reply.json(405, {"code": 20004, "message": "Method not allowed"})
+        raw = request.body
         form = {k: v[-1] for k, v in parse_qs(raw.decode("utf-8"), keep_blank_values=True).items()}
         recorded = Recorded(
-            method=h.command,
-            path=h.path,
-            headers={k.lower(): v for k, v in h.headers.items()},
-            auth=_basic_auth(h.headers.get("authorization")),
+            method=request.method,
+            path=request.path,
+            headers=request.headers,
+            auth=_basic_auth(request.headers.get("authorization")),
             form=form,
             raw=raw,
         )
         with self._lock:
             self.requests.append(recorded)
             scripted = self._script.pop(0) if self._script else None
-        if scripted is not None:
-            if scripted.delay:
-                time.sleep(scripted.delay)
-            if scripted.body is not None:
-                self._reply_raw(h, scripted.status, scripted.body)
-            elif scripted.code is not None:
-                self._error(h, scripted.code, scripted.message, scripted.status)
-            elif 200 <= scripted.status < 300:
-                self._reply(h, scripted.status, self._created(recorded))
-            else:
-                self._reply(h, scripted.status, {"status": scripted.status})
-            return
-        self._reply_as_twilio(h, recorded)
+        if scripted is None:
+            return self._reply_as_twilio(recorded)
+        if scripted.delay:
+            time.sleep(scripted.delay)
+        if scripted.body is not None:
+            return Reply(scripted.status, scripted.body)
+        if scripted.code is not None:
+            return self._error(scripted.code, scripted.message, scripted.status)
+        if 200 <= scripted.status < 300:
+            return Reply.json(scripted.status, self._created(recorded))
+        return Reply.json(scripted.status, {"status": scripted.status})
 
-    def _reply_as_twilio(self, h: BaseHTTPRequestHandler, r: Recorded) -> None:
+    def _reply_as_twilio(self, r: Recorded) -> Reply:
         if r.auth != (self.account, self.token):
-            return self._error(h, 20003)
+            return self._error(20003)
         m = _MESSAGES_PATH.fullmatch(r.path)
         if m is None or m.group(1) != self.account:
-            return self._error(h, 20404)
+            return self._error(20404)
         to = r.form.get("To", "")
         if not to:
-            return self._error(h, 21604)
+            return self._error(21604)
         if not (r.form.get("From") or r.form.get("MessagingServiceSid")):
-            return self._error(h, 21603)
+            return self._error(21603)
         if not r.form.get("Body"):
-            return self._error(h, 21602)
+            return self._error(21602)
         number = to.removeprefix("whatsapp:")
         if not _E164.fullmatch(number):
-            return self._error(h, 21211, f"The 'To' number {to} is not a valid phone number.")
-        self._reply(h, 201, self._created(r))
+            return self._error(21211, f"The 'To' number {to} is not a valid phone number.")
+        return Reply.json(201, self._created(r))
 
     def _created(self, r: Recorded) -> dict[str, Any]:
         sid = "SM" + secrets.token_hex(16)
@@ -227,17 +176,10 @@ class FakeTwilio:
             "uri": f"/2010-04-01/Accounts/{self.account}/Messages/{sid}.json",
         }
 
-    def _error(
-        self,
-        h: BaseHTTPRequestHandler,
-        code: int,
-        message: str | None = None,
-        status: int | None = None,
-    ) -> None:
+    def _error(self, code: int, message: str | None = None, status: int | None = None) -> Reply:
         default_status, default_message = ERRORS.get(code, (400, "Error"))
         status = status or default_status
-        self._reply(
-            h,
+        return Reply.json(
             status,
             {
                 "code": code,
@@ -246,19 +188,6 @@ class FakeTwilio:
                 "status": status,
             },
         )
-
-    def _reply(self, h: BaseHTTPRequestHandler, status: int, document: dict[str, Any]) -> None:
-        self._reply_raw(h, status, json.dumps(document).encode())
-
-    def _reply_raw(self, h: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
-        try:
-            h.send_response(status)
-            h.send_header("content-type", "application/json")
-            h.send_header("content-length", str(len(body)))
-            h.end_headers()
-            h.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (a timeout test)
 
 
 def _basic_auth(header: str | None) -> tuple[str, str] | None:
