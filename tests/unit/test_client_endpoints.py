@@ -3,11 +3,13 @@ method of each, named, documented and typed as the endpoint says, returning what
 reads (not the Call), so help() and IDEs show the real thing."""
 
 import inspect
+import typing
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 
-from duly.client import AsyncClient, Client, NotFound
+from duly.client import AsyncClient, Client, DeliveryOut, NotFound, RecipientOut
 from duly.client import _calls as C
 
 
@@ -27,6 +29,10 @@ def test_every_endpoint_is_a_method_with_its_own_signature_and_docstring(cls: ty
     assert inspect.signature(cls.iter_deliveries).return_annotation == (
         f"{iterator}[M.DeliveryOut]"
     )
+    # the annotations resolve (typing.get_type_hints, sphinx, pydantic read them so)
+    assert typing.get_type_hints(cls.get_recipient)["return"] is RecipientOut
+    pages = AsyncIterator if cls is AsyncClient else Iterator
+    assert typing.get_type_hints(cls.iter_deliveries)["return"] == pages[DeliveryOut]
 
 
 def test_a_wrong_argument_is_refused_before_anything_is_sent() -> None:

@@ -98,4 +98,4 @@ def _paged(spec: Callable[..., C.Pages[Any]]) -> Callable[..., Any]:
     return method
 
 
-C.install(AsyncClient, _one, _paged, "AsyncIterator")
+C.install(AsyncClient, _one, _paged, AsyncIterator)

@@ -11,8 +11,11 @@ Why methods made at import, not a code generator with checked-in output: the gen
 would be the very mirror this replaces (two files to keep equal, and a test to keep them so),
 while a made method is an ordinary function that carries the endpoint's own docstring,
 ``__signature__`` (with ``self``) and annotations, so ``help()``, ``inspect.signature``,
-IPython and Jedi show the real parameters and result type. Adding an endpoint is one
-function here; both clients have it at once.
+IPython and Jedi show the real parameters and result type, and ``typing.get_type_hints``
+reads them. Static type checkers do not run the import: to them the clients' endpoint
+methods are unknown attributes (duly ships no ``py.typed``; a stub generated from this table
+would be the way to add them). Adding an endpoint is one function here; both clients have
+it at once.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import inspect
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import types
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -657,7 +661,7 @@ def install(
     cls: type,
     one: Callable[[Callable[..., Call[Any]]], Callable[..., Any]],
     paged: Callable[[Callable[..., Pages[Any]]], Callable[..., Any]],
-    iterator: str,
+    iterator: type[Iterator[Any]] | type[AsyncIterator[Any]],
 ) -> None:
     """Give ``cls`` one method per endpoint. ``one(spec)`` makes the method that sends the
     Call ``spec`` builds, ``paged(spec)`` the one that walks its Pages; each method takes
@@ -670,8 +674,12 @@ def install(
         if match is None:
             raise TypeError(f"{name} must return Call[...] or Pages[...]")
         kind, result = match.groups()
-        method = one(spec) if kind == "Call" else paged(spec)
-        returns = result if kind == "Call" else f"{iterator}[{result}]"
+        made = one(spec) if kind == "Call" else paged(spec)
+        # the endpoint's module as globals, so typing.get_type_hints reads its annotations
+        method = types.FunctionType(
+            made.__code__, globals(), name, made.__defaults__, made.__closure__
+        )
+        returns = result if kind == "Call" else f"{iterator.__name__}[{result}]"
         method.__name__ = name
         method.__qualname__ = f"{cls.__name__}.{name}"
         method.__module__ = cls.__module__

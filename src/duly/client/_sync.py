@@ -95,4 +95,4 @@ def _paged(spec: Callable[..., C.Pages[Any]]) -> Callable[..., Any]:
     return method
 
 
-C.install(Client, _one, _paged, "Iterator")
+C.install(Client, _one, _paged, Iterator)
