@@ -85,9 +85,9 @@ class EvaluationError(Exception):
 _SPACE_RE = re.compile(r"\s+")
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A duration is digits+unit repeated (``2h30m``); `mo` before `m` so `1mo` is one token.
-_DURATION_RE = re.compile(r"(?:\d+(?:mo|bd|[smhdwy]))+(?![A-Za-z0-9_])")
-_DURATION_PART_RE = re.compile(r"(\d+)(mo|bd|[smhdwy])")
-_NUMBER_RE = re.compile(r"\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
+_DURATION_RE = re.compile(r"(?:\d+(?:mo|bd|[smhdwy]))+(?![A-Za-z0-9_])", re.ASCII)
+_DURATION_PART_RE = re.compile(r"(\d+)(mo|bd|[smhdwy])", re.ASCII)
+_NUMBER_RE = re.compile(r"\d+(?:\.\d+)?(?:[eE][+-]?\d+)?", re.ASCII)
 _IDENT_CHAR_RE = re.compile(r"[A-Za-z0-9_]")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -146,7 +146,8 @@ def _tokenize(text: str) -> list[_Token]:
             i = m.end()
             continue
         c = text[i]
-        if c.isdigit():
+        # ASCII only: "²" is a digit and "é" a letter to str methods, but not to the grammar
+        if "0" <= c <= "9":
             m = _DURATION_RE.match(text, i)
             if m:
                 tokens.append(_Token("DUR", _duration(m.group(), i), i, m.group()))
@@ -173,7 +174,7 @@ def _tokenize(text: str) -> list[_Token]:
             tokens.append(_Token("NUM", value, i, num))
             i = end
             continue
-        if c.isalpha() or c == "_":
+        if c.isascii() and (c.isalpha() or c == "_"):
             m = _NAME_RE.match(text, i)
             assert m is not None
             word = m.group()
