@@ -162,6 +162,9 @@ TOP_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "webhooks": either([{"url": "https://a.test/h", "events": ["subject.updated"]}],
                        [{"url": "ftp://x", "secret": "\x00"}]),
     "allow_private_targets": either(True, False),
+    "render": either({"timeout": "2s", "max_output": "10MB"}, {"timeout": "99999999999999m"},
+                     {"max_memory": "1" + "0" * 400 + "GB"}, {"workers": 10**30},
+                     {"max_output": "1e999KB"}, {"timeout": "-1ms"}),
 }  # fmt: skip
 assert set(TOP_VALUES) | {"rules"} == set(TOP_KEYS)
 
