@@ -34,7 +34,7 @@ from live import Live, live_server  # tests/ is on sys.path (conftest.py)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 SEED = 20261204
-EXAMPLES = 15  # hostile requests per operation and backend
+EXAMPLES = 25  # hostile requests per operation and backend
 
 RULES = """\
 timezone: UTC
