@@ -58,7 +58,9 @@ SEARCHES = [
 
 
 @pytest.mark.parametrize(("page", "params"), SEARCHES, ids=[p for p, _ in SEARCHES])
-def test_nul_in_a_search_box_is_a_400_page_naming_it(web: Web, page: str, params: list[str]) -> None:
+def test_nul_in_a_search_box_is_a_400_page_naming_it(
+    web: Web, page: str, params: list[str]
+) -> None:
     web.login()
     for param in params:
         r = web.get(page, params={param: NUL})
@@ -82,10 +84,11 @@ def test_nul_in_a_page_path_is_a_4xx_page(web: Web, path: str) -> None:
     assert "text/html" in r.headers["content-type"]
 
 
-def test_nul_at_sign_in_is_a_400_page_and_signs_nobody_in(web: Web) -> None:
+def test_nul_at_sign_in_is_a_4xx_and_signs_nobody_in(web: Web) -> None:
+    """(What the sign-in page says is its own: tests/web/test_web_signin.py.)"""
     for data in ({"username": NUL, "password": "x"}, {"username": "admin", "password": NUL}):
         r = web.post("/login", data)
-        refused(r, next(k for k, v in data.items() if v == NUL))
+        assert 400 <= r.status_code < 500, r.text[:300]
     assert web.get("/account", follow_redirects=False).status_code == 303
 
 

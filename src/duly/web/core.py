@@ -314,7 +314,11 @@ class BadInput(Exception):
 async def checked_input(request: Request) -> None:
     """Every page's path and query parameters and form fields are text without NUL or lone
     surrogates (duly.validation): a dependency of the whole UI app, run before any view
-    parses a value, so no search box, form or sign-in reaches the database with one."""
+    parses a value, so no search box or form reaches the database with one. The sign-in
+    page is the exception: it answers such a name or password as a failed sign-in, and
+    ignores such a ``next`` (duly.web.views.auth), as it must not tell what it refuses."""
+    if request.url.path == "/login":
+        return
     fields: list[tuple[str, Any]] = [*request.path_params.items()]
     fields += request.query_params.multi_items()
     ctype = request.headers.get("content-type", "")
