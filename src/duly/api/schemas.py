@@ -78,6 +78,10 @@ class SubjectIn(Strict):
 class SubjectBatchItem(SubjectIn):
     kind: str = Field(min_length=1, max_length=100)
     key: str = Field(min_length=1, max_length=200)
+    # Checked item by item by the engine (duly.validation), so one bad item is refused in
+    # its result and never stops the rest.
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    hold_until: AwareDatetime | None = None
 
 
 class SubjectBatchIn(Strict):

@@ -262,12 +262,15 @@ def batch_subjects(body: S.SubjectBatchIn, eng: EngineDep) -> S.BatchOut:
         try:
             _validate_subject(s)
         except InvalidInput as exc:
+            # readable(): the item's own kind and key may be what was refused (a surrogate)
             results.append(
                 S.BatchResult(
-                    kind=item.kind,
-                    key=item.key,
+                    kind=readable(item.kind),
+                    key=readable(item.key),
                     ok=False,
-                    error=S.ErrorBody(code=exc.code, message=str(exc), field=exc.field),
+                    error=S.ErrorBody(
+                        code=exc.code, message=readable(str(exc)), field=readable(exc.field)
+                    ),
                 )
             )
             continue
