@@ -433,3 +433,9 @@ def test_a_subject_stored_with_a_surrogate_can_be_read(api: Api, web: Web) -> No
     web.login()
     page = web.get("/subjects/invoice/OLD-SUR")
     assert page.status_code == 200, page.text[:300]
+
+
+@pytest.mark.parametrize("path", ["/u/a%00b", "/a/a%00b", "/u/" + "x" * 3000, "/a/%ED%A0%80"])
+def test_link_pages_answer_a_hostile_token_with_a_4xx_page(api: Api, web: Web, path: str) -> None:
+    for r in (web.client.get(path), web.client.post(path, data={"form": "preferences"})):
+        assert 400 <= r.status_code < 500, (path, r.status_code, r.text[:300])
