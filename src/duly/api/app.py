@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from duly import __version__
 from duly.api import errors
 from duly.api.docs import install_docs
+from duly.api.edge import checked_input
 from duly.api.errors import ApiError, error_response
 from duly.api.openapi import install_openapi
 from duly.api.schemas import ErrorOut
@@ -179,12 +180,14 @@ def create_app(
     app.state.runtime = runtime
     app.state.keys = KeyStore(runtime.db)
     errors.install(app)
-    app.include_router(router, dependencies=[Depends(require_key)])
+    # the key first, then the input checks every operation shares (duly.api.edge)
+    v1_checks = [Depends(require_key), Depends(checked_input)]
+    app.include_router(router, dependencies=v1_checks)
     for extra in _extra_routers():
         # the same key check, so the same 401 (v1's router declares its own)
         app.include_router(
             extra,
-            dependencies=[Depends(require_key)],
+            dependencies=v1_checks,
             responses={401: {"model": ErrorOut, "description": "no API key, or not a valid one"}},
         )
 

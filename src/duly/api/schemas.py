@@ -3,12 +3,38 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+from duly.errors import InvalidInput
+from duly.validation import check_instant, check_json
 
 Category = Literal["transactional", "reminder", "promotional"]
 Id = Field(min_length=1, max_length=200)
+
+
+def _instant(t: datetime) -> datetime:
+    try:
+        check_instant(t, "value")
+    except InvalidInput as exc:
+        raise ValueError(str(exc).removeprefix("value ")) from None
+    return t
+
+
+def _json_object(v: dict[str, Any]) -> dict[str, Any]:
+    try:
+        check_json(v, "")
+    except InvalidInput as exc:
+        raise ValueError(str(exc).lstrip(": ")) from None
+    return v
+
+
+# An instant with a UTC offset, in the years 1900 to 9998 once in UTC (duly.validation).
+Instant = Annotated[AwareDatetime, AfterValidator(_instant)]
+# A subject's attributes, an event's data: at most 32 levels deep and 1 MiB as JSON, finite
+# numbers, text without NUL or lone surrogates (duly.validation).
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
 
 
 class Strict(BaseModel):
@@ -44,14 +70,18 @@ class RecipientOut(RecipientIn):
 
 
 class SubjectIn(Strict):
-    attributes: dict[str, Any] = Field(default_factory=dict)
+    attributes: JsonObject = Field(default_factory=dict)
     recipients: dict[str, str | list[str]] = Field(default_factory=dict)
-    hold_until: AwareDatetime | None = None
+    hold_until: Instant | None = None
 
 
 class SubjectBatchItem(SubjectIn):
     kind: str = Field(min_length=1, max_length=100)
     key: str = Field(min_length=1, max_length=200)
+    # Checked item by item by the engine (duly.validation), so one bad item is refused in
+    # its result and never stops the rest.
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    hold_until: AwareDatetime | None = None
 
 
 class SubjectBatchIn(Strict):
@@ -171,7 +201,7 @@ class EventIn(Strict):
     id: str = Field(min_length=1, max_length=200)
     name: str = Field(min_length=1, max_length=200)
     subject: str = Field(min_length=3, max_length=301, examples=["invoice/INV-1"])
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: JsonObject = Field(default_factory=dict)
 
 
 class EventOut(BaseModel):
@@ -183,7 +213,7 @@ class ReminderIn(Strict):
     title: str = Field(min_length=1, max_length=500)
     message: str = Field("", max_length=20000)
     recipients: list[str] = Field(min_length=1, max_length=1000)
-    send_at: AwareDatetime
+    send_at: Instant
     channels: list[str] = Field(default_factory=lambda: ["email"], min_length=1, max_length=20)
     subject: str | None = Field(None, max_length=301)
     category: Category = "reminder"
@@ -193,7 +223,7 @@ class ReminderPatch(Strict):
     title: str | None = Field(None, min_length=1, max_length=500)
     message: str | None = Field(None, max_length=20000)
     recipients: list[str] | None = Field(None, min_length=1, max_length=1000)
-    send_at: AwareDatetime | None = None
+    send_at: Instant | None = None
     channels: list[str] | None = Field(None, min_length=1, max_length=20)
     subject: str | None = Field(None, max_length=301)
     category: Category | None = None
@@ -259,7 +289,7 @@ class RulesCheckOut(BaseModel):
 class SimulateIn(Strict):
     rules: str = Field(max_length=1_000_000)
     timeline: str = Field(description="JSON lines, as in a timeline file", max_length=5_000_000)
-    until: AwareDatetime | None = None
+    until: Instant | None = None
     templates: dict[str, str] | None = Field(
         None, description="template files by name (e.g. 'x.email.txt'); none: no rendering"
     )

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
 from duly.api.errors import ApiError
-from duly.api.schemas import ErrorOut  # the one error shape: one schema name
+from duly.api.schemas import ErrorOut, Instant  # ErrorOut: the one error shape, one name
 from duly.store.tables import deliveries, delivery_log
 
 router = APIRouter(prefix="/v1", tags=["stats"])
@@ -179,11 +179,11 @@ def period_stats(
 def stats(
     request: Request,
     from_: Annotated[
-        datetime | None,
+        Instant | None,
         Query(alias="from", description="ISO 8601 with an offset; default: `to` − 7 days"),
     ] = None,
     to: Annotated[
-        datetime | None, Query(description="ISO 8601 with an offset; default: now")
+        Instant | None, Query(description="ISO 8601 with an offset; default: now")
     ] = None,
 ) -> StatsOut:
     """Counts of the outcomes recorded in a period (by outcome, reason, rule, channel and

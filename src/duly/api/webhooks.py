@@ -4,7 +4,6 @@ a failed one. URLs are shown without query string or password (they may carry a 
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -13,6 +12,7 @@ from fastapi import Path as P
 from pydantic import BaseModel, Field
 
 from duly import webhooks
+from duly.api.edge import id_cursor, id_from_cursor
 from duly.api.errors import ApiError
 from duly.api.schemas import ErrorOut  # the one error shape: one schema name
 from duly.store.db import write_transaction
@@ -68,19 +68,11 @@ def _clock(request: Request) -> Any:
 
 
 def _cursor(before: int) -> str:
-    return base64.urlsafe_b64encode(f"w:{before}".encode()).decode()
+    return id_cursor("w", before)
 
 
 def _uncursor(c: str | None) -> int | None:
-    if not c:
-        return None
-    try:
-        tag, _, num = base64.urlsafe_b64decode(c.encode()).decode().partition(":")
-        if tag != "w":
-            raise ValueError
-        return int(num)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(422, "invalid", "cursor is not one this API gave out", "cursor") from None
+    return id_from_cursor("w", c)
 
 
 @router.get(

@@ -25,6 +25,7 @@ from duly.planner import Action, Existing, Plan
 from duly.rules import timemath
 from duly.store.db import is_postgres, write_transaction
 from duly.store.store import Store, SubjectRecord
+from duly.validation import check_instant, check_json, check_text
 
 __all__ = ["REMINDER_RULE", "Conflict", "Engine", "ReminderInput", "SubjectInput", "UpsertResult"]
 
@@ -339,6 +340,8 @@ class Engine:
 
     def delete_subject(self, kind: str, key: str) -> int:
         """Delete a subject: its pending deliveries are cancelled (subject_deleted)."""
+        check_text(kind, "kind")
+        check_text(key, "key")
         now = self.clock.now()
         with write_transaction(self.db) as conn:
             rec = self.store.get_subjects(conn, [(kind, key)], for_update=True).get((kind, key))
@@ -372,6 +375,12 @@ class Engine:
         kind, sep, key = (subject or "").partition("/")
         if not sep or not kind or not key:
             raise InvalidInput(f"subject must be KIND/KEY, got {subject!r}", field="subject")
+        for value, where in ((eid, "id"), (name, "name"), (subject, "subject")):
+            check_text(value, where)
+        if data is not None:
+            if not isinstance(data, Mapping):
+                raise InvalidInput("data must be an object", field="data")
+            check_json(data, "data")
         now = self.clock.now()
         with write_transaction(self.db) as conn:
             rec = self.store.get_subjects(conn, [(kind, key)]).get((kind, key))
@@ -408,6 +417,8 @@ class Engine:
     def acknowledge(self, rule: str, subject: str, recipient: str | None = None) -> int:
         """A recipient acknowledged: ``acknowledged`` becomes true for that rule and subject,
         and pending repeats of the rule are cancelled (``acknowledged``)."""
+        for value, where in ((rule, "rule"), (subject, "subject"), (recipient, "recipient")):
+            check_text(value, where)
         if self.rules.rule(rule) is None:
             raise InvalidInput(f"no rule named {rule!r}", field="rule")
         kind, _, key = subject.partition("/")
@@ -807,13 +818,16 @@ def _validate_reminder(rf: RuleFile, r: ReminderInput, now: datetime) -> None:
         raise InvalidInput("a reminder needs a title", field="title")
     if not isinstance(r.message, str):
         raise InvalidInput("a reminder needs a message", field="message")
-    if r.send_at.tzinfo is None:
-        raise InvalidInput("send_at needs a UTC offset or Z", field="send_at")
+    check_text(r.title, "title")
+    check_text(r.message, "message")
+    check_text(r.subject, "subject")
+    check_instant(r.send_at, "send_at")
     if r.send_at < now - timedelta(seconds=1):
         raise InvalidInput("send_at is in the past", field="send_at")
     if not r.channels:
         raise InvalidInput("choose at least one channel", field="channels")
     for ch in r.channels:
+        check_text(ch, "channels")
         if ch not in rf.channels:
             known = ", ".join(sorted(rf.channels))
             raise InvalidInput(f"unknown channel {ch!r}; configured: {known}", field="channels")
@@ -822,6 +836,7 @@ def _validate_reminder(rf: RuleFile, r: ReminderInput, now: datetime) -> None:
     for p in r.recipients:
         if not isinstance(p, str) or not p or len(p) > 200:
             raise InvalidInput("recipients are recipient ids", field="recipients")
+        check_text(p, "recipients")
     if r.subject is not None:
         kind, sep, key = r.subject.partition("/")
         if not (kind and sep and key):
@@ -835,6 +850,10 @@ def _validate_reminder(rf: RuleFile, r: ReminderInput, now: datetime) -> None:
 def _validate_recipient(r: Recipient) -> None:
     if not isinstance(r.id, str) or not r.id or len(r.id) > 200:
         raise InvalidInput("a recipient needs an id of 1 to 200 characters", field="id")
+    for name in ("id", "name", "email", "phone", "timezone", "locale"):
+        check_text(getattr(r, name), name)
+    check_json(dict(r.addresses or {}), "addresses", max_depth=1)
+    check_json(dict(r.consent or {}), "consent", max_depth=2)
     if r.timezone:
         try:
             timemath.zone(r.timezone)
@@ -850,8 +869,11 @@ def _validate_subject(s: SubjectInput) -> None:
         raise InvalidInput("a subject needs a kind: 1 to 100 characters, no '/'", field="kind")
     if not isinstance(s.key, str) or not s.key or len(s.key) > 200:
         raise InvalidInput("a subject needs a key of 1 to 200 characters", field="key")
+    check_text(s.kind, "kind")
+    check_text(s.key, "key")
     if not isinstance(s.attributes, Mapping):
         raise InvalidInput("attributes must be an object", field="attributes")
+    check_json(s.attributes, "attributes")
     if not isinstance(s.recipients, Mapping):
         raise InvalidInput("recipients must be an object of role → id or [ids]", field="recipients")
     for role, v in s.recipients.items():
@@ -863,6 +885,8 @@ def _validate_subject(s: SubjectInput) -> None:
                 f"recipient role {role!r} must be an id or a list of ids",
                 field=f"recipients.{role}",
             )
+    check_json(dict(s.recipients), "recipients", max_depth=2)
+    check_instant(s.hold_until, "hold_until")
 
 
 def _to_subject(s: SubjectInput, old: SubjectRecord | None) -> Subject:

@@ -60,6 +60,10 @@ __all__ = [
 
 MAX_LENGTH = 4000  # characters; a condition is a line or two
 MAX_DEPTH = 40  # nesting of parentheses, lists, subscripts, `not` and unary signs
+MAX_NUMBER_DIGITS = 30  # a number literal (digits, point and exponent included)
+# A duration literal: 1,000 years is far beyond any rule's need, and far inside what a date
+# can be moved by (which an overflowing ``99999999999999999999999d`` was not).
+MAX_DURATION = timedelta(days=365_250)
 
 # The context key holding the timezone used to read date strings. It starts with "_", so no
 # expression can name it.
@@ -81,9 +85,9 @@ class EvaluationError(Exception):
 _SPACE_RE = re.compile(r"\s+")
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # A duration is digits+unit repeated (``2h30m``); `mo` before `m` so `1mo` is one token.
-_DURATION_RE = re.compile(r"(?:\d+(?:mo|bd|[smhdwy]))+(?![A-Za-z0-9_])")
-_DURATION_PART_RE = re.compile(r"(\d+)(mo|bd|[smhdwy])")
-_NUMBER_RE = re.compile(r"\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
+_DURATION_RE = re.compile(r"(?:\d+(?:mo|bd|[smhdwy]))+(?![A-Za-z0-9_])", re.ASCII)
+_DURATION_PART_RE = re.compile(r"(\d+)(mo|bd|[smhdwy])", re.ASCII)
+_NUMBER_RE = re.compile(r"\d+(?:\.\d+)?(?:[eE][+-]?\d+)?", re.ASCII)
 _IDENT_CHAR_RE = re.compile(r"[A-Za-z0-9_]")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -142,7 +146,8 @@ def _tokenize(text: str) -> list[_Token]:
             i = m.end()
             continue
         c = text[i]
-        if c.isdigit():
+        # ASCII only: "²" is a digit and "é" a letter to str methods, but not to the grammar
+        if "0" <= c <= "9":
             m = _DURATION_RE.match(text, i)
             if m:
                 tokens.append(_Token("DUR", _duration(m.group(), i), i, m.group()))
@@ -159,11 +164,17 @@ def _tokenize(text: str) -> list[_Token]:
                     f"{word!r} is not a number or a duration (duration units: s, m, h, d, w)",
                 )
             num = m.group()
+            if len(num) > MAX_NUMBER_DIGITS:
+                raise _error(
+                    text, i, f"the number is too long: at most {MAX_NUMBER_DIGITS} characters"
+                )
             value: int | float = float(num) if any(ch in num for ch in ".eE") else int(num)
+            if value == float("inf"):
+                raise _error(text, i, f"the number {num} is too large")
             tokens.append(_Token("NUM", value, i, num))
             i = end
             continue
-        if c.isalpha() or c == "_":
+        if c.isascii() and (c.isalpha() or c == "_"):
             m = _NAME_RE.match(text, i)
             assert m is not None
             word = m.group()
@@ -215,6 +226,11 @@ def _duration(word: str, pos: int) -> timedelta:
     seconds = 0
     for num, unit in parts:
         seconds += int(num) * _UNIT_SECONDS[unit]
+    if seconds > MAX_DURATION.total_seconds():
+        raise ExpressionError(
+            f"at column {pos + 1}: {word!r} is too long a duration: at most "
+            f"{MAX_DURATION.days:,}d (1,000 years)"
+        )
     return timedelta(seconds=seconds)
 
 
@@ -355,6 +371,16 @@ def _not_contains(a: Any, b: Any, ctx: dict[str, Any]) -> bool:
 
 
 def _add(a: Any, b: Any, ctx: dict[str, Any], sign: int) -> Any:
+    try:
+        return _add_or_overflow(a, b, ctx, sign)
+    except OverflowError:
+        op = "+" if sign > 0 else "-"
+        raise EvaluationError(
+            f"{_type_name(a)} {op} {_type_name(b)} is out of the range of dates (years 1 to 9999)"
+        ) from None
+
+
+def _add_or_overflow(a: Any, b: Any, ctx: dict[str, Any], sign: int) -> Any:
     if _is_number(a) and _is_number(b):
         return a + sign * b
     if isinstance(b, timedelta):
@@ -600,8 +626,13 @@ class _Parser:
 
             def negate(ctx: dict[str, Any]) -> Any:
                 value = inner(ctx)
-                if _is_number(value) or isinstance(value, timedelta):
+                if _is_number(value):
                     return -value
+                if isinstance(value, timedelta):
+                    try:
+                        return -value
+                    except OverflowError:
+                        raise EvaluationError("the duration is out of range") from None
                 raise EvaluationError(f"cannot negate {_type_name(value)}")
 
             return negate

@@ -143,6 +143,11 @@ class _Loader(RuleReader):
         except yaml.YAMLError as e:
             self.errors.append(RuleError(self.file, None, "", f"invalid YAML: {e}"))
             return None
+        except RecursionError:  # PyYAML composes nested lists and mappings recursively
+            self.errors.append(
+                RuleError(self.file, None, "", "invalid YAML: lists or mappings nested too deeply")
+            )
+            return None
         if root is None:
             self.errors.append(
                 RuleError(

@@ -33,6 +33,7 @@ from duly.model import (
     parse_duration,
 )
 from duly.rules.expressions import ExpressionError, compile_expression
+from duly.validation import readable
 
 __all__ = ["NodeReader", "RuleError", "RuleFileError"]
 
@@ -61,6 +62,12 @@ class RuleError:
     line: int | None
     field: str
     message: str
+
+    def __post_init__(self) -> None:
+        # a key or value may hold a lone surrogate (a YAML "\\ud800" escape): shown as U+FFFD,
+        # so the CLI can print the error and the API answer it as JSON
+        for name in ("field", "message"):
+            object.__setattr__(self, name, readable(getattr(self, name)))
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
@@ -95,6 +102,8 @@ def is_null(node: Node) -> bool:
 
 def hint(word: str, choices: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` when a choice is close to ``word``, else ""."""
+    if len(word) > 100:  # no choice is that long; and difflib's time grows with the square
+        return ""
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
 

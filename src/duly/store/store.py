@@ -29,6 +29,7 @@ from duly.store.tables import (
     subjects,
     suppressions,
 )
+from duly.validation import text_problem
 
 __all__ = ["DeliveryRow", "Store", "SubjectRecord"]
 
@@ -126,8 +127,10 @@ class Store:
         return True
 
     def get_recipients(self, conn: Connection, ids: Iterable[str]) -> dict[str, Recipient]:
-        """Recipients by id; unknown ids are absent from the result."""
-        wanted = sorted({i for i in ids if i})
+        """Recipients by id; unknown ids are absent from the result. An id no database can
+        hold (a NUL, a lone surrogate: a subject stored by an older version may name one)
+        is unknown, not an error."""
+        wanted = sorted({i for i in ids if i and text_problem(i) is None})
         out: dict[str, Recipient] = {}
         for chunk in _chunks(wanted, 500):
             for r in conn.execute(select(recipients).where(recipients.c.id.in_(chunk))).mappings():

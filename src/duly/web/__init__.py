@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 from asgi_csrf import asgi_csrf
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -268,7 +268,12 @@ def build_ui(runtime: Any, *, secret: str | None = None, cookie_secure: bool = F
     from duly.ack import load_secret
 
     _multipart_compat()
-    ui = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    ui = FastAPI(
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        dependencies=[Depends(core.checked_input)],  # no NUL in any parameter or form field
+    )
     ui.state.runtime = runtime
     ui.state.users = UserStore(runtime.db)
     ui.state.sessions = SessionStore(runtime.db)
@@ -320,6 +325,10 @@ def _install_errors(ui: FastAPI) -> None:
         from urllib.parse import quote
 
         return core.redirect(f"/login?next={quote(target, safe='')}")
+
+    @ui.exception_handler(core.BadInput)
+    async def _bad_input(request: Request, exc: Exception) -> Response:
+        return _page(request, 400, "Bad request", str(exc))
 
     @ui.exception_handler(core.Forbidden)
     async def _forbidden(request: Request, exc: Exception) -> Response:

@@ -36,6 +36,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from duly.engine.service import Engine
+from duly.validation import instant_problem, readable, text_problem
 from duly.web.users import SessionStore, User, UserStore
 
 __all__ = [
@@ -220,15 +221,22 @@ def render(
     }
     ctx.update(context or {})
     html = env.get_template(template).render(ctx)
-    return HTMLResponse(html, status_code=status)
+    # readable(): text older versions stored (a lone surrogate) is shown as U+FFFD, not a 500
+    return HTMLResponse(readable(html), status_code=status)
 
 
 # --------------------------------------------------------------------------- links
 
 
+def _quote(text: str) -> str:
+    """A path segment; text an older version stored with a lone surrogate still makes a link
+    (to U+FFFD, which finds nothing) instead of a 500."""
+    return quote(readable(text), safe="")
+
+
 def subject_path(kind: str, key: str) -> str:
     """The page of subject KIND/KEY (both quoted: keys may hold slashes and anything)."""
-    return f"/subjects/{quote(kind, safe='')}/{quote(key, safe='')}"
+    return f"/subjects/{_quote(kind)}/{_quote(key)}"
 
 
 def subject_url(ref: str | None) -> str | None:
@@ -290,6 +298,39 @@ class FrameStore:
         if item is None or item[1] != user_id or item[0] < time.monotonic():
             return None
         return item[2]
+
+
+# --------------------------------------------------------------------------- input
+
+
+class BadInput(Exception):
+    """A parameter or form field no page accepts: answered 400 with a page naming it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"The field “{field}” {problem}. Remove it and try again.")
+        self.field = field
+
+
+async def checked_input(request: Request) -> None:
+    """Every page's path and query parameters and form fields are text without NUL or lone
+    surrogates (duly.validation): a dependency of the whole UI app, run before any view
+    parses a value, so no search box or form reaches the database with one. The sign-in
+    page is the exception: it answers such a name or password as a failed sign-in, and
+    ignores such a ``next`` (duly.web.views.auth), as it must not tell what it refuses."""
+    if request.url.path == "/login":
+        return
+    fields: list[tuple[str, Any]] = [*request.path_params.items()]
+    fields += request.query_params.multi_items()
+    ctype = request.headers.get("content-type", "")
+    if request.method == "POST" and ctype.startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        # parsed once: Starlette keeps the form for the view's own request.form()
+        fields += (await request.form()).multi_items()
+    for name, value in fields:
+        problem = text_problem(name) or (text_problem(value) if isinstance(value, str) else None)
+        if problem:
+            raise BadInput(name, problem)
 
 
 # --------------------------------------------------------------------------- time
@@ -362,13 +403,20 @@ def parse_local_datetime(value: str, tz: ZoneInfo) -> datetime:
         t = datetime.fromisoformat(value)
     except ValueError:
         raise ValueError("enter a date and time as YYYY-MM-DD HH:MM") from None
-    if t.tzinfo is None:
-        # a wall time that does not exist (spring forward) moves forward by the gap; an
-        # ambiguous one (fall back) is the earlier instant (spec/rules.md)
-        from duly.rules.timemath import resolve_local
+    out_of_range = "enter a date and time in the years 1900 to 9998"
+    try:
+        if t.tzinfo is None:
+            # a wall time that does not exist (spring forward) moves forward by the gap; an
+            # ambiguous one (fall back) is the earlier instant (spec/rules.md)
+            from duly.rules.timemath import resolve_local
 
-        t = resolve_local(t, tz)
-    return t.astimezone(UTC)
+            t = resolve_local(t, tz)
+        t = t.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(out_of_range) from None
+    if instant_problem(t):
+        raise ValueError(out_of_range)
+    return t
 
 
 def to_local_input(t: datetime | None, tz: ZoneInfo) -> str:
@@ -421,7 +469,8 @@ def query_with(request: Request, **changes: Any) -> str:
 def _json_pretty(value: Any) -> str:
     import json
 
-    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    # readable(): stored data nested deeper than json.dumps recurses is cut, not a 500
+    return json.dumps(readable(value), indent=2, sort_keys=True, ensure_ascii=False, default=str)
 
 
 def _state_of(row: Any, now: datetime) -> str:
@@ -449,7 +498,7 @@ def _make_env() -> Environment:
         state_of=_state_of,
         subject_url=subject_url,
     )
-    e.filters.update(json_pretty=_json_pretty, urlquote=lambda s: quote(str(s), safe=""))
+    e.filters.update(json_pretty=_json_pretty, urlquote=lambda s: _quote(str(s)))
     return e
 
 
