@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -138,6 +139,19 @@ def pg_db_url(pg_url: str, pg_admin: Engine, pg_template: str) -> Iterator[str]:
     """A PostgreSQL database of this test's own, migrated to head; dropped afterwards."""
     with _temporary_database(pg_admin, template=pg_template) as name:
         yield _database_url(pg_url, name)
+
+
+@pytest.fixture(scope="session")
+def pg_database(pg_url: str, pg_admin: Engine, pg_template: str) -> Any:
+    """For fixtures of any scope: ``with pg_database() as url:`` a PostgreSQL database of
+    its own, migrated to head, dropped on exit."""
+
+    @contextmanager
+    def make() -> Iterator[str]:
+        with _temporary_database(pg_admin, template=pg_template) as name:
+            yield _database_url(pg_url, name)
+
+    return make
 
 
 @pytest.fixture

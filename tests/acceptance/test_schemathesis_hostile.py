@@ -94,18 +94,8 @@ def live(
         with live_server(tmp, rules=tmp / "duly.yaml") as server:
             yield server
         return
-    from conftest import _temporary_database  # tests/conftest.py
-
-    pg_admin = request.getfixturevalue("pg_admin")
-    template = request.getfixturevalue("pg_template")
-    url = request.getfixturevalue("pg_url")
-    with _temporary_database(pg_admin, template=template) as name:
-        from sqlalchemy.engine import make_url
-
-        database = make_url(url).set(drivername="postgresql+psycopg", database=name)
-        with live_server(
-            tmp, rules=tmp / "duly.yaml", database=database.render_as_string(hide_password=False)
-        ) as server:
+    with request.getfixturevalue("pg_database")() as database:
+        with live_server(tmp, rules=tmp / "duly.yaml", database=database) as server:
             yield server
 
 
