@@ -1,0 +1,365 @@
+"""Shared set-up for the benchmarks that run real duly processes (``bench/faults.py``,
+``bench/api.py``): children in process groups of their own that are killed at exit, a
+PostgreSQL cluster of the harness's own, ``duly serve`` / ``duly worker`` processes, a small
+JSON client for the HTTP API, and which TCP connections a process holds.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+OUT_DIR = HERE / "out"
+DULY = [sys.executable, "-m", "duly.cli"]
+
+
+# --------------------------------------------------------------------------- processes
+
+_children: list[subprocess.Popen[Any]] = []
+
+
+def spawn(cmd: list[str], **kw: Any) -> subprocess.Popen[Any]:
+    """A child in its own process group, killed at exit if still running."""
+    p = subprocess.Popen(cmd, start_new_session=True, **kw)
+    _children.append(p)
+    return p
+
+
+def reap(p: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    """Stop ``p`` (SIGTERM to its group, SIGKILL after ``timeout``) and forget it."""
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(5)
+        except ProcessLookupError:
+            pass
+    forget(p)
+
+
+def forget(p: subprocess.Popen[Any]) -> None:
+    if p in _children:
+        _children.remove(p)
+
+
+@atexit.register
+def _reap_all() -> None:
+    for p in list(_children):
+        reap(p, 5)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+class PgCluster:
+    """A PostgreSQL cluster of the harness's own (Debian's ``pg_createcluster``), so that
+    restarting it never disturbs the server other tests use. Made with ``trust`` auth when
+    missing; :meth:`close` stops it, and drops it when this object made it."""
+
+    def __init__(self, name: str = "dulyfaults", port: int = 5544, version: str | None = None):
+        self.name, self.port = name, port
+        self.version = version or self.installed_version()
+        self.made = False
+
+    @staticmethod
+    def installed_version() -> str:
+        root = Path("/etc/postgresql")
+        versions = sorted((p.name for p in root.iterdir()), key=float) if root.is_dir() else []
+        if not versions:
+            raise RuntimeError("no PostgreSQL found (/etc/postgresql is empty or missing)")
+        return versions[-1]
+
+    @staticmethod
+    def tools_missing() -> str | None:
+        """Why a cluster cannot be made here, or None."""
+        for tool in ("pg_createcluster", "pg_ctlcluster", "pg_dropcluster"):
+            if not any((Path(d) / tool).exists() for d in os.environ.get("PATH", "").split(":")):
+                return f"{tool} not found (Debian's postgresql-common)"
+        try:
+            PgCluster.installed_version()
+        except RuntimeError as exc:
+            return str(exc)
+        if os.geteuid() != 0:
+            return "making a PostgreSQL cluster needs root"
+        return None
+
+    @property
+    def conf_dir(self) -> Path:
+        return Path("/etc/postgresql") / self.version / self.name
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _ctl(self, *args: str, timeout: float = 120) -> None:
+        subprocess.run(
+            ["pg_ctlcluster", self.version, self.name, *args],
+            check=True, capture_output=True, timeout=timeout,
+        )  # fmt: skip
+
+    def ensure(self) -> None:
+        if not self.conf_dir.exists():
+            log(f"creating PostgreSQL cluster {self.version}/{self.name} on port {self.port}")
+            subprocess.run(
+                ["pg_createcluster", self.version, self.name, "-p", str(self.port),
+                 "--", "--auth-local=trust", "--auth-host=trust"],
+                check=True, capture_output=True, timeout=300,
+            )  # fmt: skip
+            self.made = True
+        conf = self.conf_dir / "conf.d"
+        conf.mkdir(exist_ok=True)
+        # room for serve + workers + the harness; a restart must not wait for a checkpoint
+        (conf / "duly-faults.conf").write_text(
+            "listen_addresses = '127.0.0.1'\nmax_connections = 200\nfsync = on\n"
+        )
+        hba = self.conf_dir / "pg_hba.conf"
+        line = "host all all 127.0.0.1/32 trust\n"
+        if line not in hba.read_text():
+            hba.write_text(line + hba.read_text())
+        status = subprocess.run(
+            ["pg_ctlcluster", self.version, self.name, "status"], capture_output=True
+        )
+        if status.returncode == 0:
+            self._ctl("reload")
+        else:
+            self._ctl("start")
+        self.wait()
+
+    def wait(self, timeout: float = 60) -> None:
+        """Until the server accepts connections."""
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    pass
+                r = subprocess.run(
+                    ["pg_isready", "-h", "127.0.0.1", "-p", str(self.port)], capture_output=True
+                )
+                if r.returncode == 0:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > end:
+                raise RuntimeError(f"PostgreSQL cluster {self.name} did not come up")
+            time.sleep(0.2)
+
+    def restart(self) -> None:
+        self._ctl("restart", "-m", "fast")
+        self.wait()
+
+    def admin(self) -> Any:
+        import sqlalchemy as sa
+
+        return sa.create_engine(
+            self.url("postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool
+        )
+
+    def fresh_database(self, name: str) -> str:
+        eng = self.admin()
+        try:
+            with eng.connect() as c:
+                c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                c.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        finally:
+            eng.dispose()
+        return self.url(name)
+
+    def drop_database(self, name: str) -> None:
+        eng = self.admin()
+        try:
+            with eng.connect() as c:
+                c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            eng.dispose()
+
+    def close(self, drop: bool | None = None) -> None:
+        """Stop the cluster; drop it if it was made here (or ``drop`` says so)."""
+        try:
+            self._ctl("stop", "-m", "fast")
+        except subprocess.CalledProcessError:
+            pass
+        if drop if drop is not None else self.made:
+            subprocess.run(
+                ["pg_dropcluster", self.version, self.name], capture_output=True, timeout=120
+            )
+
+
+# --------------------------------------------------------------------------- duly processes
+
+
+def duly_env(database: str, rules: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DULY_")}
+    env.update(
+        DULY_DATABASE_URL=database,
+        DULY_RULES=str(rules),
+        DULY_LOG_LEVEL="warning",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def migrate_and_key(env: dict[str, str], cwd: Path) -> str:
+    """Migrate the database and make an API key; returns the key."""
+    subprocess.run([*DULY, "migrate"], env=env, cwd=cwd, check=True, capture_output=True,
+                   timeout=180)  # fmt: skip
+    out = subprocess.run(
+        [*DULY, "keys", "create", "--name", "bench"],
+        env=env, cwd=cwd, check=True, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    return out.stdout.strip().splitlines()[-1]
+
+
+@dataclass
+class DulyProc:
+    """A ``duly serve`` or ``duly worker`` that can be killed and started again; every
+    incarnation logs to a file of its own in ``root``."""
+
+    kind: str  # serve | worker
+    name: str
+    env: dict[str, str]
+    root: Path
+    args: list[str] = field(default_factory=list)
+    port: int | None = None  # serve
+    proc: subprocess.Popen[Any] | None = None
+    starts: int = 0
+    logs: list[Path] = field(default_factory=list)
+
+    def start(self) -> int:
+        self.starts += 1
+        path = self.root / f"{self.name}-{self.starts}.log"
+        self.logs.append(path)
+        cmd = [*DULY, self.kind, *self.args]
+        if self.kind == "serve":
+            cmd += ["--no-demo", "--port", str(self.port)]
+        with open(path, "w") as f:  # a file, not a pipe: a full pipe would stall it
+            self.proc = spawn(cmd, cwd=self.root, env=self.env, stdout=f, stderr=subprocess.STDOUT)
+        return self.proc.pid
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> int | None:
+        """SIGKILL (the process only: its group has nothing else); returns the pid."""
+        if self.proc is None:
+            return None
+        pid = self.proc.pid
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+        forget(self.proc)
+        return pid
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc is not None:
+            reap(self.proc, timeout)
+
+    def wait_http(self, timeout: float = 90) -> None:
+        """Until ``/healthz`` answers (serve)."""
+        assert self.port is not None
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.port}/healthz", timeout=2
+                ) as r:
+                    if r.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                pass
+            if not self.alive() or time.monotonic() > end:
+                tail = self.logs[-1].read_text()[-3000:] if self.logs else ""
+                raise RuntimeError(f"duly {self.kind} did not start:\n{tail}")
+            time.sleep(0.1)
+
+    def log_text(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+
+
+class Api:
+    """A small JSON client for ``duly serve``'s HTTP API."""
+
+    def __init__(self, port: int, key: str) -> None:
+        self.base, self.key = f"http://127.0.0.1:{port}", key
+
+    def call(self, method: str, path: str, body: Any = None, timeout: float = 120) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.key}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+        return json.loads(raw) if raw else None
+
+
+# --------------------------------------------------------------------------- sockets
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    out: set[int] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out.add(int(target[8:-1]))
+    return out
+
+
+def tcp_ports_to(pids: list[int], remote_port: int) -> dict[int, int]:
+    """Local port -> pid, for each TCP connection one of ``pids`` holds to ``remote_port``."""
+    by_inode: dict[int, int] = {}
+    for pid in pids:
+        for inode in _socket_inodes(pid):
+            by_inode[inode] = pid
+    out: dict[int, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) < 10:
+                continue
+            if int(f[2].rsplit(":", 1)[1], 16) != remote_port:
+                continue
+            pid = by_inode.get(int(f[9]))
+            if pid is not None:
+                out[int(f[1].rsplit(":", 1)[1], 16)] = pid
+    return out
