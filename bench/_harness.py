@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -116,12 +117,18 @@ class PgCluster:
 
     def _ctl(self, *args: str, timeout: float = 120) -> None:
         subprocess.run(
-            ["pg_ctlcluster", self.version, self.name, *args],
+            ["pg_ctlcluster", "--skip-systemctl-redirect", self.version, self.name, *args],
             check=True, capture_output=True, timeout=timeout,
         )  # fmt: skip
 
     def ensure(self) -> None:
-        if not self.conf_dir.exists():
+        if self.conf_dir.exists():  # made before (a run that died): its own port
+            m = re.search(
+                r"^\s*port\s*=\s*(\d+)", (self.conf_dir / "postgresql.conf").read_text(), re.M
+            )
+            if m:
+                self.port = int(m.group(1))
+        else:
             log(f"creating PostgreSQL cluster {self.version}/{self.name} on port {self.port}")
             subprocess.run(
                 ["pg_createcluster", self.version, self.name, "-p", str(self.port),
