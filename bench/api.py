@@ -53,13 +53,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import json
 import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -76,9 +74,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-HERE = Path(__file__).resolve().parent
-OUT_DIR = HERE / "out"
-DULY = [sys.executable, "-m", "duly.cli"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import DULY, OUT_DIR, forget, free_port, log  # noqa: E402
+from _harness import _reap_all as _reap_all  # noqa: E402
+from _harness import reap as _reap  # noqa: E402
+from _harness import spawn as _spawn  # noqa: E402
 
 RULES = """
 timezone: UTC
@@ -109,46 +109,6 @@ TARGET_P99_MS = 50.0  # at OPEN_LOOP_RATE
 
 
 # --------------------------------------------------------------------------- processes
-
-_children: list[subprocess.Popen[Any]] = []
-
-
-def _spawn(cmd: list[str], **kw: Any) -> subprocess.Popen[Any]:
-    """A child in its own process group, killed at exit if still running."""
-    p = subprocess.Popen(cmd, start_new_session=True, **kw)
-    _children.append(p)
-    return p
-
-
-def _reap(p: subprocess.Popen[Any], timeout: float = 15.0) -> None:
-    if p.poll() is None:
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(5)
-        except ProcessLookupError:
-            pass
-    if p in _children:
-        _children.remove(p)
-
-
-@atexit.register
-def _reap_all() -> None:
-    for p in list(_children):
-        _reap(p, 5)
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 # --------------------------------------------------------------------------- databases
 
@@ -491,7 +451,7 @@ def profiled(srv: Server, name: str, enabled: bool) -> Iterator[None]:
         try:
             p.wait(60)
         finally:
-            _children.remove(p) if p in _children else None
+            forget(p)
         log(f"profile: {svg}")
 
 

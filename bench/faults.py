@@ -681,8 +681,9 @@ class Run:
         return res
 
     def check_recorded(self, ids: list[int]) -> dict[str, int]:
-        """Of these duplicated deliveries, how many record an attempt whose outcome is
-        unknown (sent, maybe, before a crash) in ``GET /v1/deliveries/{id}``."""
+        """Of these duplicated deliveries, how many say in ``GET /v1/deliveries/{id}`` that
+        they may have gone out before (``possibly_sent_before``, or an attempt whose outcome
+        is ``unknown``)."""
         out = {"checked": 0, "recorded": 0}
         for rid in ids:
             try:
@@ -690,8 +691,8 @@ class Run:
             except Exception:
                 continue
             out["checked"] += 1
-            text = json.dumps([d.get("attempt_log"), d.get("history")]).lower()
-            if "unknown" in text:
+            unknown = any(a.get("outcome") == "unknown" for a in d.get("attempt_log") or [])
+            if d.get("possibly_sent_before") or unknown:
                 out["recorded"] += 1
         return out
 

@@ -91,6 +91,9 @@ def test_duplicates_only_from_sends_in_flight_at_a_crash(suite: dict[str, Any], 
     ]
     # ...and the duplicates are no more than what the crashes exposed
     assert r["duplicates"] <= r["in_flight_measured"] <= r["in_flight_bound"], suite["text"]
+    # and every duplicated delivery says so in the API (possibly sent before)
+    rec = r["recorded_possibly_sent"]
+    assert rec["recorded"] == rec["checked"], f"{name}: {rec}\n{suite['text']}"
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
