@@ -477,7 +477,8 @@ class Run:
         f = Fault(kind=kind, at=time.time(), bound=CONCURRENCY * len(self.procs))
         action()
         f.over = time.time()
-        time.sleep(1.0)
+        # the processes' chance to record what they sent meanwhile, well within a lease
+        time.sleep(5.0)
         still = {r[0] for r in self._sending()}
         self._exposure(f, [r for i, r in before.items() if i in still])
         f.pids = self.live_pids()
@@ -616,10 +617,12 @@ class Run:
             for rid in f.orphan_ids:
                 if rid not in by_id:
                     continue
-                after = [t for t in times_of.get(message_id(*by_id[rid][1:7]), []) if t > f.at]
+                # after the fault is over: earlier arrivals are the crashed sends themselves
+                mid = message_id(*by_id[rid][1:7])
+                after = [t for t in times_of.get(mid, []) if t > f.over]
                 if after:
                     retake.append(min(after) - f.at)
-                elif by_id[rid][7] not in NOT_LOST:
+                elif by_id[rid][7] in ("pending", "sending"):
                     never += 1
         recorded = self.check_recorded(
             [planned_mids[m][0] for m in dup_mids if m in planned_mids][:40]
@@ -853,7 +856,7 @@ def scenarios(short: bool) -> list[Scenario]:
             spread=0,
             workers=3,
             inject=kills_backlog,
-            params={"kills": 4 if s else 100, "every": (1.0, 2.0) if s else (1.0, 3.0)},
+            params={"kills": 4 if s else 100, "every": (1.0, 2.0) if s else (0.5, 2.0)},
             timeout=90 if s else 600,
             env=fast,
         ),
@@ -888,7 +891,7 @@ def scenarios(short: bool) -> list[Scenario]:
             "sqlite",
             "relay answering 451, then refusing connections",
             n=200 if s else 5_000,
-            spread=40 if s else 1_440,
+            spread=40 if s else 1_320,
             inject=relay_outage,
             params={"start": 5 if s else 120, "451": 10 if s else 600, "refuse": 10 if s else 600},
             timeout=120 if s else 900,
@@ -1071,7 +1074,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     OUT_DIR.mkdir(exist_ok=True)
     stamp = started.strftime("%Y%m%d-%H%M%S")
-    kind = "short" if a.short else "full"
+    kind = ("short" if a.short else "full") + ("-" + "+".join(chosen) if chosen else "")
     for path in (OUT_DIR / f"faults-{kind}-latest.txt", OUT_DIR / f"faults-{stamp}.txt"):
         path.write_text(text + "\n")
     blob = json.dumps({"head": head, "results": results}, indent=1, default=str)
