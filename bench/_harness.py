@@ -10,6 +10,7 @@ import atexit
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -122,7 +123,7 @@ class PgCluster:
         )  # fmt: skip
 
     def ensure(self) -> None:
-        if self.conf_dir.exists():  # made before (a run that died): its own port
+        if (self.conf_dir / "postgresql.conf").exists():  # made before (a run that died)
             m = re.search(
                 r"^\s*port\s*=\s*(\d+)", (self.conf_dir / "postgresql.conf").read_text(), re.M
             )
@@ -212,6 +213,8 @@ class PgCluster:
             subprocess.run(
                 ["pg_dropcluster", self.version, self.name], capture_output=True, timeout=120
             )
+            # pg_dropcluster leaves files it did not make (conf.d/duly-faults.conf)
+            shutil.rmtree(self.conf_dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- duly processes
