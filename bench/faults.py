@@ -841,7 +841,7 @@ def scenarios(short: bool) -> list[Scenario]:
             "pg",
             "kill -9 of workers at light load",
             n=400 if s else 20_000,
-            spread=25 if s else 600,
+            spread=25 if s else 480,
             workers=3,
             inject=kills_light,
             params={"kills": 4 if s else 100},
@@ -865,7 +865,7 @@ def scenarios(short: bool) -> list[Scenario]:
             "pg",
             "PostgreSQL restarted twice mid-drain",
             n=1_000 if s else 10_000,
-            spread=30 if s else 300,
+            spread=30 if s else 180,
             workers=3,
             inject=pg_restarts,
             params={"at": (0.25, 0.6)},
@@ -943,7 +943,8 @@ def render(results: list[dict[str, Any]], head: str) -> str:
             f"{r['sent']:,}",
             f"{r['lost']:,}" + (" ✗" if r["lost"] else " ✓"),
             f"{r['duplicates']:,}",
-            f"{r['in_flight_measured']} (≤ {r['in_flight_bound']}, max {r['in_flight_max']})"
+            f"{r['in_flight_measured']} (≤ {r['in_flight_bound']}, max {r['in_flight_max']}"
+            + (f", {r['in_flight_over_bound']} crash over ✗)" if r["in_flight_over_bound"] else ")")
             if r["crashes"] else "—",
             f"{r['late']:,}",
             "—" if rec["max_s"] is None else f"{rec['p50_s']} / {rec['max_s']} s",
