@@ -23,13 +23,11 @@ table is also saved to ``bench/out/``.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import math
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -61,7 +59,10 @@ if TYPE_CHECKING:  # rich is imported where the table is drawn: the RSS worker n
     from rich.console import Console
 
 HERE = Path(__file__).resolve().parent
-OUT_DIR = HERE / "out"
+sys.path.insert(0, str(HERE))
+from _harness import OUT_DIR, _reap_all, forget, log  # noqa: E402
+from _harness import reap as _reap  # noqa: E402
+from _harness import spawn as _spawn  # noqa: E402
 
 # ---------------------------------------------------------------------------------------
 # What is planned. `job` is the bulk workload: three steps per subject, after the anchor (a
@@ -107,36 +108,6 @@ QUOTED_CELERY = {"drain_per_s": 1000.0, "p99_ms": 7.0}  # the figures we were qu
 
 
 # --------------------------------------------------------------------------- processes
-
-_children: list[subprocess.Popen[Any]] = []
-
-
-def _spawn(cmd: list[str], **kw: Any) -> subprocess.Popen[Any]:
-    """A child in its own process group, killed at exit if still running."""
-    p = subprocess.Popen(cmd, start_new_session=True, **kw)
-    _children.append(p)
-    return p
-
-
-def _reap(p: subprocess.Popen[Any], timeout: float = 10.0) -> None:
-    if p.poll() is None:
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(5)
-        except ProcessLookupError:
-            pass
-    if p in _children:
-        _children.remove(p)
-
-
-@atexit.register
-def _reap_all() -> None:
-    for p in list(_children):
-        _reap(p, 5)
-
 
 # --------------------------------------------------------------------------- machine load
 # The figures mean something only on a machine that is otherwise idle. Each phase notes how
@@ -419,10 +390,6 @@ def maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 @contextmanager
 def database(backend: Backend) -> Iterator[sa.Engine]:
     db = make_engine(backend.fresh())
@@ -525,8 +492,8 @@ def smtp_sink() -> Iterator[tuple[int, Callable[[], int]]]:
     finally:
         if "n" not in result:
             _reap(p)
-        elif p in _children:
-            _children.remove(p)
+        else:
+            forget(p)
 
 
 def phase_smtp(backend: Backend, setup: Setup, n_deliveries: int) -> dict[str, Any]:
@@ -697,7 +664,7 @@ def phase_rss(
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     out, _ = p.communicate(timeout=seconds + 120)
-    _children.remove(p)
+    forget(p)
     if p.returncode != 0:
         raise RuntimeError(f"rss worker exited with {p.returncode}")
     res = json.loads(out.strip().splitlines()[-1])
@@ -781,7 +748,7 @@ def phase_celery(venv: Path, drain_n: int, rate: float, window: float) -> dict[s
         stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     out, _ = p.communicate(timeout=window + drain_n / 100 + 240)
-    _children.remove(p)
+    forget(p)
     if p.returncode != 0:
         raise RuntimeError(f"bench/_celery.py exited with {p.returncode}")
     res: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
