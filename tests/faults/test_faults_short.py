@@ -102,3 +102,11 @@ def test_every_process_sends_again(suite: dict[str, Any], name: str) -> None:
     assert r["recovery"]["silent"] == [], suite["text"]
     assert r["never_retaken"] == 0, suite["text"]
     assert r["thread_deaths"] == 0, suite["text"]
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_every_delivery_ends_sent(suite: dict[str, Any], name: str) -> None:
+    # none of these faults is a reason to give up on a delivery: outages and a full disk
+    # wait without spending attempts, a crash's rows are retaken
+    r = _result(suite, name)
+    assert r["states"] == {"sent": r["planned"]}, f"{name}: {r['states']}\n{suite['text']}"
