@@ -316,6 +316,7 @@ class Run:
         self.mount: Path | None = None
         self.notes: list[str] = []
         self.due_of: dict[str, float] = {}  # subject -> the due time it was loaded with
+        self.accounted: dict[str, int] = {}  # Message-ID -> arrivals a fault's exposure counted
 
     # ------------------------------------------------------------------ set-up
 
@@ -462,11 +463,16 @@ class Run:
         """``rows`` were left as sending by the fault: how many had reached the sink."""
         time.sleep(0.3)  # what the sink accepted before the fault is in its log by now
         self.arrived()
-        earlier = set().union(*(g.orphan_ids for g in self.faults)) if self.faults else set()
-        mids = {r[0]: message_id(*r[1:]) for r in rows if r[0] not in earlier}
+        mids = {r[0]: message_id(*r[1:]) for r in rows}
         f.orphaned = len(mids)
         f.orphan_ids = set(mids)
-        f.exposed = sum(1 for m in mids.values() if self.sink.count[m] > 0)
+        # an arrival counted at an earlier fault is not this one's (a row can be orphaned,
+        # retaken and orphaned again before its new holder sent it)
+        f.exposed = 0
+        for m in mids.values():
+            if self.sink.count[m] > self.accounted.get(m, 0):
+                f.exposed += 1
+                self.accounted[m] = self.sink.count[m]
 
     def kill(self, p: DulyProc, restart: bool = True) -> Fault:
         f = Fault(kind=f"kill -9 {p.name}", at=time.time(), bound=CONCURRENCY)
