@@ -662,3 +662,24 @@ def test_a_slow_commit_never_lets_more_than_the_concurrency_go_out_unrecorded(
         gate.set()
         t.join(20)
     assert sink.count() == 20 and states(engine) == {"sent": 20}
+
+
+def test_with_a_slow_relay_a_process_claims_only_what_it_can_send_soon(
+    sqlite_url: str, tmp_path: Path, smtp: tuple[Sink, int]
+) -> None:
+    """Each message takes 0.4 s. A process claims a few seconds of work at a time, not a
+    batch of 200, so a second process shares the backlog instead of idling beside it."""
+    sink, port = smtp
+    sink.delay = 0.4
+    engine, d1 = build(sqlite_url, tmp_path, port, send_workers=2, owner="w1")
+    _, d2 = build(sqlite_url, tmp_path, port, send_workers=2, owner="w2")
+    plan(engine, 40)
+    ts = [threading.Thread(target=drain, args=(d, 60), daemon=True) for d in (d1, d2)]
+    for t in ts:
+        t.start()
+        time.sleep(0.1)  # w1 claims first
+    for t in ts:
+        t.join(60)
+    assert sink.count() == 40 and sink.duplicates() == 0
+    assert d1.stats.sent >= 10 and d2.stats.sent >= 10, (d1.stats.sent, d2.stats.sent)
+    assert d1.claim_limit() < 40  # it learned that sends are slow

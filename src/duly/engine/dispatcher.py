@@ -68,6 +68,8 @@ log = logging.getLogger("duly.dispatcher")
 
 # Outcomes of sends that finish within this many seconds of each other share a transaction.
 GROUP_COMMIT = 0.005
+# With slow sends, a process claims about this many seconds of work at a time (claim_limit).
+CLAIM_SECONDS = 5.0
 
 DEFAULT_GRACE = {"reminder": timedelta(hours=12), "promotional": timedelta(hours=12)}
 
@@ -227,6 +229,8 @@ class Dispatcher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.send_workers = max(1, send_workers)
+        # moving average of one send's duration (claim_limit); None until the first send
+        self._send_seconds: float | None = None
         self._pool = ThreadPoolExecutor(send_workers) if send_workers > 1 else None
         self.on_outcome = on_outcome
         self._levels = sorted(planner.priority_levels(engine.rules), reverse=True)
@@ -361,19 +365,31 @@ class Dispatcher:
         while not self._stop.is_set():
             now = self.engine.clock.now()
             t0 = time.perf_counter()
+            limit = self.claim_limit()
             with write_transaction(self.engine.db) as conn:
-                rows = self.store.claim_due(
-                    conn, now, self.owner, self.lease, self.batch_size, self._levels
-                )
+                rows = self.store.claim_due(conn, now, self.owner, self.lease, limit, self._levels)
             if self.metrics is not None:
                 self.metrics.claimed(time.perf_counter() - t0, len(rows))
             if not rows:
                 break
             self._process(rows)
             total += len(rows)
-            if len(rows) < self.batch_size:
+            if len(rows) < limit:
                 break
         return total
+
+    def claim_limit(self) -> int:
+        """How many rows to claim at once: ``batch_size`` while sends are quick; when they are
+        slow, only what this process can send in about ``CLAIM_SECONDS`` (at least one round
+        of ``send_workers``), so the rest stays free for other processes instead of waiting
+        behind this one's slow relay."""
+        per_send = self._send_seconds
+        if per_send is None:  # nothing measured yet: a small first claim finds out
+            return min(self.batch_size, 2 * self.send_workers)
+        if per_send <= 0:
+            return self.batch_size
+        can = int(CLAIM_SECONDS / per_send * self.send_workers)
+        return max(self.send_workers, min(self.batch_size, can))
 
     def _check_schedules(self, force: bool = False) -> None:
         """Plan the next occurrence of schedule rules when the last one planned is due."""
@@ -1249,8 +1265,13 @@ class Dispatcher:
             )
             return
         finally:
+            took = time.perf_counter() - t0
+            # a moving average of how long one send takes (claim_limit); approximate
+            # under concurrency, which is all it needs to be
+            last = self._send_seconds
+            self._send_seconds = took if last is None else 0.8 * last + 0.2 * took
             if self.metrics is not None:
-                self.metrics.sent(chan.name, time.perf_counter() - t0)
+                self.metrics.sent(chan.name, took)
         now = self.engine.clock.now()
         if chan.name in self.breakers:
             self.breakers[chan.name].ok()
