@@ -287,7 +287,9 @@ class Counting:
         pass
 
 
-def test_a_replan_racing_a_send_never_sends_twice_on_postgres(pg_db_url: str, tmp_path: Path) -> None:
+def test_a_replan_racing_a_send_never_sends_twice_on_postgres(
+    pg_db_url: str, tmp_path: Path
+) -> None:
     (tmp_path / "templates").mkdir()
     (tmp_path / "templates" / "job-due.email.txt").write_text(TEMPLATE)
     rules = RULES.split("rules:\n", 1)[1]  # without the smtp channel

@@ -7,14 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
-from aiosmtpd.controller import Controller
-
+from fakes.smtp_server import smtp_server
 from live import live_server  # tests/ is on sys.path (tests/conftest.py)
 
 
@@ -66,49 +64,44 @@ def test_sigterm_with_a_hung_relay_stops_in_bounded_time_and_loses_nothing(
     tmp_path: Path,
 ) -> None:
     sink = Hanging()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctl = Controller(sink, hostname="127.0.0.1", port=port)
-    ctl.start()
-    try:
-        rules = _rules(tmp_path, port)
-        with live_server(tmp_path, rules=rules) as live:
-            _post(live.url, live.key, "/v1/recipients/c1", {"email": "c@example.test"})
-            _post(
-                live.url,
-                live.key,
-                "/v1/subjects/invoice/INV-1",
-                {"attributes": {"status": "paid"}, "recipients": {"customer": "c1"}},
-            )
-            assert sink.arrived.wait(20)
-            t0 = time.monotonic()
-            live.proc.send_signal(signal.SIGTERM)
-            live.proc.communicate(timeout=30)
-            took = time.monotonic() - t0
-            assert live.proc.returncode is not None
-            assert took < 10 + 3 + 2, f"took {took:.1f} s to stop"
-        sink.release.set()
-        # the send ran into its timeout while stopping: recorded as a temporary failure,
-        # pending again for its retry; the next start has it, and sends it when asked
-        with live_server(tmp_path, rules=rules, database=live.database) as again:
-
-            def get(path: str, method: str = "GET") -> dict:
-                req = urllib.request.Request(
-                    again.url + path,
-                    method=method,
-                    headers={"Authorization": f"Bearer {again.key}"},
+    with smtp_server(sink) as (_, port):
+        try:
+            rules = _rules(tmp_path, port)
+            with live_server(tmp_path, rules=rules) as live:
+                _post(live.url, live.key, "/v1/recipients/c1", {"email": "c@example.test"})
+                _post(
+                    live.url,
+                    live.key,
+                    "/v1/subjects/invoice/INV-1",
+                    {"attributes": {"status": "paid"}, "recipients": {"customer": "c1"}},
                 )
-                return json.load(urllib.request.urlopen(req, timeout=5))
+                assert sink.arrived.wait(20)
+                t0 = time.monotonic()
+                live.proc.send_signal(signal.SIGTERM)
+                live.proc.communicate(timeout=30)
+                took = time.monotonic() - t0
+                assert live.proc.returncode is not None
+                assert took < 10 + 3 + 2, f"took {took:.1f} s to stop"
+            sink.release.set()
+            # the send ran into its timeout while stopping: recorded as a temporary failure,
+            # pending again for its retry; the next start has it, and sends it when asked
+            with live_server(tmp_path, rules=rules, database=live.database) as again:
 
-            (d,) = get("/v1/deliveries")["items"]
-            assert d["state"] == "pending" and d["attempts"] == 1
-            get(f"/v1/deliveries/{d['id']}/send-now", "POST")
-            end = time.monotonic() + 20
-            while get(f"/v1/deliveries/{d['id']}")["state"] != "sent":
-                assert time.monotonic() < end
-                time.sleep(0.2)
-        assert len(set(sink.ids)) == 1  # every arrival carries the one Message-ID
-    finally:
-        sink.release.set()
-        ctl.stop()
+                def get(path: str, method: str = "GET") -> dict:
+                    req = urllib.request.Request(
+                        again.url + path,
+                        method=method,
+                        headers={"Authorization": f"Bearer {again.key}"},
+                    )
+                    return json.load(urllib.request.urlopen(req, timeout=5))
+
+                (d,) = get("/v1/deliveries")["items"]
+                assert d["state"] == "pending" and d["attempts"] == 1
+                get(f"/v1/deliveries/{d['id']}/send-now", "POST")
+                end = time.monotonic() + 20
+                while get(f"/v1/deliveries/{d['id']}")["state"] != "sent":
+                    assert time.monotonic() < end
+                    time.sleep(0.2)
+            assert len(set(sink.ids)) == 1  # every arrival carries the one Message-ID
+        finally:
+            sink.release.set()

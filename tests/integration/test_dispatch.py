@@ -3,7 +3,6 @@ server (aiosmtpd): exactly once, leases, retries, policies, bad data."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time as _time
 from collections.abc import Iterator
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from aiosmtpd.controller import Controller
 
 from duly.channels.smtp import SmtpChannel
 from duly.engine.clock import SystemClock, VirtualClock
@@ -26,6 +24,7 @@ from duly.render import Renderer
 from duly.rules.loader import load_rules_text
 from duly.store.db import make_engine
 from duly.store.tables import deliveries, delivery_log, subject_errors
+from fakes.smtp_server import smtp_server  # tests/ is on sys.path (conftest.py)
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)  # a Monday
 
@@ -75,16 +74,8 @@ class Sink:
 
 @pytest.fixture
 def smtp() -> Iterator[tuple[Sink, int]]:
-    sink = Sink()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctl = Controller(sink, hostname="127.0.0.1", port=port)
-    ctl.start()
-    try:
+    with smtp_server(Sink()) as (sink, port):
         yield sink, port
-    finally:
-        ctl.stop()
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from aiosmtpd.controller import Controller
 
 from duly.channels.smtp import SmtpChannel
 from duly.engine.clock import SystemClock
@@ -38,6 +37,7 @@ from duly.rules.loader import load_rules_text
 from duly.runtime import Runtime, retake_dead_local_claims
 from duly.store.db import make_engine, write_transaction
 from duly.store.tables import deliveries, delivery_log, workers
+from fakes.smtp_server import smtp_server  # tests/ is on sys.path (conftest.py)
 
 RULES = """
 timezone: UTC
@@ -91,17 +91,12 @@ class Sink:
 @pytest.fixture
 def smtp() -> Iterator[tuple[Sink, int]]:
     sink = Sink()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctl = Controller(sink, hostname="127.0.0.1", port=port)
-    ctl.start()
     try:
-        yield sink, port
+        with smtp_server(sink) as (_, port):
+            yield sink, port
     finally:
         if sink.hold is not None:
             sink.hold.set()
-        ctl.stop()
 
 
 def build(

@@ -6,7 +6,6 @@ tests skip, saying so, until it is applied."""
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,7 +17,6 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from duly.channels.smtp import SmtpChannel
 from duly.engine.clock import VirtualClock
@@ -29,6 +27,7 @@ from duly.preferences import PrefLinks, PrefSigner, unsubscribe_link_warning
 from duly.render import Renderer
 from duly.rules.loader import load_rules_text
 from duly.store.db import make_engine
+from fakes.smtp_server import smtp_server  # tests/ is on sys.path (conftest.py)
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 BASE = "https://duly.example.test"
@@ -65,16 +64,8 @@ class Sink:
 
 @pytest.fixture
 def smtp() -> Iterator[tuple[Sink, int]]:
-    sink = Sink()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctl = Controller(sink, hostname="127.0.0.1", port=port)
-    ctl.start()
-    try:
+    with smtp_server(Sink()) as (sink, port):
         yield sink, port
-    finally:
-        ctl.stop()
 
 
 def setup(

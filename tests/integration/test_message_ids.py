@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from email import message_from_bytes
@@ -16,7 +15,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from aiosmtpd.controller import Controller
 
 from duly.ack import SECRET_ENV
 from duly.channels.smtp import SmtpChannel
@@ -30,6 +28,7 @@ from duly.render import Renderer
 from duly.rules.loader import load_rules_text
 from duly.store.db import make_engine
 from duly.store.tables import deliveries
+from fakes.smtp_server import smtp_server  # tests/ is on sys.path (conftest.py)
 
 IDENT = Identity("invoice-due", "overdue", 0, "invoice/INV-1", "ada", "email")
 OTHER = Identity("invoice-due", "overdue", 1, "invoice/INV-1", "ada", "email")
@@ -97,16 +96,8 @@ class Sink:
 
 @pytest.fixture
 def smtp() -> Iterator[tuple[Sink, int]]:
-    sink = Sink()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctl = Controller(sink, hostname="127.0.0.1", port=port)
-    ctl.start()
-    try:
+    with smtp_server(Sink()) as (sink, port):
         yield sink, port
-    finally:
-        ctl.stop()
 
 
 def test_a_sent_email_carries_the_installations_keyed_id_at_the_senders_domain(

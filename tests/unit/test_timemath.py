@@ -1002,15 +1002,31 @@ class TestCron:
             seen.append(t)
         assert seen == sorted(set(seen))
         assert [x.astimezone(tz).strftime("%H:%M") for x in seen] == [
-            "00:30", "01:00", "01:30", "03:00", "03:30", "04:00"]
+            "00:30",
+            "01:00",
+            "01:30",
+            "03:00",
+            "03:30",
+            "04:00",
+        ]
 
     @settings(max_examples=200, deadline=None)
     @given(
-        zone=st.sampled_from(["Europe/London", "America/New_York", "Australia/Sydney",
-                              "Australia/Lord_Howe", "America/Santiago", "Pacific/Chatham",
-                              "Asia/Kolkata", "America/St_Johns"]),
-        start=st.datetimes(min_value=datetime(2001, 1, 1), max_value=datetime(2039, 1, 1),
-                           timezones=st.just(UTC)),
+        zone=st.sampled_from(
+            [
+                "Europe/London",
+                "America/New_York",
+                "Australia/Sydney",
+                "Australia/Lord_Howe",
+                "America/Santiago",
+                "Pacific/Chatham",
+                "Asia/Kolkata",
+                "America/St_Johns",
+            ]
+        ),
+        start=st.datetimes(
+            min_value=datetime(2001, 1, 1), max_value=datetime(2039, 1, 1), timezones=st.just(UTC)
+        ),
         hh=st.integers(0, 23),
         mm=st.sampled_from([0, 15, 30, 45]),
     )
