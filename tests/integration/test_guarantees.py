@@ -128,6 +128,21 @@ def plan(engine: Engine, n: int, prefix: str = "INV") -> None:
     )
 
 
+def api(rt: Runtime, *, key: bool = True) -> Any:
+    """A TestClient on the API of ``rt`` (no UI), with a fresh API key unless ``key`` is
+    False (health and metrics need none)."""
+    from fastapi.testclient import TestClient
+
+    from duly.api.app import create_app
+    from duly.keys import KeyStore
+
+    headers = {}
+    if key:
+        token = KeyStore(rt.db).create("test", datetime.now(UTC))[0]
+        headers["Authorization"] = f"Bearer {token}"
+    return TestClient(create_app(rt, ui=False), headers=headers)
+
+
 def states(engine: Engine) -> Counter[str]:
     with engine.db.connect() as c:
         return Counter(c.execute(sa.select(deliveries.c.state)).scalars())
@@ -284,11 +299,8 @@ def test_a_stalled_loop_stops_beating_and_lets_its_rows_go(
                 sa.select(workers.c.heartbeat_at).where(workers.c.id == disp.owner)
             ).scalar()
         assert beat is None or beat < datetime.now(UTC) - timedelta(seconds=0.9)
-        from fastapi.testclient import TestClient
 
-        from duly.api.app import create_app
-
-        with TestClient(create_app(rt, ui=False)) as client:
+        with api(rt, key=False) as client:
             r = client.get("/readyz")
             assert r.status_code == 503 and r.json()["checks"]["dispatcher"] == "stopped"
             assert "duly_dispatcher_up 0.0" in client.get("/metrics").text
@@ -517,10 +529,7 @@ def test_claims_of_a_live_process_are_not_taken_early(
 def test_the_api_and_metrics_show_a_possibly_repeated_send(
     sqlite_url: str, tmp_path: Path, smtp: tuple[Sink, int]
 ) -> None:
-    from fastapi.testclient import TestClient
 
-    from duly.api.app import create_app
-    from duly.keys import KeyStore
     from duly.metrics import Metrics
 
     sink, port = smtp
@@ -536,8 +545,7 @@ def test_the_api_and_metrics_show_a_possibly_repeated_send(
         engine.store.release(conn, [other.id], disp.owner, datetime.now(UTC))
     drain(disp)
     rt = Runtime(engine.rules, engine.db, engine, disp, metrics=disp.metrics)
-    key = KeyStore(engine.db).create("test", datetime.now(UTC))[0]
-    with TestClient(create_app(rt, ui=False), headers={"Authorization": f"Bearer {key}"}) as c:
+    with api(rt) as c:
         got = c.get(f"/v1/deliveries/{claimed.id}").json()
         assert got["possibly_sent_before"] is True
         assert [a["outcome"] for a in got["attempt_log"]] == ["unknown", None]
@@ -588,12 +596,9 @@ def test_a_schedule_rule_that_cannot_be_planned_stops_nothing_else(
         planned = set(c.execute(sa.select(deliveries.c.rule)).scalars())
     assert planned == {"receipt", "good-schedule"}
     assert "failed to find next date" in engine.schedule_errors["broken-schedule"][1]
-    from fastapi.testclient import TestClient
-
-    from duly.api.app import create_app
 
     rt = Runtime(engine.rules, engine.db, engine, disp)
-    with TestClient(create_app(rt, ui=False)) as client:
+    with api(rt, key=False) as client:
         detail = client.get("/readyz").json()
     assert "failed to find next date" in detail["schedule_errors"]["broken-schedule"]["error"]
 
@@ -601,10 +606,6 @@ def test_a_schedule_rule_that_cannot_be_planned_stops_nothing_else(
 def test_an_operator_can_cancel_or_retry_a_delivery_left_sending_past_its_lease(
     sqlite_url: str, tmp_path: Path, smtp: tuple[Sink, int]
 ) -> None:
-    from fastapi.testclient import TestClient
-
-    from duly.api.app import create_app
-    from duly.keys import KeyStore
 
     sink, port = smtp
     engine, disp = build(sqlite_url, tmp_path, port)
@@ -612,8 +613,7 @@ def test_an_operator_can_cancel_or_retry_a_delivery_left_sending_past_its_lease(
     with write_transaction(engine.db) as conn:
         a, b = engine.store.claim_due(conn, datetime.now(UTC), "w9:1:x", timedelta(seconds=3), 2)
     rt = Runtime(engine.rules, engine.db, engine, disp)
-    key = KeyStore(engine.db).create("test", datetime.now(UTC))[0]
-    with TestClient(create_app(rt, ui=False), headers={"Authorization": f"Bearer {key}"}) as c:
+    with api(rt) as c:
         r = c.post(f"/v1/deliveries/{a.id}/cancel")
         assert r.status_code == 409 and "being sent by w9:1:x" in r.text
         time.sleep(3.1)

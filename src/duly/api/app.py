@@ -210,7 +210,7 @@ def create_app(
             checks["database"] = "ok"
         except Exception as exc:  # report, never 500
             checks["database"] = f"error: {type(exc).__name__}"
-        alive = _dispatcher_alive(runtime)
+        alive = runtime.dispatcher_alive()
         checks["dispatcher"] = "ok" if alive else "stopped"
         ok = all(v == "ok" for v in checks.values())
         detail: dict[str, Any] = {}
@@ -254,15 +254,6 @@ def create_app(
     app.add_middleware(ApiKeyAuth, fastapi_app=app)  # outermost: before the body is read
     app.add_middleware(CatchAll)  # outside everything of ours, inside Starlette's own
     return app
-
-
-def _dispatcher_alive(runtime: Any) -> bool:
-    """The dispatcher's thread runs and its loop makes progress."""
-    check = getattr(runtime, "dispatcher_alive", None)
-    if check is not None:
-        return bool(check())
-    thread = getattr(runtime, "thread", None)
-    return thread is not None and thread.is_alive()
 
 
 def _extra_routers() -> list[Any]:

@@ -21,14 +21,7 @@ def metrics_of(request: Request) -> Metrics:
             if getattr(rt.dispatcher, "metrics", None) is None:
                 rt.dispatcher.metrics = m
 
-    def up() -> bool:
-        check = getattr(rt, "dispatcher_alive", None)
-        if check is not None:
-            return bool(check())
-        thread = getattr(rt, "thread", None)
-        return thread is not None and thread.is_alive()
-
-    m.watch(rt.db, rt.engine.clock.now, up)
+    m.watch(rt.db, rt.engine.clock.now, rt.dispatcher_alive)
     m.watch_breakers(rt.dispatcher.breakers, rt.engine.clock.now)
     return m  # type: ignore[no-any-return]
 

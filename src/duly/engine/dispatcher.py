@@ -132,10 +132,6 @@ class Breaker:
         self.probing = False
         self._lock = threading.Lock()
 
-    def wait_until(self, now: datetime) -> datetime | None:
-        """None when a send may go now; else when to try again."""
-        return self.acquire(now)[0]
-
     def acquire(self, now: datetime) -> tuple[datetime | None, bool]:
         """(when to try again, or None to send now; whether this send is the probe)."""
         with self._lock:

@@ -639,58 +639,58 @@ class Store:
         owners: dict[int, str | None],
         now: datetime,
     ) -> None:
-        """Rows retaken after their lease expired in state ``sending``: the process that held
-        them stopped (or lost the database) before recording what its send did, so the
-        message may have gone out. Each gets an attempt with outcome ``unknown`` in its
-        history and counts it in ``attempts``; a resend keeps the delivery's Message-ID."""
-        logs = []
+        """Rows retaken after their lease expired in state ``sending``: see
+        ``_log_unknown``. Each row is marked ``retaken`` with its ``attempts`` counted."""
         for r in rows:
             r.retaken = True
             r.attempts += 1
+        self._log_unknown(
+            conn, [(r.id, r.attempts, r.message_id, owners.get(r.id)) for r in rows], now
+        )
+
+    def _log_unknown(
+        self,
+        conn: Connection,
+        items: Sequence[tuple[int, int, str | None, str | None]],
+        now: datetime,
+    ) -> None:
+        """For each (id, attempt, Message-ID, previous owner): the process that held the row
+        stopped (or lost the database) before recording what its send did, so the message
+        may have gone out. Its history gets an attempt with outcome ``unknown``, counted in
+        ``attempts``; a resend keeps the delivery's Message-ID."""
+        logs = []
+        for did, attempt, message_id, owner in items:
             error = (
-                f"outcome unknown: {owners.get(r.id) or 'another process'} stopped (or lost the "
+                f"outcome unknown: {owner or 'another process'} stopped (or lost the "
                 "database) while sending; the message may have gone out, and a resend keeps "
                 "its Message-ID"
             )
             logs.append(
                 {
-                    "delivery_id": r.id,
+                    "delivery_id": did,
                     "at": now,
                     "kind": "attempt",
                     "outcome": "unknown",
-                    "attempt": r.attempts,
+                    "attempt": attempt,
                     "error": error,
-                    "message_id": r.message_id,
+                    "message_id": message_id,
                 }
             )
             conn.execute(
                 update(deliveries)
-                .where(deliveries.c.id == r.id)
-                .values(attempts=r.attempts, last_error=error)
+                .where(deliveries.c.id == did)
+                .values(attempts=attempt, last_error=error)
             )
         self.log(conn, logs)
 
     def record_unknown(self, conn: Connection, did: int, owner: str | None, now: datetime) -> None:
         """One row left ``sending`` past its lease, taken in hand by an operator: its last
-        send is recorded as an attempt of unknown outcome (see ``_record_unknown``)."""
+        send is recorded as an attempt of unknown outcome (see ``_log_unknown``), and its
+        claim is cleared."""
         r = conn.execute(
             select(deliveries.c.attempts, deliveries.c.message_id).where(deliveries.c.id == did)
         ).one()
-        row = DeliveryRow(
-            id=did,
-            identity=Identity("", None, 0, None, None, None),
-            state="sending",
-            category="",
-            priority=0,
-            planned_at=now,
-            due_at=now,
-            deadline_at=None,
-            attempts=r.attempts,
-            lease_until=None,
-            changes=None,
-            message_id=r.message_id,
-        )
-        self._record_unknown(conn, [row], {did: owner}, now)
+        self._log_unknown(conn, [(did, r.attempts + 1, r.message_id, owner)], now)
         conn.execute(
             update(deliveries)
             .where(deliveries.c.id == did)

@@ -167,7 +167,6 @@ def attention(conn: sa.Connection, now: datetime, since: datetime) -> dict[str, 
 def engine_health(request: Request, conn: sa.Connection, now: datetime) -> dict[str, Any]:
     """What /readyz reports (dispatcher thread, channel breakers) and the workers' heartbeats."""
     rt = runtime_of(request)
-    thread = getattr(rt, "thread", None)
     disp = getattr(rt, "dispatcher", None)
     breakers = [
         {"name": name, "state": b.state(now), "text": BREAKER_TEXT.get(b.state(now), "")}
@@ -184,11 +183,7 @@ def engine_health(request: Request, conn: sa.Connection, now: datetime) -> dict[
         ).mappings()
     ]
     return {
-        "alive": (
-            rt.dispatcher_alive()
-            if hasattr(rt, "dispatcher_alive")
-            else thread is not None and thread.is_alive()
-        ),
+        "alive": rt.dispatcher_alive(),
         "workers": others,
         "breakers": breakers,
         "schedule_errors": dict(getattr(rt.engine, "schedule_errors", {}) or {}),
