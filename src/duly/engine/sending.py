@@ -6,8 +6,9 @@ that many); outcomes that finish within ``GROUP_COMMIT`` seconds of each other a
 in one transaction (the group commit). A send's result: sent; a temporary failure retried
 later with backoff (``retry``: delay × factor^(attempt − 1), times a jitter derived from the
 identity) until the attempts are exhausted; a permanent failure (and the address suppressed
-when the provider says the address is bad); the circuit breaker told either way, a failed
-probe costing no attempt. Stopping gives back what has not started.
+when the provider says the address is bad); the circuit breaker told of each success and
+temporary failure, a failed probe costing no attempt. Stopping gives back what has not
+started.
 """
 
 from __future__ import annotations
