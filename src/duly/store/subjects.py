@@ -1,0 +1,154 @@
+"""Subjects, events, one-off reminders and the problems planning found.
+
+The queries of :class:`SubjectQueries` are part of :class:`duly.store.store.Store`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.engine import Connection
+
+from duly.model import Subject
+from duly.store.rows import StoreBase, SubjectRecord, _chunks, _subject_from_row
+from duly.store.tables import events, reminders, subject_errors, subjects
+
+__all__ = ["SubjectQueries"]
+
+
+class SubjectQueries(StoreBase):
+    """Subjects, events, reminders, problems."""
+
+    # ------------------------------------------------------------------ subjects
+
+    def get_subjects(
+        self, conn: Connection, refs: Sequence[tuple[str, str]], *, for_update: bool = False
+    ) -> dict[tuple[str, str], SubjectRecord]:
+        """Stored subjects (deleted ones included, flagged) by (kind, key)."""
+        out: dict[tuple[str, str], SubjectRecord] = {}
+        by_kind: dict[str, list[str]] = {}
+        for kind, key in refs:
+            by_kind.setdefault(kind, []).append(key)
+        for kind, keys in by_kind.items():
+            for chunk in _chunks(sorted(set(keys)), 500):
+                q = select(subjects).where(subjects.c.kind == kind, subjects.c.key.in_(chunk))
+                if for_update and self.postgres:
+                    q = q.with_for_update()
+                for r in conn.execute(q).mappings():
+                    out[(r["kind"], r["key"])] = _subject_from_row(r)
+        return out
+
+    def save_subjects(
+        self, conn: Connection, items: Sequence[tuple[SubjectRecord | None, Subject]], now: datetime
+    ) -> None:
+        """Write the new state of each subject (insert when it has no stored row)."""
+        new_rows = []
+        upd_rows = []
+        for old, s in items:
+            values = {
+                "attributes": s.attributes,
+                "recipients": {k: list(v) for k, v in s.recipients.items()},
+                "revision": s.revision,
+                "hold_until": s.hold_until,
+                "acknowledged": sorted(s.acknowledged),
+                "deleted_at": None,
+                "updated_at": now,
+            }
+            if old is None:
+                new_rows.append({"kind": s.kind, "key": s.key, "created_at": now, **values})
+            else:
+                upd_rows.append({"_id": old.id, **values})
+        if new_rows:
+            self._insert_raw(
+                conn,
+                "subjects",
+                tuple(new_rows[0]),
+                new_rows,
+                times=frozenset({"hold_until", "deleted_at", "created_at", "updated_at"}),
+                json_cols=frozenset({"attributes", "recipients", "acknowledged"}),
+            )
+        if upd_rows:
+            conn.execute(
+                update(subjects)
+                .where(subjects.c.id == bindparam("_id"))
+                .values({k: bindparam(k) for k in upd_rows[0] if k != "_id"}),
+                upd_rows,
+            )
+
+    def mark_subject_deleted(self, conn: Connection, record: SubjectRecord, now: datetime) -> None:
+        """Keep the row as a tombstone: its revision count continues if the subject returns."""
+        conn.execute(
+            update(subjects)
+            .where(subjects.c.id == record.id)
+            .values(deleted_at=now, updated_at=now, hold_until=None)
+        )
+
+    def record_problems(self, conn: Connection, problems: Sequence[Any], now: datetime) -> None:
+        if problems:
+            conn.execute(
+                insert(subject_errors),
+                [
+                    {
+                        "subject": p.subject,
+                        "rule": p.rule,
+                        "field": p.field,
+                        "message": p.message,
+                        "at": now,
+                    }
+                    for p in problems
+                ],
+            )
+
+    # ------------------------------------------------------------------ events
+
+    def add_event(
+        self,
+        conn: Connection,
+        eid: str,
+        name: str,
+        subject: str,
+        data: dict[str, Any],
+        now: datetime,
+    ) -> bool:
+        """Store an event once. Returns False when its id was seen before (idempotency)."""
+        if conn.execute(select(events.c.id).where(events.c.id == eid)).first() is not None:
+            return False
+        conn.execute(
+            insert(events).values(id=eid, name=name, subject=subject, data=data, received_at=now)
+        )
+        return True
+
+    def get_events(self, conn: Connection, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(sorted(set(ids)), 500):
+            for r in conn.execute(select(events).where(events.c.id.in_(chunk))).mappings():
+                out[r["id"]] = {
+                    "id": r["id"],
+                    "name": r["name"],
+                    "subject": r["subject"],
+                    "data": r["data"] or {},
+                    "at": r["received_at"],
+                }
+        return out
+
+    def get_reminders(self, conn: Connection, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """One-off reminders by id (deleted ones are absent)."""
+        out: dict[int, dict[str, Any]] = {}
+        for chunk in _chunks(sorted(set(ids)), 500):
+            q = select(reminders).where(reminders.c.id.in_(chunk), reminders.c.deleted_at.is_(None))
+            for r in conn.execute(q).mappings():
+                out[int(r["id"])] = dict(r)
+        return out
+
+    def subject_problems(self, conn: Connection, ref: str, limit: int = 20) -> list[dict[str, Any]]:
+        q = (
+            select(subject_errors)
+            .where(subject_errors.c.subject == ref)
+            .order_by(subject_errors.c.id.desc())
+            .limit(limit)
+        )
+        return [dict(r) for r in conn.execute(q).mappings()]
+
