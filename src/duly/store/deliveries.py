@@ -22,7 +22,8 @@ __all__ = ["DeliveryQueries"]
 
 
 class DeliveryQueries(StoreBase):
-    """Claims, leases, finishing, holds and gaps: what the dispatcher asks."""
+    """Claims, leases, finishing, holds and gaps (what the dispatcher asks); operator
+    actions on one delivery."""
 
     # ------------------------------------------------------------------ dispatch
 
@@ -433,3 +434,38 @@ class DeliveryQueries(StoreBase):
             )
         ).scalar()
 
+    # ------------------------------------------------------------------ operator actions
+
+    def delivery_for_decision(self, conn: Connection, did: int) -> dict[str, Any] | None:
+        """Delivery ``did``'s row (every column), or None when there is none. On PostgreSQL
+        it is locked until the caller's transaction ends: an operator's action is decided on
+        this state, and no claim may slip in between."""
+        q = select(deliveries).where(deliveries.c.id == did)
+        if self.postgres:
+            q = q.with_for_update()
+        row = conn.execute(q).mappings().first()
+        return dict(row) if row is not None else None
+
+    def make_due_now(self, conn: Connection, did: int, now: datetime) -> None:
+        """Delivery ``did`` is due at ``now``; its planned time and state are kept (the
+        caller checked it is pending)."""
+        conn.execute(
+            update(deliveries).where(deliveries.c.id == did).values(due_at=now, updated_at=now)
+        )
+
+    def reset_for_retry(self, conn: Connection, did: int, now: datetime) -> None:
+        """Delivery ``did`` is pending again, due at ``now``, with no reason, its attempts
+        counted from zero and no claim (whatever its state: the caller decided)."""
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id == did)
+            .values(
+                state="pending",
+                reason=None,
+                due_at=now,
+                attempts=0,
+                updated_at=now,
+                lease_owner=None,
+                lease_until=None,
+            )
+        )

@@ -7,22 +7,24 @@ dispatcher's claim cannot be undone by a plan's update.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from duly.planner import Action, Existing, Identity, outcome_of
 from duly.store.rows import StoreBase, _chunks, _group_by_keys, _identity
 from duly.store.tables import deliveries
 
-__all__ = ["PlanQueries"]
+__all__ = ["PlanQueries", "is_duplicate"]
 
 
 class PlanQueries(StoreBase):
-    """Existing rows for the planner; carrying out its actions."""
+    """Existing rows for the planner; carrying out its actions; schedule occurrences."""
 
     # ------------------------------------------------------------------ the plan
 
@@ -242,3 +244,84 @@ class PlanQueries(StoreBase):
             json_cols=frozenset({"changes"}),
         )
 
+    # ------------------------------------------------------------------ by recipient, by occurrence
+
+    def pending_of_recipient(
+        self, conn: Connection, rid: str
+    ) -> list[tuple[int, datetime, datetime]]:
+        """``(id, planned_at, due_at)`` of every pending row addressed to recipient ``rid``,
+        in no set order. On PostgreSQL the rows are locked until the caller's transaction
+        ends (see :meth:`existing_for`): the caller cancels them."""
+        q = select(deliveries.c.id, deliveries.c.planned_at, deliveries.c.due_at).where(
+            deliveries.c.recipient == rid, deliveries.c.state == "pending"
+        )
+        if self.postgres:
+            q = q.with_for_update()
+        return [(i, p, d) for i, p, d in conn.execute(q)]
+
+    def subjects_pending_for(self, conn: Connection, rid: str) -> list[str]:
+        """The subjects ("KIND/KEY") with a pending row addressed to recipient ``rid``,
+        each once, in no set order (rows about no subject are left out)."""
+        q = (
+            select(deliveries.c.subject)
+            .where(deliveries.c.recipient == rid, deliveries.c.state == "pending")
+            .distinct()
+        )
+        return [s for (s,) in conn.execute(q) if s]
+
+    def existing_for_occurrence(
+        self, conn: Connection, rule: str, occurrence: str
+    ) -> list[Existing]:
+        """Every row of one occurrence of a rule (a one-off reminder: rule ``@reminder``,
+        occurrence its id), in any state, as the planner sees them. Locked on PostgreSQL
+        until the caller's transaction ends (see :meth:`existing_for`)."""
+        q = select(deliveries).where(
+            deliveries.c.rule == rule, deliveries.c.occurrence == occurrence
+        )
+        if self.postgres:
+            q = q.with_for_update()
+        return [
+            Existing(r["id"], _identity(r), r["state"], r["reason"], r["planned_at"], r["due_at"])
+            for r in conn.execute(q).mappings().all()
+        ]
+
+    # ------------------------------------------------------------------ schedule occurrences
+
+    def lock_schedule(self, conn: Connection, rule: str) -> None:
+        """Serialise "nothing pending → plan the next occurrence" of schedule rule ``rule``
+        between processes (two would plan consecutive occurrences) until the caller's
+        transaction ends: a transaction-scoped advisory lock on PostgreSQL; on SQLite the
+        write transaction already does it, and this does nothing."""
+        if self.postgres:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(rule)})
+
+    def earliest_pending_of_rule(self, conn: Connection, rule: str) -> datetime | None:
+        """The earliest due time among the rule's rows pending or being sent; None when it
+        has none."""
+        return conn.execute(
+            select(func.min(deliveries.c.due_at)).where(
+                deliveries.c.rule == rule,
+                deliveries.c.state.in_(("pending", "sending")),
+            )
+        ).scalar()
+
+    def last_occurrence_of_rule(self, conn: Connection, rule: str) -> str | None:
+        """The greatest occurrence key among the rule's rows, in any state (a schedule's
+        occurrence is its instant as JSON text, so the greatest is the latest); None when
+        the rule has no rows."""
+        return conn.execute(
+            select(func.max(deliveries.c.occurrence)).where(deliveries.c.rule == rule)
+        ).scalar()
+
+
+def is_duplicate(exc: BaseException) -> bool:
+    """True when ``exc`` is the database refusing a row whose unique key another
+    transaction wrote first (two processes planned the same identity: it kept one)."""
+    return isinstance(exc, IntegrityError)
+
+
+def _lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for a schedule rule."""
+    return int.from_bytes(
+        hashlib.sha256(f"duly-schedule:{name}".encode()).digest()[:8], "big", signed=True
+    )

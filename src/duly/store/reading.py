@@ -1,22 +1,27 @@
 """Reading deliveries: listings, one delivery and its history, outcomes, counts.
 
-The queries of :class:`ReadingQueries` are part of :class:`duly.store.store.Store`; none
-of them writes.
+The queries of :class:`ReadingQueries` are part of :class:`duly.store.store.Store`; with
+:func:`outcome_stats` (what a schedule's ``{stats: PERIOD}`` collects) and
+:func:`pending_gauges` (what ``/metrics`` reads at each scrape). None of them writes.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.engine import Connection
+from sqlalchemy import case, func, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from duly.store.rows import StoreBase
 from duly.store.tables import deliveries, delivery_log
 
-__all__ = ["ReadingQueries"]
+__all__ = ["ReadingQueries", "outcome_stats", "pending_gauges"]
+
+log = logging.getLogger(__name__)
 
 
 class ReadingQueries(StoreBase):
@@ -141,8 +146,69 @@ class ReadingQueries(StoreBase):
             q = q.where(deliveries.c.state.in_(states))
         return [dict(r) for r in conn.execute(q).mappings()]
 
-
     def counts_by_state(self, conn: Connection) -> dict[str, int]:
         q = select(deliveries.c.state, func.count()).group_by(deliveries.c.state)
         return {s: n for s, n in conn.execute(q)}
 
+
+# --------------------------------------------------------------------------- reads without a Store
+
+
+def outcome_stats(conn: Connection, start: datetime, end: datetime) -> dict[str, Any]:
+    """The outcomes recorded in [start, end), counted: ``total``, ``by_outcome``,
+    ``by_reason`` (outcomes with a reason), ``by_rule`` (rule → outcome → count) and
+    ``by_channel`` (rows with a channel), with ``from`` and ``to``. One grouped query."""
+    q = (
+        select(
+            delivery_log.c.outcome,
+            delivery_log.c.reason,
+            deliveries.c.rule,
+            deliveries.c.channel,
+            func.count(),
+        )
+        .join(deliveries, deliveries.c.id == delivery_log.c.delivery_id)
+        .where(
+            delivery_log.c.kind == "outcome",
+            delivery_log.c.at >= start,
+            delivery_log.c.at < end,
+        )
+        .group_by(
+            delivery_log.c.outcome, delivery_log.c.reason, deliveries.c.rule, deliveries.c.channel
+        )
+    )
+    out: dict[str, Any] = {
+        "from": start,
+        "to": end,
+        "total": 0,
+        "by_outcome": {},
+        "by_reason": {},
+        "by_rule": {},
+        "by_channel": {},
+    }
+    for outcome, reason, rule, channel, n in conn.execute(q):
+        out["total"] += n
+        out["by_outcome"][outcome] = out["by_outcome"].get(outcome, 0) + n
+        if reason:
+            out["by_reason"][reason] = out["by_reason"].get(reason, 0) + n
+        r = out["by_rule"].setdefault(rule, {})
+        r[outcome] = r.get(outcome, 0) + n
+        if channel:
+            out["by_channel"][channel] = out["by_channel"].get(channel, 0) + n
+    return out
+
+
+def pending_gauges(db: Engine, now: datetime) -> tuple[int, int] | None:
+    """``(pending, backlog)``: the deliveries pending, and those of them due by ``now``.
+    One count served by ix_deliveries_state_due (state, due_at), on a connection of its
+    own (a scrape is its own read). None, logged, when the database cannot be read."""
+    try:
+        with db.connect() as conn:
+            q = select(
+                func.count(),
+                func.coalesce(func.sum(case((deliveries.c.due_at <= now, 1), else_=0)), 0),
+            ).where(deliveries.c.state == "pending")
+            pending, backlog = (int(v) for v in conn.execute(q).one())
+    except SQLAlchemyError:
+        log.warning("metrics: cannot read the database", exc_info=True)
+        return None
+    return pending, backlog

@@ -57,7 +57,6 @@ class RecipientQueries(StoreBase):
     def delete_recipient(self, conn: Connection, rid: str) -> bool:
         return bool(conn.execute(delete(recipients).where(recipients.c.id == rid)).rowcount)
 
-
     # ------------------------------------------------------------------ suppressions, limits
 
     def active_suppressions(self, conn: Connection, addresses: Iterable[str]) -> set[str]:
@@ -123,4 +122,3 @@ class RecipientQueries(StoreBase):
             ).scalar()
             or 0
         )
-

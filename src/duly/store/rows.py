@@ -85,8 +85,6 @@ def _identity(r: RowMapping) -> Identity:
     )
 
 
-
-
 class StoreBase:
     """The state every group of queries shares: which dialect the connection speaks."""
 

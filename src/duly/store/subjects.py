@@ -5,18 +5,18 @@ The queries of :class:`SubjectQueries` are part of :class:`duly.store.store.Stor
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from duly.model import Subject
 from duly.store.rows import StoreBase, SubjectRecord, _chunks, _subject_from_row
 from duly.store.tables import events, reminders, subject_errors, subjects
 
-__all__ = ["SubjectQueries"]
+__all__ = ["SubjectQueries", "count_subjects", "live_subjects_of_kind"]
 
 
 class SubjectQueries(StoreBase):
@@ -152,3 +152,100 @@ class SubjectQueries(StoreBase):
         )
         return [dict(r) for r in conn.execute(q).mappings()]
 
+    # ------------------------------------------------------------------ one-off reminders
+
+    def add_reminder(
+        self,
+        conn: Connection,
+        *,
+        title: str,
+        message: str,
+        send_at: datetime,
+        channels: Sequence[str],
+        recipients: Sequence[str],
+        subject: str | None,
+        category: str,
+        now: datetime,
+    ) -> int:
+        """Store a new one-off reminder; returns its id (ids only ever grow). Its
+        deliveries are planned by the caller."""
+        rid = conn.execute(
+            insert(reminders)
+            .values(
+                title=title,
+                message=message,
+                send_at=send_at,
+                channels=list(channels),
+                recipients=list(recipients),
+                subject=subject,
+                category=category,
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(reminders.c.id)
+        ).scalar_one()
+        return int(rid)
+
+    def update_reminder(
+        self,
+        conn: Connection,
+        rid: int,
+        *,
+        title: str,
+        message: str,
+        send_at: datetime,
+        channels: Sequence[str],
+        recipients: Sequence[str],
+        subject: str | None,
+        category: str,
+        now: datetime,
+    ) -> None:
+        """Replace every field of reminder ``rid`` (the caller checked it exists and was not
+        sent)."""
+        conn.execute(
+            update(reminders)
+            .where(reminders.c.id == rid)
+            .values(
+                title=title,
+                message=message,
+                send_at=send_at,
+                channels=list(channels),
+                recipients=list(recipients),
+                subject=subject,
+                category=category,
+                updated_at=now,
+            )
+        )
+
+    def mark_reminder_deleted(self, conn: Connection, rid: int, now: datetime) -> None:
+        """Keep reminder ``rid`` as a tombstone (deleted at ``now``): it is absent from
+        every read after."""
+        conn.execute(
+            update(reminders).where(reminders.c.id == rid).values(deleted_at=now, updated_at=now)
+        )
+
+    def reminder_exists(self, conn: Connection, rid: int) -> bool:
+        """Is there a reminder ``rid`` that was not deleted?"""
+        q = select(reminders.c.id).where(reminders.c.id == rid, reminders.c.deleted_at.is_(None))
+        return conn.execute(q).first() is not None
+
+
+# --------------------------------------------------------------------------- reads without a Store
+
+
+def live_subjects_of_kind(conn: Connection, kind: str) -> Iterator[dict[str, Any]]:
+    """The subjects of ``kind`` that are not deleted, by key, one at a time (the caller
+    stops reading when it has enough): each as ``kind``, ``key``, ``attributes`` and
+    ``recipients`` (role → ids), the last two never None."""
+    q = (
+        select(subjects.c.kind, subjects.c.key, subjects.c.attributes, subjects.c.recipients)
+        .where(subjects.c.kind == kind, subjects.c.deleted_at.is_(None))
+        .order_by(subjects.c.key)
+    )
+    for k, key, attrs, recips in conn.execute(q):
+        yield {"kind": k, "key": key, "attributes": attrs or {}, "recipients": recips or {}}
+
+
+def count_subjects(conn: Connection) -> int:
+    """How many subject rows there are, deleted ones (tombstones) included."""
+    return int(conn.execute(select(func.count()).select_from(subjects)).scalar() or 0)
