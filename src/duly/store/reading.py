@@ -121,6 +121,7 @@ class ReadingQueries(StoreBase):
         return [dict(r) for r in conn.execute(q).mappings()]
 
     def delivery(self, conn: Connection, did: int) -> dict[str, Any] | None:
+        """Delivery ``did``'s row, every column; None when there is none."""
         r = conn.execute(select(deliveries).where(deliveries.c.id == did)).mappings().first()
         return dict(r) if r is not None else None
 
@@ -147,6 +148,7 @@ class ReadingQueries(StoreBase):
         return [dict(r) for r in conn.execute(q).mappings()]
 
     def counts_by_state(self, conn: Connection) -> dict[str, int]:
+        """How many deliveries are in each state (states with none are absent)."""
         q = select(deliveries.c.state, func.count()).group_by(deliveries.c.state)
         return {s: n for s, n in conn.execute(q)}
 

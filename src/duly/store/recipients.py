@@ -55,6 +55,7 @@ class RecipientQueries(StoreBase):
         return out
 
     def delete_recipient(self, conn: Connection, rid: str) -> bool:
+        """Delete recipient ``rid``. Returns False when there was none (idempotent)."""
         return bool(conn.execute(delete(recipients).where(recipients.c.id == rid)).rowcount)
 
     # ------------------------------------------------------------------ suppressions, limits
@@ -94,6 +95,8 @@ class RecipientQueries(StoreBase):
         )
 
     def clear_suppression(self, conn: Connection, address: str, now: datetime) -> int:
+        """Clear (at ``now``) the active suppressions of an address, any case; the rows are
+        kept as history. Returns how many were cleared (0: none was active)."""
         return conn.execute(
             update(suppressions)
             .where(suppressions.c.address == address.lower(), suppressions.c.cleared_at.is_(None))
@@ -103,6 +106,8 @@ class RecipientQueries(StoreBase):
     def list_suppressions(
         self, conn: Connection, *, active: bool = True, limit: int = 500
     ) -> list[dict[str, Any]]:
+        """Suppressions, newest first, at most ``limit``: only the active ones (not
+        cleared) unless ``active`` is False."""
         q = select(suppressions).order_by(suppressions.c.id.desc()).limit(limit)
         if active:
             q = q.where(suppressions.c.cleared_at.is_(None))

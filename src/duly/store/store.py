@@ -1,7 +1,7 @@
 """The store contract: every query duly runs, named, in one place.
 
-Every module of ``duly.store`` holds queries; nothing outside the package imports
-SQLAlchemy or ``duly.store.tables``. Each query takes an open ``Connection`` inside the
+Every module of ``duly.store`` holds queries; nothing outside the package may import
+SQLAlchemy or ``duly.store.tables``, nor build SQL. Each query takes an open ``Connection`` inside the
 caller's transaction (the service and the dispatcher decide transaction boundaries), and
 states its guarantee in its docstring. The same code runs on SQLite and PostgreSQL; where
 they differ (row locking for claims and plans) the difference is in the store module only.
@@ -13,7 +13,7 @@ one object (it knows the dialect); each group lives in the module of what it ser
   the bulk insert and the delivery log every group writes through.
 - :mod:`duly.store.recipients` — recipients, suppressed addresses, sent counts (rate limits).
 - :mod:`duly.store.subjects` — subjects, events, one-off reminders, planning problems; the
-  live subjects a schedule collects; the demo history.
+  live subjects a schedule collects.
 - :mod:`duly.store.plan` — the rows the planner reconciles against and applying its
   actions; pending rows of a recipient, of a reminder; schedule occurrences.
 - :mod:`duly.store.deliveries` — claims, leases, finishing, holds, gaps (the dispatcher)
@@ -22,6 +22,7 @@ one object (it knows the dialect); each group lives in the module of what it ser
   outcome statistics a schedule collects, the gauges ``/metrics`` serves.
 - :mod:`duly.store.notify` — PostgreSQL ``NOTIFY``/``LISTEN`` that wakes dispatchers.
 - :mod:`duly.store.liveness` — the database answers; dispatchers' heartbeat rows.
+- :mod:`duly.store.demo` — the demo's fabricated history, written straight into the tables.
 
 ``duly.store.db`` makes engines and runs migrations; ``duly.store.tables`` declares the
 schema.

@@ -87,6 +87,8 @@ class SubjectQueries(StoreBase):
         )
 
     def record_problems(self, conn: Connection, problems: Sequence[Any], now: datetime) -> None:
+        """Append the planner's problems (subject, rule, field, message) to
+        ``subject_errors``, all recorded at ``now``; none is no write."""
         if problems:
             conn.execute(
                 insert(subject_errors),
@@ -122,6 +124,8 @@ class SubjectQueries(StoreBase):
         return True
 
     def get_events(self, conn: Connection, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Stored events by id (``id``, ``name``, ``subject``, ``data`` never None, ``at``:
+        when received); unknown ids are absent from the result."""
         out: dict[str, dict[str, Any]] = {}
         for chunk in _chunks(sorted(set(ids)), 500):
             for r in conn.execute(select(events).where(events.c.id.in_(chunk))).mappings():
@@ -144,6 +148,8 @@ class SubjectQueries(StoreBase):
         return out
 
     def subject_problems(self, conn: Connection, ref: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest ``limit`` problems recorded for subject ``ref`` ("KIND/KEY"), newest
+        first."""
         q = (
             select(subject_errors)
             .where(subject_errors.c.subject == ref)
