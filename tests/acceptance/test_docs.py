@@ -195,8 +195,14 @@ def marked_blocks(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def pages_with_blocks() -> list[Path]:
-    return [p for p in pages() if any(k == "run" for k, _ in marked_blocks(p.read_text()))]
+def pages_with_blocks() -> list[object]:
+    """Pages with a runnable block; the examples' (whole simulations) are marked slow."""
+    out: list[object] = []
+    for p in pages():
+        if any(k == "run" for k, _ in marked_blocks(p.read_text(encoding="utf-8"))):
+            slow = p.is_relative_to(ROOT / "examples")
+            out.append(pytest.param(p, id=rel(p), marks=[pytest.mark.slow] if slow else []))
+    return out
 
 
 def shell_env(**extra: str) -> dict[str, str]:
@@ -216,7 +222,7 @@ def folder(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
 
 
-@pytest.mark.parametrize("page", pages_with_blocks(), ids=rel)
+@pytest.mark.parametrize("page", pages_with_blocks())
 def test_the_runnable_blocks_run(page: Path, folder: Path) -> None:
     for n, (kind, body) in enumerate(marked_blocks(page.read_text(encoding="utf-8")), 1):
         if kind.startswith("file:"):
@@ -250,3 +256,37 @@ def test_blocks_are_found_only_right_after_their_mark() -> None:
         "```sh\nnot marked\n```\n<!-- runnable -->\ntext between\n```sh\nnor this\n```\n"
     )
     assert marked_blocks(text) == [("file:t/a.txt", "A\n"), ("run", "echo hi\n")]
+
+
+# --------------------------------------------------------------------------- coverage
+
+SRC = ROOT / "src" / "duly"
+
+
+def test_every_metric_is_documented() -> None:
+    """Every metric the code defines is in docs/reference/metrics.md (found by reading the
+    source, wherever its module lives)."""
+    defined = set()
+    for path in SRC.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        defined |= set(
+            re.findall(r"(?:Counter|Histogram|Gauge|GaugeMetricFamily)\(\s*\"(duly_\w+)\"", text)
+        )
+    assert len(defined) >= 8, f"the metrics were not found in {SRC}: {sorted(defined)}"
+    page = (ROOT / "docs" / "reference" / "metrics.md").read_text(encoding="utf-8")
+    missing = [m for m in sorted(defined) if m not in page]
+    assert missing == [], f"docs/reference/metrics.md does not describe {missing}"
+
+
+def test_every_rule_file_key_is_documented() -> None:
+    """Every key the rule-file loader accepts is shown as `key` in docs/reference/rules.md."""
+    from duly.rules import loader, rulesyntax
+
+    page = (ROOT / "docs" / "reference" / "rules.md").read_text(encoding="utf-8")
+    keys = set(loader.TOP_KEYS) | set(rulesyntax.RULE_KEYS) | set(rulesyntax.STEP_KEYS)
+    keys |= {"days", "holidays", "closed", "hours", "calendar", "every", "count", "until"}
+    keys |= {"change", "to", "from", "subject", "stats", "attempts", "delay", "factor"}
+    keys |= {"window", "url", "body", "events", "secret", "secret_env", "type"}
+    keys |= {"timeout", "max_output", "max_memory", "workers"}
+    missing = sorted(k for k in keys if f"`{k}`" not in page and f"{k}:" not in page)
+    assert missing == [], f"docs/reference/rules.md does not show {missing}"
