@@ -169,6 +169,28 @@ def schema_section(lines: list[str], name: str, schema: dict[str, Any]) -> None:
     lines.append("")
 
 
+def error_statuses(doc: dict[str, Any]) -> list[str]:
+    """Every 4xx/5xx status the document lists, with what it means where it is used."""
+    seen: dict[str, dict[str, int]] = {}
+    for item in doc["paths"].values():
+        for method in METHODS:
+            for status, answer in item.get(method, {}).get("responses", {}).items():
+                if status[:1] in "45":
+                    meanings = seen.setdefault(status, {})
+                    text = cell(prose(answer.get("description", "")))
+                    meanings[text] = meanings.get(text, 0) + 1
+    lines = [
+        "## Error statuses",
+        "",
+        "| status | meaning (operations that answer it) |",
+        "|---|---|",
+    ]
+    for status in sorted(seen):
+        said = "; ".join(f"{text} ({n})" for text, n in seen[status].items())
+        lines.append(f"| {status} | {said} |")
+    return lines + [""]
+
+
 def render(doc: dict[str, Any]) -> str:
     lines = [
         "# HTTP API reference",
@@ -200,6 +222,7 @@ def render(doc: dict[str, Any]) -> str:
             anchor = _slug(f"{method.upper()} {path}")
             lines.append(f"| [`{method.upper()} {path}`](#{anchor}) | {cell(summary)} |")
     lines.append("")
+    lines += error_statuses(doc)
     for tag, ops in by_tag.items():
         lines += [f"## {tag.capitalize()}", ""]
         for method, path, op in ops:
