@@ -42,6 +42,10 @@ CHANNEL_TYPES: dict[str, str] = {
     "twilio-sms": "duly.channels.twilio:TwilioSmsChannel",
     "twilio-whatsapp": "duly.channels.twilio:TwilioWhatsAppChannel",
     "apprise": "duly.channels.apprise:AppriseChannel",
+    "sendgrid": "duly.channels.sendgrid:SendGridChannel",
+    "postmark": "duly.channels.postmark:PostmarkChannel",
+    "mailgun": "duly.channels.mailgun:MailgunChannel",
+    "ses": "duly.channels.ses:SesChannel",
 }
 
 # Named in spec/rules.md but not implemented yet: building one says so, rather than
