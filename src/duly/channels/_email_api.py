@@ -193,7 +193,9 @@ class EmailApiChannel:
             ) from None
         self.base_url = http_url("base_url", base_url)
         self.allow_private = _http.bool_option("allow_private", allow_private)
+        headers = client.pop("headers", {})
         self._client = _http.make_client(_http.timeout_option(timeout), **client)
+        self._client.headers.update(headers)  # the key's header, on every request
 
     def __repr__(self) -> str:
         return (
