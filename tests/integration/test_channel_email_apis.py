@@ -138,6 +138,14 @@ def test_message_id_list_unsubscribe_and_identity_headers_as_smtp_writes_them(
     assert second.headers[mid_name] == "<d-1@duly.test>"
 
 
+def test_an_empty_header_is_left_out(fake: FakeEmailProvider) -> None:
+    ch = channel(fake)
+    ch.send(message(headers={"X-Duly-Rule": "receipt", "X-Duly-Step": ""}))
+    ch.close()
+    headers = fake.view(fake.requests[0]).headers
+    assert headers["x-duly-rule"] == "receipt" and "x-duly-step" not in headers
+
+
 def test_message_id_domain_option(fake: FakeEmailProvider) -> None:
     ch = channel(fake, message_id_domain="Mail.Acme.TEST")
     ch.send(message())

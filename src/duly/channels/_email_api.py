@@ -6,7 +6,8 @@ The email. The same as the smtp channel writes: ``From`` (the ``from`` option), 
 recipient's name and address), ``Subject`` (the message's title), a text and/or an HTML
 body, a ``Message-ID`` built as smtp.py builds it (``<message_id@domain>``, the domain being
 ``message_id_domain`` or that of ``from``), and the message's own headers (the
-``X-Duly-*`` identity headers, ``List-Unsubscribe`` and ``List-Unsubscribe-Post``). A
+``X-Duly-*`` identity headers, ``List-Unsubscribe`` and ``List-Unsubscribe-Post``; one
+with an empty value is left out, where SMTP writes it empty). A
 header the channel writes itself (From, To, Subject, Message-ID, Content-Type …) cannot be
 given by the caller, and a header value must be one line: both fail the message
 permanently, as an email that cannot be built does on smtp.
@@ -261,7 +262,8 @@ class EmailApiChannel:
                     raise ValueError(f"header {name!r} is written by the channel, not the caller")
                 if "\r" in value or "\n" in value:
                     raise ValueError(f"header {name!r} must be one line")
-                headers[name] = value
+                if value.strip():  # an empty one (X-Duly-Step of a rule without steps) says
+                    headers[name] = value  # nothing, and some APIs refuse empty values
             to_header = str(_address(message.recipient_name, to))
             self.check_content(message)
         except (ValueError, IndexError) as exc:
