@@ -89,7 +89,7 @@ class Limits:
 
 
 # `duly simulate`: each raised with a flag (--max-span, --max-outcomes, --timeout; the
-# flags' defaults are these, written out in cli.py so that `duly --help` stays light).
+# flags' defaults are these, written out in cli/rulefiles.py so that `duly --help` stays light).
 CLI_LIMITS = Limits(span=timedelta(days=400), outcomes=100_000, wall=300.0)
 # POST /v1/simulate and the rules page, which anyone with a key or a sign-in may run.
 SERVER_LIMITS = Limits(span=timedelta(days=92), outcomes=10_000, wall=10.0)
