@@ -9,6 +9,8 @@ options.
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from duly import __version__
@@ -21,7 +23,22 @@ from duly.cli.server import run_rule_cmd, serve, worker
 __all__ = ["main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Cli(click.Group):
+    """The command group; a database URL whose driver is not installed (the ``postgres``
+    extra) ends the command with its one-line error instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ValueError as exc:
+            from duly.store.db import PostgresDriverMissing
+
+            if isinstance(exc, PostgresDriverMissing):
+                raise click.ClickException(str(exc)) from None
+            raise
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="duly")
 def main() -> None:
     """duly: reminders and notifications from rules in a file, sent on time, exactly once."""
