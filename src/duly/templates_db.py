@@ -35,7 +35,6 @@ changed — checked at most every ``refresh`` seconds (2 by default).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -46,7 +45,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from jinja2 import TemplateSyntaxError, meta, nodes
 
 from duly import planner
@@ -60,8 +58,8 @@ from duly.render import (
     _split_subject,
 )
 from duly.rules.yamlnodes import NAME_RE
-from duly.store.db import is_postgres, write_transaction
-from duly.store.tables import templates
+from duly.store import templates as store
+from duly.store.db import Connection, Engine, SQLAlchemyError, is_postgres, write_transaction
 
 __all__ = [
     "CONTEXT_NAMES",
@@ -391,16 +389,12 @@ def _refusal(exc: RenderError, own: set[str], subject: str | None) -> TemplateIn
 # --------------------------------------------------------------------------- the store
 
 
-def _lock_key(name: str) -> int:
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-
-
 class TemplateStore:
     """Database templates: versions, the override cache, checks. Thread-safe."""
 
     def __init__(
         self,
-        db: sa.Engine,
+        db: Engine,
         templates_dir: str | Path | None,
         *,
         rules: RuleFile | None = None,
@@ -437,18 +431,15 @@ class TemplateStore:
                 # Rows are only ever added, so the count changes on every save. max(id)
                 # alone is not enough on PostgreSQL: ids are taken at insert but become
                 # visible at commit, so a lower id can appear after a higher one.
-                count, top = conn.execute(
-                    sa.select(sa.func.count(), sa.func.coalesce(sa.func.max(templates.c.id), 0))
-                ).one()
-                stamp = (int(count), int(top))
+                stamp = store.templates_stamp(conn)
                 if not force and stamp == self._stamp:
                     return
                 cache = {
                     filename(r.name, r.channel, r.ext): r.body
-                    for r in conn.execute(_newest_parts_query())
+                    for r in store.newest_template_parts(conn)
                 }
             self._cache, self._stamp = cache, stamp
-        except sa.exc.SQLAlchemyError:
+        except SQLAlchemyError:
             # Rendering goes on with what is known; the next check tries again.
             log.warning("could not read database templates; using the last known", exc_info=True)
         finally:
@@ -487,7 +478,7 @@ class TemplateStore:
         """Every template name, from the files and the database, sorted by name."""
         files = self._files()
         with self.db.connect() as conn:
-            rows = conn.execute(_newest_parts_query(with_body=False)).all()
+            rows = store.newest_template_parts(conn, with_body=False)
         by_name: dict[str, dict[tuple[str, str], Part]] = {}
         latest: dict[str, int] = {}
         for name, channel, ext in files:
@@ -559,20 +550,9 @@ class TemplateStore:
                 for (c, e), r in self._as_of(conn, name, version).items()
             }
 
-    def _history(self, conn: sa.Connection, name: str) -> list[VersionInfo]:
-        q = (
-            sa.select(
-                templates.c.version,
-                templates.c.author,
-                templates.c.created_at,
-                templates.c.channel,
-                templates.c.ext,
-            )
-            .where(templates.c.name == name)
-            .order_by(templates.c.version, templates.c.channel, templates.c.ext)
-        )
+    def _history(self, conn: Connection, name: str) -> list[VersionInfo]:
         out: list[VersionInfo] = []
-        for r in conn.execute(q):
+        for r in store.template_history(conn, name):
             if out and out[-1].version == r.version:
                 last = out[-1]
                 out[-1] = VersionInfo(
@@ -588,17 +568,10 @@ class TemplateStore:
         return out
 
     def _as_of(
-        self, conn: sa.Connection, name: str, version: int | None
-    ) -> dict[tuple[str, str], Any]:
+        self, conn: Connection, name: str, version: int | None
+    ) -> dict[tuple[str, str], store.TemplateRow]:
         """Each database part of ``name`` at its newest row with version <= ``version``."""
-        cond = [templates.c.name == name]
-        if version is not None:
-            cond.append(templates.c.version <= version)
-        q = sa.select(templates).where(*cond).order_by(templates.c.version)
-        out: dict[tuple[str, str], Any] = {}
-        for r in conn.execute(q):
-            out[(r.channel, r.ext)] = r  # ordered by version: the last one wins
-        return out
+        return store.template_parts_as_of(conn, name, version)
 
     # ------------------------------------------------------------------ checking
 
@@ -652,27 +625,19 @@ class TemplateStore:
         """The ``n`` newest subjects (not deleted) of the kinds the rules using ``name`` work
         on, each with its first recipient: the real data a save is checked with."""
         from duly.store.store import Store
-        from duly.store.tables import subjects
 
         kinds = sorted({r.subject for r in self.rules_using(name) if r.subject})
         if not kinds:
             return []
-        # served by the primary key (newest first) filtered on kind; a few rows at most
-        q = (
-            sa.select(subjects.c.kind, subjects.c.key)
-            .where(subjects.c.kind.in_(kinds), subjects.c.deleted_at.is_(None))
-            .order_by(subjects.c.id.desc())
-            .limit(n)
-        )
         with self.db.connect() as conn:
-            store = Store(postgres=is_postgres(conn))
-            refs = [(r.kind, r.key) for r in conn.execute(q)]
-            records = store.get_subjects(conn, refs)
+            reader = Store(postgres=is_postgres(conn))
+            refs = store.newest_subject_refs(conn, kinds, n)
+            records = reader.get_subjects(conn, refs)
             found = [records[ref].subject for ref in refs if ref in records]
             first = {
                 s.ref: next((r for ids in s.recipients.values() for r in ids), None) for s in found
             }
-            people = store.get_recipients(conn, [r for r in first.values() if r])
+            people = reader.get_recipients(conn, [r for r in first.values() if r])
         return [(s, people.get(first[s.ref] or "")) for s in found]
 
     def check(self, name: str, sources: Mapping[str, str], now: datetime) -> list[str]:
@@ -760,32 +725,14 @@ class TemplateStore:
                     exc.field = f"parts.{keys.index(exc.file)}.body"
             raise
         with write_transaction(self.db) as conn:
-            if is_postgres(conn):
-                # one writer per name at a time: version numbers are per name
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key(name))))
+            # one writer per name at a time: version numbers are per name
+            store.lock_template_name(conn, name)
             current = self._as_of(conn, name, None)
             changed = {k: b for k, b in wanted.items() if k not in current or current[k].body != b}
             if not changed:
                 return Saved(None, [], warnings)
-            top = conn.execute(
-                sa.select(sa.func.max(templates.c.version)).where(templates.c.name == name)
-            ).scalar()
-            version = int(top or 0) + 1
-            conn.execute(
-                sa.insert(templates),
-                [
-                    {
-                        "name": name,
-                        "channel": c,
-                        "ext": e,
-                        "version": version,
-                        "body": b,
-                        "author": author,
-                        "created_at": now,
-                    }
-                    for (c, e), b in sorted(changed.items())
-                ],
-            )
+            version = (store.latest_template_version(conn, name) or 0) + 1
+            store.add_template_version(conn, name, version, changed, author=author, now=now)
         self.refresh(force=True)
         log.info("template %s version %s saved by %s: %s", name, version, author, sorted(changed))
         return Saved(version, [f"{c}.{e}" for c, e in sorted(changed)], warnings)
@@ -826,37 +773,3 @@ class TemplateStore:
         return renderer.render(
             name, channel, context, recipient=recipient, timezone=timezone, locale=locale
         )
-
-
-def _newest_parts_query(*, with_body: bool = True) -> sa.Select[Any]:
-    """The newest row of every (name, channel, ext): what overrides the files. Served by
-    the unique index on (name, channel, ext, version)."""
-    newest = (
-        sa.select(
-            templates.c.name,
-            templates.c.channel,
-            templates.c.ext,
-            sa.func.max(templates.c.version).label("version"),
-        )
-        .group_by(templates.c.name, templates.c.channel, templates.c.ext)
-        .subquery()
-    )
-    cols: list[Any] = [
-        templates.c.name,
-        templates.c.channel,
-        templates.c.ext,
-        templates.c.version,
-        templates.c.author,
-        templates.c.created_at,
-    ]
-    if with_body:
-        cols.append(templates.c.body)
-    return sa.select(*cols).join(
-        newest,
-        sa.and_(
-            templates.c.name == newest.c.name,
-            templates.c.channel == newest.c.channel,
-            templates.c.ext == newest.c.ext,
-            templates.c.version == newest.c.version,
-        ),
-    )
