@@ -13,7 +13,8 @@ from __future__ import annotations
 from jinja2 import TemplateSyntaxError, meta, nodes
 
 from duly.errors import InvalidInput
-from duly.render import Renderer, RenderError, RenderLimitExceeded, _split_subject
+from duly.render import Renderer, RenderError, RenderLimitExceeded
+from duly.render_loader import _split_subject
 
 __all__ = ["CONTEXT_NAMES", "TemplateInvalid", "TemplateOverLimit"]
 
