@@ -29,6 +29,9 @@ checks each row again, so a row revived in between (a failed delivery retried) i
 alone. A big prune never holds the write lock for long, and ``duly serve`` / ``duly worker``
 run it once a day on a thread of its own (:class:`Maintenance`), never in the dispatcher's
 loop: maintenance never delays a delivery.
+
+The statements (the aged-record predicates, counts, chunk deletes, the advisory lock) are in
+:mod:`duly.store.retention`; this module decides the cut-offs and walks the chunks.
 """
 
 from __future__ import annotations
