@@ -34,6 +34,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+from sqlalchemy.engine import Connection as Connection  # re-exported: the handle callers pass around
+from sqlalchemy.exc import SQLAlchemyError as SQLAlchemyError  # re-exported: any database failure
 
 __all__ = [
     "DEFAULT_URL",
