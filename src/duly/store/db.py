@@ -32,13 +32,16 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
-from sqlalchemy.engine import Connection as Connection  # re-exported: the handle callers pass around
-from sqlalchemy.exc import SQLAlchemyError as SQLAlchemyError  # re-exported: any database failure
 
+# Connection, Engine and SQLAlchemyError are re-exported: the handles callers outside the
+# store pass around (without importing SQLAlchemy) and the one database failure they catch.
 __all__ = [
     "DEFAULT_URL",
+    "Connection",
+    "Engine",
+    "SQLAlchemyError",
     "MIGRATIONS_DIR",
     "PostgresDriverMissing",
     "current_revision",
