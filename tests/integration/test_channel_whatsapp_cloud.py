@@ -163,7 +163,7 @@ def test_freeform_never_and_variables_from_message_fields(meta: FakeWhatsAppClou
     meta.inside_window.add(TO[1:])
     ch = channel(meta, freeform="never", variables={"1": "recipient_name", "2": "text"})
     ch.last_inbound = lambda address: NOW
-    ch.send(message("See you tomorrow at 10:00."))
+    ch.send(message("See you tomorrow\n\tat     10:00.\n"))
     ch.close()
     params = meta.requests[0].body["template"]["components"][0]["parameters"]
     assert [p["text"] for p in params] == ["Ada", "See you tomorrow at 10:00."]

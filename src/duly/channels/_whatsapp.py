@@ -31,8 +31,9 @@ before the channel sees the message):
   maps a variable to a field of the message: ``title``, ``text``, ``recipient_name``,
   ``recipient_id``, or a header such as ``X-Duly-Subject`` (members of a JSON text win).
 
-A variable that is empty, or a JSON text that does not parse, fails the message
-permanently (a template problem, not the moment's).
+Each variable is put on one line (WhatsApp refuses line breaks, tabs and runs of spaces in
+a parameter: whitespace becomes single spaces). A variable that is empty, or a JSON text
+that does not parse, fails the message permanently (a template problem, not the moment's).
 """
 
 from __future__ import annotations
@@ -172,6 +173,8 @@ def read_content(
             from_json[key] = str(value)
     variables = {key: _field(message, name, text) for key, name in fields.items()}
     variables.update(from_json)
+    # WhatsApp refuses parameters with line breaks, tabs or runs of spaces: one line each.
+    variables = {key: " ".join(value.split()) for key, value in variables.items()}
     for key, value in variables.items():
         if not value.strip():
             raise DeliveryError(f"{where}: template variable {key!r} is empty", permanent=True)
