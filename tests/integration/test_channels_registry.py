@@ -71,7 +71,9 @@ def test_unsupported_types_are_named(type_: str, problem: str) -> None:
         build_channel(ChannelConfig("ops", type_))
     assert isinstance(info.value, NotImplementedError)
     assert isinstance(info.value, ChannelConfigError)
-    supported = "apprise, inbox, null, outbox, smtp, twilio-sms, twilio-whatsapp, webhook"
+    supported = (
+        "apprise, inbox, null, outbox, smtp, twilio-sms, twilio-whatsapp, webhook, whatsapp-cloud"
+    )
     assert str(info.value) == f"channel 'ops' (type {type_}): {problem}; supported: {supported}"
 
 
