@@ -412,7 +412,7 @@ class Recipient:
         """The address used on a channel (spec: Policies / Addresses)."""
         if channel == "email" or channel_type in ("smtp", "outbox"):
             return self.email or self.addresses.get(channel)
-        if channel in ("sms", "whatsapp") or channel_type in ("twilio-sms", "twilio-whatsapp"):
+        if channel in ("sms", "whatsapp") or channel_type in ("twilio-sms", "twilio-whatsapp", "whatsapp-cloud"):
             return self.phone or self.addresses.get(channel)
         if channel_type == "inbox" or channel == "inbox":
             return self.id
