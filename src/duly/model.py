@@ -16,6 +16,7 @@ from fractions import Fraction
 from typing import Any
 
 __all__ = [
+    "REMINDER_RULE",
     "Action",
     "AtExpr",
     "Batch",
@@ -45,6 +46,9 @@ __all__ = [
     "WEEKDAYS",
     "parse_duration",
 ]
+
+# The rule name of one-off reminders (made through the API or the UI, not the rule file).
+REMINDER_RULE = "@reminder"
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 

@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from duly.model import REMINDER_RULE
 from duly.store.tables import deliveries, recipients, reminders, subjects, suppressions
 
 __all__ = [
@@ -44,7 +45,6 @@ __all__ = [
 
 # The reserved rule of one-off reminders, as duly.engine.service.REMINDER_RULE (the store
 # may not import the engine): a reminder's deliveries have it, step "" and occurrence = id.
-REMINDER_RULE = "@reminder"
 
 
 def _rows(conn: Connection, q: Any) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
+from duly.model import REMINDER_RULE
 from duly.store.pages_deliveries import OVERDUE_AFTER, upcoming_page
 from duly.web.core import (
     CurrentUser,
@@ -32,7 +33,6 @@ from duly.web.core import (
 router = APIRouter()
 
 LIMIT = 50
-REMINDER_RULE = "@reminder"  # one-off reminders (duly.engine.service)
 _KIND = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 _CURSOR = re.compile(r"^(\d{1,12})\.(\d{6})~(\d{1,19})$")  # epoch seconds.micros~id
 
