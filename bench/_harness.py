@@ -1,13 +1,17 @@
-"""Shared set-up for the benchmarks that run real duly processes (``bench/faults.py``,
-``bench/api.py``): children in process groups of their own that are killed at exit, a
-PostgreSQL cluster of the harness's own, ``duly serve`` / ``duly worker`` processes, a small
-JSON client for the HTTP API, and which TCP connections a process holds.
+"""Shared set-up for the benchmarks (``bench/faults.py``, ``bench/api.py``,
+``bench/dispatch.py``): children in process groups of their own that are killed at exit, a
+PostgreSQL cluster of the harness's own, scratch databases (a PostgreSQL database made and
+dropped on a server given by URL, an SQLite file and its WAL), ``duly serve`` / ``duly
+worker`` processes and waiting until they answer, a small JSON client for the HTTP API,
+which TCP connections a process holds, percentiles, and saving a report's table and data
+under ``bench/out/``.
 """
 
 from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import re
 import shutil
@@ -18,6 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,6 +222,73 @@ class PgCluster:
             shutil.rmtree(self.conf_dir, ignore_errors=True)
 
 
+# --------------------------------------------------------------------------- scratch databases
+
+
+class ScratchPostgres:
+    """A scratch database on the PostgreSQL server of ``url``: named ``dbname`` (else the
+    URL's database, else ``default``), dropped and made again by :meth:`create`, dropped by
+    :meth:`close` if made. A bare ``postgresql://`` URL gets the psycopg 3 driver."""
+
+    def __init__(self, url: str, dbname: str | None = None, default: str = "duly_bench") -> None:
+        import sqlalchemy as sa
+        from sqlalchemy.engine import make_url
+
+        u = make_url(url)
+        if u.drivername in ("postgresql", "postgres"):
+            u = u.set(drivername="postgresql+psycopg")
+        self.dbname = dbname or u.database or default
+        self.url = u.set(database=self.dbname).render_as_string(hide_password=False)
+        self._admin = sa.create_engine(
+            u.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool
+        )
+        self._made = False
+
+    def check(self) -> None:
+        """Raises when the server does not answer."""
+        with self._admin.connect() as c:
+            c.exec_driver_sql("SELECT 1")
+
+    def drop(self) -> None:
+        with self._admin.connect() as c:
+            # FORCE: a connection left by a phase that failed must not keep the scratch db.
+            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
+
+    def create(self) -> str:
+        """A new empty database (the old one dropped first); returns its URL."""
+        self.drop()
+        with self._admin.connect() as c:
+            c.exec_driver_sql(f'CREATE DATABASE "{self.dbname}"')
+        self._made = True
+        return self.url
+
+    def drop_orphans(self, prefix: str) -> list[str]:
+        """Drop databases left by runs that died (named PREFIX<pid> of no live process)."""
+        with self._admin.connect() as c:
+            names = c.exec_driver_sql("SELECT datname FROM pg_database").scalars().all()
+            gone = [
+                n
+                for n in names
+                if n.startswith(prefix)
+                and n[len(prefix) :].isdigit()
+                and not Path(f"/proc/{n[len(prefix) :]}").exists()
+            ]
+            for n in gone:
+                c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
+        return gone
+
+    def close(self) -> None:
+        if self._made:
+            self.drop()
+        self._admin.dispose()
+
+
+def remove_sqlite(path: Path) -> None:
+    """Delete an SQLite database file with its WAL and shared-memory files."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------- duly processes
 
 
@@ -293,15 +365,14 @@ class DulyProc:
         if self.proc is not None:
             reap(self.proc, timeout)
 
-    def wait_http(self, timeout: float = 90) -> None:
-        """Until ``/healthz`` answers (serve)."""
+    def wait_http(self, timeout: float = 90, path: str = "/healthz") -> None:
+        """Until ``path`` answers 200 (serve): ``/healthz`` once it listens, ``/readyz``
+        once its database and dispatcher are ready too."""
         assert self.port is not None
         end = time.monotonic() + timeout
         while True:
             try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.port}/healthz", timeout=2
-                ) as r:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
                     if r.status == 200:
                         return
             except (OSError, urllib.error.URLError):
@@ -373,3 +444,33 @@ def tcp_ports_to(pids: list[int], remote_port: int) -> dict[int, int]:
             if pid is not None:
                 out[int(f[1].rsplit(":", 1)[1], 16)] = pid
     return out
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def pct(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile; NaN of no values."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(p / 100 * len(s)) - 1))]
+
+
+def report_console() -> Any:
+    """A rich console that records what it prints, for :func:`save_report`."""
+    from rich.console import Console
+
+    return Console(record=True, width=160)
+
+
+def save_report(console: Any, name: str, data: dict[str, Any]) -> None:
+    """What ``console`` printed as ``bench/out/NAME-<stamp>.txt`` and ``NAME-latest.txt``,
+    and ``data`` as ``NAME-<stamp>.json`` and ``NAME-latest.json``."""
+    OUT_DIR.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    text = console.export_text()
+    raw = json.dumps(data, indent=2, default=str)
+    for suffix in (stamp, "latest"):
+        (OUT_DIR / f"{name}-{suffix}.txt").write_text(text)
+        (OUT_DIR / f"{name}-{suffix}.json").write_text(raw)

@@ -54,7 +54,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import shutil
 import signal
@@ -63,7 +62,6 @@ import sys
 import tempfile
 import time
 import traceback
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -71,13 +69,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import make_url
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import DULY, OUT_DIR, forget, free_port, log  # noqa: E402
-from _harness import _reap_all as _reap_all  # noqa: E402
-from _harness import reap as _reap  # noqa: E402
+from _harness import (  # noqa: E402
+    OUT_DIR,
+    DulyProc,
+    ScratchPostgres,
+    _reap_all,
+    duly_env,
+    forget,
+    free_port,
+    log,
+    migrate_and_key,
+    pct,
+    remove_sqlite,
+    report_console,
+    save_report,
+)
 from _harness import spawn as _spawn  # noqa: E402
 
 RULES = """
@@ -114,9 +121,11 @@ TARGET_P99_MS = 50.0  # at OPEN_LOOP_RATE
 
 
 class Backend:
+    """Hands out a fresh, empty database of one kind (``duly serve``'s set-up migrates it)."""
+
     name: str
 
-    def url(self) -> str:
+    def fresh(self) -> str:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -129,49 +138,30 @@ class SqliteBackend(Backend):
     def __init__(self, root: Path) -> None:
         self.path = root / "bench-api.db"
 
-    def url(self) -> str:
+    def fresh(self) -> str:
         return f"sqlite:///{self.path}"
 
     def close(self) -> None:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        remove_sqlite(self.path)
 
 
 class PostgresBackend(Backend):
-    """A scratch database, dropped and created here."""
+    """A scratch database (the URL's, by default ``duly_bench_api``), dropped and created
+    here."""
 
     name = "PostgreSQL"
 
     def __init__(self, url: str) -> None:
-        u = make_url(url)
-        if u.drivername in ("postgresql", "postgres"):
-            u = u.set(drivername="postgresql+psycopg")
-        self.dbname = u.database or "duly_bench_api"
-        self._url = u.set(database=self.dbname).render_as_string(hide_password=False)
-        self._admin = sa.create_engine(
-            u.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool
-        )
-        self._made = False
+        self.db = ScratchPostgres(url, default="duly_bench_api")
 
-    def _drop(self) -> None:
-        with self._admin.connect() as c:
-            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
-
-    def url(self) -> str:
-        self._drop()
-        with self._admin.connect() as c:
-            c.exec_driver_sql(f'CREATE DATABASE "{self.dbname}"')
-        self._made = True
-        return self._url
+    def fresh(self) -> str:
+        return self.db.create()
 
     def close(self) -> None:
-        if self._made:
-            self._drop()
-        self._admin.dispose()
+        self.db.close()
 
     def check(self) -> None:
-        with self._admin.connect() as c:
-            c.exec_driver_sql("SELECT 1")
+        self.db.check()
 
 
 # --------------------------------------------------------------------------- the server
@@ -189,47 +179,24 @@ class Server:
 
 @contextmanager
 def duly_serve(root: Path, database: str) -> Iterator[Server]:
-    """`duly serve` on ``database`` (migrated here) with the bench rules and a new API key."""
+    """`duly serve` on ``database`` (migrated here) with the bench rules and a new API key,
+    once ``/readyz`` answers."""
     tdir = root / "templates"
     tdir.mkdir(exist_ok=True)
     (tdir / "bench.email.txt").write_text(TEMPLATE)
     rules = root / "duly.yaml"
     rules.write_text(RULES)
     port = free_port()
-    env = {
-        **os.environ,
-        "DULY_DATABASE_URL": database,
-        "DULY_RULES": str(rules),
-        "DULY_PORT": str(port),
-        "DULY_LOG_LEVEL": "warning",
-    }
-    subprocess.run([*DULY, "migrate"], env=env, check=True, capture_output=True, timeout=120)
-    out = subprocess.run(
-        [*DULY, "keys", "create", "--name", "bench"],
-        env=env, check=True, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    key = out.stdout.strip().splitlines()[-1]
-    log_path = root / f"serve-{port}.log"
-    with open(log_path, "w") as logf:  # a file, not a pipe: a full pipe would stall it
-        p = _spawn([*DULY, "serve", "--no-demo"], cwd=root, env=env, stdout=logf,
-                   stderr=subprocess.STDOUT)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    end = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
-                if json.load(r)["status"] == "ok":
-                    break
-        except OSError:
-            pass
-        if p.poll() is not None or time.monotonic() > end:
-            _reap(p)
-            raise RuntimeError(f"duly serve did not start:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.1)
+    env = duly_env(database, rules, DULY_PORT=str(port))
+    key = migrate_and_key(env, root)
+    serve = DulyProc("serve", "serve", env, root, port=port)
+    serve.start()
     try:
-        yield Server(url, "127.0.0.1", port, key, p, log_path)
+        serve.wait_http(60, path="/readyz")
+        assert serve.proc is not None
+        yield Server(f"http://127.0.0.1:{port}", "127.0.0.1", port, key, serve.proc, serve.logs[-1])
     finally:
-        _reap(p, 30)
+        serve.stop(30)
 
 
 # --------------------------------------------------------------------------- the client
@@ -297,14 +264,6 @@ class Run:
 
     def error(self, what: str) -> None:
         self.errors[what] = self.errors.get(what, 0) + 1
-
-
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, math.ceil(p / 100 * len(s)) - 1))]
 
 
 class Keys:
@@ -460,7 +419,7 @@ def profiled(srv: Server, name: str, enabled: bool) -> Iterator[None]:
 
 def measure(backend: Backend, root: Path, a: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {}
-    url = backend.url()
+    url = backend.fresh()
     sdir = root / backend.name.lower()
     sdir.mkdir()
     with duly_serve(sdir, url) as srv:
@@ -648,23 +607,14 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
         _reap_all()
 
-    from rich.console import Console
-
     notes.append(
         f"Total run time {time.time() - started:.0f} s; 1-minute load average "
         f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other work on the machine "
         "skews every figure)."
     )
-    console = Console(record=True, width=160)
+    console = report_console()
     render(results, a, notes, console)
-    OUT_DIR.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    text = console.export_text()
-    for name in (f"api-{stamp}.txt", "api-latest.txt"):
-        (OUT_DIR / name).write_text(text)
-    (OUT_DIR / "api-latest.json").write_text(
-        json.dumps({"args": vars(a), "results": results, "notes": notes}, indent=2, default=str)
-    )
+    save_report(console, "api", {"args": vars(a), "results": results, "notes": notes})
     failed = any("error" in d for r in results.values() for d in r.values() if isinstance(d, dict))
     return 1 if failed else 0
 

@@ -60,7 +60,15 @@ if TYPE_CHECKING:  # rich is imported where the table is drawn: the RSS worker n
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _harness import OUT_DIR, _reap_all, forget, log  # noqa: E402
+from _harness import (  # noqa: E402
+    ScratchPostgres,
+    _reap_all,
+    forget,
+    log,
+    pct,
+    report_console,
+    save_report,
+)
 from _harness import reap as _reap  # noqa: E402
 from _harness import spawn as _spawn  # noqa: E402
 
@@ -256,52 +264,26 @@ class PostgresBackend(Backend):
     name = "PostgreSQL"
 
     def __init__(self, url: str) -> None:
-        u = make_url(url)
-        if u.drivername in ("postgresql", "postgres"):
-            u = u.set(drivername="postgresql+psycopg")
         # One database per run, named after this process: two runs on one server (it
         # happens on a shared machine) must not drop each other's database mid-row.
-        self.prefix = f"{u.database or 'duly_bench'}_"
-        self.dbname = f"{self.prefix}{os.getpid()}"
-        self.url = u.set(database=self.dbname).render_as_string(hide_password=False)
-        self._admin = sa.create_engine(
-            u.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool
-        )
+        self.prefix = f"{make_url(url).database or 'duly_bench'}_"
+        self.db = ScratchPostgres(url, dbname=f"{self.prefix}{os.getpid()}")
+        self.dbname = self.db.dbname
 
     def drop_orphans(self) -> list[str]:
         """Drop databases left by runs that died (named PREFIX<pid> of no live process)."""
-        with self._admin.connect() as c:
-            names = c.exec_driver_sql("SELECT datname FROM pg_database").scalars().all()
-            gone = [
-                n
-                for n in names
-                if n.startswith(self.prefix)
-                and n[len(self.prefix) :].isdigit()
-                and not Path(f"/proc/{n[len(self.prefix) :]}").exists()
-            ]
-            for n in gone:
-                c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
-        return gone
-
-    def _drop(self) -> None:
-        with self._admin.connect() as c:
-            # FORCE: a connection left by a phase that failed must not keep the scratch db.
-            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
+        return self.db.drop_orphans(self.prefix)
 
     def fresh(self) -> str:
-        self._drop()
-        with self._admin.connect() as c:
-            c.exec_driver_sql(f'CREATE DATABASE "{self.dbname}"')
-        migrate(self.url)
-        return self.url
+        url = self.db.create()
+        migrate(url)
+        return url
 
     def close(self) -> None:
-        self._drop()
-        self._admin.dispose()
+        self.db.close()
 
     def check(self) -> None:
-        with self._admin.connect() as c:
-            c.exec_driver_sql("SELECT 1")
+        self.db.check()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -378,12 +360,6 @@ def close_dispatcher(disp: Dispatcher) -> None:
     pool = getattr(disp, "_pool", None)  # run_once users have no public way to free it
     if pool is not None:
         pool.shutdown(wait=True)
-
-
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, math.ceil(p / 100 * len(s)) - 1))]
 
 
 def maxrss_mb() -> float:
@@ -1130,21 +1106,14 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
         _reap_all()
 
-    from rich.console import Console
-
-    console = Console(record=True, width=160)
+    console = report_console()
     render(report, console)
-    OUT_DIR.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    text = console.export_text()
-    for name in (f"dispatch-{stamp}.txt", "dispatch-latest.txt"):
-        (OUT_DIR / name).write_text(text)
-    raw = json.dumps(
+    save_report(
+        console,
+        "dispatch",
         {"args": report.args, "results": report.results, "celery": report.celery,
-         "errors": report.errors}, indent=2, default=str,
+         "errors": report.errors},
     )  # fmt: skip
-    for name in (f"dispatch-{stamp}.json", "dispatch-latest.json"):
-        (OUT_DIR / name).write_text(raw)
     return 1 if report.errors else 0
 
 

@@ -17,10 +17,9 @@ import hashlib
 import hmac
 import threading
 
-import sqlalchemy as sa
-
 from duly.ack import load_secret
 from duly.planner import Identity
+from duly.store.db import Engine
 
 __all__ = ["MessageIds", "installation_key", "message_id_for"]
 
@@ -47,7 +46,7 @@ class MessageIds:
     Give ``secret`` (simulations, tests) or ``db`` (the secret comes from
     :func:`duly.ack.load_secret`: ``DULY_SECRET_KEY``, else the database's)."""
 
-    def __init__(self, *, db: sa.Engine | None = None, secret: str | None = None) -> None:
+    def __init__(self, *, db: Engine | None = None, secret: str | None = None) -> None:
         self.db = db
         self._key = installation_key(secret) if secret is not None else None
         self._lock = threading.Lock()

@@ -16,6 +16,7 @@ from fractions import Fraction
 from typing import Any
 
 __all__ = [
+    "REMINDER_RULE",
     "Action",
     "AtExpr",
     "Batch",
@@ -45,6 +46,9 @@ __all__ = [
     "WEEKDAYS",
     "parse_duration",
 ]
+
+# The rule name of one-off reminders (made through the API or the UI, not the rule file).
+REMINDER_RULE = "@reminder"
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -412,7 +416,7 @@ class Recipient:
         """The address used on a channel (spec: Policies / Addresses)."""
         if channel == "email" or channel_type in ("smtp", "outbox"):
             return self.email or self.addresses.get(channel)
-        if channel in ("sms", "whatsapp") or channel_type in ("twilio-sms", "twilio-whatsapp"):
+        if channel in ("sms", "whatsapp") or channel_type in ("twilio-sms", "twilio-whatsapp", "whatsapp-cloud"):
             return self.phone or self.addresses.get(channel)
         if channel_type == "inbox" or channel == "inbox":
             return self.id

@@ -5,20 +5,20 @@ should exist for the subject's date-relative rules; ``plan_trigger`` does the sa
 event or attribute change; ``reconcile`` compares a desired set with the stored rows and says
 what to create, move, cancel, skip or plan again. Nothing here touches a database or a
 clock: every input is an argument, so these functions are tested directly with hypothesis.
+
+The types (``Identity``, ``Desired``, ``Plan``, ...) live in :mod:`duly.plantypes` and
+reconciliation in :mod:`duly.reconcile`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 from duly.model import (
     Calendar,
     Category,
-    Outcome,
     Reason,
     Recipient,
     Rule,
@@ -27,10 +27,25 @@ from duly.model import (
     Subject,
     Window,
 )
+from duly.plantypes import (
+    FINAL_SENT,
+    NEVER_SENT,
+    PENDING,
+    Action,
+    Desired,
+    Existing,
+    Identity,
+    Plan,
+    Problem,
+)
+from duly.reconcile import cancel_all, outcome_of, reconcile
 from duly.rules import timemath
 from duly.rules.expressions import Expression, build_context, compile_expression, condition_holds
 
 __all__ = [
+    "FINAL_SENT",
+    "NEVER_SENT",
+    "PENDING",
     "Action",
     "Desired",
     "Existing",
@@ -38,7 +53,9 @@ __all__ = [
     "Plan",
     "Problem",
     "base_priority",
+    "cancel_all",
     "effective",
+    "outcome_of",
     "plan_subject",
     "plan_trigger",
     "reconcile",
@@ -47,109 +64,6 @@ __all__ = [
 # How far ahead an open-ended repeat (no count, no until) is planned. Re-planning the subject
 # (any upsert) extends it. See docs/reference/planning.md.
 REPEAT_HORIZON = timedelta(days=90)
-
-PENDING = "pending"
-NEVER_SENT = ("cancelled", "skipped")
-FINAL_SENT = ("sent", "failed", "set", "sending")
-
-
-class Identity(NamedTuple):
-    """(rule, step, occurrence, subject, recipient, channel). None stands for null.
-
-    The planner makes one of these (and one Desired) per delivery, hundreds of thousands
-    in a bulk import: named tuples are several times cheaper to build than frozen
-    dataclasses."""
-
-    rule: str
-    step: str | None
-    occurrence: int | str
-    subject: str | None
-    recipient: str | None
-    channel: str | None
-
-    def db_key(self) -> tuple[str, str, str, str, str, str]:
-        """The stored form: "" for null, occurrence as JSON text."""
-        return (
-            self.rule,
-            self.step or "",
-            json.dumps(self.occurrence),
-            self.subject or "",
-            self.recipient or "",
-            self.channel or "",
-        )
-
-    @classmethod
-    def from_db(
-        cls, rule: str, step: str, occurrence: str, subject: str, recipient: str, channel: str
-    ) -> Identity:
-        return cls(
-            rule,
-            step or None,
-            json.loads(occurrence),
-            subject or None,
-            recipient or None,
-            channel or None,
-        )
-
-
-class Desired(NamedTuple):
-    identity: Identity
-    planned_at: datetime  # before windows and holds
-    due_at: datetime  # after the window
-    deadline_at: datetime | None
-    category: str
-    priority: int
-    skip_reason: Reason | None = None  # no_date, bad_data, window_missed: recorded at planning
-    changes: dict[str, Any] | None = None  # `set` rows
-
-
-class Existing(NamedTuple):
-    id: int
-    identity: Identity
-    state: str
-    reason: str | None
-    planned_at: datetime
-    due_at: datetime
-
-
-class Action(NamedTuple):
-    """One change to the stored plan.
-
-    kind: ``create`` (new row, state pending or skipped), ``move`` (pending row, new times),
-    ``cancel`` / ``skip`` (pending row → final state with reason), ``replan`` (a never-sent row
-    back to pending, or re-recorded as skipped with a new reason).
-    """
-
-    kind: str
-    desired: Desired | None = None
-    existing: Existing | None = None
-    state: str | None = None
-    reason: Reason | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """Bad data on one subject (malformed date, unknown timezone, failing expression)."""
-
-    subject: str
-    rule: str | None
-    field: str | None
-    message: str
-
-
-@dataclass(slots=True)
-class Plan:
-    desired: list[Desired] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    # why a rule/step wants nothing: (rule, step) → reason; step None means the whole rule
-    unwanted: dict[tuple[str, str | None], Reason] = field(default_factory=dict)
-    # recipients each (rule, step) currently addresses
-    addressed: dict[tuple[str, str | None], set[str]] = field(default_factory=dict)
-    # rule names whose rows this plan speaks for (date-relative rules on this subject kind)
-    scope: set[str] = field(default_factory=set)
-    # (rule, step) → its fallback chain: rows on later channels are the dispatcher's
-    fallback: dict[tuple[str, str | None], tuple[str, ...]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -626,94 +540,3 @@ def change_fires(rule: Rule, old: Mapping[str, Any] | None, new: Mapping[str, An
     if trig.has_to and after != trig.to:
         return False
     return not (trig.has_from and before != trig.from_)
-
-
-# --------------------------------------------------------------------------- reconciliation
-
-
-def reconcile(
-    plan: Plan,
-    existing: Iterable[Existing],
-    now: datetime,
-    *,
-    rule_names: set[str] | None = None,
-) -> list[Action]:
-    """What to change so the stored rows match ``plan`` (spec: Planning).
-
-    Only rows of rules in ``plan.scope`` are judged against the desired set; a row of a rule
-    that no longer exists in the file (``rule_names``) is cancelled if pending. Rows of event
-    rules are left to the dispatcher's re-check, except that a recipient removed from its
-    role loses its pending rows.
-    """
-    actions: list[Action] = []
-    by_id: dict[Identity, Existing] = {e.identity: e for e in existing}
-    wanted: set[Identity] = set()
-    for d in plan.desired:
-        wanted.add(d.identity)
-        ex = by_id.get(d.identity)
-        if ex is None:
-            if d.skip_reason is not None:
-                actions.append(Action("create", d, state="skipped", reason=d.skip_reason))
-            elif d.planned_at < now:
-                actions.append(Action("create", d, state="skipped", reason=Reason.past))
-            else:
-                actions.append(Action("create", d, state=PENDING))
-            continue
-        if ex.state == PENDING:
-            if d.skip_reason is not None:
-                actions.append(Action("skip", d, ex, reason=d.skip_reason))
-            elif ex.planned_at == d.planned_at:
-                # Same planned time: left alone even if overdue (grace decides), and a due
-                # time the dispatcher moved (retry, spacing, window at send) is kept. Only a
-                # due time the plan itself moves into the future (a hold set or cleared, a
-                # new window) moves the row.
-                if ex.due_at != d.due_at and d.due_at >= now:
-                    actions.append(Action("move", d, ex))
-            elif d.planned_at < now:
-                actions.append(Action("skip", d, ex, reason=Reason.past))
-            else:
-                actions.append(Action("move", d, ex))
-        elif ex.state in NEVER_SENT and d.skip_reason is None and d.planned_at >= now:
-            # An identity never sent whose time lies in the future again is planned again.
-            # One that stays unsendable is left as it was: it printed its line already.
-            actions.append(Action("replan", d, ex, state=PENDING))
-        # sent / failed / set / sending: never touched again
-    for ex in by_id.values():
-        if ex.state != PENDING or ex.identity in wanted:
-            continue
-        rule = ex.identity.rule
-        chain = plan.fallback.get((rule, ex.identity.step))
-        if chain and ex.identity.channel in chain[1:]:
-            if ex.identity._replace(channel=chain[0]) in wanted:
-                continue  # planned by the dispatcher when an earlier channel could not send
-        if rule_names is not None and rule not in rule_names:
-            actions.append(Action("cancel", None, ex, reason=Reason.rule_changed))
-            continue
-        if rule in plan.scope:
-            actions.append(Action("cancel", None, ex, reason=_why_unwanted(plan, ex.identity)))
-    return actions
-
-
-def _why_unwanted(plan: Plan, ident: Identity) -> Reason:
-    if (ident.rule, ident.step) in plan.unwanted:
-        return plan.unwanted[(ident.rule, ident.step)]
-    addressed = plan.addressed.get((ident.rule, ident.step))
-    if ident.recipient is not None and addressed is not None and ident.recipient not in addressed:
-        return Reason.recipient_removed
-    return Reason.rule_changed
-
-
-def cancel_all(existing: Iterable[Existing], reason: Reason) -> list[Action]:
-    """Cancel every pending row (subject deleted, recipient deleted)."""
-    return [Action("cancel", None, e, reason=reason) for e in existing if e.state == PENDING]
-
-
-def outcome_of(action: Action) -> tuple[Outcome, Reason | None] | None:
-    """The outcome an action records in the log, if any (moves record none)."""
-    if action.kind == "cancel":
-        return Outcome.cancelled, action.reason
-    if action.kind == "skip":
-        return Outcome.skipped, action.reason
-    if action.kind in ("create", "replan") and action.state == "skipped":
-        return Outcome.skipped, action.reason
-    return None

@@ -31,48 +31,36 @@ Normative source: spec/rules.md, "Templates". What this module adds to it:
 
 Compiled templates are cached per file name and recompiled when the file's mtime changes or
 ``loader_overrides`` returns a different source.
+
+This module is the renderer; its parts are :mod:`duly.render_loader` (files, database
+overrides, the ``Subject:`` line), :mod:`duly.render_helpers` (the formatting helpers) and
+:mod:`duly.render_errors` (what a failed render raises).
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC
-from datetime import date as Date
-from datetime import datetime as DateTime
-from decimal import Decimal, InvalidOperation
-from functools import lru_cache
 from html.parser import HTMLParser
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypedDict
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import css_inline
-from babel import Locale, UnknownLocaleError
-from babel import dates as babel_dates
-from babel import numbers as babel_numbers
-from jinja2 import (
-    BaseLoader,
-    Environment,
-    StrictUndefined,
-    Template,
-    TemplateNotFound,
-    TemplateSyntaxError,
-    Undefined,
-    UndefinedError,
-    pass_context,
-)
-from jinja2.exceptions import SecurityError
-from jinja2.loaders import split_template_path
-from jinja2.runtime import Context
-from jinja2.utils import missing
+from jinja2 import Template, TemplateNotFound
 
 from duly.ack import ACK_LINKS_KEY, AckLinks, ack_link
 from duly.model import Recipient, RenderLimits
-from duly.sandbox import BoundedSandbox, LimitError
+from duly.render_errors import (
+    RenderBusy,
+    RenderError,
+    RenderLimitExceeded,
+    _over_output,
+    _render_error,
+)
+from duly.render_helpers import _FORMATS_KEY, _HELPERS, _Formats, _locale, _zone
+from duly.render_loader import Overrides, _Loader, _Template, _Undefined
+from duly.sandbox import BoundedSandbox
 
 __all__ = [
     "RenderBusy",
@@ -82,54 +70,6 @@ __all__ = [
     "Rendered",
     "Renderer",
 ]
-
-Overrides = Callable[[str], str | None]
-
-
-class RenderError(Exception):
-    """A template could not be rendered.
-
-    ``kind`` says why, so that callers can tell a broken template from data that does not
-    fit it: ``syntax``, ``security`` (refused by the sandbox), ``not_found`` (an included
-    template), ``limit`` (:class:`RenderLimitExceeded`), ``busy`` (:class:`RenderBusy`),
-    ``data`` (anything else: a missing value, a helper given bad input)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        template: str | None = None,
-        line: int | None = None,
-        kind: str = "data",
-    ):
-        self.template = template
-        self.line = line
-        self.reason = message
-        self.kind = kind
-        where = template or "template"
-        if line:
-            where += f", line {line}"
-        super().__init__(f"{where}: {message}")
-
-
-class RenderLimitExceeded(RenderError):
-    """A render went over one of the rule file's ``render:`` limits; ``limit`` names it
-    (``render.timeout``, ``render.max_output`` or ``render.max_memory``)."""
-
-    def __init__(
-        self, message: str, *, limit: str, template: str | None = None, line: int | None = None
-    ):
-        self.limit = limit
-        super().__init__(f"{message} ({limit})", template=template, line=line, kind="limit")
-
-
-class RenderBusy(RenderError):
-    """Every render process is taken and none came free in time; try again in
-    ``retry_after`` seconds. Only previews and save checks get it: deliveries wait."""
-
-    def __init__(self, message: str, *, retry_after: int, template: str | None = None):
-        self.retry_after = retry_after
-        super().__init__(message, template=template, kind="busy")
 
 
 class _RenderRequired(TypedDict):
@@ -151,322 +91,6 @@ class Rendered:
     title: str | None
     text: str | None
     html: str | None
-
-
-# --------------------------------------------------------------------------- loading
-
-
-class _Template(Template):
-    """A compiled template file, plus its compiled ``Subject:`` line if it had one."""
-
-    subject: Template | None = None
-
-
-_SUBJECT_RE = re.compile(r"\ufeff?subject:(.*)", re.IGNORECASE)
-
-
-def _split_subject(source: str) -> tuple[str, str | None]:
-    """``(body, subject)``. The Subject line is blanked, not removed, so that line numbers in
-    errors still match the file."""
-    first, newline, rest = source.partition("\n")
-    match = _SUBJECT_RE.fullmatch(first.rstrip("\r"))
-    if match is None:
-        return source, None
-    return newline + rest, match.group(1).strip()
-
-
-class _Loader(BaseLoader):
-    """Template files from one folder; ``overrides(filename)`` (templates kept in the database)
-    wins over the file of the same name."""
-
-    def __init__(self, directory: Path | None, overrides: Overrides | None) -> None:
-        self.directory = str(directory) if directory is not None else None
-        self.overrides = overrides
-
-    def _override(self, name: str) -> str | None:
-        return self.overrides(name) if self.overrides is not None else None
-
-    def _path(self, name: str) -> str | None:
-        if self.directory is None:
-            return None
-        # split_template_path refuses "..": an include can never leave the folder.
-        return os.path.join(self.directory, *split_template_path(name))
-
-    def exists(self, name: str) -> bool:
-        if self._override(name) is not None:
-            return True
-        path = self._path(name)
-        return path is not None and os.path.isfile(path)
-
-    def get_source(
-        self, environment: Environment, template: str
-    ) -> tuple[str, str, Callable[[], bool]]:
-        name = template
-        override = self._override(name)
-        if override is not None:
-            # Checked on every render: the cached template stays valid only while the
-            # override still returns the very same source.
-            return override, name, lambda: self._override(name) == override
-        path = self._path(name)
-        if path is None:
-            raise TemplateNotFound(name)
-        try:
-            mtime = os.stat(path).st_mtime_ns
-            with open(path, encoding="utf-8") as file:
-                source = file.read()
-        except (FileNotFoundError, IsADirectoryError):
-            raise TemplateNotFound(name) from None
-
-        def uptodate() -> bool:
-            if self._override(name) is not None:
-                return False
-            try:
-                return os.stat(path).st_mtime_ns == mtime
-            except OSError:
-                return False
-
-        return source, path, uptodate
-
-    def load(
-        self,
-        environment: Environment,
-        name: str,
-        globals: MutableMapping[str, Any] | None = None,
-    ) -> Template:
-        # Overridden (Jinja advises against it only for loaders nested in ChoiceLoader and
-        # the like, which we don't use) so that a file's body and its Subject line are
-        # compiled and cached together: a render never pairs a new subject with an old body.
-        source, filename, uptodate = self.get_source(environment, name)
-        body, subject = _split_subject(source)
-        namespace = environment.make_globals(globals)
-        code = environment.compile(body, name, filename)
-        template = _Template.from_code(environment, code, namespace, uptodate)
-        assert isinstance(template, _Template)
-        if subject is not None:
-            # Compiled under a name that does not end in .html: a title is plain text, so it
-            # is never HTML-escaped even when it comes from the .html file.
-            subject_code = environment.compile(subject, name + "#subject", filename)
-            template.subject = Template.from_code(environment, subject_code, namespace, None)
-        return template
-
-
-# --------------------------------------------------------------------------- undefined
-
-
-class _Undefined(StrictUndefined):
-    """StrictUndefined, except that a missing attribute or key of real data is false in a
-    test, so ``{% if subject.attributes.note %}`` works; a missing *name* (a typo) still
-    fails there too."""
-
-    __slots__ = ()
-
-    def __bool__(self) -> bool:  # type: ignore[override]
-        if self._undefined_obj is missing:
-            self._fail_with_undefined_error()
-        return False
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-class _HelperError(ValueError):
-    """A helper was given a value it cannot format."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Formats:
-    """The recipient's locale and timezone, put in each render's context for the helpers."""
-
-    locale: Locale
-    zone: ZoneInfo
-
-
-_FORMATS_KEY = "__duly_formats__"
-_ISO_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
-
-
-def _formats(context: Context) -> _Formats:
-    formats = context.get(_FORMATS_KEY)
-    assert isinstance(formats, _Formats)
-    return formats
-
-
-def _check_defined(value: Any) -> None:
-    if isinstance(value, Undefined):
-        # Reports "'x' is undefined" rather than "expected a date, got StrictUndefined".
-        value._fail_with_undefined_error()
-
-
-def _to_date_or_local(value: Any, helper: str, zone: ZoneInfo) -> Date | DateTime:
-    """A date stays a date; a date-time becomes an aware date-time in ``zone``."""
-    _check_defined(value)
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = (
-                Date.fromisoformat(text)
-                if _ISO_DATE_RE.fullmatch(text)
-                else DateTime.fromisoformat(text)
-            )
-        except ValueError:
-            raise _HelperError(
-                f"{helper}(): {value!r} is not an ISO 8601 date or date-time "
-                "(expected e.g. 2026-03-15 or 2026-03-15T09:00:00Z)"
-            ) from None
-    if isinstance(value, DateTime):
-        if value.tzinfo is None:
-            # spec/rules.md "Time": no offset means local to the recipient. The round trip
-            # through UTC moves a time in a spring-forward gap forward, like the planner.
-            value = value.replace(tzinfo=zone).astimezone(UTC)
-        local: DateTime = value.astimezone(zone)
-        return local
-    if isinstance(value, Date):
-        return value
-    raise _HelperError(
-        f"{helper}(): expected a date, a date-time or an ISO 8601 string, "
-        f"got {type(value).__name__} {value!r}"
-    )
-
-
-def _to_instant(value: Any, helper: str, zone: ZoneInfo) -> DateTime:
-    local = _to_date_or_local(value, helper, zone)
-    if not isinstance(local, DateTime):
-        # A date alone is that date at 00:00 in the recipient's timezone.
-        local = DateTime(local.year, local.month, local.day, tzinfo=zone)
-    return local
-
-
-def _to_decimal(value: Any, helper: str) -> Decimal:
-    _check_defined(value)
-    if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
-        raise _HelperError(f"{helper}(): expected a number, got {type(value).__name__} {value!r}")
-    try:
-        # str() first so that 0.1 formats as 0.1, not as its binary approximation.
-        number = value if isinstance(value, Decimal) else Decimal(str(value).strip())
-    except InvalidOperation:
-        raise _HelperError(f"{helper}(): {value!r} is not a number") from None
-    if not number.is_finite():
-        raise _HelperError(f"{helper}(): {value!r} is not a finite number")
-    return number
-
-
-def _babel(helper: str, format: str | None, call: Callable[[], str]) -> str:
-    """Run a Babel formatter; a bad format pattern surfaces as an obscure exception."""
-    try:
-        return call()
-    except _HelperError:
-        raise
-    except Exception as exc:
-        raise _HelperError(f"{helper}(): cannot format with {format!r}: {exc}") from exc
-
-
-@lru_cache(maxsize=512)
-def _is_currency(code: str) -> bool:
-    try:
-        babel_numbers.validate_currency(code)
-    except babel_numbers.UnknownCurrencyError:
-        return False
-    return True
-
-
-@pass_context
-def _date(context: Context, value: Any, format: str = "medium") -> str:
-    f = _formats(context)
-    local = _to_date_or_local(value, "date", f.zone)
-    day = local.date() if isinstance(local, DateTime) else local
-    return _babel("date", format, lambda: babel_dates.format_date(day, format, locale=f.locale))
-
-
-@pass_context
-def _time(context: Context, value: Any, format: str = "short") -> str:
-    f = _formats(context)
-    instant = _to_instant(value, "time", f.zone)
-    return _babel(
-        "time",
-        format,
-        lambda: babel_dates.format_time(instant, format, tzinfo=f.zone, locale=f.locale),
-    )
-
-
-@pass_context
-def _datetime(context: Context, value: Any, format: str = "medium") -> str:
-    f = _formats(context)
-    instant = _to_instant(value, "datetime", f.zone)
-    return _babel(
-        "datetime",
-        format,
-        lambda: babel_dates.format_datetime(instant, format, tzinfo=f.zone, locale=f.locale),
-    )
-
-
-@pass_context
-def _money(context: Context, amount: Any, currency: Any) -> str:
-    f = _formats(context)
-    number = _to_decimal(amount, "money")
-    _check_defined(currency)
-    code = str(currency).strip().upper()
-    if not _is_currency(code):
-        raise _HelperError(f"money(): {currency!r} is not an ISO 4217 currency code (e.g. EUR)")
-    return _babel(
-        "money", None, lambda: babel_numbers.format_currency(number, code, locale=f.locale)
-    )
-
-
-@pass_context
-def _number(context: Context, value: Any, format: str | None = None) -> str:
-    f = _formats(context)
-    number = _to_decimal(value, "number")
-    return _babel(
-        "number", format, lambda: babel_numbers.format_decimal(number, format, locale=f.locale)
-    )
-
-
-@pass_context
-def _relative(context: Context, value: Any) -> str:
-    """``in 3 days`` / ``2 hours ago``, relative to ``now`` in the context."""
-    f = _formats(context)
-    now = context.get("now")
-    if now is None or isinstance(now, Undefined):
-        raise _HelperError("relative(): needs `now` in the template context")
-    delta = _to_instant(value, "relative", f.zone) - _to_instant(now, "relative", f.zone)
-    return _babel(
-        "relative",
-        None,
-        lambda: babel_dates.format_timedelta(delta, add_direction=True, locale=f.locale),
-    )
-
-
-_HELPERS: dict[str, Callable[..., str]] = {
-    "date": _date,
-    "time": _time,
-    "datetime": _datetime,
-    "money": _money,
-    "number": _number,
-    "relative": _relative,
-}
-
-
-@lru_cache(maxsize=256)
-def _locale(name: str) -> Locale:
-    code = name.strip().replace("-", "_")
-    try:
-        return Locale.parse(code)
-    except (ValueError, UnknownLocaleError):
-        pass
-    # "en_XX": a region Babel doesn't know still has a usable language.
-    try:
-        return Locale.parse(code.split("_", 1)[0])
-    except (ValueError, UnknownLocaleError):
-        raise RenderError(f"unknown locale {name!r} (expected e.g. en, en_US or de-DE)") from None
-
-
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise RenderError(
-            f"unknown timezone {name!r} (expected an IANA name, e.g. Europe/Berlin)"
-        ) from None
 
 
 # --------------------------------------------------------------------------- titles
@@ -524,63 +148,6 @@ def _html_text(html: str) -> str:
 
 
 _LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\r?\n)+")
-
-
-# --------------------------------------------------------------------------- errors
-
-
-def _template_frame(tb: TracebackType | None) -> tuple[str, int] | None:
-    """(file, line) of the innermost template frame. Jinja rewrites tracebacks so that
-    frames in template code carry the template's filename and line and a
-    ``__jinja_exception__`` global."""
-    found = None
-    while tb is not None:
-        if "__jinja_exception__" in tb.tb_frame.f_globals:
-            found = (tb.tb_frame.f_code.co_filename, tb.tb_lineno)
-        tb = tb.tb_next
-    return found
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, SecurityError):
-        return f"not allowed in a template: {exc}"
-    if isinstance(exc, TemplateNotFound):
-        return f"included template {exc.name!r} not found"
-    if isinstance(exc, UndefinedError | _HelperError | TemplateSyntaxError):
-        return str(exc.message if isinstance(exc, TemplateSyntaxError) else exc)
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _kind(exc: BaseException) -> str:
-    if isinstance(exc, TemplateSyntaxError):
-        return "syntax"
-    if isinstance(exc, SecurityError):
-        return "security"
-    if isinstance(exc, TemplateNotFound):
-        return "not_found"
-    return "data"
-
-
-def _render_error(exc: BaseException, template: str) -> RenderError:
-    line: int | None = None
-    if isinstance(exc, TemplateSyntaxError):
-        template = os.path.basename(exc.filename or exc.name or template)
-        line = exc.lineno
-    else:
-        frame = _template_frame(exc.__traceback__)
-        if frame is not None:
-            template, line = os.path.basename(frame[0]), frame[1]
-    if isinstance(exc, LimitError):
-        return RenderLimitExceeded(str(exc), limit=exc.limit, template=template, line=line)
-    return RenderError(_describe(exc), template=template, line=line, kind=_kind(exc))
-
-
-def _over_output(limits: RenderLimits, template: str | None) -> RenderLimitExceeded:
-    return RenderLimitExceeded(
-        f"the rendered text is longer than {limits.max_output:,} characters",
-        limit="render.max_output",
-        template=template,
-    )
 
 
 # --------------------------------------------------------------------------- renderer

@@ -29,6 +29,9 @@ checks each row again, so a row revived in between (a failed delivery retried) i
 alone. A big prune never holds the write lock for long, and ``duly serve`` / ``duly worker``
 run it once a day on a thread of its own (:class:`Maintenance`), never in the dispatcher's
 loop: maintenance never delays a delivery.
+
+The statements (the aged-record predicates, counts, chunk deletes, the advisory lock) are in
+:mod:`duly.store.retention`; this module decides the cut-offs and walks the chunks.
 """
 
 from __future__ import annotations
@@ -39,14 +42,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
-
-import sqlalchemy as sa
 
 from duly.model import Duration, RuleFile, parse_duration
 from duly.rules import timemath
-from duly.store.db import is_postgres, write_transaction
-from duly.store.tables import deliveries, delivery_log, subject_errors
+from duly.store import retention as store
+from duly.store.db import Engine, is_postgres, write_transaction
+from duly.store.retention import PRUNE_LOCK_KEY as PRUNE_LOCK_KEY  # one prune at a time
 
 __all__ = [
     "CHUNK",
@@ -73,12 +74,6 @@ DEFAULT_RETENTION: dict[str, Duration] = {
 KEEP_IDENTITY = ("sent", "failed", "set")
 DROP_ROWS = ("skipped", "cancelled")
 STATES = ("sent", "set", "failed", "skipped", "cancelled")
-
-# The content a kept identity row loses.
-CONTENT = ("title", "body_text", "body_html", "to_address", "receipt", "last_error", "changes")
-
-# An advisory-lock key (PostgreSQL): one prune at a time across processes ("dulyprun").
-PRUNE_LOCK_KEY = 0x6475_6C79_7072_756E
 
 
 def retention_for(rules: RuleFile) -> dict[str, Duration]:
@@ -184,41 +179,11 @@ def _day(t: datetime | None) -> str:
     return t.strftime("%Y-%m-%d %H:%M") if t is not None else "-"
 
 
-# --------------------------------------------------------------------------- predicates
-# Every query below is built from these, so a dry run counts exactly what a prune does.
-
-
-def _aged(state: str, cutoff: datetime) -> sa.ColumnElement[bool]:
-    """Records of ``state`` older than ``cutoff`` (served by ix_deliveries_state_due)."""
-    d = deliveries.c
-    return sa.and_(d.state == state, d.due_at < cutoff, d.updated_at < cutoff)
-
-
-def _has_content() -> sa.ColumnElement[bool]:
-    return sa.or_(*(deliveries.c[c].is_not(None) for c in CONTENT))
-
-
-def _has_old_log(cutoff: datetime) -> sa.ColumnElement[bool]:
-    """The delivery still has log rows older than ``cutoff`` (ix_delivery_log_delivery_id)."""
-    return sa.exists().where(
-        delivery_log.c.delivery_id == deliveries.c.id, delivery_log.c.at < cutoff
-    )
-
-
-def _needs_work(state: str, cutoff: datetime) -> sa.ColumnElement[bool]:
-    """An old record the prune would change: any old row of a state deleted whole; a kept
-    identity row only while it still has content or old log rows (so a daily prune does
-    not rewrite the rows it already pruned)."""
-    if state in DROP_ROWS:
-        return _aged(state, cutoff)
-    return sa.and_(_aged(state, cutoff), sa.or_(_has_content(), _has_old_log(cutoff)))
-
-
 # --------------------------------------------------------------------------- prune
 
 
 def prune(
-    db: sa.Engine,
+    db: Engine,
     rules: RuleFile,
     now: datetime,
     *,
@@ -249,9 +214,7 @@ def prune(
             return report
     if dry_run:
         with db.connect() as conn:
-            report.subject_errors_deleted = conn.execute(
-                sa.select(sa.func.count()).where(subject_errors.c.at < cuts["failed"])
-            ).scalar_one()
+            report.subject_errors_deleted = store.count_subject_errors_before(conn, cuts["failed"])
     else:
         n = _prune_subject_errors(db, cuts["failed"], chunk, pause, stop)
         if n is None:
@@ -261,88 +224,38 @@ def prune(
     return report
 
 
-def _count(db: sa.Engine, sp: StatePrune) -> None:
+def _count(db: Engine, sp: StatePrune) -> None:
     """A dry run: what _prune_state would do, counted with the same predicates."""
-    d, lg = deliveries.c, delivery_log.c
     with db.connect() as conn:
-        work = _needs_work(sp.state, sp.cutoff)
-        n, lo, hi = conn.execute(
-            sa.select(sa.func.count(), sa.func.min(d.updated_at), sa.func.max(d.updated_at))
-            .select_from(deliveries)
-            .where(work)
-        ).one()
-        sp.oldest, sp.newest = lo, hi
-        logs = sa.select(sa.func.count()).select_from(
-            delivery_log.join(deliveries, d.id == lg.delivery_id)
-        )
-        if sp.state in DROP_ROWS:
-            sp.rows_deleted = n
-            # the whole log of a deleted row goes with it
-            sp.log_rows_deleted = conn.execute(logs.where(work)).scalar_one()
-        else:
-            sp.content_cleared = conn.execute(
-                sa.select(sa.func.count())
-                .select_from(deliveries)
-                .where(_aged(sp.state, sp.cutoff), _has_content())
-            ).scalar_one()
-            sp.log_rows_deleted = conn.execute(
-                logs.where(_aged(sp.state, sp.cutoff), lg.at < sp.cutoff)
-            ).scalar_one()
+        n = store.count_prunable(conn, sp.state, sp.cutoff, sp.state in DROP_ROWS)
+    sp.oldest, sp.newest = n.oldest, n.newest
+    sp.rows_deleted, sp.content_cleared, sp.log_rows_deleted = n.rows, n.content, n.log_rows
 
 
 def _prune_state(
-    db: sa.Engine, sp: StatePrune, chunk: int, pause: float, stop: threading.Event | None
+    db: Engine, sp: StatePrune, chunk: int, pause: float, stop: threading.Event | None
 ) -> bool:
     """Prune one outcome, chunk by chunk. Returns False when ``stop`` ended it early."""
-    d, lg = deliveries.c, delivery_log.c
+    whole = sp.state in DROP_ROWS
     after: tuple[datetime, int] | None = None
     while True:
         if stop is not None and stop.is_set():
             return False
-        # Candidates, with a read that blocks no writer; keyset on (due_at, id) so rows
-        # found not to need work are never scanned twice in one prune.
-        q = (
-            sa.select(d.id, d.due_at)
-            .where(_needs_work(sp.state, sp.cutoff))
-            .order_by(d.due_at, d.id)
-            .limit(chunk)
-        )
-        if after is not None:
-            q = q.where(sa.or_(d.due_at > after[0], sa.and_(d.due_at == after[0], d.id > after[1])))
+        # Candidates, with a read that blocks no writer; keyset on (due_at, id).
         with db.connect() as conn:
-            found = conn.execute(q).all()
+            found = store.prunable_deliveries(
+                conn, sp.state, sp.cutoff, whole, after=after, limit=chunk
+            )
         if not found:
             return True
-        after = (found[-1].due_at, found[-1].id)
-        ids = [r[0] for r in found]
+        after = (found[-1][1], found[-1][0])
         with write_transaction(db) as conn:
             # checked again: a row retried or re-planned since the read is left alone
-            still = conn.execute(
-                sa.select(d.id, d.updated_at).where(d.id.in_(ids), _aged(sp.state, sp.cutoff))
-            ).all()
-            ids = [r[0] for r in still]
-            sp._saw([r[1] for r in still])
-            if ids and sp.state in DROP_ROWS:
-                sp.log_rows_deleted += _rowcount(
-                    conn.execute(sa.delete(delivery_log).where(lg.delivery_id.in_(ids)))
-                )
-                sp.rows_deleted += _rowcount(
-                    conn.execute(sa.delete(deliveries).where(d.id.in_(ids)))
-                )
-            elif ids:
-                sp.log_rows_deleted += _rowcount(
-                    conn.execute(
-                        sa.delete(delivery_log).where(lg.delivery_id.in_(ids), lg.at < sp.cutoff)
-                    )
-                )
-                sp.content_cleared += _rowcount(
-                    conn.execute(
-                        sa.update(deliveries)
-                        .where(d.id.in_(ids), _has_content())
-                        # SQL NULL, not JSON null, for the JSON column
-                        .values({c: sa.null() for c in CONTENT})
-                    )
-                )
+            done = store.prune_deliveries(conn, sp.state, sp.cutoff, whole, [f[0] for f in found])
+        sp._saw(done.updated_at)
+        sp.rows_deleted += done.rows_deleted
+        sp.content_cleared += done.content_cleared
+        sp.log_rows_deleted += done.log_rows_deleted
         if len(found) < chunk:
             return True
         if pause:
@@ -350,36 +263,25 @@ def _prune_state(
 
 
 def _prune_subject_errors(
-    db: sa.Engine, cutoff: datetime, chunk: int, pause: float, stop: threading.Event | None
+    db: Engine, cutoff: datetime, chunk: int, pause: float, stop: threading.Event | None
 ) -> int | None:
     """Delete subject errors older than ``cutoff``; None when ``stop`` ended it early."""
-    e = subject_errors.c
     n = 0
     after = 0
     while True:
         if stop is not None and stop.is_set():
             return None
-        # ids grow with time, so old errors come first in id order (no index on `at`)
         with db.connect() as conn:
-            ids = list(
-                conn.execute(
-                    sa.select(e.id).where(e.at < cutoff, e.id > after).order_by(e.id).limit(chunk)
-                ).scalars()
-            )
+            ids = store.subject_error_ids_before(conn, cutoff, after=after, limit=chunk)
         if not ids:
             return n
         after = ids[-1]
         with write_transaction(db) as conn:
-            n += _rowcount(conn.execute(sa.delete(subject_errors).where(e.id.in_(ids))))
+            n += store.delete_subject_errors(conn, ids)
         if len(ids) < chunk:
             return n
         if pause:
             time.sleep(pause)
-
-
-def _rowcount(res: Any) -> int:
-    n = res.rowcount
-    return n if n and n > 0 else 0
 
 
 # --------------------------------------------------------------------------- maintenance
@@ -397,7 +299,7 @@ class Maintenance:
 
     def __init__(
         self,
-        db: sa.Engine,
+        db: Engine,
         rules: RuleFile,
         now: Callable[[], datetime],
         *,
@@ -438,9 +340,7 @@ class Maintenance:
         if not is_postgres(self.db):
             return self._prune()
         with self.db.connect() as lock_conn:
-            got = lock_conn.execute(
-                sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": PRUNE_LOCK_KEY}
-            ).scalar()
+            got = store.try_prune_lock(lock_conn)
             lock_conn.commit()  # a session lock: it outlives this transaction
             if not got:
                 log.info("prune skipped: another process is pruning")
@@ -448,7 +348,7 @@ class Maintenance:
             try:
                 return self._prune()
             finally:
-                lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": PRUNE_LOCK_KEY})
+                store.release_prune_lock(lock_conn)
                 lock_conn.commit()
 
     def _prune(self) -> PruneReport:

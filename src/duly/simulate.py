@@ -9,19 +9,20 @@ time it takes. ``duly simulate`` has generous defaults (:data:`CLI_LIMITS`) that
 the server (``POST /v1/simulate`` and the rules page) uses stricter ones
 (:data:`SERVER_LIMITS`) and runs at most :data:`SERVER_CONCURRENCY` simulations at a time
 (:data:`server`). Going past a limit raises :class:`LimitExceeded`.
+
+The timeline is read by :mod:`duly.simtimeline` and the output written by
+:mod:`duly.simoutput`; this module runs the engine between them.
 """
 
 from __future__ import annotations
 
-import heapq
-import json
 import math
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,9 +33,20 @@ from duly.engine.service import Engine, SubjectInput
 from duly.errors import DulyError
 from duly.model import Recipient, RuleFile
 from duly.runtime import used_channels
+from duly.simoutput import Result, collect_rows, iso
+from duly.simtimeline import (
+    KINDS,
+    SimulationError,
+    TimelineLine,
+    check_until,
+    parse_at,
+    parse_timeline,
+)
+from duly.store.simulation import in_memory_database
 
 __all__ = [
     "CLI_LIMITS",
+    "KINDS",
     "DEFAULT_TAIL",
     "EngineFailed",
     "SERVER_CONCURRENCY",
@@ -54,19 +66,7 @@ __all__ = [
     "simulate_files",
 ]
 
-KINDS = ("recipient", "subject", "delete", "event", "ack", "fail", "down")
-
-# Times a timeline may name: durations in a rule file are at most 1000 years
-# (model.MAX_DURATION_YEARS), so planning from any of these stays within the dates Python
-# can hold (years 1 to 9999).
-EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
-LATEST = datetime(9000, 1, 1, tzinfo=UTC)  # exclusive
-
 DEFAULT_TAIL = timedelta(days=30)  # the run ends this long after the last line by default
-
-
-class SimulationError(Exception):
-    """The rule file or the timeline is invalid, or the run could not go on (exit status 2)."""
 
 
 class EngineFailed(SimulationError):
@@ -89,7 +89,7 @@ class Limits:
 
 
 # `duly simulate`: each raised with a flag (--max-span, --max-outcomes, --timeout; the
-# flags' defaults are these, written out in cli.py so that `duly --help` stays light).
+# flags' defaults are these, written out in cli/rulefiles.py so that `duly --help` stays light).
 CLI_LIMITS = Limits(span=timedelta(days=400), outcomes=100_000, wall=300.0)
 # POST /v1/simulate and the rules page, which anyone with a key or a sign-in may run.
 SERVER_LIMITS = Limits(span=timedelta(days=92), outcomes=10_000, wall=10.0)
@@ -147,146 +147,6 @@ def describe_span(d: timedelta) -> str:
     raise AssertionError  # pragma: no cover
 
 
-@dataclass(frozen=True, slots=True)
-class TimelineLine:
-    lineno: int
-    at: datetime
-    kind: str
-    value: Any
-
-
-def _parse_at(value: Any, where: str, field_name: str = "at") -> datetime:
-    if not isinstance(value, str):
-        raise SimulationError(
-            f"{where}: {field_name}: expected an ISO 8601 time with offset, got {value!r}"
-        )
-    try:
-        t = datetime.fromisoformat(value)
-    except ValueError:
-        raise SimulationError(
-            f"{where}: {field_name}: {value!r} is not an ISO 8601 time (e.g. 2026-03-12T09:00:00Z)"
-        ) from None
-    if t.tzinfo is None:
-        raise SimulationError(f"{where}: {field_name}: {value!r} needs a UTC offset or Z")
-    return _in_range(t, f"{where}: {field_name}: {value!r}")
-
-
-def _in_range(t: datetime, what: str) -> datetime:
-    try:
-        utc: datetime | None = t.astimezone(UTC)
-    except OverflowError:  # e.g. 9999-12-31T23:59:59-12:00 is in the year 10000 in UTC
-        utc = None
-    if utc is None or not EARLIEST <= utc < LATEST:
-        raise SimulationError(
-            f"{what} is out of the supported range (the years {EARLIEST.year} to {LATEST.year - 1})"
-        )
-    return utc
-
-
-def check_until(until: datetime, name: str = "until") -> datetime:
-    """``until`` (aware) in UTC, or SimulationError naming ``name`` when out of range."""
-    return _in_range(until, f"{name}: {until.isoformat()}")
-
-
-def parse_timeline(text: str, path: str = "timeline.jsonl") -> list[TimelineLine]:
-    """Parse and check a timeline; every structural problem raises SimulationError naming
-    the file, line and field. Lines the API would refuse are found later, when applied."""
-    out: list[TimelineLine] = []
-    last: datetime | None = None
-    for n, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise SimulationError(
-                f"{where}: not valid JSON: {exc.msg} (column {exc.colno})"
-            ) from None
-        except RecursionError:
-            raise SimulationError(f"{where}: the JSON is nested too deeply") from None
-        except ValueError:  # Python refuses integers of more than 4300 digits
-            raise SimulationError(
-                f"{where}: not valid JSON: a number has too many digits"
-            ) from None
-        if not isinstance(obj, dict):
-            raise SimulationError(f"{where}: expected a JSON object")
-        if "at" not in obj:
-            raise SimulationError(f"{where}: at: missing (every line needs an ISO 8601 time)")
-        at = _parse_at(obj["at"], where)
-        kinds = [k for k in KINDS if k in obj]
-        unknown = sorted(set(obj) - set(KINDS) - {"at"})
-        if unknown:
-            raise SimulationError(
-                f"{where}: {unknown[0]}: unknown key; expected one of {', '.join(KINDS)}"
-            )
-        if len(kinds) != 1:
-            raise SimulationError(
-                f"{where}: expected exactly one of {', '.join(KINDS)}, got {len(kinds)}"
-            )
-        if last is not None and at < last:
-            raise SimulationError(f"{where}: at: lines must be in time order ({at} < {last})")
-        last = at
-        kind = kinds[0]
-        value = obj[kind]
-        _check_shape(kind, value, where)
-        out.append(TimelineLine(n, at, kind, value))
-    return out
-
-
-def _need(
-    obj: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str, prefix: str
-) -> Any:
-    if key not in obj or not isinstance(obj[key], typ):
-        raise SimulationError(f"{where}: {prefix}.{key}: missing or not a {_tname(typ)}")
-    return obj[key]
-
-
-def _tname(typ: type | tuple[type, ...]) -> str:
-    if isinstance(typ, tuple):
-        return " or ".join(t.__name__ for t in typ)
-    return {"str": "string", "dict": "object", "list": "list"}.get(typ.__name__, typ.__name__)
-
-
-def _check_shape(kind: str, v: Any, where: str) -> None:
-    if kind == "delete":
-        if not isinstance(v, str) or "/" not in v:
-            raise SimulationError(f'{where}: delete: expected "KIND/KEY"')
-        return
-    if not isinstance(v, dict):
-        raise SimulationError(f"{where}: {kind}: expected an object")
-    if kind == "recipient":
-        _need(v, "id", str, where, kind)
-        for f in ("addresses", "consent"):
-            if f in v and v[f] is not None and not isinstance(v[f], dict):
-                raise SimulationError(f"{where}: recipient.{f}: expected an object")
-    elif kind == "subject":
-        _need(v, "kind", str, where, kind)
-        _need(v, "key", (str, int), where, kind)
-        if "attributes" in v and not isinstance(v["attributes"], dict):
-            raise SimulationError(f"{where}: subject.attributes: expected an object")
-        if "recipients" in v and not isinstance(v["recipients"], dict):
-            raise SimulationError(f"{where}: subject.recipients: expected an object")
-        if v.get("hold_until") is not None:
-            _parse_at(v["hold_until"], where, "subject.hold_until")
-    elif kind == "event":
-        _need(v, "id", (str, int), where, kind)
-        _need(v, "name", str, where, kind)
-        _need(v, "subject", str, where, kind)
-        if "data" in v and not isinstance(v["data"], dict):
-            raise SimulationError(f"{where}: event.data: expected an object")
-    elif kind == "ack":
-        _need(v, "rule", str, where, kind)
-        _need(v, "subject", str, where, kind)
-    elif kind == "fail":
-        _need(v, "channel", str, where, kind)
-        _parse_at(v.get("until"), where, "fail.until")
-        if v.get("kind", "temporary") not in ("temporary", "permanent"):
-            raise SimulationError(f'{where}: fail.kind: expected "temporary" or "permanent"')
-    elif kind == "down":
-        _parse_at(v.get("until"), where, "down.until")
-
-
 @dataclass(slots=True)
 class _Failures:
     by_channel: dict[str, tuple[datetime, bool]] = field(default_factory=dict)
@@ -318,17 +178,6 @@ class CaptureChannel:
 
     def close(self) -> None:
         pass
-
-
-@dataclass(slots=True)
-class Result:
-    """What a run recorded: ``rows`` are the first ``keep`` outcome rows in spec order (all
-    of them without ``keep``), ``total`` counts every row, ``counts`` them by outcome and
-    reason (``"skipped (past)"``)."""
-
-    rows: list[dict[str, Any]]
-    total: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 def run(
@@ -383,7 +232,7 @@ def execute(
         raise LimitExceeded(
             "span",
             f"the run would span {describe_span(end - start)} of virtual time, from "
-            f"{_iso(start)} to {_iso(end)}{why}; the limit is {describe_span(limits.span)}",
+            f"{iso(start)} to {iso(end)}{why}; the limit is {describe_span(limits.span)}",
         )
     deadline = time.monotonic() + limits.wall if limits.wall is not None else None
     sim = _Simulation(rf, start, render)
@@ -395,7 +244,7 @@ def execute(
             alarm.start()
         sim.loop(timeline, end, err, timeline_path, limits, deadline)
         with sim.db.connect() as conn:
-            return _collect(sim.engine.store.iter_outcomes(conn), keep)
+            return collect_rows(sim.engine.store.iter_outcomes(conn), keep)
     finally:
         if alarm is not None:
             alarm.cancel()
@@ -406,16 +255,8 @@ class _Simulation:
     """One run's engine, dispatcher, captures and clock, over a private in-memory database."""
 
     def __init__(self, rf: RuleFile, start: datetime, render: bool) -> None:
-        import sqlalchemy as sa
-        from sqlalchemy.pool import StaticPool
-
-        from duly.store.tables import metadata
-
         self.clock = VirtualClock(start)
-        self.db = sa.create_engine(
-            "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
-        )
-        metadata.create_all(self.db)
+        self.db = in_memory_database()
         self.engine = Engine(rf, self.db, clock=self.clock)
         self.failures = _Failures()
         clock, failures = self.clock, self.failures
@@ -458,13 +299,13 @@ class _Simulation:
             raise LimitExceeded(
                 "outcomes",
                 f"the run recorded more than {limits.outcomes:,} outcomes by "
-                f"{_iso(self.clock.now())} (virtual time); the limit is "
+                f"{iso(self.clock.now())} (virtual time); the limit is "
                 f"{limits.outcomes:,} outcomes",
             )
 
     def _engine_failed(self, exc: Exception) -> SimulationError:
         return EngineFailed(
-            f"the simulation stopped at {_iso(self.clock.now())} (virtual time): the engine "
+            f"the simulation stopped at {iso(self.clock.now())} (virtual time): the engine "
             f"failed: {type(exc).__name__}: {exc}"
         )
 
@@ -490,7 +331,7 @@ class _Simulation:
                 raise LimitExceeded(
                     "wall",
                     f"the run took longer than {limits.wall:g} s (real time) and was stopped "
-                    f"at {_iso(clock.now())} (virtual time, {self.outcomes:,} outcomes so "
+                    f"at {iso(clock.now())} (virtual time, {self.outcomes:,} outcomes so "
                     f"far); the limit is {limits.wall:g} s",
                 )
             line_at = timeline[i].at if i < len(timeline) else None
@@ -508,11 +349,11 @@ class _Simulation:
                 line = timeline[i]
                 i += 1
                 if line.kind == "down":
-                    down_until = _parse_at(line.value["until"], "", "down.until")
+                    down_until = parse_at(line.value["until"], "", "down.until")
                     continue
                 if line.kind == "fail":
                     self.failures.by_channel[line.value["channel"]] = (
-                        _parse_at(line.value["until"], "", "fail.until"),
+                        parse_at(line.value["until"], "", "fail.until"),
                         line.value.get("kind", "temporary") == "permanent",
                     )
                     continue
@@ -539,26 +380,6 @@ class _Simulation:
             self._count(limits)
 
 
-def _collect(rows: Iterator[dict[str, Any]], keep: int | None) -> Result:
-    counts: dict[str, int] = {}
-    total = 0
-
-    def formatted() -> Iterator[dict[str, Any]]:
-        nonlocal total
-        for r in rows:
-            o = _format(r)
-            total += 1
-            k = o["outcome"] + (f" ({o['reason']})" if o["reason"] else "")
-            counts[k] = counts.get(k, 0) + 1
-            yield o
-
-    if keep is None:
-        kept = sorted(formatted(), key=_sort_key)
-    else:  # the same as sorted(...)[:keep], holding only `keep` rows
-        kept = heapq.nsmallest(keep, formatted(), key=_sort_key)
-    return Result(kept, total, dict(sorted(counts.items())))
-
-
 def _apply(engine: Engine, line: TimelineLine) -> None:
     v = line.value
     if line.kind == "recipient":
@@ -582,7 +403,7 @@ def _apply(engine: Engine, line: TimelineLine) -> None:
                 key=str(v["key"]),
                 attributes=v.get("attributes") or {},
                 recipients=v.get("recipients") or {},
-                hold_until=_parse_at(hold, "", "hold_until") if hold else None,
+                hold_until=parse_at(hold, "", "hold_until") if hold else None,
             )
         )
     elif line.kind == "delete":
@@ -592,92 +413,6 @@ def _apply(engine: Engine, line: TimelineLine) -> None:
         engine.post_event(str(v["id"]), v["name"], v["subject"], v.get("data") or {})
     elif line.kind == "ack":
         engine.acknowledge(v["rule"], v["subject"], v.get("recipient"))
-
-
-def _iso(t: datetime | None) -> str | None:
-    if t is None:
-        return None
-    return t.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _format(r: dict[str, Any]) -> dict[str, Any]:
-    occ = json.loads(r["occurrence"])
-    out: dict[str, Any] = {
-        "at": _iso(r["at"]),
-        "planned": _iso(r["planned_at"]),
-        "rule": r["rule"],
-        "step": r["step"] or None,
-        "occurrence": occ,
-        "subject": r["subject"] or None,
-        "recipient": r["recipient"] or None,
-        "channel": r["channel"] or None,
-        "category": r["category"],
-        "outcome": r["outcome"],
-        "reason": r["reason"],
-        "attempt": r["attempt"] or 0,
-    }
-    if r["title"] is not None:
-        out["title"] = r["title"]
-    if r["outcome"] == "sent":
-        out["message"] = r["message_id"]
-    if r["outcome"] == "set":
-        out["changes"] = r["changes"] or {}
-    return out
-
-
-def _nullable(v: Any) -> tuple[int, Any]:
-    if v is None:
-        return (0, "")
-    if isinstance(v, bool):
-        return (1, int(v))
-    if isinstance(v, (int, float)):
-        return (1, v)
-    return (2, str(v))
-
-
-def _sort_key(o: dict[str, Any]) -> tuple[Any, ...]:
-    return (
-        o["at"],
-        o["rule"],
-        _nullable(o["subject"]),
-        _nullable(o["recipient"]),
-        _nullable(o["channel"]),
-        _nullable(o["step"]),
-        _nullable(o["occurrence"]),
-    )
-
-
-def dumps_row(o: dict[str, Any]) -> str:
-    return json.dumps(o, ensure_ascii=False, separators=(", ", ": "))
-
-
-def table(rows: Sequence[dict[str, Any]]) -> Iterator[str]:
-    """Rows for people, then a summary by outcome and reason."""
-    cols = (
-        "at",
-        "rule",
-        "step",
-        "occurrence",
-        "subject",
-        "recipient",
-        "channel",
-        "outcome",
-        "reason",
-        "title",
-    )
-    data = [[("" if o.get(c) is None else str(o.get(c))) for c in cols] for o in rows]
-    widths = [max([len(c)] + [len(d[i]) for d in data]) for i, c in enumerate(cols)]
-    widths[-1] = min(widths[-1], 60)
-    yield "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))
-    yield "  ".join("-" * w for w in widths)
-    for d in data:
-        yield "  ".join(v[:w].ljust(w) for v, w in zip(d, widths, strict=True)).rstrip()
-    summary: dict[str, int] = {}
-    for o in rows:
-        k = o["outcome"] + (f" ({o['reason']})" if o["reason"] else "")
-        summary[k] = summary.get(k, 0) + 1
-    yield ""
-    yield f"{len(rows)} outcomes: " + ", ".join(f"{k}: {n}" for k, n in sorted(summary.items()))
 
 
 def simulate_files(

@@ -31,11 +31,13 @@ check raises :class:`~duly.render.RenderBusy` and nothing is saved.
 The override lookup runs on every render, so it reads a dict. The dict is rebuilt when this
 process saves and, for saves by other processes, when ``(count, max id)`` of the table has
 changed — checked at most every ``refresh`` seconds (2 by default).
+
+The checks are in :mod:`duly.templates_db_checks`, the render context, sample data and
+preview inputs in :mod:`duly.templates_db_context`, the SQL in :mod:`duly.store.templates`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -46,27 +48,33 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-from jinja2 import TemplateSyntaxError, meta, nodes
-
-from duly import planner
 from duly.errors import InvalidInput, NotFound
 from duly.model import Recipient, RenderLimits, Rule, RuleFile, Subject
-from duly.render import (
-    Rendered,
-    Renderer,
-    RenderError,
-    RenderLimitExceeded,
-    _split_subject,
-)
+from duly.render import Rendered, Renderer, RenderError, RenderLimitExceeded
 from duly.rules.yamlnodes import NAME_RE
-from duly.store.db import is_postgres, write_transaction
-from duly.store.tables import templates
+from duly.store import templates as store
+from duly.store.db import Connection, Engine, SQLAlchemyError, is_postgres, write_transaction
+from duly.templates_db_checks import (
+    CONTEXT_NAMES,
+    TemplateInvalid,
+    TemplateOverLimit,
+    _refusal,
+    _static_check,
+)
+from duly.templates_db_context import (
+    SAMPLE_RECIPIENT,
+    SAMPLE_SUBJECT,
+    PreviewInput,
+    preview_input,
+    preview_parties,
+    render_context,
+)
 
 __all__ = [
     "CONTEXT_NAMES",
     "EXTS",
     "Part",
+    "PreviewInput",
     "Saved",
     "TemplateInvalid",
     "TemplateOverLimit",
@@ -74,6 +82,9 @@ __all__ = [
     "TemplateSummary",
     "TemplateView",
     "VersionInfo",
+    "filename",
+    "preview_input",
+    "preview_parties",
     "render_context",
 ]
 
@@ -84,56 +95,6 @@ MAX_BODY = 500_000
 REFRESH_SECONDS = 2.0
 # A save is also rendered with the data of this many of the newest subjects its rules use.
 REAL_SUBJECTS = 3
-
-# The names the dispatcher puts in every template's context (Dispatcher._context; a test
-# pins the two together), besides the collections of schedule rules (``collect``), each under
-# its own name. Anything else a template reads is a typo.
-CONTEXT_NAMES = frozenset(
-    {
-        "subject",
-        "attributes",
-        "recipient",
-        "event",
-        "rule",
-        "step",
-        "now",
-        "timezone",
-        "delivery",
-        "collected",
-    }
-)
-
-
-class TemplateInvalid(InvalidInput):
-    """The template cannot be saved: it does not compile or breaks the sandbox."""
-
-    code = "template_invalid"
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        file: str,
-        line: int | None,
-        field: str | None = "body",
-        subject: str | None = None,
-    ) -> None:
-        self.file, self.line, self.reason, self.subject = file, line, reason, subject
-        where = f"{file}, line {line}" if line else file
-        data = f" (with the data of subject {subject})" if subject else ""
-        super().__init__(f"{where}{data}: {reason}", field=field)
-
-
-class TemplateOverLimit(TemplateInvalid):
-    """The template goes over a ``render:`` limit of the rule file (``limit`` names it)."""
-
-    code = "render_limit"
-
-    def __init__(
-        self, reason: str, *, file: str, line: int | None, limit: str, subject: str | None
-    ) -> None:
-        self.limit = limit
-        super().__init__(reason, file=file, line=line, subject=subject)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,201 +159,7 @@ def check_name(value: str, what: str, max_len: int) -> None:
         )
 
 
-# --------------------------------------------------------------------------- context
-
-
-SAMPLE_RECIPIENT = Recipient(
-    id="sample-recipient",
-    name="Sam Sample",
-    email="sam@example.com",
-    phone="+15550100",
-    timezone="UTC",
-    locale="en",
-)
-SAMPLE_SUBJECT = Subject(
-    kind="sample",
-    key="SAMPLE-1",
-    attributes={},
-    recipients={"customer": (SAMPLE_RECIPIENT.id,)},
-)
-
-
-def render_context(
-    *,
-    name: str,
-    subject: Subject | None,
-    recipient: Recipient | None,
-    event: Mapping[str, Any] | None,
-    now: datetime,
-    timezone: str,
-    category: str = "reminder",
-    collected: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The context the dispatcher would give ``name`` (same keys as Dispatcher._context)."""
-    return {
-        "subject": planner.subject_dict(subject) if subject is not None else None,
-        "attributes": subject.attributes if subject is not None else {},
-        "recipient": planner.recipient_dict(recipient),
-        "event": dict(event) if event is not None else None,
-        "rule": {"name": name, "category": category},
-        "step": {"name": None, "occurrence": 0},
-        "now": now,
-        "timezone": timezone,
-        "delivery": {"id": 0, "planned_at": now, "due_at": now},
-        **(collected or {}),
-        "collected": dict(collected or {}),
-    }
-
-
-@dataclass(frozen=True)
-class PreviewInput:
-    """What a preview renders with: the render context, the subject and recipient it was
-    made for (sample ones when ``real`` is False), the zone and locale to render in."""
-
-    context: dict[str, Any]
-    subject: Subject
-    recipient: Recipient | None
-    real: bool
-    timezone: str
-    locale: str
-
-
-def preview_parties(
-    eng: Any, subject_ref: str | None, recipient_id: str | None
-) -> tuple[Subject | None, Recipient | None]:
-    """The subject (``KIND/KEY``) and recipient a preview is for; without a recipient, the
-    subject's first one. Raises NotFound naming the field (``subject`` or ``recipient``)."""
-    subject: Subject | None = None
-    recipient: Recipient | None = None
-    with eng.db.connect() as conn:
-        if subject_ref is not None:
-            kind, _, key = subject_ref.partition("/")
-            rec = eng.store.get_subjects(conn, [(kind, key)]).get((kind, key)) if key else None
-            if rec is None or rec.deleted:
-                raise NotFound(f"no subject {subject_ref}", field="subject")
-            subject = rec.subject
-        rid = recipient_id
-        if rid is None and subject is not None:
-            rid = next((r for ids in subject.recipients.values() for r in ids), None)
-        if rid is not None:
-            recipient = eng.store.get_recipients(conn, [rid]).get(rid)
-            if recipient is None and recipient_id is not None:
-                raise NotFound(f"no recipient {rid}", field="recipient")
-    return subject, recipient
-
-
-def preview_input(
-    ts: TemplateStore,
-    eng: Any,
-    name: str,
-    subject: Subject | None,
-    recipient: Recipient | None,
-    *,
-    now: datetime,
-    event: Mapping[str, Any] | None = None,
-) -> PreviewInput:
-    """The context the dispatcher would give ``name`` for this subject and recipient (sample
-    data when neither is given); a schedule rule's collections (``collect:``) come from the
-    database, as when it sends."""
-    real = subject is not None or recipient is not None
-    if not real:
-        subject, recipient = SAMPLE_SUBJECT, SAMPLE_RECIPIENT
-    assert subject is not None
-    tz = (recipient.timezone if recipient else None) or eng.rules.timezone
-    collected = ts.sample_collections(name)
-    rule = next((r for r in ts.rules_using(name) if r.collect), None)
-    if rule is not None:
-        from zoneinfo import ZoneInfo
-
-        from duly.engine.collect import collect_all
-
-        with eng.db.connect() as conn:
-            collected = collect_all(conn, rule, now, ZoneInfo(rule.timezone or eng.rules.timezone))
-    ctx = render_context(
-        name=name,
-        subject=subject,
-        recipient=recipient,
-        event=event,
-        now=now,
-        timezone=tz,
-        collected=collected,
-    )
-    locale = (recipient.locale if recipient else None) or "en"
-    return PreviewInput(ctx, subject, recipient, real, tz, locale)
-
-
-# --------------------------------------------------------------------------- checks
-
-
-def _static_check(
-    renderer: Renderer, file: str, source: str, names: frozenset[str] = CONTEXT_NAMES
-) -> None:
-    """Syntax, names the context never has, dunder attributes: the errors that would fail
-    every render, found without data (so also in branches sample data never takes)."""
-    # The Renderer's own environment (its globals, filters and syntax), and its split of a
-    # first "Subject:" line, compiled on its own (the body keeps a blank line in its place).
-    env = renderer._env
-    body, subject = _split_subject(source)
-    try:
-        trees = [env.parse(body, file, file)]
-        if subject is not None:
-            trees.append(env.parse(subject, file, file))
-        for ast in trees:
-            _check_tree(ast, file, names)
-    except TemplateSyntaxError as exc:  # also an unknown filter or test (an assertion)
-        raise TemplateInvalid(exc.message or "syntax error", file=file, line=exc.lineno) from None
-    except RecursionError:
-        raise TemplateInvalid("expressions are nested too deeply", file=file, line=None) from None
-
-
-def _check_tree(ast: nodes.Template, file: str, names: frozenset[str]) -> None:
-    unknown = meta.find_undeclared_variables(ast) - names
-    for node in ast.find_all(nodes.Name):
-        if node.ctx == "load" and node.name in unknown:
-            known = ", ".join(sorted(names))
-            raise TemplateInvalid(
-                f"{node.name!r} is undefined: a template can read {known} and the helpers",
-                file=file,
-                line=node.lineno,
-            )
-    for expr in ast.find_all((nodes.Getattr, nodes.Filter)):
-        attr = None
-        if isinstance(expr, nodes.Getattr):
-            attr = expr.attr
-        elif (
-            isinstance(expr, nodes.Filter)
-            and expr.name == "attr"
-            and expr.args
-            and isinstance(expr.args[0], nodes.Const)
-        ):
-            attr = expr.args[0].value
-        if isinstance(attr, str) and attr.startswith("__"):
-            raise TemplateInvalid(
-                f"not allowed in a template: attribute {attr!r}", file=file, line=expr.lineno
-            )
-
-
-def _refusal(exc: RenderError, own: set[str], subject: str | None) -> TemplateInvalid | None:
-    """A render failure that refuses the save: over a limit, or in a file being saved and
-    not about data (syntax, the sandbox, a missing include)."""
-    if isinstance(exc, RenderLimitExceeded):
-        return TemplateOverLimit(
-            exc.reason,
-            file=exc.template or "",
-            line=exc.line,
-            limit=exc.limit,
-            subject=subject,
-        )
-    if exc.template in own and exc.kind in ("syntax", "security", "not_found"):
-        return TemplateInvalid(exc.reason, file=exc.template or "", line=exc.line, subject=subject)
-    return None
-
-
 # --------------------------------------------------------------------------- the store
-
-
-def _lock_key(name: str) -> int:
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 class TemplateStore:
@@ -400,7 +167,7 @@ class TemplateStore:
 
     def __init__(
         self,
-        db: sa.Engine,
+        db: Engine,
         templates_dir: str | Path | None,
         *,
         rules: RuleFile | None = None,
@@ -437,18 +204,15 @@ class TemplateStore:
                 # Rows are only ever added, so the count changes on every save. max(id)
                 # alone is not enough on PostgreSQL: ids are taken at insert but become
                 # visible at commit, so a lower id can appear after a higher one.
-                count, top = conn.execute(
-                    sa.select(sa.func.count(), sa.func.coalesce(sa.func.max(templates.c.id), 0))
-                ).one()
-                stamp = (int(count), int(top))
+                stamp = store.templates_stamp(conn)
                 if not force and stamp == self._stamp:
                     return
                 cache = {
                     filename(r.name, r.channel, r.ext): r.body
-                    for r in conn.execute(_newest_parts_query())
+                    for r in store.newest_template_parts(conn)
                 }
             self._cache, self._stamp = cache, stamp
-        except sa.exc.SQLAlchemyError:
+        except SQLAlchemyError:
             # Rendering goes on with what is known; the next check tries again.
             log.warning("could not read database templates; using the last known", exc_info=True)
         finally:
@@ -487,7 +251,7 @@ class TemplateStore:
         """Every template name, from the files and the database, sorted by name."""
         files = self._files()
         with self.db.connect() as conn:
-            rows = conn.execute(_newest_parts_query(with_body=False)).all()
+            rows = store.newest_template_parts(conn, with_body=False)
         by_name: dict[str, dict[tuple[str, str], Part]] = {}
         latest: dict[str, int] = {}
         for name, channel, ext in files:
@@ -559,20 +323,9 @@ class TemplateStore:
                 for (c, e), r in self._as_of(conn, name, version).items()
             }
 
-    def _history(self, conn: sa.Connection, name: str) -> list[VersionInfo]:
-        q = (
-            sa.select(
-                templates.c.version,
-                templates.c.author,
-                templates.c.created_at,
-                templates.c.channel,
-                templates.c.ext,
-            )
-            .where(templates.c.name == name)
-            .order_by(templates.c.version, templates.c.channel, templates.c.ext)
-        )
+    def _history(self, conn: Connection, name: str) -> list[VersionInfo]:
         out: list[VersionInfo] = []
-        for r in conn.execute(q):
+        for r in store.template_history(conn, name):
             if out and out[-1].version == r.version:
                 last = out[-1]
                 out[-1] = VersionInfo(
@@ -588,17 +341,10 @@ class TemplateStore:
         return out
 
     def _as_of(
-        self, conn: sa.Connection, name: str, version: int | None
-    ) -> dict[tuple[str, str], Any]:
+        self, conn: Connection, name: str, version: int | None
+    ) -> dict[tuple[str, str], store.TemplateRow]:
         """Each database part of ``name`` at its newest row with version <= ``version``."""
-        cond = [templates.c.name == name]
-        if version is not None:
-            cond.append(templates.c.version <= version)
-        q = sa.select(templates).where(*cond).order_by(templates.c.version)
-        out: dict[tuple[str, str], Any] = {}
-        for r in conn.execute(q):
-            out[(r.channel, r.ext)] = r  # ordered by version: the last one wins
-        return out
+        return store.template_parts_as_of(conn, name, version)
 
     # ------------------------------------------------------------------ checking
 
@@ -652,27 +398,19 @@ class TemplateStore:
         """The ``n`` newest subjects (not deleted) of the kinds the rules using ``name`` work
         on, each with its first recipient: the real data a save is checked with."""
         from duly.store.store import Store
-        from duly.store.tables import subjects
 
         kinds = sorted({r.subject for r in self.rules_using(name) if r.subject})
         if not kinds:
             return []
-        # served by the primary key (newest first) filtered on kind; a few rows at most
-        q = (
-            sa.select(subjects.c.kind, subjects.c.key)
-            .where(subjects.c.kind.in_(kinds), subjects.c.deleted_at.is_(None))
-            .order_by(subjects.c.id.desc())
-            .limit(n)
-        )
         with self.db.connect() as conn:
-            store = Store(postgres=is_postgres(conn))
-            refs = [(r.kind, r.key) for r in conn.execute(q)]
-            records = store.get_subjects(conn, refs)
+            reader = Store(postgres=is_postgres(conn))
+            refs = store.newest_subject_refs(conn, kinds, n)
+            records = reader.get_subjects(conn, refs)
             found = [records[ref].subject for ref in refs if ref in records]
             first = {
                 s.ref: next((r for ids in s.recipients.values() for r in ids), None) for s in found
             }
-            people = store.get_recipients(conn, [r for r in first.values() if r])
+            people = reader.get_recipients(conn, [r for r in first.values() if r])
         return [(s, people.get(first[s.ref] or "")) for s in found]
 
     def check(self, name: str, sources: Mapping[str, str], now: datetime) -> list[str]:
@@ -760,32 +498,14 @@ class TemplateStore:
                     exc.field = f"parts.{keys.index(exc.file)}.body"
             raise
         with write_transaction(self.db) as conn:
-            if is_postgres(conn):
-                # one writer per name at a time: version numbers are per name
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_lock_key(name))))
+            # one writer per name at a time: version numbers are per name
+            store.lock_template_name(conn, name)
             current = self._as_of(conn, name, None)
             changed = {k: b for k, b in wanted.items() if k not in current or current[k].body != b}
             if not changed:
                 return Saved(None, [], warnings)
-            top = conn.execute(
-                sa.select(sa.func.max(templates.c.version)).where(templates.c.name == name)
-            ).scalar()
-            version = int(top or 0) + 1
-            conn.execute(
-                sa.insert(templates),
-                [
-                    {
-                        "name": name,
-                        "channel": c,
-                        "ext": e,
-                        "version": version,
-                        "body": b,
-                        "author": author,
-                        "created_at": now,
-                    }
-                    for (c, e), b in sorted(changed.items())
-                ],
-            )
+            version = (store.latest_template_version(conn, name) or 0) + 1
+            store.add_template_version(conn, name, version, changed, author=author, now=now)
         self.refresh(force=True)
         log.info("template %s version %s saved by %s: %s", name, version, author, sorted(changed))
         return Saved(version, [f"{c}.{e}" for c, e in sorted(changed)], warnings)
@@ -826,37 +546,3 @@ class TemplateStore:
         return renderer.render(
             name, channel, context, recipient=recipient, timezone=timezone, locale=locale
         )
-
-
-def _newest_parts_query(*, with_body: bool = True) -> sa.Select[Any]:
-    """The newest row of every (name, channel, ext): what overrides the files. Served by
-    the unique index on (name, channel, ext, version)."""
-    newest = (
-        sa.select(
-            templates.c.name,
-            templates.c.channel,
-            templates.c.ext,
-            sa.func.max(templates.c.version).label("version"),
-        )
-        .group_by(templates.c.name, templates.c.channel, templates.c.ext)
-        .subquery()
-    )
-    cols: list[Any] = [
-        templates.c.name,
-        templates.c.channel,
-        templates.c.ext,
-        templates.c.version,
-        templates.c.author,
-        templates.c.created_at,
-    ]
-    if with_body:
-        cols.append(templates.c.body)
-    return sa.select(*cols).join(
-        newest,
-        sa.and_(
-            templates.c.name == newest.c.name,
-            templates.c.channel == newest.c.channel,
-            templates.c.ext == newest.c.ext,
-            templates.c.version == newest.c.version,
-        ),
-    )

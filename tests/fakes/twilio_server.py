@@ -10,6 +10,13 @@ It answers as Twilio does:
 - another account's URL → 404 ``{"code": 20404, ...}``;
 - missing ``To`` / ``From`` and ``MessagingServiceSid`` / ``Body`` → 400 with 21604 / 21603
   / 21602; a ``To`` that is not E.164 (after any ``whatsapp:``) → 400 with 21211;
+- WhatsApp templates (Content API, as in Twilio's "Send templates created with the Content
+  Template Builder" and its error pages, Messages API 2010-04-01): ``ContentSid`` stands in
+  for ``Body``; it must be ``HX`` + 32 hex digits (else 21655), ``ContentVariables`` must be
+  a JSON object (else 21656) and needs a ``ContentSid`` (else 21654);
+- a free-form ``Body`` to a ``whatsapp:`` number listed in :attr:`FakeTwilio.outside_window`
+  → 400 with 63016 (real Twilio often reports 63016 later, through the status callback; the
+  fake answers at once so the channel's handling can be tested);
 - otherwise 201 with the new message (``sid`` ``SM`` + 32 hex digits, ``status`` queued).
 
 Tests script other answers with :meth:`FakeTwilio.answer` (used in order, one per request,
@@ -29,6 +36,7 @@ make the client time out, or a raw body. Every request is recorded, parsed, in
 from __future__ import annotations
 
 import base64
+import json
 import re
 import secrets
 import threading
@@ -57,8 +65,17 @@ ERRORS = {
     21610: (400, "Attempt to send to unsubscribed recipient"),
     21611: (400, "This 'From' number has exceeded the maximum number of queued messages"),
     21614: (400, "'To' number is not a valid mobile number"),
+    21654: (400, "ContentSid Required"),
+    21655: (400, "The ContentSid is Invalid"),
+    21656: (400, "The ContentVariables Parameter is invalid"),
     63003: (400, "Channel could not find To address"),
+    63016: (
+        400,
+        "Failed to send freeform message because you are outside the allowed window. "
+        "If you are using WhatsApp, please use a Message Template.",
+    ),
 }
+_CONTENT_SID = re.compile(r"HX[0-9a-fA-F]{32}")
 
 
 @dataclass(frozen=True)
@@ -89,6 +106,8 @@ class FakeTwilio(LocalServer):
     account: str = field(default_factory=lambda: "AC" + secrets.token_hex(16))
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     requests: list[Recorded] = field(default_factory=list)
+    # WhatsApp numbers (E.164) whose customer-service window is closed: free-form text fails
+    outside_window: set[str] = field(default_factory=set)
     _script: list[Answer] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -153,11 +172,20 @@ class FakeTwilio(LocalServer):
             return self._error(21604)
         if not (r.form.get("From") or r.form.get("MessagingServiceSid")):
             return self._error(21603)
-        if not r.form.get("Body"):
+        content_sid = r.form.get("ContentSid")
+        if "ContentVariables" in r.form and not content_sid:
+            return self._error(21654)
+        if content_sid is not None and not _CONTENT_SID.fullmatch(content_sid):
+            return self._error(21655)
+        if "ContentVariables" in r.form and not _json_object(r.form["ContentVariables"]):
+            return self._error(21656)
+        if not (r.form.get("Body") or content_sid):
             return self._error(21602)
         number = to.removeprefix("whatsapp:")
         if not _E164.fullmatch(number):
             return self._error(21211, f"The 'To' number {to} is not a valid phone number.")
+        if to.startswith("whatsapp:") and not content_sid and number in self.outside_window:
+            return self._error(63016)
         return Reply.json(201, self._created(r))
 
     def _created(self, r: Recorded) -> dict[str, Any]:
@@ -188,6 +216,13 @@ class FakeTwilio(LocalServer):
                 "status": status,
             },
         )
+
+
+def _json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 def _basic_auth(header: str | None) -> tuple[str, str] | None:

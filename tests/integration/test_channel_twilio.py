@@ -202,14 +202,26 @@ def test_address_errors_are_permanent_and_name_the_code(twilio: FakeTwilio, code
     assert (err.permanent, err.code, err.address) == (True, str(code), True)
 
 
+@pytest.mark.parametrize(
+    ("status", "answer", "expected_code"),
+    [
+        pytest.param(
+            400,
+            {"code": 21408, "message": "Permission to send an SMS has not been enabled"},
+            "21408",
+            id="sms-not-enabled",
+        ),
+        pytest.param(404, {"code": 20404}, "20404", id="unknown-account"),
+    ],
+)
 def test_a_refusal_about_the_account_is_permanent_but_not_about_the_address(
-    twilio: FakeTwilio,
+    twilio: FakeTwilio, status: int, answer: dict[str, Any], expected_code: str
 ) -> None:
     ch = channel(twilio)
-    twilio.answer(400, code=21408, message="Permission to send an SMS has not been enabled")
+    twilio.answer(status, **answer)
     err = send_error(ch)
     ch.close()
-    assert (err.permanent, err.code, err.address) == (True, "21408", False)
+    assert (err.permanent, err.code, err.address) == (True, expected_code, False)
 
 
 def test_bad_credentials_are_permanent(twilio: FakeTwilio) -> None:
@@ -219,14 +231,6 @@ def test_bad_credentials_are_permanent(twilio: FakeTwilio) -> None:
     assert err.permanent and err.code == "20003"
     assert "refused the account and token" in str(err)
     assert twilio.requests[0].auth == (twilio.account, "wrong-token")
-
-
-def test_an_unknown_account_is_permanent(twilio: FakeTwilio) -> None:
-    ch = channel(twilio)
-    twilio.answer(404, code=20404)
-    err = send_error(ch)
-    ch.close()
-    assert (err.permanent, err.code, err.address) == (True, "20404", False)
 
 
 @pytest.mark.parametrize(

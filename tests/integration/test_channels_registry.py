@@ -73,7 +73,7 @@ def test_unsupported_types_are_named(type_: str, problem: str) -> None:
     assert isinstance(info.value, ChannelConfigError)
     supported = (
         "apprise, inbox, mailgun, null, outbox, postmark, sendgrid, ses, smtp, "
-        "twilio-sms, twilio-whatsapp, webhook"
+        "twilio-sms, twilio-whatsapp, webhook, whatsapp-cloud"
     )
     assert str(info.value) == f"channel 'ops' (type {type_}): {problem}; supported: {supported}"
 

@@ -330,16 +330,21 @@ def run_a_postgres_test(env_overrides: dict[str, str]) -> subprocess.CompletedPr
 
 
 @pytest.mark.slow
-def test_postgres_tests_skip_without_a_url_locally() -> None:
-    result = run_a_postgres_test({})
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 skipped" in result.stdout
-    assert "PostgreSQL tests need DULY_TEST_DATABASE_URL" in result.stdout
-
-
-@pytest.mark.slow
-def test_postgres_tests_fail_without_a_url_in_ci() -> None:
-    result = run_a_postgres_test({"CI": "true"})
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "1 error" in result.stdout
-    assert "in CI the PostgreSQL tests must run" in result.stdout
+@pytest.mark.parametrize(
+    ("env", "returncode", "summary", "message"),
+    [
+        pytest.param(
+            {}, 0, "1 skipped", "PostgreSQL tests need DULY_TEST_DATABASE_URL", id="skip-locally"
+        ),
+        pytest.param(
+            {"CI": "true"}, 1, "1 error", "in CI the PostgreSQL tests must run", id="fail-in-ci"
+        ),
+    ],
+)
+def test_postgres_tests_without_a_url(
+    env: dict[str, str], returncode: int, summary: str, message: str
+) -> None:
+    result = run_a_postgres_test(env)
+    assert result.returncode == returncode, result.stdout + result.stderr
+    assert summary in result.stdout
+    assert message in result.stdout

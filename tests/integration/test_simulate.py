@@ -167,41 +167,45 @@ def test_output_is_deterministic_and_table_format_summarises(tmp_path: Path) -> 
     assert "outcomes:" in out.splitlines()[-1] and "sent: " in out
 
 
-def test_temporary_failure_retries_and_reports_the_attempt(tmp_path: Path) -> None:
-    r, t = write(
-        tmp_path,
-        [
-            ALICE,
-            inv("2026-03-01T08:00:00Z"),
+@pytest.mark.parametrize(
+    ("line", "expected", "at_between"),
+    [
+        pytest.param(
             {
                 "at": "2026-03-12T08:00:00Z",
                 "fail": {"channel": "email", "until": "2026-03-12T09:02:30Z"},
             },
-        ],
-    )
-    code, out, _ = run(str(r), str(t))
-    due = next(x for x in rows(out) if x["step"] == "due-soon")
-    # tries at 09:00:00, +60 s (±10%), +120 s (±10%): the third attempt is after 09:02:30
-    assert due["outcome"] == "sent" and due["attempt"] == 3
-    assert "2026-03-12T09:02:30Z" <= due["at"] <= "2026-03-12T09:03:20Z"
-    assert due["planned"] == "2026-03-12T09:00:00Z"
-
-
-def test_permanent_failure_fails_at_once(tmp_path: Path) -> None:
-    r, t = write(
-        tmp_path,
-        [
-            ALICE,
-            inv("2026-03-01T08:00:00Z"),
+            {"outcome": "sent", "attempt": 3, "planned": "2026-03-12T09:00:00Z"},
+            # tries at 09:00:00, +60 s (±10%), +120 s (±10%): the third attempt is after 09:02:30
+            ("2026-03-12T09:02:30Z", "2026-03-12T09:03:20Z"),
+            id="temporary-failure-retries-and-reports-the-attempt",
+        ),
+        pytest.param(
             {
                 "at": "2026-03-12T08:00:00Z",
                 "fail": {"channel": "email", "until": "2026-03-13T00:00:00Z", "kind": "permanent"},
             },
-        ],
-    )
+            {"outcome": "failed", "reason": "permanent_error", "attempt": 1},
+            None,
+            id="permanent-failure-fails-at-once",
+        ),
+        pytest.param(
+            {"at": "2026-03-11T00:00:00Z", "down": {"until": "2026-03-13T00:00:00Z"}},
+            {"at": "2026-03-13T00:00:00Z", "outcome": "skipped", "reason": "missed"},
+            None,
+            id="long-downtime-skips-stale-reminders-as-missed",
+        ),
+    ],
+)
+def test_the_due_soon_reminder_after_a_failure_or_downtime(
+    tmp_path: Path, line: dict, expected: dict, at_between: tuple[str, str] | None
+) -> None:
+    r, t = write(tmp_path, [ALICE, inv("2026-03-01T08:00:00Z"), line])
     _, out, _ = run(str(r), str(t))
     due = next(x for x in rows(out) if x["step"] == "due-soon")
-    assert (due["outcome"], due["reason"], due["attempt"]) == ("failed", "permanent_error", 1)
+    assert {key: due.get(key) for key in expected} == expected
+    if at_between is not None:
+        assert at_between[0] <= due["at"] <= at_between[1]
 
 
 def test_downtime_catch_up_follows_grace(tmp_path: Path) -> None:
@@ -224,24 +228,6 @@ def test_downtime_catch_up_follows_grace(tmp_path: Path) -> None:
     assert got[("invoice/INV-1", "overdue")]["at"] == "2026-03-16T00:00:00Z"
     # INV-2's due-soon (17 March 09:00) came back at 12:30: 3.5 h late, sent
     assert got[("invoice/INV-2", "due-soon")]["at"] == "2026-03-17T12:30:00Z"
-
-
-def test_a_long_downtime_skips_stale_reminders_as_missed(tmp_path: Path) -> None:
-    r, t = write(
-        tmp_path,
-        [
-            ALICE,
-            inv("2026-03-01T08:00:00Z"),
-            {"at": "2026-03-11T00:00:00Z", "down": {"until": "2026-03-13T00:00:00Z"}},
-        ],
-    )
-    _, out, _ = run(str(r), str(t))
-    due = next(x for x in rows(out) if x["step"] == "due-soon")
-    assert (due["at"], due["outcome"], due["reason"]) == (
-        "2026-03-13T00:00:00Z",
-        "skipped",
-        "missed",
-    )
 
 
 def test_until_limits_virtual_time(tmp_path: Path) -> None:

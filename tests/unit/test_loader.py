@@ -806,13 +806,6 @@ def test_unconfigured_channels_rule_and_step_channels_and_fallback() -> None:
     )
 
 
-def test_channels_and_fallback_together() -> None:
-    errs = errors(
-        "rules:\n  - {name: a, subject: s, to: [x], at: d, channels: [email], fallback: [inbox]}\n"
-    )
-    assert where(errs) == [(2, "rules[0].fallback")]
-
-
 # --------------------------------------------------------------------------- file-level sections
 
 
@@ -842,9 +835,39 @@ def test_calendar_errors() -> None:
     assert errs[3].message == "expected a date YYYY-MM-DD, got '2026-02-30'"
 
 
-def test_group_errors() -> None:
-    errs = errors("groups:\n  admins: ops-1\n  ok: [a, [b]]\nrules: []\n")
-    assert where(errs) == [(2, "groups.admins"), (3, "groups.ok[1]")]
+@pytest.mark.parametrize(
+    ("text", "places", "message_starts"),
+    [
+        pytest.param(
+            "rules:\n  - {name: a, subject: s, to: [x], at: d, channels: [email], fallback: [inbox]}\n",
+            [(2, "rules[0].fallback")],
+            [],
+            id="channels-and-fallback-together",
+        ),
+        pytest.param(
+            "groups:\n  admins: ops-1\n  ok: [a, [b]]\nrules: []\n",
+            [(2, "groups.admins"), (3, "groups.ok[1]")],
+            [],
+            id="group-errors",
+        ),
+        pytest.param(
+            "groups:\n  'a b': [x]\nchannels:\n  'sms/1': {type: outbox}\nrules: []\n",
+            [(2, "groups.a b"), (4, "channels.sms/1")],
+            [
+                "expected a group name (letters, digits",
+                "expected a channel name (letters, digits",
+            ],
+            id="group-and-channel-names-are-checked",
+        ),
+    ],
+)
+def test_small_files_report_each_error_at_its_line_and_field(
+    text: str, places: list[tuple[int, str]], message_starts: list[str]
+) -> None:
+    errs = errors(text)
+    assert where(errs) == places
+    for err, start in zip(errs, message_starts, strict=False):
+        assert err.message.startswith(start)
 
 
 def test_channel_errors_never_echo_values() -> None:
@@ -1031,22 +1054,29 @@ def test_templates_dir_argument_and_check_templates_off(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- robustness
 
 
-def test_alias_bombs_are_bounded() -> None:
+def _alias_bomb() -> str:
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     for i in range(1, 9):
         prev = f"*a{i - 1}"
         lines.append(f"a{i}: &a{i} [{', '.join([prev] * 10)}]")
     bomb = "\n".join("        " + ln for ln in lines)
-    text = f"rules:\n  - name: r\n    subject: s\n    at: d\n    set:\n{bomb}\n"
+    return f"rules:\n  - name: r\n    subject: s\n    at: d\n    set:\n{bomb}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(_alias_bomb(), "too large or nested too deeply", id="alias-bombs-are-bounded"),
+        pytest.param(
+            "rules:\n  - name: !!python/object:os.system x\n    subject: s\n    to: [x]\n    at: d\n",
+            "unsupported YAML tag",
+            id="yaml-tags-are-not-constructed",
+        ),
+    ],
+)
+def test_hostile_yaml_is_refused(text: str, message: str) -> None:
     errs = errors(text)
-    assert any("too large or nested too deeply" in e.message for e in errs)
-
-
-def test_yaml_tags_are_not_constructed() -> None:
-    errs = errors(
-        "rules:\n  - name: !!python/object:os.system x\n    subject: s\n    to: [x]\n    at: d\n"
-    )
-    assert any("unsupported YAML tag" in e.message for e in errs)
+    assert any(message in e.message for e in errs)
 
 
 # --------------------------------------------------------------------------- check_main
@@ -1110,10 +1140,3 @@ def test_simulations_need_no_channel_configuration() -> None:
     assert (err.field, err2.field) == ("rules[0].channels[0]", "rules[0].channels[1]")
     rf = load(text, check_channels=False)
     assert rf.rules[0].channels == ("sms", "push")
-
-
-def test_group_and_channel_names_are_checked() -> None:
-    errs = errors("groups:\n  'a b': [x]\nchannels:\n  'sms/1': {type: outbox}\nrules: []\n")
-    assert where(errs) == [(2, "groups.a b"), (4, "channels.sms/1")]
-    assert errs[0].message.startswith("expected a group name (letters, digits")
-    assert errs[1].message.startswith("expected a channel name (letters, digits")

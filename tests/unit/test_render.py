@@ -292,16 +292,18 @@ def test_syntax_error_names_file_and_line(templates: Path) -> None:
     assert "due.email.html, line 3: Expected an expression" in str(info.value)
 
 
-def test_error_in_subject_line_is_line_one(templates: Path) -> None:
-    write(templates, "due.email.txt", "Subject: {{ nope }}\nbody\n")
+@pytest.mark.parametrize(
+    ("name", "subject"),
+    [
+        pytest.param("due", "{{ nope }}", id="undefined"),
+        pytest.param("bad", "{% for %}", id="syntax-error"),
+    ],
+)
+def test_error_in_subject_line_is_line_one(templates: Path, name: str, subject: str) -> None:
+    write(templates, f"{name}.email.txt", f"Subject: {subject}\nbody\n")
     with pytest.raises(RenderError) as info:
-        Renderer(templates).render("due", "email", {})
-    assert (info.value.template, info.value.line) == ("due.email.txt", 1)
-
-    write(templates, "bad.email.txt", "Subject: {% for %}\nbody\n")
-    with pytest.raises(RenderError) as info:
-        Renderer(templates).render("bad", "email", {})
-    assert (info.value.template, info.value.line) == ("bad.email.txt", 1)
+        Renderer(templates).render(name, "email", {})
+    assert (info.value.template, info.value.line) == (f"{name}.email.txt", 1)
 
 
 def test_missing_template_is_a_render_error(templates: Path) -> None:

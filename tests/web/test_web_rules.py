@@ -258,8 +258,8 @@ def test_simulate_runs_an_uploaded_file(web: Web) -> None:
 
 
 def test_an_upload_without_the_token_first_is_refused(web: Web) -> None:
-    """asgi-csrf reads a multipart body only up to the token: no token, or a file part
-    before it, is refused (duly.web's shim keeps this with today's python-multipart)."""
+    """duly.web.csrf reads a multipart body only up to the token: no token, or a file part
+    before it, is refused."""
     web.login()
     token = web.token("/rules/simulate")
     r = web.client.post(

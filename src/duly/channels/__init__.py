@@ -41,6 +41,7 @@ CHANNEL_TYPES: dict[str, str] = {
     "webhook": "duly.channels.webhook:WebhookChannel",
     "twilio-sms": "duly.channels.twilio:TwilioSmsChannel",
     "twilio-whatsapp": "duly.channels.twilio:TwilioWhatsAppChannel",
+    "whatsapp-cloud": "duly.channels.whatsapp_cloud:WhatsAppCloudChannel",
     "apprise": "duly.channels.apprise:AppriseChannel",
     "sendgrid": "duly.channels.sendgrid:SendGridChannel",
     "postmark": "duly.channels.postmark:PostmarkChannel",

@@ -95,12 +95,19 @@ _FILE_URL = re.compile(r"(?<![A-Za-z0-9+.-])file:", re.IGNORECASE)
 # Native service URLs (https://discord.com/api/webhooks/…) are allowed by their service.
 _NATIVE = frozenset({"http", "https"})
 
+APPRISE_MISSING = (
+    "the apprise channel needs the apprise package, which is not installed: "
+    "pip install 'duly[apprise]'"
+)
+
 _load_lock = threading.Lock()
 _apprise: ModuleType | None = None
 
 
 def _load() -> ModuleType:
-    """The apprise package with its plugins loaded (once, on first use)."""
+    """The apprise package with its plugins loaded (once, on first use). Raises ValueError
+    (which build_channel reports as the channel's configuration error) when it is not
+    installed."""
     global _apprise
     with _load_lock:
         if _apprise is None:
@@ -110,8 +117,13 @@ def _load() -> ModuleType:
                 warnings.filterwarnings(
                     "ignore", message="'imghdr' is deprecated", category=DeprecationWarning
                 )
-                import apprise
-                from apprise.plugins import N_MGR
+                try:
+                    import apprise
+                    from apprise.plugins import N_MGR
+                except ModuleNotFoundError as exc:
+                    if (exc.name or "").partition(".")[0] != "apprise":
+                        raise
+                    raise ValueError(APPRISE_MISSING) from None
 
                 N_MGR.load_modules()  # type: ignore[no-untyped-call]
             _apprise = apprise

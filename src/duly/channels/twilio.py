@@ -28,6 +28,14 @@ when the body has none, so suppression can act on 21610 and the like):
 The text is the message's ``text`` (its ``title`` when there is none), without surrounding
 whitespace, cut to Twilio's 1,600 characters (counted as Twilio does, in UTF-16 units) with
 an ellipsis.
+
+WhatsApp templates (Twilio Content API): ``twilio-whatsapp`` with ``content_sid`` (``HX`` and
+32 hex digits, an approved template) sends ``ContentSid`` and ``ContentVariables`` (a JSON
+string) instead of ``Body`` whenever free-form text is not allowed; ``content_variables``
+maps variables to message fields and ``freeform`` (window, always, never) says when text
+is allowed — see :mod:`duly.channels._whatsapp` for the variables and the window. Error
+63016 (free-form text outside the 24-hour window) is permanent and names the fix; with a
+template configured, the message is sent again at once as the template.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from urllib.parse import quote
 
 import httpx
 
-from duly.channels import _http
+from duly.channels import _http, _whatsapp
 from duly.channels.base import DeliveryError, Message, Receipt
 
 __all__ = [
@@ -65,6 +73,8 @@ ADDRESS_CODES = frozenset({21211, 21214, 21217, 21401, 21407, 21610, 21612, 2161
 
 _ACCOUNT_RE = re.compile(r"AC[0-9a-fA-F]{32}")
 _SERVICE_RE = re.compile(r"MG[0-9a-fA-F]{32}")
+_CONTENT_RE = re.compile(r"HX[0-9a-fA-F]{32}")
+OUTSIDE_WINDOW = 63016  # WhatsApp: free-form text outside the customer-service window
 _E164_RE = re.compile(r"\+[1-9][0-9]{6,14}")
 _SHORT_CODE_RE = re.compile(r"[0-9]{3,8}")
 _ALPHANUMERIC_RE = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
@@ -161,17 +171,26 @@ class TwilioChannel:
     def form(self, message: Message) -> dict[str, str]:
         """The form fields for ``message``. Raises a permanent DeliveryError when there is
         nothing to send or nobody to send it to."""
-        to = message.to.strip()
-        if to.startswith(_WHATSAPP):
-            to = to[len(_WHATSAPP) :]
-        if not to:
-            raise DeliveryError(f"{self.where}: no phone number to send to", permanent=True)
+        to = self._address(message)
         text = (message.text or "").strip() or (message.title or "").strip()
         if not text:
             raise DeliveryError(
                 f"{self.where}: the message has no text (nor a title) to send", permanent=True
             )
-        form = {"To": self.prefix + to, "Body": trim_body(text)}
+        return {**self._envelope(to), "Body": trim_body(text)}
+
+    def _address(self, message: Message) -> str:
+        """The recipient's number, without ``whatsapp:``; a permanent error when empty."""
+        to = message.to.strip()
+        if to.startswith(_WHATSAPP):
+            to = to[len(_WHATSAPP) :]
+        if not to:
+            raise DeliveryError(f"{self.where}: no phone number to send to", permanent=True)
+        return to
+
+    def _envelope(self, to: str) -> dict[str, str]:
+        """The form fields saying who sends to whom (and where statuses go)."""
+        form = {"To": self.prefix + to}
         if self.from_ is not None:
             form["From"] = self.prefix + self.from_
         if self.messaging_service_sid is not None:
@@ -236,6 +255,13 @@ class TwilioChannel:
         if status == 401:
             problem = "Twilio refused the account and token"
             permanent = True
+        elif twilio_code == OUTSIDE_WINDOW:
+            problem = (
+                "WhatsApp takes only an approved template outside the 24-hour "
+                "customer-service window; configure content_sid (and content_variables) "
+                "on the channel"
+            )
+            permanent = True
         elif status in (408, 429) or status >= 500 or twilio_code in _TEMPORARY_CODES:
             problem = "Twilio could not take the message now"
             permanent = False
@@ -257,14 +283,104 @@ class TwilioSmsChannel(TwilioChannel):
 
 
 class TwilioWhatsAppChannel(TwilioChannel):
-    """WhatsApp through Twilio: both numbers get the ``whatsapp:`` prefix (given or not)."""
+    """WhatsApp through Twilio: both numbers get the ``whatsapp:`` prefix (given or not).
+
+    With ``content_sid``, an approved template (Content API) is sent whenever free-form
+    text is not allowed (``freeform``; see :mod:`duly.channels._whatsapp`). Set
+    :attr:`last_inbound` to tell the channel when a number last wrote in.
+    """
 
     type = "twilio-whatsapp"
     prefix = _WHATSAPP
     _sender_kind = "a phone number such as +15550100000 (whatsapp: may stand before it)"
 
+    def __init__(
+        self,
+        name: str,
+        *,
+        account: str,
+        token: str | None = None,
+        token_file: str | None = None,
+        from_: str | None = None,
+        messaging_service_sid: str | None = None,
+        status_callback: str | None = None,
+        content_sid: str | None = None,
+        content_variables: dict[str, str] | str | None = None,
+        freeform: str | None = None,
+        base_url: str = DEFAULT_BASE_URL,
+        timeout: float | str | None = None,
+        allow_private: bool | str = False,
+    ) -> None:
+        super().__init__(
+            name,
+            account=account,
+            token=token,
+            token_file=token_file,
+            from_=from_,
+            messaging_service_sid=messaging_service_sid,
+            status_callback=status_callback,
+            base_url=base_url,
+            timeout=timeout,
+            allow_private=allow_private,
+        )
+        self.content_sid: str | None = None
+        if content_sid not in (None, ""):
+            sid = str(content_sid).strip()
+            if not _CONTENT_RE.fullmatch(sid):
+                raise ValueError("content_sid: expected a Content SID (HX and 32 hex digits)")
+            self.content_sid = sid
+        self.content_variables = _whatsapp.field_map_option(
+            "content_variables", content_variables, numbered=False
+        )
+        if self.content_variables and self.content_sid is None:
+            raise ValueError("content_variables: needs option 'content_sid'")
+        self.freeform = _whatsapp.freeform_option(
+            freeform, template=self.content_sid, template_option="content_sid"
+        )
+        # When each number last wrote in (None: never, as far as duly knows). Inbound
+        # webhooks will feed it; the default knows of none, so the template is used.
+        self.last_inbound: _whatsapp.LastInbound = _whatsapp.no_inbound
+        self.clock = _whatsapp.utc_now
+
     def _valid_sender(self, sender: str) -> bool:
         return _E164_RE.fullmatch(sender) is not None
+
+    def send(self, message: Message) -> Receipt:
+        if self.content_sid is None:
+            return super().send(message)
+        to = self._address(message)
+        content = _whatsapp.read_content(
+            message, self.content_variables, where=self.where, numbered=False
+        )
+        if content.text is not None and _whatsapp.inside_window(
+            self.freeform, self.last_inbound, to, self.clock()
+        ):
+            try:
+                return self._post(message, {**self._envelope(to), "Body": trim_body(content.text)})
+            except DeliveryError as exc:
+                if exc.code != str(OUTSIDE_WINDOW):
+                    raise
+                # Not sent: the window had closed after all. The template goes instead.
+                log.info(
+                    "%s: outside the window for %s; sending the template",
+                    self.where,
+                    message.message_id,
+                )
+        return self._post(message, self.template_form(to, content))
+
+    def template_form(self, to: str, content: _whatsapp.Content) -> dict[str, str]:
+        """The form fields sending the template to ``to`` with ``content``'s variables."""
+        assert self.content_sid is not None
+        form = {**self._envelope(to), "ContentSid": self.content_sid}
+        if content.variables:
+            form["ContentVariables"] = json.dumps(content.variables, ensure_ascii=False)
+        return form
+
+    def _post(self, message: Message, form: dict[str, str]) -> Receipt:
+        response, body = _http.post(
+            self._client, self.url, where=self.where, allow_private=self.allow_private, data=form
+        )
+        return self._outcome(message, response.status_code, body)
 
 
 def _http_url(option: str, value: str) -> str:

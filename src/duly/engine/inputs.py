@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from duly.errors import DulyError, InvalidInput
-from duly.model import Recipient, RuleFile, Subject
+from duly.model import REMINDER_RULE, Recipient, RuleFile, Subject
 from duly.rules import timemath
 from duly.store.store import SubjectRecord
 from duly.validation import check_instant, check_json, check_text
@@ -22,7 +22,6 @@ __all__ = ["REMINDER_RULE", "Conflict", "ReminderInput", "SubjectInput", "Upsert
 
 # The reserved rule name of one-off reminders: rule names in files start with a letter or a
 # digit, so it can never clash with one.
-REMINDER_RULE = "@reminder"
 
 
 @dataclass(frozen=True, slots=True)

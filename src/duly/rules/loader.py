@@ -63,6 +63,7 @@ TOP_KEYS = (
     "rules",
 )
 CHANNEL_TYPES = ("smtp", "outbox", "inbox", "webhook", "twilio-sms", "twilio-whatsapp", "apprise")
+CHANNEL_TYPES += ("whatsapp-cloud",)  # issue 16: Meta's WhatsApp Cloud API
 CHANNEL_TYPES += ("sendgrid", "postmark", "mailgun", "ses")  # issue 16: email provider APIs
 _LIMIT_RE = re.compile(r"^\s*(\d+)\s*/\s*(\S+)\s*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -12,6 +12,11 @@ Conventions:
   by :func:`resolve_local`, the single place where daylight-saving gaps and folds are decided.
 - Nothing here does I/O; holiday sets come from the ``holidays`` package and are cached.
 
+The parts: :mod:`duly.rules.localtime` (zones, wall clock to instant, reading dates),
+:mod:`duly.rules.calendars` (holidays, business days), :mod:`duly.rules.windows`
+(delivery windows); this module adds durations, repeats and cron schedules, and
+re-exports the others' public names, so callers need only ``timemath``.
+
 The planner calls these functions for every delivery, so hot paths avoid re-parsing and keep
 per-call work small: zones, holiday sets, calendars and windows are compiled once and cached.
 """
@@ -20,16 +25,33 @@ from __future__ import annotations
 
 import calendar as _calendar
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
-from functools import lru_cache
+from datetime import date, datetime, time, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from duly.model import WEEKDAYS, AtExpr, Calendar, Duration, Window
+from duly.model import AtExpr, Calendar, Duration
 from duly.rules import cron
+from duly.rules.calendars import (
+    WINDOW_SEARCH_DAYS,
+    add_business_days,
+    compile_calendar,
+    holiday_dates,
+    is_open_day,
+    weekday_set,
+)
+from duly.rules.localtime import (
+    BadDate,
+    UnknownTimezone,
+    local_naive,
+    parse_instant,
+    resolve_local,
+    utc_instant,
+    zone,
+)
+from duly.rules.windows import in_window, next_window_opening
 
 __all__ = [
+    "WINDOW_SEARCH_DAYS",
     "BadDate",
     "UnknownTimezone",
     "add_duration",
@@ -48,275 +70,15 @@ __all__ = [
     "zone",
 ]
 
-# How far next_window_opening looks before deciding a window never opens.
-WINDOW_SEARCH_DAYS = 400
 # Loop guards for repeat_times: a days filter that never matches (e.g. every 7d on [tue]
 # from a Monday) gives up after this many candidates in a row without a kept one, and no
 # repeat ever looks at more than MAX_REPEAT_CANDIDATES candidates in all.
 MAX_REPEAT_MISSES = 1000
 MAX_REPEAT_CANDIDATES = 100_000
 
-_FULL_DAY_NAMES = {
-    full: full[:3]
-    for full in ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-}
-_ALL_DAYS = frozenset(range(7))
-_MON_FRI = frozenset(range(5))
-_MIDNIGHT = time(0)
-_ONE_DAY = timedelta(days=1)
 
-
-class UnknownTimezone(ValueError):
-    """Not an IANA timezone name that this system knows."""
-
-
-class BadDate(ValueError):
-    """A value that should be a date or date-time is not one."""
-
-
-# --------------------------------------------------------------------------- zones
-
-
-@lru_cache(maxsize=1024)
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError) as exc:
-        # ValueError/OSError cover malformed keys such as "../etc/passwd" or "Europe/".
-        raise UnknownTimezone(
-            f"{name!r} is not a known timezone (expected an IANA name such as Europe/London)"
-        ) from exc
-
-
-def zone(name: str | None, default: str = "UTC") -> ZoneInfo:
-    """The ``ZoneInfo`` for an IANA name; ``default`` when ``name`` is None or empty.
-
-    Raises :class:`UnknownTimezone` for a name that is not a zone.
-    """
-    if not name:
-        name = default
-    if not isinstance(name, str):
-        raise UnknownTimezone(f"{name!r} is not a known timezone (expected an IANA name)")
-    return _zone(name)
-
-
-def resolve_local(naive: datetime, tz: ZoneInfo) -> datetime:
-    """The UTC instant of a wall-clock time in ``tz`` (spec: Time).
-
-    - A wall time in a spring-forward gap moves forward by the length of the gap
-      (Europe/London 01:30 on a 1 h gap → 02:30 BST; Lord Howe's 30-minute gap works alike).
-    - An ambiguous wall time in a fall-back fold takes the earlier instant.
-
-    Both rules are exactly PEP 495's ``fold=0``: in a fold, fold=0 picks the first (earlier)
-    occurrence; in a gap, fold=0 uses the offset in force *before* the transition, which maps
-    the missing wall time to the instant ``gap`` later on the wall clock. So one conversion
-    does it, and it is done in C by ``zoneinfo``.
-
-    An aware ``naive`` is already an instant: it is just converted to UTC.
-    """
-    if naive.tzinfo is not None:
-        return naive.astimezone(UTC)
-    return naive.replace(tzinfo=tz, fold=0).astimezone(UTC)
-
-
-def _local_naive(instant: datetime, tz: ZoneInfo) -> datetime:
-    """The wall-clock time of an instant in ``tz``, without tzinfo."""
-    if instant.tzinfo is None:
-        raise ValueError(f"expected an aware datetime (an instant), got naive {instant!r}")
-    return instant.astimezone(tz).replace(tzinfo=None, fold=0)
-
-
-def _utc(instant: datetime) -> datetime:
-    if instant.tzinfo is UTC:
-        return instant
-    if instant.tzinfo is None:
-        raise ValueError(f"expected an aware datetime (an instant), got naive {instant!r}")
-    return instant.astimezone(UTC)
-
-
-# --------------------------------------------------------------------------- parsing
-
-_BAD_DATE_HINT = "expected ISO 8601, e.g. 2026-03-15, 2026-03-15T09:00 or 2026-03-15T09:00:00Z"
-
-
-def _bad_date(value: Any) -> BadDate:
-    return BadDate(f"{value!r} is not a date ({_BAD_DATE_HINT})")
-
-
-def parse_instant(value: Any, tz: ZoneInfo) -> datetime:
-    """A date attribute's value as a UTC instant (spec: Time).
-
-    - ``str`` with an offset or ``Z`` → that instant;
-    - date-only ``str`` (``2026-03-15``) → 00:00 local in ``tz``;
-    - date-time ``str`` without offset → local in ``tz`` (gap/fold rules of resolve_local);
-    - ``datetime`` (aware → as is; naive → local) and ``date`` (00:00 local).
-
-    Anything else (numbers, booleans, junk strings, impossible dates) → :class:`BadDate`.
-    """
-    try:
-        if isinstance(value, str):
-            try:
-                # Fast path: Python 3.11's fromisoformat (C) reads "2026-03-15T09:00:00Z",
-                # offsets, date-only and naive date-times.
-                parsed = datetime.fromisoformat(value)
-            except ValueError:
-                parsed = _parse_lenient(value)
-            if parsed.tzinfo is UTC:
-                return parsed
-            if parsed.tzinfo is None:
-                return parsed.replace(tzinfo=tz).astimezone(UTC)
-            return parsed.astimezone(UTC)
-        if isinstance(value, datetime):  # before date: datetime is a subclass of date
-            if value.tzinfo is None:
-                return resolve_local(value, tz)
-            return value.astimezone(UTC)
-        if isinstance(value, date):
-            return datetime(value.year, value.month, value.day, tzinfo=tz).astimezone(UTC)
-    except OverflowError as exc:  # e.g. 0001-01-01 in a zone east of UTC
-        raise BadDate(f"{value!r} is out of the supported range of dates") from exc
-    raise _bad_date(value)
-
-
-def _parse_lenient(value: str) -> datetime:
-    """Second chance for strings fromisoformat refuses: surrounding spaces, lowercase z."""
-    s = value.strip()
-    if s[-1:] == "z":
-        s = s[:-1] + "Z"
-    if s != value:
-        try:
-            return datetime.fromisoformat(s)
-        except ValueError:
-            pass
-    raise _bad_date(value)
-
-
-# --------------------------------------------------------------------------- calendars
-
-
-@lru_cache(maxsize=4096)
-def holiday_dates(code: str, year: int) -> frozenset[date]:
-    """Public holidays of a country (``GB``) or subdivision (``GB-SCT``, ``US-CA``) in a year.
-
-    ``holidays`` files an observed day under the year of the holiday it stands for (the US
-    New Year's Day of 2022 was observed on 2021-12-31), so neighbouring years are consulted
-    and only dates that fall in ``year`` are kept.
-    """
-    import holidays  # imported lazily: it is slow to import and most runs need few codes
-
-    country, _, subdiv = code.strip().partition("-")
-    years = (year - 1, year, year + 1)
-    table = None
-    # Subdivision codes are mostly upper case ("SCT", "CA"), but a few countries use other
-    # spellings, so try the code as written before upper-casing it.
-    for sub in dict.fromkeys((subdiv or None, subdiv.upper() or None)):
-        try:
-            table = holidays.country_holidays(country.upper(), subdiv=sub, years=years)
-            break
-        except (NotImplementedError, KeyError, ValueError):
-            continue
-    if table is None:
-        raise ValueError(
-            f"{code!r} is not a holiday calendar the holidays package knows "
-            "(expected an ISO 3166 code such as GB, or a subdivision such as GB-SCT)"
-        )
-    return frozenset(d for d in table if d.year == year)
-
-
-@lru_cache(maxsize=256)
-def _weekday_set(days: tuple[str, ...]) -> frozenset[int]:
-    out = set()
-    for name in days:
-        key = str(name).strip().lower()
-        key = _FULL_DAY_NAMES.get(key, key)  # "monday" as well as "mon"
-        if key not in WEEKDAYS:
-            raise ValueError(f"{name!r} is not a weekday (expected one of {', '.join(WEEKDAYS)})")
-        out.add(WEEKDAYS.index(key))
-    return frozenset(out)
-
-
-@dataclass(frozen=True, slots=True)
-class _CompiledCalendar:
-    weekdays: frozenset[int]
-    holidays: str | None
-    closed: frozenset[date]
-
-
-def _compile_calendar(cal: Calendar) -> _CompiledCalendar:
-    try:
-        return _compile_calendar_cached(cal)
-    except TypeError:  # built with lists instead of tuples: unhashable, so compile uncached
-        return _compile_calendar_cached.__wrapped__(cal)
-
-
-@lru_cache(maxsize=256)
-def _compile_calendar_cached(cal: Calendar) -> _CompiledCalendar:
-    closed = set()
-    for text in cal.closed:
-        try:
-            closed.add(date.fromisoformat(str(text).strip()))
-        except ValueError as exc:
-            raise BadDate(
-                f"{text!r} in calendar {cal.name!r} is not a date ({_BAD_DATE_HINT})"
-            ) from exc
-    return _CompiledCalendar(
-        weekdays=_weekday_set(tuple(cal.days)), holidays=cal.holidays, closed=frozenset(closed)
-    )
-
-
-def _closed_by_calendar(d: date, cc: _CompiledCalendar) -> bool:
-    if d in cc.closed:
-        return True
-    return cc.holidays is not None and d in holiday_dates(cc.holidays, d.year)
-
-
-def is_open_day(d: date, days: Sequence[str] | None, calendar: Calendar | None) -> bool:
-    """Whether ``d`` is an open day (spec: window).
-
-    Open days are ``days`` (the window's), else the calendar's ``days``, else every day —
-    minus the calendar's public holidays and closed dates.
-    """
-    cc = _compile_calendar(calendar) if calendar is not None else None
-    if days is not None:
-        weekdays = _weekday_set(tuple(days))
-    elif cc is not None:
-        weekdays = cc.weekdays
-    else:
-        weekdays = _ALL_DAYS
-    if d.weekday() not in weekdays:
-        return False
-    return cc is None or not _closed_by_calendar(d, cc)
-
-
-def _is_business_day(d: date, cc: _CompiledCalendar | None) -> bool:
-    """A business day of a calendar; without one, Monday to Friday."""
-    if cc is None:
-        return d.weekday() in _MON_FRI
-    return d.weekday() in cc.weekdays and not _closed_by_calendar(d, cc)
-
-
-def _add_business_days(d: date, n: int, cc: _CompiledCalendar | None) -> date:
-    """``d`` moved by ``n`` open days (n may be negative).
-
-    Each step goes to the next (previous) open day, so from a closed day +1bd is the next
-    open day, and from Friday +1bd is Monday.
-    """
-    if n == 0:
-        return d
-    if cc is not None and not cc.weekdays:
-        raise ValueError("business days need a calendar with at least one open weekday")
-    step = _ONE_DAY if n > 0 else -_ONE_DAY
-    remaining = abs(n)
-    misses = 0
-    while remaining:
-        d += step
-        if _is_business_day(d, cc):
-            remaining -= 1
-            misses = 0
-        else:
-            misses += 1
-            if misses > WINDOW_SEARCH_DAYS:  # e.g. a calendar closed by every date it lists
-                raise ValueError(f"no business day within {WINDOW_SEARCH_DAYS} days of {d}")
-    return d
+# The old private name, still read by a test (tests/web/test_web_rules.py).
+_utc = utc_instant
 
 
 # --------------------------------------------------------------------------- durations
@@ -343,17 +105,17 @@ def _shift(
     calendar: Calendar | None,
 ) -> datetime:
     """Apply signed components: calendar units on the local date, then elapsed seconds."""
-    instant = _utc(instant)
+    instant = utc_instant(instant)
     if months or days or business_days:
-        wall = _local_naive(instant, tz)
+        wall = local_naive(instant, tz)
         d = wall.date()
         if months:
             d = _add_months(d, months)
         if days:
             d += timedelta(days=days)
         if business_days:
-            cc = _compile_calendar(calendar) if calendar is not None else None
-            d = _add_business_days(d, business_days, cc)
+            cc = compile_calendar(calendar) if calendar is not None else None
+            d = add_business_days(d, business_days, cc)
         instant = resolve_local(datetime.combine(d, wall.time()), tz)
     if seconds:
         instant = instant + timedelta(seconds=seconds)
@@ -427,134 +189,8 @@ def eval_at(
 
 def at_time_of_day(instant: datetime, t: time, tz: ZoneInfo) -> datetime:
     """Wall-clock ``t`` on the same local date as ``instant`` in ``tz`` (spec: step ``time``)."""
-    d = _local_naive(instant, tz).date()
+    d = local_naive(instant, tz).date()
     return resolve_local(datetime.combine(d, t.replace(tzinfo=None)), tz)
-
-
-# --------------------------------------------------------------------------- windows
-
-
-@dataclass(frozen=True, slots=True)
-class _CompiledWindow:
-    weekdays: frozenset[int]
-    calendar: _CompiledCalendar | None
-    all_day: bool
-    start: time
-    end: time
-    overnight: bool  # end <= start: the window opened on day D closes on day D+1
-
-    def open_day(self, d: date) -> bool:
-        if d.weekday() not in self.weekdays:
-            return False
-        return self.calendar is None or not _closed_by_calendar(d, self.calendar)
-
-
-@lru_cache(maxsize=1024)
-def _compile_window(window: Window, cal: Calendar | None) -> _CompiledWindow:
-    cc = _compile_calendar(cal) if cal is not None else None
-    if window.days is not None:
-        weekdays = _weekday_set(tuple(window.days))
-    elif cc is not None:
-        weekdays = cc.weekdays
-    else:
-        weekdays = _ALL_DAYS
-    start = window.start
-    # An end of None means "until midnight"; "HH:MM-HH:MM" with equal ends (e.g.
-    # 00:00-00:00) is read as the whole day, not as a window that never opens.
-    end = window.end if window.end is not None else _MIDNIGHT
-    all_day = start is None or start == end
-    start = (start or _MIDNIGHT).replace(tzinfo=None)
-    end = end.replace(tzinfo=None)
-    return _CompiledWindow(
-        weekdays=weekdays,
-        calendar=cc,
-        all_day=all_day,
-        start=start,
-        end=end,
-        overnight=not all_day and end < start,
-    )
-
-
-def _window_for(window: Window, calendars: Mapping[str, Calendar]) -> _CompiledWindow:
-    cal = None
-    if window.calendar is not None:
-        cal = calendars.get(window.calendar)
-        if cal is None:
-            raise ValueError(f"window names calendar {window.calendar!r}, which is not defined")
-    try:
-        return _compile_window(window, cal)
-    except TypeError:  # built with lists instead of tuples: unhashable, so compile uncached
-        return _compile_window.__wrapped__(window, cal)
-
-
-def _in_compiled(wall: datetime, cw: _CompiledWindow) -> bool:
-    d = wall.date()
-    if cw.all_day:
-        return cw.open_day(d)
-    t = wall.time()
-    if not cw.overnight:
-        return cw.start <= t < cw.end and cw.open_day(d)
-    # Overnight (e.g. 22:00-06:00): the evening part belongs to today's window, the part
-    # after midnight to yesterday's, so it is open only if yesterday was an open day.
-    if t >= cw.start:
-        return cw.open_day(d)
-    if t < cw.end:
-        return cw.open_day(d - _ONE_DAY)
-    return False
-
-
-def in_window(
-    instant: datetime,
-    window: Window,
-    tz: ZoneInfo,
-    calendars: Mapping[str, Calendar],
-) -> bool:
-    """Whether ``instant`` falls inside ``window`` in ``tz`` (end exclusive)."""
-    return _in_compiled(_local_naive(instant, tz), _window_for(window, calendars))
-
-
-def next_window_opening(
-    instant: datetime,
-    window: Window,
-    tz: ZoneInfo,
-    calendars: Mapping[str, Calendar],
-) -> datetime:
-    """``instant`` if it is inside ``window``, else the next time the window opens.
-
-    Openings are the window's start (00:00 for an all-day window) on open days, resolved
-    with the gap/fold rules; an opening that a DST gap pushes past the window's end does not
-    count. Raises ValueError when the window does not open within ~400 days.
-    """
-    instant = _utc(instant)
-    cw = _window_for(window, calendars)
-    wall = _local_naive(instant, tz)
-    if _in_compiled(wall, cw):
-        return instant
-    d = wall.date()
-    for _ in range(WINDOW_SEARCH_DAYS + 1):
-        if cw.open_day(d):
-            opening = resolve_local(datetime.combine(d, cw.start), tz)
-            if opening > instant and _in_compiled(_local_naive(opening, tz), cw):
-                return opening
-        d += _ONE_DAY
-    raise ValueError(
-        f"window {_describe(window)} does not open within {WINDOW_SEARCH_DAYS} days of "
-        f"{instant.isoformat()}"
-    )
-
-
-def _describe(window: Window) -> str:
-    hours = (
-        "all day"
-        if window.start is None
-        else f"{window.start:%H:%M}-{window.end or _MIDNIGHT:%H:%M}"
-    )
-    parts = [hours]
-    if window.days is not None:
-        parts.append(f"days={list(window.days)}")
-    if window.calendar:
-        parts.append(f"calendar={window.calendar}")
-    return "(" + ", ".join(parts) + ")"
 
 
 # --------------------------------------------------------------------------- repeats
@@ -588,15 +224,15 @@ def repeat_times(
         raise ValueError(f"repeat every {every} must be positive")
     if not (every.months or every.days or every.business_days or every.seconds):
         raise ValueError(f"repeat every {every or '0s'} must be longer than zero")
-    first = _utc(first)
-    weekdays = _weekday_set(tuple(days)) if days is not None else None
+    first = utc_instant(first)
+    weekdays = weekday_set(tuple(days)) if days is not None else None
     if weekdays is not None and not weekdays:
         return []
     if count is not None and count <= 0:
         return []
-    stop = _utc(until) if until is not None else None
+    stop = utc_instant(until) if until is not None else None
     if stop is None and count is None:
-        stop = _utc(horizon)
+        stop = utc_instant(horizon)
 
     exact = every.is_exact
     step = timedelta(seconds=every.seconds)
@@ -679,13 +315,13 @@ def cron_next(expr: str, tz: ZoneInfo, after: datetime, *, inclusive: bool = Fal
     expression that parses fires at least once in any 400 years, so the search is bounded.
     """
     spec = cron.parse(expr)
-    after = _utc(after)
+    after = utc_instant(after)
     best: datetime | None = None
     try:
         # A wall time a little before ``after``'s may lie in a gap that moves it past
         # ``after``: start from the wall time the clock showed before the last jump forward.
         gap, _ = _clock_jumps(after, tz)
-        wall = spec.next_wall(_local_naive(after, tz) - gap)
+        wall = spec.next_wall(local_naive(after, tz) - gap)
         best_wall: datetime | None = None
         for _ in range(MAX_CRON_CANDIDATES):
             if wall is None:
@@ -694,7 +330,7 @@ def cron_next(expr: str, tz: ZoneInfo, after: datetime, *, inclusive: bool = Fal
             if (t > after or (inclusive and t == after)) and (best is None or t < best):
                 # Later wall times resolve later, except those after a gap, whose instants
                 # can precede the moved ones: they all show a wall time up to best's own.
-                best, best_wall = t, _local_naive(t, tz)
+                best, best_wall = t, local_naive(t, tz)
             wall = spec.next_wall(wall + _ONE_MINUTE, best_wall)
     except OverflowError:  # the search ran into year 9999
         pass
@@ -711,12 +347,12 @@ def cron_prev(expr: str, tz: ZoneInfo, at: datetime) -> datetime | None:
     valid.
     """
     spec = cron.parse(expr)
-    at = _utc(at)
+    at = utc_instant(at)
     best: datetime | None = None
     try:
         # After a fold, wall times a little after ``at``'s were first shown before ``at``.
         _, fold = _clock_jumps(at, tz)
-        wall = spec.prev_wall(_local_naive(at, tz) + fold)
+        wall = spec.prev_wall(local_naive(at, tz) + fold)
         floor: datetime | None = None
         for _ in range(MAX_CRON_CANDIDATES):
             if wall is None:
@@ -728,7 +364,7 @@ def cron_prev(expr: str, tz: ZoneInfo, at: datetime) -> datetime | None:
                 # length before it.
                 best = t
                 gap, _ = _clock_jumps(best, tz)
-                floor = _local_naive(best, tz) - gap
+                floor = local_naive(best, tz) - gap
             wall = spec.prev_wall(wall - _ONE_MINUTE, floor)
     except OverflowError:  # the search ran into year 1
         pass

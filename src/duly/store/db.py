@@ -32,12 +32,18 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
+# Connection, Engine and SQLAlchemyError are re-exported: the handles callers outside the
+# store pass around (without importing SQLAlchemy) and the one database failure they catch.
 __all__ = [
     "DEFAULT_URL",
+    "Connection",
+    "Engine",
+    "SQLAlchemyError",
     "MIGRATIONS_DIR",
+    "PostgresDriverMissing",
     "current_revision",
     "downgrade",
     "head_revision",
@@ -60,6 +66,16 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 # write_transaction(); anything else gets a plain (deferred) BEGIN.
 _SQLITE_BEGIN_OPTION = "duly_sqlite_begin"
 _SQLITE_BEGIN_MODES = {"DEFERRED", "IMMEDIATE", "EXCLUSIVE"}
+
+
+POSTGRES_DRIVER_MISSING = (
+    "a PostgreSQL database needs the psycopg driver, which is not installed: "
+    "pip install 'duly[postgres]'"
+)
+
+
+class PostgresDriverMissing(ValueError):
+    """A PostgreSQL URL was given but psycopg (the ``postgres`` extra) is not installed."""
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
@@ -174,7 +190,12 @@ def _make_postgres_engine(url: URL, *, echo: bool) -> Engine:
         # Instants are stored as naive UTC (tables.UTCDateTime). A UTC session makes any
         # now()/CURRENT_TIMESTAMP in SQL agree with them, whatever the server's TimeZone.
         connect_args["options"] = "-c TimeZone=UTC"
-    return sa.create_engine(url, echo=echo, pool_pre_ping=True, connect_args=connect_args)
+    try:
+        return sa.create_engine(url, echo=echo, pool_pre_ping=True, connect_args=connect_args)
+    except ModuleNotFoundError as exc:
+        if url.get_driver_name() != "psycopg" or not (exc.name or "").startswith("psycopg"):
+            raise
+        raise PostgresDriverMissing(POSTGRES_DRIVER_MISSING) from None
 
 
 @contextmanager

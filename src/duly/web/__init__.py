@@ -17,7 +17,7 @@ The UI app's middleware, outermost first:
   with ``duly serve --cookie-secure``) holding the token of a session row (and flash
   messages); the row is looked up on every request (duly.web.core.session_user), so a
   session ended on the server ends for every copy of its cookie;
-- ``asgi-csrf`` (Datasette's): a signed double-submit token checked on every POST, read
+- ``duly.web.csrf.CsrfMiddleware``: a signed double-submit token checked on every POST, read
   from the form field ``csrftoken`` (forms work without JavaScript) or the
   ``x-csrftoken`` header (the few fetches our script makes).
 """
@@ -31,7 +31,6 @@ import logging
 import time
 from typing import Any
 
-from asgi_csrf import asgi_csrf
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
@@ -42,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from duly.errors import DulyError
 from duly.web import core
+from duly.web.csrf import CsrfMiddleware
 from duly.web.users import SessionStore, UserStore
 
 __all__ = [
@@ -213,7 +213,7 @@ def _derive(secret: str, purpose: str) -> str:
     return hmac.new(secret.encode(), purpose.encode(), hashlib.sha256).hexdigest()
 
 
-async def _csrf_failed(scope: Scope, send: Send, message_id: Any) -> None:
+async def _csrf_failed(scope: Scope, send: Send, _reason: str) -> None:
     body = core.env.get_template("error.html").render(
         title="This form has expired",
         message="The page was open too long, or cookies are blocked. Go back, reload the "
@@ -236,38 +236,12 @@ async def _csrf_failed(scope: Scope, send: Send, message_id: Any) -> None:
     await send({"type": "http.response.body", "body": body.encode()})
 
 
-def _multipart_compat() -> None:
-    """asgi-csrf 0.11 builds python-multipart's FormParser with ``FileClass=``, which
-    python-multipart 0.0.2x+ no longer takes: every multipart POST (a file upload) failed
-    with a 500. Its parser only needs the fields; a file part that ends before the token
-    is found is refused as asgi-csrf intends (FileBeforeToken → 403). Applied only when
-    the installed FormParser lacks ``FileClass``."""
-    import inspect
-
-    import asgi_csrf as mod
-    from python_multipart.multipart import FormParser
-
-    if "FileClass" in inspect.signature(FormParser.__init__).parameters:
-        return
-
-    def on_file(_file: Any) -> None:
-        raise mod.FileBeforeToken()
-
-    def form_parser(
-        content_type: str, on_field: Any, _on_file: Any = None, *, boundary: Any = None, **_: Any
-    ) -> FormParser:
-        return FormParser(content_type, on_field, on_file, boundary=boundary)
-
-    mod.FormParser = form_parser  # type: ignore[attr-defined]
-
-
 def build_ui(runtime: Any, *, secret: str | None = None, cookie_secure: bool = False) -> ASGIApp:
     """The UI's ASGI app (pages, static files, sign-in) with its middleware. With
     ``cookie_secure`` the session and CSRF cookies are sent over HTTPS only (set it when a
     TLS proxy fronts duly: ``duly serve --cookie-secure``)."""
     from duly.ack import load_secret
 
-    _multipart_compat()
     ui = FastAPI(
         docs_url=None,
         redoc_url=None,
@@ -295,13 +269,13 @@ def build_ui(runtime: Any, *, secret: str | None = None, cookie_secure: bool = F
     secure = cookie_secure
     ui.state.cookie_secure = secure
     ui.state.device_secret = _derive(secret, "duly.web.device")
-    app: ASGIApp = asgi_csrf(
+    app: ASGIApp = CsrfMiddleware(
         ui,
         signing_secret=_derive(secret, "duly.web.csrf"),
         cookie_name="duly_csrf",
         always_protect={"/login"},
         cookie_secure=secure,
-        send_csrf_failed=_csrf_failed,
+        send_failed=_csrf_failed,
     )
     app = SessionMiddleware(
         app,

@@ -1,10 +1,10 @@
-"""The webhook outbox: every query on ``webhook_events`` and ``webhook_attempts``, named.
+"""The webhook outbox: what an event holds, and the named operations on it.
 
 Writers (:func:`emit`, :func:`emit_action`) run inside the caller's transaction, so an event
 exists exactly when the change it reports was committed. The sender's queries
 (:func:`claim_due`, :func:`record`, :func:`next_due`) and the operator's (:func:`list_events`,
 :func:`get_event`, :func:`retry`, :func:`prune`) each state their guarantee. The same SQL runs
-on SQLite and PostgreSQL.
+on SQLite and PostgreSQL. The statements themselves are in :mod:`duly.store.webhooks`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import fnmatch
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -21,12 +20,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from jinja2 import ChainableUndefined, TemplateError
-from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.engine import Connection, RowMapping
 
 from duly.model import RenderLimits, RuleFile, WebhookTarget
 from duly.sandbox import BoundedSandbox
-from duly.store.tables import webhook_attempts, webhook_events
+from duly.store import webhooks as store
+from duly.store.db import Connection
+from duly.store.webhooks import Attempt, Claimed
 
 __all__ = [
     "ACTION_SECRET_ENV",
@@ -58,7 +57,7 @@ ACTION_TYPE = "action"
 ACTION_SECRET_ENV = "DULY_WEBHOOK_SECRET"
 # A rendered body string longer than this is an error (a template gone wrong, not data).
 MAX_RENDERED = 64 * 1024
-_ERROR_MAX = 1000
+_ERROR_MAX = store.ERROR_MAX
 
 
 # --------------------------------------------------------------------------- writing
@@ -81,9 +80,8 @@ def emit(
         return 0
     payload = {"type": type, "timestamp": _iso(now), "data": _jsonable(data)}
     msg_id = _new_msg_id()
-    conn.execute(
-        insert(webhook_events),
-        [_new_row(msg_id, type, payload, t.url, t.secret_env, now) for t in targets],
+    store.add_events(
+        conn, [_new_row(msg_id, type, payload, t.url, t.secret_env, now) for t in targets]
     )
     return len(targets)
 
@@ -112,9 +110,7 @@ def emit_action(
         row["payload"] = _jsonable(render_body_bounded(body, ctx, limits))
     except BodyTemplateError as exc:
         row.update(payload=_jsonable(body), state="failed", last_error=str(exc)[:_ERROR_MAX])
-    return int(
-        conn.execute(insert(webhook_events).returning(webhook_events.c.id), row).scalar_one()
-    )
+    return store.add_action_event(conn, row)
 
 
 def action_secret_env(rules: RuleFile, url: str) -> str:
@@ -252,104 +248,25 @@ def render_body(body: Any, context: Mapping[str, Any], path: str = "body") -> An
 # --------------------------------------------------------------------------- the sender's
 
 
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """An event a sender holds until its lease runs out."""
-
-    id: int
-    msg_id: str
-    type: str
-    url: str
-    secret_env: str | None
-    payload: Any
-    attempt: int  # the number of the attempt about to be made (1 for the first)
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """The result of one HTTP attempt and what follows from it."""
-
-    state: str  # sent | failed | pending (retry at next_at)
-    status_code: int | None
-    error: str | None
-    duration_ms: int
-    next_at: datetime | None = None
-
-
 def claim_due(
     conn: Connection, now: datetime, owner: str, lease: timedelta, limit: int
 ) -> list[Claimed]:
-    """Take up to ``limit`` pending events due by ``now``, oldest first, for ``lease``.
-
-    The claim is a conditional UPDATE (pending and still due): when two senders pick the
-    same rows, the database lets one win each row and the other's UPDATE matches nothing
-    ("another process got there first"). It moves ``next_at`` to the lease's end, so an
-    event whose sender died is taken again after it. On PostgreSQL the candidates are read
-    with ``FOR UPDATE SKIP LOCKED`` so senders do not queue on each other's rows."""
-    ev = webhook_events
-    q = (
-        select(ev.c.id)
-        .where(ev.c.state == "pending", ev.c.next_at <= now)
-        .order_by(ev.c.next_at, ev.c.id)
-        .limit(limit)
-    )
-    if conn.dialect.name == "postgresql":
-        q = q.with_for_update(skip_locked=True)
-    ids = list(conn.execute(q).scalars())
-    if not ids:
-        return []
-    rows = conn.execute(
-        update(ev)
-        .where(ev.c.id.in_(ids), ev.c.state == "pending", ev.c.next_at <= now)
-        .values(lease_owner=owner, next_at=now + lease)
-        .returning(
-            ev.c.id, ev.c.msg_id, ev.c.type, ev.c.url, ev.c.secret_env, ev.c.payload, ev.c.attempts
-        )
-    ).all()
-    claimed = [Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6] + 1) for r in rows]
-    return sorted(claimed, key=lambda c: c.id)
+    """Take up to ``limit`` pending events due by ``now``, oldest first, for ``lease``
+    (:func:`duly.store.webhooks.claim_due_events`: a conditional UPDATE, so two senders
+    never hold one event)."""
+    return store.claim_due_events(conn, now, owner, lease, limit)
 
 
 def record(conn: Connection, event: Claimed, result: Attempt, owner: str, now: datetime) -> bool:
     """Append the attempt and move the event on (sent, failed, or pending until
     ``result.next_at``). The attempt is always kept; the event is updated only while
     ``owner`` still holds it — False means its lease ran out and another sender took it."""
-    conn.execute(
-        insert(webhook_attempts),
-        {
-            "event_id": event.id,
-            "attempt": event.attempt,
-            "at": now,
-            "status_code": result.status_code,
-            "error": result.error[:_ERROR_MAX] if result.error else None,
-            "duration_ms": result.duration_ms,
-        },
-    )
-    values: dict[str, Any] = {
-        "state": result.state,
-        "attempts": event.attempt,
-        "lease_owner": None,
-        "last_status": result.status_code,
-        "last_error": result.error[:_ERROR_MAX] if result.error else None,
-    }
-    if result.state == "sent":
-        values["sent_at"] = now
-    if result.state == "pending":
-        assert result.next_at is not None
-        values["next_at"] = result.next_at
-    ev = webhook_events
-    res = conn.execute(
-        update(ev)
-        .where(ev.c.id == event.id, ev.c.state == "pending", ev.c.lease_owner == owner)
-        .values(**values)
-    )
-    return res.rowcount == 1
+    return store.record_attempt(conn, event, result, owner, now)
 
 
 def next_due(conn: Connection) -> datetime | None:
     """When the earliest pending event is due (or its lease runs out); None if none."""
-    ev = webhook_events
-    return conn.execute(select(func.min(ev.c.next_at)).where(ev.c.state == "pending")).scalar()
+    return store.next_pending_due(conn)
 
 
 # --------------------------------------------------------------------------- the operator's
@@ -365,22 +282,13 @@ def list_events(
 ) -> list[dict[str, Any]]:
     """Events newest first (by id), optionally of one state or type, with ids below
     ``before_id`` (a cursor). URLs are redacted (a query string may carry a token)."""
-    ev = webhook_events
-    conds = []
-    if state is not None:
-        conds.append(ev.c.state == state)
-    if type is not None:
-        conds.append(ev.c.type == type)
-    if before_id is not None:
-        conds.append(ev.c.id < before_id)
-    q = select(ev).where(*conds).order_by(ev.c.id.desc()).limit(limit)
-    return [_event_out(r) for r in conn.execute(q).mappings()]
+    rows = store.events_page(conn, state=state, type=type, before_id=before_id, limit=limit)
+    return [_event_out(r) for r in rows]
 
 
 def get_event(conn: Connection, event_id: int) -> dict[str, Any] | None:
     """One event (URL redacted) with its attempts, or None."""
-    r = conn.execute(select(webhook_events).where(webhook_events.c.id == event_id)).mappings()
-    row = r.first()
+    row = store.event_by_id(conn, event_id)
     if row is None:
         return None
     out = _event_out(row)
@@ -390,44 +298,19 @@ def get_event(conn: Connection, event_id: int) -> dict[str, Any] | None:
 
 def attempts_of(conn: Connection, event_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
     """The attempts of some events, oldest first."""
-    wa = webhook_attempts
-    out: dict[int, list[dict[str, Any]]] = {i: [] for i in event_ids}
-    if not event_ids:
-        return out
-    q = select(wa).where(wa.c.event_id.in_(list(event_ids))).order_by(wa.c.event_id, wa.c.id)
-    for r in conn.execute(q).mappings():
-        out[r["event_id"]].append(
-            {
-                "attempt": r["attempt"],
-                "at": r["at"],
-                "status_code": r["status_code"],
-                "error": r["error"],
-                "duration_ms": r["duration_ms"],
-            }
-        )
-    return out
+    return store.attempts_of_events(conn, event_ids)
 
 
 def retry(conn: Connection, event_id: int, now: datetime) -> bool:
     """Make a failed event pending and due now (its attempts so far are kept and it gets a
     full set of retries again). False if there is no failed event with that id."""
-    ev = webhook_events
-    res = conn.execute(
-        update(ev)
-        .where(ev.c.id == event_id, ev.c.state == "failed")
-        .values(state="pending", next_at=now, attempts=0, lease_owner=None)
-    )
-    return res.rowcount == 1
+    return store.retry_failed_event(conn, event_id, now)
 
 
 def prune(conn: Connection, before: datetime) -> int:
     """Delete sent and failed events created before ``before`` (their attempts go with
     them). Pending ones are kept whatever their age. Returns how many were deleted."""
-    ev = webhook_events
-    res = conn.execute(
-        delete(ev).where(ev.c.state.in_(("sent", "failed")), ev.c.created_at < before)
-    )
-    return int(res.rowcount)
+    return store.delete_finished_events_before(conn, before)
 
 
 def redact_url(url: str) -> str:
@@ -442,7 +325,7 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}" + ("?***" if parts.query else "")
 
 
-def _event_out(r: RowMapping) -> dict[str, Any]:
+def _event_out(r: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "id": r["id"],
         "msg_id": r["msg_id"],

@@ -28,12 +28,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import httpx
-import sqlalchemy as sa
 
 from duly import __version__
 from duly.engine.clock import Clock
 from duly.model import RuleFile
-from duly.store.db import write_transaction
+from duly.store.db import Engine, write_transaction
 from duly.webhooks import outbox
 from duly.webhooks.outbox import Attempt, Claimed
 from duly.webhooks.signing import SecretError, decode_secret, signed_headers
@@ -84,7 +83,7 @@ class WebhookSender:
 
     def __init__(
         self,
-        db: sa.Engine,
+        db: Engine,
         rules: RuleFile,
         clock: Clock,
         *,

@@ -11,13 +11,12 @@ from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy.engine import Connection
 
 from duly.engine.service import REMINDER_RULE, Conflict, Engine
-from duly.store.tables import deliveries
+from duly.store.db import Connection
+from duly.store.pages_deliveries import deliveries_page, delivery_html_part, sibling_deliveries
 from duly.web.core import (
     AdminUser,
     CurrentUser,
@@ -36,8 +35,6 @@ router = APIRouter()
 LIMIT = 50
 MAX_ID = 2**62
 STATES = ("pending", "sending", "sent", "failed", "skipped", "cancelled", "set", "overdue")
-# core._state_of calls a pending row "overdue" a minute after its due time: the filter agrees
-OVERDUE_GRACE = timedelta(seconds=60)
 
 # The frame that shows an email's HTML part: no script, no plugins, no requests but inline
 # style and images, and a sandbox even when opened on its own.
@@ -138,31 +135,19 @@ def read_filters(request: Request) -> tuple[Filters, dict[str, str]]:
 
 def list_rows(conn: Connection, f: Filters, now: datetime, limit: int) -> list[dict[str, Any]]:
     """Deliveries matching ``f``, newest id first, at most ``limit``."""
-    c = deliveries.c
-    q = sa.select(
-        c.id, c.rule, c.step, c.occurrence, c.subject, c.recipient, c.channel, c.state,
-        c.reason, c.due_at, c.sent_at, c.title, c.attempts, c.category,
-    )  # fmt: skip
-    if f.state == "overdue":
-        q = q.where(c.state == "pending", c.due_at < now - OVERDUE_GRACE)
-    elif f.state:
-        q = q.where(c.state == f.state)
-    for col, val in (
-        (c.rule, f.rule),
-        (c.channel, f.channel),
-        (c.recipient, f.recipient),
-        (c.subject, f.subject),
-    ):
-        if val:
-            q = q.where(col == val)
-    if f.start is not None:
-        q = q.where(c.due_at >= f.start)
-    if f.end is not None:
-        q = q.where(c.due_at < f.end)
-    if f.after is not None:
-        q = q.where(c.id < f.after)
-    q = q.order_by(c.id.desc()).limit(limit)
-    return [dict(r) for r in conn.execute(q).mappings()]
+    return deliveries_page(
+        conn,
+        now=now,
+        state=f.state,
+        rule=f.rule,
+        channel=f.channel,
+        recipient=f.recipient,
+        subject=f.subject,
+        start=f.start,
+        end=f.end,
+        after=f.after,
+        limit=limit,
+    )
 
 
 def recipient_zones(engine: Engine, conn: Connection, ids: set[str]) -> dict[str, str]:
@@ -238,25 +223,6 @@ def _occurrence(value: str) -> str:
     return str(v)
 
 
-def _siblings(conn: Connection, row: dict[str, Any]) -> list[dict[str, Any]]:
-    """The same delivery on the other channels (several channels, fallback)."""
-    c = deliveries.c
-    q = (
-        sa.select(c.id, c.channel, c.state, c.reason, c.due_at, c.sent_at, c.attempts)
-        .where(
-            c.rule == row["rule"],
-            c.step == row["step"],
-            c.occurrence == row["occurrence"],
-            c.subject == row["subject"],
-            c.recipient == row["recipient"],
-            c.id != row["id"],
-        )
-        .order_by(c.id)
-        .limit(20)
-    )
-    return [dict(r) for r in conn.execute(q).mappings()]
-
-
 @router.get("/deliveries/{did}", response_class=HTMLResponse)
 def delivery_detail(
     did: DeliveryId, request: Request, user: CurrentUser, engine: EngineDep
@@ -266,7 +232,7 @@ def delivery_detail(
         if row is None:
             raise HTTPException(404)
         history = engine.store.delivery_history(conn, did)
-        siblings = _siblings(conn, row)
+        siblings = sibling_deliveries(conn, row)
         zones = recipient_zones(engine, conn, {row["recipient"]})
     receipt, receipt_json = _receipt(row["receipt"])
     attempts = [
@@ -294,9 +260,7 @@ def delivery_detail(
 def delivery_html(did: DeliveryId, user: CurrentUser, engine: EngineDep) -> Response:
     """The stored HTML part, for the sandboxed frame of the delivery and outbox pages."""
     with engine.db.connect() as conn:
-        html = conn.execute(
-            sa.select(deliveries.c.body_html).where(deliveries.c.id == did)
-        ).scalar_one_or_none()
+        html = delivery_html_part(conn, did)
     if not html:
         raise HTTPException(404)
     return frame_response(html)

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy.engine import Connection
 
-from duly.store.tables import deliveries
+from duly.store.pages_deliveries import outbox_page
 from duly.web.core import CurrentUser, EngineDep, page_of, render, runtime_of
 
 router = APIRouter()
@@ -27,40 +25,6 @@ OutboxId = Annotated[int, Path(ge=1, le=MAX_ID)]
 def outbox_channels(request: Request) -> list[str]:
     """Names of the channels whose messages are kept, not sent."""
     return [n for n, c in runtime_of(request).rules.channels.items() if c.type == "outbox"]
-
-
-def list_messages(
-    conn: Connection,
-    channels: list[str],
-    search: str,
-    after: int | None,
-    limit: int,
-) -> list[dict[str, Any]]:
-    """Sent messages of the outbox channels, newest first, at most ``limit``.
-
-    Ordered by due time, then id: a sent row's due time is when the dispatcher sent it (a
-    retry or "send now" moves it), and (state, due_at) is indexed, where sent_at is not.
-    ``after`` is the id of the last message of the previous page."""
-    c = deliveries.c
-    q = sa.select(
-        c.id, c.rule, c.step, c.subject, c.recipient, c.channel, c.to_address, c.title,
-        c.sent_at, c.due_at, c.category,
-    ).where(c.state == "sent", c.channel.in_(channels))  # fmt: skip
-    if search:
-        q = q.where(
-            sa.or_(
-                c.to_address.icontains(search, autoescape=True),
-                c.title.icontains(search, autoescape=True),
-                c.recipient == search,
-            )
-        )
-    if after is not None:
-        last = conn.execute(sa.select(c.due_at).where(c.id == after)).scalar_one_or_none()
-        if last is None:
-            return []
-        q = q.where(sa.or_(c.due_at < last, sa.and_(c.due_at == last, c.id < after)))
-    q = q.order_by(c.due_at.desc(), c.id.desc()).limit(limit)
-    return [dict(r) for r in conn.execute(q).mappings()]
 
 
 def _page(request: Request, engine: Any, selected: int | None) -> Response:
@@ -87,7 +51,7 @@ def _page(request: Request, engine: Any, selected: int | None) -> Response:
     rows: list[dict[str, Any]] = []
     with engine.db.connect() as conn:
         if error is None:
-            rows = list_messages(conn, channels, search, after, LIMIT + 1)
+            rows = outbox_page(conn, channels, search, after, LIMIT + 1)
         if selected is not None:
             found = engine.store.outbox(conn, channels, 1, selected)
             if not found:

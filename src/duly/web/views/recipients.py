@@ -15,7 +15,6 @@ from typing import Annotated, Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -27,7 +26,15 @@ from duly.model import Category, Recipient
 from duly.preferences import CATEGORIES
 from duly.runtime import used_channels
 from duly.store.db import write_transaction
-from duly.store.tables import deliveries, recipients, suppressions
+from duly.store.pages_records import (
+    has_sent_on,
+    pending_count_of_recipient,
+    pending_per_recipient,
+    recent_deliveries_of_recipient,
+    recipients_page,
+    suppressions_of_addresses,
+    upcoming_deliveries_of_recipient,
+)
 from duly.web.core import (
     AdminUser,
     CurrentUser,
@@ -52,12 +59,6 @@ Q = Annotated[str, Query(max_length=200)]
 After = Annotated[str | None, Query(max_length=200)]
 
 
-def _like(text: str) -> str:
-    """A LIKE pattern matching ``text`` anywhere, with its own % _ and \\ taken literally."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 def _addresses_of(r: Any) -> list[str]:
     """Every address a recipient can be reached at, lower-cased as suppressions store them
     (the id too: inbox and webhook channels address a recipient by it)."""
@@ -72,33 +73,13 @@ def _addresses_of(r: Any) -> list[str]:
 def recipient_list(request: Request, user: CurrentUser, q: Q = "", after: After = None) -> Response:
     q = q.strip()
     eng = engine_of(request)
-    c = recipients.c
-    stmt = sa.select(c.id, c.name, c.email, c.phone, c.timezone, c.locale, c.addresses)
-    if q:
-        pat = _like(q)
-        stmt = stmt.where(
-            sa.or_(*(col.ilike(pat, escape="\\") for col in (c.id, c.name, c.email, c.phone)))
-        )
-    if after:
-        stmt = stmt.where(c.id > after)
-    stmt = stmt.order_by(c.id).limit(PAGE + 1)
     with eng.db.connect() as conn:
-        rows = [dict(r) for r in conn.execute(stmt).mappings()]
+        rows = recipients_page(conn, q, after, PAGE + 1)
         page = page_of(rows, PAGE, request)
         ids = [r["id"] for r in page.items]
         addrs = {r["id"]: _addresses_of(r) for r in page.items}
         suppressed = eng.store.active_suppressions(conn, [a for v in addrs.values() for a in v])
-        pending: dict[str, int] = {}
-        if ids:
-            d = deliveries.c
-            pending = {
-                rid: int(n)
-                for rid, n in conn.execute(
-                    sa.select(d.recipient, sa.func.count())
-                    .where(d.recipient.in_(ids), _state_is("pending"))
-                    .group_by(d.recipient)
-                )
-            }
+        pending = pending_per_recipient(conn, ids)
     for r in page.items:
         r["suppressed"] = any(a in suppressed for a in addrs[r["id"]])
         r["pending"] = pending.get(r["id"], 0)
@@ -163,14 +144,6 @@ def _consent_view(eng: Engine, r: Recipient) -> dict[str, Any]:
     }
 
 
-def _state_is(state: str) -> Any:
-    """``deliveries.state = state`` written so that no index is used for it: the planner
-    then reads one recipient's rows by ``ix_deliveries_recipient`` instead of walking every
-    pending (or sent) row of every recipient by the state indexes (SQLite, without
-    statistics, prefers those)."""
-    return (deliveries.c.state + "") == state
-
-
 def _inbox(request: Request, rid: str) -> tuple[list[dict[str, Any]], int, tuple[str, ...]]:
     runtime = runtime_of(request)
     notifier = getattr(runtime, "inbox_notifier", None)
@@ -179,16 +152,11 @@ def _inbox(request: Request, rid: str) -> tuple[list[dict[str, Any]], int, tuple
         if notifier is not None
         else InboxStore(runtime.db, inbox_channel_names(getattr(runtime, "rules", None)))
     )
-    d = deliveries.c
     with runtime.db.connect() as conn:
         # most recipients have no inbox items: one look by the recipient index says so
         # without InboxStore's queries, which go by state
-        has_any = conn.execute(
-            sa.select(d.id)
-            .where(d.recipient == rid, d.channel.in_(store.channels), _state_is("sent"))
-            .limit(1)
-        ).first()
-    if has_any is None:
+        has_any = has_sent_on(conn, rid, store.channels)
+    if not has_any:
         return [], 0, store.channels
     items, _ = store.list(rid, limit=INBOX)
     for i in items:
@@ -197,61 +165,17 @@ def _inbox(request: Request, rid: str) -> tuple[list[dict[str, Any]], int, tuple
     return items, store.unread_count(rid), store.channels
 
 
-_COLS = (
-    deliveries.c.id,
-    deliveries.c.rule,
-    deliveries.c.step,
-    deliveries.c.subject,
-    deliveries.c.channel,
-    deliveries.c.state,
-    deliveries.c.reason,
-    deliveries.c.category,
-    deliveries.c.due_at,
-    deliveries.c.sent_at,
-    deliveries.c.updated_at,
-    deliveries.c.title,
-)
-
-
 @router.get("/recipients/{rid:path}", response_class=HTMLResponse)
 def recipient_page(rid: str, request: Request, user: CurrentUser, eng: EngineDep) -> Response:
     r = _recipient(eng, rid)
     addrs = _addresses_of(
         {"id": r.id, "email": r.email, "phone": r.phone, "addresses": r.addresses}
     )
-    d = deliveries.c
-    s = suppressions.c
     with eng.db.connect() as conn:
-        recent = [
-            dict(x)
-            for x in conn.execute(
-                sa.select(*_COLS)
-                .where(d.recipient == r.id, (d.state + "") != "pending")
-                .order_by(d.updated_at.desc(), d.id.desc())
-                .limit(RECENT)
-            ).mappings()
-        ]
-        upcoming = [
-            dict(x)
-            for x in conn.execute(
-                sa.select(*_COLS)
-                .where(d.recipient == r.id, _state_is("pending"))
-                .order_by(d.due_at, d.id)
-                .limit(UPCOMING)
-            ).mappings()
-        ]
-        pending_total = conn.execute(
-            sa.select(sa.func.count()).where(d.recipient == r.id, _state_is("pending"))
-        ).scalar_one()
-        sups = [
-            dict(x)
-            for x in conn.execute(
-                sa.select(suppressions)
-                .where(s.address.in_(addrs))
-                .order_by(s.cleared_at.is_(None).desc(), s.id.desc())
-                .limit(SUPPRESSIONS)
-            ).mappings()
-        ]
+        recent = recent_deliveries_of_recipient(conn, r.id, RECENT)
+        upcoming = upcoming_deliveries_of_recipient(conn, r.id, UPCOMING)
+        pending_total = pending_count_of_recipient(conn, r.id)
+        sups = suppressions_of_addresses(conn, addrs, SUPPRESSIONS)
     inbox, unread, inbox_channels = _inbox(request, r.id)
     zone = _zone(r.timezone)
     now = eng.clock.now()

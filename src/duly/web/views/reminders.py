@@ -13,21 +13,26 @@ again and a refusal it still makes is mapped to its field by ``InvalidInput.fiel
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy.engine import Connection
 from starlette.concurrency import run_in_threadpool
 
-from duly.engine.service import REMINDER_RULE, Conflict, Engine, ReminderInput
+from duly.engine.service import Conflict, Engine, ReminderInput
 from duly.errors import DulyError, InvalidInput, NotFound
 from duly.model import Category
-from duly.store.tables import deliveries, recipients, reminders, subjects
+from duly.store.db import Connection
+from duly.store.pages_records import (
+    first_recipient_ids,
+    live_reminder,
+    reminder_counts,
+    reminder_deliveries,
+    reminders_page,
+)
 from duly.web.core import (
     AdminUser,
     CurrentUser,
@@ -52,56 +57,7 @@ CATEGORIES = [c.value for c in Category]
 _SPLIT = re.compile(r"[\s,;]+")
 
 
-# --------------------------------------------------------------------------- queries
-
-
-def reminder_counts(
-    conn: Connection, ids: Iterable[int], now: datetime
-) -> dict[int, dict[str, int]]:
-    """Counts per reminder (total, pending, sent, overdue, failed), as the API's
-    ``_reminder_out``: cancelled rows are not counted; pending includes sending; overdue is
-    a pending or sending row past its due time. One grouped query for all ``ids``."""
-    ids = [int(i) for i in ids]
-    out = {i: {"total": 0, "pending": 0, "sent": 0, "overdue": 0, "failed": 0} for i in ids}
-    if not ids:
-        return out
-    live = deliveries.c.state != "cancelled"
-    waiting = deliveries.c.state.in_(("pending", "sending"))
-
-    def count(cond: Any) -> Any:
-        return sa.func.sum(sa.case((cond, 1), else_=0))
-
-    q = (
-        sa.select(
-            deliveries.c.occurrence,
-            count(live),
-            count(waiting),
-            count(deliveries.c.state == "sent"),
-            count(sa.and_(waiting, deliveries.c.due_at < now)),
-            count(deliveries.c.state == "failed"),
-        )
-        # rule, step, occurrence lead the identity's unique index
-        .where(
-            deliveries.c.rule == REMINDER_RULE,
-            deliveries.c.step == "",
-            deliveries.c.occurrence.in_([str(i) for i in ids]),
-        )
-        .group_by(deliveries.c.occurrence)
-    )
-    for occ, total, pending, sent, overdue, failed in conn.execute(q):
-        try:
-            rid = int(occ)
-        except ValueError:
-            continue
-        if rid in out:
-            out[rid] = {
-                "total": int(total or 0),
-                "pending": int(pending or 0),
-                "sent": int(sent or 0),
-                "overdue": int(overdue or 0),
-                "failed": int(failed or 0),
-            }
-    return out
+# --------------------------------------------------------------------------- state and rows
 
 
 def status_of(counts: Mapping[str, int]) -> str:
@@ -120,35 +76,14 @@ def status_of(counts: Mapping[str, int]) -> str:
 
 
 def _reminder(conn: Connection, rid: int) -> dict[str, Any]:
-    r = (
-        conn.execute(
-            sa.select(reminders).where(reminders.c.id == rid, reminders.c.deleted_at.is_(None))
-        )
-        .mappings()
-        .first()
-    )
+    r = live_reminder(conn, rid)
     if r is None:
         raise NotFound(f"There is no reminder {rid} (it may have been deleted).")
-    return dict(r)
+    return r
 
 
 def _rows_of(conn: Connection, rid: int) -> list[dict[str, Any]]:
-    q = (
-        sa.select(deliveries)
-        .where(
-            deliveries.c.rule == REMINDER_RULE,
-            deliveries.c.step == "",
-            deliveries.c.occurrence == str(int(rid)),
-        )
-        .order_by(deliveries.c.recipient, deliveries.c.channel, deliveries.c.id)
-        .limit(MAX_ROWS)
-    )
-    return [dict(x) for x in conn.execute(q).mappings()]
-
-
-def _known_ids(conn: Connection, limit: int = 8) -> list[str]:
-    q = sa.select(recipients.c.id).order_by(recipients.c.id).limit(limit)
-    return [i for (i,) in conn.execute(q)]
+    return reminder_deliveries(conn, rid, MAX_ROWS)
 
 
 def _is_sent(rows: Sequence[Mapping[str, Any]]) -> bool:
@@ -167,12 +102,8 @@ def reminder_list(
     after: Annotated[int | None, Query(ge=1, le=2**62)] = None,
 ) -> Response:
     now = eng.clock.now()
-    q = sa.select(reminders).where(reminders.c.deleted_at.is_(None))
-    if after is not None:
-        q = q.where(reminders.c.id < after)
-    q = q.order_by(reminders.c.id.desc()).limit(PAGE + 1)
     with eng.db.connect() as conn:
-        rows = [dict(r) for r in conn.execute(q).mappings()]
+        rows = reminders_page(conn, after, PAGE + 1)
         page = page_of(rows, PAGE, request)
         counts = reminder_counts(conn, [r["id"] for r in page.items], now)
     items = [
@@ -215,16 +146,8 @@ def reminder_detail(request: Request, rid: DbId, user: CurrentUser, eng: EngineD
         subject_ok = False
         if r["subject"]:
             kind, _, key = r["subject"].partition("/")
-            subject_ok = (
-                conn.execute(
-                    sa.select(subjects.c.id).where(
-                        subjects.c.kind == kind,
-                        subjects.c.key == key,
-                        subjects.c.deleted_at.is_(None),
-                    )
-                ).first()
-                is not None
-            )
+            rec = eng.store.get_subjects(conn, [(kind, key)]).get((kind, key))
+            subject_ok = rec is not None and not rec.deleted
     sent = _is_sent(rows)
     return render(
         request,
@@ -255,7 +178,7 @@ def _form(
     status: int = 200,
 ) -> Response:
     with eng.db.connect() as conn:
-        known = _known_ids(conn)
+        known = first_recipient_ids(conn)
     return render(
         request,
         "reminders/form.html",

@@ -22,7 +22,6 @@ from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -31,7 +30,7 @@ from starlette.datastructures import UploadFile
 from duly.errors import DulyError
 from duly.model import Rule, RuleFile
 from duly.rules import timemath
-from duly.store.tables import deliveries
+from duly.store.pages_deliveries import next_pending_of_rule
 from duly.web.core import (
     CurrentUser,
     engine_of,
@@ -202,23 +201,6 @@ def _cron_next(r: Rule, rf: RuleFile, now: datetime) -> tuple[list[datetime], st
     return out, tz.key
 
 
-def _pending(conn: sa.Connection, rule: str) -> list[Any]:
-    q = (
-        sa.select(
-            deliveries.c.id,
-            deliveries.c.step,
-            deliveries.c.subject,
-            deliveries.c.recipient,
-            deliveries.c.channel,
-            deliveries.c.due_at,
-        )
-        .where(deliveries.c.state == "pending", deliveries.c.rule == rule)
-        .order_by(deliveries.c.due_at, deliveries.c.id)
-        .limit(NEXT)
-    )
-    return list(conn.execute(q).mappings())
-
-
 @router.get("/rules", response_class=HTMLResponse)
 def rules_page(request: Request, user: CurrentUser) -> Response:
     eng = engine_of(request)
@@ -239,7 +221,7 @@ def rules_page(request: Request, user: CurrentUser) -> Response:
             if r.kind == "cron":
                 row["cron"], row["zone"] = _cron_next(r, rf, now)
             else:
-                row["pending"] = _pending(conn, r.name)
+                row["pending"] = next_pending_of_rule(conn, r.name, NEXT)
             rows.append(row)
     return render(
         request,

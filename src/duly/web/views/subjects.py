@@ -12,14 +12,23 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from duly.engine.service import SubjectInput
 from duly.errors import InvalidInput
-from duly.store.tables import deliveries, reminders, subjects
+from duly.store.db import Connection
+from duly.store.pages_records import (
+    pending_per_subject,
+    reminder_counts,
+    reminders_of_subject,
+    stored_subject_kinds,
+    subject_history,
+    subject_plan,
+    subject_times,
+    subjects_page,
+)
 from duly.web.core import (
     AdminUser,
     CurrentUser,
@@ -34,7 +43,7 @@ from duly.web.core import (
     to_local_input,
     viewer_tz,
 )
-from duly.web.views.reminders import reminder_counts, status_of
+from duly.web.views.reminders import status_of
 
 router = APIRouter()
 
@@ -45,16 +54,10 @@ ROWS = 100  # plan and history rows shown on a subject's page
 INDEFINITE = datetime(9000, 1, 1, tzinfo=UTC)
 
 
-def _like(text: str) -> str:
-    """A LIKE pattern matching ``text`` anywhere, its own % and _ taken literally."""
-    esc = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{esc}%"
-
-
-def _kinds(eng: Any, conn: sa.Connection) -> list[str]:
+def _kinds(eng: Any, conn: Connection) -> list[str]:
     """Kinds the rules name, and kinds stored (at most 100 of them)."""
     ruled = {r.subject for r in eng.rules.rules if getattr(r, "subject", None)}
-    stored = conn.execute(sa.select(subjects.c.kind).distinct().limit(100)).scalars().all()
+    stored = stored_subject_kinds(conn, limit=100)
     return sorted(ruled | set(stored))
 
 
@@ -73,36 +76,13 @@ def subject_list(
 ) -> Response:
     now = eng.clock.now()
     key = key.strip()
-    q = sa.select(
-        subjects.c.id,
-        subjects.c.kind,
-        subjects.c.key,
-        subjects.c.revision,
-        subjects.c.hold_until,
-        subjects.c.deleted_at,
-        subjects.c.updated_at,
-    )
-    if kind:
-        q = q.where(subjects.c.kind == kind)
-    if key:
-        q = q.where(subjects.c.key.ilike(_like(key), escape="\\"))
-    if not deleted:
-        q = q.where(subjects.c.deleted_at.is_(None))
-    if after is not None:
-        q = q.where(subjects.c.id < after)
-    q = q.order_by(subjects.c.id.desc()).limit(PAGE + 1)
     with eng.db.connect() as conn:
-        rows = [dict(r) for r in conn.execute(q).mappings()]
+        rows = subjects_page(
+            conn, kind=kind, key=key, deleted=bool(deleted), after=after, limit=PAGE + 1
+        )
         page = page_of(rows, PAGE, request)
         refs = [f"{r['kind']}/{r['key']}" for r in page.items]
-        pending: dict[str, int] = {}
-        if refs:
-            cq = (
-                sa.select(deliveries.c.subject, sa.func.count())
-                .where(deliveries.c.subject.in_(refs), deliveries.c.state == "pending")
-                .group_by(deliveries.c.subject)
-            )
-            pending = {s: int(n) for s, n in conn.execute(cq)}
+        pending = pending_per_subject(conn, refs)
         kinds = _kinds(eng, conn)
     items = [
         {
@@ -139,38 +119,11 @@ def _load(eng: Any, kind: str, key: str) -> dict[str, Any]:
         rec = eng.store.get_subjects(conn, [(kind, key)]).get((kind, key))
         if rec is None or rec.deleted:
             raise HTTPException(404)
-        row = conn.execute(
-            sa.select(subjects.c.created_at, subjects.c.updated_at).where(subjects.c.id == rec.id)
-        ).first()
-        waiting = ("pending", "sending")
-        plan = [
-            dict(r)
-            for r in conn.execute(
-                sa.select(deliveries)
-                .where(deliveries.c.subject == ref, deliveries.c.state.in_(waiting))
-                .order_by(deliveries.c.due_at, deliveries.c.id)
-                .limit(ROWS + 1)
-            ).mappings()
-        ]
-        history = [
-            dict(r)
-            for r in conn.execute(
-                sa.select(deliveries)
-                .where(deliveries.c.subject == ref, deliveries.c.state.not_in(waiting))
-                .order_by(deliveries.c.due_at.desc(), deliveries.c.id.desc())
-                .limit(ROWS + 1)
-            ).mappings()
-        ]
+        times = subject_times(conn, rec.id)
+        plan = subject_plan(conn, ref, ROWS + 1)
+        history = subject_history(conn, ref, ROWS + 1)
         problems = eng.store.subject_problems(conn, ref)
-        rems = [
-            dict(r)
-            for r in conn.execute(
-                sa.select(reminders)
-                .where(reminders.c.subject == ref, reminders.c.deleted_at.is_(None))
-                .order_by(reminders.c.send_at.desc(), reminders.c.id.desc())
-                .limit(PAGE)
-            ).mappings()
-        ]
+        rems = reminders_of_subject(conn, ref, PAGE)
         counts = reminder_counts(conn, [r["id"] for r in rems], now)
         ids = {i for ids in rec.subject.recipients.values() for i in ids}
         ids |= {d["recipient"] for d in plan + history if d["recipient"]}
@@ -184,8 +137,8 @@ def _load(eng: Any, kind: str, key: str) -> dict[str, Any]:
         "s": s,
         "ref": ref,
         "url": subject_path(kind, key),
-        "created_at": row.created_at if row else None,
-        "updated_at": row.updated_at if row else None,
+        "created_at": times[0] if times else None,
+        "updated_at": times[1] if times else None,
         "plan": plan[:ROWS],
         "plan_more": len(plan) > ROWS,
         "history": history[:ROWS],

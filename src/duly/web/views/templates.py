@@ -7,26 +7,25 @@ of the problem (shown next to the part), a preview renders the edited text with 
 subject's data (or sample data) and shows a render error with its file and line.
 
 Forms post every part as ``part:CHANNEL.EXT``. Browsers send a textarea's line ends as CRLF;
-they are turned back into LF before anything is checked or saved.
+they are turned back into LF before anything is checked or saved. The parts of the form and
+the preview are duly.web.views.templates_preview.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
-import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from duly.api.templates import store_of  # the runtime's TemplateStore
 from duly.errors import InvalidInput, NotFound
-from duly.render import RenderBusy, RenderError
+from duly.render import RenderBusy
 from duly.rules.yamlnodes import NAME_RE
-from duly.store.tables import subjects
+from duly.store.pages_records import recent_subject_refs
 from duly.templates_db import (
     EXTS,
     MAX_BODY,
@@ -34,27 +33,29 @@ from duly.templates_db import (
     TemplateStore,
     TemplateView,
     filename,
-    preview_input,
-    preview_parties,
 )
 from duly.web.core import (
     AdminUser,
     CurrentUser,
-    FrameStore,
     engine_of,
-    env,
     flash,
     frame_response,
     redirect,
     render,
-    session_user,
-    viewer_tz,
+)
+from duly.web.views.templates_preview import (
+    FRAMES,
+    PartForm,
+    Preview,
+    channels_of,
+    parts_form,
+    preview_fragment,
+    render_preview,
+    source_line,
+    to_lf,
 )
 
 router = APIRouter()
-
-# rendered previews' HTML, loaded by the preview's sandboxed frame
-FRAMES = FrameStore()
 
 RECENT_SUBJECTS = 20
 
@@ -75,173 +76,12 @@ def _view(ts: TemplateStore, name: str, version: int | None = None) -> TemplateV
         raise HTTPException(404) from None
 
 
-def _lf(text: str) -> str:
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def _field_id(key: str) -> str:
-    return "part-" + "".join(c if c.isalnum() else "-" for c in key)
-
-
-@dataclass
-class PartForm:
-    """One textarea of the edit form."""
-
-    key: str  # "CHANNEL.EXT"
-    channel: str
-    ext: str
-    file: str  # NAME.CHANNEL.EXT
-    source: str  # "database" | "file"
-    body: str
-    version: int | None = None
-    has_file: bool = False
-    error: str | None = None
-    error_line: int | None = None
-    error_source_line: str | None = None
-
-    @property
-    def field_id(self) -> str:
-        return _field_id(self.key)
-
-    @property
-    def rows(self) -> int:
-        return max(6, min(30, self.body.count("\n") + 2))
-
-
-def _parts_form(view: TemplateView, form: Any | None = None) -> list[PartForm]:
-    out = []
-    # per channel, the text part first: its "Subject:" line is the title
-    for p in sorted(view.parts, key=lambda p: (p.channel, p.ext != "txt")):
-        key = f"{p.channel}.{p.ext}"
-        body = p.body
-        if form is not None:
-            sent = form.get(f"part:{key}")
-            if isinstance(sent, str):
-                body = _lf(sent)
-        out.append(
-            PartForm(
-                key=key,
-                channel=p.channel,
-                ext=p.ext,
-                file=filename(view.name, p.channel, p.ext),
-                source=p.source,
-                body=body,
-                version=p.version,
-                has_file=p.has_file,
-            )
-        )
-    return out
-
-
-def _channels(parts: list[PartForm]) -> list[str]:
-    seen: list[str] = []
-    for p in parts:
-        if p.channel not in seen:
-            seen.append(p.channel)
-    return seen
-
-
 def _recent_subjects(request: Request, kinds: list[str]) -> list[str]:
     """KIND/KEY of recent subjects of the kinds the rules using a template work on."""
     if not kinds:
         return []
-    q = (
-        sa.select(subjects.c.kind, subjects.c.key)
-        .where(subjects.c.kind.in_(kinds), subjects.c.deleted_at.is_(None))
-        .order_by(subjects.c.id.desc())
-        .limit(RECENT_SUBJECTS)
-    )
     with engine_of(request).db.connect() as conn:
-        return [f"{k}/{key}" for k, key in conn.execute(q)]
-
-
-@dataclass
-class Preview:
-    """What the preview fragment shows."""
-
-    channel: str
-    title: str | None = None
-    text: str | None = None
-    html: str | None = None
-    data: str = "sample"  # sample | real
-    subject: str | None = None
-    recipient: str | None = None
-    error: dict[str, Any] | None = None  # file, line, reason, source_line
-    field_errors: dict[str, str] = field(default_factory=dict)
-    frame_url: str | None = None  # the HTML part, for the sandboxed frame
-
-
-def _source_line(sources: dict[str, str], file: str | None, line: int | None) -> str | None:
-    if not file or not line or file not in sources:
-        return None
-    lines = sources[file].split("\n")
-    return lines[line - 1] if 1 <= line <= len(lines) else None
-
-
-def render_preview(
-    request: Request,
-    ts: TemplateStore,
-    name: str,
-    parts: list[PartForm],
-    channel: str,
-    subject_ref: str,
-    recipient_id: str,
-) -> Preview:
-    """Render ``name`` for ``channel`` with the edited ``parts`` in place of the saved ones,
-    with a subject's and recipient's real data (else sample data); as POST
-    /v1/templates/{name}/preview does. Problems come back in the Preview, never raised."""
-    eng = engine_of(request)
-    now = eng.clock.now()
-    out = Preview(channel=channel)
-    if channel not in _channels(parts):
-        out.field_errors["channel"] = f"this template has no part for channel {channel!r}"
-        return out
-    sources = {p.file: p.body for p in parts}
-    subject_ref, recipient_id = subject_ref.strip()[:301], recipient_id.strip()[:200]
-    try:
-        subject, recipient = preview_parties(eng, subject_ref or None, recipient_id or None)
-    except NotFound as exc:
-        if exc.field == "subject":
-            out.field_errors["subject"] = (
-                f"no subject {subject_ref} (write it as KIND/KEY, e.g. invoice/INV-1)"
-            )
-        else:
-            out.field_errors["recipient"] = f"no recipient with id {recipient_id}"
-        return out
-    pin = preview_input(ts, eng, name, subject, recipient, now=now)
-    out.data = "real" if pin.real else "sample"
-    out.subject = pin.subject.ref
-    out.recipient = pin.recipient.id if pin.recipient is not None else None
-    try:
-        r = ts.preview(
-            name,
-            channel,
-            pin.context,
-            sources=sources,
-            recipient=pin.recipient,
-            timezone=pin.timezone,
-            locale=pin.locale,
-        )
-    except RenderError as exc:  # also over a render: limit, or every render process busy
-        out.error = {
-            "file": exc.template,
-            "line": exc.line,
-            "reason": exc.reason,
-            "source_line": _source_line(sources, exc.template, exc.line),
-            "busy": exc.kind == "busy",
-        }
-        return out
-    out.title, out.text, out.html = r.title, r.text, r.html
-    user = session_user(request)
-    if r.html and user is not None:
-        token = FRAMES.put(user.id, r.html)
-        out.frame_url = f"/templates/{quote(name, safe='')}/frame/{token}"
-    return out
-
-
-def _fragment(request: Request, preview: Preview) -> str:
-    tmpl = env.get_template("templates/_preview.html")
-    return tmpl.render(preview=preview, tz=viewer_tz(request), now=engine_of(request).clock.now())
+        return recent_subject_refs(conn, kinds, RECENT_SUBJECTS)
 
 
 def _edit_context(
@@ -263,7 +103,7 @@ def _edit_context(
         "title": f"Template {view.name}",
         "view": view,
         "parts": parts,
-        "channels": _channels(parts),
+        "channels": channels_of(parts),
         "channel": channel,
         "subject_ref": subject_ref,
         "recipient_id": recipient_id,
@@ -322,8 +162,8 @@ def template_edit(
 ) -> Response:
     ts = store_of(request)
     view = _view(ts, name)
-    parts = _parts_form(view)
-    channels = _channels(parts)
+    parts = parts_form(view)
+    channels = channels_of(parts)
     channel = channel if channel in channels else channels[0]
     if subject is None:  # first visit: the newest subject a rule using it works on
         kinds = sorted({r.subject for r in ts.rules_using(name) if r.subject})
@@ -357,8 +197,8 @@ async def _read_edit_form(request: Request, name: str) -> tuple[Any, TemplateSto
 async def template_preview(name: str, request: Request, user: CurrentUser) -> Response:
     """The preview fragment for the live preview (duly.js puts it into #preview)."""
     form, ts, view = await _read_edit_form(request, name)
-    parts = _parts_form(view, form)
-    channels = _channels(parts)
+    parts = parts_form(view, form)
+    channels = channels_of(parts)
     channel = _form_str(form, "channel", 100) or channels[0]
     preview = await run_in_threadpool(
         render_preview,
@@ -370,7 +210,7 @@ async def template_preview(name: str, request: Request, user: CurrentUser) -> Re
         _form_str(form, "subject", 301),
         _form_str(form, "recipient", 200),
     )
-    return HTMLResponse(_fragment(request, preview))
+    return HTMLResponse(preview_fragment(request, preview))
 
 
 @router.get("/templates/{name}/frame/{token}")
@@ -385,8 +225,8 @@ def template_preview_frame(name: str, token: str, user: CurrentUser) -> Response
 async def _edit_form(request: Request, name: str) -> tuple[Any, ...]:
     """The posted edit form: (form, store, view, edited parts, channel, subject, recipient)."""
     form, ts, view = await _read_edit_form(request, name)
-    parts = _parts_form(view, form)
-    channels = _channels(parts)
+    parts = parts_form(view, form)
+    channels = channels_of(parts)
     channel = _form_str(form, "channel", 100)
     channel = channel if channel in channels else channels[0]
     subject_ref, recipient_id = _form_str(form, "subject", 301), _form_str(form, "recipient", 200)
@@ -445,7 +285,7 @@ async def template_save(name: str, request: Request, user: AdminUser) -> Respons
                 return refuse("Not saved: a part is too long.")
         # only the parts edited: saving a file's unchanged text would pin it in the
         # database (later edits of the file would no longer show)
-        shown = {(p.channel, p.ext): _lf(p.body) for p in view.parts}
+        shown = {(p.channel, p.ext): to_lf(p.body) for p in view.parts}
         edited = [p for p in parts if p.body != shown.get((p.channel, p.ext))]
         if not edited:
             flash(request, "Nothing changed: every part is as shown.", "info")
@@ -467,7 +307,7 @@ async def template_save(name: str, request: Request, user: AdminUser) -> Respons
             else:
                 target.error = reason
             target.error_line = exc.line
-            target.error_source_line = _source_line(sources, exc.file, exc.line)
+            target.error_source_line = source_line(sources, exc.file, exc.line)
             return refuse("Not saved: fix the error shown next to the part. Nothing was changed.")
         except InvalidInput as exc:
             return refuse(f"Not saved: {exc}")

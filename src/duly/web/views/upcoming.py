@@ -15,11 +15,11 @@ from itertools import groupby
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from duly.store.tables import deliveries
+from duly.model import REMINDER_RULE
+from duly.store.pages_deliveries import OVERDUE_AFTER, upcoming_page
 from duly.web.core import (
     CurrentUser,
     page_of,
@@ -29,12 +29,10 @@ from duly.web.core import (
     to_local_input,
     viewer_tz,
 )
-from duly.web.views.dashboard import OVERDUE_AFTER
 
 router = APIRouter()
 
 LIMIT = 50
-REMINDER_RULE = "@reminder"  # one-off reminders (duly.engine.service)
 _KIND = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 _CURSOR = re.compile(r"^(\d{1,12})\.(\d{6})~(\d{1,19})$")  # epoch seconds.micros~id
 
@@ -50,11 +48,6 @@ def _parse_cursor(value: str) -> tuple[datetime, int]:
         raise ValueError("this page link is damaged; start again from the first page")
     t = datetime.fromtimestamp(int(m.group(1)), UTC).replace(microsecond=int(m.group(2)))
     return t, int(m.group(3))
-
-
-def _like_prefix(kind: str) -> str:
-    escaped = kind.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + "/%"
 
 
 def options(rt: Any) -> dict[str, list[tuple[str, str]]]:
@@ -98,41 +91,6 @@ def read_filters(
     return f, errors
 
 
-def query_pending(
-    conn: sa.Connection, f: dict[str, Any], after: tuple[datetime, int] | None, limit: int
-) -> list[dict[str, Any]]:
-    d = deliveries
-    q = sa.select(
-        d.c.id,
-        d.c.rule,
-        d.c.step,
-        d.c.occurrence,
-        d.c.subject,
-        d.c.recipient,
-        d.c.channel,
-        d.c.state,
-        d.c.category,
-        d.c.due_at,
-        d.c.planned_at,
-        d.c.attempts,
-        d.c.last_error,
-    ).where(d.c.state == "pending")
-    for col, key in ((d.c.rule, "rule"), (d.c.channel, "channel"), (d.c.recipient, "recipient")):
-        if f.get(key):
-            q = q.where(col == f[key])
-    if f.get("kind"):
-        q = q.where(d.c.subject.like(_like_prefix(f["kind"]), escape="\\"))
-    if f.get("from_at"):
-        q = q.where(d.c.due_at >= f["from_at"])
-    if f.get("to_at"):
-        q = q.where(d.c.due_at < f["to_at"])
-    if after is not None:
-        t, i = after
-        q = q.where(sa.or_(d.c.due_at > t, sa.and_(d.c.due_at == t, d.c.id > i)))
-    q = q.order_by(d.c.due_at, d.c.id).limit(limit)
-    return [dict(r) for r in conn.execute(q).mappings()]
-
-
 @router.get("/upcoming", response_class=HTMLResponse)
 def upcoming(request: Request, user: CurrentUser) -> HTMLResponse:
     rt = runtime_of(request)
@@ -151,7 +109,17 @@ def upcoming(request: Request, user: CurrentUser) -> HTMLResponse:
     zones: dict[str, str | None] = {}
     if not errors:
         with rt.db.connect() as conn:
-            rows = query_pending(conn, f, after, LIMIT + 1)
+            rows = upcoming_page(
+                conn,
+                rule=f["rule"],
+                channel=f["channel"],
+                recipient=f["recipient"],
+                kind=f["kind"],
+                start=f.get("from_at"),
+                end=f.get("to_at"),
+                after=after,
+                limit=LIMIT + 1,
+            )
             people = rt.engine.store.get_recipients(conn, {r["recipient"] for r in rows[:LIMIT]})
         zones = {rid: p.timezone for rid, p in people.items()}
     for r in rows:
