@@ -401,6 +401,11 @@ class RuleFile:
 # --------------------------------------------------------------------------- app records
 
 
+# Channel types that send email through a provider's HTTP API (duly.channels.sendgrid …):
+# email like smtp's, to the recipient's email address.
+EMAIL_API_TYPES = ("sendgrid", "postmark", "mailgun", "ses")
+
+
 @dataclass(frozen=True, slots=True)
 class Recipient:
     id: str
@@ -414,7 +419,7 @@ class Recipient:
 
     def address_for(self, channel: str, channel_type: str | None = None) -> str | None:
         """The address used on a channel (spec: Policies / Addresses)."""
-        if channel == "email" or channel_type in ("smtp", "outbox"):
+        if channel == "email" or channel_type in ("smtp", "outbox", *EMAIL_API_TYPES):
             return self.email or self.addresses.get(channel)
         if channel in ("sms", "whatsapp") or channel_type in ("twilio-sms", "twilio-whatsapp", "whatsapp-cloud"):
             return self.phone or self.addresses.get(channel)

@@ -53,6 +53,7 @@ from duly.ack import (
 )
 from duly.engine.clock import Clock, SystemClock
 from duly.errors import InvalidInput
+from duly.model import EMAIL_API_TYPES
 
 __all__ = [
     "CATEGORIES",
@@ -314,7 +315,7 @@ def _is_https(url: str) -> bool:
 
 # Channel types whose email carries the List-Unsubscribe headers out to people (the outbox
 # keeps its messages in the database: nobody's mail client sees them).
-_SENDS_EMAIL = frozenset({"smtp"})
+_SENDS_EMAIL = frozenset({"smtp", *EMAIL_API_TYPES})
 
 
 def unsubscribe_link_warning(base_url: str, channel_types: Iterable[str]) -> str | None:

@@ -24,6 +24,7 @@ from duly.engine.clock import VirtualClock
 from duly.engine.dispatcher import Dispatcher
 from duly.engine.service import Engine, SubjectInput
 from duly.model import ChannelConfig, Recipient
+from duly.preferences import PrefLinks, PrefSigner, unsubscribe_link_warning
 from duly.render import Renderer
 from duly.rules.loader import load_rules_text
 from duly.runtime import build_channels
@@ -535,12 +536,20 @@ def test_ses_options_are_checked() -> None:
 
 # --------------------------------------------------------------------------- end to end
 
+
+@pytest.mark.parametrize("type_", PROVIDERS)
+def test_email_api_types_are_email_whatever_the_channel_name(type_: str) -> None:
+    ann = Recipient("ann", email="ann@example.test", addresses={"mail": "other@example.test"})
+    assert ann.address_for("mail", type_) == "ann@example.test"
+    assert unsubscribe_link_warning("http://duly.example.test", [type_]) is not None
+
+
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 
 RULES = """
 timezone: UTC
 channels:
-  email:
+  mail:
     type: sendgrid
     api_key: {key}
     from: "Acme Billing <billing@acme.test>"
@@ -551,7 +560,7 @@ rules:
     subject: invoice
     if: "status == 'sent'"
     to: [customer]
-    channels: [email]
+    channels: [mail]
     template: plain
     steps:
       - {{name: due-soon, at: "due_at - 3d"}}
@@ -562,7 +571,7 @@ def test_a_delivery_through_the_dispatcher_is_sent_and_recorded(
     db_url: str, tmp_path: Path
 ) -> None:
     (tmp_path / "templates").mkdir()
-    (tmp_path / "templates" / "plain.email.txt").write_text(
+    (tmp_path / "templates" / "plain.mail.txt").write_text(
         "Subject: {{ rule.name }} for {{ subject.key }}\nHello {{ recipient.name }}.\n"
     )
     with FakeSendGrid() as sg:
@@ -574,8 +583,11 @@ def test_a_delivery_through_the_dispatcher_is_sent_and_recorded(
         clock = VirtualClock(T0)
         engine = Engine(rf, make_engine(db_url), clock=clock)
         channels = build_channels(rf)
-        assert channels["email"].type == "sendgrid"
+        assert channels["mail"].type == "sendgrid"
         disp = Dispatcher(engine, channels, Renderer(rf.templates_dir), send_workers=1)
+        disp.preferences = PrefLinks(
+            signer=PrefSigner("s3cret", clock=clock), base_url="https://duly.example.test/"
+        )
         engine.put_recipient(Recipient("c1", name="Alice", email="alice@example.test"))
         inv = {"status": "sent", "due_at": "2026-03-10T09:00:00Z"}
         engine.upsert_subject(SubjectInput("invoice", "INV-1", inv, {"customer": "c1"}))
@@ -591,6 +603,9 @@ def test_a_delivery_through_the_dispatcher_is_sent_and_recorded(
     assert sent.text is not None and "Hello Alice." in sent.text
     assert sent.headers["x-duly-rule"] == "invoice-reminders"
     assert sent.headers["x-duly-subject"] == "invoice/INV-1"
+    # a channel of an email-API type under any name: the email address, unsubscribe headers
+    assert sent.headers["list-unsubscribe"].startswith("<https://duly.example.test/u/")
+    assert sent.headers["list-unsubscribe-post"] == "List-Unsubscribe=One-Click"
     with engine.db.connect() as conn:
         [row] = engine.store.deliveries_of_subject(conn, "invoice/INV-1")
     assert row["state"] == "sent"

@@ -14,7 +14,7 @@ from typing import Any
 from duly import planner
 from duly.channels.base import Message
 from duly.engine.work import _Work
-from duly.model import Reason
+from duly.model import EMAIL_API_TYPES, Reason
 
 log = logging.getLogger("duly.dispatcher")
 
@@ -146,7 +146,7 @@ class RenderingMixin:
         """List-Unsubscribe and List-Unsubscribe-Post (RFC 8058) on reminder and promotional
         email; none on transactional mail or other channels."""
         chan = self.channels.get(channel)
-        is_email = channel == "email" or getattr(chan, "type", None) in ("smtp", "outbox")
+        is_email = channel == "email" or getattr(chan, "type", None) in ("smtp", "outbox", *EMAIL_API_TYPES)
         if self.preferences is None or not is_email or w.recipient is None:
             return {}
         return dict(
