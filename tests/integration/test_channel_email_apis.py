@@ -200,9 +200,12 @@ def test_an_invalid_recipient_is_permanent_and_about_the_address(
     assert err.permanent and err.address
 
 
-def test_an_address_without_at_fails_at_once_without_a_request(fake: FakeEmailProvider) -> None:
+@pytest.mark.parametrize("to", ["alice.example.test", "a b@x@y", "x@[bad"])
+def test_an_invalid_address_fails_at_once_without_a_request(
+    fake: FakeEmailProvider, to: str
+) -> None:
     ch = channel(fake)
-    err = send_error(ch, message(to="alice.example.test"))
+    err = send_error(ch, message(to=to))
     ch.close()
     assert err.permanent and err.address and err.code == "invalid_address"
     assert fake.requests == []

@@ -45,6 +45,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
+from email.errors import MessageError
 from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
@@ -181,7 +182,7 @@ class EmailApiChannel:
             raise ValueError(f"from: {from_!r} is not an email address")
         try:
             _address(self._from_name, self._from_address)
-        except (ValueError, IndexError) as exc:
+        except (ValueError, IndexError, MessageError) as exc:
             raise ValueError(f"from: {from_!r} is not a valid address: {exc}") from None
         domain = message_id_domain or self._from_address.rpartition("@")[2]
         option = "message_id_domain" if message_id_domain else "from"
@@ -253,6 +254,15 @@ class EmailApiChannel:
                 address=True,
             )
         try:
+            to_header = str(_address(message.recipient_name, to))
+        except (ValueError, IndexError, MessageError) as exc:
+            raise DeliveryError(
+                f"{self.where}: {to!r} is not an email address: {exc}",
+                permanent=True,
+                code="invalid_address",
+                address=True,
+            ) from exc
+        try:
             header = self.message_id_header(message.message_id)
             headers = {"Message-ID": header}
             for name, value in message.headers.items():
@@ -264,9 +274,8 @@ class EmailApiChannel:
                     raise ValueError(f"header {name!r} must be one line")
                 if value.strip():  # an empty one (X-Duly-Step of a rule without steps) says
                     headers[name] = value  # nothing, and some APIs refuse empty values
-            to_header = str(_address(message.recipient_name, to))
             self.check_content(message)
-        except (ValueError, IndexError) as exc:
+        except (ValueError, IndexError, MessageError) as exc:
             raise DeliveryError(
                 f"{self.where}: cannot build the email: {exc}", permanent=True
             ) from exc
@@ -334,6 +343,13 @@ class EmailApiChannel:
 
 
 def _address(name: str | None, addr: str) -> Address:
+    try:
+        return _parsed_address(name, addr)
+    except AttributeError:  # the email package fails so on some bad domains ("x@[bad")
+        raise ValueError("invalid domain") from None
+
+
+def _parsed_address(name: str | None, addr: str) -> Address:
     if addr.isascii():
         return Address(display_name=name or "", addr_spec=addr)  # raises on bad syntax
     # as smtp.py: a non-ASCII local part (SMTPUTF8) checked with stand-ins, then built
