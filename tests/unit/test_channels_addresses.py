@@ -12,6 +12,8 @@ from duly.model import Recipient
     [
         ("email", "smtp", "ann@example.com"),
         ("mail", "outbox", "ann@example.com"),
+        ("mail", "sendgrid", "ann@example.com"),
+        ("mail", "ses", "ann@example.com"),
         ("sms", None, "+15550100"),
         ("text", "twilio-sms", "+15550100"),
         ("wa", "twilio-whatsapp", "+15550100"),
