@@ -36,10 +36,9 @@ from collections.abc import Iterable
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import sqlalchemy as sa
 from itsdangerous import BadData, SignatureExpired, URLSafeTimedSerializer
 
 from duly.ack import (
@@ -53,6 +52,9 @@ from duly.ack import (
 )
 from duly.engine.clock import Clock, SystemClock
 from duly.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from duly.store.db import Engine
 
 __all__ = [
     "CATEGORIES",
@@ -244,7 +246,7 @@ class PrefLinks:
     def __init__(
         self,
         *,
-        db: sa.Engine | None = None,
+        db: Engine | None = None,
         signer: PrefSigner | None = None,
         base_url: str | None = None,
         mailto: str | None = None,
