@@ -17,7 +17,8 @@ makes is only a savepoint release, rolled back as a whole at the end — for the
 dry run lasts it holds the row locks it took (a worker skips those rows meanwhile).
 
 Nothing is re-implemented here: claims mirror ``Store.claim_due``, and deciding, rendering,
-``set`` and recording are the dispatcher's own.
+``set`` and recording are the dispatcher's own. The queries and the sandbox are in
+:mod:`duly.store.manual`.
 """
 
 from __future__ import annotations
@@ -26,15 +27,10 @@ import copy
 import json
 import logging
 import secrets
-import socket
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy import event
 
 from duly import planner
 from duly.channels.base import Message, Receipt
@@ -45,9 +41,18 @@ from duly.errors import InvalidInput, NotFound
 from duly.model import Rule
 from duly.planner import Action, Desired, Identity
 from duly.rules import timemath
-from duly.store.db import make_engine, write_transaction
+from duly.store.db import write_transaction
+from duly.store.manual import (
+    claim_pending_deliveries,
+    deliveries_by_id,
+    delivery_ids_of_occurrence,
+    due_delivery_ids,
+    follow_up_delivery_ids,
+    highest_delivery_id,
+    sandbox,
+    subjects_set_by,
+)
 from duly.store.store import DeliveryRow
-from duly.store.tables import deliveries
 
 __all__ = ["CaptureChannel", "RunItem", "RunReport", "run_rule", "sandbox"]
 
@@ -241,7 +246,7 @@ def _run(
     eng = disp.engine
     report = RunReport(rule.name, rule.kind, dry_run, now, subject=subject)
     with eng.db.connect() as conn:
-        high = conn.execute(sa.select(sa.func.max(deliveries.c.id))).scalar() or 0
+        high = highest_delivery_id(conn)
     if rule.kind == "cron":
         ids = _fire_occurrence(eng, rule, now, report)
     else:
@@ -289,104 +294,30 @@ def _run(
 
 def _due_ids(eng: Engine, rule: str, subject: str | None, now: datetime) -> list[int]:
     """The rule's pending deliveries due by ``now``, in the dispatcher's order."""
-    d = deliveries.c
-    q = sa.select(d.id).where(d.rule == rule, d.state == "pending", d.due_at <= now)
-    if subject is not None:
-        q = q.where(d.subject == subject)
-    q = q.order_by(d.priority.desc(), d.due_at, d.id)
     with eng.db.connect() as conn:
-        return list(conn.execute(q).scalars())
+        return due_delivery_ids(conn, rule, subject, now)
 
 
 def _follow_up_ids(eng: Engine, subjects: Sequence[str], high: int, now: datetime) -> list[int]:
     """Deliveries planned since the run began (ids above ``high``) about the subjects its
     ``set`` actions changed, pending and due by ``now``."""
-    d = deliveries.c
-    q = (
-        sa.select(d.id)
-        .where(
-            d.id > high,
-            d.subject.in_(list(subjects)),
-            d.state == "pending",
-            d.due_at <= now,
-        )
-        .order_by(d.priority.desc(), d.due_at, d.id)
-    )
     with eng.db.connect() as conn:
-        return list(conn.execute(q).scalars())
+        return follow_up_delivery_ids(conn, subjects, high, now)
 
 
 def _set_subjects(eng: Engine, ids: Sequence[int]) -> list[str]:
     if not ids:
         return []
-    d = deliveries.c
-    q = sa.select(d.subject).where(d.id.in_(list(ids)), d.state == "set").distinct()
     with eng.db.connect() as conn:
-        return [s for (s,) in conn.execute(q) if s]
+        return subjects_set_by(conn, ids)
 
 
 def _claim(eng: Engine, ids: Sequence[int], owner: str, disp: Dispatcher) -> list[DeliveryRow]:
     """Take these rows if they are still pending (as ``Store.claim_due`` takes due rows):
     rows another dispatcher holds are left to it."""
-    d = deliveries.c
     now = eng.clock.now()
     with write_transaction(eng.db) as conn:
-        q = sa.select(d.id).where(d.id.in_(list(ids)), d.state == "pending")
-        if eng.store.postgres:
-            q = q.with_for_update(skip_locked=True)
-        free = list(conn.execute(q).scalars())
-        if not free:
-            return []
-        res = conn.execute(
-            sa.update(deliveries)
-            .where(d.id.in_(free))
-            .values(
-                state="sending", lease_owner=owner, lease_until=now + disp.lease, updated_at=now
-            )
-            .returning(
-                d.id,
-                d.rule,
-                d.step,
-                d.occurrence,
-                d.subject,
-                d.recipient,
-                d.channel,
-                d.category,
-                d.priority,
-                d.planned_at,
-                d.due_at,
-                d.deadline_at,
-                d.attempts,
-                d.changes,
-                d.message_id,
-            )
-        ).mappings()
-        rows = [
-            DeliveryRow(
-                id=r["id"],
-                identity=Identity.from_db(
-                    r["rule"],
-                    r["step"],
-                    r["occurrence"],
-                    r["subject"],
-                    r["recipient"],
-                    r["channel"],
-                ),
-                state="sending",
-                category=r["category"],
-                priority=r["priority"],
-                planned_at=r["planned_at"],
-                due_at=r["due_at"],
-                deadline_at=r["deadline_at"],
-                attempts=r["attempts"],
-                lease_until=now + disp.lease,
-                changes=r["changes"],
-                message_id=r["message_id"],
-            )
-            for r in res
-        ]
-    rows.sort(key=lambda x: (-x.priority, x.due_at, x.id))
-    return rows
+        return claim_pending_deliveries(conn, ids, owner, now, disp.lease)
 
 
 def _process(disp: Dispatcher, ids: Sequence[int], report: RunReport) -> list[int]:
@@ -412,10 +343,7 @@ def _items(eng: Engine, done: Sequence[int], followed: Sequence[int]) -> list[Ru
     if not ids:
         return []
     with eng.db.connect() as conn:
-        rows = {
-            r["id"]: r
-            for r in conn.execute(sa.select(deliveries).where(deliveries.c.id.in_(ids))).mappings()
-        }
+        rows = deliveries_by_id(conn, ids)
     follow = set(followed)
     out = []
     for did in ids:
@@ -478,13 +406,7 @@ def _fire_occurrence(eng: Engine, rule: Rule, now: datetime, report: RunReport) 
             [Action("create", x, state="pending") for x in desired if x.identity not in have],
             now,
         )
-        ids = list(
-            conn.execute(
-                sa.select(deliveries.c.id)
-                .where(deliveries.c.rule == rule.name, deliveries.c.occurrence == json.dumps(occ))
-                .order_by(deliveries.c.id)
-            ).scalars()
-        )
+        ids = delivery_ids_of_occurrence(conn, rule.name, occ)
     if have:
         report.notes.append(f"occurrence {occ} was fired already: only what is still due runs")
     return ids
@@ -527,79 +449,3 @@ class CaptureChannel:
 
     def close(self) -> None:
         pass
-
-
-@contextmanager
-def sandbox(db: sa.Engine) -> Iterator[sa.Engine]:
-    """A throwaway view of ``db``: an engine whose writes are never seen by anyone and are
-    gone when the block ends (module docstring). One connection: use it from one thread."""
-    if db.dialect.name == "sqlite":
-        with _sqlite_copy(db) as box:
-            yield box
-    elif db.dialect.name == "postgresql":
-        with _postgres_rollback(db) as box:
-            yield box
-    else:  # pragma: no cover - make_engine refuses other databases
-        raise ValueError(f"no dry run on {db.dialect.name}")
-
-
-@contextmanager
-def _sqlite_copy(db: sa.Engine) -> Iterator[sa.Engine]:
-    box = make_engine("sqlite://")  # in memory: one connection, the pragmas of every engine
-    try:
-        with db.connect() as src, box.connect() as dst:
-            # one step (pages=-1): a consistent snapshot, read under WAL without blocking
-            # writers
-            src.connection.dbapi_connection.backup(dst.connection.dbapi_connection)  # type: ignore[union-attr]
-        yield box
-    finally:
-        box.dispose()
-
-
-@contextmanager
-def _postgres_rollback(db: sa.Engine) -> Iterator[sa.Engine]:
-    import psycopg
-
-    class SavepointConnection(psycopg.Connection[Any]):
-        """One transaction for the whole dry run: each transaction SQLAlchemy begins is a
-        savepoint in it, each commit releases it, each rollback rolls back to it."""
-
-        depth = 0
-
-        def savepoint(self) -> None:
-            self.depth += 1
-            self.execute(f"SAVEPOINT duly_dry_run_{self.depth}")
-
-        def commit(self) -> None:
-            if self.depth:
-                self.execute(f"RELEASE SAVEPOINT duly_dry_run_{self.depth}")
-                self.depth -= 1
-
-        def rollback(self) -> None:
-            if self.depth:
-                self.execute(f"ROLLBACK TO SAVEPOINT duly_dry_run_{self.depth}")
-                self.execute(f"RELEASE SAVEPOINT duly_dry_run_{self.depth}")
-                self.depth -= 1
-
-        def discard(self) -> None:
-            """End the one transaction: everything the dry run wrote is gone."""
-            if not self.closed:
-                super().rollback()
-                self.close()
-
-    url = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    raw = SavepointConnection.connect(
-        url, options="-c TimeZone=UTC", application_name=f"duly-dry-run@{socket.gethostname()}"
-    )
-    box = sa.create_engine(
-        db.url,
-        creator=lambda: raw,
-        poolclass=sa.pool.StaticPool,
-        pool_reset_on_return=None,  # the pool's own rollback would end the one transaction
-    )
-    event.listen(box, "begin", lambda conn: conn.connection.dbapi_connection.savepoint())
-    try:
-        yield box
-    finally:
-        raw.discard()
-        box.dispose()

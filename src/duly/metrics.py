@@ -33,22 +33,19 @@ Exposed at ``GET /metrics`` (no API key) by :mod:`duly.api.metrics`:
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from duly.store.tables import deliveries
+from duly.store.db import Engine as Database
+from duly.store.reading import pending_gauges
 
 __all__ = ["LATENESS_BUCKETS", "Metrics"]
-
-log = logging.getLogger("duly.metrics")
 
 # 5 ms to 1 h: on-time delivery is measured in milliseconds; a backlog in minutes.
 LATENESS_BUCKETS = (
@@ -131,7 +128,7 @@ class Metrics:
 
     # ------------------------------------------------------------------ scrape
 
-    def watch(self, db: sa.Engine, now: Callable[[], datetime], up: Callable[[], bool]) -> None:
+    def watch(self, db: Database, now: Callable[[], datetime], up: Callable[[], bool]) -> None:
         """Add the gauges computed at scrape time (once; later calls do nothing)."""
         with self._lock:
             if not self._watching:
@@ -178,7 +175,7 @@ class _BreakerCollector(Collector):
 class _StateCollector(Collector):
     """Gauges read from the database at scrape time: one indexed count per scrape."""
 
-    def __init__(self, db: sa.Engine, now: Callable[[], datetime], up: Callable[[], bool]) -> None:
+    def __init__(self, db: Database, now: Callable[[], datetime], up: Callable[[], bool]) -> None:
         self.db, self.now, self.up = db, now, up
 
     def describe(self) -> list[Metric]:
@@ -186,21 +183,11 @@ class _StateCollector(Collector):
         return list(self._families(0, 0, 0))
 
     def collect(self) -> Iterator[Metric]:
-        pending = backlog = 0
-        try:
-            with self.db.connect() as conn:
-                # served by ix_deliveries_state_due (state, due_at)
-                q = sa.select(
-                    sa.func.count(),
-                    sa.func.coalesce(
-                        sa.func.sum(sa.case((deliveries.c.due_at <= self.now(), 1), else_=0)), 0
-                    ),
-                ).where(deliveries.c.state == "pending")
-                pending, backlog = (int(v) for v in conn.execute(q).one())
-        except sa.exc.SQLAlchemyError:
-            log.warning("metrics: cannot read the database", exc_info=True)
+        gauges = pending_gauges(self.db, self.now())
+        if gauges is None:  # the database cannot be read (logged)
             yield from self._families(None, None, 1 if self.up() else 0)
             return
+        pending, backlog = gauges
         yield from self._families(pending, backlog, 1 if self.up() else 0)
 
     @staticmethod

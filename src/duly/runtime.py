@@ -17,13 +17,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from duly.engine.dispatcher import Dispatcher
 from duly.engine.service import Engine
 from duly.model import RuleFile
+from duly.store.db import Engine as Database
 from duly.store.db import is_postgres, make_engine, migrate, write_transaction
-from duly.store.tables import workers
+from duly.store.liveness import forget_worker, record_heartbeat
+from duly.store.notify import listen_planned
 from duly.webhooks import WebhookSender
 
 log = logging.getLogger("duly")
@@ -72,7 +72,7 @@ def build_channels(rf: RuleFile) -> dict[str, Any]:
 @dataclass
 class Runtime:
     rules: RuleFile
-    db: sa.Engine
+    db: Database
     engine: Engine
     dispatcher: Dispatcher
     thread: threading.Thread | None = None
@@ -172,7 +172,7 @@ class Runtime:
             self.heartbeat_stop.wait(every)
         try:
             with write_transaction(self.db) as conn:
-                conn.execute(sa.delete(workers).where(workers.c.id == disp.owner))
+                forget_worker(conn, disp.owner)
         except Exception:
             log.debug("could not remove the heartbeat row", exc_info=True)
 
@@ -294,7 +294,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def retake_dead_local_claims(db: sa.Engine, engine: Engine, disp: Dispatcher) -> int:
+def retake_dead_local_claims(db: Database, engine: Engine, disp: Dispatcher) -> int:
     """End the leases held by dispatchers of this machine whose process is gone (an owner
     is ``host:pid:…``): their rows are retaken at the next claim, each recorded as possibly
     sent. Owners on other machines keep their leases until they run out. Returns the number
@@ -324,26 +324,14 @@ def retake_dead_local_claims(db: sa.Engine, engine: Engine, disp: Dispatcher) ->
     return n
 
 
-def _beat(db: sa.Engine, owner: str, clock: Any, started: datetime) -> bool:
+def _beat(db: Database, owner: str, clock: Any, started: datetime) -> bool:
     """Write this process's row in ``workers`` (and forget workers silent for a day).
     Returns False (logged) when the database could not be written."""
     now = clock.now()
     try:
         with write_transaction(db) as conn:
-            n = conn.execute(
-                sa.update(workers).where(workers.c.id == owner).values(heartbeat_at=now)
-            ).rowcount
-            if not n:
-                conn.execute(
-                    sa.insert(workers).values(
-                        id=owner,
-                        host=socket.gethostname()[:200],
-                        started_at=started,
-                        heartbeat_at=now,
-                    )
-                )
-            conn.execute(
-                sa.delete(workers).where(workers.c.heartbeat_at < now - FORGET_WORKERS_AFTER)
+            record_heartbeat(
+                conn, owner, socket.gethostname(), started, now, now - FORGET_WORKERS_AFTER
             )
         return True
     except Exception:
@@ -359,19 +347,6 @@ def _due(payload: str) -> datetime | None:
         return None
 
 
-def _listen(db: sa.Engine, dispatcher: Dispatcher) -> None:
+def _listen(db: Database, dispatcher: Dispatcher) -> None:
     """LISTEN duly_planned on a dedicated connection; each notification wakes the dispatcher."""
-    import psycopg
-
-    url = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    while not dispatcher._stop.is_set():
-        try:
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("LISTEN duly_planned")
-                for n in conn.notifies(timeout=5.0):
-                    dispatcher.wake_for(_due(n.payload))
-                    if dispatcher._stop.is_set():
-                        return
-        except Exception:
-            log.warning("LISTEN connection lost; reconnecting", exc_info=True)
-            dispatcher._stop.wait(1.0)
+    listen_planned(db, lambda payload: dispatcher.wake_for(_due(payload)), dispatcher._stop)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
@@ -23,6 +22,7 @@ from duly.api.errors import ApiError, error_response
 from duly.api.openapi import install_openapi
 from duly.api.schemas import ErrorOut
 from duly.keys import KeyStore
+from duly.store.liveness import ping
 
 log = logging.getLogger("duly.api")
 
@@ -206,7 +206,7 @@ def create_app(
         checks: dict[str, str] = {}
         try:
             with runtime.db.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
+                ping(conn)
             checks["database"] = "ok"
         except Exception as exc:  # report, never 500
             checks["database"] = f"error: {type(exc).__name__}"

@@ -10,8 +10,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
-
 from duly.engine.service import Engine, SubjectInput
 from duly.model import Recipient
 
@@ -77,10 +75,10 @@ def seed(engine: Engine) -> int:
     to show — see :func:`seed_history`. Then live subjects go through the engine, which
     plans their reminders (the first go out within a minute).
     """
-    from duly.store.tables import subjects
+    from duly.store.subjects import count_subjects
 
     with engine.db.connect() as conn:
-        if conn.execute(sa.select(sa.func.count()).select_from(subjects)).scalar():
+        if count_subjects(conn):
             return 0
     now = engine.clock.now().replace(microsecond=0)
     for person in PEOPLE:
@@ -471,86 +469,82 @@ def seed_history(engine: Engine, now: datetime | None = None) -> int:
     Returns the number of subjects written.
     """
     from duly.store.db import write_transaction
-    from duly.store.tables import deliveries, delivery_log, subjects, suppressions
+    from duly.store.demo import write_history
 
     now = (now or engine.clock.now()).replace(microsecond=0)
     subs, rows = _history(now)
-    with write_transaction(engine.db) as conn:
-        for s in subs:
-            conn.execute(sa.insert(subjects).values(**s))
-        rows.sort(key=lambda r: r.due_at)
-        for r in rows:
-            mid = secrets.token_hex(16) if r.content else None
-            attempts = len(r.errors) + (1 if r.state == "sent" else 0)
-            sent = r.state == "sent"
-            values = {
-                "rule": r.rule,
-                "step": r.step,
-                "occurrence": r.occurrence,
-                "subject": r.subject,
-                "recipient": r.recipient,
-                "channel": "email",
-                "state": r.state,
-                "reason": r.reason,
-                "category": r.category,
-                "priority": 0,
-                "planned_at": r.due_at,
-                "due_at": r.due_at,
-                "attempts": attempts,
-                "last_error": r.errors[-1] if r.errors else None,
-                "error_count": len(r.errors),
-                "title": r.content.get("title"),
-                "body_text": r.content.get("body_text"),
-                "body_html": None,
-                "to_address": r.content.get("to_address"),
-                "message_id": mid,
-                "receipt": f"outbox:{mid}" if sent else None,
-                "sent_at": r.at if sent else None,
-                "created_at": min(r.due_at, r.at) - timedelta(days=2),
-                "updated_at": r.at,
-            }
-            did = conn.execute(sa.insert(deliveries).values(**values)).inserted_primary_key[0]
-            log: list[dict[str, Any]] = []
-            n = 0
-            # failed attempts, spaced as retries with backoff (1, 5, 25 minutes)
-            t = r.at - timedelta(minutes=31) if len(r.errors) > 1 else r.at
-            for i, err in enumerate(r.errors):
-                n += 1
-                log.append(_log(did, t, "attempt", attempt=n, error=err))
-                t += timedelta(minutes=(1, 5, 25, 0)[min(i, 3)])
-            if sent:
-                n += 1
-                log.append(_log(did, r.at, "attempt", attempt=n, receipt=f"outbox:{mid}"))
-            log.append(
-                _log(
-                    did,
-                    r.at,
-                    "outcome",
-                    outcome=r.state,
-                    reason=r.reason,
-                    attempt=n,
-                    title=r.content.get("title") if r.state in ("sent", "failed") else None,
-                    message_id=mid if r.state in ("sent", "failed") else None,
-                    planned_at=r.due_at,
-                )
+    items: list[tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None]] = []
+    rows.sort(key=lambda r: r.due_at)
+    for r in rows:
+        mid = secrets.token_hex(16) if r.content else None
+        attempts = len(r.errors) + (1 if r.state == "sent" else 0)
+        sent = r.state == "sent"
+        values = {
+            "rule": r.rule,
+            "step": r.step,
+            "occurrence": r.occurrence,
+            "subject": r.subject,
+            "recipient": r.recipient,
+            "channel": "email",
+            "state": r.state,
+            "reason": r.reason,
+            "category": r.category,
+            "priority": 0,
+            "planned_at": r.due_at,
+            "due_at": r.due_at,
+            "attempts": attempts,
+            "last_error": r.errors[-1] if r.errors else None,
+            "error_count": len(r.errors),
+            "title": r.content.get("title"),
+            "body_text": r.content.get("body_text"),
+            "body_html": None,
+            "to_address": r.content.get("to_address"),
+            "message_id": mid,
+            "receipt": f"outbox:{mid}" if sent else None,
+            "sent_at": r.at if sent else None,
+            "created_at": min(r.due_at, r.at) - timedelta(days=2),
+            "updated_at": r.at,
+        }
+        log: list[dict[str, Any]] = []
+        n = 0
+        # failed attempts, spaced as retries with backoff (1, 5, 25 minutes)
+        t = r.at - timedelta(minutes=31) if len(r.errors) > 1 else r.at
+        for i, err in enumerate(r.errors):
+            n += 1
+            log.append(_log(t, "attempt", attempt=n, error=err))
+            t += timedelta(minutes=(1, 5, 25, 0)[min(i, 3)])
+        if sent:
+            n += 1
+            log.append(_log(r.at, "attempt", attempt=n, receipt=f"outbox:{mid}"))
+        log.append(
+            _log(
+                r.at,
+                "outcome",
+                outcome=r.state,
+                reason=r.reason,
+                attempt=n,
+                title=r.content.get("title") if r.state in ("sent", "failed") else None,
+                message_id=mid if r.state in ("sent", "failed") else None,
+                planned_at=r.due_at,
             )
-            conn.execute(sa.insert(delivery_log), log)
-            if r.reason == "permanent_error" and r.content:
-                conn.execute(
-                    sa.insert(suppressions).values(
-                        address=r.content["to_address"].lower(),
-                        channel="email",
-                        reason=r.errors[-1],
-                        delivery_id=did,
-                        created_at=r.at,
-                    )
-                )
+        )
+        suppression = None
+        if r.reason == "permanent_error" and r.content:
+            suppression = {
+                "address": r.content["to_address"].lower(),
+                "channel": "email",
+                "reason": r.errors[-1],
+                "created_at": r.at,
+            }
+        items.append((values, log, suppression))
+    with write_transaction(engine.db) as conn:
+        write_history(conn, subs, items)
     return len(subs)
 
 
-def _log(did: int, at: datetime, kind: str, **values: Any) -> dict[str, Any]:
+def _log(at: datetime, kind: str, **values: Any) -> dict[str, Any]:
+    """A delivery_log row (its delivery's id is added when the delivery is written)."""
     row: dict[str, Any] = {
-        "delivery_id": did,
         "at": at.astimezone(UTC),
         "kind": kind,
         "outcome": None,

@@ -12,14 +12,13 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
 from duly.model import Collect, Rule
 from duly.planner import _expr
 from duly.rules import timemath
 from duly.rules.expressions import build_context, condition_holds
-from duly.store.tables import deliveries, delivery_log, subjects
+from duly.store.db import Connection
+from duly.store.reading import outcome_stats
+from duly.store.subjects import live_subjects_of_kind
 
 __all__ = ["collect_all", "is_empty", "period"]
 
@@ -48,61 +47,17 @@ def period(name: str, now: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
     raise ValueError(f"unknown stats period {name!r}")
 
 
-def _stats(conn: Connection, start: datetime, end: datetime) -> dict[str, Any]:
-    q = (
-        sa.select(
-            delivery_log.c.outcome,
-            delivery_log.c.reason,
-            deliveries.c.rule,
-            deliveries.c.channel,
-            sa.func.count(),
-        )
-        .join(deliveries, deliveries.c.id == delivery_log.c.delivery_id)
-        .where(
-            delivery_log.c.kind == "outcome",
-            delivery_log.c.at >= start,
-            delivery_log.c.at < end,
-        )
-        .group_by(
-            delivery_log.c.outcome, delivery_log.c.reason, deliveries.c.rule, deliveries.c.channel
-        )
-    )
-    out: dict[str, Any] = {
-        "from": start,
-        "to": end,
-        "total": 0,
-        "by_outcome": {},
-        "by_reason": {},
-        "by_rule": {},
-        "by_channel": {},
-    }
-    for outcome, reason, rule, channel, n in conn.execute(q):
-        out["total"] += n
-        out["by_outcome"][outcome] = out["by_outcome"].get(outcome, 0) + n
-        if reason:
-            out["by_reason"][reason] = out["by_reason"].get(reason, 0) + n
-        r = out["by_rule"].setdefault(rule, {})
-        r[outcome] = r.get(outcome, 0) + n
-        if channel:
-            out["by_channel"][channel] = out["by_channel"].get(channel, 0) + n
-    return out
-
-
 def _subjects(conn: Connection, c: Collect, now: datetime, tz: ZoneInfo) -> list[dict[str, Any]]:
     expr = _expr(c.condition)
-    q = (
-        sa.select(subjects.c.kind, subjects.c.key, subjects.c.attributes, subjects.c.recipients)
-        .where(subjects.c.kind == c.subject, subjects.c.deleted_at.is_(None))
-        .order_by(subjects.c.key)
-    )
     out = []
-    for kind, key, attrs, recips in conn.execute(q):
+    for s in live_subjects_of_kind(conn, c.subject):
+        kind, key, attrs = s["kind"], s["key"], s["attributes"]
         if expr is not None:
             ctx = build_context(
-                attrs or {},
+                attrs,
                 now=now,
                 tz=tz,
-                subject={"kind": kind, "key": key, "attributes": attrs or {}},
+                subject={"kind": kind, "key": key, "attributes": attrs},
             )
             ok, _ = condition_holds(expr, ctx)
             if not ok:
@@ -112,8 +67,8 @@ def _subjects(conn: Connection, c: Collect, now: datetime, tz: ZoneInfo) -> list
                 "kind": kind,
                 "key": key,
                 "ref": f"{kind}/{key}",
-                "attributes": attrs or {},
-                "recipients": recips or {},
+                "attributes": attrs,
+                "recipients": s["recipients"],
             }
         )
         if len(out) >= MAX_SUBJECTS:
@@ -127,7 +82,7 @@ def collect_all(conn: Connection, rule: Rule, now: datetime, tz: ZoneInfo) -> di
     for c in rule.collect:
         if c.stats is not None:
             start, end = period(c.stats, now, tz)
-            data[c.name] = _stats(conn, start, end)
+            data[c.name] = outcome_stats(conn, start, end)
         else:
             data[c.name] = _subjects(conn, c, now, tz)
     return data

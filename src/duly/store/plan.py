@@ -1,0 +1,327 @@
+"""The plan: the delivery rows the planner reconciles against, and applying its actions.
+
+The queries of :class:`PlanQueries` are part of :class:`duly.store.store.Store`. On
+PostgreSQL the rows the planner reads are locked until the caller's transaction ends, so a
+dispatcher's claim cannot be undone by a plan's update.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, func, insert, select, text, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from duly.planner import Action, Existing, Identity, outcome_of
+from duly.store.rows import StoreBase, _chunks, _group_by_keys, _identity
+from duly.store.tables import deliveries
+
+__all__ = ["PlanQueries", "is_duplicate"]
+
+
+class PlanQueries(StoreBase):
+    """Existing rows for the planner; carrying out its actions; schedule occurrences."""
+
+    # ------------------------------------------------------------------ the plan
+
+    def existing_for(self, conn: Connection, refs: Sequence[str]) -> dict[str, list[Existing]]:
+        """Every delivery row of these subjects ("KIND/KEY"), as the planner sees them.
+
+        On PostgreSQL the rows are locked until the caller's transaction ends: a dispatcher
+        claiming one meanwhile (its claim skips locked rows) must not have its claim undone
+        by the plan's update — that would send a delivery twice. SQLite's write lock
+        already keeps the two apart."""
+        out: dict[str, list[Existing]] = {r: [] for r in refs}
+        cols = [
+            deliveries.c.id,
+            deliveries.c.rule,
+            deliveries.c.step,
+            deliveries.c.occurrence,
+            deliveries.c.subject,
+            deliveries.c.recipient,
+            deliveries.c.channel,
+            deliveries.c.state,
+            deliveries.c.reason,
+            deliveries.c.planned_at,
+            deliveries.c.due_at,
+        ]
+        for chunk in _chunks(sorted(set(refs)), 500):
+            q = select(*cols).where(deliveries.c.subject.in_(chunk))
+            if self.postgres:
+                q = q.with_for_update()
+            for r in conn.execute(q).mappings():
+                out[r["subject"]].append(
+                    Existing(
+                        r["id"], _identity(r), r["state"], r["reason"], r["planned_at"], r["due_at"]
+                    )
+                )
+        return out
+
+    def existing_identities(self, conn: Connection, idents: Sequence[Identity]) -> list[Existing]:
+        """Rows for these exact identities (event rules, where the subject's rows are many)."""
+        out = []
+        for ident in idents:
+            rule, step, occ, subj, rcp, ch = ident.db_key()
+            q = select(deliveries).where(
+                deliveries.c.rule == rule,
+                deliveries.c.step == step,
+                deliveries.c.occurrence == occ,
+                deliveries.c.subject == subj,
+                deliveries.c.recipient == rcp,
+                deliveries.c.channel == ch,
+            )
+            if self.postgres:
+                q = q.with_for_update()  # see existing_for
+            r = conn.execute(q).mappings().first()
+            if r is not None:
+                out.append(
+                    Existing(r["id"], ident, r["state"], r["reason"], r["planned_at"], r["due_at"])
+                )
+        return out
+
+    def apply(self, conn: Connection, actions: Sequence[Action], now: datetime) -> int:
+        """Carry out reconciliation actions; log each outcome they record.
+
+        Returns how many rows became pending (so the caller knows whether to wake the
+        dispatcher). Creation relies on the identity's unique constraint: two processes
+        planning the same identity cannot both insert it.
+        """
+        creates: list[dict[str, Any]] = []
+        create_logs: list[tuple[str, str | None, datetime]] = []
+        updates: list[dict[str, Any]] = []
+        logs: list[dict[str, Any]] = []
+        woke = 0
+        for a in actions:
+            oc = outcome_of(a)
+            if a.kind == "create":
+                d = a.desired
+                assert d is not None and a.state is not None
+                rule, step, occ, subj, rcp, ch = d.identity.db_key()
+                creates.append(
+                    {
+                        "rule": rule,
+                        "step": step,
+                        "occurrence": occ,
+                        "subject": subj,
+                        "recipient": rcp,
+                        "channel": ch,
+                        "state": a.state,
+                        "reason": a.reason.value if a.reason else None,
+                        "category": d.category,
+                        "priority": d.priority,
+                        "planned_at": d.planned_at,
+                        "due_at": d.due_at,
+                        "deadline_at": d.deadline_at,
+                        "changes": d.changes,
+                        "attempts": 0,
+                        "error_count": 0,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+                create_logs.append(
+                    (oc[0].value, oc[1].value if oc[1] else None, d.planned_at)
+                    if oc
+                    else ("", None, d.planned_at)
+                )
+                woke += a.state == "pending"
+                continue
+            ex = a.existing
+            assert ex is not None
+            row: dict[str, Any] = {"_id": ex.id, "updated_at": now}
+            if a.kind == "move":
+                d = a.desired
+                assert d is not None
+                row.update(
+                    state="pending",
+                    reason=None,
+                    planned_at=d.planned_at,
+                    due_at=d.due_at,
+                    deadline_at=d.deadline_at,
+                )
+                woke += 1
+            elif a.kind == "replan":
+                d = a.desired
+                assert d is not None
+                row.update(
+                    state=a.state,
+                    reason=a.reason.value if a.reason else None,
+                    planned_at=d.planned_at,
+                    due_at=d.due_at,
+                    deadline_at=d.deadline_at,
+                )
+                woke += a.state == "pending"
+            else:  # cancel, skip
+                d = a.desired
+                row.update(
+                    state="cancelled" if a.kind == "cancel" else "skipped",
+                    reason=a.reason.value if a.reason else None,
+                    planned_at=d.planned_at if d else ex.planned_at,
+                    due_at=d.due_at if d else ex.due_at,
+                    deadline_at=d.deadline_at if d else None,
+                )
+            updates.append(row)
+            if oc:
+                logs.append(
+                    {
+                        "delivery_id": ex.id,
+                        "at": now,
+                        "kind": "outcome",
+                        "outcome": oc[0].value,
+                        "reason": oc[1].value if oc[1] else None,
+                        "planned_at": row["planned_at"],
+                    }
+                )
+        # Rows whose creation records an outcome need their ids for the log (RETURNING);
+        # the common case, a new pending row, goes through the much faster plain executemany.
+        logged = [(c, lg) for c, lg in zip(creates, create_logs, strict=True) if lg[0]]
+        plain = [c for c, lg in zip(creates, create_logs, strict=True) if not lg[0]]
+        if plain:
+            self._insert_plain(conn, plain)
+        if logged:
+            ids = (
+                conn.execute(
+                    insert(deliveries).returning(deliveries.c.id, sort_by_parameter_order=True),
+                    [c for c, _ in logged],
+                )
+                .scalars()
+                .all()
+            )
+            for did, (_, (outcome, reason, planned)) in zip(ids, logged, strict=True):
+                logs.append(
+                    {
+                        "delivery_id": did,
+                        "at": now,
+                        "kind": "outcome",
+                        "outcome": outcome,
+                        "reason": reason,
+                        "planned_at": planned,
+                    }
+                )
+        if updates:
+            for group in _group_by_keys(updates):
+                conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id == bindparam("_id"))
+                    .values({k: bindparam(k) for k in group[0] if k != "_id"}),
+                    group,
+                )
+        self.log(conn, logs)
+        return woke
+
+    _PLAIN_COLS = (
+        "rule",
+        "step",
+        "occurrence",
+        "subject",
+        "recipient",
+        "channel",
+        "state",
+        "reason",
+        "category",
+        "priority",
+        "planned_at",
+        "due_at",
+        "deadline_at",
+        "changes",
+        "attempts",
+        "error_count",
+        "created_at",
+        "updated_at",
+    )
+
+    def _insert_plain(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        self._insert_raw(
+            conn,
+            "deliveries",
+            self._PLAIN_COLS,
+            rows,
+            times=frozenset({"planned_at", "due_at", "deadline_at", "created_at", "updated_at"}),
+            json_cols=frozenset({"changes"}),
+        )
+
+    # ------------------------------------------------------------------ by recipient, by occurrence
+
+    def pending_of_recipient(
+        self, conn: Connection, rid: str
+    ) -> list[tuple[int, datetime, datetime]]:
+        """``(id, planned_at, due_at)`` of every pending row addressed to recipient ``rid``,
+        in no set order. On PostgreSQL the rows are locked until the caller's transaction
+        ends (see :meth:`existing_for`): the caller cancels them."""
+        q = select(deliveries.c.id, deliveries.c.planned_at, deliveries.c.due_at).where(
+            deliveries.c.recipient == rid, deliveries.c.state == "pending"
+        )
+        if self.postgres:
+            q = q.with_for_update()
+        return [(i, p, d) for i, p, d in conn.execute(q)]
+
+    def subjects_pending_for(self, conn: Connection, rid: str) -> list[str]:
+        """The subjects ("KIND/KEY") with a pending row addressed to recipient ``rid``,
+        each once, in no set order (rows about no subject are left out)."""
+        q = (
+            select(deliveries.c.subject)
+            .where(deliveries.c.recipient == rid, deliveries.c.state == "pending")
+            .distinct()
+        )
+        return [s for (s,) in conn.execute(q) if s]
+
+    def existing_for_occurrence(
+        self, conn: Connection, rule: str, occurrence: str
+    ) -> list[Existing]:
+        """Every row of one occurrence of a rule (a one-off reminder: rule ``@reminder``,
+        occurrence its id), in any state, as the planner sees them. Locked on PostgreSQL
+        until the caller's transaction ends (see :meth:`existing_for`)."""
+        q = select(deliveries).where(
+            deliveries.c.rule == rule, deliveries.c.occurrence == occurrence
+        )
+        if self.postgres:
+            q = q.with_for_update()
+        return [
+            Existing(r["id"], _identity(r), r["state"], r["reason"], r["planned_at"], r["due_at"])
+            for r in conn.execute(q).mappings().all()
+        ]
+
+    # ------------------------------------------------------------------ schedule occurrences
+
+    def lock_schedule(self, conn: Connection, rule: str) -> None:
+        """Serialise "nothing pending → plan the next occurrence" of schedule rule ``rule``
+        between processes (two would plan consecutive occurrences) until the caller's
+        transaction ends: a transaction-scoped advisory lock on PostgreSQL; on SQLite the
+        write transaction already does it, and this does nothing."""
+        if self.postgres:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(rule)})
+
+    def earliest_pending_of_rule(self, conn: Connection, rule: str) -> datetime | None:
+        """The earliest due time among the rule's rows pending or being sent; None when it
+        has none."""
+        return conn.execute(
+            select(func.min(deliveries.c.due_at)).where(
+                deliveries.c.rule == rule,
+                deliveries.c.state.in_(("pending", "sending")),
+            )
+        ).scalar()
+
+    def last_occurrence_of_rule(self, conn: Connection, rule: str) -> str | None:
+        """The greatest occurrence key among the rule's rows, in any state (a schedule's
+        occurrence is its instant as JSON text, so the greatest is the latest); None when
+        the rule has no rows."""
+        return conn.execute(
+            select(func.max(deliveries.c.occurrence)).where(deliveries.c.rule == rule)
+        ).scalar()
+
+
+def is_duplicate(exc: BaseException) -> bool:
+    """True when ``exc`` is the database refusing a row whose unique key another
+    transaction wrote first (two processes planned the same identity: it kept one)."""
+    return isinstance(exc, IntegrityError)
+
+
+def _lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for a schedule rule."""
+    return int.from_bytes(
+        hashlib.sha256(f"duly-schedule:{name}".encode()).digest()[:8], "big", signed=True
+    )

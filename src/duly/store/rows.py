@@ -1,0 +1,169 @@
+"""Row types the store hands out, and what every store module shares.
+
+``SubjectRecord`` and ``DeliveryRow`` (a claimed delivery, as the dispatcher sees it), the
+converters from table rows to model objects, chunking for ``IN`` lists, and
+:class:`StoreBase`: the dialect flag, the bulk insert the planner's writes go through, and
+the append-only delivery log.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.engine import Connection, RowMapping
+
+from duly.model import Recipient, Subject
+from duly.planner import Identity
+from duly.store.tables import delivery_log
+
+__all__ = ["DeliveryRow", "StoreBase", "SubjectRecord"]
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectRecord:
+    id: int
+    subject: Subject
+    deleted: bool
+
+
+@dataclass(slots=True)
+class DeliveryRow:
+    """A claimed delivery, as the dispatcher sees it."""
+
+    id: int
+    identity: Identity
+    state: str
+    category: str
+    priority: int
+    planned_at: datetime
+    due_at: datetime
+    deadline_at: datetime | None
+    attempts: int
+    lease_until: datetime | None
+    changes: dict[str, Any] | None
+    message_id: str | None
+    # taken over after its lease expired while another process was sending it: that send's
+    # outcome is unknown (recorded as an attempt with outcome "unknown" by claim_due)
+    retaken: bool = False
+
+
+def _subject_from_row(r: RowMapping) -> SubjectRecord:
+    rec = {k: tuple(v) if isinstance(v, list) else (v,) for k, v in (r["recipients"] or {}).items()}
+    s = Subject(
+        kind=r["kind"],
+        key=r["key"],
+        attributes=dict(r["attributes"] or {}),
+        recipients=rec,
+        revision=r["revision"],
+        hold_until=r["hold_until"],
+        acknowledged=frozenset(r["acknowledged"] or ()),
+    )
+    return SubjectRecord(r["id"], s, r["deleted_at"] is not None)
+
+
+def _recipient_from_row(r: RowMapping) -> Recipient:
+    return Recipient(
+        id=r["id"],
+        name=r["name"],
+        email=r["email"],
+        phone=r["phone"],
+        timezone=r["timezone"],
+        locale=r["locale"],
+        addresses=dict(r["addresses"] or {}),
+        consent=dict(r["consent"] or {}),
+    )
+
+
+def _identity(r: RowMapping) -> Identity:
+    return Identity.from_db(
+        r["rule"], r["step"], r["occurrence"], r["subject"], r["recipient"], r["channel"]
+    )
+
+
+class StoreBase:
+    """The state every group of queries shares: which dialect the connection speaks."""
+
+    def __init__(self, *, postgres: bool) -> None:
+        self.postgres = postgres
+
+    def _insert_raw(
+        self,
+        conn: Connection,
+        table: str,
+        cols: Sequence[str],
+        rows: Sequence[dict[str, Any]],
+        *,
+        times: frozenset[str],
+        json_cols: frozenset[str],
+    ) -> None:
+        """Bulk insert straight through the driver's executemany.
+
+        Planning inserts rows by the hundred thousand; SQLAlchemy's per-value type
+        processing costs more than the insert itself there, so values are converted here
+        exactly as ``tables.UTCDateTime`` and ``JSON`` store them: naive UTC (in the SQLite
+        dialect's text format on SQLite), JSON text or NULL. Only for tables and columns
+        named by the caller; everything else goes through SQLAlchemy.
+        """
+        ph = "%s" if self.postgres else "?"
+        sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join([ph] * len(cols))})"
+        sqlite = not self.postgres
+        memo: dict[datetime, Any] = {}  # many rows share instants (now, planned = due)
+
+        def instant(v: datetime) -> Any:
+            out = memo.get(v)
+            if out is None:
+                naive = v.astimezone(UTC).replace(tzinfo=None)
+                out = memo[v] = naive.isoformat(" ", "microseconds") if sqlite else naive
+            return out
+
+        data = []
+        for r in rows:
+            vals = []
+            for c in cols:
+                v = r[c]
+                if v is not None:
+                    if c in times:
+                        v = instant(v)
+                    elif c in json_cols:
+                        v = json.dumps(v)
+                vals.append(v)
+            data.append(tuple(vals))
+        conn.exec_driver_sql(sql, data)
+
+    def log(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """Append attempt/outcome rows to the delivery log."""
+        if not rows:
+            return
+        full = [
+            {
+                "outcome": None,
+                "reason": None,
+                "attempt": None,
+                "error": None,
+                "receipt": None,
+                "title": None,
+                "message_id": None,
+                "planned_at": None,
+                **r,
+            }
+            for r in rows
+        ]
+        conn.execute(insert(delivery_log), full)
+
+
+def _chunks(items: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def _group_by_keys(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """executemany needs the same columns in every row of one statement."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(sorted(r)), []).append(r)
+    return list(groups.values())
