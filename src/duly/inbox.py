@@ -1,4 +1,5 @@
-"""The inbox (in-app notifications): its queries and an in-process notifier for streams.
+"""The inbox (in-app notifications): its reads (the queries are :mod:`duly.store.inbox`)
+and an in-process notifier for streams.
 
 An inbox item is a delivery on a channel of type ``inbox`` in state ``sent``: the dispatcher
 stores the rendered message in the ``deliveries`` row; ``inbox_reads`` says when the

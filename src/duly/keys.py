@@ -2,7 +2,8 @@
 
 A key is ``duly_`` + 43 characters of URL-safe base64 (256 random bits), so a fast digest is
 as safe as a slow password hash and checking a key costs microseconds. The first 12
-characters (the prefix) name a key in lists and logs; the rest is never logged.
+characters (the prefix) name a key in lists and logs; the rest is never logged. The
+queries are :mod:`duly.store.keys`.
 """
 
 from __future__ import annotations

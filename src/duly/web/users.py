@@ -9,7 +9,8 @@ tell which usernames exist.
 Sessions are rows (:class:`SessionStore`): a session cookie only names one, and changing a
 user's password or role, or deleting the user, deletes their rows in the same transaction,
 whichever surface (UI or CLI) did it. Sign-in attempts are counted in the database
-(:class:`SignInLimits`), so the limits hold across threads and server processes.
+(:class:`SignInLimits`), so the limits hold across threads and server processes. The
+queries are :mod:`duly.store.users`; this module hashes, checks and decides.
 """
 
 from __future__ import annotations
