@@ -68,7 +68,7 @@ from sqlalchemy.engine import make_url
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from duly.api.app import create_app  # noqa: E402
+from duly.app import create_app  # noqa: E402
 from duly.rules.loader import load_rules  # noqa: E402
 from duly.runtime import BUNDLED_RULES, build_runtime  # noqa: E402
 from duly.store import tables as T  # noqa: E402

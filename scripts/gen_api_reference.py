@@ -26,7 +26,7 @@ def openapi_document() -> dict[str, Any]:
     """The OpenAPI document the server answers at /openapi.json, made offline: the app
     factory on the bundled rules and a throw-away SQLite file. The one place that names
     duly's modules: adjust these imports if they move."""
-    from duly.api.app import create_app
+    from duly.app import create_app
     from duly.rules.loader import load_rules
     from duly.runtime import BUNDLED_RULES, build_runtime
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.testclient import TestClient
 
-from duly.api.app import create_app
+from duly.app import create_app
 from duly.rules.loader import load_rules
 from duly.runtime import BUNDLED_RULES, build_runtime
 from duly.web.users import UserStore

@@ -35,7 +35,7 @@ from duly.engine.clock import Clock, SystemClock
 from duly.errors import DulyError, InvalidInput
 
 if TYPE_CHECKING:  # the database is imported when a secret is loaded: render processes
-    import sqlalchemy as sa  # import this module and start faster without it
+    from duly.store.db import Engine  # import this module and start faster without it
 
 __all__ = [
     "ACK_LINKS_KEY",
@@ -67,8 +67,6 @@ MAX_TOKEN_LENGTH = 2000
 CLOCK_SKEW_SECONDS = 300
 # Separates these signatures from any other use of the same secret.
 SALT = "duly.ack"
-# The key of the generated secret in the settings table.
-SECRET_SETTING = "ack_secret"
 # Where the Renderer puts the AckLinks for the ``ack_link()`` helper to find.
 ACK_LINKS_KEY = "__duly_ack_links__"
 
@@ -223,53 +221,20 @@ def base_url_from_env() -> str:
 # --------------------------------------------------------------------------- the secret
 
 
-def _settings_table() -> sa.Table | None:
-    import sqlalchemy as sa
-
-    from duly.store import tables
-
-    table = getattr(tables, "settings", None)
-    return table if isinstance(table, sa.Table) else None
-
-
-def load_secret(db: sa.Engine | None) -> str:
+def load_secret(db: Engine | None) -> str:
     """``DULY_SECRET_KEY``, else the secret kept in the database (generated on first use,
     once for every process: the first to store it wins). Raises AckNotConfigured."""
     env = (os.environ.get(SECRET_ENV) or "").strip()
     if env:
         return env
-    import sqlalchemy as sa
-
-    from duly.store.db import write_transaction
-
-    table = _settings_table()
-    if db is None or table is None:
+    if db is None:
         raise AckNotConfigured()
-    c = table.c
-    try:
-        with db.connect() as conn:
-            got = conn.execute(sa.select(c.value).where(c.key == SECRET_SETTING)).scalar()
-        if got:
-            return str(got)
-        try:
-            with write_transaction(db) as conn:
-                conn.execute(
-                    sa.insert(table).values(
-                        key=SECRET_SETTING,
-                        value=secrets.token_urlsafe(32),
-                        created_at=datetime.now(UTC),
-                    )
-                )
-        except sa.exc.IntegrityError:
-            pass  # another process stored one first: use it
-        with db.connect() as conn:
-            got = conn.execute(sa.select(c.value).where(c.key == SECRET_SETTING)).scalar()
-    except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
-        # no settings table yet: the database was not migrated
-        raise AckNotConfigured() from exc
-    if not got:  # pragma: no cover - stored just above
+    from duly.store.acks import kept_ack_secret
+
+    got = kept_ack_secret(db, secrets.token_urlsafe(32), datetime.now(UTC))
+    if not got:  # no settings table yet: the database was not migrated
         raise AckNotConfigured()
-    return str(got)
+    return got
 
 
 class AckLinks:
@@ -282,7 +247,7 @@ class AckLinks:
     def __init__(
         self,
         *,
-        db: sa.Engine | None = None,
+        db: Engine | None = None,
         signer: AckSigner | None = None,
         base_url: str | None = None,
         clock: Clock | None = None,

@@ -1,4 +1,5 @@
-"""The inbox (in-app notifications): its queries and an in-process notifier for streams.
+"""The inbox (in-app notifications): its reads (the queries are :mod:`duly.store.inbox`)
+and an in-process notifier for streams.
 
 An inbox item is a delivery on a channel of type ``inbox`` in state ``sent``: the dispatcher
 stores the rendered message in the ``deliveries`` row; ``inbox_reads`` says when the
@@ -35,10 +36,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-
-from duly.store.db import write_transaction
-from duly.store.tables import deliveries, delivery_log, inbox_reads
+from duly.store import inbox as q
+from duly.store.db import Engine, write_transaction
 
 __all__ = ["InboxConnection", "InboxNotifier", "InboxStore", "decode_cursor", "encode_cursor"]
 
@@ -77,53 +76,27 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
         raise ValueError("not a cursor from this API") from exc
 
 
-def _columns() -> list[Any]:
-    d = deliveries.c
-    return [
-        d.id,
-        d.recipient,
-        d.title,
-        d.body_text,
-        d.body_html,
-        d.sent_at,
-        d.rule,
-        d.subject,
-        d.category,
-        inbox_reads.c.read_at,
-    ]
-
-
-def item_of(r: Any) -> dict[str, Any]:
-    """The JSON-ready item of a row selected with :func:`_columns`."""
+def item_of(r: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-ready item of an item read by :mod:`duly.store.inbox`."""
     return {
-        "id": r.id,
-        "title": r.title,
-        "text": r.body_text,
-        "html": r.body_html,
-        "sent_at": r.sent_at.isoformat().replace("+00:00", "Z") if r.sent_at else None,
-        "read_at": r.read_at.isoformat().replace("+00:00", "Z") if r.read_at else None,
-        "rule": r.rule,
-        "subject": r.subject or None,
-        "category": r.category,
+        "id": r["id"],
+        "title": r["title"],
+        "text": r["body_text"],
+        "html": r["body_html"],
+        "sent_at": r["sent_at"].isoformat().replace("+00:00", "Z") if r["sent_at"] else None,
+        "read_at": r["read_at"].isoformat().replace("+00:00", "Z") if r["read_at"] else None,
+        "rule": r["rule"],
+        "subject": r["subject"] or None,
+        "category": r["category"],
     }
 
 
 class InboxStore:
     """Queries over the inbox items of the channels named ``channels``."""
 
-    def __init__(self, db: sa.Engine, channels: Iterable[str] = ("inbox",)) -> None:
+    def __init__(self, db: Engine, channels: Iterable[str] = ("inbox",)) -> None:
         self.db = db
         self.channels = tuple(channels)
-
-    def _items(self, recipient: str) -> Any:
-        d = deliveries.c
-        return (
-            sa.select(*_columns())
-            .select_from(
-                deliveries.outerjoin(inbox_reads, inbox_reads.c.delivery_id == deliveries.c.id)
-            )
-            .where(d.recipient == recipient, d.channel.in_(self.channels), d.state == "sent")
-        )
 
     def list(
         self,
@@ -134,88 +107,45 @@ class InboxStore:
         cursor: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Items newest first (by sent_at, then id) and the cursor of the next page."""
-        d = deliveries.c
-        q = self._items(recipient)
-        if unread:
-            q = q.where(inbox_reads.c.read_at.is_(None))
-        if cursor:
-            at, ident = decode_cursor(cursor)
-            q = q.where(sa.or_(d.sent_at < at, sa.and_(d.sent_at == at, d.id < ident)))
-        q = q.order_by(d.sent_at.desc(), d.id.desc()).limit(limit + 1)
+        before = decode_cursor(cursor) if cursor else None
         with self.db.connect() as conn:
-            rows = conn.execute(q).all()
+            rows = q.inbox_page(
+                conn, self.channels, recipient, unread=unread, before=before, limit=limit + 1
+            )
         more = len(rows) > limit
         rows = rows[:limit]
-        nxt = encode_cursor(rows[-1].sent_at, rows[-1].id) if more and rows else None
+        nxt = encode_cursor(rows[-1]["sent_at"], rows[-1]["id"]) if more and rows else None
         return [item_of(r) for r in rows], nxt
 
     def unread_count(self, recipient: str) -> int:
-        d = deliveries.c
-        q = (
-            sa.select(sa.func.count())
-            .select_from(
-                deliveries.outerjoin(inbox_reads, inbox_reads.c.delivery_id == deliveries.c.id)
-            )
-            .where(
-                d.recipient == recipient,
-                d.channel.in_(self.channels),
-                d.state == "sent",
-                inbox_reads.c.read_at.is_(None),
-            )
-        )
         with self.db.connect() as conn:
-            return int(conn.execute(q).scalar_one())
+            return q.unread_inbox_count(conn, self.channels, recipient)
 
     def get(self, recipient: str, delivery_id: int) -> dict[str, Any] | None:
         with self.db.connect() as conn:
-            r = conn.execute(self._items(recipient).where(deliveries.c.id == delivery_id)).first()
+            r = q.inbox_item(conn, self.channels, recipient, delivery_id)
         return item_of(r) if r is not None else None
 
     def mark_read(self, recipient: str, delivery_id: int, now: datetime) -> dict[str, Any] | None:
         """Mark one item read (idempotent: the first read time is kept); None when it is not
         an item of this recipient's inbox."""
         with write_transaction(self.db) as conn:
-            r = conn.execute(self._items(recipient).where(deliveries.c.id == delivery_id)).first()
-            if r is None:
-                return None
-            if r.read_at is None:
-                conn.execute(sa.insert(inbox_reads).values(delivery_id=delivery_id, read_at=now))
-            r = conn.execute(self._items(recipient).where(deliveries.c.id == delivery_id)).first()
-        return item_of(r)
+            r = q.mark_inbox_item_read(conn, self.channels, recipient, delivery_id, now)
+        return item_of(r) if r is not None else None
 
     def position(self) -> int:
         """The current end of the stream: the highest delivery_log id."""
         with self.db.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.max(delivery_log.c.id))).scalar() or 0)
+            return q.inbox_position(conn)
 
     def sent_since(
         self, after: int, recipients: Iterable[str] | None, limit: int = 5000
     ) -> list[tuple[int, str, dict[str, Any]]]:
         """(log id, recipient, item) of the sends recorded after log id ``after``, oldest
         first, for ``recipients`` (None: everyone)."""
-        d, lg = deliveries.c, delivery_log.c
-        q = (
-            sa.select(lg.id.label("log_id"), *_columns())
-            .select_from(
-                delivery_log.join(deliveries, deliveries.c.id == lg.delivery_id).outerjoin(
-                    inbox_reads, inbox_reads.c.delivery_id == deliveries.c.id
-                )
-            )
-            .where(
-                lg.id > after,
-                lg.kind == "outcome",
-                lg.outcome == "sent",
-                d.channel.in_(self.channels),
-                d.state == "sent",
-            )
-            .order_by(lg.id)
-            .limit(limit)
-        )
-        if recipients is not None:
-            q = q.where(d.recipient.in_(sorted(recipients)))
         with self.db.connect() as conn:
-            rows = conn.execute(q).all()
-        return [(r.log_id, r.recipient, item_of(r)) for r in rows]
+            rows = q.inbox_sends_since(conn, self.channels, after, recipients, limit)
+        return [(r["log_id"], r["recipient"], item_of(r)) for r in rows]
 
 
 @dataclass(eq=False)

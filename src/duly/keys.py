@@ -2,7 +2,8 @@
 
 A key is ``duly_`` + 43 characters of URL-safe base64 (256 random bits), so a fast digest is
 as safe as a slow password hash and checking a key costs microseconds. The first 12
-characters (the prefix) name a key in lists and logs; the rest is never logged.
+characters (the prefix) name a key in lists and logs; the rest is never logged. The
+queries are :mod:`duly.store.keys`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-import sqlalchemy as sa
-
-from duly.store.db import write_transaction
-from duly.store.tables import api_keys
+from duly.store import keys as q
+from duly.store.db import Engine, write_transaction
 
 __all__ = ["KeyInfo", "KeyStore"]
 
@@ -45,7 +45,7 @@ class KeyStore:
 
     CACHE_SECONDS = 5.0
 
-    def __init__(self, db: sa.Engine) -> None:
+    def __init__(self, db: Engine) -> None:
         self.db = db
         self._cache: dict[str, tuple[float, KeyInfo]] = {}
         self._touched: dict[int, float] = {}
@@ -56,16 +56,7 @@ class KeyStore:
             raise ValueError("a key needs a name of 1 to 200 characters")
         token = "duly_" + secrets.token_urlsafe(32)
         with write_transaction(self.db) as conn:
-            kid = conn.execute(
-                sa.insert(api_keys)
-                .values(
-                    name=name.strip(),
-                    prefix=token[:PREFIX_LEN],
-                    key_hash=_digest(token),
-                    created_at=now,
-                )
-                .returning(api_keys.c.id)
-            ).scalar_one()
+            kid = q.add_key(conn, name.strip(), token[:PREFIX_LEN], _digest(token), now)
         return token, KeyInfo(int(kid), name.strip(), token[:PREFIX_LEN], now, None, None)
 
     def verify(self, token: str, now: datetime) -> KeyInfo | None:
@@ -79,11 +70,7 @@ class KeyStore:
             if hit is not None and mono - hit[0] < self.CACHE_SECONDS:
                 return hit[1]
         with self.db.connect() as conn:
-            row = (
-                conn.execute(sa.select(api_keys).where(api_keys.c.key_hash == digest))
-                .mappings()
-                .first()
-            )
+            row = q.key_by_digest(conn, digest)
         if row is None or row["revoked_at"] is not None:
             return None
         info = _info(row)
@@ -94,35 +81,26 @@ class KeyStore:
                 self._touched[info.id] = mono
         if stale:  # last use, to the minute: one write a minute per key at most
             with write_transaction(self.db) as conn:
-                conn.execute(
-                    sa.update(api_keys).where(api_keys.c.id == info.id).values(last_used_at=now)
-                )
+                q.mark_key_used(conn, info.id, now)
         return info
 
     def list(self) -> list[KeyInfo]:
         with self.db.connect() as conn:
-            rows = conn.execute(sa.select(api_keys).order_by(api_keys.c.id)).mappings().all()
+            rows = q.keys_in_order(conn)
         return [_info(r) for r in rows]
 
     def revoke(self, ident: str, now: datetime) -> KeyInfo | None:
         """Revoke by id, name or prefix. Returns the key, or None when no single key matches."""
         with write_transaction(self.db) as conn:
-            q = sa.select(api_keys).where(api_keys.c.revoked_at.is_(None))
-            cond = [api_keys.c.name == ident, api_keys.c.prefix == ident]
-            if ident.isdigit():
-                cond.append(api_keys.c.id == int(ident))
-            rows = conn.execute(q.where(sa.or_(*cond))).mappings().all()
-            if len(rows) != 1:
-                return None
-            conn.execute(
-                sa.update(api_keys).where(api_keys.c.id == rows[0]["id"]).values(revoked_at=now)
-            )
+            row = q.revoke_key(conn, ident, now)
+        if row is None:
+            return None
         with self._lock:
             self._cache.clear()
-        return _info({**rows[0], "revoked_at": now})
+        return _info(row)
 
 
-def _info(r: sa.RowMapping | dict) -> KeyInfo:  # type: ignore[type-arg]
+def _info(r: dict[str, Any]) -> KeyInfo:
     return KeyInfo(
         int(r["id"]), r["name"], r["prefix"], r["created_at"], r["last_used_at"], r["revoked_at"]
     )

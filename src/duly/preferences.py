@@ -34,12 +34,11 @@ import os
 import threading
 from collections.abc import Iterable
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import sqlalchemy as sa
 from itsdangerous import BadData, SignatureExpired, URLSafeTimedSerializer
 
 from duly.ack import (
@@ -53,7 +52,10 @@ from duly.ack import (
 )
 from duly.engine.clock import Clock, SystemClock
 from duly.errors import InvalidInput
-from duly.model import EMAIL_API_TYPES
+from duly.model import EMAIL_API_TYPES, Recipient
+
+if TYPE_CHECKING:
+    from duly.store.db import Engine
 
 __all__ = [
     "CATEGORIES",
@@ -68,6 +70,7 @@ __all__ = [
     "apply_unsubscribe",
     "list_unsubscribe_headers",
     "pref_token",
+    "set_consent",
     "unsubscribe_link_warning",
     "unsubscribe_scope",
     "warn_about_unsubscribe_links",
@@ -245,7 +248,7 @@ class PrefLinks:
     def __init__(
         self,
         *,
-        db: sa.Engine | None = None,
+        db: Engine | None = None,
         signer: PrefSigner | None = None,
         base_url: str | None = None,
         mailto: str | None = None,
@@ -338,3 +341,31 @@ def warn_about_unsubscribe_links(links: PrefLinks, channel_types: Iterable[str])
     if text is not None:
         log.warning("%s", text)
     return text is not None
+
+
+# --------------------------------------------------------------------------- saving consent
+
+
+def set_consent(eng: Any, r: Recipient, consent: dict[str, Any]) -> Recipient:
+    """Store ``consent`` on the Recipient ``r`` (the rest of the recipient as read) through
+    the Engine ``eng`` (``put_recipient``), tidied to the stored shape; returns the new
+    Recipient. A concurrent PUT /v1/recipients of the same recipient can race this
+    read-modify-write; the later write wins, as with any two PUTs. Used by the API's
+    PUT .../preferences and the preference link page, and by the web UI's recipient page."""
+    new = replace(r, consent=_tidy(consent))
+    if new.consent != r.consent:
+        eng.put_recipient(new)
+    return new
+
+
+def _tidy(consent: dict[str, Any]) -> dict[str, Any]:
+    """The stored shape: no None categories, no empty maps."""
+    out: dict[str, Any] = {}
+    for k in CATEGORIES:
+        if isinstance(consent.get(k), bool):
+            out[k] = consent[k]
+    for k in ("channels", "rules"):
+        m = {str(n): bool(v) for n, v in (consent.get(k) or {}).items()}
+        if m:
+            out[k] = m
+    return out

@@ -133,7 +133,7 @@ def api(rt: Runtime, *, key: bool = True) -> Any:
     False (health and metrics need none)."""
     from fastapi.testclient import TestClient
 
-    from duly.api.app import create_app
+    from duly.app import create_app
     from duly.keys import KeyStore
 
     headers = {}

@@ -219,7 +219,7 @@ def test_passwords_are_stored_as_argon2_hashes(web: Web) -> None:
 def test_cookie_secure_marks_both_cookies_secure(web: Web) -> None:
     from starlette.testclient import TestClient
 
-    from duly.api.app import create_app
+    from duly.app import create_app
 
     with TestClient(create_app(web.rt, cookie_secure=True), base_url="https://duly.test") as c:
         r = c.get("/login")
@@ -255,7 +255,7 @@ def test_the_demo_makes_an_admin_whose_password_is_printed_once(
 
     from starlette.testclient import TestClient
 
-    from duly.api.app import create_app
+    from duly.app import create_app
     from duly.cli import _first_user
     from duly.rules.loader import load_rules
     from duly.runtime import BUNDLED_RULES, build_runtime

@@ -24,7 +24,7 @@ import pytest
 import uvicorn
 from starlette.testclient import TestClient
 
-from duly.api.app import create_app
+from duly.app import create_app
 from duly.rules.loader import load_rules
 from duly.runtime import BUNDLED_RULES, build_runtime
 from duly.web import SESSION_COOKIE, ClientAddress

@@ -1,10 +1,11 @@
 """The HTTP application served by ``duly serve``: the /v1 API (API key required),
 liveness and readiness, and the OpenAPI document at /openapi.json (docs at /docs and /redoc,
-served from the package: duly.api.docs)."""
+served from the package: duly.api.docs). :func:`duly.app.create_app` adds the web UI."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -21,45 +22,13 @@ from duly.api.edge import checked_input
 from duly.api.errors import ApiError, error_response
 from duly.api.openapi import install_openapi
 from duly.api.schemas import ErrorOut
+from duly.asgi import CatchAll
 from duly.keys import KeyStore
 from duly.store.liveness import ping
 
 log = logging.getLogger("duly.api")
 
 DEFAULT_MAX_BODY = 1_000_000
-
-
-class CatchAll:
-    """A bug is answered 500 in the error shape here, not re-raised: past Starlette's
-    ServerErrorMiddleware an exception reaches uvicorn, which drops the kept-alive
-    connection without ``Connection: close``, so the client's next request on it fails
-    with a reset (and the traceback is logged twice)."""
-
-    def __init__(self, app: ASGIApp, respond: Any = None) -> None:
-        self.app = app
-        # what to answer: the API's JSON error shape unless told otherwise (the UI: a page)
-        self.respond = respond or (
-            lambda: error_response(500, "internal", "internal error (logged); this is a bug")
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking)
-        except Exception:
-            if started:  # too late for an answer: let the server close the connection
-                raise
-            log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
-            await self.respond()(scope, receive, send)
 
 
 class BodyLimit:
@@ -163,10 +132,19 @@ def require_key(
     request.state.key = info
 
 
-def create_app(
-    runtime: Any, *, max_body: int = DEFAULT_MAX_BODY, ui: bool = True, cookie_secure: bool = False
+def _bug() -> ASGIApp:
+    return error_response(500, "internal", "internal error (logged); this is a bug")
+
+
+def create_api(
+    runtime: Any,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    inner: Sequence[tuple[Any, dict[str, Any]]] = (),
 ) -> FastAPI:
-    """The API; with ``ui`` also the web UI's pages (duly.web), served by the same app."""
+    """The API app. ``inner``: middleware (class, options) added innermost of ours, inside
+    the body limit, the key check and the catch-all (duly.app adds the web UI's
+    dispatch so)."""
     from duly.api.v1 import router
 
     app = FastAPI(
@@ -244,15 +222,15 @@ def create_app(
         app.include_router(extra)
     install_docs(app)
     install_openapi(app)  # every error answer of every route listed, in one place
-    if ui:
-        from duly.web import UiDispatch, build_ui
-
-        # innermost of ours: UI paths leave here for the pages' own app (its sessions, CSRF
-        # and HTML errors); the body limit and the catch-all below still cover them
-        app.add_middleware(UiDispatch, ui=build_ui(runtime, cookie_secure=cookie_secure))
+    for cls, options in inner:
+        # innermost of ours: the web UI's paths leave here for the pages' own app (its
+        # sessions, CSRF and HTML errors); the body limit and the catch-all below still
+        # cover them
+        app.add_middleware(cls, **options)
     app.add_middleware(BodyLimit, limit=max_body)
     app.add_middleware(ApiKeyAuth, fastapi_app=app)  # outermost: before the body is read
-    app.add_middleware(CatchAll)  # outside everything of ours, inside Starlette's own
+    # outside everything of ours, inside Starlette's own
+    app.add_middleware(CatchAll, respond=_bug, logger=log)
     return app
 
 

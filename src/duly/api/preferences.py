@@ -36,7 +36,6 @@ send no Referer (the token is in the URL).
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import logging
 from email.parser import BytesParser
@@ -55,12 +54,12 @@ from duly.api.errors import ApiError
 from duly.engine.service import Engine
 from duly.model import Recipient
 from duly.preferences import (
-    CATEGORIES,
     PrefClaim,
     PrefLinkExpired,
     PrefLinkInvalid,
     PrefLinks,
     apply_unsubscribe,
+    set_consent,
     unsubscribe_scope,
 )
 
@@ -89,29 +88,6 @@ EngineDep = Annotated[Engine, Depends(_engine)]
 def _get(eng: Engine, rid: str) -> Recipient | None:
     with eng.db.connect() as conn:
         return eng.store.get_recipients(conn, [rid]).get(rid)
-
-
-def set_consent(eng: Engine, r: Recipient, consent: dict[str, Any]) -> Recipient:
-    """Store ``consent`` on ``r`` (the rest of the recipient as read). A concurrent
-    PUT /v1/recipients of the same recipient can race this read-modify-write; the later
-    write wins, as with any two PUTs."""
-    new = dataclasses.replace(r, consent=_tidy(consent))
-    if new.consent != r.consent:
-        eng.put_recipient(new)
-    return new
-
-
-def _tidy(consent: dict[str, Any]) -> dict[str, Any]:
-    """The stored shape: no None categories, no empty maps."""
-    out: dict[str, Any] = {}
-    for k in CATEGORIES:
-        if isinstance(consent.get(k), bool):
-            out[k] = consent[k]
-    for k in ("channels", "rules"):
-        m = {str(n): bool(v) for n, v in (consent.get(k) or {}).items()}
-        if m:
-            out[k] = m
-    return out
 
 
 def _consent_out(r: Recipient) -> S.Consent:

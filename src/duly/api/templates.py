@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from duly.api.errors import ApiError, error_response
 from duly.api.schemas import ErrorBody
+from duly.asgi import template_store_of as store_of  # the runtime's TemplateStore
 from duly.engine.service import Engine
 from duly.errors import NotFound
 from duly.render import RenderBusy, RenderError, RenderLimitExceeded
@@ -204,18 +205,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def store_of(request: Request) -> TemplateStore:
-    """The runtime's TemplateStore (the one its Renderer reads), or one of the app's own."""
-    rt = request.app.state.runtime
-    ts = getattr(rt, "templates", None)
-    if ts is None:
-        ts = getattr(request.app.state, "templates", None)
-        if ts is None:
-            ts = TemplateStore(rt.db, rt.rules.templates_dir, rules=rt.rules)
-            request.app.state.templates = ts
-    return ts  # type: ignore[no-any-return]
 
 
 def _engine(request: Request) -> Engine:

@@ -116,7 +116,7 @@ def serve(
     """Run everything in one process: HTTP server, dispatcher and scheduler."""
     import uvicorn
 
-    from duly.api.app import create_app
+    from duly.app import create_app
     from duly.store.db import redact_url
     from duly.web import ClientAddress
 

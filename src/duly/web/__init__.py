@@ -1,7 +1,7 @@
 """The web UI: server-rendered pages in the same process as the API.
 
 ``build_ui(runtime)`` builds a second ASGI app for the pages; ``UiDispatch``, a middleware
-of the API app (duly.api.app.create_app), sends it the requests it serves: paths of the UI (``/``, ``/login``, ``/subjects`` …,
+of the API app (put there by duly.app.create_app), sends it the requests it serves: paths of the UI (``/``, ``/login``, ``/subjects`` …,
 ``/static/``) go to it, everything else (``/v1``, health, metrics, the recipients' link pages
 ``/a/…`` and ``/u/…``) to the API unchanged — so the API keeps its JSON errors and pays
 nothing for sessions.
@@ -39,6 +39,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from duly.asgi import CatchAll
 from duly.errors import DulyError
 from duly.web import core
 from duly.web.csrf import CsrfMiddleware
@@ -261,9 +262,7 @@ def build_ui(runtime: Any, *, secret: str | None = None, cookie_secure: bool = F
         ui.include_router(mod.router)
     ui.mount("/static", StaticFiles(directory=str(core.STATIC_DIR)), name="static")
     _install_errors(ui)
-    from duly.api.app import CatchAll
-
-    ui.add_middleware(CatchAll, respond=_bug_page)
+    ui.add_middleware(CatchAll, respond=_bug_page, logger=log)
 
     secret = secret or load_secret(runtime.db)
     secure = cookie_secure

@@ -9,7 +9,8 @@ tell which usernames exist.
 Sessions are rows (:class:`SessionStore`): a session cookie only names one, and changing a
 user's password or role, or deleting the user, deletes their rows in the same transaction,
 whichever surface (UI or CLI) did it. Sign-in attempts are counted in the database
-(:class:`SignInLimits`), so the limits hold across threads and server processes.
+(:class:`SignInLimits`), so the limits hold across threads and server processes. The
+queries are :mod:`duly.store.users`; this module hashes, checks and decides.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from duly.errors import InvalidInput
-from duly.store.db import is_postgres, write_transaction
-from duly.store.tables import sign_in_attempts, ui_sessions, users
+from duly.store import users as q
+from duly.store.db import Engine, write_transaction
 
 __all__ = ["ROLES", "Attempt", "SessionStore", "SignInLimits", "User", "UserStore", "MIN_PASSWORD"]
 
@@ -55,7 +56,7 @@ class User:
         return self.role == "admin"
 
 
-def _user(r: sa.RowMapping) -> User:
+def _user(r: Any) -> User:
     return User(
         id=r["id"],
         username=r["username"],
@@ -110,61 +111,42 @@ def check_timezone(tz: str | None) -> str | None:
 class UserStore:
     """Create, check, list, change and delete UI users."""
 
-    def __init__(self, db: sa.Engine) -> None:
+    def __init__(self, db: Engine) -> None:
         self.db = db
 
     def create(self, username: str, password: str, role: str, now: datetime) -> User:
         username = check_username(username)
         check_password(password)
         check_role(role)
-        try:
-            with write_transaction(self.db) as conn:
-                conn.execute(
-                    sa.insert(users).values(
-                        username=username,
-                        password_hash=_hasher.hash(password),
-                        role=role,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-        except sa.exc.IntegrityError:
-            raise InvalidInput(f"there is already a user {username!r}", field="username") from None
+        with write_transaction(self.db) as conn:  # InvalidInput when the name is taken
+            q.add_user(conn, username, _hasher.hash(password), role, now)
         got = self.get_by_name(username)
         assert got is not None
         return got
 
     def count(self) -> int:
         with self.db.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(users)).scalar() or 0)
+            return q.count_users(conn)
 
     def get(self, uid: int) -> User | None:
         with self.db.connect() as conn:
-            r = conn.execute(sa.select(users).where(users.c.id == uid)).mappings().first()
+            r = q.user_by_id(conn, uid)
         return _user(r) if r is not None else None
 
     def get_by_name(self, username: str) -> User | None:
         with self.db.connect() as conn:
-            r = (
-                conn.execute(sa.select(users).where(users.c.username == username))
-                .mappings()
-                .first()
-            )
+            r = q.user_by_name(conn, username)
         return _user(r) if r is not None else None
 
     def list(self) -> list[User]:
         with self.db.connect() as conn:
-            rows = conn.execute(sa.select(users).order_by(users.c.username)).mappings().all()
+            rows = q.users_by_name(conn)
         return [_user(r) for r in rows]
 
     def authenticate(self, username: str, password: str, now: datetime) -> User | None:
         """The user when the password is right, else None (same cost either way)."""
         with self.db.connect() as conn:
-            r = (
-                conn.execute(sa.select(users).where(users.c.username == (username or "").strip()))
-                .mappings()
-                .first()
-            )
+            r = q.user_by_name(conn, (username or "").strip())
         stored = r["password_hash"] if r is not None else _DUMMY_HASH
         try:
             _hasher.verify(stored, password or "")
@@ -176,7 +158,7 @@ class UserStore:
         if _hasher.check_needs_rehash(stored):
             values["password_hash"] = _hasher.hash(password)
         with write_transaction(self.db) as conn:
-            conn.execute(sa.update(users).where(users.c.id == r["id"]).values(**values))
+            q.record_sign_in(conn, r["id"], values)
         return self.get(r["id"])
 
     def set_password(self, username: str, password: str, now: datetime) -> User:
@@ -194,24 +176,14 @@ class UserStore:
     def delete(self, username: str) -> bool:
         """Delete the user and their sessions."""
         with write_transaction(self.db) as conn:
-            uid = sa.select(users.c.id).where(users.c.username == username).scalar_subquery()
-            conn.execute(sa.delete(ui_sessions).where(ui_sessions.c.user_id == uid))
-            n = conn.execute(sa.delete(users).where(users.c.username == username)).rowcount
-        return bool(n)
+            return q.delete_user(conn, username)
 
     def _update(
         self, username: str, now: datetime, *, end_sessions: bool = False, **values: object
     ) -> User:
         with write_transaction(self.db) as conn:
-            n = conn.execute(
-                sa.update(users)
-                .where(users.c.username == username)
-                .values(updated_at=now, **values)
-            ).rowcount
-            if n and end_sessions:
-                uid = sa.select(users.c.id).where(users.c.username == username).scalar_subquery()
-                conn.execute(sa.delete(ui_sessions).where(ui_sessions.c.user_id == uid))
-        if not n:
+            found = q.update_user(conn, username, now, end_sessions=end_sessions, **values)
+        if not found:
             raise InvalidInput(f"no user {username!r}", field="username")
         got = self.get_by_name(username)
         assert got is not None
@@ -239,7 +211,7 @@ class SessionStore:
     TOUCH_EVERY = timedelta(minutes=1)
     PER_USER = 50  # sessions a user keeps (each browser, each script signing in)
 
-    def __init__(self, db: sa.Engine) -> None:
+    def __init__(self, db: Engine) -> None:
         self.db = db
 
     def start(self, user_id: int, now: datetime, max_age: float) -> str:
@@ -248,26 +220,13 @@ class SessionStore:
         ``PER_USER`` (the least recently used end first)."""
         token = secrets.token_urlsafe(32)
         with write_transaction(self.db) as conn:
-            conn.execute(
-                sa.insert(ui_sessions).values(
-                    id=_token_id(token), user_id=user_id, created_at=now, last_seen_at=now
-                )
-            )
-            conn.execute(
-                sa.delete(ui_sessions).where(
-                    ui_sessions.c.last_seen_at <= now - timedelta(seconds=max_age)
-                )
-            )
-            keep = (
-                sa.select(ui_sessions.c.id)
-                .where(ui_sessions.c.user_id == user_id)
-                .order_by(ui_sessions.c.last_seen_at.desc(), ui_sessions.c.created_at.desc())
-                .limit(self.PER_USER)
-            )
-            conn.execute(
-                sa.delete(ui_sessions).where(
-                    ui_sessions.c.user_id == user_id, ui_sessions.c.id.not_in(keep)
-                )
+            q.start_session(
+                conn,
+                _token_id(token),
+                user_id,
+                now,
+                idle_cut=now - timedelta(seconds=max_age),
+                per_user=self.PER_USER,
             )
         return token
 
@@ -277,47 +236,31 @@ class SessionStore:
             return None
         sid = _token_id(token)
         with self.db.connect() as conn:
-            r = (
-                conn.execute(
-                    sa.select(users, ui_sessions.c.last_seen_at)
-                    .join(ui_sessions, ui_sessions.c.user_id == users.c.id)
-                    .where(ui_sessions.c.id == sid)
-                )
-                .mappings()
-                .first()
-            )
-        if r is None:
+            found = q.session_user(conn, sid)
+        if found is None:
             return None
-        seen = r["last_seen_at"]
+        r, seen = found
         if seen <= now - timedelta(seconds=max_age):
             self.end(token)
             return None
         if seen <= now - self.TOUCH_EVERY:
             with write_transaction(self.db) as conn:
-                conn.execute(
-                    sa.update(ui_sessions).where(ui_sessions.c.id == sid).values(last_seen_at=now)
-                )
+                q.touch_session(conn, sid, now)
         return _user(r)
 
     def end(self, token: str) -> None:
         if token and len(token) <= 100:
             with write_transaction(self.db) as conn:
-                conn.execute(sa.delete(ui_sessions).where(ui_sessions.c.id == _token_id(token)))
+                q.end_session(conn, _token_id(token))
 
     def expire(self, now: datetime, max_age: float) -> int:
         """Delete the sessions idle for ``max_age`` seconds; returns how many."""
         with write_transaction(self.db) as conn:
-            cut = now - timedelta(seconds=max_age)
-            return int(
-                conn.execute(
-                    sa.delete(ui_sessions).where(ui_sessions.c.last_seen_at <= cut)
-                ).rowcount
-            )
+            return q.expire_sessions(conn, now - timedelta(seconds=max_age))
 
     def count(self) -> int:
         with self.db.connect() as conn:
-            q = sa.select(sa.func.count()).select_from(ui_sessions)
-            return int(conn.execute(q).scalar() or 0)
+            return q.count_sessions(conn)
 
 
 # --------------------------------------------------------------------------- sign-in limits
@@ -350,50 +293,19 @@ class SignInLimits:
     the window ends ``window`` after the oldest failure, however long someone keeps trying.
     """
 
-    def __init__(self, db: sa.Engine, window: timedelta = timedelta(minutes=15)) -> None:
+    def __init__(self, db: Engine, window: timedelta = timedelta(minutes=15)) -> None:
         self.db, self.window = db, window
 
     def begin(self, keys: Sequence[tuple[str, int]], now: datetime) -> Attempt:
         """Count an attempt against each ``(key, limit)``, or refuse it if a key is at its
         limit."""
-        start = now - self.window
         with write_transaction(self.db) as conn:
-            if is_postgres(conn):
-                # sorted: two attempts lock shared keys in the same order (no deadlock)
-                for key, _ in sorted(keys):
-                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(key))))
-            wait = 0.0
-            for key, limit in keys:
-                q = (
-                    sa.select(sign_in_attempts.c.at)
-                    .where(sign_in_attempts.c.key == key, sign_in_attempts.c.at > start)
-                    .order_by(sign_in_attempts.c.at.desc())
-                    .limit(limit)
-                )
-                times = conn.execute(q).scalars().all()
-                if len(times) >= limit:  # free again when the limit-th latest leaves
-                    wait = max(wait, (times[-1] - start).total_seconds())
-            if wait > 0:
-                return Attempt(retry_after=wait)
-            ids = [
-                int(
-                    conn.execute(
-                        sa.insert(sign_in_attempts).values(key=key, at=now)
-                    ).inserted_primary_key[0]
-                )
-                for key, _ in keys
-            ]
-        return Attempt(ids=ids)
+            ids, wait = q.count_sign_in_attempt(conn, keys, now, now - self.window)
+        return Attempt(ids=ids) if wait <= 0 else Attempt(retry_after=wait)
 
     def finish(self, attempt: Attempt, *, ok: bool, now: datetime) -> None:
         """The password was checked: a right one (``ok``) is not a failure, so its rows go;
         a wrong one's stay for the window. Either way attempts older than the window are
         forgotten (housekeeping: the table holds one window's attempts)."""
         with write_transaction(self.db) as conn:
-            if ok and attempt.ids:
-                conn.execute(
-                    sa.delete(sign_in_attempts).where(sign_in_attempts.c.id.in_(attempt.ids))
-                )
-            conn.execute(
-                sa.delete(sign_in_attempts).where(sign_in_attempts.c.at <= now - self.window)
-            )
+            q.forget_sign_in_attempts(conn, attempt.ids if ok else [], now - self.window)

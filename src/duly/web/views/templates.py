@@ -21,7 +21,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from duly.api.templates import store_of  # the runtime's TemplateStore
+from duly.asgi import template_store_of as store_of  # the runtime's TemplateStore
 from duly.errors import InvalidInput, NotFound
 from duly.render import RenderBusy
 from duly.rules.yamlnodes import NAME_RE
