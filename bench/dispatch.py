@@ -44,14 +44,14 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from duly.channels.null import NullChannel
-from duly.channels.smtp import SmtpChannel
-from duly.engine.clock import SystemClock, VirtualClock
-from duly.engine.dispatcher import Dispatcher
+from duly.core.clock import SystemClock, VirtualClock
+from duly.core.model import Recipient, RuleFile
+from duly.core.rules.loader import load_rules_text
+from duly.delivery.channels.null import NullChannel
+from duly.delivery.channels.smtp import SmtpChannel
+from duly.delivery.rendering import Renderer
+from duly.engine.dispatch import Dispatcher
 from duly.engine.service import Engine, SubjectInput
-from duly.model import Recipient, RuleFile
-from duly.render import Renderer
-from duly.rules.loader import load_rules_text
 from duly.store.db import make_engine, migrate
 from duly.store.tables import deliveries
 

@@ -226,13 +226,13 @@ SECRET = "duly-faults-" + uuid.uuid4().hex
 
 @functools.cache
 def _id_function() -> Callable[[Any], str]:
-    try:  # keyed ids (duly.ids)
-        from duly.ids import installation_key, message_id_for
+    try:  # keyed ids (duly.delivery.ids)
+        from duly.delivery.ids import installation_key, message_id_for
 
         key = installation_key(SECRET)
         return lambda ident: message_id_for(ident, key)
     except ImportError:  # unkeyed ids (older duly)
-        from duly.engine.dispatcher import message_id_for as unkeyed
+        from duly.engine.dispatch import message_id_for as unkeyed
 
         return unkeyed
 
@@ -240,7 +240,7 @@ def _id_function() -> Callable[[Any], str]:
 def message_id(rule: str, step: str, occurrence: str, subject: str, recipient: str,
                channel: str) -> str:  # fmt: skip
     """The Message-ID duly gives a delivery (without the ``@domain`` email adds)."""
-    from duly.planner import Identity
+    from duly.core.planner import Identity
 
     return _id_function()(Identity.from_db(rule, step, occurrence, subject, recipient, channel))
 

@@ -1,6 +1,6 @@
 """The cost of one render: plain Jinja in this process, duly's Renderer in this process
 (sandbox size checks, helpers, streamed output cap), and the bounded path every render takes
-(a render process of duly.renderpool, killed over render.timeout / render.max_memory).
+(a render process of duly.delivery.rendering.pool, killed over render.timeout / render.max_memory).
 
 Prints one table, microseconds per render (median of several rounds), side by side; the
 last two columns are throughput (wall time per render with several renders in flight):
@@ -24,9 +24,9 @@ from pathlib import Path
 
 from jinja2 import Environment
 
-from duly.model import Recipient, RenderLimits
-from duly.render import Renderer
-from duly.renderpool import RenderPool
+from duly.core.model import Recipient, RenderLimits
+from duly.delivery.rendering import Renderer
+from duly.delivery.rendering.pool import RenderPool
 
 LINE = "Subject: Invoice {{ subject.key }} is due\nHello {{ recipient.name }}.\n"
 EMAIL_TXT = """Subject: Invoice {{ subject.key }} is due {{ attributes.due_at|date }}

@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from duly.simulate import simulate_files
+from duly.engine.simulation import simulate_files
 
 RULES = """
 timezone: Europe/London

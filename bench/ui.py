@@ -69,8 +69,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from duly.app import create_app  # noqa: E402
-from duly.rules.loader import load_rules  # noqa: E402
-from duly.runtime import BUNDLED_RULES, build_runtime  # noqa: E402
+from duly.core.rules.loader import load_rules  # noqa: E402
+from duly.engine.runtime import BUNDLED_RULES, build_runtime  # noqa: E402
 from duly.store import tables as T  # noqa: E402
 from duly.web.users import UserStore  # noqa: E402
 

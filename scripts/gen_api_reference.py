@@ -27,8 +27,8 @@ def openapi_document() -> dict[str, Any]:
     factory on the bundled rules and a throw-away SQLite file. The one place that names
     duly's modules: adjust these imports if they move."""
     from duly.app import create_app
-    from duly.rules.loader import load_rules
-    from duly.runtime import BUNDLED_RULES, build_runtime
+    from duly.core.rules.loader import load_rules
+    from duly.engine.runtime import BUNDLED_RULES, build_runtime
 
     with tempfile.TemporaryDirectory() as tmp:
         runtime = build_runtime(load_rules(BUNDLED_RULES), f"sqlite:///{tmp}/openapi.db")

@@ -17,8 +17,8 @@ from typing import Any
 from starlette.testclient import TestClient
 
 from duly.app import create_app
-from duly.rules.loader import load_rules
-from duly.runtime import BUNDLED_RULES, build_runtime
+from duly.core.rules.loader import load_rules
+from duly.engine.runtime import BUNDLED_RULES, build_runtime
 from duly.web.users import UserStore
 
 ADMIN = ("admin", "admin password 1")

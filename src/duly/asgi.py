@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from duly.templates_db import TemplateStore
+    from duly.delivery.templates import TemplateStore
 
 __all__ = ["CatchAll", "template_store_of"]
 
@@ -51,7 +51,7 @@ class CatchAll:
 
 def template_store_of(request: Request) -> TemplateStore:
     """The runtime's TemplateStore (the one its Renderer reads), or one of the app's own."""
-    from duly.templates_db import TemplateStore
+    from duly.delivery.templates import TemplateStore
 
     rt = request.app.state.runtime
     ts = getattr(rt, "templates", None)

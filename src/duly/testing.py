@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from duly.planner import Action, Existing, Identity
+from duly.core.planner import Action, Existing, Identity
 
 __all__ = ["MemoryPlan"]
 

@@ -1,6 +1,6 @@
 """Acknowledge links (spec/rules.md "Acknowledge"; USE-CASES U5.8).
 
-First the tokens themselves (duly.ack): round trip, tampering, another secret, expiry judged
+First the tokens themselves (duly.delivery.ack): round trip, tampering, another secret, expiry judged
 by itsdangerous's ``max_age`` in frozen (virtual) time, the secret from the environment or
 kept in the database, the ``ack_link()`` template helper. Then the routes against a real
 ``duly serve`` (tests/live.py): a link in a sent message opens a page with a button, the
@@ -29,7 +29,8 @@ pytest.importorskip(
     "itsdangerous", reason="itsdangerous is added to the dependencies by the wiring diff"
 )
 
-from duly.ack import (  # noqa: E402
+from duly.core.clock import VirtualClock  # noqa: E402
+from duly.delivery.ack import (  # noqa: E402
     ACK_LINKS_KEY,
     SECRET_ENV,
     AckLinkExpired,
@@ -41,7 +42,6 @@ from duly.ack import (  # noqa: E402
     ack_url,
     load_secret,
 )
-from duly.engine.clock import VirtualClock  # noqa: E402
 from duly.store import tables  # noqa: E402
 from duly.store.db import make_engine  # noqa: E402
 from live import Live, live_server  # noqa: E402  (tests/ is on sys.path: conftest.py)
@@ -225,7 +225,7 @@ def test_the_template_helper_links_the_messages_rule_subject_and_recipient(
 def test_the_renderer_offers_ack_link_in_every_template(tmp_path: Path) -> None:
     import inspect
 
-    from duly.render import Renderer
+    from duly.delivery.rendering import Renderer
 
     if "ack_links" not in inspect.signature(Renderer).parameters:
         pytest.skip("Renderer(ack_links=...) comes with the render.py diff")

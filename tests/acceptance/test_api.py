@@ -754,7 +754,7 @@ def test_rules_check_and_simulate(api: httpx.Client) -> None:
 def test_a_key_revoked_while_in_use_is_refused_within_seconds(
     live: Live, key_revoked_in_use: dict[str, str]
 ) -> None:
-    # good keys are cached for 5 s (duly.keys.KeyStore.CACHE_SECONDS); this test runs last
+    # good keys are cached for 5 s (duly.api.keys.KeyStore.CACHE_SECONDS); this test runs last
     wait_for(
         lambda: httpx.get(f"{live.url}/v1/rules", headers=key_revoked_in_use).status_code == 401,
         "the revoked key to be refused",

@@ -19,9 +19,9 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from duly.cli import main
+from duly.core.model import Recipient
+from duly.core.rules.loader import load_rules
 from duly.engine.service import Engine, SubjectInput
-from duly.model import Recipient
-from duly.rules.loader import load_rules
 from duly.store.db import make_engine, migrate
 from duly.store.tables import deliveries
 
@@ -248,5 +248,5 @@ def test_an_http_base_url_is_warned_about_at_start(command: str, tmp_path: Path,
         reader.join(10)
     out = "".join(lines)
     [warning] = [line for line in out.splitlines() if "DULY_BASE_URL" in line]
-    assert "WARNING" in warning and "duly.preferences" in warning
+    assert "WARNING" in warning and "duly.delivery.preferences" in warning
     assert "http://duly.example.test" in warning and "https" in warning

@@ -41,13 +41,13 @@ import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 
-from duly.channels.base import Message, Receipt
-from duly.engine.clock import VirtualClock
-from duly.engine.dispatcher import Dispatcher
+from duly.core.clock import VirtualClock
+from duly.core.model import Recipient
+from duly.core.rules.loader import load_rules_text
+from duly.delivery.channels.base import Message, Receipt
+from duly.delivery.rendering import Renderer
+from duly.engine.dispatch import Dispatcher
 from duly.engine.service import Engine, SubjectInput
-from duly.model import Recipient
-from duly.render import Renderer
-from duly.rules.loader import load_rules_text
 from duly.store.db import make_engine
 from duly.store.tables import deliveries
 from live import Live, free_port, live_server  # tests/ is on sys.path (conftest.py)

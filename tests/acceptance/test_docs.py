@@ -281,7 +281,7 @@ def test_every_metric_is_documented() -> None:
 def rule_file_keys() -> set[str]:
     """The top-level, rule and step keys the loader accepts (the one place in this file that
     names duly's modules: adjust the import if they move)."""
-    from duly.rules import loader, rulesyntax
+    from duly.core.rules import loader, rulesyntax
 
     return set(loader.TOP_KEYS) | set(rulesyntax.RULE_KEYS) | set(rulesyntax.STEP_KEYS)
 

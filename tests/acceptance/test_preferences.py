@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from duly.ack import SECRET_ENV
-from duly.engine.clock import VirtualClock
-from duly.preferences import PrefSigner, apply_unsubscribe
+from duly.core.clock import VirtualClock
+from duly.delivery.ack import SECRET_ENV
+from duly.delivery.preferences import PrefSigner, apply_unsubscribe
 from live import Live, live_server  # noqa: E402  (tests/ is on sys.path: conftest.py)
 
 SECRET = "preferences-test-secret"
@@ -179,7 +179,7 @@ def test_tampered_or_expired_tokens_are_a_400_page(
     token = signer.pref_token("p5")
     payload, stamp, sig = token.rsplit(".", 2)
     old = PrefSigner(SECRET, clock=VirtualClock(datetime.now(UTC) - timedelta(days=400)))
-    from duly.ack import AckSigner
+    from duly.delivery.ack import AckSigner
 
     ack = AckSigner(SECRET).dumps("chase", "invoice/I", "p5")  # another salt: not ours
     for bad in (f"{payload}.{stamp}.{sig[:-3]}", token[:20], "x", "a" * 3000, "%00", ack):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 
-from duly.rules.loader import load_rules
-from duly.runtime import build_runtime
+from duly.core.rules.loader import load_rules
+from duly.engine.runtime import build_runtime
 from live import live_server
 
 RULES = """

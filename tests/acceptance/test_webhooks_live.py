@@ -23,12 +23,12 @@ from typing import Any
 import httpx
 import pytest
 
-from duly.engine.clock import VirtualClock
-from duly.engine.dispatcher import Dispatcher
+from duly.core.clock import VirtualClock
+from duly.core.rules.loader import load_rules_text
+from duly.delivery.webhooks import WebhookSender
+from duly.engine.dispatch import Dispatcher
 from duly.engine.service import Engine, SubjectInput
-from duly.rules.loader import load_rules_text
 from duly.store.db import make_engine
-from duly.webhooks import WebhookSender
 from live import live_server  # tests/ is on sys.path (conftest.py)
 
 SECRET = "whsec_" + base64.b64encode(b"live-test-secret-0123456789abcdef").decode()

@@ -1,5 +1,5 @@
 """Local stand-ins for four email providers' send APIs: SendGrid, Postmark, Mailgun and
-Amazon SES v2 — the subset the email-API channels (duly.channels.sendgrid … ses) use.
+Amazon SES v2 — the subset the email-API channels (duly.delivery.channels.sendgrid … ses) use.
 
 The providers cannot run here, so these fakes sit at the network edge: real HTTP servers
 (:class:`fakes.local_server.LocalServer`, on 127.0.0.1) that the channels reach over a real

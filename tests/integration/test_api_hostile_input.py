@@ -3,7 +3,7 @@ alike: each is answered 4xx in the one error shape naming the field, nothing inv
 stored, and a GET never fails on data stored before these checks existed.
 
 The real app (API and pages) in-process over a migrated database of each backend, driven by
-Starlette's TestClient; the limits are the documented ones of :mod:`duly.validation`.
+Starlette's TestClient; the limits are the documented ones of :mod:`duly.core.validation`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from duly.keys import KeyStore
+from duly.api.keys import KeyStore
 from duly.store.tables import events, recipients, reminders, subjects
 from webui import Web, make_web  # tests/ is on sys.path (tests/conftest.py)
 
@@ -116,7 +116,7 @@ def test_deeply_nested_attributes_are_refused_and_not_stored(api: Api, web: Web)
 
 
 def test_attributes_up_to_the_depth_limit_are_kept(api: Api) -> None:
-    from duly.validation import MAX_DEPTH
+    from duly.core.validation import MAX_DEPTH
 
     ok = invoice(attributes={"status": "draft", "x": deep(MAX_DEPTH - 1)})
     r = api.put("/v1/subjects/invoice/D32", json=ok)

@@ -14,10 +14,10 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from duly.channels import ChannelConfigError, build_channel
-from duly.channels.apprise import AppriseChannel
-from duly.channels.base import DeliveryError, Message
-from duly.model import ChannelConfig
+from duly.core.model import ChannelConfig
+from duly.delivery.channels import ChannelConfigError, build_channel
+from duly.delivery.channels.apprise import AppriseChannel
+from duly.delivery.channels.base import DeliveryError, Message
 from fakes.http_recorder import HttpRecorder  # tests/ is on sys.path (conftest.py)
 
 

@@ -15,19 +15,19 @@ from typing import Any
 
 import pytest
 
-from duly.channels import ChannelConfigError, build_channel
-from duly.channels._email_api import EmailApiChannel
-from duly.channels.base import DeliveryError, Message
-from duly.channels.mailgun import MailgunChannel
-from duly.channels.ses import SesChannel, sign_v4
-from duly.engine.clock import VirtualClock
-from duly.engine.dispatcher import Dispatcher
+from duly.core.clock import VirtualClock
+from duly.core.model import ChannelConfig, Recipient
+from duly.core.rules.loader import load_rules_text
+from duly.delivery.channels import ChannelConfigError, build_channel
+from duly.delivery.channels._email_api import EmailApiChannel
+from duly.delivery.channels.base import DeliveryError, Message
+from duly.delivery.channels.mailgun import MailgunChannel
+from duly.delivery.channels.ses import SesChannel, sign_v4
+from duly.delivery.preferences import PrefLinks, PrefSigner, unsubscribe_link_warning
+from duly.delivery.rendering import Renderer
+from duly.engine.dispatch import Dispatcher
+from duly.engine.runtime import build_channels
 from duly.engine.service import Engine, SubjectInput
-from duly.model import ChannelConfig, Recipient
-from duly.preferences import PrefLinks, PrefSigner, unsubscribe_link_warning
-from duly.render import Renderer
-from duly.rules.loader import load_rules_text
-from duly.runtime import build_channels
 from duly.store.db import make_engine
 from fakes.email_providers import (  # tests/ is on sys.path (conftest.py)
     FAKES,
@@ -155,7 +155,7 @@ def test_message_id_domain_option(fake: FakeEmailProvider) -> None:
 
 
 def test_the_identity_is_the_same_on_a_retry(fake: FakeEmailProvider) -> None:
-    """No provider has an idempotency key for sending (see duly.channels._email_api): the
+    """No provider has an idempotency key for sending (see duly.delivery.channels._email_api): the
     retry carries the same Message-ID and the same id in the provider's metadata."""
     ch = channel(fake)
     fake.script("busy")

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from duly.channels import ChannelConfigError, build_channel
-from duly.channels.base import DeliveryError, Message, Receipt
-from duly.channels.twilio import MAX_BODY, TwilioChannel, TwilioSmsChannel, trim_body
-from duly.model import ChannelConfig
+from duly.core.model import ChannelConfig
+from duly.delivery.channels import ChannelConfigError, build_channel
+from duly.delivery.channels.base import DeliveryError, Message, Receipt
+from duly.delivery.channels.twilio import MAX_BODY, TwilioChannel, TwilioSmsChannel, trim_body
 from fakes.twilio_server import FakeTwilio  # tests/ is on sys.path (conftest.py)
 
 FROM = "+15550100000"

@@ -15,10 +15,10 @@ from urllib.parse import unquote
 
 import pytest
 
-from duly.channels import ChannelConfigError, build_channel
-from duly.channels.base import DeliveryError, Message
-from duly.channels.webhook import WebhookChannel
-from duly.model import ChannelConfig
+from duly.core.model import ChannelConfig
+from duly.delivery.channels import ChannelConfigError, build_channel
+from duly.delivery.channels.base import DeliveryError, Message
+from duly.delivery.channels.webhook import WebhookChannel
 from fakes.http_recorder import HttpRecorder, Request  # tests/ is on sys.path (conftest.py)
 
 SECRET = "a plain shared secret"
@@ -352,7 +352,7 @@ def test_bad_options_name_the_option_never_the_secret(
 
 
 def test_the_body_is_compact_utf8_json() -> None:
-    from duly.channels.webhook import payload
+    from duly.delivery.channels.webhook import payload
 
     body = payload(message(text="é"))
     assert b'": ' not in body and b'", "' not in body
@@ -381,6 +381,6 @@ def test_the_body_is_compact_utf8_json() -> None:
     ],
 )
 def test_which_addresses_are_public(address: str, problem: str | None) -> None:
-    from duly.channels._http import address_problem
+    from duly.delivery.channels._http import address_problem
 
     assert address_problem(address) == problem

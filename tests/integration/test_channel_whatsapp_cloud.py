@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 
-from duly.channels import ChannelConfigError, build_channel
-from duly.channels.base import DeliveryError, Message
-from duly.channels.whatsapp_cloud import MAX_TEXT, WhatsAppCloudChannel, verify_signature
-from duly.engine.clock import VirtualClock
-from duly.engine.dispatcher import Dispatcher
+from duly.core.clock import VirtualClock
+from duly.core.model import ChannelConfig, Recipient
+from duly.core.rules.loader import load_rules_text
+from duly.delivery.channels import ChannelConfigError, build_channel
+from duly.delivery.channels.base import DeliveryError, Message
+from duly.delivery.channels.whatsapp_cloud import MAX_TEXT, WhatsAppCloudChannel, verify_signature
+from duly.delivery.rendering import Renderer
+from duly.engine.dispatch import Dispatcher
 from duly.engine.service import Engine, SubjectInput
-from duly.model import ChannelConfig, Recipient
-from duly.render import Renderer
-from duly.rules.loader import load_rules_text
 from duly.store.db import make_engine
 from fakes.whatsapp_cloud_server import FakeWhatsAppCloud  # tests/ is on sys.path
 

@@ -7,18 +7,18 @@ import sys
 
 import pytest
 
-from duly.channels import (
+from duly.core.model import ChannelConfig
+from duly.delivery.channels import (
     CHANNEL_TYPES,
     ChannelConfigError,
     Receipt,
     UnsupportedChannel,
     build_channel,
 )
-from duly.channels.base import Message
-from duly.channels.null import NullChannel
-from duly.channels.outbox import OutboxChannel
-from duly.channels.smtp import SmtpChannel
-from duly.model import ChannelConfig
+from duly.delivery.channels.base import Message
+from duly.delivery.channels.null import NullChannel
+from duly.delivery.channels.outbox import OutboxChannel
+from duly.delivery.channels.smtp import SmtpChannel
 
 MESSAGE = Message(
     to="ada@example.test",
@@ -115,11 +115,11 @@ def test_outbox_takes_no_options() -> None:
 
 def test_channel_modules_are_imported_only_when_used() -> None:
     code = (
-        "import sys, duly.channels as c\n"
-        "from duly.model import ChannelConfig\n"
-        "assert not any(m in sys.modules for m in ('duly.channels.smtp', 'smtplib'))\n"
+        "import sys, duly.delivery.channels as c\n"
+        "from duly.core.model import ChannelConfig\n"
+        "assert not any(m in sys.modules for m in ('duly.delivery.channels.smtp', 'smtplib'))\n"
         "c.build_channel(ChannelConfig('e', 'outbox'))\n"
-        "assert 'duly.channels.smtp' not in sys.modules\n"
+        "assert 'duly.delivery.channels.smtp' not in sys.modules\n"
         "print(sorted(c.CHANNEL_TYPES))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -129,8 +129,8 @@ def test_channel_modules_are_imported_only_when_used() -> None:
 def test_outbox_and_inbox_channels_are_built_even_when_no_rule_uses_them() -> None:
     """One-off reminders (API and UI) may use the implicit email outbox and inbox channels
     with rules that never name them: the runtime must build them."""
-    from duly.rules.loader import load_rules
-    from duly.runtime import BUNDLED_RULES, build_channels
+    from duly.core.rules.loader import load_rules
+    from duly.engine.runtime import BUNDLED_RULES, build_channels
 
     rf = load_rules(str(BUNDLED_RULES))
     assert "inbox" not in {c for r in rf.rules for c in r.channels}

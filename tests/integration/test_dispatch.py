@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from duly.channels.smtp import SmtpChannel
-from duly.engine.clock import SystemClock, VirtualClock
-from duly.engine.dispatcher import Dispatcher, jitter
+from duly.core.clock import SystemClock, VirtualClock
+from duly.core.errors import UnknownSubject
+from duly.core.model import Recipient
+from duly.core.rules.loader import load_rules_text
+from duly.delivery.channels.smtp import SmtpChannel
+from duly.delivery.rendering import Renderer
+from duly.engine.dispatch import Dispatcher, jitter
 from duly.engine.service import Engine, SubjectInput
-from duly.errors import UnknownSubject
-from duly.model import Recipient
-from duly.render import Renderer
-from duly.rules.loader import load_rules_text
 from duly.store.db import make_engine
 from duly.store.tables import deliveries, delivery_log, subject_errors
 from fakes.smtp_server import smtp_server  # tests/ is on sys.path (conftest.py)
@@ -263,7 +263,7 @@ def test_temporary_failures_retry_with_backoff_then_succeed(db_url, templates, s
 
 
 def disp_identity(r: dict):  # noqa: ANN201
-    from duly.planner import Identity
+    from duly.core.planner import Identity
 
     return Identity.from_db(
         r["rule"], r["step"], r["occurrence"], r["subject"], r["recipient"], r["channel"]

@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
-from duly.engine.clock import VirtualClock
+from duly.core.clock import VirtualClock
+from duly.core.errors import InvalidInput
+from duly.core.model import Recipient
+from duly.core.rules.loader import load_rules_text
 from duly.engine.service import Engine, SubjectInput
-from duly.errors import InvalidInput
-from duly.model import Recipient
-from duly.rules.loader import load_rules_text
 from duly.store.db import make_engine
 from duly.store.tables import deliveries, recipients, subjects
 

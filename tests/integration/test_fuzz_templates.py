@@ -23,10 +23,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from duly.rules.loader import load_rules
-from duly.runtime import BUNDLED_RULES
+from duly.core.rules.loader import load_rules
+from duly.delivery.templates import CONTEXT_NAMES, TemplateInvalid, TemplateStore
+from duly.engine.runtime import BUNDLED_RULES
 from duly.store.db import make_engine
-from duly.templates_db import CONTEXT_NAMES, TemplateInvalid, TemplateStore
 
 SEED = 20261204
 NAME = "invoice-due-soon"

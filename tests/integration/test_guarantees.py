@@ -27,14 +27,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from duly.channels.smtp import SmtpChannel
-from duly.engine.clock import SystemClock
-from duly.engine.dispatcher import Dispatcher
+from duly.core.clock import SystemClock
+from duly.core.model import Recipient
+from duly.core.rules.loader import load_rules_text
+from duly.delivery.channels.smtp import SmtpChannel
+from duly.delivery.rendering import Renderer
+from duly.engine.dispatch import Dispatcher
+from duly.engine.runtime import Runtime, retake_dead_local_claims
 from duly.engine.service import Engine, SubjectInput
-from duly.model import Recipient
-from duly.render import Renderer
-from duly.rules.loader import load_rules_text
-from duly.runtime import Runtime, retake_dead_local_claims
 from duly.store.db import make_engine, write_transaction
 from duly.store.tables import deliveries, delivery_log, workers
 from fakes.smtp_server import smtp_server  # tests/ is on sys.path (conftest.py)
@@ -133,8 +133,8 @@ def api(rt: Runtime, *, key: bool = True) -> Any:
     False (health and metrics need none)."""
     from fastapi.testclient import TestClient
 
+    from duly.api.keys import KeyStore
     from duly.app import create_app
-    from duly.keys import KeyStore
 
     headers = {}
     if key:
@@ -254,7 +254,7 @@ def test_the_keeper_restarts_a_dispatcher_thread_that_ended(
 ) -> None:
     sink, port = smtp
     engine, disp = build(db_url, tmp_path, port)
-    monkeypatch.setattr("duly.runtime.HEARTBEAT_SECONDS", 0.5)
+    monkeypatch.setattr("duly.engine.runtime.HEARTBEAT_SECONDS", 0.5)
     real = disp.run_forever
     runs = {"n": 0}
 
@@ -282,7 +282,7 @@ def test_a_stalled_loop_stops_beating_and_lets_its_rows_go(
     no heartbeat and renews no lease, so another process retakes the row."""
     sink, port = smtp
     sink.hold = threading.Event()
-    monkeypatch.setattr("duly.runtime.HEARTBEAT_SECONDS", 0.3)
+    monkeypatch.setattr("duly.engine.runtime.HEARTBEAT_SECONDS", 0.3)
     engine, disp = build(db_url, tmp_path, port, lease=timedelta(seconds=3), stall_after=1.0)
     rt = Runtime(engine.rules, engine.db, engine, disp)
     rt.start()
@@ -344,7 +344,7 @@ def test_a_slow_relay_never_makes_another_process_resend(
     _, d2 = build(db_url, tmp_path, port, lease=timedelta(seconds=3), owner="w2")
     plan(engine, 6)
     rt = Runtime(engine.rules, engine.db, engine, d1)
-    monkeypatch.setattr("duly.runtime.HEARTBEAT_SECONDS", 0.5)
+    monkeypatch.setattr("duly.engine.runtime.HEARTBEAT_SECONDS", 0.5)
     rt.start()
     stop = threading.Event()
 
@@ -530,7 +530,7 @@ def test_the_api_and_metrics_show_a_possibly_repeated_send(
     sqlite_url: str, tmp_path: Path, smtp: tuple[Sink, int]
 ) -> None:
 
-    from duly.metrics import Metrics
+    from duly.engine.metrics import Metrics
 
     sink, port = smtp
     engine, disp = build(sqlite_url, tmp_path, port)
@@ -576,8 +576,8 @@ def test_a_schedule_rule_that_cannot_be_planned_stops_nothing_else(
     """Planning one schedule rule fails (here: its time math raises, as croniter did for
     `0 0 30 2 *`). The other schedule rule is planned, an ordinary receipt goes out on time,
     and /readyz names the failing rule."""
+    from duly.core.rules import timemath
     from duly.engine import service
-    from duly.rules import timemath
 
     real = timemath.cron_next
 

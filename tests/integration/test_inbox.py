@@ -8,14 +8,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from duly.channels import build_channel
-from duly.channels.inbox import InboxChannel
-from duly.engine.clock import VirtualClock
-from duly.engine.dispatcher import Dispatcher
+from duly.core.clock import VirtualClock
+from duly.core.model import ChannelConfig, Recipient
+from duly.core.rules.loader import load_rules_text
+from duly.delivery.channels import build_channel
+from duly.delivery.channels.inbox import InboxChannel
+from duly.engine.dispatch import Dispatcher
+from duly.engine.inbox import InboxNotifier, InboxStore
 from duly.engine.service import Engine, ReminderInput
-from duly.inbox import InboxNotifier, InboxStore
-from duly.model import ChannelConfig, Recipient
-from duly.rules.loader import load_rules_text
 from duly.store.db import make_engine
 
 T0 = datetime(2026, 6, 1, 9, tzinfo=UTC)
@@ -41,7 +41,7 @@ def remind(eng: Engine, title: str, at: datetime, to: list[str]) -> int:
 def test_the_registry_builds_an_inbox_channel_that_does_no_io() -> None:
     ch = build_channel(ChannelConfig("inbox", "inbox"))
     assert isinstance(ch, InboxChannel)
-    from duly.channels.base import Message
+    from duly.delivery.channels.base import Message
 
     receipt = ch.send(Message("a", "t", "x", None, "m-1", "a"))
     assert receipt.provider_id == "inbox:m-1"

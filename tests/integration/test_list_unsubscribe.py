@@ -18,14 +18,14 @@ from urllib.parse import unquote
 
 import pytest
 
-from duly.channels.smtp import SmtpChannel
-from duly.engine.clock import VirtualClock
-from duly.engine.dispatcher import Dispatcher
+from duly.core.clock import VirtualClock
+from duly.core.model import Recipient
+from duly.core.rules.loader import load_rules_text
+from duly.delivery.channels.smtp import SmtpChannel
+from duly.delivery.preferences import PrefLinks, PrefSigner, unsubscribe_link_warning
+from duly.delivery.rendering import Renderer
+from duly.engine.dispatch import Dispatcher
 from duly.engine.service import Engine, SubjectInput
-from duly.model import Recipient
-from duly.preferences import PrefLinks, PrefSigner, unsubscribe_link_warning
-from duly.render import Renderer
-from duly.rules.loader import load_rules_text
 from duly.store.db import make_engine
 from fakes.smtp_server import smtp_server  # tests/ is on sys.path (conftest.py)
 

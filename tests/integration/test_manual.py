@@ -1,4 +1,4 @@
-"""Running a rule by hand (duly.manual; USE-CASES U4.5, U4.6) on SQLite and PostgreSQL: due
+"""Running a rule by hand (duly.engine.manual; USE-CASES U4.5, U4.6) on SQLite and PostgreSQL: due
 deliveries processed now by the real dispatcher, `set` actions and what they trigger, schedule
 rules fired now, and dry runs that list all of it and change nothing."""
 
@@ -13,16 +13,16 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from duly.channels.base import Message, Receipt
-from duly.channels.outbox import OutboxChannel
-from duly.engine.clock import VirtualClock
-from duly.engine.dispatcher import Dispatcher
+from duly.core.clock import VirtualClock
+from duly.core.errors import InvalidInput, NotFound
+from duly.core.model import Recipient
+from duly.core.rules.loader import load_rules_text
+from duly.delivery.channels.base import Message, Receipt
+from duly.delivery.channels.outbox import OutboxChannel
+from duly.delivery.rendering import Renderer
+from duly.engine.dispatch import Dispatcher
+from duly.engine.manual import RunReport, run_rule, sandbox
 from duly.engine.service import Engine, SubjectInput
-from duly.errors import InvalidInput, NotFound
-from duly.manual import RunReport, run_rule, sandbox
-from duly.model import Recipient
-from duly.render import Renderer
-from duly.rules.loader import load_rules_text
 from duly.store.db import make_engine, write_transaction
 from duly.store.tables import deliveries, delivery_log, subjects
 
@@ -385,7 +385,7 @@ def test_a_dry_run_signs_acknowledge_links_without_making_the_secret(
     that first use (it would write), so it signs its never-sent links with a throwaway one."""
     import inspect
 
-    from duly.ack import SECRET_ENV, AckLinks
+    from duly.delivery.ack import SECRET_ENV, AckLinks
     from duly.store import tables
 
     if "ack_links" not in inspect.signature(Renderer).parameters or not hasattr(tables, "settings"):

@@ -16,16 +16,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from duly.ack import SECRET_ENV
-from duly.channels.smtp import SmtpChannel
-from duly.engine.clock import VirtualClock
-from duly.engine.dispatcher import Dispatcher
+from duly.core.clock import VirtualClock
+from duly.core.model import Recipient
+from duly.core.planner import Identity
+from duly.core.rules.loader import load_rules_text
+from duly.delivery.ack import SECRET_ENV
+from duly.delivery.channels.smtp import SmtpChannel
+from duly.delivery.ids import MessageIds, message_id_for
+from duly.delivery.rendering import Renderer
+from duly.engine.dispatch import Dispatcher
 from duly.engine.service import Engine, SubjectInput
-from duly.ids import MessageIds, message_id_for
-from duly.model import Recipient
-from duly.planner import Identity
-from duly.render import Renderer
-from duly.rules.loader import load_rules_text
 from duly.store.db import make_engine
 from duly.store.tables import deliveries
 from fakes.smtp_server import smtp_server  # tests/ is on sys.path (conftest.py)

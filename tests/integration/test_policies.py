@@ -199,8 +199,8 @@ def test_a_thirty_minute_outage_spends_no_attempts_beyond_the_first_failures(
 def test_breaker_threshold_and_cooldown_are_configurable(tmp_path: Path) -> None:
     from datetime import timedelta
 
-    from duly.rules.loader import load_rules_text
-    from duly.runtime import build_runtime
+    from duly.core.rules.loader import load_rules_text
+    from duly.engine.runtime import build_runtime
 
     rf = load_rules_text(
         FALLBACK.replace("    fallback: [sms, email]\n", "    channels: [email]\n"),

@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from duly.channels.outbox import OutboxChannel
-from duly.engine.clock import VirtualClock
-from duly.engine.dispatcher import Dispatcher
+from duly.core.clock import VirtualClock
+from duly.core.errors import InvalidInput, NotFound, UnknownSubject
+from duly.core.model import Recipient
+from duly.core.rules.loader import load_rules_text
+from duly.delivery.channels.outbox import OutboxChannel
+from duly.engine.dispatch import Dispatcher
 from duly.engine.service import Conflict, Engine, ReminderInput, SubjectInput
-from duly.errors import InvalidInput, NotFound, UnknownSubject
-from duly.model import Recipient
-from duly.rules.loader import load_rules_text
 from duly.store.db import make_engine
 from duly.store.tables import deliveries
 

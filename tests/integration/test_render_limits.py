@@ -12,13 +12,13 @@ import pytest
 import sqlalchemy as sa
 from test_dispatch import smtp  # noqa: F401  (the real SMTP server fixture)
 
-from duly.channels.smtp import SmtpChannel
-from duly.engine.clock import VirtualClock
-from duly.engine.dispatcher import Dispatcher
+from duly.core.clock import VirtualClock
+from duly.core.model import Recipient
+from duly.core.rules.loader import load_rules_text
+from duly.delivery.channels.smtp import SmtpChannel
+from duly.delivery.rendering import Renderer
+from duly.engine.dispatch import Dispatcher
 from duly.engine.service import Engine, SubjectInput
-from duly.model import Recipient
-from duly.render import Renderer
-from duly.rules.loader import load_rules_text
 from duly.store.db import make_engine
 from duly.store.tables import deliveries
 
@@ -126,7 +126,7 @@ rules:
 def test_the_save_check_renders_real_subjects_and_names_the_one_that_failed(
     db_url: str, tmp_path: Path
 ) -> None:
-    from duly.templates_db import TemplateOverLimit, TemplateStore
+    from duly.delivery.templates import TemplateOverLimit, TemplateStore
 
     d = tmp_path / "templates"
     d.mkdir()
@@ -167,9 +167,9 @@ def test_the_save_check_renders_real_subjects_and_names_the_one_that_failed(
 
 
 def test_a_runaway_webhook_body_fails_its_event_within_the_limit(db_url: str) -> None:
-    from duly.model import RenderLimits
+    from duly.core.model import RenderLimits
+    from duly.delivery.webhooks.outbox import emit_action, get_event
     from duly.store.db import write_transaction
-    from duly.webhooks.outbox import emit_action, get_event
 
     db = make_engine(db_url)
     loop = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
@@ -210,9 +210,9 @@ def test_close_ends_a_runaway_render_at_once_and_a_later_render_works(tmp_path: 
     """What a process stop relies on: Renderer.close() never waits for a runaway render."""
     import threading
 
-    from duly.model import RenderLimits
-    from duly.render import RenderError
-    from duly.renderpool import RenderPool
+    from duly.core.model import RenderLimits
+    from duly.delivery.rendering import RenderError
+    from duly.delivery.rendering.pool import RenderPool
 
     (tmp_path / "bad.email.txt").write_text(LOOP)
     (tmp_path / "good.email.txt").write_text(GOOD)
@@ -242,9 +242,9 @@ def test_close_ends_a_runaway_render_at_once_and_a_later_render_works(tmp_path: 
 
 
 def test_a_killed_worker_is_replaced_and_normal_renders_keep_their_speed(tmp_path: Path) -> None:
-    from duly.model import RenderLimits
-    from duly.render import RenderLimitExceeded
-    from duly.renderpool import RenderPool
+    from duly.core.model import RenderLimits
+    from duly.delivery.rendering import RenderLimitExceeded
+    from duly.delivery.rendering.pool import RenderPool
 
     (tmp_path / "bad.email.txt").write_text(LOOP)
     (tmp_path / "good.email.txt").write_text(GOOD)
@@ -269,9 +269,9 @@ def test_a_killed_worker_is_replaced_and_normal_renders_keep_their_speed(tmp_pat
 def test_render_many_fails_only_the_runaway_items_of_a_batch(tmp_path: Path) -> None:
     """A batch (what a dispatcher cycle renders) with two runaways and a memory bomb among
     40: exactly those three fail, naming their limits; the other 37 render."""
-    from duly.model import RenderLimits
-    from duly.render import RenderError, RenderLimitExceeded
-    from duly.renderpool import RenderPool
+    from duly.core.model import RenderLimits
+    from duly.delivery.rendering import RenderError, RenderLimitExceeded
+    from duly.delivery.rendering.pool import RenderPool
 
     (tmp_path / "loop.email.txt").write_text(LOOP)
     (tmp_path / "mem.email.txt").write_text(MEMORY)
@@ -312,8 +312,8 @@ def test_render_many_fails_only_the_runaway_items_of_a_batch(tmp_path: Path) -> 
 def test_render_processes_inherit_no_secrets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from duly.model import RenderLimits
-    from duly.renderpool import RenderPool
+    from duly.core.model import RenderLimits
+    from duly.delivery.rendering.pool import RenderPool
 
     monkeypatch.setenv("DULY_SECRET_KEY", "s3cret-ack")
     monkeypatch.setenv("SMTP_PASSWORD", "s3cret-smtp")
@@ -338,9 +338,9 @@ def test_a_render_process_that_died_idle_costs_no_render(tmp_path: Path) -> None
     import os
     import signal
 
-    from duly.model import RenderLimits
-    from duly.render import RenderError
-    from duly.renderpool import RenderPool
+    from duly.core.model import RenderLimits
+    from duly.delivery.rendering import RenderError
+    from duly.delivery.rendering.pool import RenderPool
 
     (tmp_path / "good.email.txt").write_text(GOOD)
     pool = RenderPool(1)
@@ -366,7 +366,7 @@ def test_a_webhook_body_keeps_its_dates_and_numbers_through_the_render_process()
     from datetime import date
     from decimal import Decimal
 
-    from duly.webhooks.outbox import render_body_bounded
+    from duly.delivery.webhooks.outbox import render_body_bounded
 
     body = {"key": "{{ subject.key }}", "day": date(2026, 1, 1), "n": Decimal("1.5"), "x": [1]}
     assert render_body_bounded(body, {"subject": {"key": "K"}}) == {

@@ -1,4 +1,4 @@
-"""Retention (duly.retention) on SQLite and PostgreSQL: what a prune keeps, clears and
+"""Retention (duly.engine.retention) on SQLite and PostgreSQL: what a prune keeps, clears and
 deletes, that a dry run counts exactly that and changes nothing, that a sent identity is never
 sent again after its record is pruned, chunking, and the daily maintenance thread."""
 
@@ -13,14 +13,14 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from duly.channels.outbox import OutboxChannel
-from duly.engine.clock import VirtualClock
-from duly.engine.dispatcher import Dispatcher
+from duly.core.clock import VirtualClock
+from duly.core.model import Recipient, parse_duration
+from duly.core.rules.loader import load_rules_text
+from duly.delivery.channels.outbox import OutboxChannel
+from duly.delivery.rendering import Renderer
+from duly.engine.dispatch import Dispatcher
+from duly.engine.retention import Maintenance, PruneReport, cutoffs, prune, retention_for
 from duly.engine.service import Engine, SubjectInput
-from duly.model import Recipient, parse_duration
-from duly.render import Renderer
-from duly.retention import Maintenance, PruneReport, cutoffs, prune, retention_for
-from duly.rules.loader import load_rules_text
 from duly.store.db import make_engine
 from duly.store.tables import deliveries, delivery_log, subject_errors
 
@@ -305,7 +305,7 @@ def test_one_process_prunes_at_a_time_on_postgres(pg_db_url: str, tmpl: Path) ->
     m = Maintenance(engine.db, engine.rules, clock.now)
     other = make_engine(pg_db_url)
     with other.connect() as c:
-        from duly.retention import PRUNE_LOCK_KEY
+        from duly.engine.retention import PRUNE_LOCK_KEY
 
         c.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": PRUNE_LOCK_KEY})
         c.commit()

@@ -11,10 +11,10 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from duly.cli import main
-from duly.engine.clock import VirtualClock
+from duly.core.clock import VirtualClock
+from duly.core.model import Recipient
+from duly.core.rules.loader import load_rules_text
 from duly.engine.service import Engine
-from duly.model import Recipient
-from duly.rules.loader import load_rules_text
 from duly.store.db import make_engine
 from duly.store.tables import deliveries
 

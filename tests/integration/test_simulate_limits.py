@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from duly import simulate
+from duly.api.keys import KeyStore
 from duly.cli import main
-from duly.keys import KeyStore
-from duly.rules.loader import load_rules_text
-from duly.simulate import (
+from duly.core.rules.loader import load_rules_text
+from duly.engine import simulation as simulate
+from duly.engine.simulation import (
     LimitExceeded,
     Limits,
     ServerSimulations,

@@ -26,11 +26,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from duly.channels import ChannelConfigError, build_channel
-from duly.channels.base import DeliveryError, Message
-from duly.channels.smtp import SmtpChannel
-from duly.model import ChannelConfig
-from duly.render import Renderer
+from duly.core.model import ChannelConfig
+from duly.delivery.channels import ChannelConfigError, build_channel
+from duly.delivery.channels.base import DeliveryError, Message
+from duly.delivery.channels.smtp import SmtpChannel
+from duly.delivery.rendering import Renderer
 
 FROM = "Acme Billing <billing@acme.test>"
 PASSWORD = "s3cr3t-Pa55"

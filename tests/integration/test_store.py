@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from duly.model import Recipient
-from duly.planner import Action, Desired, Identity
+from duly.core.model import Recipient
+from duly.core.planner import Action, Desired, Identity
 from duly.store.db import is_postgres, make_engine, write_transaction
 from duly.store.store import Store
 from duly.store.tables import deliveries, delivery_log
@@ -107,7 +107,7 @@ def test_concurrent_claims_never_hand_out_a_row_twice(store) -> None:  # noqa: A
 
 def test_apply_logs_outcomes_and_moves_without_logging(store) -> None:  # noqa: ANN001
     db, st = store
-    from duly.model import Reason
+    from duly.core.model import Reason
 
     with write_transaction(db) as c:
         st.apply(

@@ -16,18 +16,18 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from duly.channels.outbox import OutboxChannel
-from duly.engine.clock import VirtualClock
-from duly.engine.dispatcher import Dispatcher, _Work
+from duly.core.clock import VirtualClock
+from duly.core.model import Recipient
+from duly.core.planner import Identity
+from duly.core.rules.loader import load_rules_text
+from duly.delivery.channels.outbox import OutboxChannel
+from duly.delivery.rendering import Renderer
+from duly.delivery.templates import CONTEXT_NAMES, TemplateInvalid, TemplateStore
+from duly.engine.dispatch import Dispatcher, _Work
 from duly.engine.service import Engine, SubjectInput
-from duly.model import Recipient
-from duly.planner import Identity
-from duly.render import Renderer
-from duly.rules.loader import load_rules_text
 from duly.store.db import make_engine
 from duly.store.store import DeliveryRow
 from duly.store.tables import deliveries, templates
-from duly.templates_db import CONTEXT_NAMES, TemplateInvalid, TemplateStore
 from live import live_server
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
@@ -186,7 +186,7 @@ def test_missing_sample_data_is_a_warning_not_a_refusal(store: TemplateStore) ->
 
 
 def test_names_are_checked(store: TemplateStore) -> None:
-    from duly.errors import InvalidInput
+    from duly.core.errors import InvalidInput
 
     for name, channel, ext in (("../x", "email", "txt"), ("a", "e mail", "txt"), ("a", "e", "md")):
         with pytest.raises(InvalidInput):
@@ -278,7 +278,7 @@ def test_override_is_a_dict_lookup_between_refreshes(store: TemplateStore) -> No
 OTHER_PROCESS = """
 import sys, time
 from duly.store.db import make_engine
-from duly.templates_db import TemplateStore
+from duly.delivery.templates import TemplateStore
 
 store = TemplateStore(make_engine(sys.argv[1]), None, refresh=float(sys.argv[2]))
 first = store.override("note.email.txt")

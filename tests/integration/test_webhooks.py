@@ -22,12 +22,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from duly.engine.clock import SystemClock, VirtualClock
-from duly.model import RuleFile
-from duly.rules.loader import load_rules_text
-from duly.store.db import make_engine, write_transaction
-from duly.store.tables import webhook_attempts, webhook_events
-from duly.webhooks import (
+from duly.core.clock import SystemClock, VirtualClock
+from duly.core.model import RuleFile
+from duly.core.rules.loader import load_rules_text
+from duly.delivery.webhooks import (
     ACTION_SECRET_ENV,
     RetryPolicy,
     WebhookSender,
@@ -43,7 +41,9 @@ from duly.webhooks import (
     retry,
     signature,
 )
-from duly.webhooks.targets import TargetRefused, pin
+from duly.delivery.webhooks.targets import TargetRefused, pin
+from duly.store.db import make_engine, write_transaction
+from duly.store.tables import webhook_attempts, webhook_events
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()

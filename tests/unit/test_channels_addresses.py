@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from duly.model import Recipient
+from duly.core.model import Recipient
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Cron rules read as Vixie/Debian cron reads them, in the rule's zone (duly.rules.cron and
+"""Cron rules read as Vixie/Debian cron reads them, in the rule's zone (duly.core.rules.cron and
 timemath.cron_next / cron_prev), and refused with file and line when they are not cron.
 
 The property test compares cron_next and cron_prev with an oracle written here without the
@@ -32,9 +32,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from duly.cli import main
-from duly.rules import cron, timemath
-from duly.rules.cron import CronError, parse
-from duly.rules.loader import RuleFileError, load_rules_text
+from duly.core.rules import cron, timemath
+from duly.core.rules.cron import CronError, parse
+from duly.core.rules.loader import RuleFileError, load_rules_text
 
 LONDON = ZoneInfo("Europe/London")
 CHATHAM = ZoneInfo("Pacific/Chatham")

@@ -112,9 +112,9 @@ def test_make_engine_without_psycopg_raises_the_error_naming_the_extra(
 def test_an_apprise_channel_without_apprise_names_the_extra(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import duly.channels.apprise as channel
-    from duly.channels import ChannelConfigError, build_channel
-    from duly.model import ChannelConfig
+    import duly.delivery.channels.apprise as channel
+    from duly.core.model import ChannelConfig
+    from duly.delivery.channels import ChannelConfigError, build_channel
 
     monkeypatch.setitem(sys.modules, "apprise", None)
     monkeypatch.setattr(channel, "_apprise", None)

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from duly.model import Event, Subject
-from duly.rules.expressions import (
+from duly.core.model import Event, Subject
+from duly.core.rules.expressions import (
     MAX_DEPTH,
     MAX_LENGTH,
     EvaluationError,

@@ -20,8 +20,8 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from duly.rules.loader import TOP_KEYS, RuleFileError, load_rules_text
-from duly.rules.rulesyntax import RULE_ONLY_KEYS, STEP_KEYS
+from duly.core.rules.loader import TOP_KEYS, RuleFileError, load_rules_text
+from duly.core.rules.rulesyntax import RULE_ONLY_KEYS, STEP_KEYS
 
 SEED = 20261204
 FUZZ = settings(

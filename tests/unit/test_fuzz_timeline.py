@@ -2,7 +2,7 @@
 simulation docs): lines built from the timeline format — every kind (recipient, subject,
 delete, event, ack, fail, down) with its fields — with hostile values: extreme and malformed
 instants, huge numbers, NaN, NUL, lone surrogates, deep nesting, wrong types; plus raw
-text. Whatever the text, :func:`duly.simulate.parse_timeline` returns lines or raises its
+text. Whatever the text, :func:`duly.engine.simulation.parse_timeline` returns lines or raises its
 own :class:`SimulationError`; nothing else escapes.
 
 Inputs the parser is known to mishandle are kept out of the fuzzing (``known_bug``) so it
@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from duly.simulate import KINDS, SimulationError, parse_timeline
+from duly.engine.simulation import KINDS, SimulationError, parse_timeline
 
 SEED = 20261204
 

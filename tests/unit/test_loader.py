@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from duly.model import (
+from duly.core.model import (
     AtExpr,
     Batch,
     Calendar,
@@ -25,7 +25,7 @@ from duly.model import (
     Window,
     parse_duration,
 )
-from duly.rules.loader import RuleError, RuleFileError, check_main, load_rules, load_rules_text
+from duly.core.rules.loader import RuleError, RuleFileError, check_main, load_rules, load_rules_text
 
 HERE = Path(__file__).parent / "rulefiles"
 FULL = HERE / "full.yaml"

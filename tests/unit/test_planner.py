@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from duly.model import (
+from duly.core.model import (
     AtExpr,
     Calendar,
     ChannelConfig,
@@ -24,7 +24,7 @@ from duly.model import (
     Window,
     parse_duration,
 )
-from duly.planner import Identity, change_fires, plan_subject, plan_trigger, reconcile
+from duly.core.planner import Identity, change_fires, plan_subject, plan_trigger, reconcile
 from duly.testing import MemoryPlan
 
 ZONES = [
@@ -449,7 +449,7 @@ def test_a_steps_own_channels_win_over_the_rules_fallback() -> None:
 
 
 def test_a_due_time_moved_by_the_dispatcher_is_kept_but_a_hold_moves_rows_both_ways() -> None:
-    from duly.planner import Existing
+    from duly.core.planner import Existing
 
     rf = ladder()
     now = datetime(2026, 3, 12, 9, 1, tzinfo=UTC)

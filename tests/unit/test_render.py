@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from duly.model import Recipient
-from duly.render import Rendered, Renderer, RenderError
+from duly.core.model import Recipient
+from duly.delivery.rendering import Rendered, Renderer, RenderError
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from duly.model import RenderLimits
-from duly.render import Renderer, RenderError, RenderLimitExceeded
-from duly.rules.loader import RuleFileError, load_rules_text
+from duly.core.model import RenderLimits
+from duly.core.rules.loader import RuleFileError, load_rules_text
+from duly.delivery.rendering import Renderer, RenderError, RenderLimitExceeded
 
 # --------------------------------------------------------------------------- the rule file
 

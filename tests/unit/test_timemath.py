@@ -1,4 +1,4 @@
-"""Tests for duly.rules.timemath: exact time arithmetic (spec/rules.md, Durations and Time).
+"""Tests for duly.core.rules.timemath: exact time arithmetic (spec/rules.md, Durations and Time).
 
 The property tests check results against oracles written independently of the module: a
 brute-force search for the instants that show a given wall time (for gaps and folds), the
@@ -17,9 +17,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from duly.model import WEEKDAYS, AtExpr, Calendar, Duration, Window, parse_duration
-from duly.rules import timemath
-from duly.rules.timemath import (
+from duly.core.model import WEEKDAYS, AtExpr, Calendar, Duration, Window, parse_duration
+from duly.core.rules import timemath
+from duly.core.rules.timemath import (
     BadDate,
     UnknownTimezone,
     add_duration,

@@ -63,8 +63,11 @@ def test_a_form_with_the_token_passes_and_its_body_reaches_the_app(client: TestC
     [
         pytest.param({"data": {"csrftoken": "forged"}}, 403, id="forged-field"),
         pytest.param({"data": {"a": "1"}}, 403, id="no-field"),
-        pytest.param({"content": b"{}", "headers": {"content-type": "application/json"}}, 403,
-                     id="other-content-type"),  # fmt: skip
+        pytest.param(
+            {"content": b"{}", "headers": {"content-type": "application/json"}},
+            403,
+            id="other-content-type",
+        ),  # fmt: skip
         pytest.param({"headers": {"authorization": "Bearer k"}}, 200, id="bearer"),
     ],
 )
@@ -93,7 +96,7 @@ def test_multipart_needs_the_token_before_any_file(client: TestClient) -> None:
     boundary = "b0undary"
     late = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="f"; filename="f.txt"\r\n\r\n'
-        f"data\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"csrftoken\"\r\n\r\n"
+        f'data\r\n--{boundary}\r\nContent-Disposition: form-data; name="csrftoken"\r\n\r\n'
         f"{token}\r\n--{boundary}--\r\n"
     ).encode()
     r = client.post(

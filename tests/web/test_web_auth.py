@@ -257,8 +257,8 @@ def test_the_demo_makes_an_admin_whose_password_is_printed_once(
 
     from duly.app import create_app
     from duly.cli import _first_user
-    from duly.rules.loader import load_rules
-    from duly.runtime import BUNDLED_RULES, build_runtime
+    from duly.core.rules.loader import load_rules
+    from duly.engine.runtime import BUNDLED_RULES, build_runtime
 
     rt = build_runtime(load_rules(str(BUNDLED_RULES)), f"sqlite:///{tmp_path / 'd.db'}")
     try:

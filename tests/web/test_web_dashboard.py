@@ -11,8 +11,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from duly.engine.clock import VirtualClock
-from duly.model import Recipient
+from duly.core.clock import VirtualClock
+from duly.core.model import Recipient
 from duly.store.tables import delivery_log, workers
 from webui import HOSTILE, HOSTILE_ATTR, VIEWER, Web, add_delivery, make_web  # tests/webui.py
 
@@ -243,7 +243,7 @@ def test_dashboard_on_postgresql(tmp_path: Path, pg_db_url: str) -> None:
 
 
 def test_a_running_engine_beats_in_the_workers_table_and_is_not_its_own_other(web: Web) -> None:
-    from duly import runtime
+    from duly.engine import runtime
 
     web.start()
     owner = web.rt.dispatcher.owner

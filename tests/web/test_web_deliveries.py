@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from duly.model import Recipient
+from duly.core.model import Recipient
 from duly.store.tables import deliveries, delivery_log
 from webui import HOSTILE, HOSTILE_ATTR, VIEWER, Web, add_delivery, make_web  # tests/webui.py
 

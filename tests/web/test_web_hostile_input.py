@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from duly.core.model import Recipient
 from duly.engine.service import SubjectInput
-from duly.model import Recipient
 from duly.store.tables import reminders
 from webui import Web, make_web  # tests/ is on sys.path (tests/conftest.py)
 

@@ -13,8 +13,8 @@ from urllib.parse import quote, unquote
 
 import sqlalchemy as sa
 
+from duly.core.model import Recipient
 from duly.engine.service import ReminderInput
-from duly.model import Recipient
 from duly.store.db import write_transaction
 from duly.store.tables import deliveries, suppressions
 from webui import VIEWER, Web, make_web  # tests/webui.py
@@ -223,7 +223,7 @@ def test_detail_shows_addresses_consent_suppressions_inbox_and_deliveries(tmp_pa
         web.engine.send_now(first)
         web.engine.send_now(second)
         web.rt.dispatcher.run_once()
-        from duly.inbox import InboxStore
+        from duly.engine.inbox import InboxStore
 
         InboxStore(web.rt.db, ("app",)).mark_read("dana", first, datetime.now(UTC))
         with web.rt.db.connect() as conn:

@@ -13,8 +13,8 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from markupsafe import escape
 
+from duly.core.model import Recipient
 from duly.engine.service import ReminderInput, SubjectInput
-from duly.model import Recipient
 from duly.store.tables import deliveries, reminders
 from webui import VIEWER, Web, make_web  # tests/webui.py
 

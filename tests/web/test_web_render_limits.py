@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from duly.api.keys import KeyStore
+from duly.core.model import Recipient
 from duly.engine.service import SubjectInput
-from duly.keys import KeyStore
-from duly.model import Recipient
 from webui import VIEWER, Web, make_web  # tests/webui.py
 
 RULES = """

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from duly import simulate
+from duly.core.model import Recipient
+from duly.core.rules import timemath
+from duly.engine import simulation as simulate
 from duly.engine.service import SubjectInput
-from duly.model import Recipient
-from duly.rules import timemath
-from duly.simulate import Limits, ServerSimulations
+from duly.engine.simulation import Limits, ServerSimulations
 from duly.web.views.rules import example_timeline
 from webui import HOSTILE, VIEWER, Web, make_web  # tests/webui.py
 

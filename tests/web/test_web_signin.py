@@ -25,8 +25,8 @@ import uvicorn
 from starlette.testclient import TestClient
 
 from duly.app import create_app
-from duly.rules.loader import load_rules
-from duly.runtime import BUNDLED_RULES, build_runtime
+from duly.core.rules.loader import load_rules
+from duly.engine.runtime import BUNDLED_RULES, build_runtime
 from duly.web import SESSION_COOKIE, ClientAddress
 from duly.web.users import SignInLimits, UserStore
 from live import free_port  # tests/live.py
@@ -332,7 +332,7 @@ def test_a_cookie_from_before_sessions_were_stored_signs_nobody_in(web: Web) -> 
     import sqlalchemy as sa
     from itsdangerous import TimestampSigner
 
-    from duly.ack import load_secret
+    from duly.delivery.ack import load_secret
     from duly.store.tables import users
     from duly.web import _derive
 

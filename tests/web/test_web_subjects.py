@@ -14,8 +14,8 @@ from urllib.parse import quote
 import sqlalchemy as sa
 from markupsafe import escape
 
+from duly.core.model import Recipient
 from duly.engine.service import ReminderInput, SubjectInput
-from duly.model import Recipient
 from duly.store.tables import deliveries, subjects
 from duly.web.views.subjects import INDEFINITE
 from webui import VIEWER, Web, make_web  # tests/webui.py

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from duly.core.model import Recipient
 from duly.engine.service import SubjectInput
-from duly.model import Recipient
 from webui import HOSTILE_ATTR, VIEWER, Web, make_web  # tests/webui.py
 
 NAME = "invoice-due-soon"

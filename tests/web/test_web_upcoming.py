@@ -7,8 +7,8 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from duly.engine.clock import VirtualClock
-from duly.model import Recipient
+from duly.core.clock import VirtualClock
+from duly.core.model import Recipient
 from webui import HOSTILE, HOSTILE_ATTR, VIEWER, Web, add_delivery  # tests/webui.py
 
 NOW = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)  # Europe/London: GMT

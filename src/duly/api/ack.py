@@ -29,11 +29,11 @@ from fastapi import Path as P
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from duly.ack import AckClaim, AckLinkExpired, AckLinkInvalid, AckLinks, AckNotConfigured
 from duly.api.errors import ApiError
 from duly.api.schemas import ErrorOut
+from duly.core.errors import InvalidInput, UnknownSubject
+from duly.delivery.ack import AckClaim, AckLinkExpired, AckLinkInvalid, AckLinks, AckNotConfigured
 from duly.engine.service import Engine
-from duly.errors import InvalidInput, UnknownSubject
 
 __all__ = ["AckIn", "AckOut", "public_router", "router"]
 

@@ -20,10 +20,10 @@ from duly.api import errors
 from duly.api.docs import install_docs
 from duly.api.edge import checked_input
 from duly.api.errors import ApiError, error_response
+from duly.api.keys import KeyStore
 from duly.api.openapi import install_openapi
 from duly.api.schemas import ErrorOut
 from duly.asgi import CatchAll
-from duly.keys import KeyStore
 from duly.store.liveness import ping
 
 log = logging.getLogger("duly.api")

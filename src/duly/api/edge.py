@@ -12,7 +12,7 @@ import base64
 from fastapi import Request
 
 from duly.api.errors import ApiError
-from duly.validation import MAX_DEPTH, json_problem, text_problem
+from duly.core.validation import MAX_DEPTH, json_problem, text_problem
 
 __all__ = ["MAX_BODY_DEPTH", "checked_input", "id_cursor", "id_from_cursor"]
 

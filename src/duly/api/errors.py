@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from duly.errors import DulyError, InvalidInput, NotFound, UnknownSubject
+from duly.core.errors import DulyError, InvalidInput, NotFound, UnknownSubject
 
 log = logging.getLogger("duly.api")
 

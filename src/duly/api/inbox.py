@@ -9,7 +9,7 @@ Server-Sent Events stream of new ones.
 * ``GET  /v1/recipients/{id}/inbox/stream`` — ``text/event-stream``: ``event: message`` with
   the item as JSON for every new item, ``id:`` its stream position (``Last-Event-ID``
   resumes), a ``: keep-alive`` comment every 15 s. How new items are found:
-  :mod:`duly.inbox`.
+  :mod:`duly.engine.inbox`.
 
 A recipient id with no items (or unknown) has an empty inbox, not a 404: items outlive a
 deleted recipient until retention prunes them.
@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from duly.api.errors import ApiError
 from duly.api.schemas import ErrorOut
-from duly.inbox import InboxNotifier, InboxStore, inbox_channel_names
+from duly.engine.inbox import InboxNotifier, InboxStore, inbox_channel_names
 
 __all__ = ["HEARTBEAT", "router"]
 

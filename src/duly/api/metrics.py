@@ -1,11 +1,11 @@
-"""``GET /metrics``: Prometheus text, no API key (see :mod:`duly.metrics` for the names)."""
+"""``GET /metrics``: Prometheus text, no API key (see :mod:`duly.engine.metrics` for the names)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from duly.metrics import Metrics
+from duly.engine.metrics import Metrics
 
 router = APIRouter(tags=["health"])
 

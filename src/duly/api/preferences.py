@@ -8,7 +8,7 @@ Two routers:
 (``{promotional, reminder, channels, rules}``); ``PUT`` replaces it.
 
 ``public_router`` — the pages a preference link (``BASE_URL/u/TOKEN``, see
-:mod:`duly.preferences`) opens, with no API key: the signed token is the permission.
+:mod:`duly.delivery.preferences`) opens, with no API key: the signed token is the permission.
 
 - ``GET /u/{token}``: an HTML page (labels, fieldsets, no JavaScript, no cookies) with the
   recipient's categories, channels and opted-out rules as checkboxes in their current state.
@@ -17,7 +17,7 @@ Two routers:
 - ``POST /u/{token}`` with ``List-Unsubscribe=One-Click`` (RFC 8058, what mailbox providers
   send: ``application/x-www-form-urlencoded`` or ``multipart/form-data``, no cookies, no
   JavaScript, no Origin promised) opts out of what the token names
-  (:func:`duly.preferences.apply_unsubscribe`) and answers 200 with a short page.
+  (:func:`duly.delivery.preferences.apply_unsubscribe`) and answers 200 with a short page.
 
 CSRF. There is no session and no cookie, so there is nothing ambient for another site to
 ride on: a forged POST must carry the token itself, which is in the URL, signed, bound to one
@@ -47,13 +47,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi import Path as P
 from fastapi.responses import HTMLResponse
 
-from duly.ack import AckNotConfigured
 from duly.api import schemas as S
 from duly.api.ack import _HEADERS, _STYLE
 from duly.api.errors import ApiError
-from duly.engine.service import Engine
-from duly.model import Recipient
-from duly.preferences import (
+from duly.core.model import Recipient
+from duly.delivery.ack import AckNotConfigured
+from duly.delivery.preferences import (
     PrefClaim,
     PrefLinkExpired,
     PrefLinkInvalid,
@@ -62,6 +61,7 @@ from duly.preferences import (
     set_consent,
     unsubscribe_scope,
 )
+from duly.engine.service import Engine
 
 __all__ = ["public_router", "router", "set_consent"]
 
@@ -204,7 +204,7 @@ def _gone() -> HTMLResponse:
 
 def _shown_channels(eng: Engine, r: Recipient) -> list[str]:
     consent = r.consent or {}
-    from duly.runtime import used_channels
+    from duly.engine.runtime import used_channels
 
     # the channels some rule sends on, and any the recipient has an entry for
     return sorted(used_channels(eng.rules) | set(consent.get("channels") or {}))

@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
-from duly.errors import InvalidInput
-from duly.validation import check_instant, check_json
+from duly.core.errors import InvalidInput
+from duly.core.validation import check_instant, check_json
 
 Category = Literal["transactional", "reminder", "promotional"]
 Id = Field(min_length=1, max_length=200)
@@ -30,10 +30,10 @@ def _json_object(v: dict[str, Any]) -> dict[str, Any]:
     return v
 
 
-# An instant with a UTC offset, in the years 1900 to 9998 once in UTC (duly.validation).
+# An instant with a UTC offset, in the years 1900 to 9998 once in UTC (duly.core.validation).
 Instant = Annotated[AwareDatetime, AfterValidator(_instant)]
 # A subject's attributes, an event's data: at most 32 levels deep and 1 MiB as JSON, finite
-# numbers, text without NUL or lone surrogates (duly.validation).
+# numbers, text without NUL or lone surrogates (duly.core.validation).
 JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
 
 
@@ -78,7 +78,7 @@ class SubjectIn(Strict):
 class SubjectBatchItem(SubjectIn):
     kind: str = Field(min_length=1, max_length=100)
     key: str = Field(min_length=1, max_length=200)
-    # Checked item by item by the engine (duly.validation), so one bad item is refused in
+    # Checked item by item by the engine (duly.core.validation), so one bad item is refused in
     # its result and never stops the rest.
     attributes: dict[str, Any] = Field(default_factory=dict)
     hold_until: AwareDatetime | None = None

@@ -28,10 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from duly.api.errors import ApiError, error_response
 from duly.api.schemas import ErrorBody
 from duly.asgi import template_store_of as store_of  # the runtime's TemplateStore
-from duly.engine.service import Engine
-from duly.errors import NotFound
-from duly.render import RenderBusy, RenderError, RenderLimitExceeded
-from duly.templates_db import (
+from duly.core.errors import NotFound
+from duly.delivery.rendering import RenderBusy, RenderError, RenderLimitExceeded
+from duly.delivery.templates import (
     EXTS,
     MAX_BODY,
     Part,
@@ -44,6 +43,7 @@ from duly.templates_db import (
     preview_input,
     preview_parties,
 )
+from duly.engine.service import Engine
 
 router = APIRouter(prefix="/v1", tags=["templates"])
 

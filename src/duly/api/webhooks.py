@@ -11,10 +11,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi import Path as P
 from pydantic import BaseModel, Field
 
-from duly import webhooks
 from duly.api.edge import id_cursor, id_from_cursor
 from duly.api.errors import ApiError
 from duly.api.schemas import ErrorOut  # the one error shape: one schema name
+from duly.delivery import webhooks
 from duly.store.db import write_transaction
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])

@@ -32,7 +32,7 @@ def _migrated(database: str) -> Any:
 
 
 def _keystore(database: str) -> Any:
-    from duly.keys import KeyStore
+    from duly.api.keys import KeyStore
 
     return KeyStore(_migrated(database))
 
@@ -135,7 +135,7 @@ def _opt_password_stdin(f: Any) -> Any:
 @opt_db
 def users_create(username: str, role: str, password_stdin: bool, database: str) -> None:
     """Make a user who can sign in to the web UI (USERNAME or DULY_USERNAME)."""
-    from duly.errors import InvalidInput
+    from duly.core.errors import InvalidInput
 
     store = _userstore(database)
     password = _read_password(password_stdin)
@@ -167,7 +167,7 @@ def users_list(database: str) -> None:
 @opt_db
 def users_passwd(username: str, password_stdin: bool, database: str) -> None:
     """Set a user's password (their other sessions end)."""
-    from duly.errors import InvalidInput
+    from duly.core.errors import InvalidInput
 
     store = _userstore(database)
     password = _read_password(password_stdin)
@@ -184,7 +184,7 @@ def users_passwd(username: str, password_stdin: bool, database: str) -> None:
 @opt_db
 def users_role(username: str, role: str, database: str) -> None:
     """Change a user's role."""
-    from duly.errors import InvalidInput
+    from duly.core.errors import InvalidInput
 
     try:
         _userstore(database).set_role(username, role, datetime.now(UTC))

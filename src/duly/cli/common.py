@@ -112,8 +112,8 @@ def opt_log(f: Any) -> Any:
 def load_rule_file(rules: str | None, *, check_templates: bool = True) -> tuple[Any, bool]:
     """The rule file (``--rules``, else ./duly.yaml, else the bundled examples) and whether
     it is the bundled one; a missing file is a usage error, an invalid one exits 2."""
-    from duly.rules.loader import RuleFileError, load_rules
-    from duly.runtime import resolve_rules_path
+    from duly.core.rules.loader import RuleFileError, load_rules
+    from duly.engine.runtime import resolve_rules_path
 
     path, bundled = resolve_rules_path(rules)
     if not path.exists():

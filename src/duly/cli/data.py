@@ -61,8 +61,8 @@ def prune(
     Sent, failed and set records keep their identity (a message is never sent twice) and
     lose their content and history; skipped and cancelled ones are deleted; pending ones are
     never touched. `duly serve` and `duly worker` do this once a day."""
-    from duly.model import DurationError, parse_duration
-    from duly.retention import prune as do_prune
+    from duly.core.model import DurationError, parse_duration
+    from duly.engine.retention import prune as do_prune
     from duly.store.admin import SCHEMA_ERRORS, driver_message
     from duly.store.db import make_engine
 

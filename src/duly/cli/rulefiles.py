@@ -33,7 +33,7 @@ def rules() -> None:
 )
 def rules_check(file: str, no_templates: bool) -> None:
     """Validate a rule file: exit 0, or 2 with every error listed (FILE or DULY_RULES)."""
-    from duly.rules.loader import RuleFileError, load_rules
+    from duly.core.rules.loader import RuleFileError, load_rules
 
     try:
         rf = load_rules(file, check_templates=not no_templates, resolve_env=False)
@@ -53,7 +53,7 @@ def _sim_span(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     """``--max-span``: a span such as 400d, 10w or 36h (a timedelta)."""
     from datetime import timedelta
 
-    from duly.model import DurationError, parse_duration
+    from duly.core.model import DurationError, parse_duration
 
     if value is None:
         return None
@@ -145,9 +145,8 @@ def simulate(
 
     Exit status 0 when the run completed, 2 for an invalid rule file or timeline or a run
     past one of its limits (--max-span, --max-outcomes, --timeout)."""
-    from duly.rules.loader import RuleFileError
-    from duly.simoutput import dumps_row, table
-    from duly.simulate import (
+    from duly.core.rules.loader import RuleFileError
+    from duly.engine.simulation import (
         EngineFailed,
         LimitExceeded,
         Limits,
@@ -155,6 +154,7 @@ def simulate(
         check_until,
         simulate_files,
     )
+    from duly.engine.simulation.output import dumps_row, table
 
     end = None
     if until:

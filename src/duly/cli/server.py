@@ -23,8 +23,8 @@ from duly.cli.common import (
 
 
 def _runtime(rf: Any, database: str, **kw: Any) -> Any:
-    from duly.channels import ChannelConfigError
-    from duly.runtime import build_runtime
+    from duly.delivery.channels import ChannelConfigError
+    from duly.engine.runtime import build_runtime
 
     try:
         return build_runtime(rf, database, **kw)
@@ -35,7 +35,7 @@ def _runtime(rf: Any, database: str, **kw: Any) -> Any:
 
 def _start_warnings(rt: Any) -> None:
     """What a process that sends should say at start about its configuration."""
-    from duly.preferences import warn_about_unsubscribe_links
+    from duly.delivery.preferences import warn_about_unsubscribe_links
 
     if rt.preferences is not None:
         types = [c.type for c in rt.rules.channels.values()]
@@ -270,8 +270,8 @@ def run_rule_cmd(
     schedule (cron) rule: one occurrence fires now. With --dry-run the real dispatcher runs
     on a throwaway copy of the database: nothing is sent, nothing changes, and the list says
     what would happen."""
-    from duly.errors import DulyError
-    from duly.manual import run_rule
+    from duly.core.errors import DulyError
+    from duly.engine.manual import run_rule
 
     setup_logging(log_level)
     rf, _ = load_rule_file(rules)

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from duly.core.model import Recipient
 from duly.engine.service import Engine, SubjectInput
-from duly.model import Recipient
 
 
 def _iso(t):  # noqa: ANN001, ANN202

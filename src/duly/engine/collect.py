@@ -12,10 +12,10 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from duly.model import Collect, Rule
-from duly.planner import _expr
-from duly.rules import timemath
-from duly.rules.expressions import build_context, condition_holds
+from duly.core.model import Collect, Rule
+from duly.core.planner import _expr
+from duly.core.rules import timemath
+from duly.core.rules.expressions import build_context, condition_holds
 from duly.store.db import Connection
 from duly.store.reading import outcome_stats
 from duly.store.subjects import live_subjects_of_kind

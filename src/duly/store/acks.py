@@ -1,6 +1,6 @@
 """The query behind acknowledge (and preference) links: the generated secret that signs
 them, kept in the ``settings`` table so every process signs with the same one
-(:func:`duly.ack.load_secret` reads ``DULY_SECRET_KEY`` first and comes here without it).
+(:func:`duly.delivery.ack.load_secret` reads ``DULY_SECRET_KEY`` first and comes here without it).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.engine import Connection
 
-from duly.planner import Identity
+from duly.core.planner import Identity
 from duly.store.rows import DeliveryRow, StoreBase, _chunks, _group_by_keys, _identity
 from duly.store.tables import deliveries
 

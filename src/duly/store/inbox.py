@@ -1,4 +1,4 @@
-"""The queries behind the inbox (in-app notifications); :mod:`duly.inbox` pages them,
+"""The queries behind the inbox (in-app notifications); :mod:`duly.engine.inbox` pages them,
 formats them and streams them.
 
 An inbox item is a delivery on one of the given ``channels`` (those of type ``inbox``) in

@@ -1,4 +1,4 @@
-"""The queries behind API keys (:mod:`duly.keys` makes, hashes and caches them).
+"""The queries behind API keys (:mod:`duly.api.keys` makes, hashes and caches them).
 
 Every function takes an open connection inside the caller's transaction and returns plain
 data: a key is a dict of its ``api_keys`` columns. Only the SHA-256 digest of a key is

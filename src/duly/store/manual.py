@@ -1,4 +1,4 @@
-"""The queries of running a rule by hand (``duly run``, duly.manual), and the dry run's
+"""The queries of running a rule by hand (``duly run``, duly.engine.manual), and the dry run's
 throwaway view of the database (:func:`sandbox`).
 
 Each query takes the caller's open connection (the caller decides the transaction) and
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
-from duly.planner import Identity
+from duly.core.planner import Identity
 from duly.store.db import is_postgres, make_engine
 from duly.store.store import DeliveryRow
 from duly.store.tables import deliveries

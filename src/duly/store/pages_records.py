@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from duly.model import REMINDER_RULE
+from duly.core.model import REMINDER_RULE
 from duly.store.tables import deliveries, recipients, reminders, subjects, suppressions
 
 __all__ = [

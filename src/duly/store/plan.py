@@ -16,7 +16,7 @@ from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from duly.planner import Action, Existing, Identity, outcome_of
+from duly.core.planner import Action, Existing, Identity, outcome_of
 from duly.store.rows import StoreBase, _chunks, _group_by_keys, _identity
 from duly.store.tables import deliveries
 

@@ -12,10 +12,10 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from duly.model import Recipient
+from duly.core.model import Recipient
+from duly.core.validation import text_problem
 from duly.store.rows import StoreBase, _chunks, _recipient_from_row
 from duly.store.tables import deliveries, recipients, suppressions
-from duly.validation import text_problem
 
 __all__ = ["RecipientQueries"]
 

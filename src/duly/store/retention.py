@@ -1,6 +1,6 @@
 """Retention's queries: finding, counting and pruning old delivery records and subject errors.
 
-:mod:`duly.retention` decides what is old (the cut-offs) and walks the chunks; this module
+:mod:`duly.engine.retention` decides what is old (the cut-offs) and walks the chunks; this module
 holds every statement it runs. Each function works in the caller's connection (a read, or a
 short write transaction the caller opens) and returns plain numbers and tuples.
 

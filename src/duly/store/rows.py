@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.engine import Connection, RowMapping
 
-from duly.model import Recipient, Subject
-from duly.planner import Identity
+from duly.core.model import Recipient, Subject
+from duly.core.planner import Identity
 from duly.store.tables import delivery_log
 
 __all__ = ["DeliveryRow", "StoreBase", "SubjectRecord"]

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from duly.model import Subject
+from duly.core.model import Subject
 from duly.store.rows import StoreBase, SubjectRecord, _chunks, _subject_from_row
 from duly.store.tables import events, reminders, subject_errors, subjects
 

@@ -267,7 +267,7 @@ def utcnow() -> datetime:
 
 # Outgoing webhooks (spec/api.md): an outbox. An event is written in the transaction of the
 # change it reports and stays pending until the target answers 2xx; it fails for good on 410,
-# on a refused (private) target, or when its retries are spent. duly.webhooks owns both.
+# on a refused (private) target, or when its retries are spent. duly.delivery.webhooks owns both.
 webhook_events = Table(
     "webhook_events",
     metadata,
@@ -333,7 +333,7 @@ suppressions = Table(
 
 
 # Values duly makes once and every process shares, by key. ``ack_secret``: the secret that
-# signs acknowledge links when DULY_SECRET_KEY is not set (duly.ack).
+# signs acknowledge links when DULY_SECRET_KEY is not set (duly.delivery.ack).
 settings = Table(
     "settings",
     metadata,
@@ -345,7 +345,7 @@ settings = Table(
 
 # The inbox (in-app notifications): a delivery on an ``inbox`` channel is an item of its
 # recipient's inbox; a row here says when the recipient read it (no row: unread).
-# duly.inbox owns it.
+# duly.engine.inbox owns it.
 inbox_reads = Table(
     "inbox_reads",
     metadata,

@@ -1,7 +1,7 @@
 """Database templates' queries: every statement on the ``templates`` table, and the subjects a
 save is checked with.
 
-:mod:`duly.templates_db` keeps the versioning rules, the override cache and the checks; this
+:mod:`duly.delivery.templates` keeps the versioning rules, the override cache and the checks; this
 module reads and appends rows. Rows are only ever added (a save is a new version), never
 updated or deleted. Each function runs in the caller's connection and transaction and returns
 plain data; the same SQL runs on SQLite and PostgreSQL.

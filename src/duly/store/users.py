@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from duly.errors import InvalidInput
+from duly.core.errors import InvalidInput
 from duly.store.db import is_postgres
 from duly.store.tables import sign_in_attempts, ui_sessions, users
 

@@ -1,6 +1,6 @@
 """The webhook outbox's queries: every statement on ``webhook_events`` and ``webhook_attempts``.
 
-:mod:`duly.webhooks.outbox` decides what an event holds and when it is sent; this module
+:mod:`duly.delivery.webhooks.outbox` decides what an event holds and when it is sent; this module
 only stores and reads it. Every function runs in the caller's connection and transaction
 (the caller chooses ``write_transaction`` or ``connect``) and returns plain data. The same
 SQL runs on SQLite and PostgreSQL (``FOR UPDATE SKIP LOCKED`` only on PostgreSQL).

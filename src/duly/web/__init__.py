@@ -40,7 +40,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from duly.asgi import CatchAll
-from duly.errors import DulyError
+from duly.core.errors import DulyError
 from duly.web import core
 from duly.web.csrf import CsrfMiddleware
 from duly.web.users import SessionStore, UserStore
@@ -241,7 +241,7 @@ def build_ui(runtime: Any, *, secret: str | None = None, cookie_secure: bool = F
     """The UI's ASGI app (pages, static files, sign-in) with its middleware. With
     ``cookie_secure`` the session and CSRF cookies are sent over HTTPS only (set it when a
     TLS proxy fronts duly: ``duly serve --cookie-secure``)."""
-    from duly.ack import load_secret
+    from duly.delivery.ack import load_secret
 
     ui = FastAPI(
         docs_url=None,

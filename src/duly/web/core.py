@@ -35,8 +35,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
+from duly.core.validation import instant_problem, readable, text_problem
 from duly.engine.service import Engine
-from duly.validation import instant_problem, readable, text_problem
 from duly.web.users import SessionStore, User, UserStore
 
 __all__ = [
@@ -313,7 +313,7 @@ class BadInput(Exception):
 
 async def checked_input(request: Request) -> None:
     """Every page's path and query parameters and form fields are text without NUL or lone
-    surrogates (duly.validation): a dependency of the whole UI app, run before any view
+    surrogates (duly.core.validation): a dependency of the whole UI app, run before any view
     parses a value, so no search box or form reaches the database with one. The sign-in
     page is the exception: it answers such a name or password as a failed sign-in, and
     ignores such a ``next`` (duly.web.views.auth), as it must not tell what it refuses."""
@@ -408,7 +408,7 @@ def parse_local_datetime(value: str, tz: ZoneInfo) -> datetime:
         if t.tzinfo is None:
             # a wall time that does not exist (spring forward) moves forward by the gap; an
             # ambiguous one (fall back) is the earlier instant (spec/rules.md)
-            from duly.rules.timemath import resolve_local
+            from duly.core.rules.timemath import resolve_local
 
             t = resolve_local(t, tz)
         t = t.astimezone(UTC)

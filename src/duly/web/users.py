@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from duly.errors import InvalidInput
+from duly.core.errors import InvalidInput
 from duly.store import users as q
 from duly.store.db import Engine, write_transaction
 

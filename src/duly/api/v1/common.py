@@ -9,9 +9,9 @@ from fastapi import Depends, Request
 from fastapi import Path as P
 
 from duly.api import schemas as S
+from duly.core.planner import Identity
+from duly.core.validation import readable
 from duly.engine.service import Engine
-from duly.planner import Identity
-from duly.validation import readable
 
 __all__ = ["DbId", "EngineDep", "RecipientId", "delivery_out", "engine", "error_docs"]
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Response
 from duly.api import schemas as S
 from duly.api.errors import ApiError
 from duly.api.v1.common import EngineDep, RecipientId, error_docs
-from duly.model import Recipient
+from duly.core.model import Recipient
 
 router = APIRouter()
 

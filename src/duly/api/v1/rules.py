@@ -14,7 +14,7 @@ from fastapi import APIRouter
 from duly.api import schemas as S
 from duly.api.errors import ApiError, error_response
 from duly.api.v1.common import EngineDep, error_docs
-from duly.errors import DulyError
+from duly.core.errors import DulyError
 
 router = APIRouter()
 
@@ -48,7 +48,7 @@ def get_rules(eng: EngineDep) -> S.RulesOut:
 @router.post("/rules:check", response_model=S.RulesCheckOut, tags=["rules"])
 def check_rules(body: S.RulesCheckIn) -> S.RulesCheckOut:
     """Validate a rule file without loading it (templates are not required)."""
-    from duly.rules.loader import RuleFileError, load_rules_text
+    from duly.core.rules.loader import RuleFileError, load_rules_text
 
     try:
         rf = load_rules_text(body.rules, path="duly.yaml", check_templates=False, resolve_env=False)
@@ -80,7 +80,7 @@ def simulate(body: S.SimulateIn) -> Any:
     Bounded (docs/reference/simulate.md): at most 92 days of virtual time from the first
     line, 10,000 outcomes and 10 s of real time (422 ``limit_exceeded``, field ``until``),
     and two simulations at a time (429 ``busy`` with Retry-After)."""
-    from duly import simulate as sims
+    from duly.engine import simulation as sims
 
     srv = sims.server
     if not srv.try_enter():
@@ -99,8 +99,8 @@ def simulate(body: S.SimulateIn) -> Any:
 
 
 def _simulate(body: S.SimulateIn, limits: Any) -> S.SimulateOut:
-    from duly.rules.loader import RuleFileError, load_rules_text
-    from duly.simulate import (
+    from duly.core.rules.loader import RuleFileError, load_rules_text
+    from duly.engine.simulation import (
         EngineFailed,
         LimitExceeded,
         SimulationError,

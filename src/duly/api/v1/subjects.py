@@ -12,9 +12,9 @@ from fastapi import Path as P
 from duly.api import schemas as S
 from duly.api.errors import ApiError
 from duly.api.v1.common import EngineDep, delivery_out, error_docs
+from duly.core.errors import InvalidInput, UnknownSubject
+from duly.core.validation import readable
 from duly.engine.service import Engine, SubjectInput
-from duly.errors import InvalidInput, UnknownSubject
-from duly.validation import readable
 
 router = APIRouter()
 
@@ -33,7 +33,7 @@ def _subject_out(eng: Engine, kind: str, key: str, *, detail: bool, result: Any 
         "kind": kind,
         "key": key,
         "revision": s.revision,
-        # as far as it can be shown: data stored before the limits of duly.validation
+        # as far as it can be shown: data stored before the limits of duly.core.validation
         # (deeper than pydantic serialises, lone surrogates) must not make the GET fail
         "attributes": readable(s.attributes),
         "recipients": readable({k: list(v) for k, v in s.recipients.items()}),

@@ -28,7 +28,7 @@ from fastapi.responses import HTMLResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.concurrency import run_in_threadpool
 
-from duly.errors import InvalidInput
+from duly.core.errors import InvalidInput
 from duly.web.core import (
     TZ_COOKIE,
     CurrentUser,

@@ -70,14 +70,14 @@ def _parse_date(value: str) -> date:
         d = date.fromisoformat(value)
     except ValueError:
         raise ValueError("enter a date as YYYY-MM-DD") from None
-    # the supported years (duly.validation); the day after the last is still a date
+    # the supported years (duly.core.validation); the day after the last is still a date
     if not 1900 <= d.year <= 9998:
         raise ValueError("enter a date in the years 1900 to 9998")
     return d
 
 
 def _local_midnight(d: date, tz: ZoneInfo) -> datetime:
-    from duly.rules.timemath import resolve_local
+    from duly.core.rules.timemath import resolve_local
 
     return resolve_local(datetime.combine(d, time(0, 0)), tz)
 

@@ -19,11 +19,11 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from duly.core.model import Category, Recipient
+from duly.delivery.preferences import CATEGORIES, set_consent  # the save of PUT .../preferences
+from duly.engine.inbox import InboxStore, inbox_channel_names
+from duly.engine.runtime import used_channels
 from duly.engine.service import Engine
-from duly.inbox import InboxStore, inbox_channel_names
-from duly.model import Category, Recipient
-from duly.preferences import CATEGORIES, set_consent  # the save of PUT .../preferences
-from duly.runtime import used_channels
 from duly.store.db import write_transaction
 from duly.store.pages_records import (
     has_sent_on,
@@ -208,7 +208,7 @@ def recipient_page(rid: str, request: Request, user: CurrentUser, eng: EngineDep
 
 def _save_consent(eng: Engine, rid: str, form: Any) -> None:
     """The form's checkboxes into the consent, saved as PUT .../preferences saves it
-    (``duly.preferences.set_consent``: tidied, then Engine.put_recipient, which
+    (``duly.delivery.preferences.set_consent``: tidied, then Engine.put_recipient, which
     re-plans the recipient's pending deliveries). Only what the form showed is changed."""
     r = _recipient(eng, rid)
     cats = set(form.getlist("category"))

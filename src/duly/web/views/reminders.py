@@ -22,9 +22,9 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from duly.core.errors import DulyError, InvalidInput, NotFound
+from duly.core.model import Category
 from duly.engine.service import Conflict, Engine, ReminderInput
-from duly.errors import DulyError, InvalidInput, NotFound
-from duly.model import Category
 from duly.store.db import Connection
 from duly.store.pages_records import (
     first_recipient_ids,

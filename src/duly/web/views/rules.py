@@ -27,9 +27,9 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from duly.errors import DulyError
-from duly.model import Rule, RuleFile
-from duly.rules import timemath
+from duly.core.errors import DulyError
+from duly.core.model import Rule, RuleFile
+from duly.core.rules import timemath
 from duly.store.pages_deliveries import next_pending_of_rule
 from duly.web.core import (
     CurrentUser,
@@ -41,7 +41,7 @@ from duly.web.core import (
 )
 
 if TYPE_CHECKING:
-    from duly.simulate import Limits
+    from duly.engine.simulation import Limits
 
 router = APIRouter()
 
@@ -256,13 +256,13 @@ class SimForm:
 
 
 def _limits() -> Limits:
-    from duly import simulate
+    from duly.engine import simulation as simulate
 
     return simulate.server.limits
 
 
 def _sim_page(request: Request, sim: SimForm, status: int = 200) -> Response:
-    from duly.simulate import describe_span
+    from duly.engine.simulation import describe_span
 
     limits = _limits()
     return render(
@@ -315,8 +315,8 @@ def _copy_templates(request: Request, dst: Path) -> None:
 
 
 def _run(request: Request, sim: SimForm) -> None:
-    from duly.rules.loader import RuleFileError, load_rules_text
-    from duly.simulate import (
+    from duly.core.rules.loader import RuleFileError, load_rules_text
+    from duly.engine.simulation import (
         DEFAULT_TAIL,
         LimitExceeded,
         SimulationError,
@@ -477,7 +477,7 @@ async def simulate_run(request: Request, user: CurrentUser) -> Response:
     if not sim.rules.strip():
         sim.rules = await run_in_threadpool(_default_rules, request)
     if not sim.errors:
-        from duly import simulate
+        from duly.engine import simulation as simulate
 
         srv = simulate.server
         if not srv.try_enter():

@@ -16,8 +16,8 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from duly.core.errors import InvalidInput
 from duly.engine.service import SubjectInput
-from duly.errors import InvalidInput
 from duly.store.db import Connection
 from duly.store.pages_records import (
     pending_per_subject,

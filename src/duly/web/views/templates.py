@@ -1,7 +1,7 @@
 """Templates (USE-CASES U5.7): the list, an edit form with a live preview for a chosen
 subject and recipient, the version history with diffs, and restore.
 
-Everything goes through the runtime's TemplateStore (duly.templates_db), as the API does
+Everything goes through the runtime's TemplateStore (duly.delivery.templates), as the API does
 (duly.api.templates): a save is checked first and refused as a whole with the file and line
 of the problem (shown next to the part), a preview renders the edited text with a real
 subject's data (or sample data) and shows a render error with its file and line.
@@ -22,11 +22,10 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from duly.asgi import template_store_of as store_of  # the runtime's TemplateStore
-from duly.errors import InvalidInput, NotFound
-from duly.render import RenderBusy
-from duly.rules.yamlnodes import NAME_RE
-from duly.store.pages_records import recent_subject_refs
-from duly.templates_db import (
+from duly.core.errors import InvalidInput, NotFound
+from duly.core.rules.yamlnodes import NAME_RE
+from duly.delivery.rendering import RenderBusy
+from duly.delivery.templates import (
     EXTS,
     MAX_BODY,
     TemplateInvalid,
@@ -34,6 +33,7 @@ from duly.templates_db import (
     TemplateView,
     filename,
 )
+from duly.store.pages_records import recent_subject_refs
 from duly.web.core import (
     AdminUser,
     CurrentUser,

@@ -15,9 +15,9 @@ from urllib.parse import quote
 
 from fastapi import Request
 
-from duly.errors import NotFound
-from duly.render import RenderError
-from duly.templates_db import (
+from duly.core.errors import NotFound
+from duly.delivery.rendering import RenderError
+from duly.delivery.templates import (
     TemplateStore,
     TemplateView,
     filename,

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from duly.model import REMINDER_RULE
+from duly.core.model import REMINDER_RULE
 from duly.store.pages_deliveries import OVERDUE_AFTER, upcoming_page
 from duly.web.core import (
     CurrentUser,

@@ -1,0 +1,547 @@
+"""Pure planning and reconciliation (spec/rules.md "Planning").
+
+``plan_subject`` turns (rules, subject state, recipients, now) into the set of deliveries that
+should exist for the subject's date-relative rules; ``plan_trigger`` does the same for one
+event or attribute change; ``reconcile`` compares a desired set with the stored rows and says
+what to create, move, cancel, skip or plan again. Nothing here touches a database or a
+clock: every input is an argument, so these functions are tested directly with hypothesis.
+
+The types (``Identity``, ``Desired``, ``Plan``, ...) live in :mod:`duly.core.plantypes` and
+reconciliation in :mod:`duly.core.reconcile`; both are re-exported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from duly.core.model import (
+    Calendar,
+    Category,
+    Reason,
+    Recipient,
+    Rule,
+    RuleFile,
+    Step,
+    Subject,
+    Window,
+)
+from duly.core.plantypes import (
+    FINAL_SENT,
+    NEVER_SENT,
+    PENDING,
+    Action,
+    Desired,
+    Existing,
+    Identity,
+    Plan,
+    Problem,
+)
+from duly.core.reconcile import cancel_all, outcome_of, reconcile
+from duly.core.rules import timemath
+from duly.core.rules.expressions import (
+    Expression,
+    build_context,
+    compile_expression,
+    condition_holds,
+)
+
+__all__ = [
+    "FINAL_SENT",
+    "NEVER_SENT",
+    "PENDING",
+    "Action",
+    "Desired",
+    "Existing",
+    "Identity",
+    "Plan",
+    "Problem",
+    "base_priority",
+    "cancel_all",
+    "effective",
+    "outcome_of",
+    "plan_subject",
+    "plan_trigger",
+    "reconcile",
+]
+
+# How far ahead an open-ended repeat (no count, no until) is planned. Re-planning the subject
+# (any upsert) extends it. See docs/reference/planning.md.
+REPEAT_HORIZON = timedelta(days=90)
+
+
+# --------------------------------------------------------------------------- helpers
+
+_EXPR_CACHE: dict[str, Expression] = {}
+
+
+def _expr(text: str | None) -> Expression | None:
+    if text is None:
+        return None
+    e = _EXPR_CACHE.get(text)
+    if e is None:
+        e = _EXPR_CACHE[text] = compile_expression(text)
+    return e
+
+
+_UNSET = object()
+
+
+def effective(step: Step | None, rule: Rule, attr: str) -> Any:
+    """A step's own value for ``attr``, else the rule's (spec: steps may override)."""
+    if step is not None:
+        v = getattr(step, attr, None)
+        if v is not None:
+            return v
+    return getattr(rule, attr, None)
+
+
+def base_priority_for(category: str) -> int:
+    return {"transactional": 300, "reminder": 200, "promotional": 100}.get(category, 100)
+
+
+def base_priority(rule: Rule, category: str) -> int:
+    """Higher goes first: transactional, reminder, promotional, then schedule rules;
+    ``priority: N`` on a rule overrides (spec: Priority)."""
+    if rule.priority is not None:
+        return rule.priority
+    if rule.cron is not None:
+        return 0
+    return base_priority_for(category)
+
+
+def priority_levels(rf: RuleFile) -> set[int]:
+    """Every priority the rules (and one-off reminders) give rows, for claiming by level."""
+    levels = {base_priority_for(c) for c in ("transactional", "reminder", "promotional")}
+    for rule in rf.rules:
+        cats = {str(rule.category)} | {str(s.category) for s in rule.steps if s.category}
+        for c in cats:
+            p = base_priority(rule, c)
+            levels |= {p, p - 1}  # p - 1: `set` rows act after their step's messages
+    return levels
+
+
+def rule_zone(rf: RuleFile, rule: Rule, recipient: Recipient | None) -> str:
+    """Recipient's timezone, else the rule's, else the file's (spec: Time)."""
+    if recipient is not None and recipient.timezone:
+        return recipient.timezone
+    return rule.timezone or rf.timezone
+
+
+def window_calendar(rf: RuleFile, window: Window | None) -> Calendar | None:
+    if window is not None and window.calendar:
+        return rf.calendars.get(window.calendar)
+    return None
+
+
+def resolve_to(
+    rf: RuleFile, targets: Sequence[str], subject: Subject | None, notes: list[str] | None = None
+) -> list[str]:
+    """Recipient ids for ``to`` entries: roles on the subject, ``group:NAME``, ``id:X``.
+    A role absent from the subject addresses nobody (noted)."""
+    out: list[str] = []
+    for t in targets:
+        if t.startswith("group:"):
+            out.extend(rf.groups.get(t[6:], ()))
+        elif t.startswith("id:"):
+            out.append(t[3:])
+        elif subject is not None:
+            ids = subject.recipients.get(t)
+            if ids:
+                out.extend(ids)
+            elif notes is not None:
+                notes.append(f"role {t!r} is absent from {subject.ref}")
+    seen: set[str] = set()
+    return [x for x in out if not (x in seen or seen.add(x))]  # type: ignore[func-returns-value]
+
+
+def message_channels(step: Step | None, rule: Rule) -> tuple[str, ...]:
+    """Channels a message goes out on. The step's own ``channels`` or ``fallback`` win over
+    the rule's. With ``fallback`` the first channel is planned; moving along the chain is the
+    dispatcher's job (issue: channels)."""
+    for owner in (step, rule):
+        if owner is None:
+            continue
+        if owner.channels:
+            return tuple(owner.channels)
+        if owner.fallback:
+            return (owner.fallback[0],)
+    return ("email",)
+
+
+def subject_dict(subject: Subject) -> dict[str, Any]:
+    return {
+        "kind": subject.kind,
+        "key": subject.key,
+        "ref": subject.ref,
+        "attributes": subject.attributes,
+        "recipients": {k: list(v) for k, v in subject.recipients.items()},
+        "revision": subject.revision,
+    }
+
+
+def recipient_dict(r: Recipient | None, rid: str | None = None) -> dict[str, Any]:
+    if r is None:
+        return {"id": rid}
+    return {
+        "id": r.id,
+        "name": r.name,
+        "email": r.email,
+        "phone": r.phone,
+        "timezone": r.timezone,
+        "locale": r.locale,
+        "addresses": r.addresses,
+    }
+
+
+def check_conditions(
+    rule: Rule,
+    step: Step | None,
+    subject: Subject,
+    recipient: Recipient | None,
+    rid: str | None,
+    tz: str,
+    now: datetime,
+    event: dict[str, Any] | None = None,
+) -> tuple[bool, str | None]:
+    """The rule's ``if`` and the step's ``if`` against the subject (both must hold)."""
+    exprs = [e for e in (_expr(rule.condition), _expr(step.condition if step else None)) if e]
+    if not exprs:
+        return True, None
+    ctx = build_context(
+        subject.attributes,
+        now=now,
+        tz=timemath.zone(tz),
+        subject=subject_dict(subject),
+        event=event,
+        recipient=recipient_dict(recipient, rid),
+        acknowledged=rule.name in subject.acknowledged,
+    )
+    for e in exprs:
+        ok, err = condition_holds(e, ctx)
+        if not ok:
+            return False, err
+    return True, None
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan_subject(
+    rf: RuleFile,
+    subject: Subject,
+    recipients: Mapping[str, Recipient],
+    now: datetime,
+) -> Plan:
+    """Every delivery the subject's date-relative rules want now (spec: Planning)."""
+    plan = Plan()
+    cache = _Conditions(subject, now)
+    for rule in rf.rules:
+        if rule.kind != "steps" or rule.subject != subject.kind:
+            continue
+        plan.scope.add(rule.name)
+        for step in rule.steps:
+            _plan_step(rf, rule, step, subject, recipients, now, plan, cache)
+    if subject.hold_until is not None and subject.hold_until > now:
+        plan.desired = apply_hold(plan.desired, subject.hold_until)
+    return plan
+
+
+def apply_hold(desired: list[Desired], until: datetime) -> list[Desired]:
+    """spec: Hold. Reminder and promotional messages falling due before ``until`` are skipped
+    (``held``), except the latest of each rule, recipient and channel, which moves to the
+    end of the hold: chasing resumes with one message, never a burst. Transactional
+    messages and ``set`` actions are not held."""
+    latest: dict[tuple[str, str | None, str | None], Desired] = {}
+    for d in desired:
+        if _holdable(d, until):
+            k = (d.identity.rule, d.identity.recipient, d.identity.channel)
+            cur = latest.get(k)
+            if cur is None or (d.due_at, d.identity.occurrence) > (
+                cur.due_at,
+                cur.identity.occurrence,
+            ):
+                latest[k] = d
+    keep = {d.identity for d in latest.values()}
+    out = []
+    for d in desired:
+        if not _holdable(d, until):
+            out.append(d)
+        elif d.identity in keep:
+            out.append(d._replace(due_at=until))
+        else:
+            out.append(d._replace(skip_reason=Reason.held))
+    return out
+
+
+def _holdable(d: Desired, until: datetime) -> bool:
+    return (
+        d.skip_reason is None
+        and d.identity.recipient is not None
+        and d.category != "transactional"
+        and d.due_at < until
+    )
+
+
+class _Conditions:
+    """Evaluates ``if`` expressions for one subject, building each recipient's context once
+    (a subject's steps share it) and remembering each expression's result."""
+
+    def __init__(self, subject: Subject, now: datetime) -> None:
+        self.subject, self.now = subject, now
+        self._ctx: dict[tuple[str | None, str], dict[str, Any]] = {}
+        self._results: dict[tuple[str, str | None, str, bool], tuple[bool, str | None]] = {}
+
+    def holds(
+        self, rule: Rule, step: Step | None, recipient: Recipient | None, rid: str | None, tz: str
+    ) -> tuple[bool, str | None]:
+        ack = rule.name in self.subject.acknowledged
+        for text in (rule.condition, step.condition if step is not None else None):
+            if text is None:
+                continue
+            key = (text, rid, tz, ack)
+            res = self._results.get(key)
+            if res is None:
+                ctx = self._ctx.get((rid, tz))
+                if ctx is None:
+                    ctx = self._ctx[(rid, tz)] = build_context(
+                        self.subject.attributes,
+                        now=self.now,
+                        tz=timemath.zone(tz),
+                        subject=subject_dict(self.subject),
+                        recipient=recipient_dict(recipient, rid),
+                    )
+                ctx["acknowledged"] = ack
+                res = self._results[key] = condition_holds(_expr(text), ctx)
+            if not res[0]:
+                return res
+        return True, None
+
+
+def _targets(
+    rf: RuleFile, rule: Rule, step: Step | None, subject: Subject, plan: Plan
+) -> list[str | None]:
+    if not (step.sends_message if step is not None else rule.sends_message):
+        return []
+    return list(resolve_to(rf, effective(step, rule, "to") or (), subject, plan.notes))
+
+
+def _plan_step(
+    rf: RuleFile,
+    rule: Rule,
+    step: Step,
+    subject: Subject,
+    recipients: Mapping[str, Recipient],
+    now: datetime,
+    plan: Plan,
+    conditions: _Conditions,
+) -> None:
+    key = (rule.name, step.name)
+    category = str(effective(step, rule, "category") or Category.reminder)
+    priority = base_priority(rule, category)
+    window = effective(step, rule, "window")
+    expire = effective(step, rule, "expire")
+    rids = _targets(rf, rule, step, subject, plan)
+    plan.addressed[key] = {r for r in rids if r}
+    if step.at is None:
+        return
+    channels: tuple[str | None, ...] = message_channels(step, rule)
+    chain = effective(step, rule, "fallback") if not step.channels else None
+    if chain:
+        plan.fallback[key] = tuple(chain)
+    # each recipient on each channel; plus one row without recipient for a `set` action
+    targets: list[tuple[str | None, tuple[str | None, ...]]] = [(r, channels) for r in rids]
+    if step.set is not None or step.webhook is not None:
+        targets.append((None, (None,)))
+    cal = window_calendar(rf, window)
+    if step.repeat is not None and rule.name in subject.acknowledged:
+        # spec: once acknowledged, repeats of the rule stop (pending ones are cancelled)
+        plan.unwanted[key] = Reason.acknowledged
+        return
+    # the step's messages go out no later than its `set` acts: when the action changes what
+    # the rule's `if` reads, the step's own messages (planned in each recipient's zone) are
+    # not cancelled by it
+    latest: dict[int, datetime] = {}
+    for rid, chans in targets:
+        recipient = recipients.get(rid) if rid else None
+        tzname = rule_zone(rf, rule, recipient)
+        try:
+            tz = timemath.zone(tzname)
+        except ValueError as exc:
+            plan.problems.append(Problem(subject.ref, rule.name, "timezone", str(exc)))
+            continue
+        ok, err = conditions.holds(rule, step, recipient, rid, tzname)
+        if not ok:
+            plan.unwanted[key] = Reason.condition_false
+            if err:
+                plan.problems.append(Problem(subject.ref, rule.name, "if", err))
+            continue
+        try:
+            first = timemath.eval_at(step.at, subject.attributes, tz, cal)
+            anchor = timemath.anchor_of(step.at, subject.attributes, tz)
+        except ValueError as exc:
+            plan.problems.append(Problem(subject.ref, rule.name, step.at.attribute, str(exc)))
+            first = anchor = None
+            skip: Reason | None = Reason.bad_data
+        else:
+            skip = Reason.no_date if first is None else None
+        if first is None:
+            for channel in chans:
+                ident = Identity(rule.name, step.name, 0, subject.ref, rid, channel)
+                plan.desired.append(
+                    Desired(ident, now, now, None, category, priority, skip_reason=skip)
+                )
+            continue
+        if step.time_of_day is not None:
+            first = timemath.at_time_of_day(first, step.time_of_day, tz)
+        changes = dict(step.set) if (rid is None and step.set) else None
+        for index, planned in _occurrences(step, subject, first, tz, cal, now):
+            deadline = anchor if (step.at.is_before_anchor and anchor is not None) else None
+            exp = _expiry(planned, expire, tz, cal)
+            if exp is not None:
+                deadline = exp if deadline is None else min(deadline, exp)
+            due = planned
+            skip = None
+            if window is not None and rid is not None:
+                try:
+                    due = timemath.next_window_opening(planned, window, tz, rf.calendars)
+                except ValueError as exc:
+                    plan.problems.append(Problem(subject.ref, rule.name, "window", str(exc)))
+                    skip = Reason.window_missed
+                if deadline is not None and due > deadline:
+                    skip = Reason.window_missed
+            if rid is not None:
+                latest[index] = max(latest.get(index, due), due)
+            else:
+                planned = due = max(planned, latest.get(index, planned))
+            for channel in chans:
+                ident = Identity(rule.name, step.name, index, subject.ref, rid, channel)
+                plan.desired.append(
+                    Desired(
+                        ident,
+                        planned,
+                        due,
+                        deadline,
+                        category,
+                        # after the step's messages when due at the same instant
+                        priority - 1 if rid is None else priority,
+                        skip,
+                        changes,
+                    )
+                )
+
+
+def _expiry(planned: datetime, expire: Any, tz: Any, cal: Calendar | None) -> datetime | None:
+    """``planned + expire``; None without ``expire`` or when that is past the year 9999 (a
+    rule file's durations are at most 1000 years, but a date attribute may be late)."""
+    if expire is None:
+        return None
+    try:
+        return timemath.add_duration(planned, expire, 1, tz, cal)
+    except OverflowError:
+        return None
+
+
+def _occurrences(
+    step: Step,
+    subject: Subject,
+    first: datetime,
+    tz: Any,
+    cal: Calendar | None,
+    now: datetime,
+) -> list[tuple[int, datetime]]:
+    rep = step.repeat
+    if rep is None:
+        return [(0, first)]
+    until = None
+    if rep.until is not None:
+        until = timemath.eval_at(rep.until, subject.attributes, tz, cal)
+    horizon = max(now, first) + REPEAT_HORIZON
+    return timemath.repeat_times(
+        first,
+        rep.every,
+        tz,
+        days=rep.days,
+        count=rep.count,
+        until=until,
+        horizon=horizon
+        if (rep.count is None and until is None)
+        else datetime.max.replace(tzinfo=UTC),
+        calendar=cal,
+    )
+
+
+def plan_trigger(
+    rf: RuleFile,
+    rule: Rule,
+    subject: Subject,
+    recipients: Mapping[str, Recipient],
+    occurrence: int | str,
+    at: datetime,
+    event: dict[str, Any] | None = None,
+) -> Plan:
+    """Deliveries for one event (occurrence = event id) or attribute change (occurrence =
+    the subject's revision) of an event rule, planned at ``at`` + the rule's delay."""
+    plan = Plan()
+    plan.scope.add(rule.name)
+    category = str(rule.category)
+    priority = base_priority(rule, category)
+    rids = _targets(rf, rule, None, subject, plan)
+    slots: list[tuple[str | None, str | None]] = [
+        (r, c) for r in rids for c in message_channels(None, rule)
+    ]
+    if rule.set is not None or rule.webhook is not None:
+        slots.append((None, None))
+    for rid, channel in slots:
+        recipient = recipients.get(rid) if rid else None
+        tzname = rule_zone(rf, rule, recipient)
+        try:
+            tz = timemath.zone(tzname)
+        except ValueError as exc:
+            plan.problems.append(Problem(subject.ref, rule.name, "timezone", str(exc)))
+            continue
+        ok, err = check_conditions(rule, None, subject, recipient, rid, tzname, at, event)
+        if not ok:
+            if err:
+                plan.problems.append(Problem(subject.ref, rule.name, "if", err))
+            continue
+        planned = at
+        if rule.delay is not None:
+            planned = timemath.add_duration(at, rule.delay, 1, tz, None)
+        due, skip = planned, None
+        deadline = _expiry(planned, rule.expire, tz, None)
+        if rule.window is not None and rid is not None:
+            due = timemath.next_window_opening(planned, rule.window, tz, rf.calendars)
+            if deadline is not None and due > deadline:
+                skip = Reason.window_missed
+        ident = Identity(rule.name, None, occurrence, subject.ref, rid, channel)
+        plan.desired.append(
+            Desired(
+                ident,
+                planned,
+                due,
+                deadline,
+                category,
+                priority,
+                skip_reason=skip,
+                changes=dict(rule.set) if (rid is None and rule.set) else None,
+            )
+        )
+    return plan
+
+
+def change_fires(rule: Rule, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Does an upsert from ``old`` to ``new`` attributes fire ``on: {change: ...}``?
+    An absent or null value counts as null, so creation with ``status: paid`` is a change
+    from null (spec: Kinds of rule)."""
+    trig = rule.on
+    if trig is None or trig.change is None:
+        return False
+    before = (old or {}).get(trig.change)
+    after = new.get(trig.change)
+    if before == after:
+        return False
+    if trig.has_to and after != trig.to:
+        return False
+    return not (trig.has_from and before != trig.from_)

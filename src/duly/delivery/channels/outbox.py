@@ -1,0 +1,28 @@
+"""The outbox: messages are kept, not sent.
+
+``send()`` does no I/O. The dispatcher stores the rendered message with the delivery in the
+database, where ``duly outbox`` and the web UI show it; this is what the ``email`` channel is
+when no other is configured (spec/rules.md, "Channels").
+"""
+
+from __future__ import annotations
+
+from duly.delivery.channels.base import Message, Receipt
+
+__all__ = ["OutboxChannel"]
+
+
+class OutboxChannel:
+    type = "outbox"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def send(self, message: Message) -> Receipt:
+        return Receipt(provider_id=f"outbox:{message.message_id}")
+
+    def close(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"OutboxChannel(name={self.name!r})"

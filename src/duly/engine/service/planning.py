@@ -1,0 +1,291 @@
+"""Subjects and recipients: upserts, deletes, acknowledgements, and re-planning them.
+
+Each call is one write transaction: load what it needs, run the pure planner, store the
+reconciled plan and its outcomes, then wake the dispatcher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from duly.core import planner
+from duly.core.errors import InvalidInput, UnknownSubject
+from duly.core.model import Reason, Recipient, Subject
+from duly.core.planner import Action, Existing, Plan
+from duly.core.validation import check_text
+from duly.delivery import webhooks
+from duly.engine.service.base import EngineBase, log
+from duly.engine.service.inputs import (
+    SubjectInput,
+    UpsertResult,
+    _to_subject,
+    _validate_recipient,
+    _validate_subject,
+)
+from duly.store.db import Connection, write_transaction
+from duly.store.store import SubjectRecord
+
+__all__ = ["Planning"]
+
+
+class Planning(EngineBase):
+    """Recipients and subjects changed by the app, and the re-planning that follows."""
+
+    # ------------------------------------------------------------------ recipients
+
+    def put_recipient(self, r: Recipient) -> bool:
+        """Create or replace a recipient; re-plans the subjects it has pending deliveries
+        for (a new timezone moves its local times)."""
+        _validate_recipient(r)
+        now = self.clock.now()
+        with write_transaction(self.db) as conn:
+            created = self.store.put_recipient(conn, r, now)
+            refs = self.store.subjects_pending_for(conn, r.id)
+            woke = self._replan_refs(conn, refs, now) if refs else 0
+            if woke:
+                self._wake(conn)
+        return created
+
+    def delete_recipient(self, rid: str) -> int:
+        """Delete a recipient; its pending deliveries are cancelled (recipient_removed)."""
+        now = self.clock.now()
+        with write_transaction(self.db) as conn:
+            rows = self.store.pending_of_recipient(conn, rid)
+            dummy = planner.Identity("", None, 0, None, rid, None)
+            actions = [
+                Action(
+                    "cancel",
+                    None,
+                    Existing(i, dummy, "pending", None, p, d),
+                    reason=Reason.recipient_removed,
+                )
+                for i, p, d in rows
+            ]
+            self.store.apply(conn, actions, now)
+            self.store.delete_recipient(conn, rid)
+        return len(actions)
+
+    def replan(self, refs: Sequence[str]) -> int:
+        """Re-plan stored subjects from their current state (no new revision): extends the
+        rolling horizon of open-ended repeats. Returns how many rows became pending."""
+        now = self.clock.now()
+        with write_transaction(self.db) as conn:
+            woke = self._replan_refs(conn, refs, now)
+            if woke:
+                self._wake(conn)
+        return woke
+
+    def _replan_refs(self, conn: Connection, refs: Sequence[str], now: datetime) -> int:
+        pairs = []
+        keys = [tuple(r.split("/", 1)) for r in refs]
+        stored = self.store.get_subjects(conn, keys)  # type: ignore[arg-type]
+        for rec in stored.values():
+            if not rec.deleted:
+                pairs.append((rec, rec.subject))
+        results = self._replan(conn, pairs, now, bump=False)
+        return sum(r.created + r.moved for r in results)
+
+    # ------------------------------------------------------------------ subjects
+
+    def upsert_subject(self, s: SubjectInput) -> UpsertResult:
+        return self.upsert_subjects([s])[0]
+
+    def upsert_subjects(self, items: Sequence[SubjectInput]) -> list[UpsertResult]:
+        """Upsert subjects (whole state each) and re-plan them, in one transaction."""
+        seen: dict[tuple[str, str], SubjectInput] = {}
+        for s in items:
+            _validate_subject(s)
+            seen[(s.kind, s.key)] = s  # a later copy in the same batch wins
+        now = self.clock.now()
+        with write_transaction(self.db) as conn:
+            stored = self.store.get_subjects(conn, list(seen), for_update=True)
+            pairs: list[tuple[SubjectRecord | None, Subject]] = []
+            for (kind, key), s in seen.items():
+                old = stored.get((kind, key))
+                pairs.append((old, _to_subject(s, old)))
+            self.store.save_subjects(conn, pairs, now)
+            results = self._replan(conn, pairs, now)
+            due = min((r.first_due for r in results if r.first_due is not None), default=None)
+            if due is not None:
+                self._wake(conn, due)
+        return results
+
+    def apply_set(
+        self, conn: Connection, ref: str, changes: Mapping[str, Any], now: datetime
+    ) -> bool:
+        """A ``set`` action: update duly's copy of the subject, re-plan it and queue the
+        ``subject.updated`` webhook (inside the dispatcher's transaction). Returns False when
+        the subject is gone."""
+        kind, _, key = ref.partition("/")
+        old = self.store.get_subjects(conn, [(kind, key)], for_update=True).get((kind, key))
+        if old is None or old.deleted:
+            return False
+        attrs = {**old.subject.attributes, **changes}
+        new = Subject(
+            kind=kind,
+            key=key,
+            attributes=attrs,
+            recipients=old.subject.recipients,
+            revision=old.subject.revision + 1,
+            hold_until=old.subject.hold_until,
+            acknowledged=old.subject.acknowledged,
+        )
+        self.store.save_subjects(conn, [(old, new)], now)
+        self._replan(conn, [(old, new)], now)
+        # spec/rules.md Steps: a `set` emits subject.updated so the app can follow
+        data = {"subject": ref, "revision": new.revision, "attributes": attrs}
+        data["changes"] = dict(changes)
+        webhooks.emit(conn, self.rules, "subject.updated", data, now)
+        return True
+
+    def _replan(
+        self,
+        conn: Connection,
+        pairs: Sequence[tuple[SubjectRecord | None, Subject]],
+        now: datetime,
+        *,
+        bump: bool = True,
+    ) -> list[UpsertResult]:
+        rf = self.rules
+        rids: set[str] = set()
+        for _, s in pairs:
+            for ids in s.recipients.values():
+                rids.update(ids)
+        for g in rf.groups.values():
+            rids.update(g)
+        for r in rf.rules:
+            rids.update(t[3:] for t in r.to if t.startswith("id:"))
+        recipients = self.store.get_recipients(conn, rids)
+        existing = self.store.existing_for(conn, [s.ref for _, s in pairs])
+        all_actions: list[Action] = []
+        problems: list[planner.Problem] = []
+        results = []
+        for old, s in pairs:
+            ex = existing[s.ref]
+            plan = planner.plan_subject(rf, s, recipients, now)
+            actions = planner.reconcile(plan, ex, now, rule_names=self._rule_names)
+            actions += self._event_rows(s, ex, recipients, now)
+            if bump:
+                old_attrs = None if (old is None or old.deleted) else old.subject.attributes
+                actions += self._change_triggers(s, old_attrs, ex, recipients, now, plan)
+            all_actions += actions
+            problems += plan.problems
+            res = UpsertResult(s.ref, s.revision, notes=plan.notes, subject=s)
+            for a in actions:
+                pending = False
+                if a.kind in ("create", "replan") and a.state == "pending":
+                    res.created += 1
+                    pending = True
+                elif a.kind == "move":
+                    res.moved += 1
+                    pending = True
+                elif a.kind == "cancel":
+                    res.cancelled += 1
+                elif a.state == "skipped" or a.kind == "skip":
+                    res.skipped += 1
+                if pending:  # no desired row to read a time from: wake at once
+                    due = a.desired.due_at if a.desired is not None else now
+                    res.first_due = due if res.first_due is None else min(res.first_due, due)
+            res.problems = [f"{p.field}: {p.message}" for p in plan.problems]
+            results.append(res)
+        self.store.apply(conn, all_actions, now)
+        if problems:
+            self.store.record_problems(conn, problems, now)
+            for p in problems:
+                log.warning("subject %s: rule %s: %s: %s", p.subject, p.rule, p.field, p.message)
+        return results
+
+    def _event_rows(
+        self,
+        s: Subject,
+        existing: Iterable[Existing],
+        recipients: Mapping[str, Recipient],
+        now: datetime,
+    ) -> list[Action]:
+        """Pending rows of event rules whose recipient no longer holds the role."""
+        out = []
+        for e in existing:
+            if e.state != "pending" or e.identity.recipient is None:
+                continue
+            rule = self.rules.rule(e.identity.rule)
+            if rule is None or rule.kind != "event":
+                continue
+            if e.identity.recipient not in planner.resolve_to(self.rules, rule.to, s):
+                out.append(Action("cancel", None, e, reason=Reason.recipient_removed))
+        return out
+
+    def _change_triggers(
+        self,
+        s: Subject,
+        old_attrs: Mapping[str, Any] | None,
+        existing: Iterable[Existing],
+        recipients: Mapping[str, Recipient],
+        now: datetime,
+        plan: Plan,
+    ) -> list[Action]:
+        out: list[Action] = []
+        ex = list(existing)
+        for rule in self.rules.rules:
+            if rule.kind != "event" or rule.subject != s.kind or rule.on is None:
+                continue
+            if rule.on.change is None or not planner.change_fires(rule, old_attrs, s.attributes):
+                continue
+            tplan = planner.plan_trigger(self.rules, rule, s, recipients, s.revision, now)
+            plan.problems += tplan.problems
+            # each change is its own occurrence: earlier ones still pending are left alone
+            mine = {d.identity for d in tplan.desired}
+            out += planner.reconcile(tplan, [e for e in ex if e.identity in mine], now)
+        return out
+
+    def delete_subject(self, kind: str, key: str) -> int:
+        """Delete a subject: its pending deliveries are cancelled (subject_deleted)."""
+        check_text(kind, "kind")
+        check_text(key, "key")
+        now = self.clock.now()
+        with write_transaction(self.db) as conn:
+            rec = self.store.get_subjects(conn, [(kind, key)], for_update=True).get((kind, key))
+            if rec is None or rec.deleted:
+                raise UnknownSubject(f"no subject {kind}/{key}", field="subject")
+            ref = f"{kind}/{key}"
+            ex = self.store.existing_for(conn, [ref])[ref]
+            actions = planner.cancel_all(ex, Reason.subject_deleted)
+            self.store.apply(conn, actions, now)
+            self.store.mark_subject_deleted(conn, rec, now)
+        return len(actions)
+
+    def get_subject(self, kind: str, key: str) -> Subject | None:
+        with self.db.connect() as conn:
+            rec = self.store.get_subjects(conn, [(kind, key)]).get((kind, key))
+        return None if rec is None or rec.deleted else rec.subject
+
+    # ------------------------------------------------------------------ acknowledgement
+
+    def acknowledge(self, rule: str, subject: str, recipient: str | None = None) -> int:
+        """A recipient acknowledged: ``acknowledged`` becomes true for that rule and subject,
+        and pending repeats of the rule are cancelled (``acknowledged``)."""
+        for value, where in ((rule, "rule"), (subject, "subject"), (recipient, "recipient")):
+            check_text(value, where)
+        if self.rules.rule(rule) is None:
+            raise InvalidInput(f"no rule named {rule!r}", field="rule")
+        kind, _, key = subject.partition("/")
+        now = self.clock.now()
+        with write_transaction(self.db) as conn:
+            rec = self.store.get_subjects(conn, [(kind, key)], for_update=True).get((kind, key))
+            if rec is None or rec.deleted:
+                raise UnknownSubject(f"no subject {subject}", field="subject")
+            s = rec.subject
+            new = Subject(
+                s.kind,
+                s.key,
+                s.attributes,
+                s.recipients,
+                s.revision,
+                s.hold_until,
+                s.acknowledged | {rule},
+            )
+            self.store.save_subjects(conn, [(rec, new)], now)
+            # re-planning with the rule acknowledged cancels its pending repeats
+            (res,) = self._replan(conn, [(rec, new)], now, bump=False)
+        return res.cancelled
