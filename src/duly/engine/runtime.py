@@ -28,7 +28,7 @@ from duly.store.notify import listen_planned
 
 log = logging.getLogger("duly")
 
-BUNDLED_RULES = Path(__file__).parent / "demo" / "duly.yaml"
+BUNDLED_RULES = Path(__file__).parents[1] / "demo" / "duly.yaml"
 
 
 def resolve_rules_path(path: str | None) -> tuple[Path, bool]:
