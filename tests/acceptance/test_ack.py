@@ -1,4 +1,4 @@
-"""Acknowledge links (spec/rules.md "Acknowledge"; USE-CASES U5.8).
+"""Acknowledge links (docs/reference/rules.md "Acknowledge").
 
 First the tokens themselves (duly.delivery.ack): round trip, tampering, another secret, expiry judged
 by itsdangerous's ``max_age`` in frozen (virtual) time, the secret from the environment or

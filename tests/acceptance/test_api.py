@@ -1,4 +1,4 @@
-"""The HTTP API (spec/api.md) over real HTTP: one `duly serve` process for the module
+"""The HTTP API (docs/reference/http-api.md) over real HTTP: one `duly serve` process for the module
 (tests/live.py), raw httpx requests, the answers checked status by status and field by field.
 
 Known API bugs have a test of their own marked ``xfail(strict=True)``: it fails loudly (XPASS)

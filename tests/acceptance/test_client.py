@@ -172,7 +172,7 @@ def test_the_two_clients_offer_the_same_documented_methods() -> None:
         asyncf = aio[name]
         assert inspect.iscoroutinefunction(asyncf) or inspect.isasyncgenfunction(asyncf), name
         assert (asyncf.__doc__ or "").strip(), f"AsyncClient.{name} has no docstring"
-    # every endpoint of spec/api.md that exists today has its method
+    # every endpoint of docs/reference/http-api.md that exists today has its method
     for name in (
         "put_recipient get_recipient delete_recipient put_subject get_subject delete_subject "
         "upsert_subjects post_event list_deliveries iter_deliveries get_delivery send_now "

@@ -1,8 +1,8 @@
 """The example packs in ``examples/``: each folder's rules, run over its timeline, must give
-exactly its ``expected.jsonl`` (spec/simulate.md), through the real command line.
+exactly its ``expected.jsonl`` (docs/reference/simulate.md), through the real command line.
 
-Every row of every ``expected.jsonl`` was checked by hand against USE-CASES.md and
-spec/rules.md (see each folder's README). When this test fails, do not just regenerate the
+Every row of every ``expected.jsonl`` was checked by hand against the use cases and
+docs/reference/rules.md (see each folder's README). When this test fails, do not just regenerate the
 file: read the diff, decide for each changed row whether the new behaviour is what the spec
 demands, and only then update it with
 
@@ -78,7 +78,7 @@ def test_simulation_matches_expected(name: str, monkeypatch: pytest.MonkeyPatch)
     actual = first.splitlines()
     if actual != expected:
         pytest.fail(f"examples/{name}: the simulation changed.\n{_diff(expected, actual)}")
-    # Deterministic: a second run gives the same bytes (spec/simulate.md).
+    # Deterministic: a second run gives the same bytes (docs/reference/simulate.md).
     second = _simulate(folder, monkeypatch)
     assert second == first, (
         f"examples/{name}: two runs differ:\n{_diff(first.splitlines(), second.splitlines())}"
@@ -96,7 +96,7 @@ def test_rules_check(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("name", FOLDERS)
 def test_folder_is_complete(name: str) -> None:
     """README, rules, timeline and expected output; every email template has both an HTML
-    and a plain-text part (USE-CASES U3.4)."""
+    and a plain-text part."""
     folder = EXAMPLES / name
     for f in ("README.md", "duly.yaml", "timeline.jsonl", "expected.jsonl"):
         assert (folder / f).is_file(), f"examples/{name}/{f} is missing"

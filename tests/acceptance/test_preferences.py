@@ -1,5 +1,5 @@
 """Preference pages and one-click unsubscribe against a real ``duly serve`` (tests/live.py):
-spec/api.md ``GET/POST /u/{token}``, RFC 8058, spec/rules.md "Consent".
+docs/reference/http-api.md ``GET/POST /u/{token}``, RFC 8058, docs/reference/rules.md "Consent".
 
 The routes come with the wiring diff to api/app.py; these tests skip, saying so, until it is
 applied."""

@@ -16,7 +16,7 @@ DELETE and the delivery actions reach real rows instead of only answering 404.
 
 Checks on every response:
 
-- ``not_a_server_error``: a 5xx is a bug (spec/api.md).
+- ``not_a_server_error``: a 5xx is a bug (docs/reference/http-api.md).
 - ``response_schema_conformance``: a documented status's body matches its schema.
 - ``error_shape`` (ours): every 4xx body is ``{"error": {"code", "message", "field"}}``.
 - ``known_status`` (ours): the operation's document lists the status (only 405, which
@@ -63,11 +63,11 @@ MAX_EXAMPLES = 100  # generated requests per operation
 STATEFUL_EXAMPLES = 25  # stateful scenarios
 STATEFUL_STEPS = 10  # calls per scenario at most
 
-# The API's error statuses (spec/api.md: 400 401 404 405 409 413 422, in the error shape)
+# The API's error statuses (http-api.md: 400 401 404 405 409 413 422, in the error shape)
 # must be listed by the operations that answer them, except 405: a method the path lacks.
 UNLISTED_OK = {405}
 
-# spec/api.md's operations. Deletes come last: a DELETE of a seeded record would leave the
+# http-api.md's operations. Deletes come last: a DELETE of a seeded record would leave the
 # operations after it nothing to find. Operations the document has beyond these (templates,
 # stats, inbox … as they land) are fuzzed by test_other_operations.
 OPERATIONS = [
@@ -178,7 +178,7 @@ TALLY = Tally()
 
 
 def error_shape(ctx: Any, response: Any, case: Any) -> bool | None:
-    """Every 4xx body is the one error shape of spec/api.md."""
+    """Every 4xx body is the one error shape of docs/reference/http-api.md."""
     if not 400 <= response.status_code < 500:
         return None
     try:
@@ -398,7 +398,7 @@ def test_operation(
 ) -> None:
     """MAX_EXAMPLES generated requests to one operation, each response checked."""
     ops = operations(api_schema)
-    assert label in ops, f"{label} is not in /openapi.json (spec/api.md names it)"
+    assert label in ops, f"{label} is not in /openapi.json (docs/reference/http-api.md names it)"
     fuzz(label, ops[label], seeded, live, server_log)
 
 

@@ -1,4 +1,4 @@
-"""Running a rule by hand (duly.engine.manual; USE-CASES U4.5, U4.6) on SQLite and PostgreSQL: due
+"""Running a rule by hand (duly.engine.manual) on SQLite and PostgreSQL: due
 deliveries processed now by the real dispatcher, `set` actions and what they trigger, schedule
 rules fired now, and dry runs that list all of it and change nothing."""
 

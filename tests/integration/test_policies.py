@@ -1,5 +1,5 @@
 """Delivery policies through the real engine in virtual time: fallback, rate limits,
-suppression and the circuit breaker (spec/rules.md "Policies")."""
+suppression and the circuit breaker (docs/reference/rules.md "Policies")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One-off reminders (USE-CASES U5.5, U5.6) through the engine and dispatcher."""
+"""One-off reminders through the engine and dispatcher."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`duly simulate` per spec/simulate.md, through the real command line."""
+"""`duly simulate` per docs/reference/simulate.md, through the real command line."""
 
 from __future__ import annotations
 

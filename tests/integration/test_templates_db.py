@@ -1,4 +1,4 @@
-"""Templates kept in the database (USE-CASES U5.7) on SQLite and PostgreSQL: versions with
+"""Templates kept in the database on SQLite and PostgreSQL: versions with
 their authors, refused saves that store nothing, the database version winning over the file
 in the dispatcher's rendering, another process seeing a save within the refresh time, and
 the HTTP API against a real `duly serve`."""

@@ -1,4 +1,4 @@
-"""The sandboxed condition language (spec/rules.md, "Expressions")."""
+"""The sandboxed condition language (docs/reference/rules.md, "Expressions")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The rule-file loader: the whole format of spec/rules.md, and errors that say where."""
+"""The rule-file loader: the whole format of docs/reference/rules.md, and errors that say where."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests for duly.core.rules.timemath: exact time arithmetic (spec/rules.md, Durations and Time).
+"""Tests for duly.core.rules.timemath: exact time arithmetic
+(docs/reference/rules.md, Durations and Time).
 
 The property tests check results against oracles written independently of the module: a
 brute-force search for the instants that show a given wall time (for gaps and folds), the

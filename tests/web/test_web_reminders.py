@@ -1,4 +1,4 @@
-"""One-off reminders pages (USE-CASES U5.5, U5.6): list, create with per-field messages,
+"""One-off reminders pages: list, create with per-field messages,
 detail, edit, delete, send now; sent ones read-only; roles and CSRF."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Acknowledgement over HTTP (spec/rules.md "Acknowledge"; USE-CASES U5.8).
+"""Acknowledgement over HTTP (docs/reference/rules.md "Acknowledge").
 
 Two routers:
 

@@ -1,4 +1,4 @@
-"""The inbox API (spec/api.md): a recipient's in-app notifications, their read state and a
+"""The inbox API: a recipient's in-app notifications, their read state and a
 Server-Sent Events stream of new ones.
 
 * ``GET  /v1/recipients/{id}/inbox?unread=&limit=&cursor=`` — items newest first, the unread

@@ -1,4 +1,4 @@
-"""Preferences and one-click unsubscribe over HTTP (spec/api.md; spec/rules.md "Consent";
+"""Preferences and one-click unsubscribe over HTTP (consent: docs/reference/rules.md;
 RFC 8058).
 
 Two routers:

@@ -95,7 +95,7 @@ class ErrorBody(BaseModel):
 
 
 class ErrorOut(BaseModel):
-    """Every 4xx answer (spec/api.md)."""
+    """Every 4xx answer."""
 
     error: ErrorBody
 

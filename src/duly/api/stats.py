@@ -1,5 +1,5 @@
 """/v1/stats: what happened in a period (outcomes by outcome, reason, rule, channel and
-day) and what is waiting now (USE-CASES U3.5, a monitoring view).
+day) and what is waiting now.
 
 The counting is :func:`duly.store.stats.period_stats` (grouped SQL over the log's index
 range, fast with millions of rows); this module checks the period and shapes the answer.

@@ -1,4 +1,4 @@
-"""/v1/templates: templates kept in the database, versioned (USE-CASES U5.7).
+"""/v1/templates: templates kept in the database, versioned.
 
 A template is a name with parts, one per channel and extension (``txt``, ``html``), like the
 files ``templates/NAME.CHANNEL.EXT``. Every save is a new version of the name, recorded with

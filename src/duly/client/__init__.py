@@ -1,5 +1,5 @@
 """A Python client for the duly HTTP API, on httpx: :class:`Client` (blocking) and
-:class:`AsyncClient` (asyncio), one typed method per endpoint of spec/api.md.
+:class:`AsyncClient` (asyncio), one typed method per endpoint of docs/reference/http-api.md.
 
 ::
 

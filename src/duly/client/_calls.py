@@ -98,7 +98,7 @@ def put_recipient(
     """Create or replace a recipient: whatever is left out is cleared (a PUT is the
     whole state). ``timezone`` is an IANA name (``Europe/London``); ``addresses`` maps
     other channels to addresses (``{"slack": "U123"}``); ``consent`` as in
-    spec/simulate.md (``{"promotional": True, "channels": {"sms": False}}``)."""
+    docs/reference/simulate.md (``{"promotional": True, "channels": {"sms": False}}``)."""
     body: dict[str, Any] = {
         "name": name,
         "email": email,
@@ -388,7 +388,7 @@ def simulate(
     until: datetime | None = None,
     templates: Mapping[str, str] | None = None,
 ) -> Call[M.SimulateOut]:
-    """Run a simulation (spec/simulate.md) on the server: ``rules`` as YAML text or a
+    """Run a simulation (docs/reference/simulate.md) on the server: ``rules`` as YAML text or a
     path object; ``timeline`` as JSON-lines text, a path object, or an iterable of
     dicts (one per line; datetimes are encoded). With ``templates`` (file name →
     source, e.g. ``{"invoice-due-soon.email.txt": "..."}``) messages are rendered.

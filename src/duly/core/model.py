@@ -3,7 +3,7 @@
 Everything here is plain, immutable data: the loader (``duly.core.rules.loader``) builds it from
 YAML, the planner and dispatcher read it. Nothing here does I/O.
 
-Normative source: spec/rules.md and spec/simulate.md.
+Normative source: docs/reference/rules.md and docs/reference/simulate.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Pure planning and reconciliation (spec/rules.md "Planning").
+"""Pure planning and reconciliation (docs/reference/rules.md "Planning").
 
 ``plan_subject`` turns (rules, subject state, recipients, now) into the set of deliveries that
 should exist for the subject's date-relative rules; ``plan_trigger`` does the same for one

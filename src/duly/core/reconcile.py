@@ -1,4 +1,4 @@
-"""Reconciliation (spec/rules.md "Planning"): what to change so stored rows match a plan.
+"""Reconciliation (docs/reference/rules.md "Planning"): what to change so stored rows match a plan.
 
 ``reconcile`` compares a :class:`~duly.core.plantypes.Plan` with the stored rows and says what
 to create, move, cancel, skip or plan again; ``cancel_all`` and ``outcome_of`` serve

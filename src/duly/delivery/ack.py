@@ -1,4 +1,4 @@
-"""Acknowledge links (spec/rules.md "Acknowledge"; USE-CASES U5.8).
+"""Acknowledge links (docs/reference/rules.md "Acknowledge").
 
 A message can carry a link that lets its recipient say "got it": ``{{ ack_link() }}`` in a
 template. The link is ``BASE_URL/a/TOKEN``, where the token is signed and dated with

@@ -1,4 +1,4 @@
-"""Preference links and one-click unsubscribe (spec/rules.md "Consent"; spec/api.md
+"""Preference links and one-click unsubscribe (consent: docs/reference/rules.md;
 ``GET/POST /u/{token}``; RFC 8058).
 
 A preference link is ``BASE_URL/u/TOKEN``. The token is signed and dated with itsdangerous

@@ -1,4 +1,4 @@
-"""Running a rule by hand: ``duly run RULE`` (USE-CASES U4.5, U4.6).
+"""Running a rule by hand: ``duly run RULE``.
 
 - A date-relative or event rule: its pending deliveries that are due now (optionally of one
   subject) are processed now by the real dispatcher — sent, skipped by a policy, deferred

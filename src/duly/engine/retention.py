@@ -1,4 +1,4 @@
-"""Retention: old delivery records are pruned (rule file ``retention:``; USE-CASES U1.6).
+"""Retention: old delivery records are pruned (rule file ``retention:``).
 
 How long a record is kept depends on its outcome: ``retention: {sent: 90d, failed: 180d,
 skipped: 180d}`` are the defaults, ``cancelled`` follows ``skipped`` and ``set`` follows

@@ -96,7 +96,7 @@ deliveries = Table(
     "deliveries",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    # identity (spec/rules.md "Planning"); "" stands for null
+    # identity (docs/reference/rules.md "Planning"); "" stands for null
     Column("rule", String(200), nullable=False),
     Column("step", String(200), nullable=False, default=""),
     Column("occurrence", String(200), nullable=False),  # JSON text: 0, "evt-1", "2026-…Z"
@@ -222,7 +222,7 @@ api_keys = Table(
     sqlite_autoincrement=True,
 )
 
-# Templates kept in the database (USE-CASES U5.7): every save is a new version; the newest
+# Templates kept in the database: every save is a new version; the newest
 # version of (name, channel, ext) overrides the file of the same name.
 templates = Table(
     "templates",
@@ -239,7 +239,7 @@ templates = Table(
     sqlite_autoincrement=True,
 )
 
-# One-off reminders (USE-CASES U5.5, U5.6): each becomes deliveries of the reserved rule
+# One-off reminders: each becomes deliveries of the reserved rule
 # "@reminder" with occurrence = the reminder's id.
 reminders = Table(
     "reminders",
@@ -265,8 +265,8 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-# Outgoing webhooks (spec/api.md): an outbox. An event is written in the transaction of the
-# change it reports and stays pending until the target answers 2xx; it fails for good on 410,
+# Outgoing webhooks (docs/reference/webhooks.md): an outbox. An event is written in the
+# transaction of the change it reports and stays pending until the target answers 2xx; it fails for good on 410,
 # on a refused (private) target, or when its retries are spent. duly.delivery.webhooks owns both.
 webhook_events = Table(
     "webhook_events",

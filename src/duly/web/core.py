@@ -407,7 +407,7 @@ def parse_local_datetime(value: str, tz: ZoneInfo) -> datetime:
     try:
         if t.tzinfo is None:
             # a wall time that does not exist (spring forward) moves forward by the gap; an
-            # ambiguous one (fall back) is the earlier instant (spec/rules.md)
+            # ambiguous one (fall back) is the earlier instant (docs/reference/rules.md)
             from duly.core.rules.timemath import resolve_local
 
             t = resolve_local(t, tz)

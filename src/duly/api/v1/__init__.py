@@ -1,4 +1,4 @@
-"""The /v1 resources (spec/api.md): recipients, subjects, events, deliveries, reminders,
+"""The /v1 resources: recipients, subjects, events, deliveries, reminders,
 rules, simulate, suppressions — one module each (events live with subjects, simulate with
 rules). Handlers are plain functions (run in the server's thread pool) over the engine; they
 turn its errors into the one JSON error shape.

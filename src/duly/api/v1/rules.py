@@ -74,7 +74,7 @@ _TEMPLATE_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
     "/simulate", response_model=S.SimulateOut, tags=["simulate"], responses=error_docs(429)
 )
 def simulate(body: S.SimulateIn) -> Any:
-    """Run a simulation (spec/simulate.md) of posted rules over a posted timeline. With
+    """Run a simulation (docs/reference/simulate.md) of posted rules over a posted timeline. With
     ``templates`` (file name → source) messages are rendered; without, nothing is.
 
     Bounded (docs/reference/simulate.md): at most 92 days of virtual time from the first

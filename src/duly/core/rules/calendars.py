@@ -1,6 +1,6 @@
 """Calendars for rules: weekdays, public holidays, closed dates and business days.
 
-Normative source: spec/rules.md, "Durations" (``bd``) and "calendars". A calendar is
+Normative source: docs/reference/rules.md, "Durations" (``bd``) and "calendars". A calendar is
 compiled once (weekday set, holiday code, closed dates) and cached; holiday sets come from
 the ``holidays`` package, also cached. Nothing here does I/O.
 """

@@ -1,4 +1,4 @@
-"""Load and validate a rule file (spec/rules.md) into :class:`duly.core.model.RuleFile`.
+"""Load and validate a rule file (docs/reference/rules.md) into :class:`duly.core.model.RuleFile`.
 
 Every problem in the file is collected and reported at once, each with file, line, field
 path and what was expected (see :mod:`duly.core.rules.yamlnodes` for how); a file with any

@@ -1,6 +1,6 @@
 """Local time for rules: timezones, wall clock to instant, and reading date attributes.
 
-Normative source: spec/rules.md, "Time (normative)". Every instant is an aware ``datetime``
+Reference: docs/reference/rules.md, "Time". Every instant is an aware ``datetime``
 in UTC; wall-clock times are naive datetimes, turned into instants only by
 :func:`resolve_local`, the single place where daylight-saving gaps and folds are decided.
 The rest of the time arithmetic (:mod:`duly.core.rules.timemath`) builds on these.

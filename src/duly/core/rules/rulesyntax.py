@@ -1,4 +1,5 @@
-"""One rule of the rule file (spec/rules.md) → :class:`duly.core.model.Rule`, with located errors.
+"""One rule of the rule file → :class:`duly.core.model.Rule`, with located errors
+(docs/reference/rules.md).
 
 Split from ``loader`` (the file and its top-level sections) to keep each module readable.
 Cross-references — groups, calendars and channels — are checked against the names the

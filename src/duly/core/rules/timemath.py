@@ -1,6 +1,6 @@
 """Exact, pure time arithmetic for rules: instants, durations, windows and repeats.
 
-Normative source: spec/rules.md, "Durations", "Time (normative)" and "Steps".
+Normative source: docs/reference/rules.md, "Durations", "Time (normative)" and "Steps".
 
 Conventions:
 

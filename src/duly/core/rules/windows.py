@@ -1,6 +1,6 @@
 """Delivery windows for rules: is an instant inside a window, and when does it next open.
 
-Normative source: spec/rules.md, "window". A window (hours, days, calendar) is compiled
+Normative source: docs/reference/rules.md, "window". A window (hours, days, calendar) is compiled
 once and cached; overnight windows (22:00-06:00) belong to the day they open on, and an
 opening that a DST gap pushes past the window's end does not count.
 """

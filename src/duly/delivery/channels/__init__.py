@@ -49,7 +49,7 @@ CHANNEL_TYPES: dict[str, str] = {
     "ses": "duly.delivery.channels.ses:SesChannel",
 }
 
-# Named in spec/rules.md but not implemented yet: building one says so, rather than
+# Named in docs/reference/rules.md but not implemented yet: building one says so, rather than
 # calling the type unknown.
 _PLANNED_TYPES: tuple[str, ...] = ()
 

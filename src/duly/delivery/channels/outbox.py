@@ -2,7 +2,7 @@
 
 ``send()`` does no I/O. The dispatcher stores the rendered message with the delivery in the
 database, where ``duly outbox`` and the web UI show it; this is what the ``email`` channel is
-when no other is configured (spec/rules.md, "Channels").
+when no other is configured (docs/reference/rules.md, "Channels").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Templates: ``templates/NAME.CHANNEL.txt`` and ``.html`` rendered in a Jinja2 sandbox.
 
-Normative source: spec/rules.md, "Templates". What this module adds to it:
+Normative source: docs/reference/rules.md, "Templates". What this module adds to it:
 
 - A template file's first line may be ``Subject: ...`` (any channel, not only email: push and
   chat channels have titles too). That line is itself a template, rendered as plain text, and
@@ -19,7 +19,7 @@ Normative source: spec/rules.md, "Templates". What this module adds to it:
   ``date``, ``time``, ``datetime``, ``money``, ``number``, ``relative``; and the function
   ``ack_link()``, a signed link acknowledging the message's rule and subject as its recipient
   (``duly.delivery.ack``; a sample link when the Renderer has no ``ack_links``). Dates follow
-  spec/rules.md "Time": a value with an offset (or ``Z``) is an instant shown in the
+  docs/reference/rules.md "Time": a value with an offset (or ``Z``) is an instant shown in the
   recipient's timezone; one without is already local; a date alone is 00:00 local.
 - Every failure (syntax, undefined name, refused attribute, bad helper input) is a
   :class:`RenderError` naming the template file and line.

@@ -1,6 +1,6 @@
 """The helpers templates call, as functions or filters (:mod:`duly.delivery.rendering`): ``date``,
 ``time``, ``datetime``, ``money``, ``number``, ``relative``, in the recipient's locale and
-timezone (spec/rules.md "Time": a value with an offset is an instant shown in the
+timezone (docs/reference/rules.md "Time": a value with an offset is an instant shown in the
 recipient's timezone; one without is already local; a date alone is 00:00 local).
 
 A helper given a value it cannot format raises ``_HelperError``, reported as a
@@ -73,7 +73,7 @@ def _to_date_or_local(value: Any, helper: str, zone: ZoneInfo) -> Date | DateTim
             ) from None
     if isinstance(value, DateTime):
         if value.tzinfo is None:
-            # spec/rules.md "Time": no offset means local to the recipient. The round trip
+            # docs/reference/rules.md "Time": no offset means local to the recipient. The round trip
             # through UTC moves a time in a spring-forward gap forward, like the planner.
             value = value.replace(tzinfo=zone).astimezone(UTC)
         local: DateTime = value.astimezone(zone)

@@ -1,4 +1,4 @@
-"""Templates kept in the database (USE-CASES U5.7), versioned, overriding the files.
+"""Templates kept in the database, versioned, overriding the files.
 
 A template is a *name* with *parts*, one per channel and extension, exactly like the files
 ``templates/NAME.CHANNEL.txt`` and ``.html``. Saving through the API writes rows to the

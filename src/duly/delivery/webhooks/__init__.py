@@ -1,5 +1,5 @@
-"""Outgoing webhooks (spec/api.md): signed with the Standard Webhooks convention, sent from
-a durable outbox.
+"""Outgoing webhooks (docs/reference/webhooks.md): signed with the Standard Webhooks
+convention, sent from a durable outbox.
 
 - ``outbox``: events are rows written in the transaction of the change they report
   (:func:`emit` for ``webhooks:`` targets, :func:`emit_action` for a rule's ``webhook:``

@@ -1,4 +1,4 @@
-"""The decisions made before a send (spec/rules.md Policies), in spec order.
+"""The decisions made before a send (docs/reference/rules.md Policies), in spec order.
 
 For one claimed row ``_decide`` settles: the rule or step is gone (cancelled), the subject
 is gone (cancelled), its conditions are false now (skipped; re-checked at send time); a row
@@ -203,7 +203,7 @@ def _parse_limits(limits: Mapping[str, str]) -> dict[str, tuple[int, timedelta]]
 
 
 def consent_allows(r: Recipient, category: str, channel: str, rule: str) -> bool:
-    """spec/rules.md Policies/Consent: transactional always; reminder unless opted out;
+    """docs/reference/rules.md Policies/Consent: transactional always; reminder unless opted out;
     promotional only with an explicit opt-in; per-channel and per-rule opt-outs."""
     if category == Category.transactional:
         return True

@@ -37,7 +37,7 @@ class SubjectInput:
 
 @dataclass(frozen=True, slots=True)
 class ReminderInput:
-    """A one-off reminder (USE-CASES U5.5, U5.6)."""
+    """A one-off reminder."""
 
     title: str
     message: str
@@ -85,7 +85,7 @@ def _dedupe(r: ReminderInput) -> ReminderInput:
 
 
 def _validate_reminder(rf: RuleFile, r: ReminderInput, now: datetime) -> None:
-    """USE-CASES U5.6: send time not in the past, at least one channel and recipient."""
+    """send time not in the past, at least one channel and recipient."""
     if not isinstance(r.title, str) or not r.title.strip():
         raise InvalidInput("a reminder needs a title", field="title")
     if not isinstance(r.message, str):

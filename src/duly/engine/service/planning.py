@@ -134,7 +134,7 @@ class Planning(EngineBase):
         )
         self.store.save_subjects(conn, [(old, new)], now)
         self._replan(conn, [(old, new)], now)
-        # spec/rules.md Steps: a `set` emits subject.updated so the app can follow
+        # docs/reference/rules.md Steps: a `set` emits subject.updated so the app can follow
         data = {"subject": ref, "revision": new.revision, "attributes": attrs}
         data["changes"] = dict(changes)
         webhooks.emit(conn, self.rules, "subject.updated", data, now)

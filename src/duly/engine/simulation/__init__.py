@@ -1,4 +1,4 @@
-"""``duly simulate``: the real engine over a timeline, in virtual time (spec/simulate.md).
+"""``duly simulate``: the real engine over a timeline, in virtual time (docs/reference/simulate.md).
 
 The planner, dispatcher, policies and renderer are the production ones; only the clock
 (virtual) and the channels (captures) are swapped, and the store is an in-memory SQLite

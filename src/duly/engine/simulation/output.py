@@ -1,4 +1,4 @@
-"""What a ``duly simulate`` run prints (spec/simulate.md): outcome rows in spec order.
+"""What a ``duly simulate`` run prints (docs/reference/simulate.md): outcome rows in spec order.
 
 The recorded outcomes become plain dicts (:func:`collect_rows`), sorted by time, rule,
 subject, recipient, channel, step and occurrence so the same files give the same bytes;

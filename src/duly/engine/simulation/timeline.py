@@ -1,4 +1,4 @@
-"""A ``duly simulate`` timeline (spec/simulate.md): JSON lines read and checked.
+"""A ``duly simulate`` timeline (docs/reference/simulate.md): JSON lines read and checked.
 
 Each line is ``{"at": TIME, KIND: VALUE}`` with one of :data:`KINDS`; lines come in time
 order. Every structural problem raises :class:`SimulationError` naming the file, line and

@@ -1,4 +1,4 @@
-"""One-off reminders (USE-CASES U5.5, U5.6): list, detail, create, edit, delete, send now.
+"""One-off reminders: list, detail, create, edit, delete, send now.
 
 A reminder becomes one delivery of the reserved rule ``@reminder`` per recipient and
 channel (occurrence = the reminder's id). Writes go through the Engine (create_reminder,

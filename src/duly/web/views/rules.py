@@ -1,5 +1,5 @@
 """Rules: the loaded rule file (its text and each rule with its next occurrences), and the
-simulation page (spec/simulate.md): paste or upload a timeline, see the outcomes table.
+simulation page (docs/reference/simulate.md): paste or upload a timeline, see the outcomes table.
 
 Next occurrences: a schedule (cron) rule's next fire times computed as the engine plans them
 (``timemath.cron_next`` in the rule's zone, else the file's); any other rule's next pending

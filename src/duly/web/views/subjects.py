@@ -1,5 +1,5 @@
 """Subjects: search by kind and key; a subject's page with its attributes, recipients, plan,
-history, problems, hold, and its one-off reminders (USE-CASES U5.5).
+history, problems, hold, and its one-off reminders.
 
 Holding goes through the Engine like the API's PUT /v1/subjects/{kind}/{key}: the subject is
 upserted again with the same attributes and recipients and a new ``hold_until`` (None clears

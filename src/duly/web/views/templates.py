@@ -1,4 +1,4 @@
-"""Templates (USE-CASES U5.7): the list, an edit form with a live preview for a chosen
+"""Templates: the list, an edit form with a live preview for a chosen
 subject and recipient, the version history with diffs, and restore.
 
 Everything goes through the runtime's TemplateStore (duly.delivery.templates), as the API does
