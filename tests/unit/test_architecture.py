@@ -94,3 +94,45 @@ def test_modules_are_a_readable_size() -> None:
     sizes = {p: len(p.read_text(encoding="utf-8").splitlines()) for p in _modules()}
     over = [f"{p.relative_to(ROOT)}: {n} lines" for p, n in sizes.items() if n > MAX_LINES]
     assert over == [], "cut these by concern:\n" + "\n".join(over)
+
+
+def _named_in_architecture() -> list[tuple[str, str | None]]:
+    """Every ``path.py`` or ``path.py::name`` ARCHITECTURE.md names in backquotes."""
+    text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    text = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)  # the picture of the layers
+    found = []
+    for quoted in re.findall(r"`([^`]+)`", text):
+        m = re.fullmatch(r"([\w/]+\.py)(?:::(\w+))?", quoted)
+        if m:
+            found.append((m.group(1), m.group(2)))
+    return found
+
+
+def _resolve(path: str, context: list[Path]) -> Path | None:
+    """A path as ARCHITECTURE.md writes it: from the package (``core/model.py``), or short
+    inside a folder named just before (``policies.py`` after ``engine/dispatch/…``)."""
+    for base in [PACKAGE, *context, ROOT]:
+        if (base / path).is_file():
+            return base / path
+    hits = sorted(PACKAGE.rglob(path))
+    return hits[0] if len(hits) == 1 else None
+
+
+def test_architecture_md_names_files_and_functions_that_exist() -> None:
+    """A reader following ARCHITECTURE.md through the code finds every module and function
+    it names (so a move or a rename that forgets the document fails here)."""
+    missing, context = [], []
+    for path, name in _named_in_architecture():
+        file = _resolve(path, context)
+        if file is None:
+            missing.append(path)
+            continue
+        context = [file.parent]
+        if name and not re.search(
+            rf"^\s*(?:async\s+)?(?:def|class)\s+{name}\b|^{name}\s*=",
+            file.read_text(encoding="utf-8"),
+            re.M,
+        ):
+            missing.append(f"{path}::{name}")
+    assert len(_named_in_architecture()) > 30
+    assert missing == [], missing
