@@ -248,5 +248,5 @@ def test_an_http_base_url_is_warned_about_at_start(command: str, tmp_path: Path,
         reader.join(10)
     out = "".join(lines)
     [warning] = [line for line in out.splitlines() if "DULY_BASE_URL" in line]
-    assert "WARNING" in warning and "duly.delivery.preferences" in warning
+    assert "WARNING" in warning and "duly.preferences" in warning
     assert "http://duly.example.test" in warning and "https" in warning
