@@ -41,19 +41,18 @@ HTTP status.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass, field
 from email.errors import MessageError
 from email.headerregistry import Address
 from email.utils import parseaddr
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from duly.delivery.channels import _http
+from duly.delivery.channels._http import http_url, json_object, read_secret
 from duly.delivery.channels.base import DeliveryError, Message, Receipt
 from duly.delivery.channels.smtp import message_id_domain_of
 
@@ -80,48 +79,6 @@ RESERVED_HEADERS = frozenset(
 # As smtp.py: an id the Message-ID header can carry exactly as given.
 _MESSAGE_ID_RE = re.compile(r"[^\s<>\"]+")
 _HEADER_NAME_RE = re.compile(r"[!-9;-~]+")  # RFC 5322 field name: printable, no colon
-
-
-def read_secret(option: str, value: Any, file_value: Any) -> str:
-    """The secret given as ``option`` or, read from a file, as ``option_file``. Raises
-    ValueError naming the option, never showing the secret."""
-    if value not in (None, "") and file_value not in (None, ""):
-        raise ValueError(f"give {option} or {option}_file, not both")
-    if file_value not in (None, ""):
-        path = Path(str(file_value)).expanduser()
-        try:
-            text = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise ValueError(f"{option}_file: cannot read {str(path)!r}: {why}") from None
-        if not text:
-            raise ValueError(f"{option}_file: {str(path)!r} is empty")
-        return text
-    text = str(value or "").strip()
-    if not text:
-        raise ValueError(f"missing option {option!r} (or '{option}_file')")
-    return text
-
-
-def http_url(option: str, value: Any) -> str:
-    """``value`` as an http(s) URL with a host, without a trailing slash."""
-    url = str(value).strip()
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        parsed = None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ValueError(f"{option}: expected an http:// or https:// URL with a host")
-    return url.rstrip("/")
-
-
-def json_object(body: bytes) -> dict[str, Any]:
-    """The answer's JSON object, or {} when it is not one."""
-    try:
-        value = json.loads(body)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +150,7 @@ class EmailApiChannel:
                 f"{option}: cannot end a Message-ID ({exc})"
                 + ("; set message_id_domain" if option == "from" else "")
             ) from None
-        self.base_url = http_url("base_url", base_url)
+        self.base_url = http_url("base_url", base_url).rstrip("/")
         self.allow_private = _http.bool_option("allow_private", allow_private)
         headers = client.pop("headers", {})
         self._client = _http.make_client(_http.timeout_option(timeout), **client)

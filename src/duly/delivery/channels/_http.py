@@ -28,6 +28,7 @@ during a send, and a lone datagram is not the request forgery this guards agains
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import socket
 import sys
@@ -35,6 +36,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -290,3 +292,49 @@ def snippet(body: bytes, limit: int = 300) -> str:
     """The start of an answer's body, on one line, for an error message."""
     text = " ".join(body.decode("utf-8", "replace").split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --------------------------------------------------------------------------- options
+
+
+def read_secret(option: str, value: Any, file_value: Any) -> str:
+    """The secret given as ``option`` or, read from a file, as ``option_file``. Raises
+    ValueError naming the option, never showing the secret."""
+    if value not in (None, "") and file_value not in (None, ""):
+        raise ValueError(f"give {option} or {option}_file, not both")
+    if file_value not in (None, ""):
+        path = Path(str(file_value)).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ValueError(f"{option}_file: cannot read {str(path)!r}: {why}") from None
+        if not text:
+            raise ValueError(f"{option}_file: {str(path)!r} is empty")
+        return text
+    text = str(value or "").strip()
+    if not text:
+        raise ValueError(f"missing option {option!r} (or '{option}_file')")
+    return text
+
+
+def http_url(option: str, value: Any) -> str:
+    """``value`` as an http(s) URL with a host (as given: a trailing slash is kept, since a
+    signed callback URL must match to the character)."""
+    url = str(value).strip()
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"{option}: expected an http:// or https:// URL with a host")
+    return url
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """The answer's JSON object, or {} when it is not one."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

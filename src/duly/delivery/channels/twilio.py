@@ -43,8 +43,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -120,7 +118,7 @@ class TwilioChannel:
         if not _ACCOUNT_RE.fullmatch(self.account):
             # Not echoed: a mistyped variable could hold the token instead.
             raise ValueError("account: expected a Twilio Account SID (AC and 32 hex digits)")
-        token_value = self._token(token, token_file)
+        token_value = _http.read_secret("token", token, token_file)
         self.from_ = self._sender(from_) if from_ not in (None, "") else None
         self.messaging_service_sid = None
         if messaging_service_sid not in (None, ""):
@@ -134,8 +132,8 @@ class TwilioChannel:
             raise ValueError("missing option 'from' (or 'messaging_service_sid')")
         self.status_callback = None
         if status_callback not in (None, ""):
-            self.status_callback = _http_url("status_callback", str(status_callback))
-        self.base_url = _http_url("base_url", str(base_url)).rstrip("/")
+            self.status_callback = _http.http_url("status_callback", str(status_callback))
+        self.base_url = _http.http_url("base_url", str(base_url)).rstrip("/")
         self.url = (
             f"{self.base_url}/2010-04-01/Accounts/{quote(self.account, safe='')}/Messages.json"
         )
@@ -199,24 +197,6 @@ class TwilioChannel:
             form["StatusCallback"] = self.status_callback
         return form
 
-    def _token(self, token: str | None, token_file: str | None) -> str:
-        if token not in (None, "") and token_file not in (None, ""):
-            raise ValueError("give token or token_file, not both")
-        if token_file not in (None, ""):
-            path = Path(str(token_file)).expanduser()
-            try:
-                value = path.read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-                raise ValueError(f"token_file: cannot read {str(path)!r}: {why}") from None
-            if not value:
-                raise ValueError(f"token_file: {str(path)!r} is empty")
-            return value
-        value = str(token or "").strip()
-        if not value:
-            raise ValueError("missing option 'token' (or 'token_file')")
-        return value
-
     def _sender(self, value: str) -> str:
         sender = str(value).strip()
         if sender.startswith(_WHATSAPP):
@@ -233,7 +213,7 @@ class TwilioChannel:
     # ------------------------------------------------------------------ answers
 
     def _outcome(self, message: Message, status: int, body: bytes) -> Receipt:
-        info = _json_object(body)
+        info = _http.json_object(body)
         if 200 <= status < 300:
             sid = info.get("sid")
             if not isinstance(sid, str):
@@ -381,22 +361,3 @@ class TwilioWhatsAppChannel(TwilioChannel):
             self._client, self.url, where=self.where, allow_private=self.allow_private, data=form
         )
         return self._outcome(message, response.status_code, body)
-
-
-def _http_url(option: str, value: str) -> str:
-    url = value.strip()
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        parsed = None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ValueError(f"{option}: expected an http:// or https:// URL with a host")
-    return url
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(body)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}

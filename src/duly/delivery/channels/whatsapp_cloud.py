@@ -45,14 +45,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import re
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
-
-import httpx
 
 from duly.delivery.channels import _http, _whatsapp
 from duly.delivery.channels.base import DeliveryError, Message, Receipt
@@ -133,7 +129,7 @@ class WhatsAppCloudChannel:
         if not _PHONE_ID_RE.fullmatch(self.phone_number_id):
             # Not echoed: a mistyped variable could hold the token instead.
             raise ValueError("phone_number_id: expected the number's ID (digits) from Meta")
-        token_value = _secret(token, token_file)
+        token_value = _http.read_secret("token", token, token_file)
         self.template: str | None = None
         self.language: str | None = None
         if template not in (None, ""):
@@ -160,7 +156,7 @@ class WhatsAppCloudChannel:
         if not _VERSION_RE.fullmatch(version):
             raise ValueError("api_version: expected a Graph API version such as v21.0")
         self.api_version = version
-        self.base_url = _http_url("base_url", str(base_url)).rstrip("/")
+        self.base_url = _http.http_url("base_url", str(base_url)).rstrip("/")
         self.url = f"{self.base_url}/{version}/{quote(self.phone_number_id, safe='')}/messages"
         self.allow_private = _http.bool_option("allow_private", allow_private)
         self._client = _http.make_client(_http.timeout_option(timeout))
@@ -269,7 +265,7 @@ class WhatsAppCloudChannel:
         return self._outcome(message, response.status_code, answer)
 
     def _outcome(self, message: Message, status: int, body: bytes) -> Receipt:
-        info = _json_object(body)
+        info = _http.json_object(body)
         if 200 <= status < 300:
             wamid = detail = None
             messages = info.get("messages")
@@ -320,41 +316,3 @@ class WhatsAppCloudChannel:
             code=str(code if code is not None else status),
             address=permanent and code in ADDRESS_CODES,
         )
-
-
-def _secret(token: str | None, token_file: str | None) -> str:
-    if token not in (None, "") and token_file not in (None, ""):
-        raise ValueError("give token or token_file, not both")
-    if token_file not in (None, ""):
-        path = Path(str(token_file)).expanduser()
-        try:
-            value = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise ValueError(f"token_file: cannot read {str(path)!r}: {why}") from None
-        if not value:
-            raise ValueError(f"token_file: {str(path)!r} is empty")
-        return value
-    value = str(token or "").strip()
-    if not value:
-        raise ValueError("missing option 'token' (or 'token_file')")
-    return value
-
-
-def _http_url(option: str, value: str) -> str:
-    url = value.strip()
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        parsed = None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ValueError(f"{option}: expected an http:// or https:// URL with a host")
-    return url
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(body)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
