@@ -15,7 +15,13 @@ from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from duly.core.planner import Identity
-from duly.store.rows import DeliveryRow, StoreBase, _chunks, _group_by_keys, _identity
+from duly.store.rows import (
+    DeliveryRow,
+    StoreBase,
+    _chunks,
+    _group_by_keys,
+    claimed_rows,
+)
 from duly.store.tables import deliveries
 
 __all__ = ["DeliveryQueries"]
@@ -295,25 +301,7 @@ class DeliveryQueries(StoreBase):
                 deliveries.c.message_id,
             )
         ).mappings()
-        rows = [
-            DeliveryRow(
-                id=r["id"],
-                identity=_identity(r),
-                state="sending",
-                category=r["category"],
-                priority=r["priority"],
-                planned_at=r["planned_at"],
-                due_at=r["due_at"],
-                deadline_at=r["deadline_at"],
-                attempts=r["attempts"],
-                lease_until=now + lease,
-                changes=r["changes"],
-                message_id=r["message_id"],
-            )
-            for r in res
-        ]
-        rows.sort(key=lambda d: (-d.priority, d.due_at, d.id))
-        return rows
+        return claimed_rows(res, now, lease)
 
     def finish(self, conn: Connection, updates: Sequence[dict[str, Any]], owner: str) -> set[int]:
         """Record the results of claimed rows. Each update names ``_id`` and the columns to

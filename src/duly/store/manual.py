@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
-from duly.core.planner import Identity
 from duly.store.db import is_postgres, make_engine
+from duly.store.rows import claimed_rows
 from duly.store.store import DeliveryRow
 from duly.store.tables import deliveries
 
@@ -123,32 +123,7 @@ def claim_pending_deliveries(
             d.message_id,
         )
     ).mappings()
-    rows = [
-        DeliveryRow(
-            id=r["id"],
-            identity=Identity.from_db(
-                r["rule"],
-                r["step"],
-                r["occurrence"],
-                r["subject"],
-                r["recipient"],
-                r["channel"],
-            ),
-            state="sending",
-            category=r["category"],
-            priority=r["priority"],
-            planned_at=r["planned_at"],
-            due_at=r["due_at"],
-            deadline_at=r["deadline_at"],
-            attempts=r["attempts"],
-            lease_until=now + lease,
-            changes=r["changes"],
-            message_id=r["message_id"],
-        )
-        for r in res
-    ]
-    rows.sort(key=lambda x: (-x.priority, x.due_at, x.id))
-    return rows
+    return claimed_rows(res, now, lease)
 
 
 def deliveries_by_id(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str, Any]]:

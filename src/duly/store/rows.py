@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert
@@ -83,6 +83,30 @@ def _identity(r: RowMapping) -> Identity:
     return Identity.from_db(
         r["rule"], r["step"], r["occurrence"], r["subject"], r["recipient"], r["channel"]
     )
+
+
+def claimed_rows(res: Any, now: datetime, lease: timedelta) -> list[DeliveryRow]:
+    """Rows just moved to ``sending`` under a lease of ``lease`` from ``now``, as the
+    dispatcher takes them: highest priority first, then earliest due, then oldest."""
+    rows = [
+        DeliveryRow(
+            id=r["id"],
+            identity=_identity(r),
+            state="sending",
+            category=r["category"],
+            priority=r["priority"],
+            planned_at=r["planned_at"],
+            due_at=r["due_at"],
+            deadline_at=r["deadline_at"],
+            attempts=r["attempts"],
+            lease_until=now + lease,
+            changes=r["changes"],
+            message_id=r["message_id"],
+        )
+        for r in res
+    ]
+    rows.sort(key=lambda d: (-d.priority, d.due_at, d.id))
+    return rows
 
 
 class StoreBase:
