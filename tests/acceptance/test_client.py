@@ -436,7 +436,7 @@ def test_a_sent_reminder_raises_conflict(
 
 
 def test_rules_check_and_simulate(duly: Client, tmp_path: Path) -> None:
-    rules = duly.core.rules()
+    rules = duly.rules()
     assert [r.name for r in rules.rules] == ["invoice-reminders", "invoice-viewed"]
     assert rules.timezone == "Europe/London"
     ok = duly.check_rules(RULES)
@@ -446,7 +446,7 @@ def test_rules_check_and_simulate(duly: Client, tmp_path: Path) -> None:
     bad = duly.check_rules(bad_file)  # a path object is read
     assert not bad.ok and bad.errors[0].line == 8
     t0 = datetime(2026, 3, 1, 9, tzinfo=UTC)
-    out = duly.engine.simulation(
+    out = duly.simulate(
         RULES,
         [
             {"at": t0, "recipient": {"id": "c1", "name": "c1", "email": "c1@x.test"}},
@@ -468,7 +468,7 @@ def test_rules_check_and_simulate(duly: Client, tmp_path: Path) -> None:
     ]
     assert out.warnings == []
     with pytest.raises(ValidationError) as exc:
-        duly.engine.simulation("rules: [", "")
+        duly.simulate("rules: [", "")
     assert (exc.value.code, exc.value.field) == ("invalid_rules", "rules")
 
 
