@@ -137,14 +137,19 @@ _STYLE = (
 )
 
 
-def _page(status: int, title: str, body: str) -> HTMLResponse:
+def link_page(status: int, title: str, body: str, extra_style: str = "") -> HTMLResponse:
+    """A page answering a signed link (acknowledge, preferences): self-contained (its style
+    inline, nothing loaded from elsewhere), not cached, not indexed, not framed."""
     doc = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f'<meta name="robots" content="noindex"><title>{html.escape(title)}</title>'
-        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
+        f"<style>{_STYLE}{extra_style}</style></head><body><main>"
+        f"<h1>{html.escape(title)}</h1>{body}</main></body></html>"
     )
     return HTMLResponse(doc, status_code=status, headers=_HEADERS)
+
+
 
 
 def _what(claim: AckClaim) -> str:
@@ -160,14 +165,14 @@ def _check(request: Request, token: str) -> AckClaim | HTMLResponse:
     try:
         return _links(request).verify(token)
     except AckLinkExpired as exc:
-        return _page(
+        return link_page(
             400,
             "This link has expired",
             f"<p>{html.escape(str(exc))} If the reminders keep coming, ask the sender for a "
             "new one.</p>",
         )
     except AckLinkInvalid:
-        return _page(
+        return link_page(
             400,
             "This link is not valid",
             "<p>The link may have been cut short or changed. Open it again from the message, "
@@ -175,7 +180,7 @@ def _check(request: Request, token: str) -> AckClaim | HTMLResponse:
         )
     except AckNotConfigured as exc:
         log.error("acknowledge link opened, but: %s", exc)
-        return _page(
+        return link_page(
             503,
             "Acknowledging is not available",
             "<p>This server cannot check acknowledge links right now. Please try again later.</p>",
@@ -183,7 +188,7 @@ def _check(request: Request, token: str) -> AckClaim | HTMLResponse:
 
 
 def _gone(claim: AckClaim) -> HTMLResponse:
-    return _page(
+    return link_page(
         410,
         "This link no longer applies",
         "<p>What it was about has been closed or removed: there is nothing left to "
@@ -204,7 +209,7 @@ def ack_page(token: str, request: Request, eng: EngineDep) -> Any:
         return claim
     if not _applies(eng, claim):
         return _gone(claim)
-    return _page(
+    return link_page(
         200,
         "Acknowledge this reminder?",
         f"{_what(claim)}<p>Acknowledging tells the sender you have seen it; reminders that "
@@ -230,7 +235,7 @@ def ack_submit(token: str, request: Request, eng: EngineDep) -> Any:
         claim.recipient or "-",
         cancelled,
     )
-    return _page(
+    return link_page(
         200,
         "Thank you",
         f"<p>Your acknowledgement is recorded.</p>{_what(claim)}",

@@ -48,7 +48,7 @@ from fastapi import Path as P
 from fastapi.responses import HTMLResponse
 
 from duly.api import schemas as S
-from duly.api.ack import _HEADERS, _STYLE
+from duly.api.ack import link_page
 from duly.api.errors import ApiError
 from duly.core.model import Recipient
 from duly.delivery.ack import AckNotConfigured
@@ -157,14 +157,7 @@ _FORM_STYLE = (
 
 
 def _page(status: int, title: str, body: str) -> HTMLResponse:
-    doc = (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<meta name="robots" content="noindex"><title>{html.escape(title)}</title>'
-        f"<style>{_STYLE}{_FORM_STYLE}</style></head><body><main>"
-        f"<h1>{html.escape(title)}</h1>{body}</main></body></html>"
-    )
-    return HTMLResponse(doc, status_code=status, headers=_HEADERS)
+    return link_page(status, title, body, _FORM_STYLE)
 
 
 def _check(request: Request, token: str) -> PrefClaim | HTMLResponse:
