@@ -150,8 +150,6 @@ def link_page(status: int, title: str, body: str, extra_style: str = "") -> HTML
     return HTMLResponse(doc, status_code=status, headers=_HEADERS)
 
 
-
-
 def _what(claim: AckClaim) -> str:
     rows = [("Reminder", claim.rule), ("About", claim.subject)]
     if claim.recipient:
