@@ -51,7 +51,7 @@ from typing import Any
 
 import httpx
 
-from duly.delivery.channels import _http
+from duly.delivery.channels import _http, smtp
 from duly.delivery.channels._http import http_url, json_object, read_secret
 from duly.delivery.channels.base import DeliveryError, Message, Receipt
 from duly.delivery.channels.smtp import message_id_domain_of
@@ -60,24 +60,9 @@ __all__ = ["Email", "EmailApiChannel", "http_url", "json_object", "read_secret"]
 
 log = logging.getLogger(__name__)
 
-# Headers the channel writes itself; Message.headers may add others, not replace these.
-RESERVED_HEADERS = frozenset(
-    {
-        "from",
-        "to",
-        "cc",
-        "bcc",
-        "reply-to",
-        "subject",
-        "date",
-        "message-id",
-        "mime-version",
-        "content-type",
-        "content-transfer-encoding",
-    }
-)
-# As smtp.py: an id the Message-ID header can carry exactly as given.
-_MESSAGE_ID_RE = re.compile(r"[^\s<>\"]+")
+# Headers the channel writes itself (those of SMTP, and Reply-To, a field of the APIs);
+# Message.headers may add others, not replace these.
+RESERVED_HEADERS = smtp.RESERVED_HEADERS | {"reply-to"}
 _HEADER_NAME_RE = re.compile(r"[!-9;-~]+")  # RFC 5322 field name: printable, no colon
 
 
@@ -195,7 +180,7 @@ class EmailApiChannel:
         mid = message_id.strip()
         if mid.startswith("<") and mid.endswith(">"):
             mid = mid[1:-1]
-        if not _MESSAGE_ID_RE.fullmatch(mid):
+        if not smtp.MESSAGE_ID_RE.fullmatch(mid):
             raise ValueError(f"Message-ID {message_id!r} has spaces, quotes or brackets")
         return f"<{mid}>" if "@" in mid else f"<{mid}@{self.message_id_domain}>"
 

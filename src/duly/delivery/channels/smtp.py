@@ -66,7 +66,7 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 _URI_LIST_HEADERS = frozenset({"list-unsubscribe", "list-unsubscribe-post"})
 
 # Headers the channel writes itself; Message.headers may add others, not replace these.
-_RESERVED_HEADERS = frozenset(
+RESERVED_HEADERS = frozenset(
     {
         "from",
         "to",
@@ -82,7 +82,7 @@ _RESERVED_HEADERS = frozenset(
 )
 # The email package silently truncates a Message-ID it cannot parse (at a space, say); the
 # dispatcher relies on it arriving exactly as given, so anything else is refused.
-_MESSAGE_ID_RE = re.compile(r"[^\s<>\"]+")
+MESSAGE_ID_RE = re.compile(r"[^\s<>\"]+")
 # The id-right of a Message-ID: a domain name's labels (RFC 5322 dot-atom, kept to what a
 # host name holds).
 _DOMAIN_LITERAL = re.compile(r"\[(?:ipv6:)?[0-9a-f:.]{2,45}\]")
@@ -332,7 +332,7 @@ class SmtpChannel:
         mid = message_id.strip()
         if mid.startswith("<") and mid.endswith(">"):
             mid = mid[1:-1]
-        if not _MESSAGE_ID_RE.fullmatch(mid):
+        if not MESSAGE_ID_RE.fullmatch(mid):
             raise ValueError(f"Message-ID {message_id!r} has spaces, quotes or brackets")
         return f"<{mid}>" if "@" in mid else f"<{mid}@{self.message_id_domain}>"
 
@@ -347,7 +347,7 @@ class SmtpChannel:
         email["Date"] = format_datetime(datetime.now(UTC))
         email["Message-ID"] = message_id
         for header, value in message.headers.items():
-            if header.lower() in _RESERVED_HEADERS:
+            if header.lower() in RESERVED_HEADERS:
                 raise ValueError(f"header {header!r} is written by the channel, not the caller")
             if header.lower() in _URI_LIST_HEADERS:
                 # RFC 2369: angle-bracketed URIs, never encoded words; folded only between
