@@ -82,6 +82,52 @@ def test_migrate_then_outbox_lists_and_shows_messages(tmp_path: Path) -> None:
     assert res.exit_code == 0 and "empty" in res.stdout
 
 
+def test_outbox_says_when_more_messages_exist(tmp_path: Path) -> None:
+    """With more sent messages than --limit, the list says so (in JSON mode, on stderr)."""
+    from duly import demo
+    from duly.engine.runtime import BUNDLED_RULES
+
+    url = f"sqlite:///{tmp_path / 'duly.db'}"
+    db = make_engine(url)
+    migrate(db)
+    demo.seed_history(Engine(load_rules(BUNDLED_RULES), db))
+    with db.connect() as conn:
+        sent = conn.execute(
+            sa.select(sa.func.count()).where(deliveries.c.state == "sent")
+        ).scalar_one()
+    db.dispose()
+    assert sent > 3
+    res = CliRunner().invoke(main, ["outbox", "--database", url, "--limit", "3"])
+    assert res.exit_code == 0
+    assert len(res.stdout.strip().splitlines()) == 3 + 2  # three messages, a blank, the note
+    assert "The newest 3 messages of more; `--limit N` shows more" in res.stdout
+    res = CliRunner().invoke(main, ["outbox", "--database", url, "--limit", str(sent)])
+    assert res.exit_code == 0 and f"\n{sent} messages; `duly outbox ID`" in res.stdout
+    assert "of more" not in res.stdout
+    res = CliRunner().invoke(main, ["outbox", "--database", url, "--limit", "3", "--json"])
+    assert len(json.loads(res.stdout)) == 3
+    assert "more than 3 messages" in res.stderr
+
+
+def test_rules_check_warns_of_what_this_environment_lacks(tmp_path: Path) -> None:
+    """A ``${VAR}`` that is unset here passes the check of the file as written, with a
+    warning naming it (`duly serve` would refuse the file here); --strict makes it an error."""
+    rules = tmp_path / "duly.yaml"
+    rules.write_text(
+        'channels:\n  email: {type: smtp, url: "${DULY_TEST_UNSET_SMTP_URL}"}\nrules: []\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DULY_TEST_UNSET_SMTP_URL"}
+    res = CliRunner(env=env).invoke(main, ["rules", "check", str(rules)])
+    assert res.exit_code == 0 and "OK, 0 rules" in res.stdout
+    assert "warning:" in res.stderr and "DULY_TEST_UNSET_SMTP_URL is not set" in res.stderr
+    assert "duly.yaml:2" in res.stderr
+    res = CliRunner(env=env).invoke(main, ["rules", "check", "--strict", str(rules)])
+    assert res.exit_code == 2 and "error:" in res.stderr and "OK" not in res.stdout
+    set_env = {**env, "DULY_TEST_UNSET_SMTP_URL": "smtp://127.0.0.1:2525"}
+    res = CliRunner(env=set_env).invoke(main, ["rules", "check", "--strict", str(rules)])
+    assert res.exit_code == 0 and res.stderr == ""
+
+
 def _wait(pred, timeout: float = 20.0) -> bool:  # noqa: ANN001
     end = time.monotonic() + timeout
     while time.monotonic() < end:

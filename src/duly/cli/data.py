@@ -124,10 +124,15 @@ def outbox(
     from duly.store.db import is_postgres
 
     with db.connect() as conn:
-        rows = Store(postgres=is_postgres(db)).outbox(conn, names, limit, delivery_id)
+        # one more than asked: whether more exist is worth saying
+        rows = Store(postgres=is_postgres(db)).outbox(conn, names, limit + 1, delivery_id)
     db.dispose()
+    more = len(rows) > limit
+    rows = rows[:limit]
     if as_json:
         click.echo(json.dumps(rows, default=str, indent=2))
+        if more:
+            click.echo(f"more than {limit} messages: raise --limit to see more", err=True)
         return
     if delivery_id is not None:
         if not rows:
@@ -147,4 +152,8 @@ def outbox(
     for r in rows:
         sent = r["sent_at"].strftime("%Y-%m-%d %H:%M:%S") if r["sent_at"] else "-"
         click.echo(f"{r['id']:>6}  {sent}  {r['recipient']:<12}  {r['title'] or ''}")
-    click.echo(f"\n{len(rows)} messages; `duly outbox ID` shows one.")
+    n = len(rows)
+    shown = f"{n} message{'s' if n != 1 else ''}"
+    if more:
+        shown = f"The newest {shown} of more; `--limit N` shows more"
+    click.echo(f"\n{shown}; `duly outbox ID` shows one.")

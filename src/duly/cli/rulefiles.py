@@ -31,8 +31,20 @@ def rules() -> None:
     show_envvar=True,
     help="Do not require template files.",
 )
-def rules_check(file: str, no_templates: bool) -> None:
-    """Validate a rule file: exit 0, or 2 with every error listed (FILE or DULY_RULES)."""
+@click.option(
+    "--strict",
+    is_flag=True,
+    envvar="DULY_RULES_STRICT",
+    show_envvar=True,
+    help="Treat what this environment lacks (an unset ${VAR}) as an error, not a warning.",
+)
+def rules_check(file: str, no_templates: bool, strict: bool) -> None:
+    """Validate a rule file: exit 0, or 2 with every error listed (FILE or DULY_RULES).
+
+    The file is checked as written (``${VAR}`` left unexpanded, so a check without the
+    secrets passes), then with this environment's variables: what `duly serve` would
+    refuse here (an unset variable, or a value that is not a valid URL) is a warning, or an
+    error with --strict."""
     from duly.core.rules.loader import RuleFileError, load_rules
 
     try:
@@ -43,7 +55,16 @@ def rules_check(file: str, no_templates: bool) -> None:
     except OSError as exc:
         click.echo(f"{file}: cannot read: {exc.strerror}", err=True)
         raise SystemExit(2) from None
-    click.echo(f"{file}: OK, {len(rf.rules)} rules")
+    try:
+        load_rules(file, check_templates=False, resolve_env=True)
+    except RuleFileError as exc:
+        label = "error" if strict else "warning"
+        for error in exc.errors:
+            click.echo(f"{label}: {error} (in this environment)", err=True)
+        if strict:
+            raise SystemExit(2) from None
+    n = len(rf.rules)
+    click.echo(f"{file}: OK, {n} rule{'s' if n != 1 else ''}")
 
 
 # --------------------------------------------------------------------------- simulate
