@@ -131,4 +131,6 @@ def table(rows: Sequence[dict[str, Any]]) -> Iterator[str]:
         k = o["outcome"] + (f" ({o['reason']})" if o["reason"] else "")
         summary[k] = summary.get(k, 0) + 1
     yield ""
-    yield f"{len(rows)} outcomes: " + ", ".join(f"{k}: {n}" for k, n in sorted(summary.items()))
+    yield f"{len(rows)} outcome{'' if len(rows) == 1 else 's'}: " + ", ".join(
+        f"{k}: {n}" for k, n in sorted(summary.items())
+    )
