@@ -261,6 +261,7 @@ def _public_routers() -> list[Any]:
         ("duly.api.metrics", "router"),
         ("duly.api.ack", "public_router"),
         ("duly.api.preferences", "public_router"),
+        ("duly.api.inbound", "router"),  # provider callbacks: their signature is the permission
     ):
         try:
             m = __import__(mod, fromlist=[name])

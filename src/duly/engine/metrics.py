@@ -96,10 +96,20 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.receipts = Counter(
+            "duly_receipts",
+            "Delivery receipts (provider callbacks) recorded by this process, by status "
+            "(unmatched: no delivery had the provider's message id).",
+            ["status"],
+            registry=r,
+        )
         self._watching = False
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ dispatcher hooks
+
+    def receipt(self, status: str) -> None:
+        self.receipts.labels(status=status).inc()
 
     def claimed(self, seconds: float, rows: int) -> None:
         self.claim_seconds.observe(seconds)

@@ -252,9 +252,15 @@ def build_runtime(
         ack_links=ack_links,
         limits=rf.render,  # every render in a killable render process, within these bounds
     )
+    channels = build_channels(rf)
+    from duly.engine.receipts import last_inbound_lookup
+
+    for name, ch in channels.items():  # WhatsApp's 24-hour window: inbound times, from the store
+        if hasattr(ch, "last_inbound"):
+            ch.last_inbound = last_inbound_lookup(db, name)
     dispatcher = Dispatcher(
         engine,
-        build_channels(rf),
+        channels,
         renderer,
         send_workers=send_workers,
         breaker_failures=breaker_failures,

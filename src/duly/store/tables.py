@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -139,6 +140,8 @@ deliveries = Table(
     Index("ix_deliveries_subject", "subject"),
     # serves min_gap and per-recipient history
     Index("ix_deliveries_recipient", "recipient", "rule", "sent_at"),
+    # serves the look-up of a delivery by its provider's message id (delivery receipts)
+    Index("ix_deliveries_receipt", "receipt"),
     # ids appear in the API, the outbox and links: never reuse one on SQLite
     sqlite_autoincrement=True,
 )
@@ -407,4 +410,40 @@ sign_in_attempts = Table(
     # serves the housekeeping "delete attempts older than the window"
     Index("ix_sign_in_attempts_at", "at"),
     sqlite_autoincrement=True,
+)
+
+
+# What providers said about a delivery after accepting it (status callbacks, event webhooks:
+# duly.engine.receipts): one row per (provider, message id, status, time), so a callback
+# sent twice is recorded once. ``delivery_id`` is None when no delivery has that provider
+# message id (kept, counted as unmatched). ``status``: accepted | delivered | read |
+# undelivered | bounced | complained; ``hard``: a permanent bounce.
+delivery_receipts = Table(
+    "delivery_receipts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("delivery_id", Id, ForeignKey("deliveries.id", ondelete="CASCADE")),
+    Column("provider", String(32), nullable=False),
+    Column("provider_message_id", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("hard", Boolean, nullable=False),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("detail", Text),
+    UniqueConstraint("provider", "provider_message_id", "status", "occurred_at"),
+    # serves a delivery's receipts (API, delivery page)
+    Index("ix_delivery_receipts_delivery_id", "delivery_id"),
+    # serves counts since a time (stats)
+    Index("ix_delivery_receipts_received_at", "received_at"),
+    sqlite_autoincrement=True,
+)
+
+# When an address last wrote in on a channel (inbound SMS / WhatsApp): WhatsApp allows
+# free-form text only within 24 hours of that.
+inbound_addresses = Table(
+    "inbound_addresses",
+    metadata,
+    Column("address", String(320), primary_key=True),
+    Column("channel", String(100), primary_key=True),
+    Column("last_at", UTCDateTime, nullable=False),
 )

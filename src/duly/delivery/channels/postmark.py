@@ -50,8 +50,16 @@ class PostmarkChannel(EmailApiChannel):
         base_url: str = DEFAULT_BASE_URL,
         timeout: float | str | None = None,
         allow_private: bool | str = False,
+        webhook_secret: str | None = None,
+        webhook_secret_file: str | None = None,
     ) -> None:
         key = read_secret("api_key", api_key, api_key_file)
+        # "user:password" of the basic auth set on Postmark's webhooks (POST /inbound/postmark)
+        self._webhook_secret = (
+            read_secret("webhook_secret", webhook_secret, webhook_secret_file)
+            if webhook_secret or webhook_secret_file
+            else None
+        )
         self.message_stream = str(message_stream or "").strip()
         if not self.message_stream:
             raise ValueError("message_stream: expected a stream id such as 'outbound'")

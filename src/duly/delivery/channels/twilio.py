@@ -119,6 +119,7 @@ class TwilioChannel:
             # Not echoed: a mistyped variable could hold the token instead.
             raise ValueError("account: expected a Twilio Account SID (AC and 32 hex digits)")
         token_value = _http.read_secret("token", token, token_file)
+        self._auth_token = token_value  # verifies X-Twilio-Signature (duly.delivery.inbound)
         self.from_ = self._sender(from_) if from_ not in (None, "") else None
         self.messaging_service_sid = None
         if messaging_service_sid not in (None, ""):
