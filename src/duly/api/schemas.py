@@ -160,6 +160,20 @@ class Content(BaseModel):
     html: str | None
 
 
+class ReceiptOut(BaseModel):
+    """What the provider reported after accepting the message (a status callback)."""
+
+    status: str = Field(
+        description="accepted | delivered | read | undelivered | bounced | complained"
+    )
+    hard: bool = Field(description="a permanent failure of the address (it is suppressed)")
+    provider: str
+    provider_message_id: str
+    occurred_at: datetime
+    received_at: datetime
+    detail: str | None = None
+
+
 class DeliveryDetail(DeliveryOut):
     deadline_at: datetime | None = None
     receipt: str | None = None
@@ -172,6 +186,10 @@ class DeliveryDetail(DeliveryOut):
     )
     history: list[HistoryItem]
     changes: dict[str, Any] | None = None
+    receipts: list[ReceiptOut] = Field(
+        default_factory=list,
+        description="provider reports (delivered, bounced …), in the order they happened",
+    )
 
 
 class DeliveryList(BaseModel):

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from duly.api.errors import ApiError
 from duly.api.schemas import ErrorOut, Instant  # ErrorOut: the one error shape, one name
+from duly.store.receipts import receipt_counts
 from duly.store.stats import period_stats  # the counting (tests import it from here too)
 
 router = APIRouter(prefix="/v1", tags=["stats"])
@@ -68,6 +69,12 @@ class StatsOut(BaseModel):
     sending: int = Field(description="now: claimed by a dispatcher, being sent")
     overdue: int = Field(description="now: pending and already due")
     failed: int = Field(description="now: deliveries whose last outcome is failed")
+    receipts: dict[str, int] = Field(
+        default_factory=dict,
+        description="provider reports received in the period, by status (accepted, "
+        "delivered, read, undelivered, bounced, complained), and unmatched: those for a "
+        "message id no delivery has",
+    )
 
 
 # --------------------------------------------------------------------------- route
@@ -105,4 +112,5 @@ def stats(
         raise ApiError(422, "invalid", f"the period is at most {MAX_PERIOD.days} days", "from")
     with rt.db.connect() as conn:
         body = period_stats(conn, start, end, now)
+        body["receipts"] = receipt_counts(conn, start, end)
     return StatsOut.model_validate(body)

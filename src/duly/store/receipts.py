@@ -151,18 +151,31 @@ def receipts_of(conn: Connection, delivery_id: int) -> list[dict[str, Any]]:
     return [dict(r) for r in conn.execute(q).mappings()]
 
 
-def receipt_counts(conn: Connection, since: datetime | None = None) -> dict[str, int]:
-    """Receipts recorded (received) since ``since`` (all when None), by status, every status
-    present (0 when none), plus ``unmatched``: those no delivery had the message id of."""
-    q = sa.select(delivery_receipts.c.status, sa.func.count()).group_by(delivery_receipts.c.status)
-    u = sa.select(sa.func.count()).where(delivery_receipts.c.delivery_id.is_(None))
+def receipt_counts(
+    conn: Connection, since: datetime | None = None, until: datetime | None = None
+) -> dict[str, int]:
+    """Receipts recorded (received) in [``since``, ``until``) (None: unbounded), by status,
+    every status present (0 when none), plus ``unmatched``: those no delivery had the
+    message id of (also counted under their status)."""
+    cond = sa.true()
     if since is not None:
-        q = q.where(delivery_receipts.c.received_at >= since)
-        u = u.where(delivery_receipts.c.received_at >= since)
+        cond = cond & (delivery_receipts.c.received_at >= since)
+    if until is not None:
+        cond = cond & (delivery_receipts.c.received_at < until)
+    q = (
+        sa.select(delivery_receipts.c.status, sa.func.count())
+        .where(cond)
+        .group_by(delivery_receipts.c.status)
+    )
+    u = (
+        sa.select(sa.func.count())
+        .select_from(delivery_receipts)
+        .where(cond, delivery_receipts.c.delivery_id.is_(None))
+    )
     out = dict.fromkeys(RECEIPT_STATUSES, 0)
     for status, n in conn.execute(q):
         out[status] = int(n)
-    out["unmatched"] = int(conn.execute(u.select_from(delivery_receipts)).scalar() or 0)
+    out["unmatched"] = int(conn.execute(u).scalar() or 0)
     return out
 
 

@@ -12,6 +12,7 @@ from duly.api.edge import id_cursor, id_from_cursor
 from duly.api.errors import ApiError
 from duly.api.v1.common import DbId, EngineDep, delivery_out, error_docs
 from duly.engine.service import Engine
+from duly.store.receipts import receipts_of
 
 router = APIRouter()
 
@@ -70,6 +71,7 @@ def get_delivery(did: DbId, eng: EngineDep) -> S.DeliveryDetail:
         if r is None:
             raise ApiError(404, "not_found", f"no delivery {did}", "id")
         hist = eng.store.delivery_history(conn, did)
+        got = receipts_of(conn, did)
     base = delivery_out(r).model_dump()
     return S.DeliveryDetail(
         **base,
@@ -98,6 +100,7 @@ def get_delivery(did: DbId, eng: EngineDep) -> S.DeliveryDetail:
             for h in hist
             if h["kind"] == "outcome"
         ],
+        receipts=[S.ReceiptOut(**x) for x in got],
     )
 
 

@@ -1,0 +1,327 @@
+"""Delivery receipts and inbound messages (issue 16): Twilio status callbacks and inbound
+SMS, Postmark webhooks, on SQLite and PostgreSQL.
+
+The messages go out through the local fakes of Twilio and Postmark (tests/fakes); the
+callbacks come in as the providers send them, signed here the documented way
+(tests/fakes/provider_callbacks.py cites the documents)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from duly.core.model import Recipient
+from duly.core.rules.loader import load_rules_text
+from duly.engine.receipts import ReceiptEvent, record_receipts
+from duly.engine.runtime import build_runtime
+from duly.engine.service import SubjectInput
+from duly.store import receipts as store
+from duly.store.tables import deliveries, suppressions, webhook_events
+from fakes.email_providers import FakePostmark
+from fakes.provider_callbacks import basic_auth, twilio_form, twilio_signature
+from fakes.twilio_server import FakeTwilio
+
+PUBLIC = "https://duly.example.test"
+FROM = "+15550100000"
+PHONE = "+15550100001"
+HOOK = ("hook", "s3cret-pw")
+
+RULES = """
+timezone: UTC
+channels:
+  sms:
+    type: twilio-sms
+    account: {account}
+    token: "${{T_TWILIO_TOKEN}}"
+    from: "{from_}"
+    base_url: {twilio_url}
+    allow_private: true
+  email:
+    type: postmark
+    from: billing@acme.test
+    api_key: "${{T_POSTMARK_KEY}}"
+    base_url: {postmark_url}
+    allow_private: true
+    webhook_secret: "${{T_POSTMARK_HOOK}}"
+webhooks:
+  - url: http://127.0.0.1:9/events
+    secret_env: T_EVENTS_SECRET
+    events: [delivery.*]
+rules:
+  - name: nudge
+    subject: invoice
+    on: {{change: status, to: sent}}
+    to: [customer]
+    channels: [sms]
+    template: note
+  - name: mail
+    subject: invoice
+    on: {{change: status, to: sent}}
+    to: [customer]
+    channels: [email]
+    template: note
+"""
+
+
+@pytest.fixture
+def env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    monkeypatch.setenv("DULY_PUBLIC_URL", PUBLIC)
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "note.sms.txt").write_text("Invoice {{ subject.key }} is due.\n")
+    (tmp_path / "templates" / "note.email.txt").write_text("Subject: Due\nInvoice due.\n")
+    with FakeTwilio() as twilio, FakePostmark() as postmark:
+        monkeypatch.setenv("T_TWILIO_TOKEN", twilio.token)
+        monkeypatch.setenv("T_POSTMARK_KEY", postmark.key)
+        monkeypatch.setenv("T_POSTMARK_HOOK", ":".join(HOOK))
+        monkeypatch.setenv("T_EVENTS_SECRET", "whsec_" + "A" * 32)
+        text = RULES.format(
+            account=twilio.account,
+            from_=FROM,
+            twilio_url=twilio.base_url,
+            postmark_url=postmark.url,
+        )
+        rf = load_rules_text(
+            text, path=str(tmp_path / "duly.yaml"), templates_dir=str(tmp_path / "templates")
+        )
+        rt = build_runtime(rf, db_url, send_workers=1)
+        from duly.api.app import create_api
+
+        try:
+            with TestClient(create_api(rt)) as client:
+                yield {"rt": rt, "client": client, "twilio": twilio, "postmark": postmark}
+        finally:
+            for ch in rt.dispatcher.channels.values():
+                ch.close()
+            rt.db.dispose()
+
+
+def send(env: dict[str, Any], key: str = "INV-1", consent: dict[str, Any] | None = None) -> None:
+    eng = env["rt"].engine
+    eng.put_recipient(
+        Recipient(
+            "c1", name="Alice", email="alice@example.test", phone=PHONE, consent=consent or {}
+        )
+    )
+    eng.upsert_subject(SubjectInput("invoice", key, {"status": "draft"}, {"customer": "c1"}))
+    eng.upsert_subject(SubjectInput("invoice", key, {"status": "sent"}, {"customer": "c1"}))
+    while env["rt"].dispatcher.run_once():
+        pass
+
+
+def rows(env: dict[str, Any], channel: str) -> list[dict[str, Any]]:
+    with env["rt"].db.connect() as c:
+        q = sa.select(deliveries).where(deliveries.c.channel == channel).order_by(deliveries.c.id)
+        return [dict(r) for r in c.execute(q).mappings()]
+
+
+def status(env: dict[str, Any], form: dict[str, str], url: str | None = None, **kw: Any) -> Any:
+    path = "/inbound/twilio/status"
+    body, headers = twilio_form(env["twilio"].token, url or PUBLIC + path, form)
+    headers.update(kw.pop("headers", {}))
+    return env["client"].post(path, content=body, headers=headers)
+
+
+def sms_in(env: dict[str, Any], text: str, sid: str) -> Any:
+    path = "/inbound/twilio/messages"
+    form = {"MessageSid": sid, "From": PHONE, "To": FROM, "Body": text, "AccountSid": "AC1"}
+    body, headers = twilio_form(env["twilio"].token, PUBLIC + path, form)
+    return env["client"].post(path, content=body, headers=headers)
+
+
+def receipts(env: dict[str, Any], delivery_id: int) -> list[dict[str, Any]]:
+    with env["rt"].db.connect() as c:
+        return store.receipts_of(c, delivery_id)
+
+
+def events(env: dict[str, Any]) -> list[str]:
+    with env["rt"].db.connect() as c:
+        return list(
+            c.execute(sa.select(webhook_events.c.type).order_by(webhook_events.c.id)).scalars()
+        )
+
+
+def active_suppressions(env: dict[str, Any]) -> list[str]:
+    with env["rt"].db.connect() as c:
+        q = sa.select(suppressions.c.address).where(suppressions.c.cleared_at.is_(None))
+        return list(c.execute(q).scalars())
+
+
+# --------------------------------------------------------------------------- Twilio
+
+
+def test_twilio_callbacks_out_of_order_duplicates_and_unknown(env: dict[str, Any]) -> None:
+    send(env)
+    (row,) = rows(env, "sms")
+    sid = row["receipt"]
+    assert row["state"] == "sent" and sid.startswith("SM")
+    # delivered arrives before sent; then a duplicate; then one for a message duly never sent
+    assert status(env, {"MessageSid": sid, "MessageStatus": "delivered"}).status_code == 204
+    assert status(env, {"MessageSid": sid, "MessageStatus": "sent"}).status_code == 204
+    assert status(env, {"MessageSid": sid, "MessageStatus": "sent", "X": "1"}).status_code == 204
+    assert status(env, {"MessageSid": "SMnope", "MessageStatus": "delivered"}).status_code == 204
+    got = [r["status"] for r in receipts(env, row["id"])]
+    assert sorted(got) == ["accepted", "delivered"]  # the duplicate "sent" recorded once
+    with env["rt"].db.connect() as c:
+        counts = store.receipt_counts(c)
+    assert counts["delivered"] == 2 and counts["accepted"] == 1 and counts["unmatched"] == 1
+    assert events(env).count("delivery.delivered") == 1  # the unknown message emits nothing
+    r = env["client"].get("/metrics")
+    assert 'duly_receipts_total{status="delivered"} 2.0' in r.text
+    assert 'duly_receipts_total{status="unmatched"} 1.0' in r.text
+
+
+def test_twilio_signatures_missing_wrong_and_replayed(env: dict[str, Any]) -> None:
+    send(env)
+    (row,) = rows(env, "sms")
+    form = {"MessageSid": row["receipt"], "MessageStatus": "delivered"}
+    body, _ = twilio_form(env["twilio"].token, PUBLIC + "/inbound/twilio/status", form)
+    ctype = {"Content-Type": "application/x-www-form-urlencoded"}
+    c = env["client"]
+    assert c.post("/inbound/twilio/status", content=body, headers=ctype).status_code == 403
+    wrong = twilio_signature("not-the-token", PUBLIC + "/inbound/twilio/status", form)
+    r = c.post(
+        "/inbound/twilio/status", content=body, headers={**ctype, "X-Twilio-Signature": wrong}
+    )
+    assert r.status_code == 403
+    # signed for another URL (not the public one): refused
+    assert status(env, form, url="https://evil.example/inbound/twilio/status").status_code == 403
+    assert receipts(env, row["id"]) == []
+    assert status(env, form).status_code == 204
+    first = receipts(env, row["id"])
+    assert status(env, form).status_code == 204  # a replay: acknowledged, nothing applied
+    assert receipts(env, row["id"]) == first
+
+
+def test_a_hard_failure_suppresses_the_number(env: dict[str, Any]) -> None:
+    send(env)
+    (row,) = rows(env, "sms")
+    form = {"MessageSid": row["receipt"], "MessageStatus": "undelivered", "ErrorCode": "30006"}
+    assert status(env, form).status_code == 204
+    assert active_suppressions(env) == [PHONE]
+    assert "delivery.undelivered" in events(env)
+    (rec,) = receipts(env, row["id"])
+    assert rec["hard"] is True and "30006" in rec["detail"]
+
+
+def test_a_soft_failure_does_not_suppress(env: dict[str, Any]) -> None:
+    send(env)
+    (row,) = rows(env, "sms")
+    form = {"MessageSid": row["receipt"], "MessageStatus": "undelivered", "ErrorCode": "30003"}
+    assert status(env, form).status_code == 204
+    assert active_suppressions(env) == []
+
+
+def test_stop_then_a_send_is_skipped_and_start_re_enables(env: dict[str, Any]) -> None:
+    r = sms_in(env, " stop ", "SMin1")
+    assert r.status_code == 200 and "<Response>" in r.text
+    send(env, "INV-1")  # the recipient is (re)written without consent: STOP comes after
+    assert rows(env, "sms")[-1]["state"] == "sent"
+    assert sms_in(env, "STOP", "SMin2").status_code == 200
+    prefs = env["client"].app.state.runtime.engine
+    with prefs.db.connect() as c:
+        rec = prefs.store.get_recipients(c, ["c1"])["c1"]
+    assert rec.consent == {"channels": {"sms": False}}
+    eng = env["rt"].engine
+    eng.upsert_subject(SubjectInput("invoice", "INV-2", {"status": "draft"}, {"customer": "c1"}))
+    eng.upsert_subject(SubjectInput("invoice", "INV-2", {"status": "sent"}, {"customer": "c1"}))
+    while env["rt"].dispatcher.run_once():
+        pass
+    last = rows(env, "sms")[-1]
+    assert (last["state"], last["reason"]) == ("skipped", "no_consent")
+    assert sms_in(env, "START", "SMin3").status_code == 200
+    with prefs.db.connect() as c:
+        assert prefs.store.get_recipients(c, ["c1"])["c1"].consent == {}
+        assert store.last_inbound(c, PHONE, "sms") is not None
+
+
+def test_whatsapp_channels_read_the_last_inbound_time(env: dict[str, Any]) -> None:
+    from duly.engine.receipts import inbound_message, last_inbound_lookup
+
+    look = last_inbound_lookup(env["rt"].db, "wa")
+    assert look("whatsapp:" + PHONE) is None
+    inbound_message(env["rt"].engine, "wa", PHONE, "hello")
+    assert look("whatsapp:" + PHONE) is not None
+
+
+# --------------------------------------------------------------------------- Postmark
+
+
+def postmark(env: dict[str, Any], body: dict[str, Any], auth: tuple[str, str] = HOOK) -> Any:
+    return env["client"].post(
+        "/inbound/postmark",
+        content=json.dumps(body),
+        headers={**basic_auth(*auth), "Content-Type": "application/json"},
+    )
+
+
+def test_postmark_bounce_suppresses_and_complaint_withdraws_consent(env: dict[str, Any]) -> None:
+    send(env)
+    (row,) = rows(env, "email")
+    pmid = row["receipt"]
+    assert postmark(env, {"RecordType": "Bounce"}, ("hook", "wrong")).status_code == 403
+    r = env["client"].post("/inbound/postmark", json={"RecordType": "Bounce"})
+    assert r.status_code == 403
+    delivered = {
+        "RecordType": "Delivery",
+        "MessageID": pmid,
+        "DeliveredAt": "2026-12-05T10:00:01.1234567Z",
+    }
+    assert postmark(env, delivered).status_code == 204
+    assert postmark(env, delivered).status_code == 204  # duplicate
+    soft = {
+        "RecordType": "Bounce",
+        "MessageID": pmid,
+        "Type": "SoftBounce",
+        "BouncedAt": "2026-12-05T10:00:02Z",
+    }
+    assert postmark(env, soft).status_code == 204
+    assert active_suppressions(env) == []
+    hard = {**soft, "Type": "HardBounce", "BouncedAt": "2026-12-05T10:00:03Z"}
+    assert postmark(env, hard).status_code == 204
+    assert active_suppressions(env) == ["alice@example.test"]
+    spam = {"RecordType": "SpamComplaint", "MessageID": pmid, "BouncedAt": "2026-12-05T10:00:04Z"}
+    assert postmark(env, spam).status_code == 204
+    with env["rt"].db.connect() as c:
+        rec = env["rt"].engine.store.get_recipients(c, ["c1"])["c1"]
+    assert rec.consent == {"reminder": False}
+    got = receipts(env, row["id"])
+    assert [r["status"] for r in got] == ["delivered", "bounced", "bounced", "complained"]
+    assert [r["hard"] for r in got] == [False, False, True, False]
+    types = events(env)
+    assert types.count("delivery.delivered") == 1 and types.count("delivery.bounced") == 2
+    assert "delivery.complained" in types
+    assert postmark(env, {"RecordType": "Click", "MessageID": pmid}).status_code == 204
+
+
+def test_the_delivery_api_lists_receipts_in_time_order(env: dict[str, Any]) -> None:
+    send(env)
+    (row,) = rows(env, "email")
+    pmid = row["receipt"]
+    eng = env["rt"].engine
+    from duly.delivery.inbound import parse_time
+
+    record_receipts(
+        eng,
+        [
+            ReceiptEvent("postmark", pmid, "read", occurred_at=parse_time("2026-12-05T10:05:00Z")),
+            ReceiptEvent(
+                "postmark", pmid, "delivered", occurred_at=parse_time("2026-12-05T10:01:00Z")
+            ),
+        ],
+    )
+    key, _ = env["client"].app.state.keys.create("t", eng.clock.now())
+    auth = {"Authorization": f"Bearer {key}"}
+    r = env["client"].get(f"/v1/deliveries/{row['id']}", headers=auth)
+    assert r.status_code == 200, r.text
+    got = r.json()["receipts"]
+    assert [x["status"] for x in got] == ["delivered", "read"]  # by when, not arrival
+    assert got[0]["provider_message_id"] == pmid and got[0]["hard"] is False
+    r = env["client"].get("/v1/stats", headers=auth)
+    assert r.status_code == 200, r.text
+    assert r.json()["receipts"]["read"] == 1 and r.json()["receipts"]["unmatched"] == 0
