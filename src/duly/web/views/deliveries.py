@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, Response
 from duly.engine.service import REMINDER_RULE, Conflict, Engine
 from duly.store.db import Connection
 from duly.store.pages_deliveries import deliveries_page, delivery_html_part, sibling_deliveries
+from duly.store.receipts import receipts_of
 from duly.web.core import (
     AdminUser,
     CurrentUser,
@@ -234,6 +235,7 @@ def delivery_detail(
         history = engine.store.delivery_history(conn, did)
         siblings = sibling_deliveries(conn, row)
         zones = recipient_zones(engine, conn, {row["recipient"]})
+        reports = receipts_of(conn, did)  # provider callbacks, in the order they happened
     receipt, receipt_json = _receipt(row["receipt"])
     attempts = [
         {**h, "receipt_text": _receipt(h["receipt"])[0]} for h in history if h["kind"] == "attempt"
@@ -250,6 +252,7 @@ def delivery_detail(
             "attempts": attempts,
             "outcomes": outcomes,
             "siblings": siblings,
+            "receipts": reports,
             "recipient_tz": zones.get(row["recipient"]),
             "title": f"Delivery {did}",
         },
