@@ -325,3 +325,77 @@ def test_the_delivery_api_lists_receipts_in_time_order(env: dict[str, Any]) -> N
     r = env["client"].get("/v1/stats", headers=auth)
     assert r.status_code == 200, r.text
     assert r.json()["receipts"]["read"] == 1 and r.json()["receipts"]["unmatched"] == 0
+
+
+# --------------------------------------------------------------------------- duly simulate
+
+SIM_RULES = """
+timezone: UTC
+rules:
+  - name: nudge
+    subject: invoice
+    on: nudge
+    to: [customer]
+    channels: [email]
+    template: note
+"""
+
+
+def _sim(lines: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    import io
+    from datetime import UTC, datetime
+
+    from duly.engine.simulation import parse_timeline, run
+
+    rf = load_rules_text(SIM_RULES, check_templates=False, resolve_env=False, check_channels=False)
+    tl = parse_timeline("".join(json.dumps(x) + "\n" for x in lines))
+    err = io.StringIO()
+    rows = run(rf, tl, until=datetime(2026, 3, 2, tzinfo=UTC), render=False, stderr=err)
+    return rows, err.getvalue()
+
+
+def _nudge(at: str, n: int) -> dict[str, Any]:
+    return {"at": at, "event": {"id": f"e{n}", "name": "nudge", "subject": "invoice/INV-1"}}
+
+
+SIM_START = [
+    {"at": "2026-03-01T08:00:00Z", "recipient": {"id": "c1", "email": "a@example.test"}},
+    {
+        "at": "2026-03-01T08:00:00Z",
+        "subject": {"kind": "invoice", "key": "INV-1", "recipients": {"customer": "c1"}},
+    },
+    _nudge("2026-03-01T08:00:00Z", 1),
+]
+DELIVERY = {"rule": "nudge", "subject": "invoice/INV-1", "recipient": "c1", "channel": "email"}
+
+
+def test_simulate_a_hard_bounce_suppresses_later_sends() -> None:
+    bounce = {"delivery": DELIVERY, "status": "bounced", "hard": True}
+    rows, err = _sim(
+        [
+            *SIM_START,
+            {"at": "2026-03-01T09:00:00Z", "receipt": bounce},
+            _nudge("2026-03-01T10:00:00Z", 2),
+        ]
+    )
+    assert err == ""
+    assert [(r["outcome"], r["reason"]) for r in rows] == [
+        ("sent", None),
+        ("skipped", "suppressed"),
+    ]
+
+
+def test_simulate_a_complaint_withdraws_consent_and_an_early_receipt_is_reported() -> None:
+    early = {"at": "2026-03-01T07:00:00Z", "receipt": {"delivery": DELIVERY, "status": "delivered"}}
+    spam = {"delivery": DELIVERY, "status": "complained"}
+    rows, err = _sim(
+        [
+            early,
+            *SIM_START,
+            {"at": "2026-03-01T09:00:00Z", "receipt": spam},
+            _nudge("2026-03-01T10:00:00Z", 2),
+        ]
+    )
+    assert "nothing was sent" in err and "line skipped" in err
+    assert [r["outcome"] for r in rows] == ["sent", "skipped"]
+    assert rows[1]["reason"] in ("suppressed", "no_consent")

@@ -23,6 +23,7 @@ __all__ = [
     "RECEIPT_STATUSES",
     "RecordedReceipt",
     "deliveries_with_provider_id",
+    "latest_provider_id",
     "last_inbound",
     "note_inbound",
     "receipt_counts",
@@ -72,6 +73,36 @@ def deliveries_with_provider_id(conn: Connection, provider_message_id: str) -> l
         .order_by(deliveries.c.id)
     )
     return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def latest_provider_id(
+    conn: Connection,
+    *,
+    rule: str,
+    subject: str,
+    recipient: str,
+    channel: str,
+    step: str | None = None,
+) -> str | None:
+    """The provider message id of the latest sent delivery (highest ``sent_at``, then id) of
+    this rule, subject (``KIND/KEY``), recipient and channel (and step, when given); None
+    when there is none (nothing sent, or the channel gave no id)."""
+    q = (
+        sa.select(deliveries.c.receipt)
+        .where(
+            deliveries.c.rule == rule,
+            deliveries.c.subject == subject,
+            deliveries.c.recipient == recipient,
+            deliveries.c.channel == channel,
+            deliveries.c.state == "sent",
+            deliveries.c.receipt.is_not(None),
+        )
+        .order_by(deliveries.c.sent_at.desc(), deliveries.c.id.desc())
+        .limit(1)
+    )
+    if step is not None:
+        q = q.where(deliveries.c.step == step)
+    return conn.execute(q).scalar()  # type: ignore[no-any-return]
 
 
 def record_receipt(

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from duly.core.clock import VirtualClock
-from duly.core.errors import DulyError
+from duly.core.errors import DulyError, InvalidInput
 from duly.core.model import Recipient, RuleFile
 from duly.delivery.channels.base import DeliveryError, Message, Receipt
 from duly.engine.dispatch import Dispatcher
+from duly.engine.receipts import ReceiptEvent, record_receipts
 from duly.engine.runtime import used_channels
 from duly.engine.service import Engine, SubjectInput
 from duly.engine.simulation.output import Result, collect_rows, iso
@@ -42,6 +43,7 @@ from duly.engine.simulation.timeline import (
     parse_at,
     parse_timeline,
 )
+from duly.store.receipts import latest_provider_id
 from duly.store.simulation import in_memory_database
 
 __all__ = [
@@ -413,6 +415,27 @@ def _apply(engine: Engine, line: TimelineLine) -> None:
         engine.post_event(str(v["id"]), v["name"], v["subject"], v.get("data") or {})
     elif line.kind == "ack":
         engine.acknowledge(v["rule"], v["subject"], v.get("recipient"))
+    elif line.kind == "receipt":
+        _receipt(engine, line)
+
+
+def _receipt(engine: Engine, line: TimelineLine) -> None:
+    """A provider's report on the latest message sent to ``receipt.delivery`` (its rule,
+    subject, recipient, channel and optional step), with its effects (duly.engine.receipts)."""
+    v, d = line.value, line.value["delivery"]
+    with engine.db.connect() as conn:
+        pmid = latest_provider_id(
+            conn,
+            rule=d["rule"],
+            subject=d["subject"],
+            recipient=d["recipient"],
+            channel=d["channel"],
+            step=d.get("step"),
+        )
+    if pmid is None:
+        raise InvalidInput("receipt: nothing was sent to that delivery yet", field="receipt")
+    ev = ReceiptEvent("simulate", pmid, v["status"], bool(v.get("hard", False)), line.at)
+    record_receipts(engine, [ev])
 
 
 def simulate_files(

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from duly.store.receipts import RECEIPT_STATUSES
+
 __all__ = [
     "EARLIEST",
     "KINDS",
@@ -23,7 +25,7 @@ __all__ = [
     "parse_timeline",
 ]
 
-KINDS = ("recipient", "subject", "delete", "event", "ack", "fail", "down")
+KINDS = ("recipient", "subject", "delete", "event", "ack", "fail", "down", "receipt")
 
 # Times a timeline may name: durations in a rule file are at most 1000 years
 # (model.MAX_DURATION_YEARS), so planning from any of these stays within the dates Python
@@ -174,3 +176,13 @@ def _check_shape(kind: str, v: Any, where: str) -> None:
             raise SimulationError(f'{where}: fail.kind: expected "temporary" or "permanent"')
     elif kind == "down":
         parse_at(v.get("until"), where, "down.until")
+    elif kind == "receipt":
+        d = _need(v, "delivery", dict, where, kind)
+        for f in ("rule", "subject", "recipient", "channel"):
+            _need(d, f, str, where, "receipt.delivery")
+        if v.get("status") not in RECEIPT_STATUSES:
+            raise SimulationError(
+                f"{where}: receipt.status: expected one of {', '.join(RECEIPT_STATUSES)}"
+            )
+        if not isinstance(v.get("hard", False), bool):
+            raise SimulationError(f"{where}: receipt.hard: expected true or false")
