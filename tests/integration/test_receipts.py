@@ -237,6 +237,10 @@ def test_stop_then_a_send_is_skipped_and_start_re_enables(env: dict[str, Any]) -
     assert sms_in(env, "START", "SMin3").status_code == 200
     with prefs.db.connect() as c:
         assert prefs.store.get_recipients(c, ["c1"])["c1"].consent == {}
+    # the same STOP again (same signature): a replay, acknowledged and not applied
+    assert sms_in(env, "STOP", "SMin2").status_code == 200
+    with prefs.db.connect() as c:
+        assert prefs.store.get_recipients(c, ["c1"])["c1"].consent == {}
         assert store.last_inbound(c, PHONE, "sms") is not None
 
 

@@ -54,20 +54,22 @@ class SeenSignatures:
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def first_time(self, signature: str) -> bool:
-        """Remember ``signature``; False when it was seen within the window."""
+    def seen(self, signature: str) -> bool:
+        """Whether ``signature`` was handled within the window."""
+        at = self._seen.get(signature)
+        return at is not None and time.monotonic() - at < self.window
+
+    def add(self, signature: str) -> None:
+        """Remember ``signature`` as handled (after it was: a request that failed is not a
+        replay when the provider retries it)."""
         now = time.monotonic()
         with self._lock:
-            at = self._seen.get(signature)
-            if at is not None and now - at < self.window:
-                return False
             if len(self._seen) >= self.limit:
                 for k in [k for k, t in self._seen.items() if now - t >= self.window]:
                     del self._seen[k]
                 while len(self._seen) >= self.limit:  # still full: forget the oldest
                     del self._seen[next(iter(self._seen))]
             self._seen[signature] = now
-            return True
 
 
 def _seen(request: Request) -> SeenSignatures:
@@ -89,8 +91,8 @@ def _public_urls(request: Request) -> list[str]:
     return [base.rstrip("/") + tail, str(request.url)]
 
 
-async def _twilio(request: Request) -> tuple[Any, dict[str, str], bool]:
-    """(the channel whose token signed the request, its form fields, first time) or 403."""
+async def _twilio(request: Request) -> tuple[Any, dict[str, str], str]:
+    """(the channel whose token signed the request, its form fields, the signature) or 403."""
     raw = (await request.body()).decode("utf-8", "replace")
     params = parse_qsl(raw, keep_blank_values=True)
     signature = request.headers.get("x-twilio-signature", "").strip()
@@ -106,7 +108,7 @@ async def _twilio(request: Request) -> tuple[Any, dict[str, str], bool]:
     if not signed:
         raise ApiError(403, "forbidden", "X-Twilio-Signature does not match")
     form = dict(params)
-    return _pick(signed, form), form, _seen(request).first_time(signature)
+    return _pick(signed, form), form, signature
 
 
 def _pick(channels: list[Any], form: dict[str, str]) -> Any:
@@ -136,12 +138,14 @@ def _metrics(request: Request) -> Any:
 async def twilio_status(request: Request) -> Response:
     """A Twilio status callback: recorded as a delivery receipt (queued and sending record
     nothing). 204; 403 when not signed by a configured Twilio channel."""
-    _, form, first = await _twilio(request)
+    _, form, signature = await _twilio(request)
+    seen = _seen(request)
     report = inbound.twilio_status_report(form)
-    if first and report is not None:
+    if not seen.seen(signature) and report is not None:
         ev = ReceiptEvent(provider="twilio", **report)
         rt = request.app.state.runtime
         await run_in_threadpool(record_receipts, rt.engine, [ev], _metrics(request))
+    seen.add(signature)
     return Response(status_code=204)
 
 
@@ -150,12 +154,14 @@ async def twilio_messages(request: Request) -> Response:
     """An inbound SMS / WhatsApp message: STOP (STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT)
     opts the sender's number out of the channel, START (YES, UNSTOP) back in; every message
     is remembered as the number's last inbound time. Answers empty TwiML (no reply)."""
-    ch, form, first = await _twilio(request)
-    if first:
+    ch, form, signature = await _twilio(request)
+    seen = _seen(request)
+    if not seen.seen(signature):
         sender = form.get("From", "").strip()
         phone = sender[len("whatsapp:") :] if sender.startswith("whatsapp:") else sender
         rt = request.app.state.runtime
         await run_in_threadpool(inbound_message, rt.engine, ch.name, phone, form.get("Body", ""))
+    seen.add(signature)
     return Response(_TWIML_EMPTY, media_type="text/xml")
 
 
