@@ -403,3 +403,70 @@ def test_simulate_a_complaint_withdraws_consent_and_an_early_receipt_is_reported
     assert "nothing was sent" in err and "line skipped" in err
     assert [r["outcome"] for r in rows] == ["sent", "skipped"]
     assert rows[1]["reason"] in ("suppressed", "no_consent")
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def test_store_long_receipts_unknown_ids_and_inbound_times(db_engine: sa.Engine) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime(2026, 12, 5, 10, tzinfo=UTC)
+    row = {
+        "rule": "r",
+        "step": "",
+        "occurrence": "0",
+        "subject": "invoice/I",
+        "recipient": "c1",
+        "channel": "smtp",
+        "state": "sent",
+        "category": "reminder",
+        "planned_at": now,
+        "due_at": now,
+        "created_at": now,
+        "updated_at": now,
+        "sent_at": now,
+        "receipt": "250 " + "q" * 5000,  # an SMTP reply of any length is a receipt
+    }
+    with db_engine.begin() as c:
+        c.execute(sa.insert(deliveries).values(**row))
+        got = store.record_receipt(
+            c,
+            provider="p",
+            provider_message_id="nope",
+            status="delivered",
+            hard=False,
+            occurred_at=None,
+            received_at=now,
+        )
+        assert got.new and got.deliveries == []
+        again = store.record_receipt(
+            c,
+            provider="p",
+            provider_message_id="nope",
+            status="delivered",
+            hard=False,
+            occurred_at=None,
+            received_at=now + timedelta(seconds=5),
+        )
+        assert not again.new
+        with pytest.raises(ValueError):
+            store.record_receipt(
+                c,
+                provider="p",
+                provider_message_id="x",
+                status="opened",
+                hard=False,
+                occurred_at=None,
+                received_at=now,
+            )
+        store.note_inbound(c, "+15550100001", "sms", now)
+        store.note_inbound(c, "+15550100001", "sms", now - timedelta(hours=1))  # late: ignored
+        store.note_inbound(c, "+15550100001", "wa", now - timedelta(hours=2))
+    with db_engine.connect() as c:
+        assert store.receipt_counts(c)["unmatched"] == 1
+        assert store.receipt_counts(c, since=now + timedelta(seconds=1))["delivered"] == 0
+        assert store.last_inbound(c, "+15550100001", "sms") == now
+        assert store.last_inbound(c, "+15550100001", "wa") == now - timedelta(hours=2)
+        assert store.last_inbound(c, "+15550100001") == now
+        assert store.last_inbound(c, "+15550100009") is None

@@ -75,6 +75,11 @@ BODIES: dict[str, st.SearchStrategy[Any]] = {
     "ack": obj({"rule": "r", "subject": "invoice/INV-1"}, {"recipient": "c1"}),
     "fail": obj({"channel": "email", "until": "2026-03-02T00:00:00Z"}, {"kind": "permanent"}),
     "down": obj({"until": "2026-03-02T00:00:00Z"}, {}),
+    "receipt": obj(
+        {"delivery": {"rule": "r", "subject": "invoice/INV-1", "recipient": "c1",
+                      "channel": "email"}, "status": "bounced"},
+        {"hard": True},
+    ),
 }  # fmt: skip
 assert set(BODIES) == set(KINDS)
 

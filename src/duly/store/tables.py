@@ -140,8 +140,10 @@ deliveries = Table(
     Index("ix_deliveries_subject", "subject"),
     # serves min_gap and per-recipient history
     Index("ix_deliveries_recipient", "recipient", "rule", "sent_at"),
-    # serves the look-up of a delivery by its provider's message id (delivery receipts)
-    Index("ix_deliveries_receipt", "receipt"),
+    # serves the look-up of a delivery by its provider's message id (delivery receipts);
+    # a hash index on PostgreSQL: equality is all it serves, and a b-tree would refuse a
+    # receipt longer than ~2.7 kB (an SMTP server's reply is the receipt, any length)
+    Index("ix_deliveries_receipt", "receipt", postgresql_using="hash"),
     # ids appear in the API, the outbox and links: never reuse one on SQLite
     sqlite_autoincrement=True,
 )

@@ -51,8 +51,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_delivery_receipts_delivery_id", "delivery_receipts", ["delivery_id"])
     op.create_index("ix_delivery_receipts_received_at", "delivery_receipts", ["received_at"])
-    # serves the look-up of a delivery by the id its provider gave it (Receipt.provider_id)
-    op.create_index("ix_deliveries_receipt", "deliveries", ["receipt"])
+    # serves the look-up of a delivery by the id its provider gave it (Receipt.provider_id);
+    # hash on PostgreSQL: equality only, and no size limit on the receipt (a b-tree has one)
+    op.create_index("ix_deliveries_receipt", "deliveries", ["receipt"], postgresql_using="hash")
     op.create_table(
         "inbound_addresses",
         sa.Column("address", sa.String(length=320), nullable=False),
