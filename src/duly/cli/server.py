@@ -97,10 +97,9 @@ def _start_warnings(rt: Any) -> None:
     default=1,
     show_default=True,
     type=click.IntRange(min=1, max=64),
-    help="HTTP worker processes. Above 1, this process runs the one dispatcher, scheduler "
-    "and daily maintenance and serves no HTTP itself; each worker serves the API and the web "
-    "UI (sessions and sign-in limits are in the database, CSRF tokens and links are signed "
-    "with the installation's secret, so any worker answers any request).",
+    help="Processes answering HTTP (the API and the web UI; any of them answers any "
+    "request). Above 1, this process runs the one dispatcher, scheduler and maintenance "
+    "and answers no HTTP itself.",
 )
 @click.option(
     "--demo/--no-demo",
@@ -205,9 +204,9 @@ def _serve_workers(
 
     try:
         wakeups = rt.serve_workers()
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:  # no Unix sockets here
         rt.stop(0)
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(f"--workers: {exc}") from None
     os.environ[WORKER_ENV] = json.dumps({**worker_config, "wakeups": wakeups.directory})
     rt.start()
     config = uvicorn.Config(
