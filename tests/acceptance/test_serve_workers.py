@@ -183,7 +183,7 @@ def test_both_workers_serve_and_each_reports_the_one_dispatcher_ready(server: Li
     pids = http_workers(server.proc.pid)
     assert len(pids) == WORKERS, pids
     client = Client(server, pids)
-    for _ in range(60):
+    for _ in range(200):
         status, _, text = client.request("GET", "/readyz")
         assert status == 200, text
         assert json.loads(text)["checks"] == {"database": "ok", "dispatcher": "ok"}
@@ -192,9 +192,14 @@ def test_both_workers_serve_and_each_reports_the_one_dispatcher_ready(server: Li
     assert set(client.served) == pids, client.served  # every request was placed, both served
     # one dispatcher for the whole serve: the main process's, beating in `workers`
     db = make_engine(server.database)
+    end = time.monotonic() + 10  # its first heartbeat may follow the first ready answer
     try:
-        with db.connect() as conn:
-            owners = conn.execute(sa.text("SELECT id FROM workers")).scalars().all()
+        while True:
+            with db.connect() as conn:
+                owners = conn.execute(sa.text("SELECT id FROM workers")).scalars().all()
+            if owners or time.monotonic() > end:
+                break
+            time.sleep(0.1)
     finally:
         db.dispose()
     assert [o.split(":")[1] for o in owners] == [str(server.proc.pid)]
@@ -322,3 +327,41 @@ def test_a_signal_stops_every_process_cleanly(server: Live, request: pytest.Fixt
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids), pids
     assert "database is locked" not in out
     assert "Traceback" not in out, out
+
+
+def test_wakeups_carry_messages_both_ways_and_the_dispatcher_status() -> None:
+    """In one process: what the main process and a worker say to each other."""
+    import threading
+
+    from duly.engine.runtime import HTTP_SOCKET_PREFIX, MAIN_SOCKET, Wakeups
+
+    main = Wakeups.create()
+    worker = Wakeups(main.directory)
+    got: dict[str, list[bytes]] = {"main": [], "worker": []}
+    arrived = threading.Event()
+
+    def keep(where: str) -> Any:
+        return lambda msg: (got[where].append(msg), arrived.set())
+
+    try:
+        assert not worker.main_alive()  # nothing said yet
+        alive = [True]
+        main.listen(MAIN_SOCKET, keep("main"), on_tick=lambda: main.write_status(alive[0]))
+        worker.listen(f"{HTTP_SOCKET_PREFIX}1", keep("worker"))
+        t0 = time.monotonic()
+        assert worker.send(MAIN_SOCKET, b"planned 2030-01-01T00:00:00+00:00")
+        assert arrived.wait(2)
+        print(f"\nwake-up datagram: {(time.monotonic() - t0) * 1e6:.0f} µs")  # noqa: T201
+        arrived.clear()
+        main.broadcast(b"inbox r1")
+        assert arrived.wait(2)
+        assert got == {"main": [b"planned 2030-01-01T00:00:00+00:00"], "worker": [b"inbox r1"]}
+        assert worker.main_alive()
+        alive[0] = False
+        main.write_status(False)
+        assert not worker.main_alive()
+        assert not worker.send(f"{HTTP_SOCKET_PREFIX}999", b"x")  # nobody there: no error
+    finally:
+        worker.close()
+        main.close()
+    assert not Path(main.directory).exists()
