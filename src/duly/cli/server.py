@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -90,6 +91,17 @@ def _start_warnings(rt: Any) -> None:
     "when it is the client's own (see the web UI how-to).",
 )
 @click.option(
+    "--workers",
+    envvar="DULY_WORKERS",
+    show_envvar=True,
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1, max=64),
+    help="Processes answering HTTP (the API and the web UI; any of them answers any "
+    "request). Above 1, this process runs the one dispatcher, scheduler and maintenance "
+    "and answers no HTTP itself.",
+)
+@click.option(
     "--demo/--no-demo",
     envvar="DULY_DEMO",
     show_envvar=True,
@@ -106,6 +118,7 @@ def serve(
     max_body: int,
     cookie_secure: bool,
     forwarded_allow_ips: str | None,
+    workers: int,
     demo: bool | None,
     breaker_failures: int,
     breaker_cooldown: float,
@@ -143,10 +156,21 @@ def serve(
             )
     _first_user(rt, demo=bool(demo or (demo is None and bundled)), host=host, port=port)
     _start_warnings(rt)
-    rt.start()
     # ClientAddress applies the proxy headers (uvicorn's own handling is off: it would not
     # tell the sign-in limits whether the address is a client's or a proxy's)
     proxies = forwarded_allow_ips or os.environ.get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1"
+    if workers > 1:
+        worker_config = {
+            "rules": os.path.abspath(str(rf.path)),
+            "database": database,
+            "max_body": max_body,
+            "cookie_secure": cookie_secure,
+            "proxies": proxies,
+            "log_level": log_level,
+        }
+        _serve_workers(rt, workers, worker_config, host=host, port=port)
+        return
+    rt.start()
     app = ClientAddress(create_app(rt, max_body=max_body, cookie_secure=cookie_secure), proxies)
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False, proxy_headers=False
@@ -162,6 +186,68 @@ def serve(
     finally:
         rt.stop()
         log.info("stopped")
+
+
+# the HTTP workers' settings (JSON), from `duly serve --workers N` to the processes it starts
+WORKER_ENV = "DULY_SERVE_HTTP_WORKER"
+
+
+def _serve_workers(
+    rt: Any, workers: int, worker_config: dict[str, Any], *, host: str, port: int
+) -> None:
+    """``duly serve --workers N``: this process runs ``rt`` (the dispatcher, scheduler,
+    webhook sender and maintenance: one of each) and uvicorn's supervisor, which starts N
+    processes serving :func:`http_worker_app` on one listening socket and restarts any that
+    dies. SIGINT or SIGTERM: the workers finish their requests and end, then ``rt`` stops."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    try:
+        wakeups = rt.serve_workers()
+    except (RuntimeError, OSError) as exc:  # no Unix sockets here
+        rt.stop(0)
+        raise click.ClickException(f"--workers: {exc}") from None
+    os.environ[WORKER_ENV] = json.dumps({**worker_config, "wakeups": wakeups.directory})
+    rt.start()
+    config = uvicorn.Config(
+        f"{__name__}:http_worker_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=worker_config["log_level"],
+        access_log=False,
+        proxy_headers=False,
+    )
+    sock = None
+    try:
+        sock = config.bind_socket()
+        log.info("serving HTTP with %d worker processes", workers)
+        Multiprocess(config, sockets=[sock]).run()  # returns once the workers have ended
+    finally:
+        if sock is not None:
+            sock.close()
+        rt.stop()
+        log.info("stopped")
+
+
+def http_worker_app() -> Any:
+    """The app of one HTTP worker of ``duly serve --workers N`` (uvicorn calls it in each
+    worker process): the API and the web UI over an API-only runtime (writes and plans; the
+    main process sends), stopped when the process exits."""
+    import atexit
+
+    from duly.app import create_app
+    from duly.core.rules.loader import load_rules
+    from duly.engine.runtime import build_api_runtime
+    from duly.web import ClientAddress
+
+    cfg = json.loads(os.environ[WORKER_ENV])
+    setup_logging(cfg["log_level"])
+    rt = build_api_runtime(load_rules(cfg["rules"]), cfg["database"], cfg["wakeups"])
+    atexit.register(rt.stop, 10.0)
+    app = create_app(rt, max_body=cfg["max_body"], cookie_secure=cfg["cookie_secure"])
+    return ClientAddress(app, cfg["proxies"])
 
 
 def _first_user(rt: Any, *, demo: bool, host: str, port: int) -> None:

@@ -3,13 +3,23 @@
 ``duly serve`` runs everything in one process; ``duly worker`` runs only the dispatcher.
 On PostgreSQL a listener thread turns ``NOTIFY duly_planned`` from any process into a wake-up,
 so a worker never polls on a fixed interval.
+
+``duly serve --workers N``: the main process runs the one dispatcher (with the scheduler), the
+webhook sender and the daily maintenance, and serves no HTTP; N processes serve HTTP, each
+with an API-only runtime (:func:`build_api_runtime`: an engine for writes, no dispatcher).
+:class:`Wakeups` carries what crosses between them on the machine: an HTTP worker's upsert
+wakes the dispatcher (SQLite has no NOTIFY), an inbox send wakes the workers' streams, and
+whether the dispatcher is alive (what every worker's ``/readyz`` reports).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +30,7 @@ from typing import Any
 from duly.core.model import RuleFile
 from duly.delivery.webhooks import WebhookSender
 from duly.engine.dispatch import Dispatcher
+from duly.engine.inbox import InboxNotifier, InboxStore, inbox_channel_names
 from duly.engine.service import Engine
 from duly.store.db import Engine as Database
 from duly.store.db import is_postgres, make_engine, migrate, write_transaction
@@ -90,10 +101,20 @@ class Runtime:
     _started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     restarts: int = 0  # times the keeper found the dispatcher's thread ended and restarted it
+    # an HTTP worker of `duly serve --workers N` (build_api_runtime): its dispatcher is never
+    # started; the one of the main process does the sending
+    api_only: bool = False
+    wakeups: Any = None  # Wakeups: between the processes of `duly serve --workers N`
+    # an InboxNotifier the runtime made (HTTP workers: woken by the main process's inbox
+    # sends); None: the API makes one hooked to this process's dispatcher
+    inbox_notifier: Any = None
 
     def dispatcher_alive(self) -> bool:
         """The dispatcher's thread runs and its loop makes progress (what /readyz, /metrics
-        and the dashboard report, and what the heartbeat stands for)."""
+        and the dashboard report, and what the heartbeat stands for). In an HTTP worker of
+        ``duly serve --workers N``: the main process's dispatcher, as it last said."""
+        if self.api_only:
+            return self.wakeups is not None and self.wakeups.main_alive()
         thread = self.thread
         return thread is not None and thread.is_alive() and self.dispatcher.alive()
 
@@ -139,6 +160,36 @@ class Runtime:
                 target=_listen, args=(self.db, self.dispatcher), name="duly-listen", daemon=True
             )
             self.listener.start()
+
+    def serve_workers(self) -> Wakeups:
+        """In the main process of ``duly serve --workers N``, before the HTTP workers start:
+        open the :class:`Wakeups` (its directory is what the workers are given), wake the
+        dispatcher when a worker says it planned something (SQLite; on PostgreSQL NOTIFY
+        does it), tell the workers when an inbox item was sent, and keep the dispatcher's
+        liveness written for their ``/readyz``."""
+        wakeups = Wakeups.create()
+        self.wakeups = wakeups
+        inbox = set(inbox_channel_names(self.rules))
+        previous = self.dispatcher.on_outcome
+
+        def on_outcome(row: Any, logrow: dict[str, Any]) -> None:
+            if previous is not None:
+                previous(row, logrow)
+            ident = row.identity
+            if logrow.get("outcome") == "sent" and ident.channel in inbox:
+                wakeups.broadcast(b"inbox " + ident.recipient.encode())
+
+        self.dispatcher.on_outcome = on_outcome
+
+        def on_message(msg: bytes) -> None:
+            kind, _, arg = msg.partition(b" ")
+            if kind == b"planned":
+                self.dispatcher.wake_for(_due(arg.decode("ascii", "replace")))
+
+        wakeups.listen(
+            MAIN_SOCKET, on_message, on_tick=lambda: wakeups.write_status(self.dispatcher_alive())
+        )
+        return wakeups
 
     def _keep(self) -> None:
         """The keeper thread's loop (see ``start``)."""
@@ -190,6 +241,10 @@ class Runtime:
         def left() -> float:
             return max(0.0, deadline - time.monotonic())
 
+        if self.wakeups is not None:
+            self.wakeups.close()  # the workers' /readyz: the dispatcher is stopping
+        if self.inbox_notifier is not None:
+            self.inbox_notifier.stop()
         if self.maintenance is not None:
             self.maintenance.stop()  # between two chunks of a prune
         self.dispatcher.stop()
@@ -233,9 +288,13 @@ def build_runtime(
     breaker_failures: int = 5,
     breaker_cooldown: float = 60.0,
     lease: float = 30.0,
+    api_only: bool = False,
 ) -> Runtime:
+    """The runtime of a process that sends (``start`` it). With ``api_only`` (see
+    :func:`build_api_runtime`) the database is not migrated and no webhook sender is made."""
     db = make_engine(database_url)
-    migrate(db)
+    if not api_only:
+        migrate(db)
     engine = Engine(rf, db)
     from duly.delivery.ack import AckLinks
     from duly.delivery.preferences import PrefLinks
@@ -281,8 +340,174 @@ def build_runtime(
         ack_links=ack_links,
         preferences=preferences,
         # always started: events queued under an earlier rule file are still sent
-        webhooks=WebhookSender(db, rf, engine.clock),
+        webhooks=None if api_only else WebhookSender(db, rf, engine.clock),
+        api_only=api_only,
     )
+
+
+def build_api_runtime(rf: RuleFile, database_url: str, wakeups_dir: str) -> Runtime:
+    """The runtime of one HTTP worker of ``duly serve --workers N``: the engine (writes,
+    plans), links, templates and metrics of :func:`build_runtime`, but never started: the
+    main process (which migrated the database) runs the dispatcher, the scheduler, the
+    webhook sender and the maintenance. Through :class:`Wakeups` (directory ``wakeups_dir``)
+    what this process plans wakes that dispatcher (SQLite; PostgreSQL's NOTIFY does it
+    there), and that dispatcher's inbox sends wake this process's streams. ``stop`` it."""
+    rt = build_runtime(rf, database_url, send_workers=1, api_only=True)
+    wakeups = Wakeups(wakeups_dir)
+    rt.wakeups = wakeups
+    notifier = InboxNotifier(InboxStore(rt.db, inbox_channel_names(rf)))
+    rt.inbox_notifier = notifier
+    if not is_postgres(rt.db):
+
+        def planned(due: datetime | None) -> None:
+            wakeups.send(MAIN_SOCKET, b"planned " + (due.isoformat() if due else "").encode())
+
+        rt.engine.add_wake_hook(planned)
+
+    def on_message(msg: bytes) -> None:
+        kind, _, arg = msg.partition(b" ")
+        if kind == b"inbox":
+            notifier.publish(arg.decode("utf-8", "replace") or None)
+
+    wakeups.listen(f"{HTTP_SOCKET_PREFIX}{os.getpid()}", on_message)
+    return rt
+
+
+MAIN_SOCKET = "main"  # the main process's socket in a Wakeups directory
+HTTP_SOCKET_PREFIX = "http-"  # + PID: an HTTP worker's
+STATUS_FILE = "dispatcher"  # "alive" or "stopped", rewritten every second by the main process
+STATUS_FRESH = 5.0  # seconds: an older status means the main process is gone or stuck
+
+
+class Wakeups:
+    """Messages between the processes of one ``duly serve --workers N`` on one machine:
+    datagrams on Unix sockets in a private directory (``main``, ``http-PID``), best effort
+    and never blocking: a lost message costs at most the poll that backs it up (the
+    dispatcher's 30 s look, an inbox stream's 1 s poll). Plus a status file the main process
+    rewrites every second: whether its dispatcher is alive.
+
+    Messages: ``planned ISO`` (worker → main: deliveries planned, the earliest due then, or
+    empty), ``inbox RECIPIENT`` (main → every worker: an inbox item was sent)."""
+
+    def __init__(self, directory: str, *, owner: bool = False) -> None:
+        if not hasattr(socket, "AF_UNIX"):
+            raise RuntimeError("several HTTP workers need Unix sockets (not on this system)")
+        self.directory = directory
+        self.owner = owner  # the main process: removes the directory on close
+        self._out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._out.setblocking(False)
+        self._in: socket.socket | None = None
+        self._bound: str | None = None
+        self._stop = threading.Event()
+        self._status: tuple[bool, float] | None = None
+
+    @classmethod
+    def create(cls) -> Wakeups:
+        """A new directory (mode 0700, under the system's temporary directory)."""
+        return cls(tempfile.mkdtemp(prefix="duly-serve-"), owner=True)
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    def send(self, name: str, msg: bytes) -> bool:
+        """Send ``msg`` to the process listening as ``name``; False when it is not there
+        (or its queue is full): never raises, never waits."""
+        try:
+            self._out.sendto(msg, self._path(name))
+            return True
+        except (FileNotFoundError, ConnectionRefusedError):
+            if name.startswith(HTTP_SOCKET_PREFIX):  # a worker that died: forget its socket
+                with contextlib.suppress(OSError):
+                    os.unlink(self._path(name))
+            return False
+        except OSError:
+            return False
+
+    def broadcast(self, msg: bytes) -> None:
+        """Send ``msg`` to every HTTP worker."""
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(HTTP_SOCKET_PREFIX):
+                self.send(name, msg)
+
+    def listen(self, name: str, on_message: Any, *, on_tick: Any = None) -> threading.Thread:
+        """Bind ``name`` and call ``on_message(bytes)`` for each message on a thread of
+        its own, and ``on_tick()`` at least every second, until :meth:`close`."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        path = self._path(name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        sock.bind(path)
+        sock.settimeout(0.5)
+        self._in, self._bound = sock, path
+
+        def run() -> None:
+            while not self._stop.is_set():
+                try:
+                    if on_tick is not None:
+                        on_tick()
+                    try:
+                        msg = sock.recv(4096)
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        if self._stop.is_set():
+                            return
+                        raise
+                    on_message(msg)
+                except Exception:  # a bad message or a failing hook: never end the thread
+                    log.warning("handling a message from another process failed", exc_info=True)
+                    self._stop.wait(0.5)
+
+        thread = threading.Thread(target=run, name="duly-wakeups", daemon=True)
+        thread.start()
+        return thread
+
+    def write_status(self, alive: bool) -> None:
+        """The main process: say whether the dispatcher is alive (written when it changes,
+        else refreshed once a second)."""
+        now = time.monotonic()
+        if self._status is not None and self._status[0] == alive and now - self._status[1] < 1.0:
+            return
+        tmp = self._path(STATUS_FILE + ".tmp")
+        try:
+            with open(tmp, "w") as f:
+                f.write("alive" if alive else "stopped")
+            os.replace(tmp, self._path(STATUS_FILE))
+        except OSError:
+            if self._stop.is_set():  # closed meanwhile: the directory is gone
+                return
+            raise
+        self._status = (alive, now)
+
+    def main_alive(self) -> bool:
+        """An HTTP worker: the main process said, within the last few seconds, that its
+        dispatcher is alive."""
+        path = self._path(STATUS_FILE)
+        try:
+            with open(path) as f:
+                said = f.read()
+            age = time.time() - os.stat(path).st_mtime
+        except OSError:
+            return False
+        return said == "alive" and age < STATUS_FRESH
+
+    def close(self) -> None:
+        """Stop listening; the main process removes the directory (the workers' status
+        file with it: their /readyz then says the dispatcher stopped)."""
+        self._stop.set()
+        if self._in is not None:
+            with contextlib.suppress(OSError):
+                self._in.close()
+            if not self.owner and self._bound is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._bound)
+        self._out.close()
+        if self.owner:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 HEARTBEAT_SECONDS = 30.0
