@@ -417,6 +417,23 @@ def profiled(srv: Server, name: str, enabled: bool) -> Iterator[None]:
 # --------------------------------------------------------------------------- phases
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used so far (/proc/PID/stat), which a
+    loaded machine disturbs far less than wall-clock rates."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def cpu_of(srv: Server, into: dict[str, Any], key: str) -> Iterator[None]:
+    """Stores the server's CPU seconds spent in the block under ``into[key]``."""
+    before = cpu_seconds(srv.proc.pid)
+    try:
+        yield
+    finally:
+        into[key] = cpu_seconds(srv.proc.pid) - before
+
+
 def measure(backend: Backend, root: Path, a: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {}
     url = backend.fresh()
@@ -432,22 +449,23 @@ def measure(backend: Backend, root: Path, a: argparse.Namespace) -> dict[str, An
 
         asyncio.run(warm())
 
-        with profiled(srv, f"{tag}-single", a.profile):
+        cpu: dict[str, Any] = {}
+        with profiled(srv, f"{tag}-single", a.profile), cpu_of(srv, cpu, "s"):
             single = asyncio.run(closed_loop(srv, Keys(f"S{tag}"), a.seconds, a.concurrency))
-        res["single"] = summarise(single, per=1)
+        res["single"] = summarise(single, per=1, cpu=cpu["s"])
         log(f"{backend.name}: single upserts {res['single']['per_s']:,.0f}/s, "
             f"p50 {res['single']['p50_ms']:.1f} ms, p99 {res['single']['p99_ms']:.1f} ms")  # fmt: skip
 
-        with profiled(srv, f"{tag}-batch", a.profile):
+        with profiled(srv, f"{tag}-batch", a.profile), cpu_of(srv, cpu, "b"):
             batch = asyncio.run(batches(srv, f"B{tag}", a.batches))
-        res["batch"] = summarise(batch, per=BATCH)
+        res["batch"] = summarise(batch, per=BATCH, cpu=cpu["b"])
         log(f"{backend.name}: batch {res['batch']['per_s']:,.0f} subjects/s, "
             f"p50 {res['batch']['p50_ms']:.0f} ms, p99 {res['batch']['p99_ms']:.0f} ms per call")  # fmt: skip
 
         time.sleep(1.0)  # let the server settle before the fixed-rate run
-        with profiled(srv, f"{tag}-rate", a.profile):
+        with profiled(srv, f"{tag}-rate", a.profile), cpu_of(srv, cpu, "r"):
             fixed = asyncio.run(open_loop(srv, Keys(f"R{tag}"), OPEN_LOOP_RATE, a.rate_seconds))
-        res["rate"] = summarise(fixed, per=1)
+        res["rate"] = summarise(fixed, per=1, cpu=cpu["r"])
         res["rate"]["offered_per_s"] = OPEN_LOOP_RATE
         log(f"{backend.name}: at {OPEN_LOOP_RATE:g}/s: p50 {res['rate']['p50_ms']:.1f} ms, "
             f"p99 {res['rate']['p99_ms']:.1f} ms, achieved {res['rate']['per_s']:.0f}/s")  # fmt: skip
@@ -458,8 +476,12 @@ def measure(backend: Backend, root: Path, a: argparse.Namespace) -> dict[str, An
     return res
 
 
-def summarise(run: Run, per: int) -> dict[str, Any]:
+def summarise(run: Run, per: int, cpu: float = float("nan")) -> dict[str, Any]:
+    items = run.n * per
     return {
+        "cpu_s": cpu,
+        # the server's CPU seconds per 1,000 upserted subjects
+        "cpu_s_per_1000": cpu * 1000 / items if items else float("nan"),
         "requests": run.n,
         "seconds": run.seconds,
         "per_s": run.n * per / run.seconds if run.seconds else 0.0,
@@ -497,6 +519,12 @@ def _lat(d: dict[str, Any] | None, unit: str = "ms") -> str:
     return f"{d['p50_ms']:,.1f} / {d['p99_ms']:,.1f} {unit}"
 
 
+def _cpu(d: dict[str, Any] | None) -> str:
+    if d is None or "error" in d:
+        return "—"
+    return f"{d['cpu_s_per_1000']:.2f} s"
+
+
 def render(results: dict[str, dict[str, Any]], a: argparse.Namespace, notes: list[str],
            console: Any) -> None:  # fmt: skip
     from rich.table import Table
@@ -520,11 +548,13 @@ def render(results: dict[str, dict[str, Any]], a: argparse.Namespace, notes: lis
         *[_cell(get(b, "single"), "per_s", TARGET_SINGLE, True) for b in backends],
     )  # fmt: skip
     t.add_row("  p50 / p99", "", *[_lat(get(b, "single")) for b in backends])
+    t.add_row("  server CPU s per 1,000", "", *[_cpu(get(b, "single")) for b in backends])
     t.add_row(
         f"2 batch subjects/s ({BATCH:,}/call, {a.batches} calls)", f"≥ {TARGET_BATCH:,.0f}/s",
         *[_cell(get(b, "batch"), "per_s", TARGET_BATCH, True) for b in backends],
     )  # fmt: skip
     t.add_row("  p50 / p99 per call", "", *[_lat(get(b, "batch")) for b in backends])
+    t.add_row("  server CPU s per 1,000", "", *[_cpu(get(b, "batch")) for b in backends])
     t.add_row(
         f"3 p99 single upsert at {OPEN_LOOP_RATE:g} req/s ({a.rate_seconds:g} s)",
         f"≤ {TARGET_P99_MS:g} ms",
