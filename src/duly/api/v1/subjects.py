@@ -136,7 +136,7 @@ def batch_subjects(body: S.SubjectBatchIn, eng: EngineDep) -> S.BatchOut:
             continue
         good.append(s)
         results.append(None)
-    done = iter(eng.upsert_subjects(good)) if good else iter(())
+    done = iter(eng.upsert_subjects(good, validated=True)) if good else iter(())
     by_ref = {r.ref: r for r in done}
     out: list[S.BatchResult] = []
     for item, res in zip(body.subjects, results, strict=True):

@@ -106,11 +106,16 @@ class Planning(EngineBase):
             rows = self.store.plan_of_subject(conn, res.ref)
         return res, rows
 
-    def upsert_subjects(self, items: Sequence[SubjectInput]) -> list[UpsertResult]:
-        """Upsert subjects (whole state each) and re-plan them, in one transaction."""
+    def upsert_subjects(
+        self, items: Sequence[SubjectInput], *, validated: bool = False
+    ) -> list[UpsertResult]:
+        """Upsert subjects (whole state each) and re-plan them, in one transaction.
+        ``validated``: the caller has passed every item through ``_validate_subject``
+        already (the batch API does, item by item), so it is not done twice."""
         seen: dict[tuple[str, str], SubjectInput] = {}
         for s in items:
-            _validate_subject(s)
+            if not validated:
+                _validate_subject(s)
             seen[(s.kind, s.key)] = s  # a later copy in the same batch wins
         now = self.clock.now()
         with write_transaction(self.db) as conn:
