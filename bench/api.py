@@ -8,7 +8,8 @@
 Rows:
 
 1. single upserts/s   PUT /v1/subjects/job/{key}, a new subject each, ``--concurrency``
-                      requests in flight (closed loop) for ``--seconds``; p50/p99 latency
+                      requests in flight (closed loop; default 1: one keep-alive client)
+                      for ``--seconds``; p50/p99 latency; the server's CPU s per 1,000
 2. batch subjects/s   POST /v1/subjects:batch with 1,000 new subjects per call, one call
                       in flight; p50/p99 latency per call
 3. p99 at 200 req/s   PUT upserts sent at a fixed 200/s (open loop: latency counts from
@@ -22,7 +23,9 @@ is the client's), so the numbers are the server's and not httpx's. Everything it
 stopped and removed when it exits. The table is also saved to ``bench/out/api-*.txt``
 (``api-latest.json`` holds the raw figures).
 
-Figures on this machine (2 CPUs shared with other work, load average ~4; 2026-11-26 12:12,
+Issue 14's targets and the figures after its write-path work (server CPU per 1,000
+upserts, before/after): bench/README.md, "The HTTP API's write path". Older figures, with 8
+requests in flight and the targets of the time, on this machine (2 CPUs shared with other work, load average ~4; 2026-11-26 12:12,
 bench/out/api-20261126-121224.txt):
 
     row                                        target       SQLite            PostgreSQL
@@ -110,8 +113,9 @@ OPEN_LOOP_RATE = 200.0
 MAX_CONNECTIONS = 256  # open-loop client: connections at most (file descriptors)
 DEFAULT_PG = "postgresql+psycopg://root@127.0.0.1:5432/duly_bench_api"
 
-TARGET_SINGLE = 1_000.0  # upserts/s
-TARGET_BATCH = 10_000.0  # subjects/s
+# issue 14: one client, one upsert per call, keep-alive (--concurrency 1)
+TARGET_SINGLE = {"SQLite": 1_500.0, "PostgreSQL": 1_000.0}  # upserts/s
+TARGET_BATCH = {"SQLite": 25_000.0, "PostgreSQL": 15_000.0}  # subjects/s
 TARGET_P99_MS = 50.0  # at OPEN_LOOP_RATE
 
 
@@ -417,6 +421,23 @@ def profiled(srv: Server, name: str, enabled: bool) -> Iterator[None]:
 # --------------------------------------------------------------------------- phases
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used so far (/proc/PID/stat), which a
+    loaded machine disturbs far less than wall-clock rates."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def cpu_of(srv: Server, into: dict[str, Any], key: str) -> Iterator[None]:
+    """Stores the server's CPU seconds spent in the block under ``into[key]``."""
+    before = cpu_seconds(srv.proc.pid)
+    try:
+        yield
+    finally:
+        into[key] = cpu_seconds(srv.proc.pid) - before
+
+
 def measure(backend: Backend, root: Path, a: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {}
     url = backend.fresh()
@@ -432,22 +453,23 @@ def measure(backend: Backend, root: Path, a: argparse.Namespace) -> dict[str, An
 
         asyncio.run(warm())
 
-        with profiled(srv, f"{tag}-single", a.profile):
+        cpu: dict[str, Any] = {}
+        with profiled(srv, f"{tag}-single", a.profile), cpu_of(srv, cpu, "s"):
             single = asyncio.run(closed_loop(srv, Keys(f"S{tag}"), a.seconds, a.concurrency))
-        res["single"] = summarise(single, per=1)
+        res["single"] = summarise(single, per=1, cpu=cpu["s"])
         log(f"{backend.name}: single upserts {res['single']['per_s']:,.0f}/s, "
             f"p50 {res['single']['p50_ms']:.1f} ms, p99 {res['single']['p99_ms']:.1f} ms")  # fmt: skip
 
-        with profiled(srv, f"{tag}-batch", a.profile):
+        with profiled(srv, f"{tag}-batch", a.profile), cpu_of(srv, cpu, "b"):
             batch = asyncio.run(batches(srv, f"B{tag}", a.batches))
-        res["batch"] = summarise(batch, per=BATCH)
+        res["batch"] = summarise(batch, per=BATCH, cpu=cpu["b"])
         log(f"{backend.name}: batch {res['batch']['per_s']:,.0f} subjects/s, "
             f"p50 {res['batch']['p50_ms']:.0f} ms, p99 {res['batch']['p99_ms']:.0f} ms per call")  # fmt: skip
 
         time.sleep(1.0)  # let the server settle before the fixed-rate run
-        with profiled(srv, f"{tag}-rate", a.profile):
+        with profiled(srv, f"{tag}-rate", a.profile), cpu_of(srv, cpu, "r"):
             fixed = asyncio.run(open_loop(srv, Keys(f"R{tag}"), OPEN_LOOP_RATE, a.rate_seconds))
-        res["rate"] = summarise(fixed, per=1)
+        res["rate"] = summarise(fixed, per=1, cpu=cpu["r"])
         res["rate"]["offered_per_s"] = OPEN_LOOP_RATE
         log(f"{backend.name}: at {OPEN_LOOP_RATE:g}/s: p50 {res['rate']['p50_ms']:.1f} ms, "
             f"p99 {res['rate']['p99_ms']:.1f} ms, achieved {res['rate']['per_s']:.0f}/s")  # fmt: skip
@@ -458,8 +480,12 @@ def measure(backend: Backend, root: Path, a: argparse.Namespace) -> dict[str, An
     return res
 
 
-def summarise(run: Run, per: int) -> dict[str, Any]:
+def summarise(run: Run, per: int, cpu: float = float("nan")) -> dict[str, Any]:
+    items = run.n * per
     return {
+        "cpu_s": cpu,
+        # the server's CPU seconds per 1,000 upserted subjects
+        "cpu_s_per_1000": cpu * 1000 / items if items else float("nan"),
         "requests": run.n,
         "seconds": run.seconds,
         "per_s": run.n * per / run.seconds if run.seconds else 0.0,
@@ -497,6 +523,17 @@ def _lat(d: dict[str, Any] | None, unit: str = "ms") -> str:
     return f"{d['p50_ms']:,.1f} / {d['p99_ms']:,.1f} {unit}"
 
 
+def _targets(by_backend: dict[str, float]) -> str:
+    """SQLite's target / PostgreSQL's."""
+    return "≥ " + " / ".join(f"{v:,.0f}" for v in by_backend.values()) + "/s"
+
+
+def _cpu(d: dict[str, Any] | None) -> str:
+    if d is None or "error" in d:
+        return "—"
+    return f"{d['cpu_s_per_1000']:.2f} s"
+
+
 def render(results: dict[str, dict[str, Any]], a: argparse.Namespace, notes: list[str],
            console: Any) -> None:  # fmt: skip
     from rich.table import Table
@@ -516,15 +553,17 @@ def render(results: dict[str, dict[str, Any]], a: argparse.Namespace, notes: lis
         return results[b].get(k)
 
     t.add_row(
-        f"1 single upserts/s ({a.concurrency} in flight, {a.seconds:g} s)", f"≥ {TARGET_SINGLE:,.0f}/s",
-        *[_cell(get(b, "single"), "per_s", TARGET_SINGLE, True) for b in backends],
+        f"1 single upserts/s ({a.concurrency} in flight, {a.seconds:g} s)", _targets(TARGET_SINGLE),
+        *[_cell(get(b, "single"), "per_s", TARGET_SINGLE[b], True) for b in backends],
     )  # fmt: skip
     t.add_row("  p50 / p99", "", *[_lat(get(b, "single")) for b in backends])
+    t.add_row("  server CPU s per 1,000", "", *[_cpu(get(b, "single")) for b in backends])
     t.add_row(
-        f"2 batch subjects/s ({BATCH:,}/call, {a.batches} calls)", f"≥ {TARGET_BATCH:,.0f}/s",
-        *[_cell(get(b, "batch"), "per_s", TARGET_BATCH, True) for b in backends],
+        f"2 batch subjects/s ({BATCH:,}/call, {a.batches} calls)", _targets(TARGET_BATCH),
+        *[_cell(get(b, "batch"), "per_s", TARGET_BATCH[b], True) for b in backends],
     )  # fmt: skip
     t.add_row("  p50 / p99 per call", "", *[_lat(get(b, "batch")) for b in backends])
+    t.add_row("  server CPU s per 1,000", "", *[_cpu(get(b, "batch")) for b in backends])
     t.add_row(
         f"3 p99 single upsert at {OPEN_LOOP_RATE:g} req/s ({a.rate_seconds:g} s)",
         f"≤ {TARGET_P99_MS:g} ms",
@@ -565,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, help="closed-loop window (default 10 s)")
     ap.add_argument("--rate-seconds", type=float, help="fixed-rate window (default 10 s)")
     ap.add_argument("--batches", type=int, help="batch calls of 1,000 (default 10)")
-    ap.add_argument("--concurrency", type=int, default=8, help="single upserts in flight (8)")
+    ap.add_argument("--concurrency", type=int, default=1,
+                    help="single upserts in flight (1: one app client, as issue 14's target)")  # fmt: skip
     ap.add_argument("--postgres", default=os.environ.get("DULY_BENCH_POSTGRES", DEFAULT_PG),
                     help="PostgreSQL URL; its database is dropped and re-created "
                     "(env DULY_BENCH_POSTGRES; 'none' to skip)")  # fmt: skip

@@ -71,6 +71,15 @@ class BodyLimit:
         await resp(scope, receive, send)
 
 
+def _cached(app: Any, header: str) -> Any:
+    """The key info of a ``Bearer`` key :meth:`KeyStore.verify` vouched for moments ago
+    (no database read: safe on the event loop), else None (then ask :func:`_check`)."""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return app.state.keys.cached(token.strip())
+
+
 def _check(app: Any, header: str) -> tuple[Any, str | None]:
     """(key info, None) for a valid ``Bearer`` key, else (None, the reason)."""
     scheme, _, token = header.partition(" ")
@@ -98,7 +107,10 @@ class ApiKeyAuth:
             if name == b"authorization":
                 header = value.decode("latin-1")
                 break
-        info, why = await run_in_threadpool(_check, self.fastapi_app, header)
+        # a key seen valid moments ago is answered here; else a thread reads the table
+        info, why = _cached(self.fastapi_app, header), None
+        if info is None:
+            info, why = await run_in_threadpool(_check, self.fastapi_app, header)
         if info is None:
             resp = error_response(
                 401,
@@ -118,15 +130,17 @@ class ApiKeyAuth:
 _bearer = HTTPBearer(auto_error=False, description="an API key from `duly keys create`")
 
 
-def require_key(
+async def require_key(
     request: Request,
     _: Any = Depends(_bearer),  # noqa: B008
 ) -> None:
     """Every /v1 call needs ``Authorization: Bearer <api key>`` (checked by ApiKeyAuth; this
-    dependency also documents it in the OpenAPI schema and guards apps built without it)."""
+    dependency also documents it in the OpenAPI schema and guards apps built without it).
+    async: a plain ``def`` dependency would cost every request a hop to the thread pool."""
     if getattr(request.state, "key", None) is not None:
         return
-    info, why = _check(request.app, request.headers.get("authorization", ""))
+    header = request.headers.get("authorization", "")
+    info, why = await run_in_threadpool(_check, request.app, header)
     if info is None:
         raise ApiError(401, "unauthorized", why or "unauthorized")
     request.state.key = info

@@ -84,6 +84,19 @@ class KeyStore:
                 q.mark_key_used(conn, info.id, now)
         return info
 
+    def cached(self, token: str) -> KeyInfo | None:
+        """The key's record when :meth:`verify` found the token valid less than
+        ``CACHE_SECONDS`` ago, without touching the database (callers on an event loop ask
+        this first); None means "ask :meth:`verify`", not "invalid"."""
+        if not token.startswith("duly_") or len(token) > 100:
+            return None
+        digest = _digest(token)
+        with self._lock:
+            hit = self._cache.get(digest)
+        if hit is not None and time.monotonic() - hit[0] < self.CACHE_SECONDS:
+            return hit[1]
+        return None
+
     def list(self) -> list[KeyInfo]:
         with self.db.connect() as conn:
             rows = q.keys_in_order(conn)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -181,6 +182,11 @@ def serve(
     # (after its in-flight sends) instead of the process dying or printing "Aborted!".
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: None)
+    # What start-up built (modules, routes, schemas, rules) lives as long as the process:
+    # freezing it keeps the cyclic collector from walking it again on every full
+    # collection (those cost a batch upsert of 1,000 subjects ~40% more CPU, one in two).
+    gc.collect()
+    gc.freeze()
     try:
         server.run()
     finally:

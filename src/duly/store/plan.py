@@ -23,6 +23,30 @@ from duly.store.tables import deliveries
 __all__ = ["PlanQueries", "is_duplicate"]
 
 
+# Statements the upsert path runs per request, built once (building one per call costs
+# more in SQLAlchemy's construction and cache-key work than the query itself).
+_EXISTING = select(
+    deliveries.c.id,
+    deliveries.c.rule,
+    deliveries.c.step,
+    deliveries.c.occurrence,
+    deliveries.c.subject,
+    deliveries.c.recipient,
+    deliveries.c.channel,
+    deliveries.c.state,
+    deliveries.c.reason,
+    deliveries.c.planned_at,
+    deliveries.c.due_at,
+).where(deliveries.c.subject.in_(bindparam("refs", expanding=True)))
+_EXISTING_FOR_UPDATE = _EXISTING.with_for_update()
+_PLAN_OF_SUBJECT = (
+    select(deliveries)
+    .where(deliveries.c.subject == bindparam("ref"))
+    .order_by(deliveries.c.due_at, deliveries.c.id)
+    .where(deliveries.c.state.in_(("pending", "sending")))
+)
+
+
 class PlanQueries(StoreBase):
     """Existing rows for the planner; carrying out its actions; schedule occurrences."""
 
@@ -36,30 +60,21 @@ class PlanQueries(StoreBase):
         by the plan's update — that would send a delivery twice. SQLite's write lock
         already keeps the two apart."""
         out: dict[str, list[Existing]] = {r: [] for r in refs}
-        cols = [
-            deliveries.c.id,
-            deliveries.c.rule,
-            deliveries.c.step,
-            deliveries.c.occurrence,
-            deliveries.c.subject,
-            deliveries.c.recipient,
-            deliveries.c.channel,
-            deliveries.c.state,
-            deliveries.c.reason,
-            deliveries.c.planned_at,
-            deliveries.c.due_at,
-        ]
+        q = _EXISTING_FOR_UPDATE if self.postgres else _EXISTING
         for chunk in _chunks(sorted(set(refs)), 500):
-            q = select(*cols).where(deliveries.c.subject.in_(chunk))
-            if self.postgres:
-                q = q.with_for_update()
-            for r in conn.execute(q).mappings():
+            for r in conn.execute(q, {"refs": list(chunk)}).mappings():
                 out[r["subject"]].append(
                     Existing(
                         r["id"], _identity(r), r["state"], r["reason"], r["planned_at"], r["due_at"]
                     )
                 )
         return out
+
+    def plan_of_subject(self, conn: Connection, ref: str) -> list[dict[str, Any]]:
+        """The subject's ("KIND/KEY") rows pending or being sent, every column, by due time
+        then id: what ``deliveries_of_subject(conn, ref, ("pending", "sending"))`` answers,
+        from a statement built once (the answer to every single upsert). Reads only."""
+        return [dict(r) for r in conn.execute(_PLAN_OF_SUBJECT, {"ref": ref}).mappings()]
 
     def existing_identities(self, conn: Connection, idents: Sequence[Identity]) -> list[Existing]:
         """Rows for these exact identities (event rules, where the subject's rows are many)."""

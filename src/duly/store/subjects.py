@@ -19,6 +19,14 @@ from duly.store.tables import events, reminders, subject_errors, subjects
 __all__ = ["SubjectQueries", "count_subjects", "live_subjects_of_kind"]
 
 
+# Built once: the upsert path runs this per request, and a statement built per call costs
+# more in SQLAlchemy's construction and cache-key work than the query itself.
+_SUBJECTS_BY_KEYS = select(subjects).where(
+    subjects.c.kind == bindparam("kind"), subjects.c.key.in_(bindparam("keys", expanding=True))
+)
+_SUBJECTS_FOR_UPDATE = _SUBJECTS_BY_KEYS.with_for_update()
+
+
 class SubjectQueries(StoreBase):
     """Subjects, events, reminders, problems."""
 
@@ -32,12 +40,10 @@ class SubjectQueries(StoreBase):
         by_kind: dict[str, list[str]] = {}
         for kind, key in refs:
             by_kind.setdefault(kind, []).append(key)
+        q = _SUBJECTS_FOR_UPDATE if for_update and self.postgres else _SUBJECTS_BY_KEYS
         for kind, keys in by_kind.items():
             for chunk in _chunks(sorted(set(keys)), 500):
-                q = select(subjects).where(subjects.c.kind == kind, subjects.c.key.in_(chunk))
-                if for_update and self.postgres:
-                    q = q.with_for_update()
-                for r in conn.execute(q).mappings():
+                for r in conn.execute(q, {"kind": kind, "keys": list(chunk)}).mappings():
                     out[(r["kind"], r["key"])] = _subject_from_row(r)
         return out
 

@@ -29,7 +29,8 @@ def error_docs(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": S.ErrorOut, "description": what[c]} for c in codes}
 
 
-def engine(request: Request) -> Engine:
+async def engine(request: Request) -> Engine:
+    # async: FastAPI runs a plain ``def`` dependency in the thread pool, a hop per request
     return request.app.state.runtime.engine  # type: ignore[no-any-return]
 
 

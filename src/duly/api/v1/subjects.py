@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Response
 from fastapi import Path as P
+from starlette.concurrency import run_in_threadpool
 
 from duly.api import schemas as S
 from duly.api.errors import ApiError
@@ -54,22 +55,23 @@ def _subject_out(eng: Engine, kind: str, key: str, *, detail: bool, result: Any 
 
 
 @router.put("/subjects/{kind}/{key:path}", response_model=S.SubjectOut, tags=["subjects"])
-def put_subject(
+async def put_subject(
     kind: Annotated[str, P(min_length=1, max_length=100)],
     key: Annotated[str, P(min_length=1, max_length=200)],
     body: S.SubjectIn,
     eng: EngineDep,
 ) -> S.SubjectOut:
     """Upsert a subject's whole state; answers with its plan (upcoming deliveries)."""
-    res = eng.upsert_subject(
-        SubjectInput(kind, key, body.attributes, body.recipients, body.hold_until)
+    # The state this request stored (a re-read could show a concurrent upsert's) and its
+    # pending rows only, read in its own transaction: the history is GET's business.
+    # async, with only the database work in the thread pool: FastAPI would otherwise hop to
+    # the pool twice (the handler, then checking its answer against the response model).
+    res, rows = await run_in_threadpool(
+        eng.upsert_subject_with_plan,
+        SubjectInput(kind, key, body.attributes, body.recipients, body.hold_until),
     )
     s = res.subject
     assert s is not None
-    # The state this request stored (a re-read could show a concurrent upsert's) and its
-    # pending rows only: the history is GET's business.
-    with eng.db.connect() as conn:
-        rows = eng.store.deliveries_of_subject(conn, res.ref, states=("pending", "sending"))
     return S.SubjectOut(
         kind=kind,
         key=key,
@@ -134,7 +136,7 @@ def batch_subjects(body: S.SubjectBatchIn, eng: EngineDep) -> S.BatchOut:
             continue
         good.append(s)
         results.append(None)
-    done = iter(eng.upsert_subjects(good)) if good else iter(())
+    done = iter(eng.upsert_subjects(good, validated=True)) if good else iter(())
     by_ref = {r.ref: r for r in done}
     out: list[S.BatchResult] = []
     for item, res in zip(body.subjects, results, strict=True):

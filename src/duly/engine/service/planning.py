@@ -92,24 +92,48 @@ class Planning(EngineBase):
     def upsert_subject(self, s: SubjectInput) -> UpsertResult:
         return self.upsert_subjects([s])[0]
 
-    def upsert_subjects(self, items: Sequence[SubjectInput]) -> list[UpsertResult]:
-        """Upsert subjects (whole state each) and re-plan them, in one transaction."""
+    def upsert_subject_with_plan(
+        self, s: SubjectInput
+    ) -> tuple[UpsertResult, list[dict[str, Any]]]:
+        """Upsert one subject, and its rows pending or being sent once re-planned, by due
+        time (store ``deliveries_of_subject`` rows), read in the same transaction: the
+        state this call stored, never a concurrent upsert's, without a second
+        transaction."""
+        _validate_subject(s)
+        now = self.clock.now()
+        with write_transaction(self.db) as conn:
+            (res,) = self._upsert(conn, {(s.kind, s.key): s}, now)
+            rows = self.store.plan_of_subject(conn, res.ref)
+        return res, rows
+
+    def upsert_subjects(
+        self, items: Sequence[SubjectInput], *, validated: bool = False
+    ) -> list[UpsertResult]:
+        """Upsert subjects (whole state each) and re-plan them, in one transaction.
+        ``validated``: the caller has passed every item through ``_validate_subject``
+        already (the batch API does, item by item), so it is not done twice."""
         seen: dict[tuple[str, str], SubjectInput] = {}
         for s in items:
-            _validate_subject(s)
+            if not validated:
+                _validate_subject(s)
             seen[(s.kind, s.key)] = s  # a later copy in the same batch wins
         now = self.clock.now()
         with write_transaction(self.db) as conn:
-            stored = self.store.get_subjects(conn, list(seen), for_update=True)
-            pairs: list[tuple[SubjectRecord | None, Subject]] = []
-            for (kind, key), s in seen.items():
-                old = stored.get((kind, key))
-                pairs.append((old, _to_subject(s, old)))
-            self.store.save_subjects(conn, pairs, now)
-            results = self._replan(conn, pairs, now)
-            due = min((r.first_due for r in results if r.first_due is not None), default=None)
-            if due is not None:
-                self._wake(conn, due)
+            return self._upsert(conn, seen, now)
+
+    def _upsert(
+        self, conn: Connection, seen: Mapping[tuple[str, str], SubjectInput], now: datetime
+    ) -> list[UpsertResult]:
+        stored = self.store.get_subjects(conn, list(seen), for_update=True)
+        pairs: list[tuple[SubjectRecord | None, Subject]] = []
+        for (kind, key), s in seen.items():
+            old = stored.get((kind, key))
+            pairs.append((old, _to_subject(s, old)))
+        self.store.save_subjects(conn, pairs, now)
+        results = self._replan(conn, pairs, now)
+        due = min((r.first_due for r in results if r.first_due is not None), default=None)
+        if due is not None:
+            self._wake(conn, due)
         return results
 
     def apply_set(
