@@ -23,7 +23,7 @@ is the client's), so the numbers are the server's and not httpx's. Everything it
 stopped and removed when it exits. The table is also saved to ``bench/out/api-*.txt``
 (``api-latest.json`` holds the raw figures).
 
-Issue 14's targets and the figures after its write-path work (server CPU per 1,000
+The targets and the figures after its write-path work (server CPU per 1,000
 upserts, before/after): bench/README.md, "The HTTP API's write path". Older figures, with 8
 requests in flight and the targets of the time, on this machine (2 CPUs shared with other work, load average ~4; 2026-11-26 12:12,
 bench/out/api-20261126-121224.txt):
@@ -113,7 +113,7 @@ OPEN_LOOP_RATE = 200.0
 MAX_CONNECTIONS = 256  # open-loop client: connections at most (file descriptors)
 DEFAULT_PG = "postgresql+psycopg://root@127.0.0.1:5432/duly_bench_api"
 
-# issue 14: one client, one upsert per call, keep-alive (--concurrency 1)
+# the target case: one client, one upsert per call, keep-alive (--concurrency 1)
 TARGET_SINGLE = {"SQLite": 1_500.0, "PostgreSQL": 1_000.0}  # upserts/s
 TARGET_BATCH = {"SQLite": 25_000.0, "PostgreSQL": 15_000.0}  # subjects/s
 TARGET_P99_MS = 50.0  # at OPEN_LOOP_RATE
@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate-seconds", type=float, help="fixed-rate window (default 10 s)")
     ap.add_argument("--batches", type=int, help="batch calls of 1,000 (default 10)")
     ap.add_argument("--concurrency", type=int, default=1,
-                    help="single upserts in flight (1: one app client, as issue 14's target)")  # fmt: skip
+                    help="single upserts in flight (1: one app client, the target case)")  # fmt: skip
     ap.add_argument("--postgres", default=os.environ.get("DULY_BENCH_POSTGRES", DEFAULT_PG),
                     help="PostgreSQL URL; its database is dropped and re-created "
                     "(env DULY_BENCH_POSTGRES; 'none' to skip)")  # fmt: skip

@@ -1,6 +1,6 @@
 """How long `duly simulate` takes for a year of 1,000 subjects with 3 steps each.
 
-Target (issue 2): under 30 s on a 2-core machine. Prints one table.
+Target: under 30 s on a 2-core machine. Prints one table.
 
     .venv/bin/python bench/simulate.py [--subjects 1000] [--no-render]
 """

@@ -62,9 +62,21 @@ TOP_KEYS = (
     "render",
     "rules",
 )
-CHANNEL_TYPES = ("smtp", "outbox", "inbox", "webhook", "twilio-sms", "twilio-whatsapp", "apprise")
-CHANNEL_TYPES += ("whatsapp-cloud",)  # issue 16: Meta's WhatsApp Cloud API
-CHANNEL_TYPES += ("sendgrid", "postmark", "mailgun", "ses")  # issue 16: email provider APIs
+CHANNEL_TYPES = (
+    "smtp",
+    "outbox",
+    "inbox",
+    "webhook",
+    "twilio-sms",
+    "twilio-whatsapp",
+    "whatsapp-cloud",
+    "apprise",
+    # email provider APIs
+    "sendgrid",
+    "postmark",
+    "mailgun",
+    "ses",
+)
 _LIMIT_RE = re.compile(r"^\s*(\d+)\s*/\s*(\S+)\s*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EVENT_RE = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9_.:*-]*$")
