@@ -30,6 +30,9 @@ def _json_object(v: dict[str, Any]) -> dict[str, Any]:
     return v
 
 
+HOLD_DOC = (
+    'The end of a hold: a time, "indefinite" (until the hold is cleared), or null (not held).'
+)
 # An instant with a UTC offset, in the years 1900 to 9998 once in UTC (duly.core.validation).
 Instant = Annotated[AwareDatetime, AfterValidator(_instant)]
 # A subject's attributes, an event's data: at most 32 levels deep and 1 MiB as JSON, finite
@@ -72,7 +75,7 @@ class RecipientOut(RecipientIn):
 class SubjectIn(Strict):
     attributes: JsonObject = Field(default_factory=dict)
     recipients: dict[str, str | list[str]] = Field(default_factory=dict)
-    hold_until: Instant | None = None
+    hold_until: Literal["indefinite"] | Instant | None = Field(None, description=HOLD_DOC)
 
 
 class SubjectBatchItem(SubjectIn):
@@ -81,7 +84,7 @@ class SubjectBatchItem(SubjectIn):
     # Checked item by item by the engine (duly.core.validation), so one bad item is refused in
     # its result and never stops the rest.
     attributes: dict[str, Any] = Field(default_factory=dict)
-    hold_until: AwareDatetime | None = None
+    hold_until: Literal["indefinite"] | AwareDatetime | None = Field(None, description=HOLD_DOC)
 
 
 class SubjectBatchIn(Strict):
@@ -127,7 +130,15 @@ class DeliveryOut(BaseModel):
     reason: str | None
     category: str
     planned_at: datetime
-    due_at: datetime
+    due_at: datetime | None = Field(
+        description="When it is due; null while it waits for an indefinite hold to be "
+        "cleared (held_until_cleared)."
+    )
+    held_until_cleared: bool = Field(
+        default=False,
+        description="It waits for the end of an indefinite hold: it goes when the hold is "
+        "cleared (at once, or at its own planned time if that is later).",
+    )
     sent_at: datetime | None = None
     attempts: int
     last_error: str | None = None
@@ -203,7 +214,7 @@ class SubjectOut(BaseModel):
     revision: int
     attributes: dict[str, Any]
     recipients: dict[str, list[str]]
-    hold_until: datetime | None
+    hold_until: Literal["indefinite"] | datetime | None = Field(description=HOLD_DOC)
     acknowledged: list[str] = Field(default_factory=list)
     plan: list[DeliveryOut]
     problems: list[str] = Field(default_factory=list)
