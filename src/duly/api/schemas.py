@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidatorFunctionWrapHandler,
+    WithJsonSchema,
+    WrapValidator,
+)
 
 from duly.core.errors import InvalidInput
 from duly.core.validation import check_instant, check_json
@@ -30,11 +39,29 @@ def _json_object(v: dict[str, Any]) -> dict[str, Any]:
     return v
 
 
+# An instant with a UTC offset, in the years 1900 to 9998 once in UTC (duly.core.validation).
+Instant = Annotated[AwareDatetime, AfterValidator(_instant)]
 HOLD_DOC = (
     'The end of a hold: a time, "indefinite" (until the hold is cleared), or null (not held).'
 )
-# An instant with a UTC offset, in the years 1900 to 9998 once in UTC (duly.core.validation).
-Instant = Annotated[AwareDatetime, AfterValidator(_instant)]
+_HOLD_JSON: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "enum": ["indefinite"]},
+        {"type": "string", "format": "date-time"},
+    ]
+}
+
+
+def _hold(v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """``"indefinite"`` as it is; anything else read as the time it must be (errors name
+    the field itself, not a branch of a union)."""
+    return v if v == "indefinite" else handler(v)
+
+
+# A hold_until given: "indefinite" (until cleared, spec: Hold) or an instant as above (the
+# batch's items leave the range check to the engine, item by item)
+HoldUntil = Annotated[Instant, WrapValidator(_hold), WithJsonSchema(_HOLD_JSON)]
+HoldUntilItem = Annotated[AwareDatetime, WrapValidator(_hold), WithJsonSchema(_HOLD_JSON)]
 # A subject's attributes, an event's data: at most 32 levels deep and 1 MiB as JSON, finite
 # numbers, text without NUL or lone surrogates (duly.core.validation).
 JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
@@ -75,7 +102,7 @@ class RecipientOut(RecipientIn):
 class SubjectIn(Strict):
     attributes: JsonObject = Field(default_factory=dict)
     recipients: dict[str, str | list[str]] = Field(default_factory=dict)
-    hold_until: Literal["indefinite"] | Instant | None = Field(None, description=HOLD_DOC)
+    hold_until: HoldUntil | None = Field(None, description=HOLD_DOC)
 
 
 class SubjectBatchItem(SubjectIn):
@@ -84,7 +111,7 @@ class SubjectBatchItem(SubjectIn):
     # Checked item by item by the engine (duly.core.validation), so one bad item is refused in
     # its result and never stops the rest.
     attributes: dict[str, Any] = Field(default_factory=dict)
-    hold_until: Literal["indefinite"] | AwareDatetime | None = Field(None, description=HOLD_DOC)
+    hold_until: HoldUntilItem | None = Field(None, description=HOLD_DOC)
 
 
 class SubjectBatchIn(Strict):
