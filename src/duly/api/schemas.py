@@ -62,6 +62,8 @@ def _hold(v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
 # batch's items leave the range check to the engine, item by item)
 HoldUntil = Annotated[Instant, WrapValidator(_hold), WithJsonSchema(_HOLD_JSON)]
 HoldUntilItem = Annotated[AwareDatetime, WrapValidator(_hold), WithJsonSchema(_HOLD_JSON)]
+# ... and as the API writes it (the client reads either)
+HoldUntilOut = Annotated[Literal["indefinite"] | datetime, WithJsonSchema(_HOLD_JSON)]
 # A subject's attributes, an event's data: at most 32 levels deep and 1 MiB as JSON, finite
 # numbers, text without NUL or lone surrogates (duly.core.validation).
 JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
@@ -241,7 +243,7 @@ class SubjectOut(BaseModel):
     revision: int
     attributes: dict[str, Any]
     recipients: dict[str, list[str]]
-    hold_until: Literal["indefinite"] | datetime | None = Field(description=HOLD_DOC)
+    hold_until: HoldUntilOut | None = Field(description=HOLD_DOC)
     acknowledged: list[str] = Field(default_factory=list)
     plan: list[DeliveryOut]
     problems: list[str] = Field(default_factory=list)
