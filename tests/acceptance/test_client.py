@@ -276,6 +276,29 @@ def test_put_subject_returns_its_plan_and_moves_it(duly: Client, tag: str) -> No
     assert exc.value.field == "hold_until"
 
 
+def test_an_indefinite_hold_reads_back_indefinite(duly: Client, tag: str) -> None:
+    key = f"IND-{tag}"
+    held = duly.put_subject(
+        "invoice", key, **sent_invoice(FAR, f"ada-{tag}"), hold_until="indefinite"
+    )
+    assert held.hold_until == "indefinite"
+    # both steps fall due during the hold: the latest waits for it to be cleared
+    assert [(d.step, d.due_at, d.held_until_cleared) for d in held.plan] == [
+        ("overdue", None, True)
+    ]
+    detail = duly.get_subject("invoice", key)
+    assert detail.hold_until == "indefinite"
+    assert [d.held_until_cleared for d in detail.plan] == [True]
+    out = duly.upsert_subjects(
+        [{"kind": "invoice", "key": key, **sent_invoice(FAR, f"ada-{tag}"), "hold_until": None}]
+    )
+    assert out.ok == 1
+    cleared = duly.get_subject("invoice", key)
+    assert cleared.hold_until is None
+    assert {d.step for d in cleared.plan} == {"due-soon", "overdue"}
+    assert all(d.due_at == d.planned_at and not d.held_until_cleared for d in cleared.plan)
+
+
 def test_a_date_attribute_that_is_not_a_date_is_a_problem_not_an_error(
     duly: Client, tag: str
 ) -> None:

@@ -715,6 +715,67 @@ def test_event_messages_of_a_held_subject_wait_for_the_end_of_the_hold(tmp_path:
     assert ev == [("2026-03-05T12:00:00Z", "2026-03-02T00:00:00Z", "sent")]
 
 
+def test_an_indefinite_hold_keeps_the_latest_until_it_is_cleared(tmp_path: Path) -> None:
+    r, t = write(
+        tmp_path,
+        [ALICE, held("2026-03-01T08:00:00Z", "indefinite")],
+        rules=LADDER,
+    )
+    code, out, err = run(str(r), str(t), "--until", "2026-06-01T00:00:00Z")
+    assert code == 0, err
+    got = [(x["at"], x["step"], x["outcome"], x["reason"]) for x in rows(out)]
+    # everything falls due before the hold ends: r1 to r3 held, r4 (the latest) waits
+    assert got == [
+        ("2026-03-01T08:00:00Z", "r1", "skipped", "held"),
+        ("2026-03-01T08:00:00Z", "r2", "skipped", "held"),
+        ("2026-03-01T08:00:00Z", "r3", "skipped", "held"),
+    ]
+    assert "9000" not in out
+    code, table, err = run(str(r), str(t), "--until", "2026-06-01T00:00:00Z", "--format", "table")
+    assert code == 0, err
+    assert "9000" not in table
+
+
+@pytest.mark.parametrize(
+    ("cleared", "sent_at"),
+    [
+        # r4's own time (30 March 00:00 BST) has passed: it goes at once
+        ("2026-04-02T10:00:00Z", "2026-04-02T10:00:00Z"),
+        # cleared before it: it goes at its own time
+        ("2026-03-16T10:00:00Z", "2026-03-29T23:00:00Z"),
+    ],
+)
+def test_clearing_an_indefinite_hold_sends_what_waited(
+    tmp_path: Path, cleared: str, sent_at: str
+) -> None:
+    rules = LADDER.replace("    category: transactional\n", "")
+    r, t = write(
+        tmp_path,
+        [
+            ALICE,
+            held("2026-03-01T08:00:00Z", "indefinite"),
+            {
+                "at": "2026-03-02T00:00:00Z",
+                "event": {"id": "v1", "name": "invoice.viewed", "subject": "invoice/I"},
+            },
+            held(cleared, None),
+        ],
+        rules=rules,
+    )
+    code, out, err = run(str(r), str(t), "--until", "2026-06-01T00:00:00Z")
+    assert code == 0, err
+    sent = [(x["at"], x["rule"], x["step"]) for x in rows(out) if x["outcome"] == "sent"]
+    # the event message waited for the hold too: it goes when it is cleared
+    assert sent == sorted([(cleared, "receipt", None), (sent_at, "chase", "r4")])
+
+
+def test_a_timeline_hold_until_must_be_a_time_indefinite_or_null(tmp_path: Path) -> None:
+    r, t = write(tmp_path, [ALICE, held("2026-03-01T08:00:00Z", "forever")], rules=LADDER)
+    code, _, err = run(str(r), str(t))
+    assert code == 2
+    assert "hold_until" in err
+
+
 def test_batch_sends_one_message_for_several_subjects_and_each_row_keeps_its_outcome(
     tmp_path: Path,
 ) -> None:

@@ -181,10 +181,6 @@ def test_a_number_too_long_for_python_is_a_simulation_error() -> None:
         parse_timeline('{"at": "2026-03-01T09:00:00Z", "down": {"until": 1' + "0" * 5000 + "}}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='bug: a timeline may hold a subject "indefinite"; the parser refuses it',
-)
 def test_hold_until_indefinite_is_accepted() -> None:
     line = {"at": "2026-03-01T09:00:00Z",
             "subject": {"kind": "a", "key": "1", "hold_until": "indefinite"}}  # fmt: skip

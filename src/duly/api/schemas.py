@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidatorFunctionWrapHandler,
+    WithJsonSchema,
+    WrapValidator,
+)
 
 from duly.core.errors import InvalidInput
 from duly.core.validation import check_instant, check_json
@@ -32,6 +41,29 @@ def _json_object(v: dict[str, Any]) -> dict[str, Any]:
 
 # An instant with a UTC offset, in the years 1900 to 9998 once in UTC (duly.core.validation).
 Instant = Annotated[AwareDatetime, AfterValidator(_instant)]
+HOLD_DOC = (
+    'The end of a hold: a time, "indefinite" (until the hold is cleared), or null (not held).'
+)
+_HOLD_JSON: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "enum": ["indefinite"]},
+        {"type": "string", "format": "date-time"},
+    ]
+}
+
+
+def _hold(v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """``"indefinite"`` as it is; anything else read as the time it must be (errors name
+    the field itself, not a branch of a union)."""
+    return v if v == "indefinite" else handler(v)
+
+
+# A hold_until given: "indefinite" (until cleared, spec: Hold) or an instant as above (the
+# batch's items leave the range check to the engine, item by item)
+HoldUntil = Annotated[Instant, WrapValidator(_hold), WithJsonSchema(_HOLD_JSON)]
+HoldUntilItem = Annotated[AwareDatetime, WrapValidator(_hold), WithJsonSchema(_HOLD_JSON)]
+# ... and as the API writes it (the client reads either)
+HoldUntilOut = Annotated[Literal["indefinite"] | datetime, WithJsonSchema(_HOLD_JSON)]
 # A subject's attributes, an event's data: at most 32 levels deep and 1 MiB as JSON, finite
 # numbers, text without NUL or lone surrogates (duly.core.validation).
 JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
@@ -72,7 +104,7 @@ class RecipientOut(RecipientIn):
 class SubjectIn(Strict):
     attributes: JsonObject = Field(default_factory=dict)
     recipients: dict[str, str | list[str]] = Field(default_factory=dict)
-    hold_until: Instant | None = None
+    hold_until: HoldUntil | None = Field(None, description=HOLD_DOC)
 
 
 class SubjectBatchItem(SubjectIn):
@@ -81,7 +113,7 @@ class SubjectBatchItem(SubjectIn):
     # Checked item by item by the engine (duly.core.validation), so one bad item is refused in
     # its result and never stops the rest.
     attributes: dict[str, Any] = Field(default_factory=dict)
-    hold_until: AwareDatetime | None = None
+    hold_until: HoldUntilItem | None = Field(None, description=HOLD_DOC)
 
 
 class SubjectBatchIn(Strict):
@@ -127,7 +159,15 @@ class DeliveryOut(BaseModel):
     reason: str | None
     category: str
     planned_at: datetime
-    due_at: datetime
+    due_at: datetime | None = Field(
+        description="When it is due; null while it waits for an indefinite hold to be "
+        "cleared (held_until_cleared)."
+    )
+    held_until_cleared: bool = Field(
+        default=False,
+        description="It waits for the end of an indefinite hold: it goes when the hold is "
+        "cleared (at once, or at its own planned time if that is later).",
+    )
     sent_at: datetime | None = None
     attempts: int
     last_error: str | None = None
@@ -203,7 +243,7 @@ class SubjectOut(BaseModel):
     revision: int
     attributes: dict[str, Any]
     recipients: dict[str, list[str]]
-    hold_until: datetime | None
+    hold_until: HoldUntilOut | None = Field(description=HOLD_DOC)
     acknowledged: list[str] = Field(default_factory=list)
     plan: list[DeliveryOut]
     problems: list[str] = Field(default_factory=list)

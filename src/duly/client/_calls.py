@@ -135,14 +135,17 @@ def put_subject(
     *,
     attributes: Mapping[str, Any] | None = None,
     recipients: Mapping[str, str | Sequence[str]] | None = None,
-    hold_until: datetime | None = None,
+    hold_until: datetime | Literal["indefinite"] | None = None,
 ) -> Call[M.SubjectOut]:
     """Create or replace a subject's whole state and return it with its **plan**: the
     deliveries now pending, each with its ``planned_at`` and ``due_at``. ``recipients``
     maps roles to a recipient id or a list of ids (``{"customer": "c1"}``). Datetimes
     in ``attributes`` are sent as ISO 8601 (aware ones are instants; naive ones are
     local to the recipient, as the rules spec says). ``problems`` lists data the rules
-    could not use (e.g. a date attribute that is not a date)."""
+    could not use (e.g. a date attribute that is not a date). ``hold_until`` puts it on
+    hold until then, or until the hold is cleared with ``"indefinite"`` (read back as
+    ``"indefinite"``; a delivery waiting for it has ``due_at`` None and
+    ``held_until_cleared``)."""
     body = {
         "attributes": dict(attributes or {}),
         "recipients": {

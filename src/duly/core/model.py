@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, time
+from datetime import UTC, datetime, time
 from enum import StrEnum
 from fractions import Fraction
 from typing import Any
 
 __all__ = [
+    "HOLD_INDEFINITE",
     "REMINDER_RULE",
     "Action",
     "AtExpr",
@@ -38,6 +39,7 @@ __all__ = [
     "RuleFile",
     "Step",
     "Subject",
+    "held_until_cleared",
     "Trigger",
     "WebhookAction",
     "WebhookTarget",
@@ -433,6 +435,20 @@ class Recipient:
             # one endpoint for everyone unless the recipient has their own
             return self.addresses.get(channel) or self.id
         return self.addresses.get(channel)
+
+
+# spec: Hold. An indefinite hold ("hold_until": "indefinite") ends when it is cleared. The
+# engine and the store keep it as this instant, far beyond any real hold (and durations of at
+# most MAX_DURATION_YEARS still fit after it); deliveries waiting for its end are due then.
+# Every surface shows it as "indefinite" / "until the hold is cleared", never as a date (a
+# time given as exactly this instant is read the same way).
+HOLD_INDEFINITE = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def held_until_cleared(t: datetime | None) -> bool:
+    """True when ``t`` (a subject's ``hold_until`` or a pending delivery's due time) is the
+    end of an indefinite hold: the moment it is cleared, not a date."""
+    return t is not None and t == HOLD_INDEFINITE
 
 
 @dataclass(frozen=True, slots=True)

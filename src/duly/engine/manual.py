@@ -34,7 +34,7 @@ from typing import Any
 
 from duly.core import planner
 from duly.core.errors import InvalidInput, NotFound
-from duly.core.model import Rule
+from duly.core.model import Rule, held_until_cleared
 from duly.core.planner import Action, Desired, Identity
 from duly.core.rules import timemath
 from duly.delivery.channels.base import Message, Receipt
@@ -123,7 +123,9 @@ class RunReport:
                 line += f": {i.title}"
             if i.reason:
                 line += f" ({i.reason})"
-            if i.outcome == "deferred" and i.due_at is not None:
+            if i.outcome == "deferred" and held_until_cleared(i.due_at):
+                line += " until the hold is cleared"
+            elif i.outcome == "deferred" and i.due_at is not None:
                 line += f" until {i.due_at:%Y-%m-%d %H:%M:%S}Z"
             if i.error:
                 line += f" — {i.error}"

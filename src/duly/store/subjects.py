@@ -12,9 +12,9 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from duly.core.model import Subject
+from duly.core.model import HOLD_INDEFINITE, Subject
 from duly.store.rows import StoreBase, SubjectRecord, _chunks, _subject_from_row
-from duly.store.tables import events, reminders, subject_errors, subjects
+from duly.store.tables import deliveries, events, reminders, subject_errors, subjects
 
 __all__ = ["SubjectQueries", "count_subjects", "live_subjects_of_kind"]
 
@@ -91,6 +91,28 @@ class SubjectQueries(StoreBase):
             .where(subjects.c.id == record.id)
             .values(deleted_at=now, updated_at=now, hold_until=None)
         )
+
+    def release_held_until_cleared(
+        self, conn: Connection, ref: str, at: datetime, now: datetime
+    ) -> int:
+        """spec: Hold. The pending deliveries of subject ``ref`` that wait for the end of an
+        indefinite hold (due at :data:`~duly.core.model.HOLD_INDEFINITE`) become due
+        at ``at``, or at their own planned time when that is later. Returns how many moved;
+        idempotent (a second call finds none)."""
+        held = (
+            deliveries.c.subject == ref,
+            deliveries.c.state == "pending",
+            deliveries.c.due_at == HOLD_INDEFINITE,
+        )
+        later = conn.execute(
+            update(deliveries)
+            .where(*held, deliveries.c.planned_at > at)
+            .values(due_at=deliveries.c.planned_at, updated_at=now)
+        ).rowcount
+        rest = conn.execute(
+            update(deliveries).where(*held).values(due_at=at, updated_at=now)
+        ).rowcount
+        return int(later or 0) + int(rest or 0)
 
     def record_problems(self, conn: Connection, problems: Sequence[Any], now: datetime) -> None:
         """Append the planner's problems (subject, rule, field, message) to

@@ -35,6 +35,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
+from duly.core.model import held_until_cleared
 from duly.core.validation import instant_problem, readable, text_problem
 from duly.engine.service import Engine
 from duly.web.users import SessionStore, User, UserStore
@@ -342,11 +343,17 @@ def _aware(t: datetime | None) -> datetime | None:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
+# What a page shows for the end of an indefinite hold (duly.core.model.HOLD_INDEFINITE)
+HELD_UNTIL_CLEARED = "until the hold is cleared"
+
+
 def fmt_time(t: datetime | None, tz: ZoneInfo | str | None = None, *, seconds: bool = False) -> str:
     """``Thu 26 Nov 2026, 14:05 GMT`` in ``tz``."""
     t = _aware(t)
     if t is None:
         return "—"
+    if held_until_cleared(t):  # spec: Hold: the end of an indefinite hold is no date
+        return HELD_UNTIL_CLEARED
     zone = _zone(tz)
     local = t.astimezone(zone)
     fmt = "%a %d %b %Y, %H:%M:%S" if seconds else "%a %d %b %Y, %H:%M"
@@ -365,7 +372,7 @@ def _zone(tz: ZoneInfo | str | None) -> ZoneInfo:
 def relative(t: datetime | None, now: datetime) -> str:
     """``in 3 h``, ``5 min ago``, ``now``."""
     t = _aware(t)
-    if t is None:
+    if t is None or held_until_cleared(t):
         return ""
     secs = (t - now).total_seconds()
     a = abs(secs)
@@ -386,6 +393,8 @@ def when(ctx_tz: ZoneInfo, t: datetime | None, now: datetime, *, seconds: bool =
     t = _aware(t)
     if t is None:
         return Markup('<span class="muted">—</span>')
+    if held_until_cleared(t):
+        return Markup('<span class="held-until-cleared">{}</span>').format(HELD_UNTIL_CLEARED)
     return Markup('<time datetime="{}" title="{}">{}</time>').format(
         t.astimezone(UTC).isoformat().replace("+00:00", "Z"),
         relative(t, now),
@@ -493,6 +502,7 @@ def _make_env() -> Environment:
         when=when,
         fmt_time=fmt_time,
         relative=relative,
+        held_until_cleared=lambda t: held_until_cleared(_aware(t)),
         query_with=query_with,
         to_local_input=to_local_input,
         state_of=_state_of,

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from fastapi import Path as P
 
 from duly.api import schemas as S
+from duly.core.model import held_until_cleared
 from duly.core.planner import Identity
 from duly.core.validation import readable
 from duly.engine.service import Engine
@@ -56,7 +57,9 @@ def delivery_out(r: dict[str, Any]) -> S.DeliveryOut:
         reason=r["reason"],
         category=r["category"],
         planned_at=r["planned_at"],
-        due_at=r["due_at"],
+        # spec: Hold: a row waiting for an indefinite hold to be cleared has no date
+        due_at=None if held_until_cleared(r["due_at"]) else r["due_at"],
+        held_until_cleared=held_until_cleared(r["due_at"]) and r["state"] == "pending",
         sent_at=r["sent_at"],
         attempts=r["attempts"],
         last_error=readable(r["last_error"]),

@@ -3,7 +3,7 @@ plan, history and data problems; post an event about a subject."""
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Response
@@ -14,8 +14,18 @@ from duly.api import schemas as S
 from duly.api.errors import ApiError
 from duly.api.v1.common import EngineDep, delivery_out, error_docs
 from duly.core.errors import InvalidInput, UnknownSubject
+from duly.core.model import held_until_cleared
 from duly.core.validation import readable
 from duly.engine.service import Engine, SubjectInput
+
+
+def hold_out(t: datetime | None) -> datetime | str | None:
+    """A subject's ``hold_until`` as the API writes it: "indefinite" for a hold until
+    cleared (spec: Hold), never the instant the store keeps for it."""
+    if t is None:
+        return None
+    return "indefinite" if held_until_cleared(t) else t.astimezone(UTC)
+
 
 router = APIRouter()
 
@@ -38,7 +48,7 @@ def _subject_out(eng: Engine, kind: str, key: str, *, detail: bool, result: Any 
         # (deeper than pydantic serialises, lone surrogates) must not make the GET fail
         "attributes": readable(s.attributes),
         "recipients": readable({k: list(v) for k, v in s.recipients.items()}),
-        "hold_until": s.hold_until,
+        "hold_until": hold_out(s.hold_until),
         "acknowledged": sorted(s.acknowledged),
         "plan": plan,
         "problems": result.problems if result is not None else [],
@@ -78,7 +88,7 @@ async def put_subject(
         revision=s.revision,
         attributes=s.attributes,
         recipients={k: list(v) for k, v in s.recipients.items()},
-        hold_until=s.hold_until.astimezone(UTC) if s.hold_until else None,  # as stored
+        hold_until=hold_out(s.hold_until),  # as stored
         acknowledged=sorted(s.acknowledged),
         plan=[delivery_out(r) for r in rows],
         problems=res.problems,

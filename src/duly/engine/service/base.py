@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from duly.core.clock import Clock, SystemClock
-from duly.core.model import RuleFile
+from duly.core.model import REMINDER_RULE, RuleFile
 from duly.store.db import Connection, is_postgres
 from duly.store.db import Engine as Database
 from duly.store.notify import notify_planned
@@ -40,7 +40,9 @@ class EngineBase:
         self._wake_hooks: list[Callable[[datetime | None], None]] = (
             [on_planned] if on_planned else []
         )
-        self._rule_names = {r.name for r in rules.rules}
+        # rules whose rows a re-plan keeps; a one-off reminder about a subject is no rule of
+        # the file, and re-planning the subject must not cancel it (rule_changed)
+        self._rule_names = {r.name for r in rules.rules} | {REMINDER_RULE}
         # schedule rules whose planning failed: name → (when, error); cleared on success
         self.schedule_errors: dict[str, tuple[datetime, str]] = {}
 

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from duly.core.errors import DulyError, InvalidInput
-from duly.core.model import REMINDER_RULE, Recipient, RuleFile, Subject
+from duly.core.model import HOLD_INDEFINITE, REMINDER_RULE, Recipient, RuleFile, Subject
 from duly.core.rules import timemath
 from duly.core.validation import check_instant, check_json, check_text
 from duly.store.store import SubjectRecord
@@ -32,7 +32,8 @@ class SubjectInput:
     key: str
     attributes: Mapping[str, Any] = field(default_factory=dict)
     recipients: Mapping[str, str | Sequence[str]] = field(default_factory=dict)
-    hold_until: datetime | None = None
+    # spec: Hold. A time, "indefinite" (until cleared: kept as HOLD_INDEFINITE), or None.
+    hold_until: datetime | str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +159,13 @@ def _validate_subject(s: SubjectInput) -> None:
                 field=f"recipients.{role}",
             )
     check_json(dict(s.recipients), "recipients", max_depth=2)
-    check_instant(s.hold_until, "hold_until")
+    if isinstance(s.hold_until, str):
+        if s.hold_until != "indefinite":
+            raise InvalidInput(
+                'hold_until must be a time with offset, "indefinite" or null', field="hold_until"
+            )
+    else:
+        check_instant(s.hold_until, "hold_until")
 
 
 def _to_subject(s: SubjectInput, old: SubjectRecord | None) -> Subject:
@@ -171,6 +178,6 @@ def _to_subject(s: SubjectInput, old: SubjectRecord | None) -> Subject:
         attributes=dict(s.attributes),
         recipients=rec,
         revision=rev,
-        hold_until=s.hold_until,
+        hold_until=HOLD_INDEFINITE if isinstance(s.hold_until, str) else s.hold_until,
         acknowledged=ack,
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 from duly.core import planner
 from duly.core.errors import InvalidInput, UnknownSubject
-from duly.core.model import Reason, Recipient, Subject
+from duly.core.model import Reason, Recipient, Subject, held_until_cleared
 from duly.core.planner import Action, Existing, Plan
 from duly.core.validation import check_text
 from duly.delivery import webhooks
@@ -215,11 +215,32 @@ class Planning(EngineBase):
             res.problems = [f"{p.field}: {p.message}" for p in plan.problems]
             results.append(res)
         self.store.apply(conn, all_actions, now)
+        for (old, s), res in zip(pairs, results, strict=True):
+            self._release_hold(conn, old, s, res, now)
         if problems:
             self.store.record_problems(conn, problems, now)
             for p in problems:
                 log.warning("subject %s: rule %s: %s: %s", p.subject, p.rule, p.field, p.message)
         return results
+
+    def _release_hold(
+        self,
+        conn: Connection,
+        old: SubjectRecord | None,
+        s: Subject,
+        res: UpsertResult,
+        now: datetime,
+    ) -> None:
+        """spec: Hold. An indefinite hold cleared (or given an end): what waited for it
+        (event and one-off rows the dispatcher deferred, planned rows whose own time has
+        passed) goes at once, at the new end of the hold, or at its own time if later."""
+        if old is None or not held_until_cleared(old.subject.hold_until):
+            return
+        if held_until_cleared(s.hold_until):
+            return
+        at = s.hold_until if s.hold_until is not None and s.hold_until > now else now
+        if self.store.release_held_until_cleared(conn, s.ref, at, now):
+            res.first_due = at if res.first_due is None else min(res.first_due, at)
 
     def _event_rows(
         self,

@@ -41,6 +41,7 @@ from duly.engine.simulation.timeline import (
     TimelineLine,
     check_until,
     parse_at,
+    parse_hold,
     parse_timeline,
 )
 from duly.store.receipts import latest_provider_id
@@ -405,7 +406,7 @@ def _apply(engine: Engine, line: TimelineLine) -> None:
                 key=str(v["key"]),
                 attributes=v.get("attributes") or {},
                 recipients=v.get("recipients") or {},
-                hold_until=parse_at(hold, "", "hold_until") if hold else None,
+                hold_until=parse_hold(hold, "") if hold else None,
             )
         )
     elif line.kind == "delete":

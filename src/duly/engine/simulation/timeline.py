@@ -22,6 +22,7 @@ __all__ = [
     "TimelineLine",
     "check_until",
     "parse_at",
+    "parse_hold",
     "parse_timeline",
 ]
 
@@ -44,6 +45,19 @@ class TimelineLine:
     at: datetime
     kind: str
     value: Any
+
+
+def parse_hold(value: Any, where: str) -> datetime | str | None:
+    """A subject line's ``hold_until``: an ISO 8601 time, ``"indefinite"`` (until the hold
+    is cleared, spec: Hold) or null."""
+    if value is None or value == "indefinite":
+        return None if value is None else "indefinite"
+    if not isinstance(value, str):
+        raise SimulationError(
+            f'{where}: subject.hold_until: expected an ISO 8601 time with offset, "indefinite" '
+            f"or null, got {value!r}"
+        )
+    return parse_at(value, where, "subject.hold_until")
 
 
 def parse_at(value: Any, where: str, field_name: str = "at") -> datetime:
@@ -158,8 +172,7 @@ def _check_shape(kind: str, v: Any, where: str) -> None:
             raise SimulationError(f"{where}: subject.attributes: expected an object")
         if "recipients" in v and not isinstance(v["recipients"], dict):
             raise SimulationError(f"{where}: subject.recipients: expected an object")
-        if v.get("hold_until") is not None:
-            parse_at(v["hold_until"], where, "subject.hold_until")
+        parse_hold(v.get("hold_until"), where)
     elif kind == "event":
         _need(v, "id", (str, int), where, kind)
         _need(v, "name", str, where, kind)

@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from duly.core.errors import DulyError
-from duly.core.model import Rule, RuleFile
+from duly.core.model import Rule, RuleFile, held_until_cleared
 from duly.core.rules import timemath
 from duly.store.pages_deliveries import next_pending_of_rule
 from duly.web.core import (
@@ -221,7 +221,13 @@ def rules_page(request: Request, user: CurrentUser) -> Response:
             if r.kind == "cron":
                 row["cron"], row["zone"] = _cron_next(r, rf, now)
             else:
-                row["pending"] = next_pending_of_rule(conn, r.name, NEXT)
+                # spec: Hold: a delivery waiting for an indefinite hold to be cleared is no
+                # next occurrence (due last, so dropping it hides no other)
+                row["pending"] = [
+                    d
+                    for d in next_pending_of_rule(conn, r.name, NEXT)
+                    if not held_until_cleared(d["due_at"])
+                ]
             rows.append(row)
     return render(
         request,

@@ -9,7 +9,7 @@ messages).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from duly.core.errors import InvalidInput
+from duly.core.model import HOLD_INDEFINITE, held_until_cleared
 from duly.engine.service import SubjectInput
 from duly.store.db import Connection
 from duly.store.pages_records import (
@@ -49,9 +50,9 @@ router = APIRouter()
 
 PAGE = 50
 ROWS = 100  # plan and history rows shown on a subject's page
-# "Hold indefinitely": a hold that ends so far ahead it never does in practice (the store
-# keeps an instant; there is no open-ended hold). Shown as "indefinitely".
-INDEFINITE = datetime(9000, 1, 1, tzinfo=UTC)
+# "Hold indefinitely": a hold until it is cleared (spec: Hold; the engine keeps it as
+# duly.core.model.HOLD_INDEFINITE). Shown as "indefinitely (until cleared)", never as a date.
+INDEFINITE = HOLD_INDEFINITE
 
 
 def _kinds(eng: Any, conn: Connection) -> list[str]:
@@ -90,7 +91,7 @@ def subject_list(
             "url": subject_path(r["kind"], r["key"]),
             "pending": pending.get(f"{r['kind']}/{r['key']}", 0),
             "held": r["hold_until"] is not None and r["hold_until"] > now,
-            "indefinite": r["hold_until"] is not None and r["hold_until"] >= INDEFINITE,
+            "indefinite": held_until_cleared(r["hold_until"]),
         }
         for r in page.items
     ]
@@ -147,7 +148,7 @@ def _load(eng: Any, kind: str, key: str) -> dict[str, Any]:
         "reminders": rems,
         "people": people,
         "held": hold is not None and hold > now,
-        "indefinite": hold is not None and hold >= INDEFINITE,
+        "indefinite": held_until_cleared(hold),
         "hold_ended": hold is not None and hold <= now,
         "title": ref,
     }
@@ -192,7 +193,7 @@ async def hold(request: Request, kind: str, key: str, user: AdminUser) -> Respon
             msg = "Hold cleared: pending deliveries are back at their planned times."
         elif action == "hold":
             if form.get("indefinite"):
-                until = INDEFINITE
+                until = HOLD_INDEFINITE
                 msg = "On hold until you clear it."
             else:
                 try:

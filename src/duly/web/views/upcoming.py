@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from duly.core.model import REMINDER_RULE
+from duly.core.model import REMINDER_RULE, held_until_cleared
 from duly.store.pages_deliveries import OVERDUE_AFTER, upcoming_page
 from duly.web.core import (
     CurrentUser,
@@ -126,9 +126,16 @@ def upcoming(request: Request, user: CurrentUser) -> HTMLResponse:
         r["cursor"] = _cursor(r)
         r["overdue"] = r["due_at"] < now - OVERDUE_AFTER
     page = page_of(rows, LIMIT, request, key="cursor", param="after")
+    # spec: Hold: what waits for an indefinite hold to be cleared has no day; it comes last
+    # (due at HOLD_INDEFINITE) under its own heading (day None)
     days = [
         (day, list(items))
-        for day, items in groupby(page.items, key=lambda r: r["due_at"].astimezone(tz).date())
+        for day, items in groupby(
+            page.items,
+            key=lambda r: (
+                None if held_until_cleared(r["due_at"]) else r["due_at"].astimezone(tz).date()
+            ),
+        )
     ]
     filtered = any(f.get(k) for k in ("rule", "channel", "recipient", "kind", "from", "to"))
     return render(
