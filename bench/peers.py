@@ -108,8 +108,16 @@ class Client:
         self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
     def call(self, method: str, path: str, body: Any) -> Any:
-        self.conn.request(method, path, json.dumps(body).encode(), self.headers)
-        r = self.conn.getresponse()
+        raw = json.dumps(body).encode()
+        try:
+            self.conn.request(method, path, raw, self.headers)
+            r = self.conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # the server closes a connection idle past its keep-alive timeout: open another
+            # (every call here is an idempotent upsert)
+            self.conn.close()
+            self.conn.request(method, path, raw, self.headers)
+            r = self.conn.getresponse()
         data = r.read()
         if r.status not in (200, 201):
             raise RuntimeError(f"{method} {path}: {r.status} {data[:300]!r}")
@@ -472,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip 8 clients and the 2/4-worker drains")  # fmt: skip
     ap.add_argument("--postgres", default=os.environ.get("DULY_BENCH_POSTGRES", DEFAULT_PG),
                     help="server for the scratch databases (trust auth)")  # fmt: skip
+    ap.add_argument("--json", help="also write the raw figures to this file")
+    ap.add_argument("--no-save", dest="save", action="store_false", help="nothing to bench/out/")
     a = ap.parse_args(argv)
     q = a.quick
     a.n = a.n or (1_500 if q else 20_000)
@@ -505,12 +515,16 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     console = report_console()
     render(results, errors, a, console)
-    save_report(console, "peers", {
-        "args": {k: v for k, v in vars(a).items()}, "results": results, "errors": errors,
+    data = {
+        "args": dict(vars(a)), "results": results, "errors": errors,
         "cpus": os.cpu_count(), "loadavg_end": os.getloadavg(),
         "started": datetime.fromtimestamp(t_start, UTC).isoformat(),
         "seconds": time.time() - t_start,
-    })  # fmt: skip
+    }  # fmt: skip
+    if a.save:
+        save_report(console, "peers", data)
+    if a.json:
+        Path(a.json).write_text(json.dumps(data, indent=2, default=str))
     log(f"done in {time.time() - t_start:.0f} s; report in bench/out/peers-latest.*")
     return 1 if errors else 0
 
