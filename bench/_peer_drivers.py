@@ -332,6 +332,8 @@ def main() -> int:
     ap.add_argument("--window", type=float, default=10.0)
     ap.add_argument("--work", default=".")
     a = ap.parse_args()
+    # SIGTERM (bench/peers.py giving up) unwinds through run()'s finally: workers stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if a.system != SYSTEM:
         raise SystemExit("PEER_SYSTEM must name the system (the workers import this module)")
     out = run(PEERS[a.system](Path(a.work)), a)

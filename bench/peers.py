@@ -61,9 +61,11 @@ from _harness import (  # noqa: E402
     free_port,
     log,
     migrate_and_key,
+    reap,
     remove_sqlite,
     report_console,
     save_report,
+    spawn,
 )
 from _peerkit import FAR_S, RATE, WINDOW_FAR_S, Sampler, pct, server_pids  # noqa: E402
 
@@ -357,11 +359,14 @@ def run_peer(name: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
     try:
         cmd = [str(py), str(HERE / "_peer_drivers.py"), name, "--n", str(a.n),
                "--drain", str(a.drain), "--window", str(a.window), "--work", str(wdir)]  # fmt: skip
-        r = subprocess.run(cmd, env=env, cwd=HERE, stdout=subprocess.PIPE, text=True,
-                           timeout=1800, start_new_session=True)  # fmt: skip
-        if r.returncode != 0:
-            raise RuntimeError(f"{name} driver exited with {r.returncode}")
-        return json.loads(r.stdout.strip().splitlines()[-1])
+        p = spawn(cmd, env=env, cwd=HERE, stdout=subprocess.PIPE, text=True)
+        try:
+            stdout, _ = p.communicate(timeout=1800)
+        finally:
+            reap(p, 30)  # SIGTERM to its group: the driver stops its workers
+        if p.returncode != 0:
+            raise RuntimeError(f"{name} driver exited with {p.returncode}")
+        return json.loads(stdout.strip().splitlines()[-1])
     finally:
         if pg is not None:
             pg.close()
