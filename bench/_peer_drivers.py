@@ -16,8 +16,10 @@ of the system's processes and the CPU of them and of the database server's proce
 
 - celery: Celery + Redis (database 15, a queue of this run's own, deleted after),
   ``apply_async(eta=...)``, a ``prefork -c 2`` worker.
-- huey: ``SqliteHuey``, ``schedule(eta=...)``, ``huey_consumer -k process -w 2`` (other
-  consumer options at their defaults: the scheduler looks for due tasks every second).
+- huey: ``SqliteHuey`` (busy timeout 30 s: at the default 5 s a ``schedule()`` call failed
+  with "database is locked" on the loaded machine), ``schedule(eta=...)``, ``huey_consumer
+  -k process -w 2`` (other consumer options at their defaults: the scheduler looks for due
+  tasks every second, and idle workers poll less and less often, up to every 10 s).
 - procrastinate: PostgreSQL (a scratch database ``bench/peers.py`` makes and drops),
   ``configure(schedule_at=...).defer()``, ``procrastinate worker -c 2`` (defaults
   otherwise: a scheduled job is fetched by polling, every 5 s).
@@ -82,7 +84,11 @@ if SYSTEM == "celery":
 if SYSTEM == "huey":
     from huey import SqliteHuey
 
-    huey_app = SqliteHuey("duly-peers", filename=os.environ.get("PEER_DB", "peers-huey.db"))
+    # timeout: SQLite's busy timeout, 5 s by default; on the loaded 2-core machine a
+    # schedule() call then failed with "database is locked" while the consumer held the lock
+    huey_app = SqliteHuey(
+        "duly-peers", filename=os.environ.get("PEER_DB", "peers-huey.db"), timeout=30
+    )
     huey_record = huey_app.task()(record)
 
 if SYSTEM == "procrastinate":

@@ -375,13 +375,13 @@ def run_peer(name: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the table
 
 ROWS = [  # key, label, how to read a result, higher is better
-    ("schedule", "1 schedule, one call each (/s)", lambda r: r["schedule"]["per_s"], True),
-    ("drain", "2 drain, {drain:,} due at once (/s)", lambda r: r["drain"]["per_s"], True),
-    ("lateness", "3 lateness at 83/s for {window:g} s, p50 / p99 ms",
+    ("schedule", "1 schedule, 1 call each /s", lambda r: r["schedule"]["per_s"], True),
+    ("drain", "2 drain, {drain:,} at once /s", lambda r: r["drain"]["per_s"], True),
+    ("lateness", "3 lateness 83/s × {window:g} s, p50/p99 ms",
      lambda r: r["lateness"]["p99_ms"], False),
-    ("rss", "4 peak RSS, system's processes (MB)",
+    ("rss", "4 peak RSS (sum)",
      lambda r: r["resources"]["peak_rss_mb"], False),
-    ("cpu", "5 CPU s per 1,000 reminders (system + db + client)", lambda r: _cpu(r), False),
+    ("cpu", "5 CPU s / 1,000 reminders", lambda r: _cpu(r), False),
 ]  # fmt: skip
 
 
@@ -413,7 +413,7 @@ def render(results: dict[str, Any], errors: dict[str, str], a: argparse.Namespac
     load = os.getloadavg()
     table = Table(title=f"duly beside its peers — N = {a.n:,}, {os.cpu_count()} CPUs, "
                   f"load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, {stamp}")  # fmt: skip
-    table.add_column("row")
+    table.add_column("row", no_wrap=True)
     for k in duly_cols:
         table.add_column(k.replace("-", " "), justify="right")
     for k in peer_cols:
@@ -443,7 +443,8 @@ def render(results: dict[str, Any], errors: dict[str, str], a: argparse.Namespac
         table.add_row(label.format(drain=a.drain, window=a.window), *cells)
     console.print(table)
     console.print("× = duly's figure ÷ the best peer's (best: highest rate; lowest p99, RSS, "
-                  "CPU). Lateness ratio on p99.")  # fmt: skip
+                  "CPU). Lateness ratio on p99. CPU: the system's processes + the database "
+                  "server's + the client loop.")  # fmt: skip
 
     extra = Table(title="duly only")
     extra.add_column("row")
