@@ -404,13 +404,13 @@ def _fmt(key: str, r: dict[str, Any], v: float) -> str:
 
 
 def render(results: dict[str, Any], errors: dict[str, str], a: argparse.Namespace,
-           console: Any) -> None:  # fmt: skip
+           console: Any, when: float | None = None, load: Any = None) -> None:  # fmt: skip
     from rich.table import Table
 
     duly_cols = [k for k in ("duly-sqlite", "duly-postgresql") if k in results]
     peer_cols = [k for k in PEERS if k in results or k in errors]
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    load = os.getloadavg()
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(when))
+    load = load or os.getloadavg()  # at the end of the run
     table = Table(title=f"duly beside its peers — N = {a.n:,}, {os.cpu_count()} CPUs, "
                   f"load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, {stamp}")  # fmt: skip
     table.add_column("row", no_wrap=True)
@@ -419,6 +419,7 @@ def render(results: dict[str, Any], errors: dict[str, str], a: argparse.Namespac
     for k in peer_cols:
         v = results.get(k, {}).get("version", "")
         table.add_column(f"{k} {v}".strip(), justify="right")
+    table.add_column("best peer")
     for key, label, get, higher in ROWS:
         vals: dict[str, float] = {}
         for k in (*duly_cols, *peer_cols):
@@ -436,13 +437,13 @@ def render(results: dict[str, Any], errors: dict[str, str], a: argparse.Namespac
                 continue
             cell = _fmt(key, results[k], vals[k])
             if best is not None and peers[best]:
-                cell += f" · {vals[k] / peers[best]:.2f}× {best}"
+                cell += f" ×{vals[k] / peers[best]:.2f}"
             cells.append(cell)
         for k in peer_cols:
             cells.append(_fmt(key, results[k], vals[k]) if k in vals else "error")
-        table.add_row(label.format(drain=a.drain, window=a.window), *cells)
+        table.add_row(label.format(drain=a.drain, window=a.window), *cells, best or "—")
     console.print(table)
-    console.print("× = duly's figure ÷ the best peer's (best: highest rate; lowest p99, RSS, "
+    console.print("×r = duly's figure ÷ the best peer's (best: highest rate; lowest p99, RSS, "
                   "CPU). Lateness ratio on p99. CPU: the system's processes + the database "
                   "server's + the client loop.")  # fmt: skip
 
@@ -488,7 +489,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="server for the scratch databases (trust auth)")  # fmt: skip
     ap.add_argument("--json", help="also write the raw figures to this file")
     ap.add_argument("--no-save", dest="save", action="store_false", help="nothing to bench/out/")
+    ap.add_argument("--from-json", help="only draw the table of a saved report")
     a = ap.parse_args(argv)
+    if a.from_json:
+        data = json.loads(Path(a.from_json).read_text())
+        a = argparse.Namespace(**data["args"])
+        console = report_console()
+        when = datetime.fromisoformat(data["started"]).timestamp() + data["seconds"]
+        render(data["results"], data["errors"], a, console, when, data["loadavg_end"])
+        return 0
     q = a.quick
     a.n = a.n or (1_500 if q else 20_000)
     a.drain = a.drain or (min(2_000, max(a.n, 200)) if q else 20_000)
@@ -503,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
     work = Path(tempfile.mkdtemp(prefix="duly-peers-"))
-    t_start = time.time()
+    t_start, load0 = time.time(), os.getloadavg()
     try:
         for s in systems:
             runs = [f"duly-{b}" for b in a.duly_backends.split(",") if b] if s == "duly" else [s]
@@ -523,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     render(results, errors, a, console)
     data = {
         "args": dict(vars(a)), "results": results, "errors": errors,
-        "cpus": os.cpu_count(), "loadavg_end": os.getloadavg(),
+        "cpus": os.cpu_count(), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
         "started": datetime.fromtimestamp(t_start, UTC).isoformat(),
         "seconds": time.time() - t_start,
     }  # fmt: skip
