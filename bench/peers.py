@@ -156,18 +156,22 @@ class Duly:
         else:
             self.pg = ScratchPostgres(a.postgres, dbname=f"duly_peers_{os.getpid()}")
             self.url = self.pg.create()
-        env = duly_env(self.url, root / "duly.yaml")
-        self.key = migrate_and_key(env, root)
+        self.env = env = duly_env(self.url, root / "duly.yaml")
         self.serve = DulyProc("serve", "serve", env, root, port=free_port())
-        self.env = env
         self.workers: list[DulyProc] = []
-        self.serve.start()
-        self.add_workers(workers)
-        self.serve.wait_http(90, path="/readyz")
-        self.db = sa.create_engine(self.url.replace("postgresql://", "postgresql+psycopg://"))
-        c = Client(self.port, self.key)
-        c.call("PUT", "/v1/recipients/r0", {"name": "Bench", "email": "r0@bench.test"})
-        c.close()
+        self.failures: dict[str, int] = {}  # prefix -> deliveries failed
+        self.db = sa.create_engine(self.url)
+        try:
+            self.key = migrate_and_key(env, root)
+            self.serve.start()
+            self.add_workers(workers)
+            self.serve.wait_http(90, path="/readyz")
+            c = Client(self.port, self.key)
+            c.call("PUT", "/v1/recipients/r0", {"name": "Bench", "email": "r0@bench.test"})
+            c.close()
+        except BaseException:
+            self.close()  # the processes stopped, the scratch database dropped
+            raise
 
     @property
     def port(self) -> int:
@@ -193,10 +197,19 @@ class Duly:
         with self.db.connect() as c:
             return [(s.split("/", 1)[1], t) for s, t in c.execute(q)]
 
+    def failed(self, prefix: str) -> int:
+        q = sa.select(sa.func.count()).where(
+            deliveries.c.subject.like(f"reminder/{prefix}%"), deliveries.c.state == "failed"
+        )
+        with self.db.connect() as c:
+            return int(c.execute(q).scalar_one())
+
     def wait_sent(self, prefix: str, n: int, deadline: float) -> list[tuple[str, float]]:
+        """Until ``n`` reminders of ``prefix`` are sent or failed (``self.failures``)."""
         while True:
             got = self.sent(prefix)
-            if len(got) >= n or time.time() > deadline:
+            self.failures[prefix] = failed = self.failed(prefix)
+            if len(got) + failed >= n or time.time() > deadline:
                 return [(k, t.timestamp()) for k, t in got]
             if not all(p.alive() for p in (self.serve, *self.workers)):
                 raise RuntimeError("a duly process died:\n" + self.serve.log_text()[-2000:])
@@ -226,7 +239,7 @@ def _drain(d: Duly, prefix: str, n: int, batch_rate: float) -> dict[str, Any]:
     got = d.wait_sent(prefix, n, t0 + max(120.0, n / 20))
     last = max((t for _, t in got), default=float("nan"))
     return {
-        "n": n, "executed": len(got), "seconds": last - t0,
+        "n": n, "executed": len(got), "failed": d.failures.get(prefix, 0), "seconds": last - t0,
         "per_s": len(got) / (last - t0) if got and last > t0 else float("nan"),
         "scheduled_before_due_s": t0 - done,
         "first_after_due_s": min((t for _, t in got), default=float("nan")) - t0,
@@ -300,6 +313,7 @@ def run_duly(backend: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
         late = [(t - due[k]) * 1000 for k, t in got if k in due]
         out["lateness"] = {
             "rate": RATE, "window_s": a.window, "planned": n, "ran": len(got),
+            "failed": d.failures.get("l", 0),
             "p50_ms": pct(late, 50), "p99_ms": pct(late, 99), "max_ms": max(late, default=float("nan")),
         }  # fmt: skip
         log(f"[{name}] lateness p50 {out['lateness']['p50_ms']:.1f} ms, "
@@ -399,7 +413,10 @@ def _fmt(key: str, r: dict[str, Any], v: float) -> str:
         return f"{v:,.0f} MB"
     if key == "cpu":
         return f"{v:.2f} s"
-    cut = "" if key != "drain" or r["drain"]["executed"] == r["drain"]["n"] else " (partial)"
+    cut = ""
+    if key == "drain" and r["drain"]["executed"] != r["drain"]["n"]:
+        failed = r["drain"].get("failed", 0)
+        cut = f" ({failed} failed)" if failed else " (partial)"
     return f"{v:,.0f}/s{cut}"
 
 
