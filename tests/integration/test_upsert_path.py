@@ -56,7 +56,10 @@ def client(rt: Runtime) -> tuple[Any, str]:
 
 
 def body(due: datetime, status: str = "open") -> dict[str, Any]:
-    return {"attributes": {"status": status, "due_at": due.isoformat()}, "recipients": {"owner": "r1"}}
+    return {
+        "attributes": {"status": status, "due_at": due.isoformat()},
+        "recipients": {"owner": "r1"},
+    }
 
 
 def test_a_key_revoked_in_this_process_is_refused_at_once_though_cached(rt: Runtime) -> None:
