@@ -5,7 +5,7 @@ dispatcher's render returns within the limit."""
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -375,3 +375,52 @@ def test_a_webhook_body_keeps_its_dates_and_numbers_through_the_render_process()
         "n": Decimal("1.5"),
         "x": [1],
     }
+
+
+def test_a_render_process_that_cannot_start_delays_the_delivery_and_fails_nothing(
+    db_url: str,
+    tmp_path: Path,
+    smtp,  # noqa: ANN001, F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No render process can be started (here: a Python that cannot start at all; on a
+    loaded machine: one slower than its start-up time). The template and the data are not
+    at fault, so the delivery waits and tries again, spending no attempt, instead of
+    failing for good; once processes start, it goes out."""
+    sink, port = smtp
+    rf = setup(db_url, tmp_path, GOOD)
+    clock = VirtualClock(T0)
+    db = make_engine(db_url)
+    engine = Engine(rf, db, clock=clock)
+    chan = SmtpChannel("email", url=f"smtp://127.0.0.1:{port}", from_="billing@acme.test")
+    from duly.delivery.rendering.pool import RenderPool
+
+    pool = RenderPool(2)  # its own: the shared one may hold processes started earlier
+    renderer = Renderer(rf.templates_dir, limits=rf.render, pool=pool)
+    disp = Dispatcher(engine, {"email": chan}, renderer, send_workers=1)
+    try:
+        engine.put_recipient(Recipient("c1", name="Alice", email="alice@example.test"))
+        for status in ("sent", "paid"):
+            engine.upsert_subjects(
+                [SubjectInput("invoice", "A", {"status": status}, {"customer": "c1"})]
+            )
+        monkeypatch.setenv("PYTHONHOME", str(tmp_path / "no-python-here"))
+        disp.run_once()
+        with db.connect() as c:
+            rows = list(c.execute(sa.select(deliveries)))
+        assert len(rows) == 2 and not sink.messages
+        for r in rows:
+            assert (r.state, r.reason, r.attempts) == ("pending", None, 0), r
+            assert "a render process could not be started" in r.last_error
+            assert r.due_at.replace(tzinfo=UTC) > T0
+        monkeypatch.delenv("PYTHONHOME")
+        clock.set(T0 + timedelta(seconds=30))
+        disp.run_once()
+        with db.connect() as c:
+            states = {r.rule: (r.state, r.attempts) for r in c.execute(sa.select(deliveries))}
+        assert states == {"receipt": ("sent", 1), "good-receipt": ("sent", 1)}
+        assert len(sink.messages) == 2
+    finally:
+        renderer.close()
+        pool.close()
+        db.dispose()

@@ -24,7 +24,9 @@ class RenderError(Exception):
     ``kind`` says why, so that callers can tell a broken template from data that does not
     fit it: ``syntax``, ``security`` (refused by the sandbox), ``not_found`` (an included
     template), ``limit`` (:class:`RenderLimitExceeded`), ``busy`` (:class:`RenderBusy`),
-    ``data`` (anything else: a missing value, a helper given bad input)."""
+    ``unavailable`` (no render process could be started: nothing is wrong with the template
+    or the data, and a later try may work), ``data`` (anything else: a missing value, a
+    helper given bad input)."""
 
     def __init__(
         self,

@@ -152,6 +152,12 @@ class RenderPool:
                 while True:
                     share = max(1, self.size - 1)
                     allowed = not interactive or self._interactive_busy < share
+                    # an idle worker that has ended (it never started, or died since) is
+                    # replaced rather than handed out
+                    for dead in [w for w in self._idle if w.proc.poll() is not None]:
+                        self._idle.remove(dead)
+                        self._all.discard(dead)
+                        dead.kill()
                     if allowed and (self._idle or len(self._all) < self.size):
                         # a worker that is ready first; one still starting, else a new one
                         ready = [w for w in self._idle if w.poll_ready()]
@@ -309,7 +315,9 @@ class RenderPool:
                 w.wait_ready()
             except (TimeoutError, _Dead):
                 error = RenderError(
-                    f"a render process could not be started ({w.exit_reason()})", template=what
+                    f"a render process could not be started ({w.exit_reason()})",
+                    template=what,
+                    kind="unavailable",
                 )
                 for i in ids:
                     out[i] = error
@@ -420,7 +428,9 @@ class RenderPool:
                 w.wait_ready()
             except (TimeoutError, _Dead):
                 raise RenderError(
-                    f"a render process could not be started ({w.exit_reason()})", template=what
+                    f"a render process could not be started ({w.exit_reason()})",
+                    template=what,
+                    kind="unavailable",
                 ) from None
             deadline = time.monotonic() + limits.timeout
             try:

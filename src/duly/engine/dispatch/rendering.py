@@ -8,13 +8,16 @@ promotional email). A render that fails or goes over a limit fails only its own 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from duly.core import planner
 from duly.core.model import EMAIL_API_TYPES, Reason
 from duly.delivery.channels.base import Message
 from duly.engine.dispatch.work import _Work
+
+# how long a delivery waits when no render process could be started
+RENDER_RETRY_SECONDS = 10
 
 log = logging.getLogger("duly.dispatcher")
 
@@ -108,6 +111,13 @@ class RenderingMixin:
         title = text = html = None
         if w.reminder is not None:
             title, text = w.reminder["title"], w.reminder["message"]
+        elif isinstance(out, BaseException) and getattr(out, "kind", None) == "unavailable":
+            # no render process could be started (a loaded machine, a process limit): the
+            # template and data are not at fault, so the delivery waits and tries again;
+            # no attempt is spent, and grace still skips it if it waits too long
+            log.warning("delivery %s: %s; retrying in %d s", w.row.id, out, RENDER_RETRY_SECONDS)
+            self._defer(w, now, now + timedelta(seconds=RENDER_RETRY_SECONDS), last_error=str(out))
+            return ""
         elif isinstance(out, BaseException):
             self._final(
                 w,
