@@ -14,17 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_channel_whatsapp_templates import send_day_before_reminders
 
-from duly.core.clock import VirtualClock
-from duly.core.model import ChannelConfig, Recipient
-from duly.core.rules.loader import load_rules_text
+from duly.core.model import ChannelConfig
 from duly.delivery.channels import ChannelConfigError, build_channel
 from duly.delivery.channels.base import DeliveryError, Message
 from duly.delivery.channels.whatsapp_cloud import MAX_TEXT, WhatsAppCloudChannel, verify_signature
-from duly.delivery.rendering import Renderer
-from duly.engine.dispatch import Dispatcher
-from duly.engine.service import Engine, SubjectInput
-from duly.store.db import make_engine
 from fakes.whatsapp_cloud_server import FakeWhatsAppCloud  # tests/ is on sys.path
 
 TO = "+15550100001"
@@ -415,35 +410,9 @@ rules:
 def test_the_dispatcher_sends_a_rendered_template_through_the_cloud_api(
     sqlite_url: str, tmp_path: Path, meta: FakeWhatsAppCloud
 ) -> None:
-    templates = tmp_path / "templates"
-    templates.mkdir()
-    (templates / "remind.whatsapp.txt").write_text(
-        '{"1": {{ recipient.name | tojson }}, "2": {{ attributes.starts_at | tojson }},\n'
-        ' "text": {{ ("Hi " ~ recipient.name ~ ", see you tomorrow") | tojson }}}\n'
-    )
     environ = {"WA_PHONE_ID": meta.phone_number_id, "WA_TOKEN": meta.token, "WA_URL": meta.url}
-    rf = load_rules_text(
-        RULES, path=str(tmp_path / "duly.yaml"), templates_dir=str(templates), environ=environ
-    )
-    clock = VirtualClock(datetime(2026, 3, 1, 8, 0, tzinfo=UTC))
-    engine = Engine(rf, make_engine(sqlite_url), clock=clock)
-    wa = build_channel(rf.channels["whatsapp"])
-    assert isinstance(wa, WhatsAppCloudChannel)
-    disp = Dispatcher(engine, {"whatsapp": wa}, Renderer(rf.templates_dir), send_workers=1)
-    for rid, name, phone in [("p1", 'Ada "A" Lovelace', TO), ("p2", "Bo", "+15550100002")]:
-        engine.put_recipient(Recipient(rid, name=name, phone=phone))
-        engine.upsert_subject(
-            SubjectInput(
-                "appointment", f"A-{rid}", {"starts_at": "2026-03-03T10:00:00Z"}, {"patient": rid}
-            )
-        )
     meta.inside_window.add("15550100002")
-    clock.set(datetime(2026, 3, 2, 10, 30, tzinfo=UTC))  # 24 hours before: due
-    wa.clock = clock.now
-    # Bo wrote in at 09:00, Ada never did
-    wa.last_inbound = lambda address: NOW if address == "+15550100002" else None
-    assert disp.run_once() == 2
-    wa.close()
+    send_day_before_reminders(RULES, environ, tmp_path, sqlite_url, WhatsAppCloudChannel)
     by_to = {r.body["to"]: r.body for r in meta.requests}
     ada = by_to[TO]
     assert ada["type"] == "template"

@@ -324,28 +324,25 @@ rules:
 """
 
 
-def test_the_dispatcher_sends_a_rendered_template_through_twilio(
-    sqlite_url: str, tmp_path: Path, twilio: FakeTwilio
+def send_day_before_reminders(
+    rules: str, environ: dict[str, str], tmp_path: Path, sqlite_url: str, channel_type: type
 ) -> None:
+    """The end-to-end run both WhatsApp channels share: a template rendering the variables as
+    JSON (and the free-form text), two patients with an appointment, the real dispatcher at
+    the reminder's time; Bo wrote in at 09:00 (inside the window), Ada never did."""
     templates = tmp_path / "templates"
     templates.mkdir()
     (templates / "remind.whatsapp.txt").write_text(
         '{"1": {{ recipient.name | tojson }}, "2": {{ attributes.starts_at | tojson }},\n'
         ' "text": {{ ("Hi " ~ recipient.name ~ ", see you tomorrow") | tojson }}}\n'
     )
-    environ = {
-        "TWILIO_ACCOUNT": twilio.account,
-        "TWILIO_TOKEN": twilio.token,
-        "CONTENT_SID": HX,
-        "TWILIO_URL": twilio.base_url,
-    }
     rf = load_rules_text(
-        RULES, path=str(tmp_path / "duly.yaml"), templates_dir=str(templates), environ=environ
+        rules, path=str(tmp_path / "duly.yaml"), templates_dir=str(templates), environ=environ
     )
     clock = VirtualClock(datetime(2026, 3, 1, 8, 0, tzinfo=UTC))
     engine = Engine(rf, make_engine(sqlite_url), clock=clock)
     wa = build_channel(rf.channels["whatsapp"])
-    assert isinstance(wa, TwilioWhatsAppChannel)
+    assert isinstance(wa, channel_type)
     disp = Dispatcher(engine, {"whatsapp": wa}, Renderer(rf.templates_dir), send_workers=1)
     for rid, name, phone in [("p1", 'Ada "A" Lovelace', TO), ("p2", "Bo", "+15550100002")]:
         engine.put_recipient(Recipient(rid, name=name, phone=phone))
@@ -356,10 +353,21 @@ def test_the_dispatcher_sends_a_rendered_template_through_twilio(
         )
     clock.set(datetime(2026, 3, 2, 10, 30, tzinfo=UTC))  # 24 hours before: due
     wa.clock = clock.now
-    # Bo wrote in at 09:00, Ada never did
     wa.last_inbound = lambda address: NOW if address == "+15550100002" else None
     assert disp.run_once() == 2
     wa.close()
+
+
+def test_the_dispatcher_sends_a_rendered_template_through_twilio(
+    sqlite_url: str, tmp_path: Path, twilio: FakeTwilio
+) -> None:
+    environ = {
+        "TWILIO_ACCOUNT": twilio.account,
+        "TWILIO_TOKEN": twilio.token,
+        "CONTENT_SID": HX,
+        "TWILIO_URL": twilio.base_url,
+    }
+    send_day_before_reminders(RULES, environ, tmp_path, sqlite_url, TwilioWhatsAppChannel)
     by_to = {r.form["To"]: r.form for r in twilio.requests}
     ada = by_to[f"whatsapp:{TO}"]
     assert "Body" not in ada and ada["ContentSid"] == HX
