@@ -176,15 +176,17 @@ def inbound_message(
 ) -> tuple[str | None, list[str]]:
     """An inbound message from ``phone`` (E.164, no ``whatsapp:``) on channel ``channel``:
     remember it as the number's last inbound time and apply a STOP / START keyword to the
-    recipients with that phone. Returns (``"out"`` / ``"in"`` / None, the recipient ids
-    whose consent changed)."""
+    recipients with that number as their ``phone`` or as their ``addresses.<channel>``. A
+    keyword in a message older than one already noted from that number (a late or replayed
+    STOP after a START) changes nothing. Returns (``"out"`` / ``"in"`` / None, the recipient
+    ids whose consent changed)."""
     at = at or engine.clock.now()
     with write_transaction(engine.db) as conn:
-        store.note_inbound(conn, phone, channel, at)
-        found = store.recipients_with_phone(conn, phone) if phone else []
+        latest = store.note_inbound(conn, phone, channel, at)
+        found = store.recipients_with_number(conn, phone, channel) if phone else []
     kind = keyword_of(body)
     changed: list[str] = []
-    if kind is None:
+    if kind is None or not latest:
         return None, changed
     for r in found:
         if _set_channel(engine, r, channel, kind == "in"):

@@ -28,6 +28,7 @@ __all__ = [
     "note_inbound",
     "receipt_counts",
     "receipts_of",
+    "recipients_with_number",
     "recipients_with_phone",
     "record_receipt",
 ]
@@ -213,9 +214,10 @@ def receipt_counts(
 # --------------------------------------------------------------------------- inbound
 
 
-def note_inbound(conn: Connection, address: str, channel: str, at: datetime) -> None:
+def note_inbound(conn: Connection, address: str, channel: str, at: datetime) -> bool:
     """Remember that ``address`` wrote in on ``channel`` at ``at`` (the latest time wins;
-    an older message arriving late changes nothing). Idempotent."""
+    an older message arriving late changes nothing). Idempotent. Returns whether ``at`` is
+    the latest time known (False: a message from before one already noted)."""
     addr = address.strip().lower()[:320]
     res = conn.execute(
         sa.update(inbound_addresses)
@@ -227,7 +229,7 @@ def note_inbound(conn: Connection, address: str, channel: str, at: datetime) -> 
         .values(last_at=at)
     )
     if res.rowcount:
-        return
+        return True
     have = conn.execute(
         sa.select(inbound_addresses.c.last_at).where(
             inbound_addresses.c.address == addr, inbound_addresses.c.channel == channel
@@ -241,6 +243,9 @@ def note_inbound(conn: Connection, address: str, channel: str, at: datetime) -> 
                 )
         except sa.exc.IntegrityError:  # a concurrent message inserted it
             pass
+        return True
+    last = have[0] if have[0].tzinfo else have[0].replace(tzinfo=UTC)
+    return bool(last <= at)
 
 
 def last_inbound(conn: Connection, address: str, channel: str | None = None) -> datetime | None:
@@ -262,4 +267,19 @@ def recipients_with_phone(conn: Connection, phone: str) -> list[Recipient]:
     if not phone:
         return []
     q = sa.select(recipients).where(recipients.c.phone == phone).order_by(recipients.c.id)
+    return [_recipient_from_row(r) for r in conn.execute(q).mappings()]
+
+
+def recipients_with_number(conn: Connection, number: str, channel: str) -> list[Recipient]:
+    """The recipients who have ``number`` (E.164 as stored) as their ``phone`` or as their
+    address for ``channel`` (``addresses.<channel>``, with or without ``whatsapp:``), by
+    id; empty for an empty number."""
+    if not number:
+        return []
+    addr = recipients.c.addresses[channel].as_string()
+    q = (
+        sa.select(recipients)
+        .where((recipients.c.phone == number) | (addr == number) | (addr == "whatsapp:" + number))
+        .order_by(recipients.c.id)
+    )
     return [_recipient_from_row(r) for r in conn.execute(q).mappings()]

@@ -37,8 +37,12 @@ or the HTTP status when there is none):
 - 100 (invalid parameter) and any other error: permanent.
 
 Meta reports many failures (131026, 131047 among them) later, in the status webhook, rather
-than in the answer; :func:`verify_signature` checks such a webhook's
-``X-Hub-Signature-256`` for the inbound endpoint that will read them.
+than in the answer. The webhook (``/inbound/whatsapp``, duly.api.inbound) needs two more
+options: ``app_secret`` (or ``app_secret_file``), the Meta app's secret, with which
+:func:`verify_signature` checks each POST's ``X-Hub-Signature-256``, and ``verify_token``
+(or ``verify_token_file``), the string typed in the app's webhook settings, which Meta
+sends back in the subscription handshake. Neither appears in a repr, a log line or an
+error.
 """
 
 from __future__ import annotations
@@ -99,6 +103,12 @@ def verify_signature(app_secret: str | bytes, raw_body: bytes, header: str | Non
     return hmac.compare_digest(given.encode("ascii", "replace"), expected.encode("ascii"))
 
 
+def _optional_secret(option: str, value: Any, file_value: Any) -> str | None:
+    if value in (None, "") and file_value in (None, ""):
+        return None
+    return _http.read_secret(option, value, file_value)
+
+
 class WhatsAppCloudChannel:
     """Sends through Meta's WhatsApp Cloud API; safe to share between threads.
 
@@ -122,6 +132,10 @@ class WhatsAppCloudChannel:
         base_url: str = DEFAULT_BASE_URL,
         timeout: float | str | None = None,
         allow_private: bool | str = False,
+        app_secret: str | None = None,
+        app_secret_file: str | None = None,
+        verify_token: str | None = None,
+        verify_token_file: str | None = None,
     ) -> None:
         self.name = name
         self.where = f"{self.type} channel {name!r}"
@@ -130,6 +144,10 @@ class WhatsAppCloudChannel:
             # Not echoed: a mistyped variable could hold the token instead.
             raise ValueError("phone_number_id: expected the number's ID (digits) from Meta")
         token_value = _http.read_secret("token", token, token_file)
+        # The webhook's secrets (duly.api.inbound: /inbound/whatsapp); optional, since a
+        # channel may send without receiving Meta's webhooks.
+        self._app_secret = _optional_secret("app_secret", app_secret, app_secret_file)
+        self._verify_token = _optional_secret("verify_token", verify_token, verify_token_file)
         self.template: str | None = None
         self.language: str | None = None
         if template not in (None, ""):
