@@ -22,7 +22,7 @@ from duly.core.rules.loader import load_rules_text
 from duly.engine.runtime import build_runtime
 from duly.engine.service import SubjectInput
 from duly.store import receipts as store
-from duly.store.tables import deliveries, suppressions
+from duly.store.tables import deliveries, suppressions, webhook_events
 from fakes.provider_callbacks import twilio_form
 from fakes.twilio_server import FakeTwilio
 from fakes.whatsapp_cloud_server import (
@@ -59,6 +59,10 @@ channels:
     from: "{from_}"
     base_url: {twilio_url}
     allow_private: true
+webhooks:
+  - url: http://127.0.0.1:9/events
+    secret_env: T_EVENTS_SECRET
+    events: [delivery.*]
 rules:
   - name: wa
     subject: invoice
@@ -89,6 +93,7 @@ def env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
         monkeypatch.setenv("T_WA_TOKEN", meta.token)
         monkeypatch.setenv("T_WA_SECRET", SECRET)
         monkeypatch.setenv("T_WA_VERIFY", VERIFY)
+        monkeypatch.setenv("T_EVENTS_SECRET", "whsec_" + "A" * 32)
         text = RULES.format(
             pnid=meta.phone_number_id,
             meta_url=meta.url,
@@ -327,3 +332,50 @@ def test_stop_from_a_number_under_addresses_whatsapp(env: dict[str, Any]) -> Non
     # a STOP from a number nobody has changes nothing
     assert text_in(env, "STOP", sender="+15550100077").status_code == 200
     assert consent(env) == {}
+
+
+# --------------------------------------------------------------------------- the race
+
+
+def events(env: dict[str, Any]) -> list[str]:
+    with env["rt"].db.connect() as c:
+        return list(
+            c.execute(sa.select(webhook_events.c.type).order_by(webhook_events.c.id)).scalars()
+        )
+
+
+def test_statuses_that_arrive_before_the_send_is_recorded_apply_once_it_is(
+    env: dict[str, Any],
+) -> None:
+    meta = env["meta"]
+    answers: list[int] = []
+
+    def call_back_first(wamid: str, body: Any) -> None:
+        # Meta's status webhooks reach duly before its answer to the send does
+        for state, at, error in [("sent", 1772442000, None), ("failed", 1772442005, 131026)]:
+            payload = status_payload(
+                meta.phone_number_id, wamid, state, PHONE, timestamp=at, error=error
+            )
+            answers.append(hook(env, payload).status_code)
+
+    meta.on_accept = call_back_first
+    send(env, "INV-1", alice())
+    assert answers == [200, 200]
+    (row,) = rows(env, "whatsapp")
+    assert row["state"] == "sent"
+    got = receipts(env, row["id"])
+    assert [(r["status"], r["hard"]) for r in got] == [("accepted", False), ("undelivered", True)]
+    with env["rt"].db.connect() as c:
+        assert store.receipt_counts(c, since=None)["unmatched"] == 0  # attached to the send
+    assert active_suppressions(env) == [PHONE]  # the effect applied once the send was recorded
+    assert events(env).count("delivery.undelivered") == 1
+    # replays afterwards, and the next sends (suppressed), apply nothing again
+    meta.on_accept = None
+    assert (
+        status(env, row["receipt"], "failed", timestamp=1772442005, error=131026).status_code == 200
+    )
+    send(env, "INV-2")
+    assert events(env).count("delivery.undelivered") == 1
+    assert len(receipts(env, row["id"])) == 2
+    last = rows(env, "whatsapp")[-1]
+    assert (last["state"], last["reason"]) == ("skipped", "suppressed")

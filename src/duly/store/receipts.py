@@ -9,7 +9,7 @@ receipt changes (suppressions, consent, webhooks).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,6 +24,7 @@ __all__ = [
     "RecordedReceipt",
     "deliveries_with_provider_id",
     "latest_provider_id",
+    "match_unmatched",
     "last_inbound",
     "note_inbound",
     "receipt_counts",
@@ -153,6 +154,59 @@ def record_receipt(
     except sa.exc.IntegrityError:  # a concurrent copy won
         return RecordedReceipt(False, matched)
     return RecordedReceipt(True, matched)
+
+
+# How long an unmatched receipt waits for its send to be recorded (the race is of a few
+# milliseconds; a send is recorded at the latest when its lease runs out).
+PENDING_MATCH = timedelta(days=1)
+
+
+def match_unmatched(
+    conn: Connection, provider_message_ids: list[str], now: datetime
+) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Attach the unmatched receipts (received since ``now`` - :data:`PENDING_MATCH`) under
+    ``provider_message_ids`` to the deliveries that now carry those ids: each receipt is
+    attached once (a conditional UPDATE: two processes never both attach it). Returns
+    (receipt, its deliveries) for each receipt attached here, in the order things happened;
+    each receipt a dict of provider, provider_message_id, status, hard, occurred_at,
+    detail."""
+    ids = sorted({p[:200] for p in provider_message_ids if p})
+    if not ids:
+        return []
+    q = (
+        sa.select(
+            delivery_receipts.c.id,
+            delivery_receipts.c.provider,
+            delivery_receipts.c.provider_message_id,
+            delivery_receipts.c.status,
+            delivery_receipts.c.hard,
+            delivery_receipts.c.occurred_at,
+            delivery_receipts.c.detail,
+        )
+        .where(
+            delivery_receipts.c.delivery_id.is_(None),
+            delivery_receipts.c.received_at >= now - PENDING_MATCH,
+            delivery_receipts.c.provider_message_id.in_(ids),
+        )
+        .order_by(delivery_receipts.c.occurred_at, delivery_receipts.c.id)
+    )
+    out: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    found: dict[str, list[dict[str, Any]]] = {}
+    for rec in [dict(r) for r in conn.execute(q).mappings()]:
+        pmid = rec["provider_message_id"]
+        if pmid not in found:
+            found[pmid] = deliveries_with_provider_id(conn, pmid)
+        matched = found[pmid]
+        if not matched:
+            continue
+        res = conn.execute(
+            sa.update(delivery_receipts)
+            .where(delivery_receipts.c.id == rec["id"], delivery_receipts.c.delivery_id.is_(None))
+            .values(delivery_id=matched[0]["id"])
+        )
+        if res.rowcount:
+            out.append((rec, matched))
+    return out
 
 
 def receipts_of(conn: Connection, delivery_id: int) -> list[dict[str, Any]]:
