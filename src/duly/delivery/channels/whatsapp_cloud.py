@@ -195,7 +195,15 @@ class WhatsAppCloudChannel:
 
     def send(self, message: Message) -> Receipt:
         to = self._address(message)
-        if self.template is None:
+        choice = _whatsapp.choose(
+            message,
+            key="template",
+            template=self.template,
+            language=self.language,
+            fields=self.variables,
+            freeform=self.freeform,
+        )
+        if choice.template is None:
             text = (message.text or "").strip() or (message.title or "").strip()
             if not text:
                 raise DeliveryError(
@@ -203,9 +211,11 @@ class WhatsAppCloudChannel:
                     permanent=True,
                 )
             return self._post(message, self.text_body(to, text))
-        content = _whatsapp.read_content(message, self.variables, where=self.where, numbered=True)
+        content = _whatsapp.read_content(
+            message, choice.fields, where=self.where, numbered=True, extra=choice.variables
+        )
         if content.text is not None and _whatsapp.inside_window(
-            self.freeform, self.last_inbound, to, self.clock()
+            choice.freeform, self.last_inbound, to, self.clock()
         ):
             try:
                 return self._post(message, self.text_body(to, content.text))
@@ -218,7 +228,9 @@ class WhatsAppCloudChannel:
                     self.where,
                     message.message_id,
                 )
-        return self._post(message, self.template_body(to, content))
+        return self._post(
+            message, self.template_body(to, content, choice.template, choice.language)
+        )
 
     def close(self) -> None:
         self._client.close()
@@ -237,10 +249,18 @@ class WhatsAppCloudChannel:
             "text": {"preview_url": False, "body": text},
         }
 
-    def template_body(self, to: str, content: _whatsapp.Content) -> dict[str, Any]:
-        """The JSON body sending the template, its variables as body parameters 1…N."""
-        assert self.template is not None and self.language is not None
-        template: dict[str, Any] = {"name": self.template, "language": {"code": self.language}}
+    def template_body(
+        self,
+        to: str,
+        content: _whatsapp.Content,
+        name: str | None = None,
+        language: str | None = None,
+    ) -> dict[str, Any]:
+        """The JSON body sending the template (``name`` in ``language``, else the
+        channel's), its variables as body parameters 1…N."""
+        name, language = name or self.template, language or self.language
+        assert name is not None and language is not None
+        template: dict[str, Any] = {"name": name, "language": {"code": language}}
         if content.variables:
             ordered = sorted(content.variables.items(), key=lambda kv: int(kv[0]))
             template["components"] = [
