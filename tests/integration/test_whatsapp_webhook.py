@@ -303,6 +303,22 @@ def test_an_inbound_message_opens_the_window_for_free_form_text(env: dict[str, A
     assert meta.requests[-1].body["text"]["body"] == "Invoice due"
 
 
+def test_messages_to_another_number_of_the_app_are_ignored(env: dict[str, Any]) -> None:
+    send(env, "INV-1", alice())
+    payload = message_payload("999999999999999", PHONE, "STOP", timestamp=int(time.time()))
+    assert hook(env, payload).status_code == 200
+    assert consent(env) == {}
+    with env["rt"].db.connect() as c:
+        assert store.last_inbound(c, PHONE) is None
+
+
+def test_a_message_time_in_the_future_is_taken_as_now(env: dict[str, Any]) -> None:
+    assert text_in(env, "hello", timestamp=int(time.time()) + 7 * 86400).status_code == 200
+    with env["rt"].db.connect() as c:
+        last = store.last_inbound(c, PHONE, "whatsapp")
+    assert last is not None and last <= env["rt"].engine.clock.now()
+
+
 # --------------------------------------------------------------------------- addresses
 
 

@@ -25,7 +25,9 @@ Meta's WhatsApp Cloud API webhook, for ``whatsapp-cloud`` channels:
   body with a channel's ``app_secret`` (403 when missing or wrong). ``statuses`` become
   delivery receipts (idempotent in the database: a replayed status changes nothing);
   ``messages`` are inbound messages (STOP / START for the channel whose
-  ``phone_number_id`` received them, and the number's last inbound time); a message id
+  ``phone_number_id`` received them, and the number's last inbound time; messages to a
+  number no channel sends from are ignored, and a time in the future is taken as now); a
+  message id
   already handled by this process is skipped, and a keyword older than the number's last
   inbound message changes nothing, so a replay is a no-op. Answers 200 (Meta retries
   anything else).
@@ -225,14 +227,20 @@ async def whatsapp_webhook(request: Request) -> Response:
     messages: list[tuple[str, dict[str, Any]]] = []
     for change in inbound.whatsapp_cloud_changes(body):
         pnid = change["phone_number_id"]
-        ch = next((c for c in signed if c.phone_number_id == pnid), signed[0])
+        ch = next((c for c in signed if c.phone_number_id == pnid), None)
+        if ch is None and pnid is None:
+            ch = signed[0]
         events += [ReceiptEvent(provider="whatsapp-cloud", **r) for r in change["statuses"]]
+        if ch is None:  # a number of the app that no channel sends from: not duly's
+            continue
         messages += [(ch.name, m) for m in change["messages"] if not seen.seen("wa:" + m["id"])]
     rt = request.app.state.runtime
     if events:
         await run_in_threadpool(record_receipts, rt.engine, events, _metrics(request))
+    now = rt.engine.clock.now()
     for name, m in messages:
-        await run_in_threadpool(inbound_message, rt.engine, name, m["phone"], m["body"], m["at"])
+        at = min(m["at"], now) if m["at"] is not None else now  # never in the future
+        await run_in_threadpool(inbound_message, rt.engine, name, m["phone"], m["body"], at)
         seen.add("wa:" + m["id"])
     return Response(status_code=200)
 
