@@ -189,7 +189,9 @@ def test_a_variable_that_fails_to_render_fails_only_its_delivery(
         assert meta.requests == []
     got = states(engine)
     assert {v[:2] for v in got.values()} == {("failed", "render_error")}
-    assert all("whatsapp.variables.1" in (v[2] or "") for v in got.values()), got
+    assert all(
+        "appointment-reminder.whatsapp.variables.1, line 1" in (v[2] or "") for v in got.values()
+    ), got
 
 
 # --------------------------------------------------------------------------- the rule file

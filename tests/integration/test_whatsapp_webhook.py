@@ -395,3 +395,5 @@ def test_statuses_that_arrive_before_the_send_is_recorded_apply_once_it_is(
     assert len(receipts(env, row["id"])) == 2
     last = rows(env, "whatsapp")[-1]
     assert (last["state"], last["reason"]) == ("skipped", "suppressed")
+    with env["rt"].db.begin() as c:  # attached once: nothing is left to attach
+        assert store.match_unmatched(c, [row["receipt"]], env["rt"].engine.clock.now()) == []
