@@ -120,6 +120,9 @@ STEP_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "batch": either("1h", {"within": "1h"}, {"within": "99999999999999y"}),
     "set": either({"status": "reminded"}, {"__class__": 1}, {"x": deep(60)}),
     "webhook": either({"url": "https://app.test/h"}, {"url": "file:///etc/passwd"}),
+    "whatsapp": either({"content_sid": "HX" + "0" * 32, "variables": {"1": "{{ x }}"}},
+                       {"template": "t", "language": "en", "variables": {"1": "a", "3": "b"}},
+                       {"variables": {"a b": deep(5)}}, {"freeform": "never"}),
 }  # fmt: skip
 RULE_VALUES: dict[str, st.SearchStrategy[Any]] = {
     **STEP_VALUES,

@@ -39,7 +39,7 @@ __all__ = ["IMPLICIT_CHANNELS", "RULE_KEYS", "STEP_KEYS", "RuleReader"]
 
 STEP_KEYS = (
     "name", "at", "time", "repeat", "if", "to", "channels", "fallback", "category",
-    "template", "window", "expire", "batch", "set", "webhook",
+    "template", "window", "expire", "batch", "set", "webhook", "whatsapp",
 )  # fmt: skip
 RULE_ONLY_KEYS = (
     "subject", "steps", "on", "delay", "cron", "timezone", "collect", "skip_empty",
@@ -118,6 +118,7 @@ class RuleReader(RuleFieldReader):
         template = opt("template", self.name, "a template name")
         set_ = opt("set", self.set_action)
         webhook = opt("webhook", self.webhook_action)
+        whatsapp = opt("whatsapp", self.whatsapp)
         kind = self.trigger_kind(m, node, f, label)
         # An action (set / webhook) sends a message only with an explicit template.
         has_action = "set" in m or "webhook" in m  # keys, so an invalid action still counts
@@ -138,6 +139,7 @@ class RuleReader(RuleFieldReader):
                 webhook=webhook,
                 sends_message=sends,
                 line=node.start_mark.line + 1,
+                whatsapp=whatsapp,
             )
             steps = [_StepInfo(shorthand, f, node, m.get("template"), False)]
 
@@ -181,6 +183,7 @@ class RuleReader(RuleFieldReader):
             webhook=webhook,
             sends_message=sends,
             line=node.start_mark.line + 1,
+            whatsapp=whatsapp,
         )
         return rule if name is not None else None
 
@@ -332,6 +335,7 @@ class RuleReader(RuleFieldReader):
             webhook=webhook,
             sends_message=sends,
             line=node.start_mark.line + 1,
+            whatsapp=opt("whatsapp", self.whatsapp),
         )
         return _StepInfo(step, f, node, m.get("template"), "to" in m)
 

@@ -306,19 +306,7 @@ class Renderer:
         """:meth:`render` in this process: no time or memory bound (what a render process
         runs). ``on_part(filename)`` is told which part is about to be rendered."""
         base = f"{name}.{channel}"
-        zone_name = timezone or (recipient.timezone if recipient else None) or "UTC"
-        locale_name = locale or (recipient.locale if recipient else None) or "en"
-        try:
-            formats = _Formats(locale=_locale(locale_name), zone=_zone(zone_name))
-        except RenderError as exc:
-            raise RenderError(exc.reason, template=base) from None
-
-        values = dict(context)
-        if recipient is not None:
-            values.setdefault("recipient", recipient)
-        values[_FORMATS_KEY] = formats
-        if self.ack_links is not None:
-            values[ACK_LINKS_KEY] = self.ack_links
+        values = self._values(context, recipient, timezone, locale, base)
 
         text_t = self._template(f"{base}.txt")
         html_t = self._template(f"{base}.html")
@@ -360,6 +348,82 @@ class Renderer:
             if len(html) + len(text or "") > self.limits.max_output:
                 raise _over_output(self.limits, f"{base}.html")
         return Rendered(title=title, text=text, html=html)
+
+    def render_strings(
+        self,
+        sources: Mapping[str, str],
+        context: Mapping[str, Any],
+        *,
+        recipient: Recipient | None = None,
+        timezone: str | None = None,
+        locale: str | None = None,
+        what: str = "strings",
+    ) -> dict[str, str]:
+        """Render each of ``sources`` (name → a Jinja text, not escaped) with the context
+        and helpers of :meth:`render`, within the same limits (``max_output`` for all of
+        them together). Raises :class:`RenderError` naming ``what.NAME``."""
+        if not self.isolated:
+            return self.render_strings_here(
+                sources, context, recipient=recipient, timezone=timezone, locale=locale, what=what
+            )
+        return self.pool.render_strings(  # type: ignore[no-any-return]
+            self,
+            dict(sources),
+            dict(context),
+            recipient=recipient,
+            timezone=timezone,
+            locale=locale,
+            what=what,
+        )
+
+    def render_strings_here(
+        self,
+        sources: Mapping[str, str],
+        context: Mapping[str, Any],
+        *,
+        recipient: Recipient | None = None,
+        timezone: str | None = None,
+        locale: str | None = None,
+        what: str = "strings",
+    ) -> dict[str, str]:
+        """:meth:`render_strings` in this process (what a render process runs)."""
+        values = self._values(context, recipient, timezone, locale, what)
+        budget = [self.limits.max_output]
+        out: dict[str, str] = {}
+        for key, source in sources.items():
+            filename = f"{what}.{key}"
+            try:
+                code = self._env.compile(source, filename, filename)
+                template = self._env.template_class.from_code(
+                    self._env, code, self._env.make_globals(None), None
+                )
+            except Exception as exc:
+                raise _render_error(exc, filename) from exc
+            out[key] = self._run(template, values, filename, budget)
+        return out
+
+    def _values(
+        self,
+        context: Mapping[str, Any],
+        recipient: Recipient | None,
+        timezone: str | None,
+        locale: str | None,
+        base: str,
+    ) -> dict[str, Any]:
+        """The values a template sees: the context, the recipient, the helpers' formats."""
+        zone_name = timezone or (recipient.timezone if recipient else None) or "UTC"
+        locale_name = locale or (recipient.locale if recipient else None) or "en"
+        try:
+            formats = _Formats(locale=_locale(locale_name), zone=_zone(zone_name))
+        except RenderError as exc:
+            raise RenderError(exc.reason, template=base) from None
+        values = dict(context)
+        if recipient is not None:
+            values.setdefault("recipient", recipient)
+        values[_FORMATS_KEY] = formats
+        if self.ack_links is not None:
+            values[ACK_LINKS_KEY] = self.ack_links
+        return values
 
     def _template(self, filename: str) -> _Template | None:
         """The compiled template, or None when there is no such file (nor override)."""
