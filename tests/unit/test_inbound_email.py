@@ -48,6 +48,16 @@ def test_default_certificate_hosts(url: str, ok: bool) -> None:
     assert cert_url_allowed(url) is ok
 
 
+def test_default_certificate_paths_and_subscription_urls() -> None:
+    host = "https://sns.us-west-2.amazonaws.com"
+    assert not cert_url_allowed(host + "/anything.pem")
+    assert not cert_url_allowed(host + "/SimpleNotificationService-abc.pem?x=1")
+    confirm = host + "/?Action=ConfirmSubscription&TopicArn=arn:aws:sns:us-west-2:1:t&Token=x"
+    assert cert_url_allowed(confirm, certificate=False)
+    assert not cert_url_allowed(confirm)
+    assert not cert_url_allowed("https://evil.test/?Action=ConfirmSubscription", certificate=False)
+
+
 def test_configured_certificate_prefixes_replace_the_default() -> None:
     prefixes = ("http://127.0.0.1:8080/",)
     assert cert_url_allowed("http://127.0.0.1:8080/cert.pem", prefixes)

@@ -217,7 +217,8 @@ async def ses(request: Request) -> Response:
 
 async def _subscribe(channel: Any, msg: dict[str, Any]) -> None:
     url, topic = msg.get("SubscribeURL"), msg.get("TopicArn")
-    if not channel.sns_confirm or not parse.cert_url_allowed(url, channel.sns_certificate_urls):
+    allowed = parse.cert_url_allowed(url, channel.sns_certificate_urls, certificate=False)
+    if not channel.sns_confirm or not allowed:
         log.warning(
             "SNS: subscription of channel %s to %s not confirmed by duly; confirm it by "
             "opening its SubscribeURL: %s",

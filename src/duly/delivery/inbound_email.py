@@ -215,6 +215,7 @@ def mailgun_report(data: Mapping[str, Any]) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- Amazon SNS
 
 SNS_DEFAULT_HOST = re.compile(r"sns\.[a-z]{2}(?:-[a-z]+)+-\d+\.amazonaws\.com(?:\.cn)?")
+_SNS_CERT_PATH = re.compile(r"/SimpleNotificationService-[A-Za-z0-9]{1,64}\.pem")
 _SNS_FIELDS = {
     "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
     "SubscriptionConfirmation": (
@@ -231,17 +232,20 @@ _SNS_FIELDS["UnsubscribeConfirmation"] = _SNS_FIELDS["SubscriptionConfirmation"]
 _SNS_HASHES: dict[str, type[hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
 
 
-def cert_url_allowed(url: str, prefixes: tuple[str, ...] = ()) -> bool:
-    """Whether duly may fetch ``url`` (an SNS ``SigningCertURL`` or ``SubscribeURL``): with
-    ``prefixes`` (the ses channel's ``sns_certificate_urls``), when it starts with one of
-    them; else when it is ``https://sns.<region>.amazonaws.com/…`` (or ``.com.cn``) with no
-    user, port or fragment."""
+def cert_url_allowed(url: Any, prefixes: tuple[str, ...] = (), *, certificate: bool = True) -> bool:
+    """Whether duly may fetch ``url``, an SNS ``SigningCertURL`` (``certificate``) or a
+    ``SubscribeURL``: with ``prefixes`` (the ses channel's ``sns_certificate_urls``), when
+    it starts with one of them; else when it is ``https://sns.<region>.amazonaws.com`` (or
+    ``.com.cn``) with no user or port, and, for a certificate, the path
+    ``/SimpleNotificationService-<id>.pem`` with no query."""
     if not isinstance(url, str) or not url or any(c.isspace() for c in url):
         return False
     if prefixes:
         return any(url.startswith(p) for p in prefixes)
     m = re.fullmatch(r"https://([^/?#@:]+)(/[^#]*)", url)
-    return m is not None and SNS_DEFAULT_HOST.fullmatch(m.group(1).lower()) is not None
+    if m is None or SNS_DEFAULT_HOST.fullmatch(m.group(1).lower()) is None:
+        return False
+    return not certificate or _SNS_CERT_PATH.fullmatch(m.group(2)) is not None
 
 
 def sns_string_to_sign(message: Mapping[str, Any]) -> bytes | None:
