@@ -205,7 +205,7 @@ class FakeSns(LocalServer):
         self.cert_path = f"/SimpleNotificationService-{secrets.token_hex(16)}.pem"
 
     def respond(self, request: Incoming) -> Reply:
-        if request.path == self.cert_path:
+        if request.path.split("?", 1)[0] == self.cert_path:
             self.cert_requests += 1
             return Reply(200, self.cert.public_bytes(serialization.Encoding.PEM))
         if request.path.startswith("/confirm?"):
