@@ -407,3 +407,13 @@ def test_an_ses_complaint_and_a_sendgrid_hard_bounce_suppress_and_show(env: dict
     assert {(r["state"], r["reason"]) for r in later} == {("skipped", "suppressed")}
     later = send_more(env, "INV-4", "c2")
     assert {(r["state"], r["reason"]) for r in later} == {("skipped", "no_consent")}
+
+
+def test_bodies_that_are_not_json_or_nest_too_deep_are_400(env: dict[str, Any]) -> None:
+    deep = b'{"a":' * 5000  # json.loads gives up with RecursionError: never a 500
+    c = env["client"]
+    r = c.post("/inbound/sendgrid", content=deep, headers=env["signer"].headers(deep))
+    assert r.status_code == 400, r.text
+    for path in ("/inbound/mailgun", "/inbound/ses"):
+        assert c.post(path, content=deep).status_code == 400
+        assert c.post(path, content=b"\xff\xfe").status_code == 400

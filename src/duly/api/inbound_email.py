@@ -91,8 +91,8 @@ def _fresh(timestamp: Any, tolerance: float, what: str) -> None:
 async def _json(request: Request) -> Any:
     try:
         return json.loads(await request.body())
-    except ValueError:
-        raise ApiError(400, "invalid", "the body is not JSON") from None
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
+        raise ApiError(400, "invalid", "the body is not JSON (or nests too deep)") from None
 
 
 # --------------------------------------------------------------------------- SendGrid
