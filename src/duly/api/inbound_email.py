@@ -15,7 +15,8 @@ permission). Postmark's is in duly.api.inbound.
 Each refuses, with 403, a request that is unsigned, wrongly signed, or signed more than
 :data:`TOLERANCE` (SNS: :data:`SNS_TOLERANCE`) seconds away from now. A replay — the same
 SendGrid ``sg_event_id``, Mailgun ``token`` or SNS ``MessageId`` again, remembered by this
-process for twice the tolerance — is answered 200 and does nothing; the receipts are also
+process for twice :data:`SNS_TOLERANCE` (longer than any accepted request stays fresh) — is
+answered 200 and does nothing; the receipts are also
 idempotent in the database, so a replay reaching another process changes nothing either.
 """
 
