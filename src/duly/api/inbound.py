@@ -218,7 +218,7 @@ async def whatsapp_webhook(request: Request) -> Response:
         raise ApiError(403, "forbidden", "X-Hub-Signature-256 does not match")
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # too deep a nesting is refused, never a 500
         raise ApiError(400, "invalid", "the body is not JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid", "the body is not a JSON object")
@@ -258,7 +258,7 @@ async def postmark(request: Request) -> Response:
         raise ApiError(403, "forbidden", "missing or wrong credentials for the Postmark webhook")
     try:
         body = json.loads(await request.body())
-    except ValueError:
+    except (ValueError, RecursionError):  # too deep a nesting is refused, never a 500
         raise ApiError(400, "invalid", "the body is not JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid", "the body is not a JSON object")
