@@ -189,3 +189,50 @@ def test_a_variant_is_checked_in_its_own_language_for_its_base_rules_subjects(en
         locale="es_ES",
     )
     assert r.text is not None and "8 déc. 2026" in r.text, r.text
+
+
+def test_the_dispatcher_sends_a_variant_saved_here_to_its_readers(
+    db_url: str, tmp_path: Path, tdir: Path
+) -> None:
+    import sqlalchemy as sa
+
+    from duly.core.clock import VirtualClock
+    from duly.delivery.channels.outbox import OutboxChannel
+    from duly.delivery.rendering import Renderer
+    from duly.engine.dispatch import Dispatcher
+    from duly.store.tables import deliveries
+
+    rules = "template_language: en-GB\n" + RULES
+    rf = load_rules_text(rules, path=str(tmp_path / "duly.yaml"), templates_dir=str(tdir))
+    db = make_engine(db_url)
+    try:
+        clock = VirtualClock(T0)
+        engine = Engine(rf, db, clock=clock)
+        ts = TemplateStore(db, tdir, rules=rf)
+        renderer = Renderer(
+            tdir, loader_overrides=ts.override, template_language=rf.template_language
+        )
+        disp = Dispatcher(engine, {"email": OutboxChannel("email")}, renderer, send_workers=1)
+        french = "Subject: Facture {{ subject.key }} du {{ date(attributes.due_at) }}\nBonjour\n"
+        ts.save("invoice-overdue.fr", [("email", "txt", french)], author="a", now=T0)
+        for rid, locale in (("fr", "fr_CA"), ("es", "es_ES")):
+            engine.put_recipient(Recipient(rid, email=f"{rid}@x.test", locale=locale))
+            engine.upsert_subject(
+                SubjectInput(
+                    "invoice",
+                    f"I-{rid}",
+                    {"status": "sent", "amount": 5, "currency": "EUR", "due_at": "2026-12-07"},
+                    {"customer": rid},
+                )
+            )
+        clock.set(datetime(2026, 12, 8, 0, 5, tzinfo=UTC))
+        disp.run_once()
+        with db.connect() as c:
+            titles = dict(c.execute(sa.select(deliveries.c.recipient, deliveries.c.title)).all())
+        assert titles == {
+            "fr": "Facture I-fr du 7 déc. 2026",
+            "es": "Invoice I-es is overdue",
+        }, titles
+    finally:
+        renderer.close()
+        db.dispose()
