@@ -69,7 +69,8 @@ def test_history_starts_with_the_shipped_wording_which_can_be_restored(web: Web)
     view = web.rt.templates.get(NAME)
     assert view.latest == 2
     assert next(p for p in view.parts if p.ext == "txt").body == shipped
-    # nothing differs from the shipped wording now
+    # nothing differs from the shipped wording now: no button, and a restore says so
+    assert "Restore the shipped wording" not in web.get(f"{EDIT}/history").text
     r = web.post(f"{EDIT}/restore", {"version": "0"}, token_from=f"{EDIT}/history")
     assert "already" in _flashes(web.get(r.headers["location"]).text)
 

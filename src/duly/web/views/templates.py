@@ -516,6 +516,13 @@ def template_history(
             "title": f"History of {name}",
             "view": current,
             "history": list(reversed(current.history)),
+            "shipped_in_use": current.latest is None
+            or all(
+                p.body == body
+                for key, body in _parts_at(ts, current, name, 0).items()
+                for p in current.parts
+                if f"{p.channel}.{p.ext}" == key
+            ),
             "version": version,
             "against": against,
             "diffs": diffs,
