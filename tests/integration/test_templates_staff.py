@@ -165,8 +165,11 @@ def test_variables_come_from_recent_subjects_with_examples(env) -> None:  # noqa
     assert "subject.key" in attrs
     names = {v.name for g in groups.values() for v in g.items}
     assert {"recipient.name", "rule.name", "step.name", "event.name", "now"} <= names
-    helpers = {v.name for v in groups["Helpers"].items}
-    assert {"date", "money", "relative"} <= helpers
+    helpers = {v.name: v.insert for v in groups["Helpers"].items}
+    assert {"date", "money", "relative"} <= helpers.keys()
+    # inserted with the kind's own attributes where one fits
+    assert helpers["date"] == "{{ date(attributes.due_at) }}"
+    assert helpers["money"] == "{{ money(attributes.amount, attributes.currency) }}"
 
 
 # --------------------------------------------------------------------------- variants

@@ -319,7 +319,34 @@ def variables(ts: TemplateStore, name: str) -> list[VariableGroup]:
         groups.append(
             VariableGroup("Collections", [_var(c, None, "a list") for c in sorted(collections)])
         )
-    groups.append(
-        VariableGroup("Helpers", [Variable(h, ins, None, note) for h, ins, note in HELPERS])
-    )
+    groups.append(VariableGroup("Helpers", _helpers(examples)))
     return groups
+
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+def _helpers(examples: Mapping[str, Any]) -> list[Variable]:
+    """The helpers, inserted with the kind's own attributes where one fits (a date, an
+    amount, a currency), else with placeholders to replace."""
+
+    def first(test: Any) -> str | None:
+        return next((_attr_name(k) for k, v in sorted(examples.items()) if test(v)), None)
+
+    day = first(lambda v: isinstance(v, str) and _ISO_DATE.match(v)) or "VALUE"
+    number = first(lambda v: isinstance(v, int | float) and not isinstance(v, bool))
+    currency = first(lambda v: isinstance(v, str) and _CURRENCY.match(v))
+    fill = {
+        "VALUE": day,
+        "AMOUNT": number or "AMOUNT",
+        "CURRENCY": currency or "CURRENCY",
+    }
+    out = []
+    for h, insert, note in HELPERS:
+        for placeholder, value in fill.items():
+            insert = insert.replace(placeholder, value)
+        if h == "number" and number:
+            insert = "{{ number(" + number + ") }}"
+        out.append(Variable(h, insert, None, note))
+    return out
