@@ -168,6 +168,8 @@ TOP_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "render": either({"timeout": "2s", "max_output": "10MB"}, {"timeout": "99999999999999m"},
                      {"max_memory": "1" + "0" * 400 + "GB"}, {"workers": 10**30},
                      {"max_output": "1e999KB"}, {"timeout": "-1ms"}),
+    "template_language": either("en", "en-GB", "fr_CA", "xx_klingon", "", "../../x", "\x00",
+                                "e" * 10_000, 5, None, ["en"], {"en": 1}),
 }  # fmt: skip
 assert set(TOP_VALUES) | {"rules"} == set(TOP_KEYS)
 

@@ -409,6 +409,7 @@ class RuleFile:
     allow_private_targets: bool = False
     templates_dir: str | None = None
     render: RenderLimits = field(default_factory=RenderLimits)
+    template_language: str | None = None  # the language of templates that declare none
 
     def rule(self, name: str) -> Rule | None:
         for r in self.rules:
