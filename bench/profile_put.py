@@ -4,12 +4,16 @@
     .venv/bin/python bench/profile_put.py --postgres URL     # a scratch PostgreSQL database
     .venv/bin/python bench/profile_put.py --profile 30       # + cProfile's top 30 (cumulative)
     .venv/bin/python bench/profile_put.py --batch            # POST /v1/subjects:batch of 1,000
+    .venv/bin/python bench/profile_put.py --http h11 --loop asyncio   # through uvicorn, below
 
 The app is the one ``duly serve`` runs (``create_app`` over ``build_runtime``, the web UI
 included, behind ``ClientAddress``), called as ASGI without an HTTP server, so the figures are
 duly's own: validation, routing, the engine, SQL and JSON, with the statements per upsert
 counted. The dispatcher is not started (``bench/api.py`` measures ``duly serve`` whole, over
-HTTP). It prints the process's CPU seconds per 1,000 upserts (user + system, this process;
+HTTP). With ``--http`` (``h11`` or ``httptools``) and ``--loop`` (``asyncio`` or ``uvloop``) the
+same app runs under uvicorn in a child process, driven over one keep-alive connection from
+this one, and the child's CPU is what is counted: the HTTP server's share, still without the
+dispatcher's. It prints the process's CPU seconds per 1,000 upserts (user + system, this process;
 with ``--postgres`` the server's backend CPU is added from ``/proc``) and statements per
 upsert. A shared, loaded machine slows the wall clock, much less the CPU seconds.
 """
@@ -210,12 +214,87 @@ async def run(args: argparse.Namespace, app: Any, key: str, rt: Any) -> None:
         st.sort_stats("tottime").print_stats(args.profile)
 
 
+def serve_child(database: str, root: Path, port: int, loop: str, http: str) -> None:
+    """The child of ``--http``: the app under uvicorn, the key on stdout."""
+    import uvicorn
+
+    rt, app, key = build(root, database)
+    print(key, flush=True)
+    uvicorn.run(app, host="127.0.0.1", port=port, loop=loop, http=http, log_level="warning",
+                access_log=False, proxy_headers=False)  # fmt: skip
+    rt.stop()
+
+
+def _proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def over_http(args: argparse.Namespace, root: Path, database: str) -> None:
+    import subprocess
+
+    from _harness import free_port
+    from api import Conn, Server
+
+    port = free_port()
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--child", database, str(root), str(port), args.loop,
+         args.http],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        key = child.stdout.readline().strip()
+
+        async def drive() -> tuple[float, float, float]:
+            srv = Server(f"http://127.0.0.1:{port}", "127.0.0.1", port, key, child, root)  # type: ignore[arg-type]
+            for _ in range(100):
+                try:
+                    conn = Conn(srv)
+                    await conn.request("GET", "/readyz")
+                    break
+                except OSError:
+                    await asyncio.sleep(0.2)
+            for r in range(RECIPIENTS):
+                await conn.request("PUT", f"/v1/recipients/u{r}", json.dumps(
+                    {"name": f"U{r}", "email": f"u{r}@example.com"}).encode())  # fmt: skip
+            due = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+
+            async def put(i: int) -> None:
+                b = {"attributes": {"status": "open", "due_at": due},
+                     "recipients": {"owner": f"u{i % RECIPIENTS}"}}  # fmt: skip
+                st, out = await conn.request("PUT", f"/v1/subjects/job/k{i}", json.dumps(b).encode())
+                assert st == 200, (st, out[:300])
+
+            for i in range(50):
+                await put(i)
+            c0, t0 = _proc_cpu(child.pid), time.perf_counter()
+            for i in range(50, 50 + args.n):
+                await put(i)
+            return _proc_cpu(child.pid) - c0, time.perf_counter() - t0, float(args.n)
+
+        cpu, wall, n = asyncio.run(drive())
+        print(
+            f"single PUT over uvicorn (--loop {args.loop} --http {args.http}): {int(n)} subjects;"
+            f" server CPU per 1,000: {cpu / n * 1000:.3f} s; wall {n / wall:,.0f}/s"
+        )
+    finally:
+        child.terminate()
+        child.wait(30)
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _, _, database, root, port, loop, http = sys.argv
+        serve_child(database, Path(root), int(port), loop, http)
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--postgres", default=None, help="a scratch database URL (created here)")
     ap.add_argument("--profile", type=int, default=0, metavar="LINES")
     ap.add_argument("--batch", action="store_true")
+    ap.add_argument("--http", choices=("h11", "httptools"), default=None)
+    ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = ap.parse_args()
     if args.batch and args.n < 1000:
         args.n = 1000
@@ -231,6 +310,9 @@ def main() -> None:
             scratch = None
             database = f"sqlite:///{root / 'prof.db'}"
         try:
+            if args.http:
+                over_http(args, root, database)
+                return
             rt, app, key = build(root, database)
             try:
                 asyncio.run(run(args, app, key, rt))
