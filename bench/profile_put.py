@@ -160,7 +160,9 @@ async def run(args: argparse.Namespace, app: Any, key: str, rt: Any) -> None:
     async def one_put() -> None:
         i = seq[0]
         seq[0] += 1
-        st, out = await client.request("PUT", f"/v1/subjects/job/k{i}", json.dumps(body(i)).encode())
+        st, out = await client.request(
+            "PUT", f"/v1/subjects/job/k{i}", json.dumps(body(i)).encode()
+        )
         assert st == 200, (st, out[:300])
 
     async def one_batch() -> None:
@@ -263,7 +265,9 @@ def over_http(args: argparse.Namespace, root: Path, database: str) -> None:
             async def put(i: int) -> None:
                 b = {"attributes": {"status": "open", "due_at": due},
                      "recipients": {"owner": f"u{i % RECIPIENTS}"}}  # fmt: skip
-                st, out = await conn.request("PUT", f"/v1/subjects/job/k{i}", json.dumps(b).encode())
+                st, out = await conn.request(
+                    "PUT", f"/v1/subjects/job/k{i}", json.dumps(b).encode()
+                )
                 assert st == 200, (st, out[:300])
 
             for i in range(50):

@@ -292,9 +292,7 @@ def test_metrics_from_either_worker_show_the_main_process_dispatcher(server: Liv
         )
         assert status in (200, 201), text
     db = make_engine(server.database)
-    q = sa.text(
-        "SELECT count(*) FROM delivery_log WHERE kind = 'outcome' AND outcome = 'sent'"
-    )
+    q = sa.text("SELECT count(*) FROM delivery_log WHERE kind = 'outcome' AND outcome = 'sent'")
     end = time.monotonic() + 20
     try:
         while True:
