@@ -123,6 +123,10 @@ def build(root: Path, database: str) -> tuple[Any, Any, str]:
     rt = build_runtime(load_rules(root / "duly.yaml"), database, send_workers=1)
     key, _ = KeyStore(rt.db).create("bench", datetime.now(UTC))
     app = ClientAddress(create_app(rt), "127.0.0.1,::1")
+    import gc
+
+    gc.collect()  # as `duly serve` does once started
+    gc.freeze()
     return rt, app, key
 
 
@@ -193,6 +197,9 @@ async def run(args: argparse.Namespace, app: Any, key: str, rt: Any) -> None:
             return fn(*a, **k)
 
         subjects_api.run_in_threadpool = inline  # type: ignore[assignment]
+        import fastapi.routing
+
+        fastapi.routing.run_in_threadpool = inline  # type: ignore[assignment]
     if prof:
         prof.enable()
     for _ in range(calls):
@@ -287,7 +294,19 @@ def over_http(args: argparse.Namespace, root: Path, database: str) -> None:
         child.wait(30)
 
 
+def _without_fast_put() -> None:
+    """Every PUT through FastAPI's generic route (to compare with duly.api.fastput)."""
+    from duly.api.fastput import FastPut
+
+    async def through(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+    FastPut.__call__ = through  # type: ignore[method-assign]
+
+
 def main() -> None:
+    if os.environ.get("DULY_BENCH_NO_FAST_PUT"):
+        _without_fast_put()
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         _, _, database, root, port, loop, http = sys.argv
         serve_child(database, Path(root), int(port), loop, http)
@@ -297,9 +316,14 @@ def main() -> None:
     ap.add_argument("--postgres", default=None, help="a scratch database URL (created here)")
     ap.add_argument("--profile", type=int, default=0, metavar="LINES")
     ap.add_argument("--batch", action="store_true")
+    ap.add_argument("--no-fast-put", action="store_true",
+                    help="through FastAPI's generic route (duly.api.fastput off)")  # fmt: skip
     ap.add_argument("--http", choices=("h11", "httptools"), default=None)
     ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = ap.parse_args()
+    if args.no_fast_put:
+        os.environ["DULY_BENCH_NO_FAST_PUT"] = "1"  # the --http child too
+        _without_fast_put()
     if args.batch and args.n < 1000:
         args.n = 1000
     with tempfile.TemporaryDirectory(prefix="duly-prof-") as tmp:
