@@ -199,7 +199,10 @@ async def run(args: argparse.Namespace, app: Any, key: str, rt: Any) -> None:
         subjects_api.run_in_threadpool = inline  # type: ignore[assignment]
         import fastapi.routing
 
+        import duly.api.fastput
+
         fastapi.routing.run_in_threadpool = inline  # type: ignore[assignment]
+        duly.api.fastput.run_in_threadpool = inline  # type: ignore[assignment]
     if prof:
         prof.enable()
     for _ in range(calls):
