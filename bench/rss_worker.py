@@ -95,7 +95,9 @@ def _plan(root: Path, url: str, future: int) -> float:
         db.dispose()
         return 0.0
     far = (now + timedelta(days=30)).replace(microsecond=0)
-    engine.upsert_subjects([SubjectInput("job", "F0", {"due_at": far.isoformat()}, {"owner": "r0"})])
+    engine.upsert_subjects(
+        [SubjectInput("job", "F0", {"due_at": far.isoformat()}, {"owner": "r0"})]
+    )
     with db.connect() as c:
         model = (
             c.execute(sa.select(deliveries).where(deliveries.c.subject == "job/F0").limit(1))
