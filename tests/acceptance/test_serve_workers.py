@@ -15,6 +15,8 @@ Asserted:
 - the web UI: signing in on one request and CSRF-protected form posts on the next ones work
   whichever worker serves each (sessions in the database, tokens signed with the
   installation's secret);
+- ``/metrics`` from either worker shows the main process's dispatcher counters (what it
+  sent, its claims), not the zeros of the worker's own unused dispatcher;
 - SIGINT (SQLite) or SIGTERM (PostgreSQL) stops every process, cleanly.
 """
 
@@ -262,6 +264,69 @@ def test_upserts_through_both_workers_are_sent_exactly_once_and_promptly(server:
         db.dispose()
     assert Counter(r[0] for r in rows) == {f"invoice/INV-{i}": 1 for i in range(n)}
     assert {(r[1], r[2]) for r in rows} == {("sent", 1)}
+
+
+def _sent_in_metrics(text: str) -> tuple[float, float]:
+    """(sent outcomes, claim transactions) in a /metrics answer."""
+    sent = claims = 0.0
+    for line in text.splitlines():
+        if line.startswith("duly_deliveries_total{") and 'outcome="sent"' in line:
+            sent += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("duly_claim_seconds_count"):
+            claims += float(line.rsplit(" ", 1)[1])
+    return sent, claims
+
+
+def test_metrics_from_either_worker_show_the_main_process_dispatcher(server: Live) -> None:
+    pids = http_workers(server.proc.pid)
+    api = Client(server, pids, key=server.key)
+    assert api.request("PUT", "/v1/recipients/m1", body={"email": "m1@example.test"})[0] in (
+        200,
+        201,
+    )
+    for i in range(3):
+        status, _, text = api.request(
+            "PUT",
+            f"/v1/subjects/invoice/MET-{i}",
+            body={"attributes": {"status": "paid"}, "recipients": {"customer": "m1"}},
+        )
+        assert status in (200, 201), text
+    db = make_engine(server.database)
+    q = sa.text("SELECT count(*) FROM delivery_log WHERE kind = 'outcome' AND outcome = 'sent'")
+    end = time.monotonic() + 20
+    try:
+        while True:
+            with db.connect() as conn:
+                pending = conn.execute(
+                    sa.text("SELECT count(*) FROM deliveries WHERE subject LIKE 'invoice/MET-%' "
+                            "AND state <> 'sent'")
+                ).scalar()  # fmt: skip
+            if not pending or time.monotonic() > end:
+                break
+            time.sleep(0.05)
+        assert pending == 0
+        with db.connect() as conn:
+            sent_in_db = conn.execute(q).scalar()
+    finally:
+        db.dispose()
+    assert sent_in_db >= 3
+    # every worker answers with the main process's counters (published within a second or so)
+    scrapes = Client(server, pids)
+    seen: dict[int | None, tuple[float, float]] = {}
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        before = dict(scrapes.served)
+        status, _, text = scrapes.request("GET", "/metrics")
+        assert status == 200, text
+        (who,) = [p for p in scrapes.served if scrapes.served[p] != before.get(p, 0)]
+        seen[who] = _sent_in_metrics(text)
+        if set(seen) >= pids and all(s == sent_in_db and c > 0 for s, c in seen.values()):
+            break
+        time.sleep(0.1)
+    assert set(seen) == pids, seen
+    assert {p: s for p, (s, _) in seen.items()} == {p: float(sent_in_db) for p in pids}, seen
+    assert all(c > 0 for _, c in seen.values()), seen
+    assert "duly_dispatcher_up 1.0" in text and "duly_pending" in text
 
 
 def test_signing_in_and_csrf_protected_posts_work_whichever_worker_answers(

@@ -155,10 +155,12 @@ def create_api(
     *,
     max_body: int = DEFAULT_MAX_BODY,
     inner: Sequence[tuple[Any, dict[str, Any]]] = (),
+    fast_put: bool = True,
 ) -> FastAPI:
     """The API app. ``inner``: middleware (class, options) added innermost of ours, inside
     the body limit, the key check and the catch-all (duly.app adds the web UI's
-    dispatch so)."""
+    dispatch so). ``fast_put``: answer plainly valid single upserts without FastAPI's
+    generic handling (duly.api.fastput; the same answers)."""
     from duly.api.v1 import router
 
     app = FastAPI(
@@ -241,6 +243,10 @@ def create_api(
         # sessions, CSRF and HTML errors); the body limit and the catch-all below still
         # cover them
         app.add_middleware(cls, **options)
+    if fast_put:  # innermost of ours: after the key check and inside the body limit
+        from duly.api.fastput import FastPut
+
+        app.add_middleware(FastPut, fastapi_app=app)
     app.add_middleware(BodyLimit, limit=max_body)
     app.add_middleware(ApiKeyAuth, fastapi_app=app)  # outermost: before the body is read
     # outside everything of ours, inside Starlette's own

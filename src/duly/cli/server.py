@@ -35,6 +35,26 @@ def _runtime(rf: Any, database: str, **kw: Any) -> Any:
         raise SystemExit(2) from None
 
 
+def http_stack() -> dict[str, str]:
+    """uvicorn's C HTTP parser and event loop (``httptools``, ``uvloop``: dependencies of
+    duly, ~10–15 % less CPU per request) where they are installed, else its pure-Python
+    ``h11`` and ``asyncio``."""
+    stack = {"http": "h11", "loop": "asyncio"}
+    try:
+        import httptools  # noqa: F401
+
+        stack["http"] = "httptools"
+    except ImportError:
+        pass
+    try:
+        import uvloop  # noqa: F401
+
+        stack["loop"] = "uvloop"
+    except ImportError:
+        pass
+    return stack
+
+
 def _start_warnings(rt: Any) -> None:
     """What a process that sends should say at start about its configuration."""
     from duly.delivery.preferences import warn_about_unsubscribe_links
@@ -174,7 +194,13 @@ def serve(
     rt.start()
     app = ClientAddress(create_app(rt, max_body=max_body, cookie_secure=cookie_secure), proxies)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=False, proxy_headers=False
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        proxy_headers=False,
+        **http_stack(),
     )
     server = uvicorn.Server(config)
     # uvicorn handles SIGINT/SIGTERM itself, then re-raises the signal into the handler that
@@ -224,6 +250,7 @@ def _serve_workers(
         log_level=worker_config["log_level"],
         access_log=False,
         proxy_headers=False,
+        **http_stack(),
     )
     sock = None
     try:

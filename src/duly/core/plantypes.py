@@ -38,7 +38,8 @@ class Identity(NamedTuple):
         return (
             self.rule,
             self.step or "",
-            json.dumps(self.occurrence),
+            # an int's JSON text is its decimal (the common case: no json.dumps)
+            str(self.occurrence) if type(self.occurrence) is int else json.dumps(self.occurrence),
             self.subject or "",
             self.recipient or "",
             self.channel or "",

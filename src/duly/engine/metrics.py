@@ -11,7 +11,13 @@ which therefore never pay for it):
 - :meth:`Metrics.retaken` when it takes over rows whose sender died mid-send,
 - :meth:`Metrics.error` when a stage fails and is recovered from.
 
-Exposed at ``GET /metrics`` (no API key) by :mod:`duly.api.metrics`:
+Exposed at ``GET /metrics`` (no API key) by :mod:`duly.api.metrics`. Under ``duly serve
+--workers N`` the dispatcher runs in the main process and the HTTP workers answer: the main
+process publishes its dispatcher's instruments (:meth:`Metrics.dispatcher_exposition`, about
+once a second, through the workers' shared directory) and each worker answers with them
+(:meth:`Metrics.read_dispatcher_from`), so any worker shows what the one dispatcher did, at
+most a second or two old. ``duly_receipts_total`` counts the callbacks the answering process
+received itself.
 
 ==================================  =========  ==================================================
 ``duly_deliveries_total``           counter    outcomes this process recorded, by outcome,
@@ -58,8 +64,13 @@ CALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 
 class Metrics:
     def __init__(self) -> None:
+        # what this process answers for itself: receipts, the gauges read from the database
         self.registry = CollectorRegistry()
-        r = self.registry
+        # the dispatcher's instruments and breakers: this process's, or (an HTTP worker of
+        # `duly serve --workers N`) the main process's as it last published them
+        self.dispatch_registry = CollectorRegistry()
+        self._remote: Callable[[], bytes | None] | None = None
+        r = self.dispatch_registry
         self.deliveries = Counter(
             "duly_deliveries",
             "Delivery outcomes recorded by this process's dispatcher.",
@@ -101,7 +112,7 @@ class Metrics:
             "Delivery receipts (provider callbacks) recorded by this process, by status "
             "(unmatched: no delivery had the provider's message id).",
             ["status"],
-            registry=r,
+            registry=self.registry,
         )
         self._watching = False
         self._lock = threading.Lock()
@@ -149,11 +160,25 @@ class Metrics:
         """Add each channel's circuit breaker (open or not, consecutive failures)."""
         with self._lock:
             if not getattr(self, "_breakers", False):
-                self.registry.register(_BreakerCollector(breakers, now))
+                self.dispatch_registry.register(_BreakerCollector(breakers, now))
                 self._breakers = True
 
+    def read_dispatcher_from(self, read: Callable[[], bytes | None]) -> None:
+        """An HTTP worker of ``duly serve --workers N``: answer for the dispatcher's
+        instruments with what ``read()`` returns (the main process's
+        :meth:`dispatcher_exposition`; None: nothing published yet), not with this
+        process's own, never used, dispatcher's."""
+        self._remote = read
+
+    def dispatcher_exposition(self) -> bytes:
+        """The dispatcher's instruments and breakers, as Prometheus text."""
+        return generate_latest(self.dispatch_registry)
+
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        own = generate_latest(self.registry)
+        if self._remote is None:
+            return own + self.dispatcher_exposition()
+        return own + (self._remote() or b"")
 
 
 class _BreakerCollector(Collector):

@@ -186,9 +186,12 @@ class Runtime:
             if kind == b"planned":
                 self.dispatcher.wake_for(_due(arg.decode("ascii", "replace")))
 
-        wakeups.listen(
-            MAIN_SOCKET, on_message, on_tick=lambda: wakeups.write_status(self.dispatcher_alive())
-        )
+        def on_tick() -> None:
+            wakeups.write_status(self.dispatcher_alive())
+            if self.metrics is not None:  # the workers' /metrics answer with these
+                wakeups.write_metrics(self.metrics.dispatcher_exposition)
+
+        wakeups.listen(MAIN_SOCKET, on_message, on_tick=on_tick)
         return wakeups
 
     def _keep(self) -> None:
@@ -356,6 +359,8 @@ def build_api_runtime(rf: RuleFile, database_url: str, wakeups_dir: str) -> Runt
     rt = build_runtime(rf, database_url, send_workers=1, api_only=True)
     wakeups = Wakeups(wakeups_dir)
     rt.wakeups = wakeups
+    if rt.metrics is not None:  # /metrics: the main process's dispatcher, not this one's
+        rt.metrics.read_dispatcher_from(wakeups.read_metrics)
     notifier = InboxNotifier(InboxStore(rt.db, inbox_channel_names(rf)))
     rt.inbox_notifier = notifier
     if not is_postgres(rt.db):
@@ -378,6 +383,7 @@ MAIN_SOCKET = "main"  # the main process's socket in a Wakeups directory
 HTTP_SOCKET_PREFIX = "http-"  # + PID: an HTTP worker's
 STATUS_FILE = "dispatcher"  # "alive" or "stopped", rewritten every second by the main process
 STATUS_FRESH = 5.0  # seconds: an older status means the main process is gone or stuck
+METRICS_FILE = "metrics"  # the main process's dispatcher instruments, Prometheus text
 
 
 class Wakeups:
@@ -385,7 +391,8 @@ class Wakeups:
     datagrams on Unix sockets in a private directory (``main``, ``http-PID``), best effort
     and never blocking: a lost message costs at most the poll that backs it up (the
     dispatcher's 30 s look, an inbox stream's 1 s poll). Plus a status file the main process
-    rewrites every second: whether its dispatcher is alive.
+    rewrites every second: whether its dispatcher is alive; and its dispatcher's metrics,
+    rewritten as often, for the workers' ``/metrics``.
 
     Messages: ``planned ISO`` (worker → main: deliveries planned, the earliest due then, or
     empty), ``inbox RECIPIENT`` (main → every worker: an inbox item was sent)."""
@@ -401,6 +408,7 @@ class Wakeups:
         self._bound: str | None = None
         self._stop = threading.Event()
         self._status: tuple[bool, float] | None = None
+        self._metrics_at = float("-inf")
 
     @classmethod
     def create(cls) -> Wakeups:
@@ -483,6 +491,31 @@ class Wakeups:
                 return
             raise
         self._status = (alive, now)
+
+    def write_metrics(self, text: Any) -> None:
+        """The main process: publish ``text()`` (its dispatcher's metrics) at most once a
+        second, replacing the file whole (a reader never sees half of it)."""
+        now = time.monotonic()
+        if now - self._metrics_at < 1.0:
+            return
+        self._metrics_at = now
+        tmp = self._path(METRICS_FILE + ".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(text())
+            os.replace(tmp, self._path(METRICS_FILE))
+        except OSError:
+            if not self._stop.is_set():
+                raise
+
+    def read_metrics(self) -> bytes | None:
+        """An HTTP worker: the main process's dispatcher metrics as it last published
+        them; None when there are none (yet, or any more)."""
+        try:
+            with open(self._path(METRICS_FILE), "rb") as f:
+                return f.read()
+        except OSError:
+            return None
 
     def main_alive(self) -> bool:
         """An HTTP worker: the main process said, within the last few seconds, that its

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from duly.core.model import Recipient
@@ -18,6 +18,10 @@ from duly.store.rows import StoreBase, _chunks, _recipient_from_row
 from duly.store.tables import deliveries, recipients, suppressions
 
 __all__ = ["RecipientQueries"]
+
+# built once: every upsert reads its recipients, and building the statement (with a literal
+# IN list that SQLAlchemy renders per call) cost more than running it
+_RECIPIENTS_BY_ID = select(recipients).where(recipients.c.id.in_(bindparam("ids", expanding=True)))
 
 
 class RecipientQueries(StoreBase):
@@ -50,7 +54,7 @@ class RecipientQueries(StoreBase):
         wanted = sorted({i for i in ids if i and text_problem(i) is None})
         out: dict[str, Recipient] = {}
         for chunk in _chunks(wanted, 500):
-            for r in conn.execute(select(recipients).where(recipients.c.id.in_(chunk))).mappings():
+            for r in conn.execute(_RECIPIENTS_BY_ID, {"ids": list(chunk)}).mappings():
                 out[r["id"]] = _recipient_from_row(r)
         return out
 

@@ -145,18 +145,19 @@ class StoreBase:
                 out = memo[v] = naive.isoformat(" ", "microseconds") if sqlite else naive
             return out
 
+        # per column, once: how its values are stored (most are as they are)
+        plain = [c for c in cols if c not in times and c not in json_cols]
+        conv = [(c, instant) for c in cols if c in times]
+        conv += [(c, json.dumps) for c in cols if c in json_cols and c not in times]
+        order = [*plain, *(c for c, _ in conv)]
+        back = [order.index(c) for c in cols]  # the statement's column order
         data = []
         for r in rows:
-            vals = []
-            for c in cols:
+            vals = [r[c] for c in plain]
+            for c, f in conv:
                 v = r[c]
-                if v is not None:
-                    if c in times:
-                        v = instant(v)
-                    elif c in json_cols:
-                        v = json.dumps(v)
-                vals.append(v)
-            data.append(tuple(vals))
+                vals.append(None if v is None else f(v))
+            data.append(tuple([vals[i] for i in back]))
         conn.exec_driver_sql(sql, data)
 
     def log(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:

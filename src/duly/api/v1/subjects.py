@@ -80,6 +80,12 @@ async def put_subject(
         eng.upsert_subject_with_plan,
         SubjectInput(kind, key, body.attributes, body.recipients, body.hold_until),
     )
+    return subject_answer(kind, key, res, rows)
+
+
+def subject_answer(kind: str, key: str, res: Any, rows: list[dict[str, Any]]) -> S.SubjectOut:
+    """The answer to a PUT: the state the upsert stored (``res``, an UpsertResult) and its
+    rows pending or being sent (``rows``). Shared with duly.api.fastput."""
     s = res.subject
     assert s is not None
     return S.SubjectOut(
