@@ -46,6 +46,7 @@ from duly.core.model import (
     parse_duration,
 )
 from duly.core.rules.rulesyntax import IMPLICIT_CHANNELS, RuleReader
+from duly.core.rules.subjectviews import read_subjects
 from duly.core.rules.yamlnodes import ENV_RE, RuleError, RuleFileError, describe, hint, join
 
 __all__ = ["RuleError", "RuleFileError", "check_main", "load_rules", "load_rules_text"]
@@ -60,6 +61,7 @@ TOP_KEYS = (
     "webhooks",
     "allow_private_targets",
     "render",
+    "subjects",
     "rules",
 )
 CHANNEL_TYPES = (
@@ -126,6 +128,7 @@ class _Loader(RuleReader):
                 self.boolean(top["allow_private_targets"], "allow_private_targets")
             )
         render = self.render_section(top["render"]) if "render" in top else RenderLimits()
+        subject_views = read_subjects(self, top["subjects"]) if "subjects" in top else {}
         rules = self.rules_section(top["rules"]) if "rules" in top else ()
         if self.errors:
             return None
@@ -141,6 +144,7 @@ class _Loader(RuleReader):
             webhooks=webhooks,
             allow_private_targets=allow_private,
             render=render,
+            subjects=subject_views,
             templates_dir=str(self.templates_dir) if self.templates_dir is not None else None,
         )
 
