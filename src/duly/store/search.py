@@ -41,6 +41,7 @@ __all__ = [
     "normalize",
     "recipient_search_text",
     "search_all",
+    "subject_details",
     "subject_search_text",
     "subjects_of_recipient",
 ]
@@ -332,3 +333,14 @@ def search_all(conn: Connection, text: str, limit: int = 20) -> dict[str, Any]:
         },
         "exact": exact + len(exact_dels),
     }
+
+
+def subject_details(conn: Connection, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """The ``attributes`` and ``recipients`` (role → ids) of the subjects ``ids`` (at most
+    500 looked up; unknown ids absent), for the titles and columns a list shows. One
+    query."""
+    wanted = sorted(set(ids))[:500]
+    if not wanted:
+        return {}
+    q = sa.select(*_SUBJECT_COLS).where(subjects.c.id.in_(wanted))
+    return {int(r["id"]): _subject(r) for r in conn.execute(q).mappings()}
