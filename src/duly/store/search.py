@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -68,6 +69,13 @@ def normalize(text: str) -> str:
     """``text`` as the search compares it: accents stripped ("Díaz" → "diaz"), case folded
     ("Straße" → "strasse"), every run of characters other than letters and digits one
     space, no space at either end. Pure Python, so both databases get the same text."""
+    if text.isascii():  # ids, keys, emails: nothing to decompose
+        return " ".join(_WORD.findall(text.lower()))
+    return _normalize_unicode(text)
+
+
+@lru_cache(maxsize=8192)
+def _normalize_unicode(text: str) -> str:
     decomposed = unicodedata.normalize("NFKD", text)
     bare = "".join(c for c in decomposed if not unicodedata.combining(c))
     folded = bare.casefold().translate(_FOLD)
@@ -142,6 +150,22 @@ def _subject(r: Any) -> dict[str, Any]:
     }
 
 
+def _exact_subjects(conn: Connection, text: str, limit: int) -> list[dict[str, Any]]:
+    """Live subjects whose key is ``text`` as typed, or whose KIND/KEY it is (the key index
+    and the unique (kind, key) index)."""
+    conds = [subjects.c.key == text]
+    kind, sep, key = text.partition("/")
+    if sep and kind and key:
+        conds.append(sa.and_(subjects.c.kind == kind, subjects.c.key == key))
+    q = (
+        sa.select(*_SUBJECT_COLS)
+        .where(subjects.c.search.is_not(None), sa.or_(*conds))
+        .order_by(subjects.c.kind)
+        .limit(limit)
+    )
+    return [_subject(r) for r in conn.execute(q).mappings()]
+
+
 def find_subjects_by_key(conn: Connection, text: str, limit: int = 20) -> list[dict[str, Any]]:
     """Live subjects whose key is ``text`` (as typed, or "KIND/KEY"), else whose key reads
     the same once normalized ("inv-1004" finds "INV-1004"): at most ``limit``, by kind.
@@ -150,33 +174,34 @@ def find_subjects_by_key(conn: Connection, text: str, limit: int = 20) -> list[d
     text = text.strip()[:301]
     if not text:
         return []
-    live = subjects.c.search.is_not(None)
-    conds = [subjects.c.key == text]
-    kind, sep, key = text.partition("/")
-    if sep and kind and key:
-        conds.append(sa.and_(subjects.c.kind == kind, subjects.c.key == key))
-    q = sa.select(*_SUBJECT_COLS).where(live, sa.or_(*conds)).order_by(subjects.c.kind)
-    found = [_subject(r) for r in conn.execute(q.limit(limit)).mappings()]
+    found = _exact_subjects(conn, text, limit)
     if found:
         return found
     wanted = normalize(text[:MAX_QUERY])
-    if not wanted:
-        return []
-    rows = _subject_candidates(conn, _words(text))
-    out = [r for r in rows if normalize(r["key"]) == wanted]
-    return sorted(out, key=lambda r: (r["kind"], r["key"]))[:limit]
+    hits = [h for h in _subject_candidates(conn, _words(text)) if normalize(h["key"]) == wanted]
+    return _full_subjects(conn, sorted(hits, key=lambda h: (h["kind"], h["key"]))[:limit])
 
 
 def _subject_candidates(conn: Connection, words: list[str]) -> list[dict[str, Any]]:
+    """``id``, ``kind``, ``key`` of the first :data:`CANDIDATES` live subjects whose text
+    has every word (no attributes read: ranking needs only the key)."""
     if not words:
         return []
-    ids = conn.execute(
-        sa.select(subjects.c.id).where(*_matching(subjects.c.search, words)).limit(CANDIDATES)
-    ).scalars().all()  # fmt: skip
-    if not ids:
+    q = (
+        sa.select(subjects.c.id, subjects.c.kind, subjects.c.key)
+        .where(*_matching(subjects.c.search, words))
+        .limit(CANDIDATES)
+    )
+    return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def _full_subjects(conn: Connection, hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of ``hits`` (``id`` …) in full, in the same order."""
+    if not hits:
         return []
-    q = sa.select(*_SUBJECT_COLS).where(subjects.c.id.in_(ids))
-    return [_subject(r) for r in conn.execute(q).mappings()]
+    q = sa.select(*_SUBJECT_COLS).where(subjects.c.id.in_([h["id"] for h in hits]))
+    rows = {int(r["id"]): _subject(r) for r in conn.execute(q).mappings()}
+    return [{**rows[h["id"]], **h} for h in hits if h["id"] in rows]
 
 
 def _rank_subject(r: dict[str, Any], raw: str, wanted: str) -> int:
@@ -307,27 +332,31 @@ def search_all(conn: Connection, text: str, limit: int = 20) -> dict[str, Any]:
     raw = text.strip()[:MAX_QUERY]
     words = _words(raw)
     wanted = " ".join(words)
-    by_id: dict[int, dict[str, Any]] = {r["id"]: r for r in find_subjects_by_key(conn, raw, limit)}
+    by_id: dict[int, dict[str, Any]] = {}
+    if raw:
+        by_id.update((r["id"], r) for r in _exact_subjects(conn, raw, limit))
     candidates = _subject_candidates(conn, words)
     for r in candidates:
         by_id.setdefault(r["id"], r)
-    for r in by_id.values():
-        r["exact"] = _rank_subject(r, raw, wanted) == 0
-    subs = sorted(
+    ranked = sorted(
         by_id.values(), key=lambda r: (_rank_subject(r, raw, wanted), r["kind"], r["key"])
     )
+    subs = _full_subjects(
+        conn, [{**r, "exact": _rank_subject(r, raw, wanted) == 0} for r in ranked[:limit]]
+    )
+    exact_subjects = sum(1 for r in by_id.values() if _rank_subject(r, raw, wanted) == 0)
     people, more_people = find_recipients(conn, raw, limit)
     refs = [f"{r['kind']}/{r['key']}" for r in subs if r["exact"]][:20]
     dels, exact_dels = _deliveries(conn, raw, refs, limit) if raw else ([], set())
     for d in dels:
         d["exact"] = int(d["id"]) in exact_dels
-    exact = sum(1 for r in subs if r["exact"]) + sum(1 for r in people if r["exact"])
+    exact = exact_subjects + sum(1 for r in people if r["exact"])
     return {
-        "subjects": subs[:limit],
+        "subjects": subs,
         "recipients": people,
         "deliveries": dels[:limit],
         "more": {
-            "subjects": len(subs) > limit or len(candidates) >= CANDIDATES,
+            "subjects": len(by_id) > limit or len(candidates) >= CANDIDATES,
             "recipients": more_people,
             "deliveries": len(dels) > limit,
         },
