@@ -71,15 +71,18 @@ def normalize(text: str) -> str:
     space, no space at either end. Pure Python, so both databases get the same text."""
     if text.isascii():  # ids, keys, emails: nothing to decompose
         return " ".join(_WORD.findall(text.lower()))
-    return _normalize_unicode(text)
+    # names recur (ranking normalizes each found row's): short texts are cached
+    return _normalize_short(text) if len(text) <= 200 else _normalize_unicode(text)
 
 
-@lru_cache(maxsize=8192)
 def _normalize_unicode(text: str) -> str:
     decomposed = unicodedata.normalize("NFKD", text)
     bare = "".join(c for c in decomposed if not unicodedata.combining(c))
     folded = bare.casefold().translate(_FOLD)
     return " ".join(_WORD.findall(folded))
+
+
+_normalize_short = lru_cache(maxsize=4096)(_normalize_unicode)
 
 
 def _values(attributes: Mapping[str, Any]) -> Iterable[str]:
