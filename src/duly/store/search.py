@@ -187,14 +187,20 @@ def find_subjects_by_key(conn: Connection, text: str, limit: int = 20) -> list[d
 
 def _subject_candidates(conn: Connection, words: list[str]) -> list[dict[str, Any]]:
     """``id``, ``kind``, ``key`` of the first :data:`CANDIDATES` live subjects whose text
-    has every word (no attributes read: ranking needs only the key)."""
+    has every word (no attributes read: ranking needs only the key). The scan reads only
+    ids, so SQLite scans the narrow search index, not the table."""
     if not words:
         return []
-    q = (
-        sa.select(subjects.c.id, subjects.c.kind, subjects.c.key)
-        .where(*_matching(subjects.c.search, words))
-        .limit(CANDIDATES)
+    ids = (
+        conn.execute(
+            sa.select(subjects.c.id).where(*_matching(subjects.c.search, words)).limit(CANDIDATES)
+        )
+        .scalars()
+        .all()
     )
+    if not ids:
+        return []
+    q = sa.select(subjects.c.id, subjects.c.kind, subjects.c.key).where(subjects.c.id.in_(ids))
     return [dict(r) for r in conn.execute(q).mappings()]
 
 
@@ -269,10 +275,16 @@ def find_recipients(
         q = sa.select(*_RECIPIENT_COLS).where(recipients.c.id == raw)
         rows.update((r["id"], dict(r)) for r in conn.execute(q).mappings())
     if words:
-        q = sa.select(*_RECIPIENT_COLS).where(*_matching(recipients.c.search, words))
-        found = conn.execute(q.limit(CANDIDATES + 1)).mappings().all()
-        rows.update((r["id"], dict(r)) for r in found[:CANDIDATES])
+        # the scan reads only row ids (SQLite: the rowid the search index holds), so it
+        # reads the narrow index, not the table; then the rows found, by id
+        sqlite = conn.dialect.name == "sqlite"
+        rowid = sa.literal_column("rowid") if sqlite else recipients.c.id
+        scan = sa.select(rowid).where(*_matching(recipients.c.search, words))
+        found = conn.execute(scan.limit(CANDIDATES + 1)).scalars().all()
         more = len(found) > CANDIDATES
+        if found:
+            q = sa.select(*_RECIPIENT_COLS).where(rowid.in_(found[:CANDIDATES]))
+            rows.update((r["id"], dict(r)) for r in conn.execute(q).mappings())
     else:
         more = False
     for r in rows.values():
