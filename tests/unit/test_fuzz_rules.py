@@ -165,6 +165,12 @@ TOP_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "render": either({"timeout": "2s", "max_output": "10MB"}, {"timeout": "99999999999999m"},
                      {"max_memory": "1" + "0" * 400 + "GB"}, {"workers": 10**30},
                      {"max_output": "1e999KB"}, {"timeout": "-1ms"}),
+    "subjects": either({"invoice": {"title": "{{ number }} — {{ name }}",
+                                    "columns": {"Amount": {"value": "amount", "format": "money",
+                                                           "currency": "currency"}}}},
+                       {"x": {"title": "{{ a +", "columns": {"C": {"role": "a", "format": "date"}}}},
+                       {"a/b": {"columns": {"": "__class__", "x" * 500: ODD_EXPRESSIONS[0]}}},
+                       {"k": {"columns": {f"c{i}": "a" for i in range(20)}}}),
 }  # fmt: skip
 assert set(TOP_VALUES) | {"rules"} == set(TOP_KEYS)
 
