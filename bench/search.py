@@ -6,8 +6,10 @@ SQLite and PostgreSQL side by side: p50 and p99 latency per kind of query.
     .venv/bin/python bench/search.py --postgres none    # SQLite only
     .venv/bin/python bench/search.py --n 20000 --repeat 20
 
-What is measured: one call of ``search_all`` (what /search runs: subjects, recipients and
-deliveries, ranked) or of ``subjects_of_recipient`` (a recipient's page), each on a fresh
+What is measured: one call of ``search_all`` (what /search runs to list subjects,
+recipients and deliveries, ranked), of ``exact_matches`` (what it runs first: a key, a
+recipient id, a delivery number or Message-ID naming one thing opens it without a search)
+or of ``subjects_of_recipient`` (a recipient's page), each on a fresh
 connection from the pool, timed in this process; ``--repeat`` times per query after one
 warm-up, over several queries of each kind. The data is written with SQLAlchemy Core into a
 scratch database migrated to head (SQLite in a temporary directory; PostgreSQL
@@ -40,6 +42,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from duly.store import tables as T  # noqa: E402
 from duly.store.db import make_engine, migrate  # noqa: E402
 from duly.store.search import (  # noqa: E402
+    exact_matches,
     recipient_search_text,
     search_all,
     subject_search_text,
@@ -145,6 +148,13 @@ def measure(url: str, n: int, repeat: int) -> dict[str, tuple[float, float]]:
         everything += times
         out[label] = (statistics.median(times), pct(times, 99))
     out["all searches"] = (statistics.median(everything), pct(everything, 99))
+    # what /search does first: a key, id or number that names one thing opens it at once
+    times = []
+    for label, texts in queries(n):
+        if label in ("key, exact", "delivery id", "Message-ID"):
+            for text in texts:
+                times += run(db, lambda c, t=text: exact_matches(c, t), repeat)
+    out["exact, opened at once"] = (statistics.median(times), pct(times, 99))
     times = []
     for i in random.Random(3).sample(range(n), 5):
         times += run(db, lambda c, i=i: subjects_of_recipient(c, f"c{i:06d}"), repeat)

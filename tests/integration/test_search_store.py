@@ -14,6 +14,7 @@ from duly.core.model import Recipient, Subject
 from duly.store.db import downgrade, make_engine, migrate, write_transaction
 from duly.store.search import (
     CANDIDATES,
+    exact_matches,
     find_recipients,
     find_subjects_by_key,
     search_all,
@@ -209,3 +210,18 @@ def test_migration_fills_the_text_of_existing_rows(db_url: str) -> None:
             assert [s["key"] for s in subjects_of_recipient(conn, "carol")[0]] == ["INV-1"]
     finally:
         engine.dispose()
+
+
+def test_exact_matches_by_index(db_engine: Engine) -> None:
+    put(db_engine, invoice("INV-7"), Subject("quote", "INV-7", {}, {}), invoice("INV-8"),
+        people=(CAROL,))  # fmt: skip
+    did = add_delivery(db_engine, "invoice/INV-8", "<m-1@duly>")
+    with db_engine.connect() as conn:
+        assert exact_matches(conn, "INV-8") == [("subject", "invoice/INV-8")]
+        assert exact_matches(conn, "quote/INV-7") == [("subject", "quote/INV-7")]
+        assert len(exact_matches(conn, "INV-7")) == 2  # two kinds: the page lists them
+        assert exact_matches(conn, "carol") == [("recipient", "carol")]
+        assert exact_matches(conn, str(did)) == [("delivery", str(did))]
+        assert exact_matches(conn, "m-1@duly") == [("delivery", str(did))]
+        assert exact_matches(conn, "diaz") == []  # a word: that is a search
+        assert exact_matches(conn, "") == []

@@ -35,6 +35,7 @@ from duly.store.tables import deliveries, recipients, subjects
 
 __all__ = [
     "CANDIDATES",
+    "exact_matches",
     "MAX_QUERY",
     "MAX_WORDS",
     "find_recipients",
@@ -388,3 +389,20 @@ def subject_details(conn: Connection, ids: Iterable[int]) -> dict[int, dict[str,
         return {}
     q = sa.select(*_SUBJECT_COLS).where(subjects.c.id.in_(wanted))
     return {int(r["id"]): _subject(r) for r in conn.execute(q).mappings()}
+
+
+def exact_matches(conn: Connection, text: str, limit: int = 2) -> list[tuple[str, str]]:
+    """What ``text`` names exactly, found through indexes only (no scan): a live subject
+    by key or KIND/KEY (``("subject", "KIND/KEY")``), a recipient by id
+    (``("recipient", id)``), a delivery by number or Message-ID (``("delivery", "id")``).
+    At most ``limit``: the search page opens the one match at once, without searching
+    further, when there is exactly one."""
+    raw = text.strip()[:MAX_QUERY]
+    if not raw:
+        return []
+    out = [("subject", f"{s['kind']}/{s['key']}") for s in _exact_subjects(conn, raw, limit)]
+    q = sa.select(recipients.c.id).where(recipients.c.id == raw)
+    out += [("recipient", rid) for rid in conn.execute(q).scalars()]
+    _, exact = _deliveries(conn, raw, [], limit)
+    out += [("delivery", str(d)) for d in sorted(exact)]
+    return out[:limit]

@@ -11,13 +11,22 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from duly.store.search import MAX_QUERY, search_all
+from duly.store.search import MAX_QUERY, exact_matches, search_all
 from duly.web.core import CurrentUser, EngineDep, redirect, render, subject_path, viewer_tz
 from duly.web.subjectcells import describe, role_ids
 
 router = APIRouter()
 
 LIMIT = 20  # rows shown per type
+
+
+def _url(kind: str, ref: str) -> str:
+    if kind == "subject":
+        k, _, key = ref.partition("/")
+        return subject_path(k, key)
+    if kind == "recipient":
+        return f"/recipients/{quote(ref, safe='')}"
+    return f"/deliveries/{int(ref)}"
 
 
 def _target(res: dict[str, Any]) -> str | None:
@@ -54,6 +63,10 @@ def search_page(
     res: dict[str, Any] = {"subjects": [], "recipients": [], "deliveries": [], "more": {}}
     if text:
         with eng.db.connect() as conn:
+            if not all:  # a key, an id, a number: one look-up by index, no search
+                exact = exact_matches(conn, text)
+                if len(exact) == 1:
+                    return redirect(_url(*exact[0]))
             res = search_all(conn, text, LIMIT)
             views = eng.rules.subjects
             people = eng.store.get_recipients(conn, role_ids(views, res["subjects"]))
