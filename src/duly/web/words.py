@@ -57,7 +57,7 @@ _REASONS: dict[str, str] = {
     Reason.render_error: "Failed: the message template has an error",
     Reason.permanent_error: "Failed: the provider refused the message",
     Reason.retries_exhausted: "Failed: every retry failed",
-    Reason.manual: "Cancelled by hand",
+    Reason.manual: "By an operator, by hand",
     Reason.held: "Not sent: the {kind} is on hold",
     Reason.suppressed: "Not sent: the address is blocked (it bounced or complained)",
     Reason.empty: "Not sent: there was nothing to report",
