@@ -188,3 +188,19 @@ def test_dashboard_refreshes_itself_and_works_without_script(web: Web) -> None:
     assert 'id="outcome-sent"' in fragment.text and "<html" not in fragment.text
     # without JavaScript the page reloads itself
     assert re.search(r'<noscript><meta http-equiv="refresh" content="\d+"></noscript>', html)
+
+
+def test_numbers_and_lists_agree_on_postgresql(tmp_path: Any, pg_db_url: str) -> None:
+    from webui import make_web
+
+    web = make_web(tmp_path, database=pg_db_url)
+    try:
+        test_todays_numbers_open_lists_of_exactly_that_many(web)
+        web.engine.put_recipient(Recipient(id="alice", email="alice@example.com"))
+        invoice(web, "PG-PAID", "sent")
+        paid = finished(web, "failed", NOW - timedelta(hours=1), subject="invoice/PG-PAID",
+                        reason="retries_exhausted")  # fmt: skip
+        invoice(web, "PG-PAID", "paid")
+        assert f'href="/deliveries/{paid}"' not in web.get("/").text.split('id="attention', 1)[1]
+    finally:
+        web.close()
