@@ -176,6 +176,9 @@ def test_attempt_count_agrees_with_the_attempts_listed(web: Web) -> None:
     page = web.get(f"/deliveries/{did}").text
     total = re.search(r'id="attempts-total">(\d+)', page)
     assert total and int(total.group(1)) == page.count("<strong>Attempt ")
+    assert int(total.group(1)) == 4
+    row = re.search(rf'<a href="/deliveries/{did}">{did}</a>.*?</tr>', web.get("/deliveries").text, re.S)
+    assert row and re.findall(r'<td class="num hide-phone">(\d+)</td>', row.group(0)) == ["4"]
 
 
 def test_dashboard_refreshes_itself_and_works_without_script(web: Web) -> None:
@@ -204,3 +207,12 @@ def test_numbers_and_lists_agree_on_postgresql(tmp_path: Any, pg_db_url: str) ->
         assert f'href="/deliveries/{paid}"' not in web.get("/").text.split('id="attention', 1)[1]
     finally:
         web.close()
+
+
+def test_a_bad_finished_date_gets_a_clear_400(web: Web) -> None:
+    web.login()
+    r = web.get("/deliveries?state=sent&finished_from=yesterday")
+    assert r.status_code == 400
+    assert 'id="e-finished_from"' in r.text and "YYYY-MM-DD" in r.text
+    r = web.get("/deliveries?finished_from=2026-03-10&finished_to=2026-03-01")
+    assert r.status_code == 400 and 'id="e-finished_to"' in r.text

@@ -21,6 +21,7 @@ from duly.store.tables import deliveries, delivery_log, workers
 
 __all__ = [
     "OVERDUE_AFTER",
+    "attempt_totals",
     "dashboard_attention",
     "dashboard_next_day",
     "dashboard_queue",
@@ -365,6 +366,21 @@ def deliveries_page(
         q = q.where(c.id < after)
     q = q.order_by(c.id.desc()).limit(limit)
     return _rows(conn, q)
+
+
+def attempt_totals(conn: Connection, ids: Sequence[int]) -> dict[int, int]:
+    """Every attempt the log records for each of ``ids`` (a delivery's ``attempts`` counter
+    starts again at each retry; the log keeps them all), absent when none. One grouped read
+    by ix_delivery_log_delivery_id; callers pass a page's ids."""
+    if not ids:
+        return {}
+    log = delivery_log.c
+    q = (
+        sa.select(log.delivery_id, sa.func.count())
+        .where(log.delivery_id.in_(sorted(set(ids))), log.kind == "attempt")
+        .group_by(log.delivery_id)
+    )
+    return {int(i): int(n) for i, n in conn.execute(q)}
 
 
 def sibling_deliveries(

@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse
 from duly.engine.service import Engine
 from duly.store.db import Connection
 from duly.store.pages_deliveries import (
+    attempt_totals,
     dashboard_attention,
     dashboard_next_day,
     dashboard_queue,
@@ -113,6 +114,9 @@ def attention(
         v = checks.get(d["id"])
         d["why_more"] = f"it will not be sent: {v.text}" if v is not None and not v.waits else ""
         overdue.append(d)
+    totals = attempt_totals(conn, [d["id"] for d in failed[:LIST_LIMIT]])
+    for d in failed[:LIST_LIMIT]:  # as the delivery's page lists them (retries included)
+        d["attempts"] = max(d["attempts"] or 0, totals.get(d["id"], 0))
     more = len(found["failed"]) >= ATTENTION_CANDIDATES
     return {
         "failed": failed[:LIST_LIMIT],

@@ -16,7 +16,12 @@ from fastapi.responses import HTMLResponse, Response
 
 from duly.engine.service import REMINDER_RULE, Conflict, Engine
 from duly.store.db import Connection
-from duly.store.pages_deliveries import deliveries_page, delivery_html_part, sibling_deliveries
+from duly.store.pages_deliveries import (
+    attempt_totals,
+    deliveries_page,
+    delivery_html_part,
+    sibling_deliveries,
+)
 from duly.store.receipts import receipts_of
 from duly.web.core import (
     AdminUser,
@@ -223,11 +228,14 @@ def deliveries_list(request: Request, user: CurrentUser, engine: EngineDep) -> R
     rows: list[dict[str, Any]] = []
     zones: dict[str, str] = {}
     statuses: dict[str, Any] = {}
+    totals: dict[int, int] = {}
     if not errors:
         with engine.db.connect() as conn:
             rows = list_rows(conn, f, now, LIMIT + 1)
             zones = recipient_zones(engine, conn, {r["recipient"] for r in rows[:LIMIT]})
             statuses = subject_statuses(engine, conn, {r["subject"] for r in rows[:LIMIT]})
+            for r, n in attempt_totals(conn, [r["id"] for r in rows[:LIMIT]]).items():
+                totals[r] = n
     page = page_of(rows, LIMIT, request)
     return render(
         request,
@@ -238,6 +246,7 @@ def deliveries_list(request: Request, user: CurrentUser, engine: EngineDep) -> R
             "page": page,
             "zones": zones,
             "statuses": statuses,
+            "totals": totals,
             "states": list(STATE_FILTER.items()),
             "rules": rule_options(request, f.rule),
             "channels": channel_options(request, f.channel),
@@ -281,6 +290,7 @@ def delivery_detail(
             raise HTTPException(404)
         history = engine.store.delivery_history(conn, did)
         siblings = sibling_deliveries(conn, row)
+        totals = attempt_totals(conn, [s["id"] for s in siblings])
         zones = recipient_zones(engine, conn, {row["recipient"]})
         reports = receipts_of(conn, did)  # provider callbacks, in the order they happened
         statuses = subject_statuses(engine, conn, {row["subject"]})
@@ -306,6 +316,7 @@ def delivery_detail(
             "attempts": attempts,
             "outcomes": outcomes,
             "siblings": siblings,
+            "totals": totals,
             "statuses": statuses,
             "warning": warning,
             # the log keeps every attempt; the row's counter restarts at a retry
