@@ -216,3 +216,25 @@ def test_a_bad_finished_date_gets_a_clear_400(web: Web) -> None:
     assert 'id="e-finished_from"' in r.text and "YYYY-MM-DD" in r.text
     r = web.get("/deliveries?finished_from=2026-03-10&finished_to=2026-03-01")
     assert r.status_code == 400 and 'id="e-finished_to"' in r.text
+
+
+def test_send_now_on_a_held_invoice_says_it_waits(web: Web) -> None:
+    fixed(web)
+    web.engine.put_recipient(Recipient(id="alice", email="alice@example.com"))
+    web.engine.upsert_subject(
+        SubjectInput(
+            "invoice",
+            "HELD-1",
+            {"status": "sent", "due_at": (NOW + timedelta(days=20)).isoformat()},
+            {"customer": "alice"},
+            "indefinite",  # type: ignore[arg-type]
+        )
+    )
+    did = add_delivery(web, state="pending", subject="invoice/HELD-1", due_at=NOW + timedelta(days=1))
+    web.login()
+    page = web.get(f"/deliveries/{did}").text
+    warn = re.search(r'id="action-warning"[^>]*>(.*?)</p>', page, re.S)
+    assert warn and "It would wait:" in warn.group(1) and "until cleared" in warn.group(1)
+    web.post(f"/deliveries/{did}/send-now", token_from=f"/deliveries/{did}")
+    after = web.get(f"/deliveries/{did}").text
+    assert f"Delivery {did} is due now, but it waits: the invoice is on hold until cleared." in after

@@ -350,7 +350,10 @@ _WONT = {
     "send-now": "Delivery {id} is due now, but it will not be sent: {why}.",
     "retry": "Delivery {id} is pending again, but it will not be sent: {why}.",
 }
-_WAITS = "Delivery {id} is pending again, and waits: {why}."
+_WAITS = {
+    "send-now": "Delivery {id} is due now, but it waits: {why}.",
+    "retry": "Delivery {id} is pending again, but it waits: {why}.",
+}
 
 
 def _act(request: Request, engine: Engine, did: int, action: str) -> Response:
@@ -368,7 +371,7 @@ def _act(request: Request, engine: Engine, did: int, action: str) -> Response:
     if v is None:
         flash(request, done.format(id=did))
     else:
-        text = (_WAITS if v.waits else _WONT[action]).format(id=did, why=v.text)
+        text = (_WAITS if v.waits else _WONT)[action].format(id=did, why=v.text)
         flash(request, text, "info")
     return redirect(f"/deliveries/{did}")
 

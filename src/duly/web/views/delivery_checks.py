@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from duly.core import planner
@@ -20,7 +20,7 @@ from duly.core.model import REMINDER_RULE, Reason, held_until_cleared
 from duly.engine.dispatch.policies import consent_allows
 from duly.engine.service import Engine
 from duly.store.db import Connection
-from duly.web.words import reason_words
+from duly.web.words import reason_words, subject_kind
 
 # These make a failure no longer worth anyone's attention: nothing an operator does sends it.
 GONE = frozenset({Reason.rule_changed, Reason.subject_deleted, Reason.condition_false,
@@ -92,11 +92,12 @@ def verdicts(
                 continue
         hold = subject.hold_until if subject is not None else None
         if hold is not None and now < hold and r.get("category") != "transactional":
-            until = "until cleared" if held_until_cleared(hold) else "until " + hold.isoformat(
-                sep=" ", timespec="minutes")  # fmt: skip
-            out[r["id"]] = Verdict(
-                Reason.held.value, f"{reason_words('held', kind_ref)} ({until})", True
-            )
+            until = (
+                "until cleared" if held_until_cleared(hold)
+                else f"until {hold.astimezone(UTC):%a %d %b %Y, %H:%M} UTC"
+            )  # fmt: skip
+            kind = subject_kind(kind_ref) or "subject"
+            out[r["id"]] = Verdict(Reason.held.value, f"the {kind} is on hold {until}", True)
             continue
         if r.get("deadline_at") is not None and now > r["deadline_at"]:
             out[r["id"]] = Verdict(Reason.missed.value, "Not sent: its deadline has passed")
