@@ -242,7 +242,10 @@ def pages(ids: dict[str, Any]) -> list[tuple[str, str]]:
         ("outbox", "/outbox"),
         ("outbox, search (none)", "/outbox?q=no-such-text"),
         ("deliveries, channel (none)", "/deliveries?channel=sms"),
-        ("deliveries, sent today", "/deliveries?state=sent&finished_from=" + ids.get("today", "2026-01-01")),
+        (
+            "deliveries, sent today",
+            "/deliveries?state=sent&finished_from=" + ids.get("today", "2026-01-01"),
+        ),
         ("dashboard, live part", "/?part=live"),
     ]
 

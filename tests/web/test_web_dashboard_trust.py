@@ -120,7 +120,10 @@ def test_needs_attention_leaves_out_failures_that_no_longer_matter(web: Web) -> 
     for left_out in (paid, gone, late):
         assert f'href="/deliveries/{left_out}"' not in items, left_out
     # why it is there, in words
-    assert "still needed: the invoice still meets its rule" in items and "Failed: every retry failed" in items
+    assert (
+        "still needed: the invoice still meets its rule" in items
+        and "Failed: every retry failed" in items
+    )
     # and what was left out is said, not hidden
     note = re.search(r'id="attention-left-out"[^>]*>(.*?)</p>', html, re.S)
     assert note and "3" in note.group(1)
@@ -177,7 +180,9 @@ def test_attempt_count_agrees_with_the_attempts_listed(web: Web) -> None:
     total = re.search(r'id="attempts-total">(\d+)', page)
     assert total and int(total.group(1)) == page.count("<strong>Attempt ")
     assert int(total.group(1)) == 4
-    row = re.search(rf'<a href="/deliveries/{did}">{did}</a>.*?</tr>', web.get("/deliveries").text, re.S)
+    row = re.search(
+        rf'<a href="/deliveries/{did}">{did}</a>.*?</tr>', web.get("/deliveries").text, re.S
+    )
     assert row and re.findall(r'<td class="num hide-phone">(\d+)</td>', row.group(0)) == ["4"]
 
 
@@ -230,11 +235,15 @@ def test_send_now_on_a_held_invoice_says_it_waits(web: Web) -> None:
             "indefinite",  # type: ignore[arg-type]
         )
     )
-    did = add_delivery(web, state="pending", subject="invoice/HELD-1", due_at=NOW + timedelta(days=1))
+    did = add_delivery(
+        web, state="pending", subject="invoice/HELD-1", due_at=NOW + timedelta(days=1)
+    )
     web.login()
     page = web.get(f"/deliveries/{did}").text
     warn = re.search(r'id="action-warning"[^>]*>(.*?)</p>', page, re.S)
     assert warn and "It would wait:" in warn.group(1) and "until cleared" in warn.group(1)
     web.post(f"/deliveries/{did}/send-now", token_from=f"/deliveries/{did}")
     after = web.get(f"/deliveries/{did}").text
-    assert f"Delivery {did} is due now, but it waits: the invoice is on hold until cleared." in after
+    assert (
+        f"Delivery {did} is due now, but it waits: the invoice is on hold until cleared." in after
+    )

@@ -143,7 +143,14 @@ def test_dashboard_channels_say_working_not_closed(web: Web) -> None:
 
 def test_upcoming_rules_and_outbox_name_one_off_reminders_in_words(web: Web) -> None:
     now = web.engine.clock.now()
-    add(web, rule=REMINDER_RULE, step="", subject="", state="pending", due_at=now + timedelta(hours=1))
+    add(
+        web,
+        rule=REMINDER_RULE,
+        step="",
+        subject="",
+        state="pending",
+        due_at=now + timedelta(hours=1),
+    )
     add(
         web,
         rule=REMINDER_RULE,

@@ -86,9 +86,7 @@ def engine_health(request: Request, conn: Connection, now: datetime) -> dict[str
     }
 
 
-def attention(
-    engine: Engine, conn: Connection, now: datetime, since: datetime
-) -> dict[str, Any]:
+def attention(engine: Engine, conn: Connection, now: datetime, since: datetime) -> dict[str, Any]:
     """Failures that still matter and overdue deliveries, each with why it is listed.
 
     A failure no longer matters when its subject was deleted or no longer meets its rule

@@ -343,8 +343,10 @@ def delivery_html(did: DeliveryId, user: CurrentUser, engine: EngineDep) -> Resp
 _ACTIONS = {
     "send-now": ("send_now", "Delivery {id} is due now: the dispatcher sends it shortly."),
     "cancel": ("cancel_delivery", "Delivery {id} was cancelled."),
-    "retry": ("retry_delivery", "Delivery {id} is pending again and due now: the dispatcher "
-              "sends it shortly."),
+    "retry": (
+        "retry_delivery",
+        "Delivery {id} is pending again and due now: the dispatcher sends it shortly.",
+    ),
 }
 _WONT = {
     "send-now": "Delivery {id} is due now, but it will not be sent: {why}.",

@@ -67,11 +67,15 @@ def verdicts(
     for r, occ in zip(rows, occurrences, strict=True):
         kind_ref = r.get("subject") or None
 
-        def no(reason: Reason, waits: bool = False, status: Any = None, _s: Any = kind_ref) -> Verdict:
+        def no(
+            reason: Reason, waits: bool = False, status: Any = None, _s: Any = kind_ref
+        ) -> Verdict:
             return Verdict(reason.value, reason_words(reason.value, _s, status), waits)
 
         rule = None if r["rule"] == REMINDER_RULE else rf.rule(r["rule"])
-        if r["rule"] != REMINDER_RULE and (rule is None or (r["step"] and rule.step(r["step"]) is None)):
+        if r["rule"] != REMINDER_RULE and (
+            rule is None or (r["step"] and rule.step(r["step"]) is None)
+        ):
             out[r["id"]] = no(Reason.rule_changed)
             continue
         rec = subjects.get(_ref(kind_ref)) if kind_ref else None
