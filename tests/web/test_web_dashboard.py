@@ -58,7 +58,8 @@ def seed_week(web: Web) -> dict[str, int]:
     today = NOW - timedelta(hours=3)  # 12:00 today
     finished(web, "sent", today)
     finished(web, "sent", today - timedelta(hours=1))
-    finished(web, "failed", today, last_error="550 mailbox unavailable", attempts=1)
+    # no subject: a failure of a subject that is gone is left out of needs-attention
+    finished(web, "failed", today, last_error="550 mailbox unavailable", attempts=1, subject="")
     finished(web, "skipped", today, reason="no_consent")
     three_days = NOW - timedelta(days=3)
     finished(web, "sent", three_days)
