@@ -69,6 +69,8 @@ PAGES = (
     "rules",
     "recipients",
     "outbox",
+    "audit",
+    "users_admin",
 )
 
 # First path segments served by the UI (plus "/" itself).
@@ -85,6 +87,8 @@ UI_SEGMENTS = frozenset(
         "rules",
         "recipients",
         "outbox",
+        "audit",
+        "users",
         "static",
         "favicon.ico",
     }

@@ -33,7 +33,11 @@ from duly.store.db import Engine, write_transaction
 
 __all__ = ["ROLES", "Attempt", "SessionStore", "SignInLimits", "User", "UserStore", "MIN_PASSWORD"]
 
-ROLES = ("admin", "viewer")
+# What each role may do (docs/reference/roles.md): a viewer reads everything and changes
+# nothing; an operator also acts on deliveries and subjects (hold, send now, cancel, retry,
+# one-off reminders, consent, suppressions); an admin also changes templates and users.
+ROLES = ("admin", "operator", "viewer")
+_RANK = {"viewer": 0, "operator": 1, "admin": 2}
 MIN_PASSWORD = 8
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
 
@@ -54,6 +58,12 @@ class User:
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def can_operate(self) -> bool:
+        """An operator or an admin: may hold, send now, cancel, retry, create one-off
+        reminders, change consent and clear suppressions."""
+        return _RANK.get(self.role, 0) >= _RANK["operator"]
 
 
 def _user(r: Any) -> User:
@@ -167,22 +177,44 @@ class UserStore:
         return self._update(username, now, end_sessions=True, password_hash=_hasher.hash(password))
 
     def set_role(self, username: str, role: str, now: datetime) -> User:
-        """Change the role and end every session of the user (they sign in again)."""
-        return self._update(username, now, end_sessions=True, role=check_role(role))
+        """Change the role and end every session of the user (they sign in again). Refused
+        (InvalidInput, field ``role``) when it would leave no admin."""
+        return self._update(
+            username, now, end_sessions=True, keep_admin=True, role=check_role(role)
+        )
 
     def set_timezone(self, username: str, tz: str | None, now: datetime) -> User:
         return self._update(username, now, timezone=check_timezone(tz))
 
-    def delete(self, username: str) -> bool:
-        """Delete the user and their sessions."""
+    def delete(self, username: str, *, keep_admin: bool = False) -> bool:
+        """Delete the user and their sessions. With ``keep_admin``, refused (InvalidInput,
+        field ``username``) when it would leave no admin (the check and the delete are one
+        transaction)."""
         with write_transaction(self.db) as conn:
-            return q.delete_user(conn, username)
+            gone = q.delete_user(conn, username)
+            if gone and keep_admin and q.count_admins(conn) == 0:
+                raise InvalidInput(
+                    f"{username} is the last admin: make another user an admin first",
+                    field="username",
+                )
+            return gone
 
     def _update(
-        self, username: str, now: datetime, *, end_sessions: bool = False, **values: object
+        self,
+        username: str,
+        now: datetime,
+        *,
+        end_sessions: bool = False,
+        keep_admin: bool = False,
+        **values: object,
     ) -> User:
         with write_transaction(self.db) as conn:
             found = q.update_user(conn, username, now, end_sessions=end_sessions, **values)
+            if found and keep_admin and q.count_admins(conn) == 0:
+                raise InvalidInput(
+                    f"{username} is the last admin: make another user an admin first",
+                    field="role",
+                )
         if not found:
             raise InvalidInput(f"no user {username!r}", field="username")
         got = self.get_by_name(username)
