@@ -58,7 +58,9 @@ def _entry(
     **more: Any,
 ) -> q.Entry:
     request.scope["duly.audit_object"] = f"{kind} {oid}"
-    return q.Entry(user.username, action, kind, oid, summary, request_id=request_id(request), **more)
+    return q.Entry(
+        user.username, action, kind, oid, summary, request_id=request_id(request), **more
+    )
 
 
 @contextmanager

@@ -176,22 +176,28 @@ class UserStore:
         check_password(password)
         return self._update(username, now, end_sessions=True, password_hash=_hasher.hash(password))
 
-    def set_role(self, username: str, role: str, now: datetime) -> User:
-        """Change the role and end every session of the user (they sign in again). Refused
-        (InvalidInput, field ``role``) when it would leave no admin."""
+    def set_role(
+        self, username: str, role: str, now: datetime, *, keep_admin: bool = False
+    ) -> User:
+        """Change the role and end every session of the user (they sign in again). With
+        ``keep_admin``, refused (InvalidInput, field ``role``) when it would leave no admin
+        (the UI asks it; the CLI, the way back in, does not)."""
         return self._update(
-            username, now, end_sessions=True, keep_admin=True, role=check_role(role)
+            username, now, end_sessions=True, keep_admin=keep_admin, role=check_role(role)
         )
 
     def set_timezone(self, username: str, tz: str | None, now: datetime) -> User:
         return self._update(username, now, timezone=check_timezone(tz))
 
-    def delete(self, username: str, *, keep_admin: bool = False) -> bool:
+    def delete(self, username: str, *, keep_admin: bool = False, must_exist: bool = False) -> bool:
         """Delete the user and their sessions. With ``keep_admin``, refused (InvalidInput,
-        field ``username``) when it would leave no admin (the check and the delete are one
-        transaction)."""
+        field ``username``) when it would leave no admin; with ``must_exist``, InvalidInput
+        when there is no such user (either way inside the transaction, so nothing an action
+        attached to it commits)."""
         with write_transaction(self.db) as conn:
             gone = q.delete_user(conn, username)
+            if not gone and must_exist:
+                raise InvalidInput(f"no user {username!r}", field="username")
             if gone and keep_admin and q.count_admins(conn) == 0:
                 raise InvalidInput(
                     f"{username} is the last admin: make another user an admin first",
@@ -208,15 +214,14 @@ class UserStore:
         keep_admin: bool = False,
         **values: object,
     ) -> User:
-        with write_transaction(self.db) as conn:
-            found = q.update_user(conn, username, now, end_sessions=end_sessions, **values)
-            if found and keep_admin and q.count_admins(conn) == 0:
+        with write_transaction(self.db) as conn:  # raising inside: nothing commits
+            if not q.update_user(conn, username, now, end_sessions=end_sessions, **values):
+                raise InvalidInput(f"no user {username!r}", field="username")
+            if keep_admin and q.count_admins(conn) == 0:
                 raise InvalidInput(
                     f"{username} is the last admin: make another user an admin first",
                     field="role",
                 )
-        if not found:
-            raise InvalidInput(f"no user {username!r}", field="username")
         got = self.get_by_name(username)
         assert got is not None
         return got

@@ -109,7 +109,7 @@ async def user_role(username: str, request: Request, user: AdminUser) -> Respons
         summary = f"Role of {target.username}: {target.role} → {role}"
         with audited(request, user, "role", "user", target.username, summary,
                      before={"role": target.role}, after={"role": role}):  # fmt: skip
-            users_of(request).set_role(target.username, role, wall_now())
+            users_of(request).set_role(target.username, role, wall_now(), keep_admin=True)
 
     try:
         await run_in_threadpool(work)
@@ -151,7 +151,7 @@ async def user_delete(username: str, request: Request, user: AdminUser) -> Respo
         summary = f"User {target.username} deleted (was {target.role})"
         with audited(request, user, "delete", "user", target.username, summary,
                      before={"role": target.role}):  # fmt: skip
-            users_of(request).delete(target.username, keep_admin=True)
+            users_of(request).delete(target.username, keep_admin=True, must_exist=True)
 
     try:
         await run_in_threadpool(work)
