@@ -404,3 +404,42 @@ def test_the_cli_records_its_user_and_key_changes(tmp_path: Any) -> None:
     ]
     assert json.loads(rows[1]["before"]) == {"role": "operator"}
     assert "API key billing created" in rows[4]["summary"]
+
+
+def test_api_keys_actions_are_recorded_with_the_key_name(ops: Web) -> None:
+    from duly.api.keys import KeyStore
+
+    token, _ = KeyStore(ops.rt.db).create("billing", datetime.now(UTC))
+    auth = {"Authorization": f"Bearer {token}", "X-Request-ID": "req-42"}
+    did = _pending(ops)
+    c = ops.client
+    assert c.post(f"/v1/deliveries/{did}/send-now", headers=auth).status_code == 200
+    assert c.post(f"/v1/deliveries/{did}/retry", headers=auth).status_code == 409  # refused
+    assert c.post(f"/v1/deliveries/{did}/cancel", headers=auth).status_code == 200
+    send_at = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    r = c.post(
+        "/v1/reminders",
+        json={"title": "Call", "message": "Call back", "send_at": send_at,
+              "recipients": ["alice"], "channels": ["email"]},
+        headers=auth,
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+    assert c.delete(f"/v1/reminders/{rid}", headers=auth).status_code in (200, 204)
+    r = c.put("/v1/recipients/alice/preferences", json={"reminder": False}, headers=auth)
+    assert r.status_code == 200, r.text
+    assert c.delete("/v1/suppressions/nobody@x.io", headers=auth).status_code == 404  # refused
+    # without a key: 401, nothing recorded
+    assert c.post(f"/v1/deliveries/{did}/send-now").status_code == 401
+    trail = _trail(ops)
+    assert [(e["actor"], e["action"], e["object_kind"], e["object_id"]) for e in trail] == [
+        ("api key billing", "send-now", "delivery", str(did)),
+        ("api key billing", "cancel", "delivery", str(did)),
+        ("api key billing", "create", "reminder", str(rid)),
+        ("api key billing", "delete", "reminder", str(rid)),
+        ("api key billing", "consent", "recipient", "alice"),
+    ]
+    assert trail[0]["request_id"] == "req-42" and trail[0]["subject"] == "invoice/INV-7"
+    ops.login(VIEWER)
+    page = ops.get(f"/deliveries/{did}").text
+    assert "api key billing" in page[page.index('id="h-audit-history"') :]

@@ -59,7 +59,17 @@ MAX_ACTION = 40
 MAX_OBJECT_ID = 400
 
 # what an entry can be about
-OBJECT_KINDS = ("delivery", "subject", "recipient", "reminder", "template", "user", "key", "rules")
+OBJECT_KINDS = (
+    "delivery",
+    "subject",
+    "recipient",
+    "address",
+    "reminder",
+    "template",
+    "user",
+    "key",
+    "rules",
+)
 
 
 @dataclass(frozen=True, slots=True)
