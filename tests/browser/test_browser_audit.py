@@ -67,4 +67,8 @@ def test_an_operator_holds_an_invoice_and_the_history_names_them(
     rows = admin.locator("table.audit-table tbody tr")
     assert rows.count() == 1 and "frontdesk" in rows.first.inner_text()
     shot(admin, "audit", tmp_path)
+    admin.get_by_role("navigation", name="Main").get_by_role("link", name="Users").click()
+    row = admin.locator("table.users-table tbody tr", has_text="frontdesk")
+    assert "operator" in row.inner_text()
+    shot(admin, "users", tmp_path)
     admin.close()

@@ -443,3 +443,21 @@ def test_api_keys_actions_are_recorded_with_the_key_name(ops: Web) -> None:
     ops.login(VIEWER)
     page = ops.get(f"/deliveries/{did}").text
     assert "api key billing" in page[page.index('id="h-audit-history"') :]
+
+
+def test_the_trail_is_shown_escaped(ops: Web) -> None:
+    from duly.store import audit
+    from webui import HOSTILE, HOSTILE_ATTR
+
+    with ops.rt.db.begin() as conn:
+        audit.add_entry(
+            conn,
+            audit.Entry(HOSTILE, "hold", "subject", "invoice/INV-7", HOSTILE_ATTR,
+                        subject="invoice/INV-7", before={HOSTILE: HOSTILE_ATTR}, after={}),
+            datetime.now(UTC),
+        )  # fmt: skip
+    ops.login(ADMIN)
+    for url in ("/audit", INVOICE, f"/audit?actor={HOSTILE}"):
+        page = ops.get(url).text
+        assert HOSTILE not in page and HOSTILE_ATTR not in page, url
+        assert "&lt;script&gt;" in page, url
