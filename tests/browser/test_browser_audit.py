@@ -72,3 +72,30 @@ def test_an_operator_holds_an_invoice_and_the_history_names_them(
     assert "operator" in row.inner_text()
     shot(admin, "users", tmp_path)
     admin.close()
+
+
+def test_the_audit_and_users_pages_fit_a_phone(chromium: Any, ui: Live) -> None:
+    from test_browser_a11y import OVERFLOW, UNNAMED
+
+    ctx = chromium.new_context(viewport={"width": 390, "height": 844}, timezone_id="Europe/Paris")
+    try:
+        phone = ctx.new_page()
+        sign_in(phone, ui.url, ADMIN)
+        problems = {}
+        for path in ("/audit", "/users", "/subjects/invoice/INV-1001", "/recipients/alice"):
+            resp = phone.goto(ui.url + path)
+            assert resp is not None and resp.status == 200, path
+            found = {
+                "scroll width": w
+                if (w := phone.evaluate("document.documentElement.scrollWidth")) > 391
+                else None,
+                "sticking out": phone.evaluate(OVERFLOW) or None,
+                "unnamed controls": phone.evaluate(UNNAMED) or None,
+                "h1 count": n if (n := phone.locator("h1").count()) != 1 else None,
+            }
+            found = {k: v for k, v in found.items() if v}
+            if found:
+                problems[path] = found
+        assert not problems, problems
+    finally:
+        ctx.close()
