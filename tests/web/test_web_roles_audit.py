@@ -461,3 +461,28 @@ def test_the_trail_is_shown_escaped(ops: Web) -> None:
         page = ops.get(url).text
         assert HOSTILE not in page and HOSTILE_ATTR not in page, url
         assert "&lt;script&gt;" in page, url
+
+
+def test_a_template_save_is_recorded_by_size_and_hash_not_text(ops: Web) -> None:
+    import hashlib
+    import html
+    import re
+
+    edit = "/templates/invoice-due-soon"
+    ops.login(ADMIN)
+    page = ops.get(edit).text
+    m = re.search(r'name="part:email.txt"[^>]*>(.*?)</textarea>', page, re.S)
+    assert m, "the editor shows the text part"
+    body = html.unescape(m.group(1)).replace("Thank you", "Many thanks") + "\nSecret words 42\n"
+    assert ops.post(edit, {"part:email.txt": body}, token_from=edit).status_code == 303
+    (entry,) = [e for e in _trail(ops) if e["object_kind"] == "template"]
+    assert (entry["actor"], entry["action"], entry["object_id"]) == (
+        "admin",
+        "save",
+        "invoice-due-soon",
+    )
+    after = json.loads(entry["after"])["email.txt"]
+    assert after == {"chars": len(body), "sha256": hashlib.sha256(body.encode()).hexdigest()}
+    assert json.loads(entry["before"])["email.txt"]["chars"] > 0
+    assert "Secret words" not in json.dumps(dict(entry), default=str)
+    assert "Saved as version 1" in ops.get("/audit?kind=template").text
