@@ -20,7 +20,7 @@ from duly.core.model import Recipient
 from duly.engine.service import SubjectInput
 from duly.store.tables import audit_log, deliveries, subjects
 from duly.web.users import UserStore
-from webui import ADMIN, VIEWER, Web
+from webui import ADMIN, VIEWER, Web, make_web
 
 OPERATOR = ("ops", "operator password 1")
 INVOICE = "/subjects/invoice/INV-7"
@@ -39,6 +39,17 @@ OPERATOR_POSTS = VIEWER_POSTS | {
     "/reminders/1/send-now",
 }
 ADMIN_ONLY_PAGES = ("/audit", "/audit/export.csv", "/audit/export.jsonl", "/users")
+
+
+@pytest.fixture
+def web(tmp_path: Any, db_url: str) -> Any:
+    """The UI over SQLite and over PostgreSQL (the trail's writes join the actions'
+    transactions on both)."""
+    w = make_web(tmp_path, database=db_url)
+    try:
+        yield w
+    finally:
+        w.close()
 
 
 @pytest.fixture
