@@ -68,9 +68,15 @@ def count_users(conn: Connection) -> int:
     return int(conn.execute(sa.select(sa.func.count()).select_from(users)).scalar() or 0)
 
 
-def count_admins(conn: Connection) -> int:
+def count_admins(conn: Connection, *, lock: bool = False) -> int:
     """How many users have the role admin (read in the caller's transaction: after a
-    change, it says whether one is left)."""
+    change, it says whether one is left). With ``lock``, on PostgreSQL the admins' rows are
+    locked until the transaction ends, so two transactions that each demote or delete a
+    different admin take turns and the second sees the first's change (SQLite's write
+    transaction already holds the database's lock)."""
+    if lock and is_postgres(conn):
+        ids = sa.select(users.c.id).where(users.c.role == "admin").with_for_update()
+        return len(conn.execute(ids).all())
     q = sa.select(sa.func.count()).select_from(users).where(users.c.role == "admin")
     return int(conn.execute(q).scalar() or 0)
 

@@ -195,6 +195,8 @@ class UserStore:
         when there is no such user (either way inside the transaction, so nothing an action
         attached to it commits)."""
         with write_transaction(self.db) as conn:
+            if keep_admin:
+                q.count_admins(conn, lock=True)  # the admins' rows, until this ends
             gone = q.delete_user(conn, username)
             if not gone and must_exist:
                 raise InvalidInput(f"no user {username!r}", field="username")
@@ -215,6 +217,8 @@ class UserStore:
         **values: object,
     ) -> User:
         with write_transaction(self.db) as conn:  # raising inside: nothing commits
+            if keep_admin:
+                q.count_admins(conn, lock=True)  # the admins' rows, until this ends
             if not q.update_user(conn, username, now, end_sessions=end_sessions, **values):
                 raise InvalidInput(f"no user {username!r}", field="username")
             if keep_admin and q.count_admins(conn) == 0:
