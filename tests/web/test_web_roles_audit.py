@@ -497,3 +497,19 @@ def test_a_template_save_is_recorded_by_size_and_hash_not_text(ops: Web) -> None
     assert json.loads(entry["before"])["email.txt"]["chars"] > 0
     assert "Secret words" not in json.dumps(dict(entry), default=str)
     assert "Saved as version 1" in ops.get("/audit?kind=template").text
+
+
+def test_a_reminders_page_shows_its_history(ops: Web) -> None:
+    ops.login(OPERATOR)
+    send_at = (datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M")
+    form = {"title": "Call back", "message": "Call Alice", "send_at": send_at,
+            "recipients": "alice", "channels": "email", "category": "reminder"}  # fmt: skip
+    r = ops.post("/reminders", form, token_from="/reminders/new")
+    assert r.status_code == 303, r.text[:300]
+    url = r.headers["location"]
+    r = ops.post(f"{url}/edit", {**form, "title": "Call back soon"}, token_from=f"{url}/edit")
+    assert r.status_code == 303, r.text[:300]
+    page = ops.get(url).text
+    history = page[page.index('id="h-audit-history"') :]
+    assert "Reminder “Call back” planned" in history
+    assert "Reminder “Call back soon” changed" in history and "ops" in history
