@@ -58,3 +58,46 @@ def test_edit_a_template_with_live_preview_then_save_and_see_the_diff(
     expect(row).to_contain_text(str(saved))
     expect(row).to_contain_text("ops")  # the author: the signed-in admin
     shot(page, "template-history", tmp_path)
+
+
+def test_restore_a_templates_shipped_wording_and_insert_a_variable(
+    page: Any, ui: Live, tmp_path: Path
+) -> None:
+    """A front-desk admin changes the payment receipt, then brings back the wording shipped
+    with the rule file from the history; on the way, a variable from the list beside the
+    editor is inserted with a click."""
+    from playwright.sync_api import expect
+
+    page.goto(ui.url + "/templates/payment-receipt?subject=invoice/INV-1004")
+    text = page.locator("#part-email-txt")
+    shipped = text.input_value()
+    assert "Acme Billing" in shipped
+    # the variables list: attribute names of recent invoices, with example values
+    variables = page.locator("aside.variables")
+    expect(variables).to_contain_text("attributes.amount")
+    expect(variables).to_contain_text("recipient.name")
+    # click inserts {{ name }} where the cursor is, and the preview follows
+    text.fill("Subject: Paid\nRef ")
+    text.press("End")
+    variables.locator("code.var", has_text="subject.key").first.click()
+    assert text.input_value() == "Subject: Paid\nRef {{ subject.key }}"
+    expect(page.locator("#preview pre.preview-text")).to_contain_text("Ref INV-1004")
+    shot(page, "template-variables", tmp_path)
+
+    text.fill(shipped.replace("Thank you!", "Thanks, we got it."))
+    page.get_by_role("button", name=re.compile(r"^Save as version \d+$")).click()
+    expect(page.locator(".flash-ok")).to_contain_text("Saved version")
+    expect(page.get_by_text("Saved, but")).to_have_count(0)  # real data: no false warning
+    page.get_by_role("link", name=re.compile(r"^History")).click()
+    row = page.locator("tr.shipped")
+    expect(row).to_contain_text("shipped with the rule file")
+    row.get_by_role("link", name="compare with current").click()
+    expect(page.locator("pre.diff .add").filter(has_text="Thanks, we got it.")).to_have_count(1)
+    page.once("dialog", lambda d: d.accept())
+    page.locator("tr.shipped").get_by_role("button", name="Restore the shipped wording").click()
+    expect(page.locator(".flash-ok")).to_contain_text(
+        re.compile(r"Restored the shipped wording of payment-receipt as version \d+\.")
+    )
+    shot(page, "template-restored", tmp_path)
+    page.goto(ui.url + "/templates/payment-receipt")
+    assert page.locator("#part-email-txt").input_value() == shipped

@@ -24,6 +24,17 @@ It answers as the Cloud API does:
   accepting the message; the fake answers at once so the channel's handling can be tested;
 - otherwise 200 with ``messages[0].id`` a new ``wamid.…`` and ``message_status`` accepted.
 
+Webhooks (what Meta sends back), written from Meta's "Webhooks" guide for the Cloud API,
+Graph API v21.0 ("Set up webhooks": the ``GET`` verification request with ``hub.mode``,
+``hub.verify_token`` and ``hub.challenge``, and ``X-Hub-Signature-256: sha256=`` + the hex
+HMAC-SHA256 of the payload keyed with the app secret) and its ``messages`` webhook reference
+(the ``whatsapp_business_account`` envelope, ``statuses[]`` with ``id``, ``status``,
+``timestamp``, ``recipient_id`` and ``errors[]``; ``messages[]`` with ``from``, ``id``,
+``timestamp``, ``type`` and ``text.body``): :func:`status_payload`,
+:func:`message_payload`, :func:`meta_signature`, and :attr:`FakeWhatsAppCloud.on_accept`, a
+hook called with each accepted message's wamid before the answer leaves (Meta's status
+webhooks can reach duly before the send's answer does).
+
 Numbers in the two sets are digits only (no ``+``), as WhatsApp IDs are. Tests script other
 answers with :meth:`FakeWhatsAppCloud.answer` (used in order, one per request, before the
 checks above). Every request is recorded in :attr:`FakeWhatsAppCloud.requests`.
@@ -32,16 +43,26 @@ checks above). Every request is recorded in :attr:`FakeWhatsAppCloud.requests`.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from fakes.local_server import Incoming, LocalServer, Reply
 
-__all__ = ["Answer", "FakeWhatsAppCloud", "Recorded"]
+__all__ = [
+    "Answer",
+    "FakeWhatsAppCloud",
+    "Recorded",
+    "message_payload",
+    "meta_signature",
+    "status_payload",
+]
 
 VERSION = "v21.0"
 
@@ -101,6 +122,8 @@ class FakeWhatsAppCloud(LocalServer):
     inside_window: set[str] = field(default_factory=set)
     undeliverable: set[str] = field(default_factory=set)
     requests: list[Recorded] = field(default_factory=list)
+    # called with (wamid, request body) for each accepted message, before the answer
+    on_accept: Callable[[str, Any], None] | None = None
     _script: list[Answer] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -178,7 +201,10 @@ class FakeWhatsAppCloud(LocalServer):
             return self._error(100, f"Unsupported message type {kind!r} in this fake.")
         if number in self.undeliverable:
             return self._error(131026)
-        return Reply.json(200, self._accepted(body))
+        accepted = self._accepted(body)
+        if self.on_accept is not None:
+            self.on_accept(accepted["messages"][0]["id"], body)
+        return Reply.json(200, accepted)
 
     def _template_problem(self, template: Any) -> Reply | None:
         if not isinstance(template, dict):
@@ -230,3 +256,100 @@ class FakeWhatsAppCloud(LocalServer):
                 }
             },
         )
+
+
+# --------------------------------------------------------------------------- webhooks
+
+
+def meta_signature(app_secret: str, raw: bytes) -> str:
+    """``X-Hub-Signature-256`` as Meta computes it over the payload it posts."""
+    return "sha256=" + hmac.new(app_secret.encode(), raw, hashlib.sha256).hexdigest()
+
+
+def _envelope(phone_number_id: str, value: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "102290129340398",  # the WhatsApp Business Account ID
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "15550100000",
+                                "phone_number_id": phone_number_id,
+                            },
+                            **value,
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def status_payload(
+    phone_number_id: str,
+    wamid: str,
+    status: str,
+    recipient: str,
+    *,
+    timestamp: int = 1772442000,
+    error: int | None = None,
+) -> dict[str, Any]:
+    """A status webhook (sent, delivered, read, failed) for message ``wamid``; ``error``: a
+    failed status's error code, with Meta's title and details."""
+    item: dict[str, Any] = {
+        "id": wamid,
+        "status": status,
+        "timestamp": str(timestamp),
+        "recipient_id": recipient.lstrip("+"),
+    }
+    if status != "failed":
+        item["conversation"] = {
+            "id": secrets.token_hex(16),
+            "origin": {"type": "utility"},
+        }
+        item["pricing"] = {"billable": True, "pricing_model": "CBP", "category": "utility"}
+    if error is not None:
+        _, title = ERRORS.get(error, (400, "Error"))
+        item["errors"] = [
+            {
+                "code": error,
+                "title": title,
+                "message": title,
+                "error_data": {"details": DETAILS.get(error, title)},
+                "href": "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/",
+            }
+        ]
+    return _envelope(phone_number_id, {"statuses": [item]})
+
+
+def message_payload(
+    phone_number_id: str,
+    sender: str,
+    text: str,
+    *,
+    wamid: str | None = None,
+    timestamp: int = 1772442000,
+) -> dict[str, Any]:
+    """An inbound text message webhook from ``sender`` (E.164; Meta sends the wa_id, digits
+    only)."""
+    number = sender.lstrip("+")
+    return _envelope(
+        phone_number_id,
+        {
+            "contacts": [{"profile": {"name": "Customer"}, "wa_id": number}],
+            "messages": [
+                {
+                    "from": number,
+                    "id": wamid or "wamid." + base64.b64encode(secrets.token_bytes(24)).decode(),
+                    "timestamp": str(timestamp),
+                    "type": "text",
+                    "text": {"body": text},
+                }
+            ],
+        },
+    )

@@ -264,6 +264,16 @@ def postmark(env: dict[str, Any], body: dict[str, Any], auth: tuple[str, str] = 
     )
 
 
+def test_a_postmark_body_nested_too_deep_is_400_not_500(env: dict[str, Any]) -> None:
+    deep = b'{"a":' * 5000  # json.loads gives up with RecursionError
+    r = env["client"].post(
+        "/inbound/postmark",
+        content=deep,
+        headers={**basic_auth(*HOOK), "Content-Type": "application/json"},
+    )
+    assert r.status_code == 400, r.text
+
+
 def test_postmark_bounce_suppresses_and_complaint_withdraws_consent(env: dict[str, Any]) -> None:
     send(env)
     (row,) = rows(env, "email")

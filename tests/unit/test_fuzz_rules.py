@@ -120,6 +120,9 @@ STEP_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "batch": either("1h", {"within": "1h"}, {"within": "99999999999999y"}),
     "set": either({"status": "reminded"}, {"__class__": 1}, {"x": deep(60)}),
     "webhook": either({"url": "https://app.test/h"}, {"url": "file:///etc/passwd"}),
+    "whatsapp": either({"content_sid": "HX" + "0" * 32, "variables": {"1": "{{ x }}"}},
+                       {"template": "t", "language": "en", "variables": {"1": "a", "3": "b"}},
+                       {"variables": {"a b": deep(5)}}, {"freeform": "never"}),
 }  # fmt: skip
 RULE_VALUES: dict[str, st.SearchStrategy[Any]] = {
     **STEP_VALUES,
@@ -165,6 +168,8 @@ TOP_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "render": either({"timeout": "2s", "max_output": "10MB"}, {"timeout": "99999999999999m"},
                      {"max_memory": "1" + "0" * 400 + "GB"}, {"workers": 10**30},
                      {"max_output": "1e999KB"}, {"timeout": "-1ms"}),
+    "template_language": either("en", "en-GB", "fr_CA", "xx_klingon", "", "../../x", "\x00",
+                                "e" * 10_000, 5, None, ["en"], {"en": 1}),
 }  # fmt: skip
 assert set(TOP_VALUES) | {"rules"} == set(TOP_KEYS)
 

@@ -234,7 +234,7 @@ def test_history_shows_versions_and_diffs_and_restore_makes_a_new_version(web: W
     r = web.post(f"{EDIT}/restore", {"version": "1"}, token_from=f"{EDIT}/history")
     assert r.status_code == 303
     page = web.get(r.headers["location"]).text
-    assert "Restored version 1 as version 3." in page
+    assert f"Restored version 1 of {NAME} as version 3." in page
     view = web.rt.templates.get(NAME)
     assert view.latest == 3
     txt = next(p for p in view.parts if p.ext == "txt")

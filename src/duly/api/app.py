@@ -278,6 +278,7 @@ def _public_routers() -> list[Any]:
         ("duly.api.ack", "public_router"),
         ("duly.api.preferences", "public_router"),
         ("duly.api.inbound", "router"),  # provider callbacks: their signature is the permission
+        ("duly.api.inbound_email", "router"),  # SendGrid, Mailgun, SES (through SNS)
     ):
         try:
             m = __import__(mod, fromlist=[name])

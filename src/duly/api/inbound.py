@@ -16,6 +16,22 @@ indistinguishable from a retry and is acknowledged, never applied twice. Receipt
 idempotent in the database (duly.store.receipts), so a replay reaching another process
 changes nothing either.
 
+Meta's WhatsApp Cloud API webhook, for ``whatsapp-cloud`` channels:
+
+- ``GET /inbound/whatsapp``: the subscription handshake (``hub.mode=subscribe``,
+  ``hub.verify_token`` equal to a channel's ``verify_token``, compared in constant time):
+  answers ``hub.challenge`` as plain text; 403 otherwise.
+- ``POST /inbound/whatsapp``: ``X-Hub-Signature-256`` must be the HMAC-SHA256 of the raw
+  body with a channel's ``app_secret`` (403 when missing or wrong). ``statuses`` become
+  delivery receipts (idempotent in the database: a replayed status changes nothing);
+  ``messages`` are inbound messages (STOP / START for the channel whose
+  ``phone_number_id`` received them, and the number's last inbound time; messages to a
+  number no channel sends from are ignored, and a time in the future is taken as now); a
+  message id
+  already handled by this process is skipped, and a keyword older than the number's last
+  inbound message changes nothing, so a replay is a no-op. Answers 200 (Meta retries
+  anything else).
+
 Postmark requests must carry the basic auth credentials of a ``postmark`` channel's
 ``webhook_secret`` (``user:password``, set in the webhook's URL at Postmark); 403 otherwise.
 """
@@ -35,6 +51,7 @@ from starlette.concurrency import run_in_threadpool
 from duly.api.errors import ApiError
 from duly.delivery import inbound
 from duly.delivery.ack import base_url_from_env
+from duly.delivery.channels.whatsapp_cloud import verify_signature
 from duly.engine.receipts import ReceiptEvent, inbound_message, record_receipts
 
 __all__ = ["PUBLIC_URL_ENV", "REPLAY_WINDOW", "router"]
@@ -165,6 +182,69 @@ async def twilio_messages(request: Request) -> Response:
     return Response(_TWIML_EMPTY, media_type="text/xml")
 
 
+_CHALLENGE_MAX = 256
+
+
+@router.get("/inbound/whatsapp")
+async def whatsapp_verify(request: Request) -> Response:
+    """Meta's webhook verification: echoes ``hub.challenge`` when ``hub.mode`` is
+    ``subscribe`` and ``hub.verify_token`` is a whatsapp-cloud channel's ``verify_token``;
+    403 otherwise."""
+    q = request.query_params
+    token, challenge = q.get("hub.verify_token"), q.get("hub.challenge") or ""
+    if q.get("hub.mode") != "subscribe" or not challenge or len(challenge) > _CHALLENGE_MAX:
+        raise ApiError(403, "forbidden", "not a WhatsApp webhook verification request")
+    chans = _channels(request, "whatsapp-cloud")
+    if not any(inbound.secret_matches(token, getattr(c, "_verify_token", None)) for c in chans):
+        raise ApiError(403, "forbidden", "hub.verify_token does not match")
+    return Response(challenge, media_type="text/plain")
+
+
+@router.post("/inbound/whatsapp")
+async def whatsapp_webhook(request: Request) -> Response:
+    """A Meta WhatsApp Cloud API webhook: statuses → receipts, messages → STOP / START and
+    the last inbound time. 200; 403 when not signed with a whatsapp-cloud channel's
+    ``app_secret``; 400 when the body is not a JSON object."""
+    raw = await request.body()
+    header = request.headers.get("x-hub-signature-256", "").strip()
+    if not header:
+        raise ApiError(403, "forbidden", "missing X-Hub-Signature-256")
+    signed = [
+        c
+        for c in _channels(request, "whatsapp-cloud")
+        if getattr(c, "_app_secret", None) and verify_signature(c._app_secret, raw, header)
+    ]
+    if not signed:
+        raise ApiError(403, "forbidden", "X-Hub-Signature-256 does not match")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # too deep a nesting is refused, never a 500
+        raise ApiError(400, "invalid", "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid", "the body is not a JSON object")
+    seen = _seen(request)
+    events: list[ReceiptEvent] = []
+    messages: list[tuple[str, dict[str, Any]]] = []
+    for change in inbound.whatsapp_cloud_changes(body):
+        pnid = change["phone_number_id"]
+        ch = next((c for c in signed if c.phone_number_id == pnid), None)
+        if ch is None and pnid is None:
+            ch = signed[0]
+        events += [ReceiptEvent(provider="whatsapp-cloud", **r) for r in change["statuses"]]
+        if ch is None:  # a number of the app that no channel sends from: not duly's
+            continue
+        messages += [(ch.name, m) for m in change["messages"] if not seen.seen("wa:" + m["id"])]
+    rt = request.app.state.runtime
+    if events:
+        await run_in_threadpool(record_receipts, rt.engine, events, _metrics(request))
+    now = rt.engine.clock.now()
+    for name, m in messages:
+        at = min(m["at"], now) if m["at"] is not None else now  # never in the future
+        await run_in_threadpool(inbound_message, rt.engine, name, m["phone"], m["body"], at)
+        seen.add("wa:" + m["id"])
+    return Response(status_code=200)
+
+
 @router.post("/inbound/postmark")
 async def postmark(request: Request) -> Response:
     """A Postmark webhook (Delivery, Bounce, SpamComplaint, Open; other record types are
@@ -178,7 +258,7 @@ async def postmark(request: Request) -> Response:
         raise ApiError(403, "forbidden", "missing or wrong credentials for the Postmark webhook")
     try:
         body = json.loads(await request.body())
-    except ValueError:
+    except (ValueError, RecursionError):  # too deep a nesting is refused, never a 500
         raise ApiError(400, "invalid", "the body is not JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid", "the body is not a JSON object")

@@ -147,6 +147,27 @@ class BatchOut(BaseModel):
     failed: int
 
 
+class RecipientBatchItem(RecipientIn):
+    id: str = Field(min_length=1, max_length=200)
+
+
+class RecipientBatchIn(Strict):
+    recipients: list[RecipientBatchItem] = Field(min_length=1, max_length=1000)
+
+
+class RecipientBatchResult(BaseModel):
+    id: str
+    ok: bool
+    created: bool | None = None
+    error: ErrorBody | None = None
+
+
+class RecipientBatchOut(BaseModel):
+    results: list[RecipientBatchResult]
+    ok: int
+    failed: int
+
+
 class DeliveryOut(BaseModel):
     id: int
     rule: str

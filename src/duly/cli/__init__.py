@@ -2,7 +2,7 @@
 also reads a ``DULY_*`` environment variable, named in ``--help``.
 
 The commands live in modules by what they do: :mod:`duly.cli.server` (serve, worker, run),
-:mod:`duly.cli.data` (migrate, prune, outbox), :mod:`duly.cli.accounts` (keys, users) and
+:mod:`duly.cli.data` (migrate, prune, outbox), :mod:`duly.cli.imports` (import), :mod:`duly.cli.accounts` (keys, users) and
 :mod:`duly.cli.rulefiles` (rules check, simulate); :mod:`duly.cli.common` holds the shared
 options.
 """
@@ -16,6 +16,7 @@ import click
 from duly import __version__
 from duly.cli.accounts import keys, users
 from duly.cli.data import migrate, outbox, prune
+from duly.cli.imports import import_cmd
 from duly.cli.rulefiles import rules, simulate
 from duly.cli.server import _first_user as _first_user  # read by tests/web/test_web_auth.py
 from duly.cli.server import run_rule_cmd, serve, worker
@@ -44,5 +45,7 @@ def main() -> None:
     """duly: reminders and notifications from rules in a file, sent on time, exactly once."""
 
 
-for _command in (serve, worker, run_rule_cmd, migrate, prune, outbox, keys, users, rules, simulate):
+for _command in (
+    serve, worker, run_rule_cmd, migrate, prune, outbox, import_cmd, keys, users, rules, simulate
+):
     main.add_command(_command)

@@ -113,6 +113,21 @@ def put_recipient(
 
 
 @endpoint
+def upsert_recipients(
+    recipients: Iterable[M.RecipientBatchItem | Mapping[str, Any]],
+) -> Call[M.RecipientBatchOut]:
+    """Create or replace up to 1,000 recipients in one request
+    (``POST /v1/recipients:batch``); each item is the whole state of one recipient, with its
+    ``id``. Bad items are refused one by one: the answer has a result per item, in order
+    (``ok``, ``created`` or ``error``), and counts of ``ok`` and ``failed``."""
+    items = [
+        i.model_dump(mode="json", exclude_unset=True) if isinstance(i, BaseModel) else dict(i)
+        for i in recipients
+    ]
+    return Call("POST", "/v1/recipients:batch", _model(M.RecipientBatchOut), {"recipients": items})
+
+
+@endpoint
 def get_recipient(id: str) -> Call[M.RecipientOut]:
     """A recipient. Raises NotFound when there is none with that id."""
     return Call("GET", f"/v1/recipients/{seg(id)}", _model(M.RecipientOut))

@@ -42,6 +42,7 @@ __all__ = [
     "held_until_cleared",
     "Trigger",
     "WebhookAction",
+    "WhatsAppTemplate",
     "WebhookTarget",
     "Window",
     "MAX_DURATION_YEARS",
@@ -258,6 +259,20 @@ class WebhookAction:
 
 
 @dataclass(frozen=True, slots=True)
+class WhatsAppTemplate:
+    """A rule's or step's ``whatsapp:``: the approved template its messages use on the
+    WhatsApp channels, overriding the channel's (``content_sid`` for ``twilio-whatsapp``,
+    ``template`` and ``language`` for ``whatsapp-cloud``), its variables (template
+    variable → Jinja text rendered with the message's context) and the ``freeform`` mode."""
+
+    content_sid: str | None = None
+    template: str | None = None
+    language: str | None = None
+    variables: tuple[tuple[str, str], ...] = ()
+    freeform: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Action:
     set: dict[str, Any] | None = None
     webhook: WebhookAction | None = None
@@ -304,6 +319,7 @@ class Step:
     webhook: WebhookAction | None = None
     sends_message: bool = True  # False for a step with only `set` / `webhook`
     line: int = 0
+    whatsapp: WhatsAppTemplate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +350,7 @@ class Rule:
     webhook: WebhookAction | None = None
     sends_message: bool = True
     line: int = 0
+    whatsapp: WhatsAppTemplate | None = None
 
     @property
     def kind(self) -> str:
@@ -392,6 +409,7 @@ class RuleFile:
     allow_private_targets: bool = False
     templates_dir: str | None = None
     render: RenderLimits = field(default_factory=RenderLimits)
+    template_language: str | None = None  # the language of templates that declare none
 
     def rule(self, name: str) -> Rule | None:
         for r in self.rules:

@@ -232,7 +232,10 @@ _TIMEOUT = "421 4.4.2 smtp.example.net: connection timed out; try again later"
 def _fmt(person: Recipient) -> tuple[Any, Any, Any]:
     from babel import dates, numbers
 
-    loc = person.locale or "en_GB"
+    from duly.core.templatenames import format_locale
+
+    # as the renderer does: the demo's templates are British English (template_language)
+    loc = format_locale("en-GB", person.locale).replace("-", "_")
     tz = ZoneInfo(person.timezone or "UTC")
 
     def money(amount: float, currency: str) -> str:

@@ -13,7 +13,10 @@ has its effects, in the transaction that records it:
   outgoing webhook ``delivery.<status>`` (``accepted`` queues nothing: ``delivery.sent``
   already said so).
 
-An unknown provider message id is recorded unmatched and counted, never an error.
+An unknown provider message id is recorded unmatched and counted, never an error. A
+callback can also arrive a few milliseconds before the dispatcher records the send it is
+about (delivered before sent): when the send is recorded, :func:`apply_pending` attaches
+such unmatched receipts to it and applies their effects then, once.
 
 Inbound messages: ``STOP`` and its synonyms opt the sender's number out of the channel
 (``consent.channels.<channel> = false``), ``START`` / ``YES`` / ``UNSTOP`` opt it back in;
@@ -37,6 +40,8 @@ from duly.store.db import write_transaction
 __all__ = [
     "OPT_IN_WORDS",
     "OPT_OUT_WORDS",
+    "apply_pending",
+    "withdraw_consent",
     "ReceiptEvent",
     "ReceiptResult",
     "inbound_message",
@@ -115,8 +120,33 @@ def record_receipts(engine: Any, events: list[ReceiptEvent], metrics: Any = None
     if metrics is not None:
         for status in counted:
             metrics.receipt(status)
-    _withdraw_consent(engine, complaints)
+    withdraw_consent(engine, complaints)
     return out
+
+
+def apply_pending(
+    engine: Any, conn: Any, provider_message_ids: list[str], now: datetime
+) -> list[dict[str, Any]]:
+    """In the transaction recording sends accepted under ``provider_message_ids``: attach the
+    receipts that arrived before (recorded unmatched) and apply their effects (suppression,
+    webhooks), each once. Returns the deliveries complained about, for
+    :func:`withdraw_consent` after the transaction."""
+    complaints: list[dict[str, Any]] = []
+    for rec, matched in store.match_unmatched(conn, provider_message_ids, now):
+        ev = ReceiptEvent(
+            provider=rec["provider"],
+            provider_message_id=rec["provider_message_id"],
+            status=rec["status"],
+            hard=bool(rec["hard"]),
+            occurred_at=rec["occurred_at"],
+            detail=rec["detail"],
+        )
+        log.info("%s receipt %s applied once its send was recorded", ev.provider, ev.status)
+        for d in matched:
+            _effects(engine, conn, d, ev, now)
+            if ev.status == "complained":
+                complaints.append(d)
+    return complaints
 
 
 def _effects(engine: Any, conn: Any, d: dict[str, Any], ev: ReceiptEvent, now: datetime) -> None:
@@ -143,7 +173,7 @@ def _effects(engine: Any, conn: Any, d: dict[str, Any], ev: ReceiptEvent, now: d
         webhooks.emit(conn, engine.rules, f"delivery.{ev.status}", data, now)
 
 
-def _withdraw_consent(engine: Any, complaints: list[dict[str, Any]]) -> None:
+def withdraw_consent(engine: Any, complaints: list[dict[str, Any]]) -> None:
     """A complaint opts the recipient out of the delivery's category (after the receipt's
     transaction: ``set_consent`` writes through Engine.put_recipient, which re-plans)."""
     for d in complaints:
@@ -176,15 +206,17 @@ def inbound_message(
 ) -> tuple[str | None, list[str]]:
     """An inbound message from ``phone`` (E.164, no ``whatsapp:``) on channel ``channel``:
     remember it as the number's last inbound time and apply a STOP / START keyword to the
-    recipients with that phone. Returns (``"out"`` / ``"in"`` / None, the recipient ids
-    whose consent changed)."""
+    recipients with that number as their ``phone`` or as their ``addresses.<channel>``. A
+    keyword in a message older than one already noted from that number (a late or replayed
+    STOP after a START) changes nothing. Returns (``"out"`` / ``"in"`` / None, the recipient
+    ids whose consent changed)."""
     at = at or engine.clock.now()
     with write_transaction(engine.db) as conn:
-        store.note_inbound(conn, phone, channel, at)
-        found = store.recipients_with_phone(conn, phone) if phone else []
+        latest = store.note_inbound(conn, phone, channel, at)
+        found = store.recipients_with_number(conn, phone, channel) if phone else []
     kind = keyword_of(body)
     changed: list[str] = []
-    if kind is None:
+    if kind is None or not latest:
         return None, changed
     for r in found:
         if _set_channel(engine, r, channel, kind == "in"):

@@ -310,6 +310,7 @@ def build_runtime(
         loader_overrides=templates.override,
         ack_links=ack_links,
         limits=rf.render,  # every render in a killable render process, within these bounds
+        template_language=rf.template_language,
     )
     channels = build_channels(rf)
     from duly.engine.receipts import last_inbound_lookup

@@ -9,7 +9,7 @@ receipt changes (suppressions, consent, webhooks).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,10 +24,12 @@ __all__ = [
     "RecordedReceipt",
     "deliveries_with_provider_id",
     "latest_provider_id",
+    "match_unmatched",
     "last_inbound",
     "note_inbound",
     "receipt_counts",
     "receipts_of",
+    "recipients_with_number",
     "recipients_with_phone",
     "record_receipt",
 ]
@@ -154,6 +156,59 @@ def record_receipt(
     return RecordedReceipt(True, matched)
 
 
+# How long an unmatched receipt waits for its send to be recorded (the race is of a few
+# milliseconds; a send is recorded at the latest when its lease runs out).
+PENDING_MATCH = timedelta(days=1)
+
+
+def match_unmatched(
+    conn: Connection, provider_message_ids: list[str], now: datetime
+) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Attach the unmatched receipts (received since ``now`` - :data:`PENDING_MATCH`) under
+    ``provider_message_ids`` to the deliveries that now carry those ids: each receipt is
+    attached once (a conditional UPDATE: two processes never both attach it). Returns
+    (receipt, its deliveries) for each receipt attached here, in the order things happened;
+    each receipt a dict of provider, provider_message_id, status, hard, occurred_at,
+    detail."""
+    ids = sorted({p[:200] for p in provider_message_ids if p})
+    if not ids:
+        return []
+    q = (
+        sa.select(
+            delivery_receipts.c.id,
+            delivery_receipts.c.provider,
+            delivery_receipts.c.provider_message_id,
+            delivery_receipts.c.status,
+            delivery_receipts.c.hard,
+            delivery_receipts.c.occurred_at,
+            delivery_receipts.c.detail,
+        )
+        .where(
+            delivery_receipts.c.delivery_id.is_(None),
+            delivery_receipts.c.received_at >= now - PENDING_MATCH,
+            delivery_receipts.c.provider_message_id.in_(ids),
+        )
+        .order_by(delivery_receipts.c.occurred_at, delivery_receipts.c.id)
+    )
+    out: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    found: dict[str, list[dict[str, Any]]] = {}
+    for rec in [dict(r) for r in conn.execute(q).mappings()]:
+        pmid = rec["provider_message_id"]
+        if pmid not in found:
+            found[pmid] = deliveries_with_provider_id(conn, pmid)
+        matched = found[pmid]
+        if not matched:
+            continue
+        res = conn.execute(
+            sa.update(delivery_receipts)
+            .where(delivery_receipts.c.id == rec["id"], delivery_receipts.c.delivery_id.is_(None))
+            .values(delivery_id=matched[0]["id"])
+        )
+        if res.rowcount:
+            out.append((rec, matched))
+    return out
+
+
 def receipts_of(conn: Connection, delivery_id: int) -> list[dict[str, Any]]:
     """The receipts of delivery ``delivery_id`` in the order things happened (``occurred_at``,
     then arrival), whatever order the callbacks came in: those recorded for it and those
@@ -213,9 +268,10 @@ def receipt_counts(
 # --------------------------------------------------------------------------- inbound
 
 
-def note_inbound(conn: Connection, address: str, channel: str, at: datetime) -> None:
+def note_inbound(conn: Connection, address: str, channel: str, at: datetime) -> bool:
     """Remember that ``address`` wrote in on ``channel`` at ``at`` (the latest time wins;
-    an older message arriving late changes nothing). Idempotent."""
+    an older message arriving late changes nothing). Idempotent. Returns whether ``at`` is
+    the latest time known (False: a message from before one already noted)."""
     addr = address.strip().lower()[:320]
     res = conn.execute(
         sa.update(inbound_addresses)
@@ -227,7 +283,7 @@ def note_inbound(conn: Connection, address: str, channel: str, at: datetime) -> 
         .values(last_at=at)
     )
     if res.rowcount:
-        return
+        return True
     have = conn.execute(
         sa.select(inbound_addresses.c.last_at).where(
             inbound_addresses.c.address == addr, inbound_addresses.c.channel == channel
@@ -241,6 +297,9 @@ def note_inbound(conn: Connection, address: str, channel: str, at: datetime) -> 
                 )
         except sa.exc.IntegrityError:  # a concurrent message inserted it
             pass
+        return True
+    last = have[0] if have[0].tzinfo else have[0].replace(tzinfo=UTC)
+    return bool(last <= at)
 
 
 def last_inbound(conn: Connection, address: str, channel: str | None = None) -> datetime | None:
@@ -262,4 +321,19 @@ def recipients_with_phone(conn: Connection, phone: str) -> list[Recipient]:
     if not phone:
         return []
     q = sa.select(recipients).where(recipients.c.phone == phone).order_by(recipients.c.id)
+    return [_recipient_from_row(r) for r in conn.execute(q).mappings()]
+
+
+def recipients_with_number(conn: Connection, number: str, channel: str) -> list[Recipient]:
+    """The recipients who have ``number`` (E.164 as stored) as their ``phone`` or as their
+    address for ``channel`` (``addresses.<channel>``, with or without ``whatsapp:``), by
+    id; empty for an empty number."""
+    if not number:
+        return []
+    addr = recipients.c.addresses[channel].as_string()
+    q = (
+        sa.select(recipients)
+        .where((recipients.c.phone == number) | (addr == number) | (addr == "whatsapp:" + number))
+        .order_by(recipients.c.id)
+    )
     return [_recipient_from_row(r) for r in conn.execute(q).mappings()]

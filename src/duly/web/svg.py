@@ -103,13 +103,19 @@ def outcome_chart(
         y = top + plot_h - (plot_h * t / ymax if ymax else 0)
         add(
             Markup(
-                '<line x1="{x1}" x2="{x2}" y1="{y:.1f}" y2="{y:.1f}" stroke="{c}" '
+                '<line x1="{x1}" x2="{x2}" y1="{y:.1f}" y2="{y:.1f}" stroke="{c}" class="{k}" '
                 'stroke-width="1"/>'
-            ).format(x1=left, x2=width - right, y=y, c="#9aa4b1" if t == 0 else "#e3e7ec")
+            ).format(
+                x1=left,
+                x2=width - right,
+                y=y,
+                c="#9aa4b1" if t == 0 else "#e3e7ec",
+                k="g-axis" if t == 0 else "g-grid",
+            )
         )
         add(
             Markup(
-                '<text x="{x}" y="{y:.1f}" text-anchor="end" font-size="12" fill="#5a6472" '
+                '<text x="{x}" y="{y:.1f}" text-anchor="end" font-size="12" fill="#5a6472" class="g-muted" '
                 'dominant-baseline="middle">{t}</text>'
             ).format(x=left - 6, y=y, t=t)
         )
@@ -142,13 +148,13 @@ def outcome_chart(
             add(
                 Markup(
                     '<text x="{x:.1f}" y="{y:.1f}" text-anchor="middle" font-size="12" '
-                    'fill="#1b2430">{n}</text>'
+                    'fill="#1b2430" class="g-fg">{n}</text>'
                 ).format(x=x + bar_w / 2, y=y - 4, n=d.total)
             )
         add(
             Markup(
                 '<text x="{x:.1f}" y="{y}" text-anchor="middle" font-size="12" '
-                'fill="#5a6472">{label}</text>'
+                'fill="#5a6472" class="g-muted">{label}</text>'
             ).format(x=x + bar_w / 2, y=top + plot_h + 16, label=d.label)
         )
         add(Markup("</g>"))
@@ -158,7 +164,7 @@ def outcome_chart(
         add(
             Markup(
                 '<rect x="{x}" y="{y}" width="11" height="11" rx="2" fill="{fill}"/>'
-                '<text x="{tx}" y="{ty}" font-size="12" fill="#1b2430">{label} ({n})</text>'
+                '<text x="{tx}" y="{ty}" font-size="12" fill="#1b2430" class="g-fg">{label} ({n})</text>'
             ).format(x=lx, y=ly - 9, fill=fill, tx=lx + 15, ty=ly, label=label, n=totals[o])
         )
         lx += 15 + 7 * (len(label) + len(str(totals[o])) + 3) + 12

@@ -1,4 +1,4 @@
-"""/v1/recipients: create or replace, read, delete a recipient."""
+"""/v1/recipients: create or replace (one or a batch), read, delete a recipient."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from fastapi import APIRouter, Response
 from duly.api import schemas as S
 from duly.api.errors import ApiError
 from duly.api.v1.common import EngineDep, RecipientId, error_docs
+from duly.core.errors import InvalidInput
 from duly.core.model import Recipient
+from duly.core.validation import readable
 
 router = APIRouter()
 
@@ -43,8 +45,14 @@ def put_recipient(
             "(leave it out, or give the same)",
             "id",
         )
-    consent = body.consent.model_dump(exclude_none=True, exclude_defaults=True)
-    r = Recipient(
+    r = _recipient(rid, body)
+    created = eng.put_recipient(r)
+    response.status_code = 201 if created else 200
+    return _recipient_out(r)
+
+
+def _recipient(rid: str, body: S.RecipientIn) -> Recipient:
+    return Recipient(
         id=rid,
         name=body.name,
         email=body.email,
@@ -52,11 +60,40 @@ def put_recipient(
         timezone=body.timezone,
         locale=body.locale,
         addresses=dict(body.addresses),
-        consent=consent,
+        consent=body.consent.model_dump(exclude_none=True, exclude_defaults=True),
     )
-    created = eng.put_recipient(r)
-    response.status_code = 201 if created else 200
-    return _recipient_out(r)
+
+
+@router.post("/recipients:batch", response_model=S.RecipientBatchOut, tags=["recipients"])
+def batch_recipients(body: S.RecipientBatchIn, eng: EngineDep) -> S.RecipientBatchOut:
+    """Create or replace up to 1,000 recipients in one call (whole state each); a result
+    per item, in order. Items with bad data are refused one by one; the others are stored
+    together, in one transaction."""
+    from duly.engine.service.inputs import _validate_recipient
+
+    good: list[Recipient] = []
+    results: list[S.RecipientBatchResult | None] = []
+    for item in body.recipients:
+        r = _recipient(item.id, item)
+        try:
+            _validate_recipient(r)
+        except InvalidInput as exc:
+            error = S.ErrorBody(
+                code=exc.code, message=readable(str(exc)), field=readable(exc.field)
+            )
+            results.append(S.RecipientBatchResult(id=readable(item.id), ok=False, error=error))
+            continue
+        good.append(r)
+        results.append(None)
+    created = iter(eng.put_recipients(good) if good else ())
+    out = [
+        res
+        if res is not None
+        else S.RecipientBatchResult(id=item.id, ok=True, created=next(created))
+        for item, res in zip(body.recipients, results, strict=True)
+    ]
+    ok = sum(1 for r in out if r.ok)
+    return S.RecipientBatchOut(results=out, ok=ok, failed=len(out) - ok)
 
 
 @router.get(

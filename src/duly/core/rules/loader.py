@@ -47,6 +47,7 @@ from duly.core.model import (
 )
 from duly.core.rules.rulesyntax import IMPLICIT_CHANNELS, RuleReader
 from duly.core.rules.yamlnodes import ENV_RE, RuleError, RuleFileError, describe, hint, join
+from duly.core.templatenames import is_locale
 
 __all__ = ["RuleError", "RuleFileError", "check_main", "load_rules", "load_rules_text"]
 
@@ -60,6 +61,7 @@ TOP_KEYS = (
     "webhooks",
     "allow_private_targets",
     "render",
+    "template_language",
     "rules",
 )
 CHANNEL_TYPES = (
@@ -127,6 +129,10 @@ class _Loader(RuleReader):
             )
         render = self.render_section(top["render"]) if "render" in top else RenderLimits()
         rules = self.rules_section(top["rules"]) if "rules" in top else ()
+        language = None
+        if "template_language" in top:
+            language = self.template_language(top["template_language"])
+        self.check_variants()
         if self.errors:
             return None
         return RuleFile(
@@ -141,6 +147,7 @@ class _Loader(RuleReader):
             webhooks=webhooks,
             allow_private_targets=allow_private,
             render=render,
+            template_language=language,
             templates_dir=str(self.templates_dir) if self.templates_dir is not None else None,
         )
 
@@ -175,6 +182,16 @@ class _Loader(RuleReader):
             )
             return None
         return root
+
+    def template_language(self, node: Node) -> str | None:
+        """A locale Babel knows (``en``, ``en-GB``): the language of templates without one."""
+        value = self.text(node, "template_language", "a locale such as en or en-GB")
+        if value is not None and not is_locale(value.strip()):
+            self.error(
+                node, "template_language", f"expected a locale such as en or en-GB, got {value!r}"
+            )
+            return None
+        return value.strip() if value is not None else None
 
     def calendars_section(self, node: Node) -> dict[str, Calendar]:
         out: dict[str, Calendar] = {}

@@ -23,10 +23,12 @@ from duly.core.model import (
     Retry,
     Trigger,
     WebhookAction,
+    WhatsAppTemplate,
     Window,
 )
 from duly.core.rules.cron import CronError
 from duly.core.rules.cron import parse as parse_cron
+from duly.core.rules.whatsappsyntax import read_whatsapp
 from duly.core.rules.yamlnodes import IDENT_RE, NAME_RE, NodeReader, describe, hint, join, listing
 
 __all__ = ["IMPLICIT_CHANNELS", "STATS_PERIODS", "RuleFieldReader"]
@@ -304,6 +306,10 @@ class RuleFieldReader(NodeReader):
                     f"expected an attribute name such as status, got {key!r}",
                 )
         return out
+
+    def whatsapp(self, node: Node, field: str) -> WhatsAppTemplate | None:
+        """``whatsapp: {content_sid | template + language, variables, freeform}``."""
+        return read_whatsapp(self, node, field)
 
     def webhook_action(self, node: Node, field: str) -> WebhookAction | None:
         """``{url: ..., body: {...}}``."""

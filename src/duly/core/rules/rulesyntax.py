@@ -34,12 +34,13 @@ from yaml.nodes import Node
 from duly.core.model import Category, Retry, Rule, Step
 from duly.core.rules.rulefields import IMPLICIT_CHANNELS, RuleFieldReader
 from duly.core.rules.yamlnodes import join
+from duly.core.templatenames import split_file
 
 __all__ = ["IMPLICIT_CHANNELS", "RULE_KEYS", "STEP_KEYS", "RuleReader"]
 
 STEP_KEYS = (
     "name", "at", "time", "repeat", "if", "to", "channels", "fallback", "category",
-    "template", "window", "expire", "batch", "set", "webhook",
+    "template", "window", "expire", "batch", "set", "webhook", "whatsapp",
 )  # fmt: skip
 RULE_ONLY_KEYS = (
     "subject", "steps", "on", "delay", "cron", "timezone", "collect", "skip_empty",
@@ -80,6 +81,7 @@ class RuleReader(RuleFieldReader):
         self.templates_dir = templates_dir
         self.check_templates = check_templates
         self._template_files: set[str] | None = None
+        self._templates_used: set[str] = set()
 
     def rules_section(self, node: Node) -> tuple[Rule, ...]:
         rules: list[Rule] = []
@@ -118,6 +120,7 @@ class RuleReader(RuleFieldReader):
         template = opt("template", self.name, "a template name")
         set_ = opt("set", self.set_action)
         webhook = opt("webhook", self.webhook_action)
+        whatsapp = opt("whatsapp", self.whatsapp)
         kind = self.trigger_kind(m, node, f, label)
         # An action (set / webhook) sends a message only with an explicit template.
         has_action = "set" in m or "webhook" in m  # keys, so an invalid action still counts
@@ -138,6 +141,7 @@ class RuleReader(RuleFieldReader):
                 webhook=webhook,
                 sends_message=sends,
                 line=node.start_mark.line + 1,
+                whatsapp=whatsapp,
             )
             steps = [_StepInfo(shorthand, f, node, m.get("template"), False)]
 
@@ -181,6 +185,7 @@ class RuleReader(RuleFieldReader):
             webhook=webhook,
             sends_message=sends,
             line=node.start_mark.line + 1,
+            whatsapp=whatsapp,
         )
         return rule if name is not None else None
 
@@ -332,6 +337,7 @@ class RuleReader(RuleFieldReader):
             webhook=webhook,
             sends_message=sends,
             line=node.start_mark.line + 1,
+            whatsapp=opt("whatsapp", self.whatsapp),
         )
         return _StepInfo(step, f, node, m.get("template"), "to" in m)
 
@@ -340,6 +346,7 @@ class RuleReader(RuleFieldReader):
         self, template: str, channels: Iterable[str], node: Node, field: str, label: str
     ) -> None:
         """Each channel needs ``TEMPLATE.CHANNEL.txt`` or ``.html`` (spec: Templates)."""
+        self._templates_used.add(template)
         if not self.check_templates or self.templates_dir is None:
             return
         if self._template_files is None:  # one listing per file load
@@ -356,4 +363,28 @@ class RuleReader(RuleFieldReader):
                     field,
                     f"{label}: no template for channel {channel!r}: looked for {wanted[0]} or "
                     f"{wanted[1]} in {self.templates_dir}{missing}",
+                )
+
+    def check_variants(self) -> None:
+        """A per-locale variant file (``NAME.LOCALE.CHANNEL.EXT``) needs its template:
+        ``NAME.CHANNEL.txt`` or ``.html`` (unless a rule names ``NAME.LOCALE`` itself)."""
+        if not self.check_templates or self.templates_dir is None:
+            return
+        files = self._template_files
+        if files is None:
+            try:
+                files = {p.name for p in self.templates_dir.iterdir() if p.is_file()}
+            except OSError:
+                files = set()
+        for file in sorted(files):
+            v = split_file(file)
+            if v is None or f"{v[0]}.{v[1]}" in self._templates_used:
+                continue
+            base, loc, channel, _ = v
+            if f"{base}.{channel}.txt" not in files and f"{base}.{channel}.html" not in files:
+                self.error(
+                    None,
+                    "templates",
+                    f"{self.templates_dir / file}: a {loc!r} variant of template {base!r}, "
+                    f"which has no {base}.{channel}.txt or {base}.{channel}.html",
                 )

@@ -31,6 +31,15 @@ before the channel sees the message):
   maps a variable to a field of the message: ``title``, ``text``, ``recipient_name``,
   ``recipient_id``, or a header such as ``X-Duly-Subject`` (members of a JSON text win).
 
+A rule or step may name its own template (``whatsapp:`` in the rule file, carried on the
+message as ``Message.whatsapp``): :func:`choose` decides per message which template, which
+variable mapping and which ``freeform`` mode apply. Its ``content_sid`` is for
+``twilio-whatsapp``, its ``template`` and ``language`` for ``whatsapp-cloud``: naming one
+replaces the channel's template (and the channel's variable mapping, which was for that
+template), its mode defaulting to ``window``; a block naming only the other kind's template
+leaves the channel as configured; a block with only ``variables`` adds them to the
+channel's own template. The block's rendered variables win over those of a JSON text.
+
 Each variable is put on one line (WhatsApp refuses line breaks, tabs and runs of spaces in
 a parameter: whitespace becomes single spaces). A variable that is empty, or a JSON text
 that does not parse, fails the message permanently (a template problem, not the moment's).
@@ -50,7 +59,9 @@ from duly.delivery.channels.base import DeliveryError, Message
 __all__ = [
     "FREEFORM_MODES",
     "WINDOW",
+    "Choice",
     "Content",
+    "choose",
     "LastInbound",
     "field_map_option",
     "freeform_option",
@@ -136,12 +147,58 @@ class Content:
     variables: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """What a message is sent with: the template (None: free-form text only), its language
+    (the Cloud API's), the variable → message field mapping, the step's rendered
+    variables and the ``freeform`` mode."""
+
+    template: str | None
+    language: str | None
+    fields: Mapping[str, str]
+    variables: Mapping[str, str]
+    freeform: str
+
+
+def choose(
+    message: Message,
+    *,
+    key: str,
+    template: str | None,
+    language: str | None,
+    fields: Mapping[str, str],
+    freeform: str,
+) -> Choice:
+    """The template, mapping and mode of ``message`` on a channel configured with
+    ``template`` (its ``content_sid`` when ``key`` is ``"content_sid"``, its Cloud API
+    template when ``"template"``), ``language``, ``fields`` and ``freeform``; a rule's or
+    step's ``whatsapp:`` block (``message.whatsapp``) overrides them (module doc)."""
+    own = Choice(template, language, fields, {}, freeform)
+    block = message.whatsapp
+    if not block:
+        return own
+    other = "template" if key == "content_sid" else "content_sid"
+    variables = {str(k): str(v) for k, v in (block.get("variables") or {}).items()}
+    mode = block.get("freeform")
+    if block.get(key):
+        return Choice(block[key], block.get("language"), {}, variables, mode or "window")
+    if block.get(other) or template is None:
+        return own  # a template for the other kind of channel, or nothing to fill in
+    return Choice(template, language, fields, variables, mode or freeform)
+
+
 def read_content(
-    message: Message, fields: Mapping[str, str], *, where: str, numbered: bool
+    message: Message,
+    fields: Mapping[str, str],
+    *,
+    where: str,
+    numbered: bool,
+    extra: Mapping[str, str] | None = None,
 ) -> Content:
-    """The free-form text and the template variables of ``message`` (see the module doc).
-    Raises a permanent DeliveryError when the text is a broken JSON object or a variable is
-    empty or not allowed."""
+    """The free-form text and the template variables of ``message`` (see the module doc),
+    ``extra`` (a step's rendered variables) winning over the others. Raises a permanent
+    DeliveryError when the text is a broken JSON object or a variable is empty or not
+    allowed."""
     raw = (message.text or "").strip()
     text: str | None = raw or (message.title or "").strip() or None
     from_json: dict[str, str] = {}
@@ -173,6 +230,7 @@ def read_content(
             from_json[key] = str(value)
     variables = {key: _field(message, name, text) for key, name in fields.items()}
     variables.update(from_json)
+    variables.update(extra or {})
     # WhatsApp refuses parameters with line breaks, tabs or runs of spaces: one line each.
     variables = {key: " ".join(value.split()) for key, value in variables.items()}
     for key, value in variables.items():

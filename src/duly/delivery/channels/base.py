@@ -8,7 +8,7 @@ with ``permanent=False`` are retried.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = ["Channel", "DeliveryError", "Message", "Receipt"]
 
@@ -46,6 +46,9 @@ class Message:
     # headers that identify the delivery: rule, step, occurrence, subject, delivery id
     headers: dict[str, str] = field(default_factory=dict)
     category: str = "reminder"
+    # the rule's or step's ``whatsapp:`` template for the WhatsApp channels, its variables
+    # rendered: {content_sid, template, language, freeform, variables} (None: the channel's)
+    whatsapp: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,9 @@ are ``{"message": …}`` (401 is a plain "Forbidden"): 400 saying the ``to`` par
 a valid address sets ``DeliveryError.address``; 401/403 the key; 404 an unknown domain;
 429 and 5xx are temporary. Mailgun has no idempotency key (see
 :mod:`duly.delivery.channels._email_api`).
+
+``webhook_signing_key`` (or ``_file``): Mailgun's HTTP webhook signing key, with which
+``POST /inbound/mailgun`` checks the webhooks' signatures.
 """
 
 from __future__ import annotations
@@ -53,8 +56,16 @@ class MailgunChannel(EmailApiChannel):
         base_url: str | None = None,
         timeout: float | str | None = None,
         allow_private: bool | str = False,
+        webhook_signing_key: str | None = None,
+        webhook_signing_key_file: str | None = None,
     ) -> None:
         key = read_secret("api_key", api_key, api_key_file)
+        # the HTTP webhook signing key that signs Mailgun's webhooks (POST /inbound/mailgun)
+        self._webhook_signing_key = (
+            read_secret("webhook_signing_key", webhook_signing_key, webhook_signing_key_file)
+            if webhook_signing_key or webhook_signing_key_file
+            else None
+        )
         self.domain = str(domain or "").strip().lower()
         if not _DOMAIN_RE.fullmatch(self.domain):
             raise ValueError(f"domain: {domain!r} is not a sending domain such as mg.acme.test")
@@ -68,7 +79,7 @@ class MailgunChannel(EmailApiChannel):
             message_id_domain=message_id_domain,
             timeout=timeout,
             allow_private=allow_private,
-            secrets=(key,),
+            secrets=(key, self._webhook_signing_key or ""),
             auth=httpx.BasicAuth("api", key),
         )
         self.url = f"{self.base_url}/v3/{quote(self.domain, safe='')}/messages"

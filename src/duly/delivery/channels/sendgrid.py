@@ -14,6 +14,9 @@ prefix of the ``sg_message_id`` its events carry). Errors are ``{"errors": [{"me
 recipient's address (``DeliveryError.address``); 401/403 the key; 413 the size; 429 and 5xx
 are temporary. SendGrid has no idempotency key for mail send (see
 :mod:`duly.delivery.channels._email_api`).
+
+``webhook_public_key`` (or ``_file``): the verification key of SendGrid's Signed Event
+Webhook (base64 DER, as SendGrid shows it), checked by ``POST /inbound/sendgrid``.
 """
 
 from __future__ import annotations
@@ -50,8 +53,20 @@ class SendGridChannel(EmailApiChannel):
         base_url: str = DEFAULT_BASE_URL,
         timeout: float | str | None = None,
         allow_private: bool | str = False,
+        webhook_public_key: str | None = None,
+        webhook_public_key_file: str | None = None,
     ) -> None:
         key = read_secret("api_key", api_key, api_key_file)
+        # the Signed Event Webhook's verification key (POST /inbound/sendgrid)
+        self.webhook_key = None
+        if webhook_public_key or webhook_public_key_file:
+            from duly.delivery.inbound_email import load_sendgrid_key
+
+            text = read_secret("webhook_public_key", webhook_public_key, webhook_public_key_file)
+            try:
+                self.webhook_key = load_sendgrid_key(text)
+            except ValueError as exc:
+                raise ValueError(f"webhook_public_key: {exc}") from None
         self.template_id = str(template_id).strip() if template_id not in (None, "") else None
         if template_data is not None and not isinstance(template_data, dict):
             raise ValueError("template_data: expected a mapping")

@@ -22,6 +22,13 @@ about the credentials, permanent; 429 TooManyRequestsException, LimitExceededExc
 MailFromDomainNotVerifiedException, AccountSuspendedException, SendingPausedException and
 NotFoundException are permanent. SES has no idempotency key for SendEmail (see
 :mod:`duly.delivery.channels._email_api`).
+
+SES events through Amazon SNS (``POST /inbound/ses``, duly.api.inbound_email):
+``sns_topic_arns`` are the topics whose messages are accepted (none: every one refused),
+``sns_certificate_urls`` URL prefixes that replace the default allow-list of signing
+certificate and subscription URLs (``https://sns.<region>.amazonaws.com/``; for a test
+double), ``sns_confirm`` whether a subscription to one of those topics is confirmed by duly
+(default) or only logged for the operator.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from typing import Any
 import httpx
 
 from duly.delivery.channels._email_api import Email, EmailApiChannel, json_object, read_secret
-from duly.delivery.channels._http import snippet
+from duly.delivery.channels._http import bool_option, snippet
 from duly.delivery.channels.base import Receipt
 
 __all__ = ["SERVICE", "SesChannel", "sign_v4"]
@@ -48,6 +55,10 @@ TAG_NAME = "duly-message-id"
 _REGION_RE = re.compile(r"[a-z]{2}(?:-[a-z]+)+-[0-9]+")
 _ACCESS_KEY_RE = re.compile(r"[A-Z0-9]{16,128}")
 _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_TOPIC_ARN_RE = re.compile(
+    r"arn:aws[a-z-]*:sns:[a-z]{2}(?:-[a-z]+)+-[0-9]+:[0-9]{12}:[A-Za-z0-9_.-]{1,256}"
+)
+_URL_PREFIX_RE = re.compile(r"https?://[^/\s?#@]+/[^\s?#]*")
 _TEMPORARY_TYPES = frozenset(
     {"TooManyRequestsException", "LimitExceededException", "ThrottlingException", "Throttling"}
 )
@@ -107,6 +118,22 @@ def sign_v4(
     )
 
 
+def _sns_list(option: str, value: Any, pattern: re.Pattern[str]) -> tuple[str, ...]:
+    """An option that is one string or a list of them, each matching ``pattern``."""
+    if value in (None, ""):
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or len(items) > 50:
+        raise ValueError(f"{option}: expected a string or a list of at most 50 strings")
+    out = []
+    for item in items:
+        text = str(item).strip() if isinstance(item, str) else ""
+        if not pattern.fullmatch(text):
+            raise ValueError(f"{option}: {item!r} is not valid")
+        out.append(text)
+    return tuple(out)
+
+
 class SesChannel(EmailApiChannel):
     """Sends email through Amazon SES v2, requests signed with SigV4."""
 
@@ -128,7 +155,15 @@ class SesChannel(EmailApiChannel):
         base_url: str | None = None,
         timeout: float | str | None = None,
         allow_private: bool | str = False,
+        sns_topic_arns: list[str] | str | None = None,
+        sns_certificate_urls: list[str] | str | None = None,
+        sns_confirm: bool | str = True,
     ) -> None:
+        self.sns_topic_arns = _sns_list("sns_topic_arns", sns_topic_arns, _TOPIC_ARN_RE)
+        self.sns_certificate_urls = _sns_list(
+            "sns_certificate_urls", sns_certificate_urls, _URL_PREFIX_RE
+        )
+        self.sns_confirm = bool_option("sns_confirm", sns_confirm)
         self.region = str(region or "").strip().lower()
         if not _REGION_RE.fullmatch(self.region):
             raise ValueError(f"region: {region!r} is not an AWS region such as eu-west-1")

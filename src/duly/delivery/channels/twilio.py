@@ -33,7 +33,8 @@ WhatsApp templates (Twilio Content API): ``twilio-whatsapp`` with ``content_sid`
 32 hex digits, an approved template) sends ``ContentSid`` and ``ContentVariables`` (a JSON
 string) instead of ``Body`` whenever free-form text is not allowed; ``content_variables``
 maps variables to message fields and ``freeform`` (window, always, never) says when text
-is allowed — see :mod:`duly.delivery.channels._whatsapp` for the variables and the window. Error
+is allowed — see :mod:`duly.delivery.channels._whatsapp` for the variables and the window
+(and for a rule's or step's own template, ``whatsapp: {content_sid, variables}``). Error
 63016 (free-form text outside the 24-hour window) is permanent and names the fix; with a
 template configured, the message is sent again at once as the template.
 """
@@ -327,14 +328,22 @@ class TwilioWhatsAppChannel(TwilioChannel):
         return _E164_RE.fullmatch(sender) is not None
 
     def send(self, message: Message) -> Receipt:
-        if self.content_sid is None:
+        choice = _whatsapp.choose(
+            message,
+            key="content_sid",
+            template=self.content_sid,
+            language=None,
+            fields=self.content_variables,
+            freeform=self.freeform,
+        )
+        if choice.template is None:
             return super().send(message)
         to = self._address(message)
         content = _whatsapp.read_content(
-            message, self.content_variables, where=self.where, numbered=False
+            message, choice.fields, where=self.where, numbered=False, extra=choice.variables
         )
         if content.text is not None and _whatsapp.inside_window(
-            self.freeform, self.last_inbound, to, self.clock()
+            choice.freeform, self.last_inbound, to, self.clock()
         ):
             try:
                 return self._post(message, {**self._envelope(to), "Body": trim_body(content.text)})
@@ -347,12 +356,16 @@ class TwilioWhatsAppChannel(TwilioChannel):
                     self.where,
                     message.message_id,
                 )
-        return self._post(message, self.template_form(to, content))
+        return self._post(message, self.template_form(to, content, choice.template))
 
-    def template_form(self, to: str, content: _whatsapp.Content) -> dict[str, str]:
-        """The form fields sending the template to ``to`` with ``content``'s variables."""
-        assert self.content_sid is not None
-        form = {**self._envelope(to), "ContentSid": self.content_sid}
+    def template_form(
+        self, to: str, content: _whatsapp.Content, content_sid: str | None = None
+    ) -> dict[str, str]:
+        """The form fields sending the template (``content_sid``, else the channel's) to
+        ``to`` with ``content``'s variables."""
+        sid = content_sid or self.content_sid
+        assert sid is not None
+        form = {**self._envelope(to), "ContentSid": sid}
         if content.variables:
             form["ContentVariables"] = json.dumps(content.variables, ensure_ascii=False)
         return form

@@ -37,8 +37,12 @@ or the HTTP status when there is none):
 - 100 (invalid parameter) and any other error: permanent.
 
 Meta reports many failures (131026, 131047 among them) later, in the status webhook, rather
-than in the answer; :func:`verify_signature` checks such a webhook's
-``X-Hub-Signature-256`` for the inbound endpoint that will read them.
+than in the answer. The webhook (``/inbound/whatsapp``, duly.api.inbound) needs two more
+options: ``app_secret`` (or ``app_secret_file``), the Meta app's secret, with which
+:func:`verify_signature` checks each POST's ``X-Hub-Signature-256``, and ``verify_token``
+(or ``verify_token_file``), the string typed in the app's webhook settings, which Meta
+sends back in the subscription handshake. Neither appears in a repr, a log line or an
+error.
 """
 
 from __future__ import annotations
@@ -99,6 +103,12 @@ def verify_signature(app_secret: str | bytes, raw_body: bytes, header: str | Non
     return hmac.compare_digest(given.encode("ascii", "replace"), expected.encode("ascii"))
 
 
+def _optional_secret(option: str, value: Any, file_value: Any) -> str | None:
+    if value in (None, "") and file_value in (None, ""):
+        return None
+    return _http.read_secret(option, value, file_value)
+
+
 class WhatsAppCloudChannel:
     """Sends through Meta's WhatsApp Cloud API; safe to share between threads.
 
@@ -122,6 +132,10 @@ class WhatsAppCloudChannel:
         base_url: str = DEFAULT_BASE_URL,
         timeout: float | str | None = None,
         allow_private: bool | str = False,
+        app_secret: str | None = None,
+        app_secret_file: str | None = None,
+        verify_token: str | None = None,
+        verify_token_file: str | None = None,
     ) -> None:
         self.name = name
         self.where = f"{self.type} channel {name!r}"
@@ -130,6 +144,10 @@ class WhatsAppCloudChannel:
             # Not echoed: a mistyped variable could hold the token instead.
             raise ValueError("phone_number_id: expected the number's ID (digits) from Meta")
         token_value = _http.read_secret("token", token, token_file)
+        # The webhook's secrets (duly.api.inbound: /inbound/whatsapp); optional, since a
+        # channel may send without receiving Meta's webhooks.
+        self._app_secret = _optional_secret("app_secret", app_secret, app_secret_file)
+        self._verify_token = _optional_secret("verify_token", verify_token, verify_token_file)
         self.template: str | None = None
         self.language: str | None = None
         if template not in (None, ""):
@@ -177,7 +195,15 @@ class WhatsAppCloudChannel:
 
     def send(self, message: Message) -> Receipt:
         to = self._address(message)
-        if self.template is None:
+        choice = _whatsapp.choose(
+            message,
+            key="template",
+            template=self.template,
+            language=self.language,
+            fields=self.variables,
+            freeform=self.freeform,
+        )
+        if choice.template is None:
             text = (message.text or "").strip() or (message.title or "").strip()
             if not text:
                 raise DeliveryError(
@@ -185,9 +211,11 @@ class WhatsAppCloudChannel:
                     permanent=True,
                 )
             return self._post(message, self.text_body(to, text))
-        content = _whatsapp.read_content(message, self.variables, where=self.where, numbered=True)
+        content = _whatsapp.read_content(
+            message, choice.fields, where=self.where, numbered=True, extra=choice.variables
+        )
         if content.text is not None and _whatsapp.inside_window(
-            self.freeform, self.last_inbound, to, self.clock()
+            choice.freeform, self.last_inbound, to, self.clock()
         ):
             try:
                 return self._post(message, self.text_body(to, content.text))
@@ -200,7 +228,9 @@ class WhatsAppCloudChannel:
                     self.where,
                     message.message_id,
                 )
-        return self._post(message, self.template_body(to, content))
+        return self._post(
+            message, self.template_body(to, content, choice.template, choice.language)
+        )
 
     def close(self) -> None:
         self._client.close()
@@ -219,10 +249,18 @@ class WhatsAppCloudChannel:
             "text": {"preview_url": False, "body": text},
         }
 
-    def template_body(self, to: str, content: _whatsapp.Content) -> dict[str, Any]:
-        """The JSON body sending the template, its variables as body parameters 1…N."""
-        assert self.template is not None and self.language is not None
-        template: dict[str, Any] = {"name": self.template, "language": {"code": self.language}}
+    def template_body(
+        self,
+        to: str,
+        content: _whatsapp.Content,
+        name: str | None = None,
+        language: str | None = None,
+    ) -> dict[str, Any]:
+        """The JSON body sending the template (``name`` in ``language``, else the
+        channel's), its variables as body parameters 1…N."""
+        name, language = name or self.template, language or self.language
+        assert name is not None and language is not None
+        template: dict[str, Any] = {"name": name, "language": {"code": language}}
         if content.variables:
             ordered = sorted(content.variables.items(), key=lambda kv: int(kv[0]))
             template["components"] = [

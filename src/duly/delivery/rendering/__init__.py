@@ -15,7 +15,13 @@ Normative source: docs/reference/rules.md, "Templates". What this module adds to
   compared or iterated, but is simply false in ``{% if %}``, so optional data can be tested;
   ``is defined``, ``| default(...)`` and ``.get('x')`` work as usual.
 - The sandbox is immutable: templates may read the data they are given, never change it.
-- Helpers, as functions or filters, in the recipient's locale and timezone:
+- Per-locale variants (:mod:`duly.core.templatenames`): ``NAME.LOCALE.CHANNEL.EXT`` is
+  rendered instead of ``NAME.CHANNEL.EXT`` for a recipient of that locale, with a fallback
+  from the region to the language (fr-CA → fr → the plain file). A variant replaces the
+  plain template for its channel as a whole (its ``.txt`` and ``.html``, whichever exist).
+- Helpers, as functions or filters, in the template's language and the recipient's
+  timezone (:func:`duly.core.templatenames.format_locale`: a variant's own language; for
+  the plain file the rule file's ``template_language``, else the recipient's locale):
   ``date``, ``time``, ``datetime``, ``money``, ``number``, ``relative``; and the function
   ``ack_link()``, a signed link acknowledging the message's rule and subject as its recipient
   (``duly.delivery.ack``; a sample link when the Renderer has no ``ack_links``). Dates follow
@@ -50,6 +56,7 @@ import css_inline
 from jinja2 import Template, TemplateNotFound
 
 from duly.core.model import Recipient, RenderLimits
+from duly.core.templatenames import declared_language, format_locale, locale_chain
 from duly.delivery.ack import ACK_LINKS_KEY, AckLinks, ack_link
 from duly.delivery.rendering.errors import (
     RenderBusy,
@@ -84,6 +91,7 @@ class RenderRequest(_RenderRequired, total=False):
     recipient: Recipient | None
     timezone: str | None
     locale: str | None
+    variants: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +176,8 @@ class Renderer:
     may not be longer than ``limits.max_output``. A render over a limit raises
     :class:`RenderLimitExceeded`. ``interactive`` renderers (previews, save checks) give way
     to deliveries and raise :class:`RenderBusy` when no render process comes free in time.
+    ``template_language`` (the rule file's) is the language of templates whose name declares
+    none; without it they write in the recipient's locale.
     ``isolated=False`` renders in this process (the sandbox's size checks and the output
     cap, but no time or memory bound): for the render process itself and for tests.
 
@@ -185,7 +195,9 @@ class Renderer:
         interactive: bool = False,
         isolated: bool = True,
         pool: Any = None,
+        template_language: str | None = None,
     ) -> None:
+        self.template_language = template_language
         self.templates_dir = Path(templates_dir) if templates_dir is not None else None
         self.ack_links = ack_links
         self.limits = limits or RenderLimits()
@@ -243,6 +255,26 @@ class Renderer:
         except TemplateNotFound:  # a name with ".." in it
             return False
 
+    def resolve(
+        self,
+        name: str,
+        channel: str,
+        *,
+        recipient: Recipient | None = None,
+        locale: str | None = None,
+        variants: bool = True,
+    ) -> tuple[str, str]:
+        """``(template name, locale to format in)`` for a reader of ``locale`` (else the
+        recipient's): the variant ``NAME.LOCALE`` that exists for ``channel`` (fr-CA, then
+        fr), else ``name``; with ``variants=False`` always ``name``."""
+        reader = locale or (recipient.locale if recipient else None)
+        declared = declared_language(name)
+        if declared is None and variants:
+            for loc in locale_chain(reader):
+                if self.has_template(f"{name}.{loc}", channel):
+                    return f"{name}.{loc}", format_locale(loc, reader)
+        return name, format_locale(declared or self.template_language, reader)
+
     def render(
         self,
         name: str,
@@ -252,14 +284,21 @@ class Renderer:
         recipient: Recipient | None = None,
         timezone: str | None = None,
         locale: str | None = None,
+        variants: bool = True,
     ) -> Rendered:
         """Render template ``name`` for ``channel``, within ``limits``.
 
-        Helpers format in ``locale`` and ``timezone``, else the recipient's, else English and
-        UTC. ``recipient`` is also put in the context as ``recipient`` unless it has one.
-        Raises :class:`RenderError` (:class:`RenderLimitExceeded` over a limit) — within
-        ``limits.timeout`` of the render process starting on it.
+        ``locale`` (else the recipient's) is the reader's: it chooses the variant (see
+        :meth:`resolve`; ``variants=False`` renders ``name`` itself) and, with the
+        template's language, the locale helpers write in. Times are shown in ``timezone``,
+        else the recipient's, else UTC. ``recipient`` is also put in the context as
+        ``recipient`` unless it has one. Raises :class:`RenderError`
+        (:class:`RenderLimitExceeded` over a limit) — within ``limits.timeout`` of the
+        render process starting on it.
         """
+        name, locale = self.resolve(
+            name, channel, recipient=recipient, locale=locale, variants=variants
+        )
         if not self.isolated:
             return self.render_here(
                 name, channel, context, recipient=recipient, timezone=timezone, locale=locale
@@ -290,7 +329,17 @@ class Renderer:
                 except RenderError as exc:
                     out.append(exc)
             return out
-        return self.pool.render_many(self, items)  # type: ignore[no-any-return]
+        resolved: list[RenderRequest] = []
+        for it in items:
+            name, locale = self.resolve(
+                it["name"],
+                it["channel"],
+                recipient=it.get("recipient"),
+                locale=it.get("locale"),
+                variants=it.get("variants", True),
+            )
+            resolved.append({**it, "name": name, "locale": locale})
+        return self.pool.render_many(self, resolved)  # type: ignore[no-any-return]
 
     def render_here(
         self,
@@ -304,21 +353,10 @@ class Renderer:
         on_part: Callable[[str], None] | None = None,
     ) -> Rendered:
         """:meth:`render` in this process: no time or memory bound (what a render process
-        runs). ``on_part(filename)`` is told which part is about to be rendered."""
+        runs), of ``name`` itself (already resolved: no variant is looked for) with helpers
+        in ``locale``. ``on_part(filename)`` is told which part is about to be rendered."""
         base = f"{name}.{channel}"
-        zone_name = timezone or (recipient.timezone if recipient else None) or "UTC"
-        locale_name = locale or (recipient.locale if recipient else None) or "en"
-        try:
-            formats = _Formats(locale=_locale(locale_name), zone=_zone(zone_name))
-        except RenderError as exc:
-            raise RenderError(exc.reason, template=base) from None
-
-        values = dict(context)
-        if recipient is not None:
-            values.setdefault("recipient", recipient)
-        values[_FORMATS_KEY] = formats
-        if self.ack_links is not None:
-            values[ACK_LINKS_KEY] = self.ack_links
+        values = self._values(context, recipient, timezone, locale, base)
 
         text_t = self._template(f"{base}.txt")
         html_t = self._template(f"{base}.html")
@@ -360,6 +398,82 @@ class Renderer:
             if len(html) + len(text or "") > self.limits.max_output:
                 raise _over_output(self.limits, f"{base}.html")
         return Rendered(title=title, text=text, html=html)
+
+    def render_strings(
+        self,
+        sources: Mapping[str, str],
+        context: Mapping[str, Any],
+        *,
+        recipient: Recipient | None = None,
+        timezone: str | None = None,
+        locale: str | None = None,
+        what: str = "strings",
+    ) -> dict[str, str]:
+        """Render each of ``sources`` (name → a Jinja text, not escaped) with the context
+        and helpers of :meth:`render`, within the same limits (``max_output`` for all of
+        them together). Raises :class:`RenderError` naming ``what.NAME``."""
+        if not self.isolated:
+            return self.render_strings_here(
+                sources, context, recipient=recipient, timezone=timezone, locale=locale, what=what
+            )
+        return self.pool.render_strings(  # type: ignore[no-any-return]
+            self,
+            dict(sources),
+            dict(context),
+            recipient=recipient,
+            timezone=timezone,
+            locale=locale,
+            what=what,
+        )
+
+    def render_strings_here(
+        self,
+        sources: Mapping[str, str],
+        context: Mapping[str, Any],
+        *,
+        recipient: Recipient | None = None,
+        timezone: str | None = None,
+        locale: str | None = None,
+        what: str = "strings",
+    ) -> dict[str, str]:
+        """:meth:`render_strings` in this process (what a render process runs)."""
+        values = self._values(context, recipient, timezone, locale, what)
+        budget = [self.limits.max_output]
+        out: dict[str, str] = {}
+        for key, source in sources.items():
+            filename = f"{what}.{key}"
+            try:
+                code = self._env.compile(source, filename, filename)
+                template = self._env.template_class.from_code(
+                    self._env, code, self._env.make_globals(None), None
+                )
+            except Exception as exc:
+                raise _render_error(exc, filename) from exc
+            out[key] = self._run(template, values, filename, budget)
+        return out
+
+    def _values(
+        self,
+        context: Mapping[str, Any],
+        recipient: Recipient | None,
+        timezone: str | None,
+        locale: str | None,
+        base: str,
+    ) -> dict[str, Any]:
+        """The values a template sees: the context, the recipient, the helpers' formats."""
+        zone_name = timezone or (recipient.timezone if recipient else None) or "UTC"
+        locale_name = locale or (recipient.locale if recipient else None) or "en"
+        try:
+            formats = _Formats(locale=_locale(locale_name), zone=_zone(zone_name))
+        except RenderError as exc:
+            raise RenderError(exc.reason, template=base) from None
+        values = dict(context)
+        if recipient is not None:
+            values.setdefault("recipient", recipient)
+        values[_FORMATS_KEY] = formats
+        if self.ack_links is not None:
+            values[ACK_LINKS_KEY] = self.ack_links
+        return values
 
     def _template(self, filename: str) -> _Template | None:
         """The compiled template, or None when there is no such file (nor override)."""

@@ -222,6 +222,29 @@ class RenderPool:
         result = self.run("render", request, renderer, base)
         return Rendered(title=result["title"], text=result["text"], html=result["html"])
 
+    def render_strings(
+        self,
+        renderer: Renderer,
+        sources: dict[str, str],
+        context: dict[str, Any],
+        *,
+        recipient: Recipient | None,
+        timezone: str | None,
+        locale: str | None,
+        what: str,
+    ) -> dict[str, str]:
+        """Renderer.render_strings in a worker. Raises RenderError."""
+        request = {
+            **_common(renderer),
+            "sources": sources,
+            "context": context,
+            "recipient": recipient,
+            "timezone": timezone,
+            "locale": locale,
+            "what": what,
+        }
+        return dict(self.run("strings", request, renderer, what))
+
     def render_many(
         self, renderer: Renderer, items: Sequence[RenderRequest]
     ) -> list[Rendered | RenderError]:

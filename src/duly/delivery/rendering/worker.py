@@ -181,6 +181,15 @@ class _Worker:
                 on_part=self.note_part,
             )
             return {"title": r.title, "text": r.text, "html": r.html}
+        if op == "strings":
+            return self.renderer(req).render_strings_here(
+                req["sources"],
+                req["context"],
+                recipient=req["recipient"],
+                timezone=req["timezone"],
+                locale=req["locale"],
+                what=req["what"],
+            )
         if op == "webhook_body":
             from duly.delivery.webhooks.outbox import render_body
 
@@ -193,6 +202,8 @@ class _Worker:
 
         self.request = req
         what = f"{req.get('name')}.{req.get('channel')}" if op == "render" else "body"
+        if op == "strings":
+            what = req.get("what") or "strings"
         limits = req["limits"]
         memory = f"{int(limits['max_memory']) / 1_000_000:g} MB"
         over_memory = {

@@ -17,14 +17,23 @@ A save is checked before it is stored, in this order, and refused as a whole
 2. reads a name the dispatcher never provides (``{{ subjet.key }}``: a typo that would fail
    every delivery) or a dunder attribute (``x.__class__``: refused by the sandbox);
 3. breaks the sandbox, includes a missing template or goes over a ``render:`` limit of the
-   rule file (:class:`TemplateOverLimit`) when rendered with sample data, or with the data of
-   the most recent subjects (REAL_SUBJECTS of them) of the kinds its rules work on — so a
-   branch sample data never enters (``{% if subject.attributes.vip %}``) is rendered too;
-   the error then names the subject.
+   rule file (:class:`TemplateOverLimit`) when rendered with the data of the most recent
+   subjects (REAL_SUBJECTS of them) of the kinds its rules work on, each with up to
+   RECIPIENTS_PER_SUBJECT of its recipients (in their language: see
+   :mod:`duly.core.templatenames`); the error then names the subject. Only when there is no
+   such subject is it rendered with sample data.
 
-Other failures — ``subject.attributes.amount`` is missing in the sample data or in a real
-subject, a helper gets a placeholder — come back as warnings (naming the subject) and the
-save goes through. Every render here runs with the rule file's limits in a render process
+Other failures — ``subject.attributes.amount`` is missing in a real subject, a helper gets
+a value it cannot format — come back as warnings (naming the subject and recipient) and the
+save goes through: what a delivery to them would fail with. Sample data has no attributes,
+so its warnings say plainly that they come from sample data.
+
+The shipped file is **version 0**: :meth:`TemplateStore.get` with ``version=0`` shows the
+files alone, and :meth:`TemplateStore.restore` of version 0 saves their text as a new
+version (the parts saved here that have no file stay).
+
+A per-locale variant ``NAME.LOCALE`` (``invoice-overdue.fr``) is a template of its own here
+(its own versions), used by the rules of ``NAME`` and checked in its own language. Every render here runs with the rule file's limits in a render process
 (:mod:`duly.delivery.rendering.pool`), as an interactive render: when every render process is busy the
 check raises :class:`~duly.delivery.rendering.RenderBusy` and nothing is saved.
 
@@ -51,6 +60,7 @@ from typing import Any
 from duly.core.errors import InvalidInput, NotFound
 from duly.core.model import Recipient, RenderLimits, Rule, RuleFile, Subject
 from duly.core.rules.yamlnodes import NAME_RE
+from duly.core.templatenames import split_variant
 from duly.delivery.rendering import Rendered, Renderer, RenderError, RenderLimitExceeded
 from duly.delivery.templates.checks import (
     CONTEXT_NAMES,
@@ -58,17 +68,21 @@ from duly.delivery.templates.checks import (
     TemplateOverLimit,
     _refusal,
     _static_check,
+    data_warning,
 )
 from duly.delivery.templates.context import (
     SAMPLE_RECIPIENT,
     SAMPLE_SUBJECT,
     PreviewInput,
+    VariableGroup,
     preview_input,
     preview_parties,
+    real_parties,
     render_context,
+    variables,
 )
 from duly.store import templates as store
-from duly.store.db import Connection, Engine, SQLAlchemyError, is_postgres, write_transaction
+from duly.store.db import Connection, Engine, SQLAlchemyError, write_transaction
 
 __all__ = [
     "CONTEXT_NAMES",
@@ -81,6 +95,7 @@ __all__ = [
     "TemplateStore",
     "TemplateSummary",
     "TemplateView",
+    "VariableGroup",
     "VersionInfo",
     "filename",
     "preview_input",
@@ -93,8 +108,10 @@ log = logging.getLogger("duly.templates")
 EXTS = ("txt", "html")
 MAX_BODY = 500_000
 REFRESH_SECONDS = 2.0
-# A save is also rendered with the data of this many of the newest subjects its rules use.
+# A save is rendered with the data of this many of the newest subjects its rules use, each
+# with at most this many of its recipients.
 REAL_SUBJECTS = 3
+RECIPIENTS_PER_SUBJECT = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +143,11 @@ class VersionInfo:
 @dataclass(frozen=True, slots=True)
 class TemplateView:
     name: str
-    version: int | None  # the version shown; None: no database version (files only)
+    version: int | None  # the version shown (0: the files); None: no database version
     latest: int | None
     parts: list[Part]
     history: list[VersionInfo]
+    shipped: tuple[str, ...] = ()  # "CHANNEL.EXT" of the files: version 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,19 +294,22 @@ class TemplateStore:
         ]
 
     def get(self, name: str, version: int | None = None) -> TemplateView:
-        """The template as rendered now, or as it was at ``version``; with its history.
-        Raises NotFound when neither a file nor a database version exists."""
+        """The template as rendered now, or as it was at ``version`` (0: the files alone,
+        as shipped); with its history. Raises NotFound when neither a file nor a database
+        version exists."""
         files = {(c, e) for n, c, e in self._files() if n == name}
         with self.db.connect() as conn:
             history = self._history(conn, name)
             latest = history[-1].version if history else None
-            if version is not None and (latest is None or not 1 <= version <= latest):
+            lowest = 0 if files else 1
+            if version is not None and not lowest <= version <= (latest or 0):
                 raise NotFound(
                     f"template {name!r} has no version {version}"
-                    + (f" (versions 1 to {latest})" if latest else " (never saved)"),
+                    + (f" (versions {lowest} to {latest})" if latest else " (never saved)")
+                    + ("" if files else "; no file was shipped for it"),
                     field="version",
                 )
-            rows = self._as_of(conn, name, version)
+            rows = {} if version == 0 else self._as_of(conn, name, version)
         parts: dict[tuple[str, str], Part] = {}
         for c, e in files:
             body = self._file_body(name, c, e)
@@ -313,6 +334,7 @@ class TemplateStore:
             latest=latest,
             parts=[p for _, p in sorted(parts.items())],
             history=history,
+            shipped=tuple(f"{c}.{e}" for c, e in sorted(files)),
         )
 
     def sources(self, name: str, version: int | None = None) -> dict[str, str]:
@@ -349,13 +371,27 @@ class TemplateStore:
     # ------------------------------------------------------------------ checking
 
     def rules_using(self, name: str) -> list[Rule]:
-        """The rules that render template ``name`` (a step's, the rule's, or its name)."""
+        """The rules that render template ``name`` (a step's, the rule's, or its name) — for
+        a variant ``NAME.LOCALE``, those of ``NAME``."""
+        variant = split_variant(name)
+        if variant is not None and not self._used_as_is(name):
+            name = variant[0]
         out = []
         for r in self.rules.rules if self.rules is not None else ():
             used = {s.template or r.template or r.name for s in r.steps} or {r.template or r.name}
             if name in used:
                 out.append(r)
         return out
+
+    def _used_as_is(self, name: str) -> bool:
+        for r in self.rules.rules if self.rules is not None else ():
+            if name in {s.template for s in r.steps} | {r.template or r.name}:
+                return True
+        return False
+
+    def variables(self, name: str) -> list[VariableGroup]:
+        """What ``name`` can read, grouped, with examples from recent subjects."""
+        return variables(self, name)
 
     def sample_collections(self, name: str) -> dict[str, Any]:
         """Empty collections (``collect``) of the rules using ``name`` — of every rule when
@@ -384,7 +420,11 @@ class TemplateStore:
             return None if file in hidden else self.override(file)
 
         return Renderer(
-            self.templates_dir, loader_overrides=lookup, limits=self.limits, interactive=True
+            self.templates_dir,
+            loader_overrides=lookup,
+            limits=self.limits,
+            interactive=True,
+            template_language=self.rules.template_language if self.rules is not None else None,
         )
 
     @property
@@ -392,43 +432,35 @@ class TemplateStore:
         """The rule file's ``render:`` limits (the defaults without a rule file)."""
         return self.rules.render if self.rules is not None else RenderLimits()
 
+    def kinds_of(self, name: str) -> list[str]:
+        """The subject kinds the rules using ``name`` work on."""
+        return sorted({r.subject for r in self.rules_using(name) if r.subject})
+
     def real_subjects(
-        self, name: str, n: int = REAL_SUBJECTS
+        self, name: str, n: int = REAL_SUBJECTS, per_subject: int = RECIPIENTS_PER_SUBJECT
     ) -> list[tuple[Subject, Recipient | None]]:
         """The ``n`` newest subjects (not deleted) of the kinds the rules using ``name`` work
-        on, each with its first recipient: the real data a save is checked with."""
-        from duly.store.store import Store
-
-        kinds = sorted({r.subject for r in self.rules_using(name) if r.subject})
-        if not kinds:
-            return []
-        with self.db.connect() as conn:
-            reader = Store(postgres=is_postgres(conn))
-            refs = store.newest_subject_refs(conn, kinds, n)
-            records = reader.get_subjects(conn, refs)
-            found = [records[ref].subject for ref in refs if ref in records]
-            first = {
-                s.ref: next((r for ids in s.recipients.values() for r in ids), None) for s in found
-            }
-            people = reader.get_recipients(conn, [r for r in first.values() if r])
-        return [(s, people.get(first[s.ref] or "")) for s in found]
+        on, each with up to ``per_subject`` of its recipients (those of the roles the rules
+        send to first): the real data a save is checked with. At most ``n * per_subject``
+        pairs; a subject without recipients comes once, with None."""
+        return real_parties(self, name, n, per_subject)
 
     def check(self, name: str, sources: Mapping[str, str], now: datetime) -> list[str]:
         """Check new bodies of ``name``'s parts (``{file name: body}``) as explained in the
         module docstring. Raises TemplateInvalid (TemplateOverLimit) or RenderBusy; returns
-        warnings about sample data and about real subjects' data."""
+        warnings about real subjects' data (about sample data when there are none)."""
         renderer = self.renderer(sources)
         samples = self.sample_collections(name)
         names = CONTEXT_NAMES | samples.keys()
         for file, body in sources.items():
             _static_check(renderer, file, body, names)
         warnings: list[str] = []
+        seen: set[str] = set()
         channels = sorted({f[len(name) + 1 :].rsplit(".", 1)[0] for f in sources})
         event = {"id": "sample-event", "name": "sample", "data": {}, "at": now}
         parties: list[tuple[Subject, Recipient | None, bool]] = [
-            (SAMPLE_SUBJECT, SAMPLE_RECIPIENT, False)
-        ]
-        parties += [(s, r, True) for s, r in self.real_subjects(name)]
+            (s, r, True) for s, r in self.real_subjects(name)
+        ] or [(SAMPLE_SUBJECT, SAMPLE_RECIPIENT, False)]
         for channel in channels:
             for subject, recipient, real in parties:
                 tz = (recipient.timezone if recipient else None) or (
@@ -445,7 +477,9 @@ class TemplateStore:
                 )
                 ref = subject.ref if real else None
                 try:
-                    renderer.render(name, channel, ctx, recipient=recipient, timezone=tz)
+                    renderer.render(
+                        name, channel, ctx, recipient=recipient, timezone=tz, variants=False
+                    )
                 except RenderLimitExceeded as exc:
                     raise _refusal(exc, set(sources), ref) from None  # type: ignore[misc]
                 except RenderError as exc:
@@ -454,8 +488,11 @@ class TemplateStore:
                     refused = _refusal(exc, set(sources), ref)
                     if refused is not None:
                         raise refused from None
-                    data = f"subject {ref}" if real else "sample data"
-                    warnings.append(f"with {data}: {exc}")
+                    if str(exc) in seen:  # the same error for another subject: said once
+                        continue
+                    seen.add(str(exc))
+                    kinds = self.kinds_of(name)
+                    warnings.append(data_warning(exc, subject, recipient, real, kinds))
         return warnings
 
     # ------------------------------------------------------------------ saving
@@ -511,10 +548,18 @@ class TemplateStore:
         return Saved(version, [f"{c}.{e}" for c, e in sorted(changed)], warnings)
 
     def restore(self, name: str, version: int, *, author: str | None, now: datetime) -> Saved:
-        """Save the database parts as they were at ``version`` as a new version. Parts first
-        saved after it stay as they are (restoring never deletes)."""
+        """Save the database parts as they were at ``version`` as a new version; version 0:
+        the shipped files' text, for the parts saved here. Parts first saved after it (or
+        with no file) stay as they are (restoring never deletes)."""
         view = self.get(name, version)
-        old = [(p.channel, p.ext, p.body) for p in view.parts if p.source == "database"]
+        if version == 0:
+            with self.db.connect() as conn:
+                saved = self._as_of(conn, name, None)
+            old = [(p.channel, p.ext, p.body) for p in view.parts if p.key in saved]
+            if not old:
+                return Saved(None, [], [])
+        else:
+            old = [(p.channel, p.ext, p.body) for p in view.parts if p.source == "database"]
         return self.save(name, old, author=author, now=now)
 
     # ------------------------------------------------------------------ preview
@@ -544,5 +589,11 @@ class TemplateStore:
                 except TemplateInvalid as exc:
                     raise RenderError(exc.reason, template=exc.file, line=exc.line) from None
         return renderer.render(
-            name, channel, context, recipient=recipient, timezone=timezone, locale=locale
+            name,
+            channel,
+            context,
+            recipient=recipient,
+            timezone=timezone,
+            locale=locale,
+            variants=False,
         )

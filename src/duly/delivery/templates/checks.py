@@ -13,6 +13,7 @@ from __future__ import annotations
 from jinja2 import TemplateSyntaxError, meta, nodes
 
 from duly.core.errors import InvalidInput
+from duly.core.model import Recipient, Subject
 from duly.delivery.rendering import Renderer, RenderError, RenderLimitExceeded
 from duly.delivery.rendering.loader import _split_subject
 
@@ -131,3 +132,22 @@ def _refusal(exc: RenderError, own: set[str], subject: str | None) -> TemplateIn
     if exc.template in own and exc.kind in ("syntax", "security", "not_found"):
         return TemplateInvalid(exc.reason, file=exc.template or "", line=exc.line, subject=subject)
     return None
+
+
+def data_warning(
+    exc: RenderError,
+    subject: Subject,
+    recipient: Recipient | None,
+    real: bool,
+    kinds: list[str],
+) -> str:
+    """The warning a save gives for a render that failed on data: naming the real subject
+    and recipient, or saying plainly that sample data (which has no attributes) was used."""
+    if real:
+        to = f" and recipient {recipient.id}" if recipient is not None else ""
+        return f"with subject {subject.ref}{to}: {exc}"
+    why = f"there are no {' or '.join(kinds)} subjects yet" if kinds else "no rule uses it"
+    return (
+        f"{why}, so it was checked with sample data only, which has no attributes "
+        f"(real subjects may well have them): {exc}"
+    )

@@ -19,6 +19,7 @@ from typing import Any
 from duly.core import planner
 from duly.core.model import Outcome, Reason
 from duly.delivery import webhooks
+from duly.engine import receipts
 from duly.engine.dispatch.work import _Work
 from duly.store.db import write_transaction
 
@@ -112,6 +113,13 @@ class OutcomesMixin:
                         if w.suppress is not None:
                             self.store.suppress(conn, *w.suppress, w.row.id, now)
                     self._fall_back(conn, ok, now)
+                    # receipts that came before these sends were recorded apply now
+                    sent = [
+                        str(w.update["receipt"])
+                        for w in ok
+                        if w.update.get("state") == "sent" and w.update.get("receipt")
+                    ]
+                    complaints = receipts.apply_pending(self.engine, conn, sent, now)
                 break
             except Exception:
                 self._failed("record")
@@ -144,6 +152,8 @@ class OutcomesMixin:
                 )
                 if self.metrics is not None:
                     self.metrics.error("lost_lease")
+        if complaints:
+            receipts.withdraw_consent(self.engine, complaints)
         self._after_record([w for w in works if w.row.id in held])
 
     def _after_record(self, ok: list[_Work]) -> None:

@@ -16,6 +16,7 @@ from duly.core.model import EMAIL_API_TYPES, Reason
 from duly.delivery.channels.base import Message
 from duly.engine.dispatch.work import _Work
 
+WHATSAPP_TYPES = ("twilio-whatsapp", "whatsapp-cloud")
 # how long a delivery waits when no render process could be started
 RENDER_RETRY_SECONDS = 10
 
@@ -58,8 +59,8 @@ class RenderingMixin:
                     outs.append(self.renderer.render(**req))  # type: ignore[union-attr]
                 except Exception as exc:
                     outs.append(exc)
-        for w, out in zip(need, outs, strict=True):
-            if self._rendered(w, now, w.address or "", out) == "send":
+        for w, req, out in zip(need, reqs, outs, strict=True):
+            if self._rendered(w, now, w.address or "", out, req) == "send":
                 ready.append(w)
         return ready
 
@@ -79,7 +80,7 @@ class RenderingMixin:
             out: Any = self.renderer.render(**req)  # type: ignore[union-attr]
         except Exception as exc:  # RenderError, or anything a template can raise
             out = exc
-        return self._rendered(w, now, address, out)
+        return self._rendered(w, now, address, out, req)
 
     def _render_request(
         self, w: _Work, now: datetime, tzname: str, extra: dict[str, Any] | None
@@ -102,12 +103,20 @@ class RenderingMixin:
             "locale": w.recipient.locale or "en",
         }
 
-    def _rendered(self, w: _Work, now: datetime, address: str, out: Any) -> str:
+    def _rendered(
+        self, w: _Work, now: datetime, address: str, out: Any, req: dict[str, Any] | None = None
+    ) -> str:
         """Build the message from a render's result (None: nothing rendered), or record the
         render's failure. Returns "send" or ""."""
         rule, ident = w.rule, w.row.identity
         assert rule is not None and w.recipient is not None
         mid = w.row.message_id or self.message_ids(ident)
+        whatsapp = None
+        if req is not None and out is not None and not isinstance(out, BaseException):
+            try:
+                whatsapp = self._whatsapp(w, req)
+            except Exception as exc:  # the variables failed to render, as a template can
+                out = exc
         title = text = html = None
         if w.reminder is not None:
             title, text = w.reminder["title"], w.reminder["message"]
@@ -149,8 +158,35 @@ class RenderingMixin:
                 **self._unsubscribe_headers(w, rule.name, ident.channel or ""),
             },
             category=w.row.category,
+            whatsapp=whatsapp,
         )
         return "send"
+
+    def _whatsapp(self, w: _Work, req: dict[str, Any]) -> dict[str, Any] | None:
+        """The rule's or step's ``whatsapp:`` template for a WhatsApp channel, its variables
+        rendered with the message's context; None for other channels or without one."""
+        assert w.rule is not None
+        block = planner.effective(w.step, w.rule, "whatsapp")
+        chan = self.channels.get(w.row.identity.channel or "")
+        if block is None or getattr(chan, "type", None) not in WHATSAPP_TYPES:
+            return None
+        variables: dict[str, str] = {}
+        if block.variables:
+            variables = self.renderer.render_strings(  # type: ignore[union-attr]
+                dict(block.variables),
+                req["context"],
+                recipient=req["recipient"],
+                timezone=req["timezone"],
+                locale=req["locale"],
+                what=f"{w.rule.name}.whatsapp.variables",
+            )
+        return {
+            "content_sid": block.content_sid,
+            "template": block.template,
+            "language": block.language,
+            "freeform": block.freeform,
+            "variables": variables,
+        }
 
     def _unsubscribe_headers(self, w: _Work, rule: str, channel: str) -> dict[str, str]:
         """List-Unsubscribe and List-Unsubscribe-Post (RFC 8058) on reminder and promotional

@@ -48,6 +48,23 @@ class Planning(EngineBase):
                 self._wake(conn)
         return created
 
+    def put_recipients(self, items: Sequence[Recipient]) -> list[bool]:
+        """Create or replace many recipients in one transaction (each already validated by
+        the caller, one by one), then re-plan the subjects any of them has pending
+        deliveries for, once each. Returns, in order, whether each was created. A later
+        copy of the same id in ``items`` wins, as if sent one after the other."""
+        now = self.clock.now()
+        created: list[bool] = []
+        refs: dict[str, None] = {}
+        with write_transaction(self.db) as conn:
+            for r in items:
+                created.append(self.store.put_recipient(conn, r, now))
+                refs.update(dict.fromkeys(self.store.subjects_pending_for(conn, r.id)))
+            woke = self._replan_refs(conn, list(refs), now) if refs else 0
+            if woke:
+                self._wake(conn)
+        return created
+
     def delete_recipient(self, rid: str) -> int:
         """Delete a recipient; its pending deliveries are cancelled (recipient_removed)."""
         now = self.clock.now()

@@ -277,7 +277,12 @@ class _Simulation:
             ack_links = AckLinks(
                 signer=AckSigner("duly simulate", clock=clock), base_url=DEFAULT_BASE_URL
             )
-            renderer = Renderer(rf.templates_dir, ack_links=ack_links, limits=rf.render)
+            renderer = Renderer(
+                rf.templates_dir,
+                ack_links=ack_links,
+                limits=rf.render,
+                template_language=rf.template_language,
+            )
         self.disp = Dispatcher(
             self.engine,
             channels,

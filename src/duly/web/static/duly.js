@@ -1,7 +1,8 @@
 // duly's only script. Every page works without it; it adds:
 // - the browser's time zone in a cookie, so times are shown in the viewer's zone;
 // - a confirmation before forms marked data-confirm (cancel, delete, send now);
-// - live template previews (forms marked data-preview), see templates pages.
+// - live template previews (forms marked data-preview), see templates pages;
+// - on phones, tables read as cards: each cell is given its column's name (data-label).
 (function () {
   "use strict";
   try {
@@ -45,7 +46,30 @@
     });
     form.addEventListener("change", function () { clearTimeout(timer); run(); });
   }
+  // Cards: each cell of a table with a header row gets that column's name, and the table
+  // the class "cards"; duly.css lays such tables out as cards below 600px wide.
+  function labelCells(table) {
+    var heads = table.querySelectorAll("thead th");
+    if (heads.length < 2) { return; }
+    var names = [];
+    for (var h = 0; h < heads.length; h++) {
+      var span = parseInt(heads[h].getAttribute("colspan") || "1", 10);
+      for (var k = 0; k < span; k++) { names.push(heads[h].textContent.trim()); }
+    }
+    var rows = table.querySelectorAll("tbody tr");
+    for (var r = 0; r < rows.length; r++) {
+      var col = 0;
+      for (var c = 0; c < rows[r].cells.length; c++) {
+        var cell = rows[r].cells[c];
+        if (!cell.hasAttribute("data-label")) { cell.setAttribute("data-label", names[col] || ""); }
+        col += cell.colSpan || 1;
+      }
+    }
+    table.classList.add("cards");
+  }
   document.addEventListener("DOMContentLoaded", function () {
+    var tables = document.querySelectorAll("table");
+    for (var t = 0; t < tables.length; t++) { labelCells(tables[t]); }
     var forms = document.querySelectorAll("form[data-preview]");
     for (var i = 0; i < forms.length; i++) { setupPreview(forms[i]); }
   });

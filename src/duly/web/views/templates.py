@@ -1,5 +1,7 @@
 """Templates: the list, an edit form with a live preview for a chosen
-subject and recipient, the version history with diffs, and restore.
+subject and recipient and the list of variables beside it, the version history with diffs
+(version 0: the shipped file), restore, and per-locale variants (``NAME.LOCALE``: listed
+under their template, created from it, edited and previewed in their own language).
 
 Everything goes through the runtime's TemplateStore (duly.delivery.templates), as the API does
 (duly.api.templates): a save is checked first and refused as a whole with the file and line
@@ -24,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from duly.asgi import template_store_of as store_of  # the runtime's TemplateStore
 from duly.core.errors import InvalidInput, NotFound
 from duly.core.rules.yamlnodes import NAME_RE
+from duly.core.templatenames import canonical_locale, is_locale, split_variant
 from duly.delivery.rendering import RenderBusy
 from duly.delivery.templates import (
     EXTS,
@@ -49,6 +52,7 @@ from duly.web.views.templates_preview import (
     PartForm,
     Preview,
     channels_of,
+    language_label,
     parts_form,
     preview_fragment,
     render_preview,
@@ -100,6 +104,9 @@ def _edit_context(
 ) -> dict[str, Any]:
     using = ts.rules_using(view.name)
     kinds = sorted({r.subject for r in using if r.subject})
+    variant = split_variant(view.name)
+    base = variant[0] if variant is not None and _exists(ts, variant[0]) else None
+    own = variant[1] if base is not None else None
     return {
         "title": f"Template {view.name}",
         "view": view,
@@ -114,7 +121,30 @@ def _edit_context(
         "preview": preview,
         "warnings": warnings or [],
         "save_error": save_error,
+        "variables": ts.variables(view.name),
+        "base": base,
+        "language": language_label(own) if own else None,
+        "variants": [] if base else _variants(ts, view.name),
+        "template_language": ts.rules.template_language if ts.rules is not None else None,
     }
+
+
+def _names(ts: TemplateStore) -> set[str]:
+    return {s.name for s in ts.summaries()}
+
+
+def _exists(ts: TemplateStore, name: str) -> bool:
+    return name in _names(ts)
+
+
+def _variants(ts: TemplateStore, name: str) -> list[dict[str, str]]:
+    """The variants of template ``name`` (``NAME.LOCALE``), with their languages' names."""
+    out = []
+    for n in sorted(_names(ts)):
+        v = split_variant(n)
+        if v is not None and v[0] == name:
+            out.append({"name": n, "locale": v[1], "label": language_label(v[1])})
+    return out
 
 
 def _form_str(form: Any, key: str, limit: int = 400) -> str:
@@ -129,7 +159,16 @@ def _form_str(form: Any, key: str, limit: int = 400) -> str:
 def template_list(request: Request, user: CurrentUser) -> Response:
     ts = store_of(request)
     rows = []
-    for s in ts.summaries():
+    summaries = ts.summaries()
+    names = {s.name for s in summaries}
+
+    def order(s: Any) -> tuple[str, str]:  # a variant right below its template
+        v = split_variant(s.name)
+        return (v[0], v[1]) if v is not None and v[0] in names else (s.name, "")
+
+    for s in sorted(summaries, key=order):
+        v = split_variant(s.name)
+        variant = v if v is not None and v[0] in names else None
         saved = [p for p in s.parts if p.source == "database" and p.version is not None]
         newest = max(saved, key=lambda p: p.version or 0) if saved else None
         rows.append(
@@ -140,12 +179,20 @@ def template_list(request: Request, user: CurrentUser) -> Response:
                 "updated": newest.saved_at if newest else None,
                 "author": newest.author if newest else None,
                 "rules": [r.name for r in ts.rules_using(s.name)],
+                "variant_of": variant[0] if variant else None,
+                "language": language_label(variant[1]) if variant else None,
             }
         )
+    language = ts.rules.template_language if ts.rules is not None else None
     return render(
         request,
         "templates/list.html",
-        {"title": "Templates", "rows": rows, "folder": ts.templates_dir},
+        {
+            "title": "Templates",
+            "rows": rows,
+            "folder": ts.templates_dir,
+            "template_language": language_label(language) if language else None,
+        },
     )
 
 
@@ -335,6 +382,53 @@ async def template_save(name: str, request: Request, user: AdminUser) -> Respons
     return await run_in_threadpool(save)
 
 
+# --------------------------------------------------------------------------- variants
+
+
+@router.post("/templates/{name}/variants")
+async def template_add_variant(name: str, request: Request, user: AdminUser) -> Response:
+    """Make the variant ``NAME.LOCALE``: the template's current text saved under that name
+    (version 1), to be translated on its own page."""
+    form = await request.form()
+    ts = store_of(request)
+    view = await run_in_threadpool(_view, ts, name)
+    raw = _form_str(form, "locale", 35).strip()
+    if split_variant(name) is not None:
+        raise HTTPException(400, f"{name} is a language variant itself: add one to its template.")
+    if not is_locale(raw):
+        flash(
+            request,
+            f"No variant made: {raw!r} is not a language code such as fr or fr-CA.",
+            "error",
+        )
+        return redirect(f"/templates/{name}")
+    locale = canonical_locale(raw)
+    target = f"{name}.{locale}"
+
+    def make() -> Response:
+        if _exists(ts, target):
+            flash(request, f"{target} exists already.", "info")
+            return redirect(f"/templates/{target}")
+        try:
+            saved = ts.save(
+                target,
+                [(p.channel, p.ext, p.body) for p in view.parts],
+                author=user.username,
+                now=engine_of(request).clock.now(),
+            )
+        except (InvalidInput, RenderBusy) as exc:
+            flash(request, f"No variant made: {exc}", "error")
+            return redirect(f"/templates/{name}")
+        flash(
+            request,
+            f"Made {target} ({language_label(locale)}) as version {saved.version}, a copy of "
+            f"{name}: translate it here.",
+        )
+        return redirect(f"/templates/{target}")
+
+    return await run_in_threadpool(make)
+
+
 # --------------------------------------------------------------------------- history
 
 
@@ -387,21 +481,23 @@ def template_history(
     current = _view(ts, name)
     latest = current.latest
     diffs: list[dict[str, Any]] = []
-    if latest is not None:
+    lowest = 0 if current.shipped else 1
+    if version is not None and not lowest <= version <= (latest or 0):
+        raise HTTPException(404)
+    if latest is not None or version == 0:
         if version is None:
             version = latest
-        if not 1 <= version <= latest:
-            raise HTTPException(404)
-        against = "current" if against == "current" else "previous"
+        assert version is not None
+        against = "current" if against == "current" or version == 0 else "previous"
         new = _parts_at(ts, current, name, version)
         if against == "previous":
             old, old_name = (
                 _parts_at(ts, current, name, version - 1),
-                (f"version {version - 1}" if version > 1 else "the files"),
+                (f"version {version - 1}" if version > 1 else "the shipped wording"),
             )
             new_name = f"version {version}"
         else:
-            old, old_name = new, f"version {version}"
+            old, old_name = new, ("the shipped wording" if version == 0 else f"version {version}")
             new, new_name = {f"{p.channel}.{p.ext}": p.body for p in current.parts}, "current"
         for key in sorted(set(old) | set(new)):
             a, b = old.get(key), new.get(key)
@@ -425,6 +521,13 @@ def template_history(
             "title": f"History of {name}",
             "view": current,
             "history": list(reversed(current.history)),
+            "shipped_in_use": current.latest is None
+            or all(
+                p.body == body
+                for key, body in _parts_at(ts, current, name, 0).items()
+                for p in current.parts
+                if f"{p.channel}.{p.ext}" == key
+            ),
             "version": version,
             "against": against,
             "diffs": diffs,
@@ -438,12 +541,13 @@ async def template_restore(name: str, request: Request, user: AdminUser) -> Resp
     ts = store_of(request)
     raw = form.get("version")
     try:
-        version = int(raw) if isinstance(raw, str) else 0
+        version = int(raw) if isinstance(raw, str) else -1
     except ValueError:
-        version = 0
+        version = -1
     _check_name(name)
-    if not 1 <= version <= 2**31 - 1:
+    if not 0 <= version <= 2**31 - 1:
         raise HTTPException(400, "Choose a version to restore.")
+    what = "the shipped wording" if version == 0 else f"version {version}"
 
     def restore() -> Response:
         try:
@@ -452,18 +556,23 @@ async def template_restore(name: str, request: Request, user: AdminUser) -> Resp
             )
         except NotFound:
             raise HTTPException(404) from None
-        except TemplateInvalid as exc:
-            flash(request, f"Version {version} cannot be restored: {exc}", "error")
+        except (TemplateInvalid, InvalidInput) as exc:
+            flash(request, f"{what.capitalize()} of {name} cannot be restored: {exc}", "error")
             return redirect(f"/templates/{name}/history?version={version}")
-        except InvalidInput as exc:
-            flash(request, f"Version {version} cannot be restored: {exc}", "error")
+        except RenderBusy:
+            flash(request, "Not restored: the server is busy rendering; try again.", "error")
             return redirect(f"/templates/{name}/history?version={version}")
         if saved.version is None:
-            flash(request, f"Version {version} is already the current text.", "info")
+            flash(request, f"{what.capitalize()} of {name} is already the current text.", "info")
             return redirect(f"/templates/{name}/history?version={version}")
         record_now(request, user, "restore", "template", name,
-                   f"Restored version {version} as version {saved.version}")  # fmt: skip
-        flash(request, f"Restored version {version} as version {saved.version}.")
+                   f"Restored {what} as version {saved.version}")  # fmt: skip
+        if version == 0:
+            flash(request, f"Restored the shipped wording of {name} as version {saved.version}.")
+        else:
+            flash(request, f"Restored version {version} of {name} as version {saved.version}.")
+        for w in saved.warnings:
+            flash(request, f"Restored, but: {w}", "info")
         return redirect(f"/templates/{name}/history?version={saved.version}")
 
     return await run_in_threadpool(restore)

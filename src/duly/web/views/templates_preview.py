@@ -31,6 +31,7 @@ __all__ = [
     "PartForm",
     "Preview",
     "channels_of",
+    "language_label",
     "parts_form",
     "preview_fragment",
     "render_preview",
@@ -40,6 +41,17 @@ __all__ = [
 
 # rendered previews' HTML, loaded by the preview's sandboxed frame
 FRAMES = FrameStore()
+
+
+def language_label(locale: str) -> str:
+    """``fr-CA`` → ``French (Canada) (fr-CA)``, for people; the code alone if unknown."""
+    from babel import Locale, UnknownLocaleError
+
+    try:
+        name = Locale.parse(locale.replace("-", "_")).get_display_name("en")
+    except (ValueError, UnknownLocaleError):
+        return locale
+    return f"{name} ({locale})" if name else locale
 
 
 def to_lf(text: str) -> str:
@@ -122,6 +134,8 @@ class Preview:
     error: dict[str, Any] | None = None  # file, line, reason, source_line
     field_errors: dict[str, str] = field(default_factory=dict)
     frame_url: str | None = None  # the HTML part, for the sandboxed frame
+    locale: str | None = None  # the locale the helpers wrote in
+    variant: str | None = None  # the variant this recipient would get instead (NAME.LOCALE)
 
 
 def source_line(sources: dict[str, str], file: str | None, line: int | None) -> str | None:
@@ -185,6 +199,12 @@ def render_preview(
         }
         return out
     out.title, out.text, out.html = r.title, r.text, r.html
+    renderer = ts.renderer()
+    _, out.locale = renderer.resolve(
+        name, channel, recipient=pin.recipient, locale=pin.locale, variants=False
+    )
+    chosen, _ = renderer.resolve(name, channel, recipient=pin.recipient, locale=pin.locale)
+    out.variant = chosen if chosen != name else None
     user = session_user(request)
     if r.html and user is not None:
         token = FRAMES.put(user.id, r.html)
