@@ -231,6 +231,7 @@ def test_a_front_desk_day(
     expect(item).to_contain_text("Why it is here:")
     expect(item).to_contain_text("still needed: the invoice still meets its rule")
     desk.fits()
+    item.scroll_into_view_if_needed()
     desk.shot("dashboard-attention", ("", "-phone-dark"))
     item.get_by_role("link", name=failed_title).click()
     page.wait_for_url(re.compile(rf".*/deliveries/{failed_id}$"))
