@@ -497,6 +497,14 @@ def test_a_template_save_is_recorded_by_size_and_hash_not_text(ops: Web) -> None
     assert json.loads(entry["before"])["email.txt"]["chars"] > 0
     assert "Secret words" not in json.dumps(dict(entry), default=str)
     assert "Saved as version 1" in ops.get("/audit?kind=template").text
+    # restoring the shipped wording is recorded too
+    r = ops.post(f"{edit}/restore", {"version": "0"}, token_from=f"{edit}/history")
+    assert r.status_code == 303
+    last = [e for e in _trail(ops) if e["object_kind"] == "template"][-1]
+    assert (last["action"], last["summary"]) == (
+        "restore",
+        "Restored the shipped wording as version 2",
+    )
 
 
 def test_a_reminders_page_shows_its_history(ops: Web) -> None:
