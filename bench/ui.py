@@ -61,6 +61,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
@@ -215,7 +216,8 @@ def seed(db: sa.Engine, n: int, now: datetime) -> dict[str, Any]:
     else:
         with db.begin() as conn:
             conn.exec_driver_sql("ANALYZE")
-    return {"delivery": n // 2, "subject": subjects[42], "recipient": "r00042"}
+    today = now.astimezone(ZoneInfo("Europe/London")).date().isoformat()  # the viewer's zone
+    return {"delivery": n // 2, "subject": subjects[42], "recipient": "r00042", "today": today}
 
 
 def pages(ids: dict[str, Any]) -> list[tuple[str, str]]:
@@ -240,6 +242,11 @@ def pages(ids: dict[str, Any]) -> list[tuple[str, str]]:
         ("outbox", "/outbox"),
         ("outbox, search (none)", "/outbox?q=no-such-text"),
         ("deliveries, channel (none)", "/deliveries?channel=sms"),
+        (
+            "deliveries, sent today",
+            "/deliveries?state=sent&finished_from=" + ids.get("today", "2026-01-01"),
+        ),
+        ("dashboard, live part", "/?part=live"),
     ]
 
 

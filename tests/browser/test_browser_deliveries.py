@@ -50,7 +50,7 @@ def test_filter_open_and_send_now(page: Any, ui: Live, api: httpx.Client, tmp_pa
     rows = page.locator("table.deliveries tbody tr")
     assert rows.count() >= 1
     for i in range(rows.count()):
-        assert rows.nth(i).locator(".badge").inner_text() == "sent"
+        assert rows.nth(i).locator(".badge").inner_text() == "Sent"
     link = page.get_by_role("link", name=str(receipt["id"]), exact=True)
     assert link.is_visible()
     shot(page, "deliveries", tmp_path)
@@ -64,16 +64,16 @@ def test_filter_open_and_send_now(page: Any, ui: Live, api: httpx.Client, tmp_pa
     # an invoice reminder of our own, sent now: text and HTML
     did = pending_invoice(api, "BRW-DLV-SEND")
     page.goto(f"{ui.url}/deliveries/{did}")
-    assert page.locator("h1 .badge").inner_text() == "pending"
+    assert page.locator("h1 .badge").inner_text() == "Waiting to send"
     page.once("dialog", lambda d: d.accept())
     page.get_by_role("button", name="Send now").click()
     page.wait_for_url(f"{ui.url}/deliveries/{did}")
     assert "is due now" in page.locator(".flash").inner_text()
     end = time.monotonic() + 15
-    while page.locator("h1 .badge").inner_text() != "sent" and time.monotonic() < end:
+    while page.locator("h1 .badge").inner_text() != "Sent" and time.monotonic() < end:
         time.sleep(0.3)
         page.reload()
-    assert page.locator("h1 .badge").inner_text() == "sent"
+    assert page.locator("h1 .badge").inner_text() == "Sent"
     assert "invoice BRW-DLV-SEND for" in page.locator("pre.message-text").inner_text()
     frame = page.frame_locator("iframe.message")
     assert "BRW-DLV-SEND" in frame.locator("body").inner_text()
@@ -98,8 +98,9 @@ def test_cancel_with_confirm_then_retry(
     page.get_by_role("button", name="Cancel").click()
     page.wait_for_url(f"{ui.url}/deliveries/{did}")
     assert dialogs and "Cancel this delivery?" in dialogs[0]
-    assert page.locator("h1 .badge").inner_text() == "cancelled"
-    assert "manual" in page.locator("h1").inner_text()
+    assert page.locator("h1 .badge").inner_text() == "Cancelled"
+    assert "By an operator" in page.locator("h1").inner_text()
+    assert page.locator("h1 code.code").inner_text() == "cancelled: manual"
     assert page.get_by_role("button", name="Send now").count() == 0
     assert api.get(f"/v1/deliveries/{did}").json()["state"] == "cancelled"
 
@@ -107,7 +108,7 @@ def test_cancel_with_confirm_then_retry(
     page.wait_for_url(f"{ui.url}/deliveries/{did}")
     assert "is pending again" in page.locator(".flash").inner_text()
     # due now: the dispatcher may already have sent it by the time the page is drawn
-    assert page.locator("h1 .badge").inner_text() in ("pending", "sending", "sent")
+    assert page.locator("h1 .badge").inner_text() in ("Waiting to send", "Being sent", "Sent")
     assert api.get(f"/v1/deliveries/{did}").json()["state"] in ("pending", "sending", "sent")
 
 

@@ -112,7 +112,7 @@ def test_overdue_is_pending_past_its_due_time(web: Web) -> None:
     web.login()
     assert listed(web, "?state=overdue") == [late]
     page = web.get("/deliveries?state=overdue").text
-    assert '<span class="badge state-overdue">overdue</span>' in page
+    assert '<span class="badge state-overdue">Late</span>' in page
 
 
 def test_paging_walks_every_row_once(web: Web) -> None:
@@ -195,9 +195,9 @@ def test_detail_shows_attempts_errors_receipt_and_channels(web: Web) -> None:
     assert "Asia/Tokyo" in t and " there</span>" in t  # the recipient's local time beside
     # per channel: the sms sibling with its state and reason
     assert f'href="/deliveries/{sms}"' in t
-    assert '<span class="badge state-failed">failed</span> <span class="reason">no_address' in t
+    assert '<span class="badge state-failed">Failed</span> <span class="reason">Not sent: the recipient has no address' in t
     # history: the outcome
-    assert '<span class="badge state-sent">sent</span>' in t
+    assert '<span class="badge state-sent">Sent</span>' in t
     # a sent delivery offers no action
     assert "/send-now" not in t and "/cancel" not in t and "/retry" not in t
 
@@ -349,7 +349,7 @@ def test_send_now_is_sent_by_the_dispatcher(web: Web) -> None:
     while state_of(web, did)["state"] != "sent" and time.monotonic() < deadline:
         time.sleep(0.05)
     t = web.get(f"/deliveries/{did}").text
-    assert '<span class="badge state-sent">sent</span>' in t
+    assert '<span class="badge state-sent">Sent</span>' in t
     assert "alice@example.com" in t and "Attempt 1" in t and "outbox:" in t
     assert f'<iframe class="message" sandbox src="/deliveries/{did}/html"' in t  # demo's HTML
     assert "Invoice WEB-SEND-1 is due on" in t

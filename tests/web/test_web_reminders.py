@@ -103,7 +103,7 @@ def test_create_shows_the_reminder_and_the_list_counts_it(web: Web) -> None:
     }
     page = web.get(f"/reminders/{rid}").text
     assert "Call the client" in page and "Ask about the delivery." in page
-    assert page.count('badge state-pending">pending') == 5  # the status and 4 rows
+    assert page.count('badge state-pending">Waiting to send') == 5  # the status and 4 rows
     for x in rows:
         assert f'href="/deliveries/{x["id"]}"' in page
     assert "JST" in page  # alice's local time beside the viewer's
@@ -240,7 +240,7 @@ def test_send_now_makes_pending_deliveries_due_and_they_go_out(web: Web) -> None
     assert row["state"] == "sent"
     page = web.get(f"/reminders/{rid}").text
     assert "1 delivery due now" in page
-    assert 'badge state-sent">sent' in page and "sent <time" in page
+    assert 'badge state-sent">Sent' in page and "sent <time" in page
     assert "read-only" in page
 
 
@@ -276,10 +276,10 @@ def test_failed_delivery_shows_its_error_and_the_counts(web: Web) -> None:
         )
     page = web.get(f"/reminders/{rid}").text
     assert "SMTP 550 &lt;mailbox unavailable&gt;" in page
-    assert 'badge state-failed">failed' in page
+    assert 'badge state-failed">Failed' in page
     lst = web.get("/reminders").text
     row = lst[lst.index(f'href="/reminders/{rid}"') :].split("</tr>")[0]
-    assert 'state-failed">failed' in row
+    assert 'state-failed">Failed' in row
     assert re.findall(r'<td class="num">(?:<span class="\w+">)?(\d+)', row) == [
         "2",
         "1",

@@ -150,13 +150,13 @@ def test_simulate_the_example_gives_the_expected_outcomes(web: Web) -> None:
     assert r.status_code == 200, r.text[:2000]
     rows = _outcomes(r.text)
     assert rows == [
-        ("invoice-reminders", "due-soon", "invoice/INV-2", "c1", "email", "sent"),
-        ("appointment-reminders", "day-before", "appointment/APT-1", "c1", "email", "sent"),
-        ("appointment-reminders", "two-hours", "appointment/APT-1", "c1", "email", "sent"),
-        ("invoice-reminders", "overdue", "invoice/INV-2", "c1", "email", "sent"),
-        ("invoice-reminders", "due-soon", "invoice/INV-1", "c1", "email", "sent"),
-        ("invoice-reminders", "overdue", "invoice/INV-1", "c1", "email", "cancelled"),
-        ("payment-receipt", "—", "invoice/INV-1", "c1", "email", "sent"),
+        ("invoice-reminders", "due-soon", "invoice/INV-2", "c1", "email", "Sent"),
+        ("appointment-reminders", "day-before", "appointment/APT-1", "c1", "email", "Sent"),
+        ("appointment-reminders", "two-hours", "appointment/APT-1", "c1", "email", "Sent"),
+        ("invoice-reminders", "overdue", "invoice/INV-2", "c1", "email", "Sent"),
+        ("invoice-reminders", "due-soon", "invoice/INV-1", "c1", "email", "Sent"),
+        ("invoice-reminders", "overdue", "invoice/INV-1", "c1", "email", "Cancelled"),
+        ("payment-receipt", "—", "invoice/INV-1", "c1", "email", "Sent"),
     ]
     assert "Invoice INV-1 is due on" in r.text  # messages rendered with the templates
     assert "condition_false" in r.text

@@ -226,9 +226,9 @@ def test_subject_page_shows_attributes_recipients_plan_history_and_problems(web:
     assert '<a href="/recipients/alice">alice</a>' in r.text and "(Alice)" in r.text
     plan = r.text[r.text.index('id="plan-h"') : r.text.index('id="hist-h"')]
     hist = r.text[r.text.index('id="hist-h"') : r.text.index('id="rem-h"')]
-    assert plan.count('badge state-pending">pending') == 2
+    assert plan.count('badge state-pending">Waiting to send') == 2
     assert "due-soon" in plan and "overdue" in plan
-    assert 'state-cancelled">cancelled</span> <span class="reason">manual' in hist
+    assert 'state-cancelled">Cancelled</span> <span class="reason">By an operator, by hand' in hist
     assert "Tokyo" in plan or "JST" in plan  # the recipient's local time beside ours
     r8 = web.get(url("invoice", "INV-8"))
     assert "Problems with this subject" in r8.text and "due_at" in r8.text

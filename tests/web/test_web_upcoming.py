@@ -42,8 +42,8 @@ def test_pending_rows_soonest_first_grouped_by_day(web: Web) -> None:
     assert listed(web) == [a, b, c]
     headings = [h.strip() for h in re.findall(r"<h2 class=\"day-heading\">([^<]+)", r.text)]
     assert headings == ["Tuesday 10 March 2026", "Wednesday 11 March 2026"]
-    assert r.text.count('<span class="badge state-overdue">overdue</span>') == 1
-    assert r.text.count('<span class="badge state-pending">pending</span>') == 2
+    assert r.text.count('<span class="badge state-overdue">Late</span>') == 1
+    assert r.text.count('<span class="badge state-pending">Waiting to send</span>') == 2
 
 
 def test_each_row_links_and_shows_the_recipients_local_time(web: Web) -> None:

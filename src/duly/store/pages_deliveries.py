@@ -21,9 +21,11 @@ from duly.store.tables import deliveries, delivery_log, workers
 
 __all__ = [
     "OVERDUE_AFTER",
+    "attempt_totals",
     "dashboard_attention",
     "dashboard_next_day",
     "dashboard_queue",
+    "finished_counts",
     "delivery_html_part",
     "deliveries_page",
     "next_pending_of_rule",
@@ -66,6 +68,40 @@ def outcomes_by_day(conn: Connection, starts: list[datetime]) -> list[Counter[st
     for b, outcome, n in conn.execute(q):
         out[int(b)][outcome or ""] += int(n)
     return out
+
+
+def _finished_in(start: datetime, end: datetime) -> Any:
+    """A delivery whose outcome, recorded in [start, end), is still its state (a failure
+    retried and sent since counts as sent, once). The one condition behind the dashboard's
+    numbers and the deliveries list they open, so the two always agree."""
+    log = delivery_log.c
+    return sa.exists().where(
+        log.delivery_id == deliveries.c.id,
+        log.kind == "outcome",
+        log.outcome == deliveries.c.state,
+        log.at >= start,
+        log.at < end,
+    )
+
+
+def finished_counts(conn: Connection, start: datetime, end: datetime) -> Counter[str]:
+    """Deliveries by state (sent, failed, skipped, cancelled, set) whose outcome was recorded
+    in [start, end) and is still their state: what ``deliveries_page(finished=(start, end),
+    state=...)`` lists, counted (a delivery with two such outcomes, once). One join from the
+    log's index range (ix_delivery_log_at) to each delivery by its key."""
+    log = delivery_log.c
+    q = (
+        sa.select(deliveries.c.state, sa.func.count(sa.distinct(deliveries.c.id)))
+        .select_from(delivery_log.join(deliveries, deliveries.c.id == log.delivery_id))
+        .where(
+            log.kind == "outcome",
+            log.at >= start,
+            log.at < end,
+            log.outcome == deliveries.c.state,
+        )
+        .group_by(deliveries.c.state)
+    )
+    return Counter({str(state): int(n) for state, n in conn.execute(q)})
 
 
 def dashboard_queue(conn: Connection, now: datetime) -> dict[str, Any]:
@@ -112,6 +148,13 @@ _LIST_COLS = (
 )
 
 
+_CHECK_COLS = (
+    deliveries.c.occurrence,
+    deliveries.c.category,
+    deliveries.c.deadline_at,
+)
+
+
 def dashboard_next_day(
     conn: Connection, now: datetime, limit: int
 ) -> tuple[int, list[dict[str, Any]]]:
@@ -136,10 +179,13 @@ def dashboard_next_day(
 def dashboard_attention(
     conn: Connection, now: datetime, since: datetime, limit: int
 ) -> dict[str, Any]:
-    """What needs attention: ``failed_count`` and ``failed`` (failed deliveries due since
-    ``since``, newest first, at most ``limit``), and ``overdue`` (pending ones overdue at
-    ``now``, oldest first, at most ``limit``)."""
+    """What may need attention: ``failed_count`` (failed deliveries due since ``since``),
+    ``failed`` (those of them whose deadline, if any, has not passed, newest first, at most
+    ``limit``: the caller leaves out the ones that no longer matter), and ``overdue``
+    (pending ones overdue at ``now``, oldest first, at most ``limit``). Rows carry what the
+    checks of a send need (occurrence, category, deadline)."""
     failed_where = (deliveries.c.state == "failed", deliveries.c.due_at >= since)
+    live = sa.or_(deliveries.c.deadline_at.is_(None), deliveries.c.deadline_at >= now)
     overdue_where = (deliveries.c.state == "pending", deliveries.c.due_at < now - OVERDUE_AFTER)
     return {
         "failed_count": int(
@@ -147,14 +193,14 @@ def dashboard_attention(
         ),
         "failed": _rows(
             conn,
-            sa.select(*_LIST_COLS)
-            .where(*failed_where)
+            sa.select(*_LIST_COLS, *_CHECK_COLS)
+            .where(*failed_where, live)
             .order_by(deliveries.c.due_at.desc(), deliveries.c.id.desc())
             .limit(limit),
         ),
         "overdue": _rows(
             conn,
-            sa.select(*_LIST_COLS)
+            sa.select(*_LIST_COLS, *_CHECK_COLS)
             .where(*overdue_where)
             .order_by(deliveries.c.due_at, deliveries.c.id)
             .limit(limit),
@@ -283,13 +329,15 @@ def deliveries_page(
     subject: str = "",
     start: datetime | None = None,
     end: datetime | None = None,
+    finished: tuple[datetime, datetime] | None = None,
     after: int | None = None,
     limit: int,
 ) -> list[dict[str, Any]]:
     """Deliveries (the list's columns, no message bodies) newest id first, at most
     ``limit``: filtered by each non-empty field (``state`` "overdue": pending and due more
-    than OVERDUE_AFTER before ``now``), due time in [``start``, ``end``), and ids below
-    ``after`` (keyset paging: ids only grow)."""
+    than OVERDUE_AFTER before ``now``), due time in [``start``, ``end``), outcome recorded
+    in ``finished`` and still their state (as ``finished_counts`` counts them), and ids
+    below ``after`` (keyset paging: ids only grow)."""
     c = deliveries.c
     q = sa.select(
         c.id, c.rule, c.step, c.occurrence, c.subject, c.recipient, c.channel, c.state,
@@ -311,10 +359,27 @@ def deliveries_page(
         q = q.where(c.due_at >= start)
     if end is not None:
         q = q.where(c.due_at < end)
+    if finished is not None:
+        q = q.where(_finished_in(*finished))
     if after is not None:
         q = q.where(c.id < after)
     q = q.order_by(c.id.desc()).limit(limit)
     return _rows(conn, q)
+
+
+def attempt_totals(conn: Connection, ids: Sequence[int]) -> dict[int, int]:
+    """Every attempt the log records for each of ``ids`` (a delivery's ``attempts`` counter
+    starts again at each retry; the log keeps them all), absent when none. One grouped read
+    by ix_delivery_log_delivery_id; callers pass a page's ids."""
+    if not ids:
+        return {}
+    log = delivery_log.c
+    q = (
+        sa.select(log.delivery_id, sa.func.count())
+        .where(log.delivery_id.in_(sorted(set(ids))), log.kind == "attempt")
+        .group_by(log.delivery_id)
+    )
+    return {int(i): int(n) for i, n in conn.execute(q)}
 
 
 def sibling_deliveries(

@@ -38,6 +38,7 @@ from markupsafe import Markup
 from duly.core.model import held_until_cleared
 from duly.core.validation import instant_problem, readable, text_problem
 from duly.engine.service import Engine
+from duly.web import words
 from duly.web.users import SessionStore, User, UserStore
 
 __all__ = [
@@ -509,6 +510,7 @@ def _make_env() -> Environment:
         subject_url=subject_url,
     )
     e.filters.update(json_pretty=_json_pretty, urlquote=lambda s: _quote(str(s)))
+    e.filters.update(words.filters())  # plain words for the engine's codes
     return e
 
 

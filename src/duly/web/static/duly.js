@@ -3,6 +3,9 @@
 // - a confirmation before forms marked data-confirm (cancel, delete, send now);
 // - live template previews (forms marked data-preview), see templates pages;
 // - on phones, tables read as cards: each cell is given its column's name (data-label).
+// - self-refreshing parts (data-refresh="URL" data-every="SECONDS"): the dashboard fetches
+//   its live part again and swaps it in, while the tab is visible (without script the page
+//   reloads itself through a <noscript> meta refresh).
 (function () {
   "use strict";
   try {
@@ -67,10 +70,44 @@
     }
     table.classList.add("cards");
   }
+  function setupRefresh(box) {
+    var url = box.getAttribute("data-refresh");
+    var every = parseInt(box.getAttribute("data-every"), 10);
+    if (!url || !(every >= 5)) { return; }
+    var busy = false;
+    function refresh() {
+      if (busy || document.hidden) { return; }
+      // a form being filled in or a details box open: wait for the next round
+      if (box.contains(document.activeElement) && document.activeElement !== document.body) { return; }
+      busy = true;
+      fetch(url, {credentials: "same-origin", headers: {"accept": "text/html"}})
+        .then(function (r) {
+          if (!r.ok || r.redirected) { throw new Error("status " + r.status); }
+          return r.text();
+        })
+        .then(function (html) {
+          var open = [];
+          var ds = box.querySelectorAll("details");
+          for (var i = 0; i < ds.length; i++) { if (ds[i].open) { open.push(i); } }
+          box.innerHTML = html;  // made and escaped by the server
+          var now = box.querySelectorAll("details");
+          for (var j = 0; j < open.length; j++) { if (now[open[j]]) { now[open[j]].open = true; } }
+          var fresh = box.querySelectorAll("table");
+          for (var t = 0; t < fresh.length; t++) { labelCells(fresh[t]); }
+          box.setAttribute("data-refreshed", String(Date.now()));
+        })
+        .catch(function () { /* keep what is shown; try again next round */ })
+        .then(function () { busy = false; });
+    }
+    setInterval(refresh, every * 1000);
+    document.addEventListener("visibilitychange", function () { if (!document.hidden) { refresh(); } });
+  }
   document.addEventListener("DOMContentLoaded", function () {
     var tables = document.querySelectorAll("table");
     for (var t = 0; t < tables.length; t++) { labelCells(tables[t]); }
     var forms = document.querySelectorAll("form[data-preview]");
     for (var i = 0; i < forms.length; i++) { setupPreview(forms[i]); }
+    var boxes = document.querySelectorAll("[data-refresh]");
+    for (var k = 0; k < boxes.length; k++) { setupRefresh(boxes[k]); }
   });
 })();

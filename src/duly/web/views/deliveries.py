@@ -16,7 +16,12 @@ from fastapi.responses import HTMLResponse, Response
 
 from duly.engine.service import REMINDER_RULE, Conflict, Engine
 from duly.store.db import Connection
-from duly.store.pages_deliveries import deliveries_page, delivery_html_part, sibling_deliveries
+from duly.store.pages_deliveries import (
+    attempt_totals,
+    deliveries_page,
+    delivery_html_part,
+    sibling_deliveries,
+)
 from duly.store.receipts import receipts_of
 from duly.web.core import (
     AdminUser,
@@ -30,6 +35,8 @@ from duly.web.core import (
     runtime_of,
     viewer_tz,
 )
+from duly.web.views.delivery_checks import verdict
+from duly.web.words import STATE_FILTER
 
 router = APIRouter()
 
@@ -55,15 +62,18 @@ class Filters:
     subject: str = ""
     from_: str = ""
     to: str = ""
+    finished_from: str = ""
+    finished_to: str = ""
     after: int | None = None
     # read values
     start: datetime | None = None
     end: datetime | None = None
+    finished: tuple[datetime, datetime] | None = None
 
     @property
     def active(self) -> bool:
         return any((self.state, self.rule, self.channel, self.recipient, self.subject,
-                    self.from_, self.to))  # fmt: skip
+                    self.from_, self.to, self.finished_from, self.finished_to))  # fmt: skip
 
 
 def _parse_date(value: str) -> date:
@@ -94,6 +104,8 @@ def read_filters(request: Request) -> tuple[Filters, dict[str, str]]:
         subject=q.get("subject", "").strip(),
         from_=q.get("from", "").strip(),
         to=q.get("to", "").strip(),
+        finished_from=q.get("finished_from", "").strip(),
+        finished_to=q.get("finished_to", "").strip(),
     )
     errors: dict[str, str] = {}
     if f.state and f.state not in STATES:
@@ -125,6 +137,7 @@ def read_filters(request: Request) -> tuple[Filters, dict[str, str]]:
             f.end = _local_midnight(d + timedelta(days=1), tz)
     if f.start and f.end and f.start >= f.end:
         errors["to"] = "the end date is before the start date"
+    _read_finished(f, errors, tz)
     after = q.get("after", "").strip()
     if after:
         if not after.isdigit() or not 1 <= int(after) <= MAX_ID:
@@ -132,6 +145,28 @@ def read_filters(request: Request) -> tuple[Filters, dict[str, str]]:
         else:
             f.after = int(after)
     return f, errors
+
+
+def _read_finished(f: Filters, errors: dict[str, str], tz: ZoneInfo) -> None:
+    """``finished_from`` / ``finished_to``: the local days the outcome was recorded in (the
+    dashboard's numbers open these); one given alone means that one day."""
+    if not (f.finished_from or f.finished_to):
+        return
+    days: dict[str, date] = {}
+    for name, value in (("finished_from", f.finished_from), ("finished_to", f.finished_to)):
+        if value:
+            try:
+                days[name] = _parse_date(value)
+            except ValueError as exc:
+                errors[name] = str(exc)
+    if len(days) != len([v for v in (f.finished_from, f.finished_to) if v]):
+        return
+    first = days.get("finished_from") or days["finished_to"]
+    last = days.get("finished_to") or first
+    if last < first:
+        errors["finished_to"] = "the end date is before the start date"
+        return
+    f.finished = (_local_midnight(first, tz), _local_midnight(last + timedelta(days=1), tz))
 
 
 def list_rows(conn: Connection, f: Filters, now: datetime, limit: int) -> list[dict[str, Any]]:
@@ -146,6 +181,7 @@ def list_rows(conn: Connection, f: Filters, now: datetime, limit: int) -> list[d
         subject=f.subject,
         start=f.start,
         end=f.end,
+        finished=f.finished,
         after=f.after,
         limit=limit,
     )
@@ -158,11 +194,24 @@ def recipient_zones(engine: Engine, conn: Connection, ids: set[str]) -> dict[str
     return {i: (found[i].timezone if i in found and found[i].timezone else default) for i in ids}
 
 
+def subject_statuses(engine: Engine, conn: Connection, refs: set[str]) -> dict[str, Any]:
+    """Each live subject's current ``status`` attribute by "kind/key" (one read per kind):
+    the words for a condition no longer met say what the subject is now ("the invoice is
+    now paid"). Callers pass a page's subjects (bounded by the page)."""
+    keys = [tuple(r.split("/", 1)) for r in refs if r and "/" in r]
+    found = engine.store.get_subjects(conn, keys)  # type: ignore[arg-type]
+    return {
+        f"{k}/{v}": rec.subject.attributes.get("status")
+        for (k, v), rec in found.items()
+        if not rec.deleted and isinstance(rec.subject.attributes, dict)
+    }
+
+
 def rule_options(request: Request, selected: str) -> list[tuple[str, str]]:
     names = [r.name for r in runtime_of(request).rules.rules] + [REMINDER_RULE]
     if selected and selected not in names:
         names.append(selected)
-    return [(n, "one-off reminders (@reminder)" if n == REMINDER_RULE else n) for n in names]
+    return [(n, "One-off reminders" if n == REMINDER_RULE else n) for n in names]
 
 
 def channel_options(request: Request, selected: str) -> list[tuple[str, str]]:
@@ -178,10 +227,15 @@ def deliveries_list(request: Request, user: CurrentUser, engine: EngineDep) -> R
     now = engine.clock.now()
     rows: list[dict[str, Any]] = []
     zones: dict[str, str] = {}
+    statuses: dict[str, Any] = {}
+    totals: dict[int, int] = {}
     if not errors:
         with engine.db.connect() as conn:
             rows = list_rows(conn, f, now, LIMIT + 1)
             zones = recipient_zones(engine, conn, {r["recipient"] for r in rows[:LIMIT]})
+            statuses = subject_statuses(engine, conn, {r["subject"] for r in rows[:LIMIT]})
+            for r, n in attempt_totals(conn, [r["id"] for r in rows[:LIMIT]]).items():
+                totals[r] = n
     page = page_of(rows, LIMIT, request)
     return render(
         request,
@@ -191,7 +245,9 @@ def deliveries_list(request: Request, user: CurrentUser, engine: EngineDep) -> R
             "errors": errors,
             "page": page,
             "zones": zones,
-            "states": [(s, "overdue (pending, past due)" if s == "overdue" else s) for s in STATES],
+            "statuses": statuses,
+            "totals": totals,
+            "states": list(STATE_FILTER.items()),
             "rules": rule_options(request, f.rule),
             "channels": channel_options(request, f.channel),
             "title": "Deliveries",
@@ -234,8 +290,16 @@ def delivery_detail(
             raise HTTPException(404)
         history = engine.store.delivery_history(conn, did)
         siblings = sibling_deliveries(conn, row)
+        totals = attempt_totals(conn, [s["id"] for s in siblings])
         zones = recipient_zones(engine, conn, {row["recipient"]})
         reports = receipts_of(conn, did)  # provider callbacks, in the order they happened
+        statuses = subject_statuses(engine, conn, {row["subject"]})
+        # what Retry / Send now would lead to, on today's data (warned beside the button)
+        warning = (
+            verdict(engine, conn, row, engine.clock.now())
+            if row["state"] in ("pending", "failed", "skipped", "cancelled")
+            else None
+        )
     receipt, receipt_json = _receipt(row["receipt"])
     attempts = [
         {**h, "receipt_text": _receipt(h["receipt"])[0]} for h in history if h["kind"] == "attempt"
@@ -252,6 +316,11 @@ def delivery_detail(
             "attempts": attempts,
             "outcomes": outcomes,
             "siblings": siblings,
+            "totals": totals,
+            "statuses": statuses,
+            "warning": warning,
+            # the log keeps every attempt; the row's counter restarts at a retry
+            "attempts_total": len(attempts),
             "receipts": reports,
             "recipient_tz": zones.get(row["recipient"]),
             "title": f"Delivery {did}",
@@ -274,7 +343,18 @@ def delivery_html(did: DeliveryId, user: CurrentUser, engine: EngineDep) -> Resp
 _ACTIONS = {
     "send-now": ("send_now", "Delivery {id} is due now: the dispatcher sends it shortly."),
     "cancel": ("cancel_delivery", "Delivery {id} was cancelled."),
-    "retry": ("retry_delivery", "Delivery {id} is pending again and due now."),
+    "retry": (
+        "retry_delivery",
+        "Delivery {id} is pending again and due now: the dispatcher sends it shortly.",
+    ),
+}
+_WONT = {
+    "send-now": "Delivery {id} is due now, but it will not be sent: {why}.",
+    "retry": "Delivery {id} is pending again, but it will not be sent: {why}.",
+}
+_WAITS = {
+    "send-now": "Delivery {id} is due now, but it waits: {why}.",
+    "retry": "Delivery {id} is pending again, but it waits: {why}.",
 }
 
 
@@ -284,8 +364,17 @@ def _act(request: Request, engine: Engine, did: int, action: str) -> Response:
         getattr(engine, method)(did)
     except Conflict as exc:
         flash(request, f"Not done: {exc}.", "error")
-    else:
+        return redirect(f"/deliveries/{did}")
+    v = None
+    if action in _WONT:  # say what will happen, on today's data, not only what was done
+        with engine.db.connect() as conn:
+            row = engine.store.delivery(conn, did)
+            v = verdict(engine, conn, row, engine.clock.now()) if row is not None else None
+    if v is None:
         flash(request, done.format(id=did))
+    else:
+        text = (_WAITS if v.waits else _WONT)[action].format(id=did, why=v.text)
+        flash(request, text, "info")
     return redirect(f"/deliveries/{did}")
 
 

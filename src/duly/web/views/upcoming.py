@@ -29,6 +29,7 @@ from duly.web.core import (
     to_local_input,
     viewer_tz,
 )
+from duly.web.words import rule_words
 
 router = APIRouter()
 
@@ -54,7 +55,7 @@ def options(rt: Any) -> dict[str, list[tuple[str, str]]]:
     """The choices of the filter form, from the loaded rule file."""
     rf = rt.rules
     rules = [(r.name, r.name) for r in rf.rules]
-    rules.append((REMINDER_RULE, "one-off reminders (@reminder)"))
+    rules.append((REMINDER_RULE, rule_words(REMINDER_RULE) + "s"))
     channels = sorted(set(rf.channels) | {c for r in rf.rules for c in (r.channels or ())})
     kinds = sorted({r.subject for r in rf.rules if r.subject})
     return {
