@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tests.live import DULY, live_server
 
 from duly.cli import main
 from duly.client import Client
-from tests.live import DULY, live_server
 
 RECIPIENTS = (
     "id,name,email,timezone,consent.promotional\n"
