@@ -170,6 +170,12 @@ TOP_VALUES: dict[str, st.SearchStrategy[Any]] = {
                      {"max_output": "1e999KB"}, {"timeout": "-1ms"}),
     "template_language": either("en", "en-GB", "fr_CA", "xx_klingon", "", "../../x", "\x00",
                                 "e" * 10_000, 5, None, ["en"], {"en": 1}),
+    "subjects": either({"invoice": {"title": "{{ number }} — {{ name }}",
+                                    "columns": {"Amount": {"value": "amount", "format": "money",
+                                                           "currency": "currency"}}}},
+                       {"x": {"title": "{{ a +", "columns": {"C": {"role": "a", "format": "date"}}}},
+                       {"a/b": {"columns": {"": "__class__", "x" * 500: ODD_EXPRESSIONS[0]}}},
+                       {"k": {"columns": {f"c{i}": "a" for i in range(20)}}}),
 }  # fmt: skip
 assert set(TOP_VALUES) | {"rules"} == set(TOP_KEYS)
 

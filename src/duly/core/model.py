@@ -39,6 +39,8 @@ __all__ = [
     "RuleFile",
     "Step",
     "Subject",
+    "SubjectColumn",
+    "SubjectView",
     "held_until_cleared",
     "Trigger",
     "WebhookAction",
@@ -396,6 +398,26 @@ class RenderLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class SubjectColumn:
+    """One column of a subject list (rule file ``subjects: KIND: columns:``)."""
+
+    label: str
+    value: str = ""  # an expression over the subject (an attribute name at simplest)
+    format: str = "auto"  # auto | text | date | datetime | money | number | role
+    currency: str = ""  # for money: a code such as EUR, or an expression giving one
+    role: str = ""  # format "role": the recipients in this role
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectView:
+    """How pages show the subjects of one kind: a title and the columns of lists."""
+
+    kind: str
+    title: str | None = None  # text with {{ EXPRESSION }} parts, or one expression
+    columns: tuple[SubjectColumn, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RuleFile:
     path: str
     timezone: str = "UTC"
@@ -410,6 +432,7 @@ class RuleFile:
     templates_dir: str | None = None
     render: RenderLimits = field(default_factory=RenderLimits)
     template_language: str | None = None  # the language of templates that declare none
+    subjects: dict[str, SubjectView] = field(default_factory=dict)  # kind → how it shows
 
     def rule(self, name: str) -> Rule | None:
         for r in self.rules:

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.engine import Connection
 
+from duly.store.search import subject_search_text
 from duly.store.tables import deliveries, delivery_log, subjects, suppressions
 
 __all__ = ["write_history"]
@@ -27,7 +28,8 @@ def write_history(
     suppression — the last two get the new delivery's id as ``delivery_id``. Not
     idempotent: the caller writes it once, into a database without subjects."""
     for s in subject_rows:
-        conn.execute(insert(subjects).values(**s))
+        text = subject_search_text(s["kind"], s["key"], s["attributes"], s["recipients"])
+        conn.execute(insert(subjects).values(**s, search=text))
     for values, log, suppression in items:
         did = conn.execute(insert(deliveries).values(**values)).inserted_primary_key[0]
         conn.execute(insert(delivery_log), [{**row, "delivery_id": did} for row in log])

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from duly.core.model import Recipient
 from duly.core.validation import text_problem
 from duly.store.rows import StoreBase, _chunks, _recipient_from_row
+from duly.store.search import recipient_search_text
 from duly.store.tables import deliveries, recipients, suppressions
 
 __all__ = ["RecipientQueries"]
@@ -40,6 +41,7 @@ class RecipientQueries(StoreBase):
             "addresses": dict(r.addresses),
             "consent": dict(r.consent),
             "updated_at": now,
+            "search": recipient_search_text(r.id, r.name, r.email, r.phone),
         }
         res = conn.execute(update(recipients).where(recipients.c.id == r.id).values(**values))
         if res.rowcount:

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection
 
 from duly.core.model import HOLD_INDEFINITE, Subject
 from duly.store.rows import StoreBase, SubjectRecord, _chunks, _subject_from_row
+from duly.store.search import subject_search_text
 from duly.store.tables import deliveries, events, reminders, subject_errors, subjects
 
 __all__ = ["SubjectQueries", "count_subjects", "live_subjects_of_kind"]
@@ -62,6 +63,7 @@ class SubjectQueries(StoreBase):
                 "acknowledged": sorted(s.acknowledged),
                 "deleted_at": None,
                 "updated_at": now,
+                "search": subject_search_text(s.kind, s.key, s.attributes, s.recipients),
             }
             if old is None:
                 new_rows.append({"kind": s.kind, "key": s.key, "created_at": now, **values})
@@ -89,7 +91,7 @@ class SubjectQueries(StoreBase):
         conn.execute(
             update(subjects)
             .where(subjects.c.id == record.id)
-            .values(deleted_at=now, updated_at=now, hold_until=None)
+            .values(deleted_at=now, updated_at=now, hold_until=None, search=None)
         )
 
     def release_held_until_cleared(

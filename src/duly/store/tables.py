@@ -8,6 +8,7 @@ a delivery identity is enforced by the database on every backend.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -59,6 +60,13 @@ class UTCDateTime(TypeDecorator[datetime]):
 # An integer primary key that autoincrements on SQLite (INTEGER) and PostgreSQL (BIGINT).
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
+# The search columns' index: trigrams on PostgreSQL (pg_trgm; serves LIKE '%word%'), a
+# b-tree on SQLite (a search scans that narrow index instead of the table)
+SEARCH_INDEX_PG: dict[str, Any] = {
+    "postgresql_using": "gin",
+    "postgresql_ops": {"search": "gin_trgm_ops"},
+}
+
 recipients = Table(
     "recipients",
     metadata,
@@ -72,6 +80,10 @@ recipients = Table(
     Column("consent", JSON, nullable=False, default=dict),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # the header search (duly.store.search): id, name, email and phone normalized
+    Column("search", Text),
+    # trigram index on PostgreSQL (pg_trgm), a b-tree on SQLite: see duly.store.search
+    Index("ix_recipients_search", "search", **SEARCH_INDEX_PG),
 )
 
 subjects = Table(
@@ -90,7 +102,13 @@ subjects = Table(
     Column("deleted_at", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # the header search (duly.store.search): kind, key, attribute values and recipients,
+    # normalized; NULL for a deleted subject
+    Column("search", Text),
     UniqueConstraint("kind", "key"),
+    Index("ix_subjects_search", "search", **SEARCH_INDEX_PG),
+    # serves the search by key alone (the unique index starts with kind)
+    Index("ix_subjects_key", "key"),
 )
 
 deliveries = Table(
@@ -144,6 +162,8 @@ deliveries = Table(
     # a hash index on PostgreSQL: equality is all it serves, and a b-tree would refuse a
     # receipt longer than ~2.7 kB (an SMTP server's reply is the receipt, any length)
     Index("ix_deliveries_receipt", "receipt", postgresql_using="hash"),
+    # serves the header search by Message-ID
+    Index("ix_deliveries_message_id", "message_id"),
     # ids appear in the API, the outbox and links: never reuse one on SQLite
     sqlite_autoincrement=True,
 )

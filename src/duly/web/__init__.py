@@ -69,6 +69,7 @@ PAGES = (
     "rules",
     "recipients",
     "outbox",
+    "search",
 )
 
 # First path segments served by the UI (plus "/" itself).
@@ -85,6 +86,7 @@ UI_SEGMENTS = frozenset(
         "rules",
         "recipients",
         "outbox",
+        "search",
         "static",
         "favicon.ico",
     }

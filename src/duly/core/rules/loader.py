@@ -46,6 +46,7 @@ from duly.core.model import (
     parse_duration,
 )
 from duly.core.rules.rulesyntax import IMPLICIT_CHANNELS, RuleReader
+from duly.core.rules.subjectviews import read_subjects
 from duly.core.rules.yamlnodes import ENV_RE, RuleError, RuleFileError, describe, hint, join
 from duly.core.templatenames import is_locale
 
@@ -62,6 +63,7 @@ TOP_KEYS = (
     "allow_private_targets",
     "render",
     "template_language",
+    "subjects",
     "rules",
 )
 CHANNEL_TYPES = (
@@ -128,6 +130,7 @@ class _Loader(RuleReader):
                 self.boolean(top["allow_private_targets"], "allow_private_targets")
             )
         render = self.render_section(top["render"]) if "render" in top else RenderLimits()
+        subject_views = read_subjects(self, top["subjects"]) if "subjects" in top else {}
         rules = self.rules_section(top["rules"]) if "rules" in top else ()
         language = None
         if "template_language" in top:
@@ -148,6 +151,7 @@ class _Loader(RuleReader):
             allow_private_targets=allow_private,
             render=render,
             template_language=language,
+            subjects=subject_views,
             templates_dir=str(self.templates_dir) if self.templates_dir is not None else None,
         )
 

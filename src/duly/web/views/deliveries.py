@@ -23,6 +23,7 @@ from duly.store.pages_deliveries import (
     sibling_deliveries,
 )
 from duly.store.receipts import receipts_of
+from duly.store.search import find_recipients, find_subjects_by_key
 from duly.web.core import (
     AdminUser,
     CurrentUser,
@@ -118,10 +119,6 @@ def read_filters(request: Request) -> tuple[Filters, dict[str, str]]:
     ):
         if len(value) > size:
             errors[name] = f"at most {size} characters"
-    if f.subject and "subject" not in errors:
-        kind, _, key = f.subject.partition("/")
-        if not kind or not key:
-            errors["subject"] = "enter KIND/KEY, e.g. invoice/INV-1"
     tz = viewer_tz(request)
     for name, value in (("from", f.from_), ("to", f.to)):
         if not value:
@@ -167,6 +164,38 @@ def _read_finished(f: Filters, errors: dict[str, str], tz: ZoneInfo) -> None:
         errors["finished_to"] = "the end date is before the start date"
         return
     f.finished = (_local_midnight(first, tz), _local_midnight(last + timedelta(days=1), tz))
+def resolve_filters(conn: Connection, f: Filters) -> dict[str, str]:
+    """What people type into ``recipient`` and ``subject``, made the stored values: a
+    recipient's id, or a name, email or phone (accents and case aside) that finds one; a
+    subject's KIND/KEY, or a key alone when one subject has it (else the kinds to choose
+    from). Changes ``f``; returns, per field, what is wrong."""
+    errors: dict[str, str] = {}
+    if f.recipient:
+        found, _ = find_recipients(conn, f.recipient, limit=6)
+        exact = [r for r in found if r["exact"]]
+        pick = exact if exact else found
+        if len(pick) == 1:
+            f.recipient = pick[0]["id"]
+        elif len(pick) > 1 and not any(r["id"] == f.recipient for r in pick):
+            names = ", ".join(
+                f"{r['id']} ({r['name']})" if r["name"] else r["id"] for r in pick[:5]
+            )
+            errors["recipient"] = f"several recipients match: {names}; enter one of these ids"
+        # none: the text is taken as an id (deliveries may name a recipient not stored)
+    if f.subject:
+        subs = find_subjects_by_key(conn, f.subject, limit=6)
+        refs = sorted({f"{s['kind']}/{s['key']}" for s in subs})
+        if len(refs) == 1:
+            f.subject = refs[0]
+        elif refs and f.subject not in refs:
+            errors["subject"] = (
+                f"{f.subject} is the key of several subjects: enter one of {', '.join(refs[:5])}"
+            )
+        elif not refs and "/" not in f.subject:
+            errors["subject"] = (
+                f"no subject has the key {f.subject}; enter a key, or KIND/KEY such as invoice/INV-1"
+            )
+    return errors
 
 
 def list_rows(conn: Connection, f: Filters, now: datetime, limit: int) -> list[dict[str, Any]]:
@@ -231,11 +260,13 @@ def deliveries_list(request: Request, user: CurrentUser, engine: EngineDep) -> R
     totals: dict[int, int] = {}
     if not errors:
         with engine.db.connect() as conn:
-            rows = list_rows(conn, f, now, LIMIT + 1)
-            zones = recipient_zones(engine, conn, {r["recipient"] for r in rows[:LIMIT]})
-            statuses = subject_statuses(engine, conn, {r["subject"] for r in rows[:LIMIT]})
-            for r, n in attempt_totals(conn, [r["id"] for r in rows[:LIMIT]]).items():
-                totals[r] = n
+            errors = resolve_filters(conn, f)
+            if not errors:
+                rows = list_rows(conn, f, now, LIMIT + 1)
+                zones = recipient_zones(engine, conn, {r["recipient"] for r in rows[:LIMIT]})
+                statuses = subject_statuses(engine, conn, {r["subject"] for r in rows[:LIMIT]})
+                for r, n in attempt_totals(conn, [r["id"] for r in rows[:LIMIT]]).items():
+                    totals[r] = n
     page = page_of(rows, LIMIT, request)
     return render(
         request,

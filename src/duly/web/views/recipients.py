@@ -34,6 +34,7 @@ from duly.store.pages_records import (
     suppressions_of_addresses,
     upcoming_deliveries_of_recipient,
 )
+from duly.store.search import subjects_of_recipient
 from duly.web.core import (
     AdminUser,
     CurrentUser,
@@ -44,7 +45,10 @@ from duly.web.core import (
     redirect,
     render,
     runtime_of,
+    subject_path,
+    viewer_tz,
 )
+from duly.web.subjectcells import describe, role_ids
 
 router = APIRouter()
 
@@ -52,6 +56,7 @@ PAGE = 50
 RECENT = 20
 UPCOMING = 10
 INBOX = 20
+SUBJECTS = 50
 SUPPRESSIONS = 100
 
 Q = Annotated[str, Query(max_length=200)]
@@ -175,9 +180,15 @@ def recipient_page(rid: str, request: Request, user: CurrentUser, eng: EngineDep
         upcoming = upcoming_deliveries_of_recipient(conn, r.id, UPCOMING)
         pending_total = pending_count_of_recipient(conn, r.id)
         sups = suppressions_of_addresses(conn, addrs, SUPPRESSIONS)
+        subs, subs_more = subjects_of_recipient(conn, r.id, SUBJECTS)
+        people = eng.store.get_recipients(conn, role_ids(eng.rules.subjects, subs))
     inbox, unread, inbox_channels = _inbox(request, r.id)
     zone = _zone(r.timezone)
     now = eng.clock.now()
+    tz = viewer_tz(request)
+    for s in subs:
+        s.update(describe(eng.rules.subjects, s, now=now, tz=tz, people=people))
+        s["url"] = subject_path(s["kind"], s["key"])
     others = sorted((k, v) for k, v in (r.addresses or {}).items())
     return render(
         request,
@@ -199,6 +210,8 @@ def recipient_page(rid: str, request: Request, user: CurrentUser, eng: EngineDep
             "recent": recent,
             "upcoming": upcoming,
             "pending_total": pending_total,
+            "subjects": subs,
+            "subjects_more": subs_more,
         },
     )
 

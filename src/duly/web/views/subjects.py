@@ -30,6 +30,7 @@ from duly.store.pages_records import (
     subject_times,
     subjects_page,
 )
+from duly.store.search import subject_details
 from duly.web.core import (
     AdminUser,
     CurrentUser,
@@ -44,6 +45,7 @@ from duly.web.core import (
     to_local_input,
     viewer_tz,
 )
+from duly.web.subjectcells import describe, role_ids
 from duly.web.views.reminders import status_of
 
 router = APIRouter()
@@ -85,16 +87,28 @@ def subject_list(
         refs = [f"{r['kind']}/{r['key']}" for r in page.items]
         pending = pending_per_subject(conn, refs)
         kinds = _kinds(eng, conn)
+        details = subject_details(conn, [r["id"] for r in page.items])
+        rows = [{**r, **details.get(r["id"], {})} for r in page.items]
+        views = eng.rules.subjects
+        people = eng.store.get_recipients(conn, role_ids(views, rows))
+    tz = viewer_tz(request)
     items = [
         {
             **r,
+            **describe(views, r, now=now, tz=tz, people=people),
             "url": subject_path(r["kind"], r["key"]),
             "pending": pending.get(f"{r['kind']}/{r['key']}", 0),
             "held": r["hold_until"] is not None and r["hold_until"] > now,
             "indefinite": held_until_cleared(r["hold_until"]),
         }
-        for r in page.items
+        for r in rows
     ]
+    # one kind on the page (chosen, or the only one): its columns are the table's; with
+    # several kinds each row shows its own as "label: value"
+    shown = {r["kind"] for r in items}
+    one = kind if kind else (next(iter(shown)) if len(shown) == 1 else "")
+    view = views.get(one) if one else None
+    columns = [c.label for c in view.columns] if view else []
     return render(
         request,
         "subjects/list.html",
@@ -106,6 +120,7 @@ def subject_list(
             "key": key,
             "deleted": bool(deleted),
             "searching": bool(kind or key or deleted or after),
+            "columns": columns,
         },
     )
 
@@ -113,7 +128,7 @@ def subject_list(
 # --------------------------------------------------------------------------- one subject
 
 
-def _load(eng: Any, kind: str, key: str) -> dict[str, Any]:
+def _load(eng: Any, kind: str, key: str, tz: Any) -> dict[str, Any]:
     ref = f"{kind}/{key}"
     now = eng.clock.now()
     with eng.db.connect() as conn:
@@ -134,7 +149,15 @@ def _load(eng: Any, kind: str, key: str) -> dict[str, Any]:
         r["status"] = status_of(counts[r["id"]])
     s = rec.subject
     hold = s.hold_until
+    shown = describe(
+        eng.rules.subjects,
+        {"kind": kind, "key": key, "attributes": s.attributes, "recipients": s.recipients},
+        now=now,
+        tz=tz,
+        people=people,
+    )
     return {
+        "shown": shown,
         "s": s,
         "ref": ref,
         "url": subject_path(kind, key),
@@ -150,7 +173,7 @@ def _load(eng: Any, kind: str, key: str) -> dict[str, Any]:
         "held": hold is not None and hold > now,
         "indefinite": held_until_cleared(hold),
         "hold_ended": hold is not None and hold <= now,
-        "title": ref,
+        "title": f"{ref} — {shown['title']}" if shown["title"] else ref,
     }
 
 
@@ -160,7 +183,7 @@ def subject_page(
 ) -> Response:
     if not key or len(kind) > 100 or len(key) > 200:
         raise HTTPException(404)
-    ctx = _load(eng, kind, key)
+    ctx = _load(eng, kind, key, viewer_tz(request))
     ctx["hold_value"] = (
         to_local_input(ctx["s"].hold_until, viewer_tz(request))
         if ctx["held"] and not ctx["indefinite"]
@@ -216,7 +239,7 @@ async def hold(request: Request, kind: str, key: str, user: AdminUser) -> Respon
 
     error, msg = await run_in_threadpool(work)
     if error is not None:
-        ctx = await run_in_threadpool(_load, eng, kind, key)
+        ctx = await run_in_threadpool(_load, eng, kind, key, tz)
         ctx["hold_value"] = until_text
         ctx["errors"] = {"until": error}
         return render(request, "subjects/detail.html", ctx, 400)
