@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from duly import __version__
 from duly.api import errors
+from duly.api.audit import ApiAudit
 from duly.api.docs import install_docs
 from duly.api.edge import checked_input
 from duly.api.errors import ApiError, error_response
@@ -247,6 +248,7 @@ def create_api(
         from duly.api.fastput import FastPut
 
         app.add_middleware(FastPut, fastapi_app=app)
+    app.add_middleware(ApiAudit, db=runtime.db)  # inside the key check: the key is known
     app.add_middleware(BodyLimit, limit=max_body)
     app.add_middleware(ApiKeyAuth, fastapi_app=app)  # outermost: before the body is read
     # outside everything of ours, inside Starlette's own

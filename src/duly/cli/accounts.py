@@ -37,6 +37,15 @@ def _keystore(database: str) -> Any:
     return KeyStore(_migrated(database))
 
 
+def _record_key(ks: Any, action: str, info: Any, summary: str) -> None:
+    """The audit trail's entry (actor "cli") for a key made or revoked: written just after,
+    once the key's id is known."""
+    from duly.store import audit
+
+    entry = audit.Entry("cli", action, "key", str(info.id), summary)
+    audit.record(ks.db, entry, datetime.now(UTC))
+
+
 @keys.command("create")
 @click.option(
     "--name",
@@ -53,6 +62,7 @@ def keys_create(name: str, database: str) -> None:
         token, info = ks.create(name, datetime.now(UTC))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--name") from None
+    _record_key(ks, "create", info, f"API key {info.name} created (prefix {info.prefix})")
     click.echo(
         f"API key {info.id} ({info.name}) created. It is shown only now; keep it safe:", err=True
     )
@@ -86,6 +96,7 @@ def keys_revoke(key: str, database: str) -> None:
     info = ks.revoke(key, datetime.now(UTC))
     if info is None:
         raise click.ClickException(f"no single active key matches {key!r} (see `duly keys list`)")
+    _record_key(ks, "revoke", info, f"API key {info.name} revoked")
     click.echo(f"revoked key {info.id} ({info.name})")
 
 
@@ -101,6 +112,14 @@ def _userstore(database: str) -> Any:
     from duly.web.users import UserStore
 
     return UserStore(_migrated(database))
+
+
+def _audited(store: Any, action: str, username: str, summary: str, **more: Any) -> Any:
+    """Record a change of a user in the audit trail (actor "cli"), in its transaction."""
+    from duly.store import audit
+
+    entry = audit.Entry("cli", action, "user", username, summary, **more)
+    return audit.recorded(store.db, entry, lambda: datetime.now(UTC))
 
 
 def _read_password(password_stdin: bool) -> str:
@@ -124,12 +143,13 @@ def _opt_password_stdin(f: Any) -> Any:
 @click.argument("username", envvar="DULY_USERNAME")
 @click.option(
     "--role",
-    type=click.Choice(["admin", "viewer"]),
+    type=click.Choice(["admin", "operator", "viewer"]),
     default="viewer",
     show_default=True,
     envvar="DULY_USER_ROLE",
     show_envvar=True,
-    help="admin: may act (send, cancel, edit); viewer: reads only.",
+    help="admin: everything (templates and users too); operator: holds, send now, cancel, "
+    "retry, one-off reminders, consent and suppressions; viewer: reads only.",
 )
 @_opt_password_stdin
 @opt_db
@@ -140,7 +160,9 @@ def users_create(username: str, role: str, password_stdin: bool, database: str) 
     store = _userstore(database)
     password = _read_password(password_stdin)
     try:
-        u = store.create(username, password, role, datetime.now(UTC))
+        with _audited(store, "create", username, f"User {username} created ({role})",
+                      after={"role": role}):  # fmt: skip
+            u = store.create(username, password, role, datetime.now(UTC))
     except InvalidInput as exc:
         raise click.BadParameter(str(exc), param_hint=exc.field) from None
     click.echo(f"user {u.username} created ({u.role})")
@@ -172,7 +194,8 @@ def users_passwd(username: str, password_stdin: bool, database: str) -> None:
     store = _userstore(database)
     password = _read_password(password_stdin)
     try:
-        store.set_password(username, password, datetime.now(UTC))
+        with _audited(store, "password", username, f"Password of {username} set"):
+            store.set_password(username, password, datetime.now(UTC))
     except InvalidInput as exc:
         raise click.BadParameter(str(exc), param_hint=exc.field) from None
     click.echo(f"password of {username} changed")
@@ -180,14 +203,21 @@ def users_passwd(username: str, password_stdin: bool, database: str) -> None:
 
 @users.command("role")
 @click.argument("username", envvar="DULY_USERNAME")
-@click.argument("role", type=click.Choice(["admin", "viewer"]), envvar="DULY_USER_ROLE")
+@click.argument(
+    "role", type=click.Choice(["admin", "operator", "viewer"]), envvar="DULY_USER_ROLE"
+)
 @opt_db
 def users_role(username: str, role: str, database: str) -> None:
     """Change a user's role."""
     from duly.core.errors import InvalidInput
 
+    store = _userstore(database)
+    old = store.get_by_name(username)
     try:
-        _userstore(database).set_role(username, role, datetime.now(UTC))
+        with _audited(store, "role", username, f"Role of {username}: "
+                      f"{old.role if old else '?'} → {role}",
+                      before={"role": old.role} if old else None, after={"role": role}):  # fmt: skip
+            store.set_role(username, role, datetime.now(UTC))
     except InvalidInput as exc:
         raise click.BadParameter(str(exc), param_hint=exc.field) from None
     click.echo(f"{username} is now {role}")
@@ -198,6 +228,16 @@ def users_role(username: str, role: str, database: str) -> None:
 @opt_db
 def users_delete(username: str, database: str) -> None:
     """Delete a user (their sessions end at once)."""
-    if not _userstore(database).delete(username):
-        raise click.ClickException(f"no user {username!r} (see `duly users list`)")
+    from duly.core.errors import InvalidInput
+
+    store = _userstore(database)
+    old = store.get_by_name(username)
+    try:
+        if old is None:
+            raise InvalidInput(f"no user {username!r}", field="username")
+        with _audited(store, "delete", username, f"User {username} deleted (was {old.role})",
+                      before={"role": old.role}):  # fmt: skip
+            store.delete(username, must_exist=True)
+    except InvalidInput:
+        raise click.ClickException(f"no user {username!r} (see `duly users list`)") from None
     click.echo(f"user {username} deleted")

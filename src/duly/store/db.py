@@ -20,8 +20,9 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ __all__ = [
     "is_postgres",
     "make_engine",
     "migrate",
+    "pending_writes",
     "redact_url",
     "write_transaction",
 ]
@@ -213,6 +215,20 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
             conn.execution_options(**{_SQLITE_BEGIN_OPTION: "IMMEDIATE"})
         with conn.begin():
             yield conn
+            taken = list(pending_writes.get() or ())
+            for write in taken:
+                write(conn)
+        if taken:  # committed with this transaction: done
+            pending = pending_writes.get() or []
+            pending[:] = [w for w in pending if w not in taken]
+
+
+# Writes attached to the next write transaction this context commits (an audit row:
+# duly.store.audit.recorded): run on its connection just before it commits, so they
+# commit, or roll back, with the action they describe.
+pending_writes: ContextVar[list[Callable[[Connection], None]] | None] = ContextVar(
+    "duly_pending_writes", default=None
+)
 
 
 def is_postgres(engine: Engine | Connection) -> bool:

@@ -469,3 +469,32 @@ inbound_addresses = Table(
     Column("channel", String(100), primary_key=True),
     Column("last_at", UTCDateTime, nullable=False),
 )
+
+# The audit trail (duly.store.audit): one row per action a person or an API key took —
+# who (``actor``: a username, "api key NAME" or "cli"), what (``action``, ``summary``), on
+# which object (``object_kind``/``object_id``; ``subject`` is the KIND/KEY the object
+# belongs to, so a subject's page lists the actions on its deliveries too), the state
+# before and after where it matters (bounded JSON), and the request it came with.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(220), nullable=False),
+    Column("action", String(40), nullable=False),
+    Column("object_kind", String(20), nullable=False),
+    Column("object_id", String(400), nullable=False),
+    Column("subject", String(301)),
+    Column("summary", String(500), nullable=False),
+    Column("before", Text),
+    Column("after", Text),
+    Column("request_id", String(64)),
+    # serves an object's history (delivery, recipient, template, user pages)
+    Index("ix_audit_log_object_kind_object_id", "object_kind", "object_id"),
+    # serves a subject's history
+    Index("ix_audit_log_subject", "subject"),
+    # serve the audit page's filters
+    Index("ix_audit_log_actor", "actor"),
+    Index("ix_audit_log_at", "at"),
+    sqlite_autoincrement=True,
+)

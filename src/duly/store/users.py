@@ -24,6 +24,7 @@ from duly.store.tables import sign_in_attempts, ui_sessions, users
 __all__ = [
     "add_user",
     "count_sessions",
+    "count_admins",
     "count_users",
     "count_sign_in_attempt",
     "delete_user",
@@ -65,6 +66,19 @@ def add_user(conn: Connection, username: str, password_hash: str, role: str, now
 def count_users(conn: Connection) -> int:
     """How many users exist."""
     return int(conn.execute(sa.select(sa.func.count()).select_from(users)).scalar() or 0)
+
+
+def count_admins(conn: Connection, *, lock: bool = False) -> int:
+    """How many users have the role admin (read in the caller's transaction: after a
+    change, it says whether one is left). With ``lock``, on PostgreSQL the admins' rows are
+    locked until the transaction ends, so two transactions that each demote or delete a
+    different admin take turns and the second sees the first's change (SQLite's write
+    transaction already holds the database's lock)."""
+    if lock and is_postgres(conn):
+        ids = sa.select(users.c.id).where(users.c.role == "admin").with_for_update()
+        return len(conn.execute(ids).all())
+    q = sa.select(sa.func.count()).select_from(users).where(users.c.role == "admin")
+    return int(conn.execute(q).scalar() or 0)
 
 
 def user_by_id(conn: Connection, uid: int) -> dict[str, Any] | None:

@@ -70,6 +70,8 @@ PAGES = (
     "recipients",
     "outbox",
     "search",
+    "audit",
+    "users_admin",
 )
 
 # First path segments served by the UI (plus "/" itself).
@@ -87,6 +89,8 @@ UI_SEGMENTS = frozenset(
         "recipients",
         "outbox",
         "search",
+        "audit",
+        "users",
         "static",
         "favicon.ico",
     }

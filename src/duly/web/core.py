@@ -14,8 +14,8 @@ A page module (``duly.web.views.<name>``) defines ``router = APIRouter()`` and h
         flash(request, "Poked.")
         return redirect(f"/things/{tid}")
 
-``CurrentUser`` sends anyone not signed in to /login (and back afterwards); ``AdminUser``
-also answers 403 to a viewer. Templates get ``user``, ``csrf_token``, ``now``, ``tz`` (the
+``CurrentUser`` sends anyone not signed in to /login (and back afterwards); ``OperatorUser``
+also answers 403 to a viewer, ``AdminUser`` to a viewer and an operator. Templates get ``user``, ``csrf_token``, ``now``, ``tz`` (the
 viewer's zone) and the helpers below as globals.
 """
 
@@ -47,6 +47,7 @@ __all__ = [
     "EngineDep",
     "Forbidden",
     "LoginRequired",
+    "OperatorUser",
     "TEMPLATES_DIR",
     "env",
     "flash",
@@ -135,8 +136,16 @@ def admin_user(request: Request) -> User:
     return user
 
 
+def operator_user(request: Request) -> User:
+    user = current_user(request)
+    if not user.can_operate:
+        raise Forbidden("Only an operator or an admin can do this.")
+    return user
+
+
 CurrentUser = Annotated[User, Depends(current_user)]
 AdminUser = Annotated[User, Depends(admin_user)]
+OperatorUser = Annotated[User, Depends(operator_user)]
 EngineDep = Annotated[Engine, Depends(engine_of)]
 
 
@@ -163,12 +172,16 @@ def sign_out(request: Request) -> None:
 def flash(request: Request, message: str, kind: str = "ok") -> None:
     """A message shown once on the next page (kind: ok, error, info). Every action of the
     UI ends with one, saying what it did; each is also logged to ``duly.audit`` with who
-    did it ("ops: Delivery 12 was cancelled.")."""
+    did it and, for a recorded action, the object ("ops: delivery 12: Delivery 12 was
+    cancelled.")."""
     user = session_user(request)
+    # the object the action was on, when it was recorded (duly.web.auditing.audited)
+    obj = request.scope.get("duly.audit_object")
     audit.info(
-        "%s: %s%s",
+        "%s: %s%s%s",
         user.username if user else "-",
         "" if kind == "ok" else "[not done] " if kind == "error" else "",
+        f"{obj}: " if obj else "",
         message,
     )
     msgs = list(request.session.get(SESSION_FLASH, []))

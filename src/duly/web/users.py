@@ -33,7 +33,11 @@ from duly.store.db import Engine, write_transaction
 
 __all__ = ["ROLES", "Attempt", "SessionStore", "SignInLimits", "User", "UserStore", "MIN_PASSWORD"]
 
-ROLES = ("admin", "viewer")
+# What each role may do (docs/reference/roles.md): a viewer reads everything and changes
+# nothing; an operator also acts on deliveries and subjects (hold, send now, cancel, retry,
+# one-off reminders, consent, suppressions); an admin also changes templates and users.
+ROLES = ("admin", "operator", "viewer")
+_RANK = {"viewer": 0, "operator": 1, "admin": 2}
 MIN_PASSWORD = 8
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
 
@@ -54,6 +58,12 @@ class User:
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def can_operate(self) -> bool:
+        """An operator or an admin: may hold, send now, cancel, retry, create one-off
+        reminders, change consent and clear suppressions."""
+        return _RANK.get(self.role, 0) >= _RANK["operator"]
 
 
 def _user(r: Any) -> User:
@@ -166,25 +176,56 @@ class UserStore:
         check_password(password)
         return self._update(username, now, end_sessions=True, password_hash=_hasher.hash(password))
 
-    def set_role(self, username: str, role: str, now: datetime) -> User:
-        """Change the role and end every session of the user (they sign in again)."""
-        return self._update(username, now, end_sessions=True, role=check_role(role))
+    def set_role(
+        self, username: str, role: str, now: datetime, *, keep_admin: bool = False
+    ) -> User:
+        """Change the role and end every session of the user (they sign in again). With
+        ``keep_admin``, refused (InvalidInput, field ``role``) when it would leave no admin
+        (the UI asks it; the CLI, the way back in, does not)."""
+        return self._update(
+            username, now, end_sessions=True, keep_admin=keep_admin, role=check_role(role)
+        )
 
     def set_timezone(self, username: str, tz: str | None, now: datetime) -> User:
         return self._update(username, now, timezone=check_timezone(tz))
 
-    def delete(self, username: str) -> bool:
-        """Delete the user and their sessions."""
+    def delete(self, username: str, *, keep_admin: bool = False, must_exist: bool = False) -> bool:
+        """Delete the user and their sessions. With ``keep_admin``, refused (InvalidInput,
+        field ``username``) when it would leave no admin; with ``must_exist``, InvalidInput
+        when there is no such user (either way inside the transaction, so nothing an action
+        attached to it commits)."""
         with write_transaction(self.db) as conn:
-            return q.delete_user(conn, username)
+            if keep_admin:
+                q.count_admins(conn, lock=True)  # the admins' rows, until this ends
+            gone = q.delete_user(conn, username)
+            if not gone and must_exist:
+                raise InvalidInput(f"no user {username!r}", field="username")
+            if gone and keep_admin and q.count_admins(conn) == 0:
+                raise InvalidInput(
+                    f"{username} is the last admin: make another user an admin first",
+                    field="username",
+                )
+            return gone
 
     def _update(
-        self, username: str, now: datetime, *, end_sessions: bool = False, **values: object
+        self,
+        username: str,
+        now: datetime,
+        *,
+        end_sessions: bool = False,
+        keep_admin: bool = False,
+        **values: object,
     ) -> User:
-        with write_transaction(self.db) as conn:
-            found = q.update_user(conn, username, now, end_sessions=end_sessions, **values)
-        if not found:
-            raise InvalidInput(f"no user {username!r}", field="username")
+        with write_transaction(self.db) as conn:  # raising inside: nothing commits
+            if keep_admin:
+                q.count_admins(conn, lock=True)  # the admins' rows, until this ends
+            if not q.update_user(conn, username, now, end_sessions=end_sessions, **values):
+                raise InvalidInput(f"no user {username!r}", field="username")
+            if keep_admin and q.count_admins(conn) == 0:
+                raise InvalidInput(
+                    f"{username} is the last admin: make another user an admin first",
+                    field="role",
+                )
         got = self.get_by_name(username)
         assert got is not None
         return got

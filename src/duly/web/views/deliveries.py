@@ -24,10 +24,11 @@ from duly.store.pages_deliveries import (
 )
 from duly.store.receipts import receipts_of
 from duly.store.search import find_recipients, find_subjects_by_key
+from duly.web.auditing import audited
 from duly.web.core import (
-    AdminUser,
     CurrentUser,
     EngineDep,
+    OperatorUser,
     flash,
     frame_response,
     page_of,
@@ -389,10 +390,19 @@ _WAITS = {
 }
 
 
-def _act(request: Request, engine: Engine, did: int, action: str) -> Response:
+# what the audit trail says (duly.web.auditing)
+_AUDIT = {
+    "send-now": "Send now: made due now",
+    "cancel": "Cancelled by hand",
+    "retry": "Retry: pending again, due now",
+}
+
+
+def _act(request: Request, user: Any, engine: Engine, did: int, action: str) -> Response:
     method, done = _ACTIONS[action]
     try:
-        getattr(engine, method)(did)
+        with audited(request, user, action, "delivery", str(did), _AUDIT[action]):
+            getattr(engine, method)(did)
     except Conflict as exc:
         flash(request, f"Not done: {exc}.", "error")
         return redirect(f"/deliveries/{did}")
@@ -410,15 +420,15 @@ def _act(request: Request, engine: Engine, did: int, action: str) -> Response:
 
 
 @router.post("/deliveries/{did}/send-now")
-def send_now(did: DeliveryId, request: Request, user: AdminUser, engine: EngineDep) -> Response:
-    return _act(request, engine, did, "send-now")
+def send_now(did: DeliveryId, request: Request, user: OperatorUser, engine: EngineDep) -> Response:
+    return _act(request, user, engine, did, "send-now")
 
 
 @router.post("/deliveries/{did}/cancel")
-def cancel(did: DeliveryId, request: Request, user: AdminUser, engine: EngineDep) -> Response:
-    return _act(request, engine, did, "cancel")
+def cancel(did: DeliveryId, request: Request, user: OperatorUser, engine: EngineDep) -> Response:
+    return _act(request, user, engine, did, "cancel")
 
 
 @router.post("/deliveries/{did}/retry")
-def retry(did: DeliveryId, request: Request, user: AdminUser, engine: EngineDep) -> Response:
-    return _act(request, engine, did, "retry")
+def retry(did: DeliveryId, request: Request, user: OperatorUser, engine: EngineDep) -> Response:
+    return _act(request, user, engine, did, "retry")

@@ -35,10 +35,11 @@ from duly.store.pages_records import (
     upcoming_deliveries_of_recipient,
 )
 from duly.store.search import subjects_of_recipient
+from duly.web.auditing import audited
 from duly.web.core import (
-    AdminUser,
     CurrentUser,
     EngineDep,
+    OperatorUser,
     engine_of,
     flash,
     page_of,
@@ -219,8 +220,9 @@ def recipient_page(rid: str, request: Request, user: CurrentUser, eng: EngineDep
 # --------------------------------------------------------------------------- changes
 
 
-def _save_consent(eng: Engine, rid: str, form: Any) -> None:
-    """The form's checkboxes into the consent, saved as PUT .../preferences saves it
+def _save_consent(eng: Engine, rid: str, form: Any) -> tuple[Recipient, dict[str, Any]]:
+    """The recipient and the consent the form's checkboxes make of theirs, to be saved as
+    PUT .../preferences saves it
     (``duly.delivery.preferences.set_consent``: tidied, then Engine.put_recipient, which
     re-plans the recipient's pending deliveries). Only what the form showed is changed."""
     r = _recipient(eng, rid)
@@ -244,35 +246,71 @@ def _save_consent(eng: Engine, rid: str, form: Any) -> None:
         elif name in rules:
             rules[name] = True  # an entry the recipient made stays, now allowing
     consent["rules"] = rules
-    set_consent(eng, r, consent)
+    return r, consent
 
 
 @router.post("/recipients/{rid:path}/consent")
-async def change_consent(rid: str, request: Request, user: AdminUser) -> Response:
+async def change_consent(rid: str, request: Request, user: OperatorUser) -> Response:
     form = await request.form()
     eng = engine_of(request)
-    await run_in_threadpool(_save_consent, eng, rid, form)
+
+    def work() -> None:
+        r, consent = _save_consent(eng, rid, form)
+        before = r.consent or {}
+        try:
+            with audited(
+                request,
+                user,
+                "consent",
+                "recipient",
+                r.id,
+                f"Consent of {r.name or r.id} changed",
+                before=before,
+                after=consent,
+            ):
+                if (set_consent(eng, r, consent).consent or {}) == before:
+                    raise _Unchanged()  # nothing saved: nothing to record
+        except _Unchanged:
+            pass
+
+    await run_in_threadpool(work)
     flash(request, "Consent saved.")
     return redirect(f"/recipients/{quote(rid, safe='')}#consent")
 
 
-def _clear(eng: Engine, rid: str, address: str) -> int:
+def _clear(eng: Engine, rid: str, address: str, request: Request, user: Any) -> int:
     r = _recipient(eng, rid)
     addrs = _addresses_of(
         {"id": r.id, "email": r.email, "phone": r.phone, "addresses": r.addresses}
     )
     if address.lower() not in addrs:
         raise HTTPException(404)
-    with write_transaction(eng.db) as conn:
-        return int(eng.store.clear_suppression(conn, address, eng.clock.now()))
+    summary = f"Suppression of {address} cleared"
+    with audited(request, user, "unsuppress", "recipient", r.id, summary):
+        with write_transaction(eng.db) as conn:
+            n = int(eng.store.clear_suppression(conn, address, eng.clock.now()))
+            if not n:
+                raise _NotSuppressed()
+    return n
+
+
+class _Unchanged(Exception):
+    """The form saved nothing new: no audit entry."""
+
+
+class _NotSuppressed(Exception):
+    """Nothing to clear: rolls the audit entry back with the (empty) change."""
 
 
 @router.post("/recipients/{rid:path}/unsuppress")
-async def clear_suppression(rid: str, request: Request, user: AdminUser) -> Response:
+async def clear_suppression(rid: str, request: Request, user: OperatorUser) -> Response:
     form = await request.form()
     address = str(form.get("address", ""))[:320]
     eng = engine_of(request)
-    n = await run_in_threadpool(_clear, eng, rid, address)
+    try:
+        n = await run_in_threadpool(_clear, eng, rid, address, request, user)
+    except _NotSuppressed:
+        n = 0
     if n:
         flash(request, f"Suppression of {address} cleared: deliveries to it go out again.")
     else:

@@ -33,10 +33,11 @@ from duly.store.pages_records import (
     reminder_deliveries,
     reminders_page,
 )
+from duly.web.auditing import audited, record_now
 from duly.web.core import (
-    AdminUser,
     CurrentUser,
     EngineDep,
+    OperatorUser,
     engine_of,
     flash,
     page_of,
@@ -118,7 +119,7 @@ def reminder_list(
 
 
 @router.get("/reminders/new", response_class=HTMLResponse)
-def new_form(request: Request, user: AdminUser, eng: EngineDep, subject: str = "") -> Response:
+def new_form(request: Request, user: OperatorUser, eng: EngineDep, subject: str = "") -> Response:
     tz = viewer_tz(request)
     start = (eng.clock.now() + timedelta(hours=1)).replace(second=0, microsecond=0)
     values = {
@@ -300,7 +301,7 @@ def _field_of(exc: DulyError) -> str:
 
 
 @router.post("/reminders")
-async def create(request: Request, user: AdminUser) -> Response:
+async def create(request: Request, user: OperatorUser) -> Response:
     form = await request.form()
     eng = engine_of(request)
     tz = viewer_tz(request)
@@ -311,9 +312,13 @@ async def create(request: Request, user: AdminUser) -> Response:
         if inp is None:
             return None, errors
         try:
-            return eng.create_reminder(inp), {}
+            rid = eng.create_reminder(inp)
         except InvalidInput as exc:
             return None, {_field_of(exc): str(exc)}
+        # its id is known once it is committed: the entry is written just after
+        record_now(request, user, "create", "reminder", str(rid), f"Reminder “{inp.title}” "
+                   f"planned for {inp.send_at.isoformat()}", subject=inp.subject or None)  # fmt: skip
+        return rid, {}
 
     rid, errors = await run_in_threadpool(work)
     if rid is None:
@@ -323,7 +328,7 @@ async def create(request: Request, user: AdminUser) -> Response:
 
 
 @router.get("/reminders/{rid}/edit", response_class=HTMLResponse)
-def edit_form(request: Request, rid: DbId, user: AdminUser, eng: EngineDep) -> Response:
+def edit_form(request: Request, rid: DbId, user: OperatorUser, eng: EngineDep) -> Response:
     with eng.db.connect() as conn:
         r = _reminder(conn, rid)
         rows = _rows_of(conn, rid)
@@ -343,7 +348,7 @@ def edit_form(request: Request, rid: DbId, user: AdminUser, eng: EngineDep) -> R
 
 
 @router.post("/reminders/{rid}/edit")
-async def update(request: Request, rid: DbId, user: AdminUser) -> Response:
+async def update(request: Request, rid: DbId, user: OperatorUser) -> Response:
     form = await request.form()
     eng = engine_of(request)
     tz = viewer_tz(request)
@@ -358,7 +363,10 @@ async def update(request: Request, rid: DbId, user: AdminUser) -> Response:
         if inp is None:
             return errors
         try:
-            eng.update_reminder(rid, inp)
+            with audited(request, user, "edit", "reminder", str(rid), f"Reminder “{inp.title}” "
+                         f"changed, sends at {inp.send_at.isoformat()}",
+                         subject=inp.subject or None):  # fmt: skip
+                eng.update_reminder(rid, inp)
         except (NotFound, Conflict):
             raise
         except InvalidInput as exc:
@@ -373,21 +381,27 @@ async def update(request: Request, rid: DbId, user: AdminUser) -> Response:
 
 
 @router.post("/reminders/{rid}/delete")
-def delete(request: Request, rid: DbId, user: AdminUser, eng: EngineDep) -> Response:
-    eng.delete_reminder(rid)  # NotFound → 404 page, Conflict (sent) → 409 page
+def delete(request: Request, rid: DbId, user: OperatorUser, eng: EngineDep) -> Response:
+    with eng.db.connect() as conn:
+        subject = _reminder(conn, rid)["subject"] or None  # 404 first
+    with audited(request, user, "delete", "reminder", str(rid), f"Reminder {rid} deleted",
+                 subject=subject):  # fmt: skip
+        eng.delete_reminder(rid)  # NotFound → 404 page, Conflict (sent) → 409 page
     flash(request, f"Reminder {rid} deleted; its deliveries were cancelled.")
     return redirect("/reminders")
 
 
 @router.post("/reminders/{rid}/send-now")
-def send_now(request: Request, rid: DbId, user: AdminUser, eng: EngineDep) -> Response:
+def send_now(request: Request, rid: DbId, user: OperatorUser, eng: EngineDep) -> Response:
     with eng.db.connect() as conn:
         _reminder(conn, rid)
         ids = [x["id"] for x in _rows_of(conn, rid) if x["state"] == "pending"]
     done = 0
     for did in ids:
         try:
-            eng.send_now(did)
+            with audited(request, user, "send-now", "delivery", str(did),
+                         f"Send now (reminder {rid}): made due now"):  # fmt: skip
+                eng.send_now(did)
             done += 1
         except (Conflict, NotFound):
             continue  # claimed or changed meanwhile

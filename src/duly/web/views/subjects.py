@@ -31,10 +31,11 @@ from duly.store.pages_records import (
     subjects_page,
 )
 from duly.store.search import subject_details
+from duly.web.auditing import audited
 from duly.web.core import (
-    AdminUser,
     CurrentUser,
     EngineDep,
+    OperatorUser,
     engine_of,
     flash,
     page_of,
@@ -193,8 +194,15 @@ def subject_page(
     return render(request, "subjects/detail.html", ctx)
 
 
+def _hold_text(until: datetime | None) -> str | None:
+    """A hold's end as the audit trail keeps it: ISO UTC, "indefinite", or None."""
+    if until is None:
+        return None
+    return "indefinite" if held_until_cleared(until) else until.isoformat()
+
+
 @router.post("/subjects/{kind}/{key:path}")
-async def hold(request: Request, kind: str, key: str, user: AdminUser) -> Response:
+async def hold(request: Request, kind: str, key: str, user: OperatorUser) -> Response:
     """The hold form: ``action`` = hold (with ``until`` or ``indefinite``) or clear."""
     form = await request.form()
     eng = engine_of(request)
@@ -229,10 +237,22 @@ async def hold(request: Request, kind: str, key: str, user: AdminUser) -> Respon
                 msg = f"On hold until {local.strftime('%a %d %b %Y, %H:%M')} {local.tzname()}."
         else:
             return "Choose hold or clear hold.", ""
+        ref = f"{kind}/{key}"
         try:
-            eng.upsert_subject(
-                SubjectInput(kind, key, dict(s.attributes), dict(s.recipients), until)
-            )
+            with audited(
+                request,
+                user,
+                "hold" if until is not None else "clear_hold",
+                "subject",
+                ref,
+                msg,
+                subject=ref,
+                before={"hold_until": _hold_text(s.hold_until)},
+                after={"hold_until": _hold_text(until)},
+            ):
+                eng.upsert_subject(
+                    SubjectInput(kind, key, dict(s.attributes), dict(s.recipients), until)
+                )
         except InvalidInput as exc:
             return str(exc), ""
         return None, msg

@@ -37,6 +37,7 @@ from duly.delivery.templates import (
     filename,
 )
 from duly.store.pages_records import recent_subject_refs
+from duly.web.auditing import record_now, text_sizes
 from duly.web.core import (
     AdminUser,
     CurrentUser,
@@ -363,6 +364,10 @@ async def template_save(name: str, request: Request, user: AdminUser) -> Respons
                 "Not saved: the server is busy rendering messages; try again in a few seconds. "
                 "Nothing was changed."
             )
+        if saved.version is not None:
+            record_now(request, user, "save", "template", name, f"Saved as version "
+                       f"{saved.version}", before=text_sizes(shown, edited),
+                       after=text_sizes({(p.channel, p.ext): p.body for p in edited}))  # fmt: skip
         if saved.version is None:
             flash(request, "Nothing changed: every part was already current.", "info")
         else:
@@ -560,6 +565,8 @@ async def template_restore(name: str, request: Request, user: AdminUser) -> Resp
         if saved.version is None:
             flash(request, f"{what.capitalize()} of {name} is already the current text.", "info")
             return redirect(f"/templates/{name}/history?version={version}")
+        record_now(request, user, "restore", "template", name,
+                   f"Restored {what} as version {saved.version}")  # fmt: skip
         if version == 0:
             flash(request, f"Restored the shipped wording of {name} as version {saved.version}.")
         else:

@@ -8,7 +8,7 @@ may create it). When it cannot be created the migration goes on without those tw
 indexes: the search works, reading the whole table.
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 Create Date: 2026-12-05
 """
 
@@ -23,7 +23,7 @@ from alembic import op
 from duly.store.search import recipient_search_text, subject_search_text
 
 revision: str = "0012"
-down_revision: str | None = "0010"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
