@@ -442,5 +442,22 @@ def test_http_api(db_url: str, tmp_path: Path, tdir: Path) -> None:
                 (1, "tests", ["email.txt"]),
                 (2, "tests", ["email.html"]),
             ]
+            # version 0 is the wording shipped in the file: read, preview, restore
+            shipped = (tdir / "note.email.txt").read_text()
+            zero = c.get("/v1/templates/note", params={"version": 0}).json()
+            assert [(p["source"], p["body"]) for p in zero["parts"]] == [("file", shipped)]
+            p = c.post("/v1/templates/note/preview", json={"channel": "email", "version": 0})
+            assert p.status_code == 200, p.text
+            assert not p.json()["title"].startswith("DB ")
+            r = c.post("/v1/templates/note/restore", json={"version": 0})
+            assert (r.json()["saved"], r.json()["version"], r.json()["changed"]) == (
+                True,
+                3,
+                ["email.txt"],
+            )
+            now = {p["ext"]: p["body"] for p in c.get("/v1/templates/note").json()["parts"]}
+            assert now["txt"] == shipped  # the html part, never shipped, stays
+            assert now["html"] == "<p>{{ subject.key }}</p>"
+            assert c.get("/v1/templates/note", params={"version": -1}).status_code == 422
             assert c.get("/v1/templates/nope").status_code == 404
             assert c.get("/v1/templates/bad..%2F..").status_code in (404, 422)

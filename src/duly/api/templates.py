@@ -75,7 +75,7 @@ class PartsIn(_Strict):
 
 
 class RestoreIn(_Strict):
-    version: int = Field(ge=1, le=2**31 - 1)
+    version: int = Field(ge=0, le=2**31 - 1, description="0: the wording shipped in the files")
 
 
 class PreviewEventIn(_Strict):
@@ -99,7 +99,9 @@ class PreviewIn(_Strict):
         max_length=200,
         description="a recipient's id (else the subject's first recipient, else a sample one)",
     )
-    version: int | None = Field(None, ge=1, le=2**31 - 1, description="render a past version")
+    version: int | None = Field(
+        None, ge=0, le=2**31 - 1, description="render a past version (0: as shipped)"
+    )
     body: str | None = Field(
         None, max_length=MAX_BODY, description="unsaved source for the part `ext`"
     )
@@ -301,7 +303,7 @@ def list_templates(request: Request) -> TemplateList:
 def get_template(
     name: Name,
     request: Request,
-    version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+    version: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
 ) -> TemplateOut:
     """A template's parts (body, source, version) as rendered now — or, with ``version``,
     as they were after that save — and its history (who saved which parts, when)."""

@@ -145,6 +145,26 @@ def read_filters(request: Request) -> tuple[Filters, dict[str, str]]:
     return f, errors
 
 
+def _read_finished(f: Filters, errors: dict[str, str], tz: ZoneInfo) -> None:
+    """``finished_from`` / ``finished_to``: the local days the outcome was recorded in (the
+    dashboard's numbers open these); one given alone means that one day."""
+    if not (f.finished_from or f.finished_to):
+        return
+    days: dict[str, date] = {}
+    for name, value in (("finished_from", f.finished_from), ("finished_to", f.finished_to)):
+        if value:
+            try:
+                days[name] = _parse_date(value)
+            except ValueError as exc:
+                errors[name] = str(exc)
+    if len(days) != len([v for v in (f.finished_from, f.finished_to) if v]):
+        return
+    first = days.get("finished_from") or days["finished_to"]
+    last = days.get("finished_to") or first
+    if last < first:
+        errors["finished_to"] = "the end date is before the start date"
+        return
+    f.finished = (_local_midnight(first, tz), _local_midnight(last + timedelta(days=1), tz))
 def resolve_filters(conn: Connection, f: Filters) -> dict[str, str]:
     """What people type into ``recipient`` and ``subject``, made the stored values: a
     recipient's id, or a name, email or phone (accents and case aside) that finds one; a
@@ -177,28 +197,6 @@ def resolve_filters(conn: Connection, f: Filters) -> dict[str, str]:
                 f"no subject has the key {f.subject}; enter a key, or KIND/KEY such as invoice/INV-1"
             )
     return errors
-
-
-def _read_finished(f: Filters, errors: dict[str, str], tz: ZoneInfo) -> None:
-    """``finished_from`` / ``finished_to``: the local days the outcome was recorded in (the
-    dashboard's numbers open these); one given alone means that one day."""
-    if not (f.finished_from or f.finished_to):
-        return
-    days: dict[str, date] = {}
-    for name, value in (("finished_from", f.finished_from), ("finished_to", f.finished_to)):
-        if value:
-            try:
-                days[name] = _parse_date(value)
-            except ValueError as exc:
-                errors[name] = str(exc)
-    if len(days) != len([v for v in (f.finished_from, f.finished_to) if v]):
-        return
-    first = days.get("finished_from") or days["finished_to"]
-    last = days.get("finished_to") or first
-    if last < first:
-        errors["finished_to"] = "the end date is before the start date"
-        return
-    f.finished = (_local_midnight(first, tz), _local_midnight(last + timedelta(days=1), tz))
 
 
 def list_rows(conn: Connection, f: Filters, now: datetime, limit: int) -> list[dict[str, Any]]:
