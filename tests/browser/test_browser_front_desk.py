@@ -27,6 +27,7 @@ from live import Live
 
 OPERATOR = ("reception", "reception password 1")
 TEMPLATE = "appointment-reminder"  # the one this walk edits and restores
+ERROR = "421 4.4.2 mail.example.com: connection timed out"
 SIZES = {"desktop": {"width": 1366, "height": 900}, "phone": {"width": 390, "height": 844}}
 
 
@@ -131,16 +132,22 @@ def _failure(ui: Live, subject: str, recipient: str, title: str) -> int:
                     due_at=at,
                     attempts=4,
                     error_count=4,
-                    last_error="421 4.4.2 mail.example.com: connection timed out",
+                    last_error=ERROR,
                     title=title,
                     created_at=at,
                     updated_at=at,
                 )
             ).inserted_primary_key[0]
+            log = [  # four attempts spaced as the retries' backoff, then the outcome
+                {"at": at - timedelta(minutes=m), "kind": "attempt", "attempt": n, "error": ERROR}
+                for n, m in ((1, 31), (2, 30), (3, 25), (4, 0))
+            ]
+            log.append(
+                {"at": at, "kind": "outcome", "outcome": "failed", "attempt": 4, "title": title}
+            )
+            blank = {"outcome": None, "error": None, "title": None}
             conn.execute(
-                sa.insert(delivery_log).values(
-                    delivery_id=did, at=at, kind="outcome", outcome="failed", attempt=4
-                )
+                sa.insert(delivery_log), [{"delivery_id": did, **blank, **row} for row in log]
             )
     finally:
         engine.dispose()
@@ -254,6 +261,9 @@ def test_a_front_desk_day(
     )
     page.reload()
     expect(page.get_by_role("heading", level=1)).to_contain_text("Sent")
+    # every attempt counted and listed: the four before the retry and the one that sent it
+    expect(page.locator("#attempts-total")).to_contain_text("5")
+    expect(page.locator("ol.attempts > li")).to_have_count(5)
     desk.shot("delivery-retried")
 
     # 5. templates are the admins': the operator may preview, not save or restore
