@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -395,3 +395,30 @@ def test_reminders_on_postgres(tmp_path: Path, pg_db_url: str) -> None:
         assert web.post(f"/reminders/{rid}/delete", token_from="/reminders").status_code == 409
     finally:
         web.close()
+
+
+def test_a_reminder_sent_now_is_not_late_while_it_goes_out(web: Web) -> None:
+    """Send now makes the deliveries due this instant; until the dispatcher has sent them
+    (here: it is not running) the reminder reads pending, not overdue — late only once it
+    is more than a minute past its time, on the pages and in the API alike."""
+    from duly.api.keys import KeyStore
+
+    token, _ = KeyStore(web.rt.db).create("tests", datetime.now(UTC))
+    auth = {"Authorization": f"Bearer {token}"}
+    _people(web)
+    web.login()
+    rid = _create(web, recipients="alice", channels=["email"])
+    r = web.post(f"/reminders/{rid}/send-now", token_from=f"/reminders/{rid}")
+    assert r.status_code == 303
+    page = web.get(f"/reminders/{rid}").text
+    assert "state-overdue" not in page and "state-overdue" not in web.get("/reminders").text
+    assert web.get(f"/v1/reminders/{rid}", headers=auth).json()["counts"]["overdue"] == 0
+    # still not sent two minutes later: now it is late
+    with web.rt.db.begin() as conn:
+        conn.execute(
+            sa.update(deliveries)
+            .where(deliveries.c.rule == "@reminder", deliveries.c.occurrence == str(rid))
+            .values(due_at=web.engine.clock.now() - timedelta(minutes=2))
+        )
+    assert "state-overdue" in web.get(f"/reminders/{rid}").text
+    assert web.get(f"/v1/reminders/{rid}", headers=auth).json()["counts"]["overdue"] == 1

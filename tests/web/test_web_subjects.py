@@ -422,3 +422,21 @@ def test_subjects_pages_on_postgres(tmp_path: Path, pg_db_url: str) -> None:
         assert "On hold indefinitely" in web.get(u).text
     finally:
         web.close()
+
+
+def test_a_hold_can_carry_a_note_kept_in_the_history(web: Web) -> None:
+    _people(web)
+    _invoice(web, "N-1")
+    u = url("invoice", "N-1")
+    web.login()
+    page = web.get(u).text
+    assert 'name="note"' in page and 'maxlength="300"' in page
+    assert "Pause the reminders about this invoice" in page
+    note = "Promised to pay by the 15th  <b>on the phone</b>"
+    r = web.post(u, {"action": "hold", "indefinite": "1", "note": note + " x" * 400}, token_from=u)
+    assert r.status_code == 303
+    page = web.get(u).text
+    # in the subject's history, escaped, whitespace folded, cut to 300 characters
+    assert "Note: Promised to pay by the 15th &lt;b&gt;on the phone&lt;/b&gt;" in page
+    assert "<b>on the phone</b>" not in page
+    assert "x x x" in page and " x" * 200 not in page

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
 from fractions import Fraction
 from typing import Any
@@ -54,6 +54,9 @@ __all__ = [
 
 # The rule name of one-off reminders (made through the API or the UI, not the rule file).
 REMINDER_RULE = "@reminder"
+# A pending delivery counts as late ("overdue") once it is this far past its due time: the
+# dispatcher sends what falls due within moments, so a row made due now (Send now) is not late.
+LATE_AFTER = timedelta(seconds=60)
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 

@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from duly.core.model import REMINDER_RULE
+from duly.core.model import LATE_AFTER, REMINDER_RULE
 from duly.store.tables import deliveries, recipients, reminders, subjects, suppressions
 
 __all__ = [
@@ -65,7 +65,7 @@ def reminder_counts(
 ) -> dict[int, dict[str, int]]:
     """Counts per reminder (total, pending, sent, overdue, failed), as the API's
     ``_reminder_out``: cancelled rows are not counted; pending includes sending; overdue is
-    a pending or sending row past its due time. Every id of ``ids`` is in the answer (all
+    a pending or sending row more than ``LATE_AFTER`` past its due time. Every id of ``ids`` is in the answer (all
     zero when it has no deliveries). One grouped query for all ``ids``."""
     ids = [int(i) for i in ids]
     out = {i: {"total": 0, "pending": 0, "sent": 0, "overdue": 0, "failed": 0} for i in ids}
@@ -83,7 +83,7 @@ def reminder_counts(
             count(live),
             count(waiting),
             count(deliveries.c.state == "sent"),
-            count(sa.and_(waiting, deliveries.c.due_at < now)),
+            count(sa.and_(waiting, deliveries.c.due_at < now - LATE_AFTER)),
             count(deliveries.c.state == "failed"),
         )
         # rule, step, occurrence lead the identity's unique index

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, unquote, urlencode
@@ -35,7 +35,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
-from duly.core.model import held_until_cleared
+from duly.core.model import LATE_AFTER, held_until_cleared
 from duly.core.validation import instant_problem, readable, text_problem
 from duly.engine.service import Engine
 from duly.web import words
@@ -500,7 +500,7 @@ def _state_of(row: Any, now: datetime) -> str:
     """The state a list shows: ``overdue`` for a pending delivery past its due time."""
     state = row["state"]
     due = _aware(row.get("due_at") if isinstance(row, dict) else row["due_at"])
-    if state == "pending" and due is not None and due < now - timedelta(seconds=60):
+    if state == "pending" and due is not None and due < now - LATE_AFTER:
         return "overdue"
     return str(state)
 

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Response
 from duly.api import schemas as S
 from duly.api.errors import ApiError
 from duly.api.v1.common import DbId, EngineDep, delivery_out, error_docs
+from duly.core.model import LATE_AFTER
 from duly.engine.service import Engine, ReminderInput
 from duly.store.pages_records import every_reminder_delivery, live_reminder
 
@@ -28,7 +29,11 @@ def _reminder_out(eng: Engine, rid: int) -> S.ReminderOut:
         total=len(live),
         pending=sum(1 for x in live if x["state"] in ("pending", "sending")),
         sent=sum(1 for x in live if x["state"] == "sent"),
-        overdue=sum(1 for x in live if x["state"] in ("pending", "sending") and x["due_at"] < now),
+        overdue=sum(
+            1
+            for x in live
+            if x["state"] in ("pending", "sending") and x["due_at"] < now - LATE_AFTER
+        ),
         failed=sum(1 for x in live if x["state"] == "failed"),
     )
     return S.ReminderOut(

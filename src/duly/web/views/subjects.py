@@ -201,6 +201,9 @@ def _hold_text(until: datetime | None) -> str | None:
     return "indefinite" if held_until_cleared(until) else until.isoformat()
 
 
+NOTE_MAX = 300  # characters of a hold's note
+
+
 @router.post("/subjects/{kind}/{key:path}")
 async def hold(request: Request, kind: str, key: str, user: OperatorUser) -> Response:
     """The hold form: ``action`` = hold (with ``until`` or ``indefinite``) or clear."""
@@ -209,6 +212,8 @@ async def hold(request: Request, kind: str, key: str, user: OperatorUser) -> Res
     tz = viewer_tz(request)
     action = str(form.get("action", ""))
     until_text = str(form.get("until", ""))[:40]
+    # why, in the operator's words ("promised to pay by the 15th"): kept in the audit trail
+    note = " ".join(str(form.get("note", "")).split())[:NOTE_MAX]
     if not key or len(kind) > 100 or len(key) > 200:
         raise HTTPException(404)
 
@@ -245,7 +250,7 @@ async def hold(request: Request, kind: str, key: str, user: OperatorUser) -> Res
                 "hold" if until is not None else "clear_hold",
                 "subject",
                 ref,
-                msg,
+                f"{msg} Note: {note}" if note else msg,
                 subject=ref,
                 before={"hold_until": _hold_text(s.hold_until)},
                 after={"hold_until": _hold_text(until)},
@@ -261,6 +266,7 @@ async def hold(request: Request, kind: str, key: str, user: OperatorUser) -> Res
     if error is not None:
         ctx = await run_in_threadpool(_load, eng, kind, key, tz)
         ctx["hold_value"] = until_text
+        ctx["hold_note"] = note
         ctx["errors"] = {"until": error}
         return render(request, "subjects/detail.html", ctx, 400)
     flash(request, msg)
