@@ -30,7 +30,9 @@ SCENARIOS = [
     "sqlite-full",
 ]
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+# one PostgreSQL cluster (dulyfaultstest, port 5545) for the module: under pytest-xdist the
+# module's tests stay in one worker (--dist loadfile, or this group under --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800), pytest.mark.xdist_group("faults")]
 
 
 def _why_not() -> str | None:
