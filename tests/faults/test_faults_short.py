@@ -9,10 +9,12 @@ whole module; each scenario is then a test of its own.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,9 @@ SCENARIOS = [
     "sqlite-full",
 ]
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+# one PostgreSQL cluster (dulyfaultstest, port 5545) for the module: under pytest-xdist the
+# module's tests stay in one worker (--dist loadfile, or this group under --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800), pytest.mark.xdist_group("faults")]
 
 
 def _why_not() -> str | None:
@@ -52,12 +56,16 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("faults")
     figures = out / "faults.json"
     # a cluster of the test's own, on a port nobody else uses: a developer's run of
-    # bench/faults.py (cluster dulyfaults) can go on meanwhile
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "faults.py"), "--short", "--json", str(figures),
-         "--pg-cluster", "dulyfaultstest", "--pg-port", "5545"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1700,
-    )  # fmt: skip
+    # bench/faults.py (cluster dulyfaults) can go on meanwhile. Two test runs on one machine
+    # (two checkouts, a CI clone beside a working tree) would share it and stop each other's
+    # cluster ("connection refused" mid-scenario): they take turns on a lock file instead.
+    with open(Path(tempfile.gettempdir()) / "duly-faults-test.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        proc = subprocess.run(
+            [sys.executable, str(BENCH / "faults.py"), "--short", "--json", str(figures),
+             "--pg-cluster", "dulyfaultstest", "--pg-port", "5545"],
+            cwd=ROOT, capture_output=True, text=True, timeout=1700,
+        )  # fmt: skip
     if not figures.exists():
         pytest.fail(f"the fault suite did not finish:\n{proc.stderr[-5000:]}", pytrace=False)
     data = json.loads(figures.read_text())
