@@ -191,7 +191,7 @@ class _Worker:
                 what=req["what"],
             )
         if op == "webhook_body":
-            from duly.delivery.webhooks.outbox import render_body
+            from duly.delivery.rendering.webhook_body import render_body
 
             return render_body(req["body"], req["context"])
         raise ValueError(f"unknown request {op!r}")

@@ -15,14 +15,11 @@ import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-from jinja2 import ChainableUndefined, TemplateError
-
 from duly.core.model import RenderLimits, RuleFile, WebhookTarget
-from duly.delivery.rendering.sandbox import BoundedSandbox
+from duly.delivery.rendering.webhook_body import BodyTemplateError, render_body
 from duly.store import webhooks as store
 from duly.store.db import Connection
 from duly.store.webhooks import Attempt, Claimed
@@ -55,8 +52,6 @@ __all__ = [
 ACTION_TYPE = "action"
 # Signs `webhook:` actions whose URL has no `webhooks:` target on the same origin.
 ACTION_SECRET_ENV = "DULY_WEBHOOK_SECRET"
-# A rendered body string longer than this is an error (a template gone wrong, not data).
-MAX_RENDERED = 64 * 1024
 _ERROR_MAX = store.ERROR_MAX
 
 
@@ -170,20 +165,6 @@ def _new_msg_id() -> str:
 # --------------------------------------------------------------------------- body templates
 
 
-class BodyTemplateError(ValueError):
-    """A value of a webhook action's body could not be rendered."""
-
-
-# Jinja's sandbox (no private attributes, no mutation of data), refusing operations that
-# would build a string longer than a body string may be (``'x' * 10**9``, ``10 ** 10**9``).
-_ENV = BoundedSandbox(undefined=ChainableUndefined, autoescape=False, max_output=MAX_RENDERED)
-
-
-@lru_cache(maxsize=256)
-def _compile(source: str) -> Any:
-    return _ENV.from_string(source)
-
-
 def _has_templates(body: Any) -> bool:
     if isinstance(body, str):
         return "{{" in body or "{%" in body
@@ -222,27 +203,6 @@ def render_body_bounded(
         raise BodyTemplateError(exc.reason) from None
     except Exception as exc:  # never the dispatcher's transaction: the event fails instead
         raise BodyTemplateError(f"body: cannot render: {type(exc).__name__}: {exc}") from None
-
-
-def render_body(body: Any, context: Mapping[str, Any], path: str = "body") -> Any:
-    """``body`` with every string that holds ``{{``/``{%`` rendered (a string stays a
-    string); keys and other values as they are. A missing value renders as empty. Raises
-    :class:`BodyTemplateError` naming the field."""
-    if isinstance(body, str):
-        if "{{" not in body and "{%" not in body:
-            return body
-        try:
-            out = _compile(body).render(context)
-        except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError) as exc:
-            raise BodyTemplateError(f"{path}: cannot render {body!r}: {exc}") from None
-        if len(out) > MAX_RENDERED:
-            raise BodyTemplateError(f"{path}: renders to over {MAX_RENDERED} characters")
-        return out
-    if isinstance(body, Mapping):
-        return {k: render_body(v, context, f"{path}.{k}") for k, v in body.items()}
-    if isinstance(body, list | tuple):
-        return [render_body(v, context, f"{path}[{i}]") for i, v in enumerate(body)]
-    return body
 
 
 # --------------------------------------------------------------------------- the sender's
