@@ -107,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 else:
                     chan = OutboxChannel("email")
-                disp = Dispatcher(
-                    engine, {"email": chan}, renderer, batch_size=a.batch_size
-                )
+                disp = Dispatcher(engine, {"email": chan}, renderer, batch_size=a.batch_size)
                 prof = cProfile.Profile() if a.profile else None
                 load0 = os.getloadavg()[0]
                 c0, t0 = tree_cpu(), time.perf_counter()
