@@ -14,9 +14,8 @@ __all__ = ["InboxChannel"]
 
 class InboxChannel:
     type = "inbox"
-    # nothing leaves the process: the send is the recorded row (the dispatcher records a
-    # batch of local sends in one transaction; see duly.engine.dispatch.sending)
-    local = True
+    # Not ``local`` (as the outbox is): the group commit of a few milliseconds lets open
+    # streams receive the items of a large batch as they are sent, not all at its end.
 
     def __init__(self, name: str) -> None:
         self.name = name
