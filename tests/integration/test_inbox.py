@@ -118,3 +118,49 @@ def test_the_notifier_streams_new_sends_to_their_recipient_once(env) -> None:  #
     notifier.stop()
     assert got_a == ["New"] and got_b == [] and resumed == ["Old", "New"]
     assert notifier.connected() == 0
+
+
+def test_a_quiet_stream_does_not_make_every_poll_reread_from_where_it_connected(  # noqa: ANN001
+    env,
+) -> None:
+    """Stream b gets nothing while a gets many items: each poll reads only what is new
+    (plus the look-back), not everything since b connected."""
+    from duly.engine import inbox as inbox_mod
+
+    eng, disp, clock, store = env
+    notifier = InboxNotifier(store)
+    read: list[int] = []
+    sent_since = store.sent_since
+
+    def counting(after, recipients, limit=5000):  # noqa: ANN001, ANN202
+        rows = sent_since(after, recipients, limit)
+        read.append(len(rows))
+        return rows
+
+    store.sent_since = counting  # type: ignore[method-assign]
+
+    async def scenario() -> int:
+        ca = notifier.connect("a")
+        cb = notifier.connect("b")
+        for i in range(3):
+            at = T0 + timedelta(minutes=i + 1)
+            for j in range(5):
+                remind(eng, f"N{i}.{j}", at, ["a"])
+            clock.set(at)
+            await asyncio.to_thread(disp.run_once)
+            await asyncio.to_thread(notifier.poll_once)
+        await asyncio.sleep(0)
+        n = ca.queue.qsize() + cb.queue.qsize()
+        notifier.disconnect(ca)
+        notifier.disconnect(cb)
+        return n
+
+    old = inbox_mod.LOOKBACK
+    inbox_mod.LOOKBACK = 2  # log ids: smaller than a round's five sends
+    try:
+        streamed = asyncio.run(scenario())
+    finally:
+        inbox_mod.LOOKBACK = old
+        notifier.stop()
+    assert streamed == 15
+    assert max(read) < 10, read  # not 5, 10, 15: each poll starts near the last one's end

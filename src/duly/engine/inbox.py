@@ -161,8 +161,9 @@ class InboxConnection:
     _seen: set[int] = field(default_factory=set)
     _order: deque[int] = field(default_factory=deque)
 
-    def offer(self, log_id: int, item: dict[str, Any]) -> bool:
-        """Called on the poll thread: queue the item unless already streamed."""
+    def offer(self, log_id: int, item: dict[str, Any], batch: _Handoff | None = None) -> bool:
+        """Called on the poll thread: queue the item unless already streamed (through
+        ``batch`` when given: see :class:`_Handoff`)."""
         ident = int(item["id"])
         if log_id <= self.floor or ident in self._seen:
             return False
@@ -171,8 +172,37 @@ class InboxConnection:
         if len(self._order) > SEEN:
             self._seen.discard(self._order.popleft())
         self.position = max(self.position, log_id)
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, (log_id, item))
+        if batch is not None:
+            batch.add(self, (log_id, item))
+        else:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (log_id, item))
         return True
+
+
+class _Handoff:
+    """Items for streams, handed to each event loop in one ``call_soon_threadsafe`` per
+    poll rather than one per item: each call wakes the loop through a socket write, and
+    every such system call gives up the GIL, which a busy dispatcher thread in the same
+    process then holds for a switch interval (5 ms) before the poll thread gets it back."""
+
+    def __init__(self) -> None:
+        self.by_loop: dict[asyncio.AbstractEventLoop, list[tuple[InboxConnection, Any]]] = {}
+
+    def add(self, conn: InboxConnection, entry: tuple[int, dict[str, Any]]) -> None:
+        self.by_loop.setdefault(conn.loop, []).append((conn, entry))
+
+    def flush(self) -> None:
+        for loop, items in self.by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # that loop is closed: its streams are gone
+                pass
+        self.by_loop = {}
+
+
+def _put_all(items: list[tuple[InboxConnection, Any]]) -> None:
+    for conn, entry in items:
+        conn.queue.put_nowait(entry)
 
 
 class InboxNotifier:
@@ -255,10 +285,23 @@ class InboxNotifier:
         low = min(c.position for conns in snapshot.values() for c in conns)
         recipients = list(snapshot) if len(snapshot) <= _IN_LIMIT else None
         queued = 0
-        for log_id, recipient, item in self.store.sent_since(max(0, low - LOOKBACK), recipients):
+        rows = self.store.sent_since(max(0, low - LOOKBACK), recipients)
+        batch = _Handoff()
+        for log_id, recipient, item in rows:
             for conn in snapshot.get(recipient, ()):
-                if log_id > conn.position - LOOKBACK and conn.offer(log_id, item):
+                if log_id > conn.position - LOOKBACK and conn.offer(log_id, item, batch):
                     queued += 1
+        batch.flush()
+        if rows:
+            # Every stream of the snapshot has now been offered all it had up to the last
+            # log id read (oldest first): it moves there even if none of it was its own, so
+            # the next poll starts from there (less the look-back), not from where the
+            # quietest stream connected.
+            high = rows[-1][0]
+            for conns in snapshot.values():
+                for conn in conns:
+                    if conn.position < high:
+                        conn.position = high
         return queued
 
     def _run(self) -> None:

@@ -14,6 +14,8 @@ __all__ = ["InboxChannel"]
 
 class InboxChannel:
     type = "inbox"
+    # Not ``local`` (as the outbox is): the group commit of a few milliseconds lets open
+    # streams receive the items of a large batch as they are sent, not all at its end.
 
     def __init__(self, name: str) -> None:
         self.name = name

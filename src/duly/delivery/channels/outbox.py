@@ -14,6 +14,9 @@ __all__ = ["OutboxChannel"]
 
 class OutboxChannel:
     type = "outbox"
+    # nothing leaves the process: the send is the recorded row (the dispatcher records a
+    # batch of local sends in one transaction; see duly.engine.dispatch.sending)
+    local = True
 
     def __init__(self, name: str) -> None:
         self.name = name

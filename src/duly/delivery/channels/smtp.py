@@ -16,6 +16,10 @@ the ``message_id_domain`` option, by default the domain of the ``from`` address 
 internationalised one in its ASCII form); an id that has its ``@`` already is written as it
 is.
 
+Building: the usual message (ASCII headers, one text part with short lines) is written by
+:mod:`duly.delivery.channels._smtp_fast`, byte for byte what the email package writes for it
+and some eighty times cheaper; everything else is built with the email package.
+
 Errors: the server's reply code decides. 5xx is permanent (550 unknown mailbox, 535 bad
 login, 552 too big), 4xx temporary (451, 421). Failing to connect, timeouts, TLS failures
 (including a certificate that doesn't verify), a dropped connection and a server that
@@ -50,6 +54,7 @@ from email.utils import format_datetime, parseaddr
 from functools import cache
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
+from duly.delivery.channels import _smtp_fast
 from duly.delivery.channels.base import DeliveryError, Message, Receipt
 
 __all__ = ["SmtpChannel", "SmtpUrl", "redact_url"]
@@ -297,6 +302,11 @@ class SmtpChannel:
                 f"max_connections: expected a whole number from 1, not {max_connections!r}"
             )
         self._tls = self._tls_context() if self.url.scheme != "smtp" else None
+        # the From header as the email package writes it (the fast writer reuses it)
+        head = EmailMessage()
+        head["From"] = from_
+        self._from_line = head.as_bytes(policy=email_policy.SMTP).split(b"\r\n\r\n", 1)[0]
+        self._from_line += b"\r\n"
 
         self._lock = threading.Lock()
         self._idle: list[smtplib.SMTP] = []  # LIFO: the last used is the least likely stale
@@ -336,16 +346,10 @@ class SmtpChannel:
             raise ValueError(f"Message-ID {message_id!r} has spaces, quotes or brackets")
         return f"<{mid}>" if "@" in mid else f"<{mid}@{self.message_id_domain}>"
 
-    def build_email(self, message: Message) -> EmailMessage:
-        """The email ``message`` becomes. Raises ValueError or an email.errors exception."""
-        message_id = self.message_id_header(message.message_id)
-        email = EmailMessage()
-        email["From"] = self.from_
-        email["To"] = _address(message.recipient_name, message.to)
-        if message.title:
-            email["Subject"] = message.title
-        email["Date"] = format_datetime(datetime.now(UTC))
-        email["Message-ID"] = message_id
+    def _headers(self, message: Message) -> dict[str, str]:
+        """The caller's headers, checked; List-Unsubscribe's folded between its URIs.
+        Raises ValueError."""
+        out = {}
         for header, value in message.headers.items():
             if header.lower() in RESERVED_HEADERS:
                 raise ValueError(f"header {header!r} is written by the channel, not the caller")
@@ -354,7 +358,24 @@ class SmtpChannel:
                 # them (written as given: see the policy in _prepare)
                 if not value.isascii() or "\r" in value or "\n" in value:
                     raise ValueError(f"header {header!r} must be one line of ASCII")
-                email.set_raw(header, value.replace(">, <", ">,\r\n <"))
+                value = value.replace(">, <", ">,\r\n <")
+            out[header] = value
+        return out
+
+    def build_email(self, message: Message, date: str | None = None) -> EmailMessage:
+        """The email ``message`` becomes. Raises ValueError or an email.errors exception."""
+        message_id = self.message_id_header(message.message_id)
+        headers = self._headers(message)
+        email = EmailMessage()
+        email["From"] = self.from_
+        email["To"] = _address(message.recipient_name, message.to)
+        if message.title:
+            email["Subject"] = message.title
+        email["Date"] = date or format_datetime(datetime.now(UTC))
+        email["Message-ID"] = message_id
+        for header, value in headers.items():
+            if header.lower() in _URI_LIST_HEADERS:
+                email.set_raw(header, value)
                 continue
             email[header] = value
         if message.text is not None and message.html is not None:
@@ -368,17 +389,44 @@ class SmtpChannel:
             raise ValueError("the message has neither text nor HTML")
         return email
 
+    def flatten_fast(self, message: Message, date: str) -> bytes | None:
+        """The message's bytes from the fast writer (:mod:`._smtp_fast`), the same as the
+        email package's; None when it is not one that writer handles. Raises ValueError."""
+        if not (self._sender + message.to).isascii():
+            return None
+        return _smtp_fast.flatten(
+            from_line=self._from_line,
+            to=message.to,
+            recipient_name=message.recipient_name,
+            title=message.title,
+            date=date,
+            message_id=self.message_id_header(message.message_id),
+            headers=self._headers(message),
+            raw_headers=_URI_LIST_HEADERS,
+            text=message.text,
+            html=message.html,
+        )
+
+    def flatten(self, message: Message, date: str) -> bytes:
+        """The message's bytes, built with the email package. Raises ValueError or an
+        email.errors exception."""
+        email = self.build_email(message, date)
+        # SMTPUTF8 writes addresses and headers as UTF-8 rather than encoded words.
+        international = not (self._sender + message.to).isascii()
+        policy = email_policy.SMTPUTF8 if international else email_policy.SMTP
+        # headers set raw (List-Unsubscribe) are written as they are, not re-encoded
+        policy = policy.clone(refold_source="none")
+        with io.BytesIO() as buffer:
+            BytesGenerator(buffer, policy=policy).flatten(email, linesep="\r\n")
+            return buffer.getvalue()
+
     def _prepare(self, message: Message) -> _Outgoing:
+        international = not (self._sender + message.to).isascii()
         try:
-            email = self.build_email(message)
-            international = not (self._sender + message.to).isascii()
-            # SMTPUTF8 writes addresses and headers as UTF-8 rather than encoded words.
-            policy = email_policy.SMTPUTF8 if international else email_policy.SMTP
-            # headers set raw (List-Unsubscribe) are written as they are, not re-encoded
-            policy = policy.clone(refold_source="none")
-            with io.BytesIO() as buffer:
-                BytesGenerator(buffer, policy=policy).flatten(email, linesep="\r\n")
-                payload = buffer.getvalue()
+            date = format_datetime(datetime.now(UTC))
+            payload = self.flatten_fast(message, date)
+            if payload is None:
+                payload = self.flatten(message, date)
         except (ValueError, TypeError, MessageError) as exc:
             # The same message would fail the same way next time: don't retry.
             raise DeliveryError(

@@ -438,11 +438,17 @@ class Dispatcher(
         set_ids = {id(w) for w in sets}
         sending = {id(w) for w in to_send} | {id(x) for g in groups for x in g}
         decided = [w for w in works if w.update and id(w) not in set_ids and id(w) not in sending]
-        if decided:
-            self._record(decided, now)
         members = {id(g[0]): g for g in groups}
         for w in to_send:
             tried.update(x.row.id for x in members.get(id(w), [w]))
+        # Local channels (outbox, inbox) send nothing out: their messages are recorded with
+        # the decisions, the whole batch in one transaction.
+        local = [w for w in to_send if self.is_local(w)]
+        if local:
+            to_send = [w for w in to_send if not self.is_local(w)]
+            decided += self._send_local(local, members)
+        if decided:
+            self._record(decided, now)
         self._send_all(to_send, members, now)
         # An open-ended repeat is planned over a rolling horizon: each occurrence handled
         # moves the horizon on, so its subject is re-planned.

@@ -54,15 +54,7 @@ class SendingMixin:
         it is known: sends that finish together are written in one transaction."""
 
         def finished(w: _Work) -> list[_Work]:
-            group = members.get(id(w))
-            if group is None:
-                return [w]
-            if w.released:
-                for x in group:
-                    x.released = True
-            else:
-                self._copy_outcome(w, group[1:])
-            return group
+            return self._finished(w, members)
 
         if not to_send:
             return
@@ -116,6 +108,37 @@ class SendingMixin:
             self._record(ready, now)
             for f in done:
                 del out[f]
+
+    def _finished(self, w: _Work, members: dict[int, list[_Work]]) -> list[_Work]:
+        """The rows a finished send records: its own, or its batched group's (sharing the
+        lead's outcome)."""
+        group = members.get(id(w))
+        if group is None:
+            return [w]
+        if w.released:
+            for x in group:
+                x.released = True
+        else:
+            self._copy_outcome(w, group[1:])
+        return group
+
+    def is_local(self, w: _Work) -> bool:
+        """The send of ``w`` has no effect outside the database (outbox, inbox): the
+        message *is* the row its outcome writes."""
+        return bool(getattr(self.channels.get(w.row.identity.channel or ""), "local", False))
+
+    def _send_local(self, works: list[_Work], members: dict[int, list[_Work]]) -> list[_Work]:
+        """Send messages of local channels, here and now (no pool, no I/O); returns the
+        rows to record. Nothing has left the process until they are recorded, so the
+        caller records them in one transaction: a crash before it loses no message and
+        duplicates none (the rows are retaken, the same Message-ID kept)."""
+        out: list[_Work] = []
+        for w in works:
+            self._send(w)
+            out += self._finished(w, members)
+        if works:
+            self._tick()
+        return out
 
     def _send(self, w: _Work) -> None:
         assert w.message is not None and w.rule is not None
