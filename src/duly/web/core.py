@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, unquote, urlencode
@@ -90,6 +90,19 @@ def users_of(request: Request) -> UserStore:
 
 def sessions_of(request: Request) -> SessionStore:
     return request.app.state.sessions  # type: ignore[no-any-return]
+
+
+def parse_day(value: str) -> date:
+    """A date typed into a filter (``YYYY-MM-DD``), in the years duly supports
+    (duly.core.validation; the day after the last is still a date). Raises ValueError with
+    the words a form shows."""
+    try:
+        d = date.fromisoformat(value)
+    except ValueError:
+        raise ValueError("enter a date as YYYY-MM-DD") from None
+    if not 1900 <= d.year <= 9998:
+        raise ValueError("enter a date in the years 1900 to 9998")
+    return d
 
 
 def wall_now() -> datetime:

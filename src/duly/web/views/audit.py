@@ -17,14 +17,14 @@ import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 from duly.store.audit import OBJECT_KINDS, entries_page
-from duly.web.core import AdminUser, engine_of, page_of, render, viewer_tz
+from duly.web.core import AdminUser, engine_of, page_of, parse_day, render, viewer_tz
 
 router = APIRouter()
 
@@ -68,16 +68,6 @@ class Filters:
         }
 
 
-def _day(value: str) -> date:
-    try:
-        d = date.fromisoformat(value)
-    except ValueError:
-        raise ValueError("enter a date as YYYY-MM-DD") from None
-    if not 1900 <= d.year <= 9998:
-        raise ValueError("enter a date in the years 1900 to 9998")
-    return d
-
-
 def read_filters(request: Request) -> tuple[Filters, dict[str, str]]:
     """The query string's filters and, per field, what is wrong with it."""
     q = request.query_params
@@ -99,7 +89,7 @@ def read_filters(request: Request) -> tuple[Filters, dict[str, str]]:
         if not value:
             continue
         try:
-            d = _day(value)
+            d = parse_day(value)
         except ValueError as exc:
             errors[name] = str(exc)
             continue

@@ -32,6 +32,7 @@ from duly.web.core import (
     flash,
     frame_response,
     page_of,
+    parse_day,
     redirect,
     render,
     runtime_of,
@@ -78,17 +79,6 @@ class Filters:
                     self.from_, self.to, self.finished_from, self.finished_to))  # fmt: skip
 
 
-def _parse_date(value: str) -> date:
-    try:
-        d = date.fromisoformat(value)
-    except ValueError:
-        raise ValueError("enter a date as YYYY-MM-DD") from None
-    # the supported years (duly.core.validation); the day after the last is still a date
-    if not 1900 <= d.year <= 9998:
-        raise ValueError("enter a date in the years 1900 to 9998")
-    return d
-
-
 def _local_midnight(d: date, tz: ZoneInfo) -> datetime:
     from duly.core.rules.timemath import resolve_local
 
@@ -125,7 +115,7 @@ def read_filters(request: Request) -> tuple[Filters, dict[str, str]]:
         if not value:
             continue
         try:
-            d = _parse_date(value)
+            d = parse_day(value)
         except ValueError as exc:
             errors[name] = str(exc)
             continue
@@ -154,7 +144,7 @@ def _read_finished(f: Filters, errors: dict[str, str], tz: ZoneInfo) -> None:
     for name, value in (("finished_from", f.finished_from), ("finished_to", f.finished_to)):
         if value:
             try:
-                days[name] = _parse_date(value)
+                days[name] = parse_day(value)
             except ValueError as exc:
                 errors[name] = str(exc)
     if len(days) != len([v for v in (f.finished_from, f.finished_to) if v]):
@@ -165,6 +155,8 @@ def _read_finished(f: Filters, errors: dict[str, str], tz: ZoneInfo) -> None:
         errors["finished_to"] = "the end date is before the start date"
         return
     f.finished = (_local_midnight(first, tz), _local_midnight(last + timedelta(days=1), tz))
+
+
 def resolve_filters(conn: Connection, f: Filters) -> dict[str, str]:
     """What people type into ``recipient`` and ``subject``, made the stored values: a
     recipient's id, or a name, email or phone (accents and case aside) that finds one; a
