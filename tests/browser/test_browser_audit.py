@@ -28,7 +28,12 @@ def test_an_operator_holds_an_invoice_and_the_history_names_them(
     r = api.put(
         f"/v1/subjects/invoice/{quote(key, safe='')}",
         json={
-            "attributes": {"status": "sent", "amount": 80, "due_at": due.isoformat()},
+            "attributes": {
+                "status": "sent",
+                "amount": 80,
+                "currency": "EUR",
+                "due_at": due.isoformat(),
+            },
             "recipients": {"customer": "alice"},
         },
     )

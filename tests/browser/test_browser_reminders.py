@@ -39,7 +39,7 @@ def test_create_a_reminder_fix_the_errors_send_it_now_and_read_it(
     page.get_by_label("Send at").fill(
         (now - timedelta(hours=2)).astimezone(zone).strftime("%Y-%m-%dT%H:%M")
     )
-    page.get_by_label("Recipients").fill("")
+    page.get_by_label("Recipients", exact=True).fill("")
     page.get_by_label("email").uncheck()
     page.get_by_role("button", name="Create reminder").click()
     page.wait_for_load_state()
@@ -55,7 +55,7 @@ def test_create_a_reminder_fix_the_errors_send_it_now_and_read_it(
         (now + timedelta(minutes=5)).astimezone(zone).strftime("%Y-%m-%dT%H:%M")
     )
     page.get_by_label("email").check()
-    page.get_by_label("Recipients").fill("alice")
+    page.get_by_label("Recipients", exact=True).fill("alice")
     page.get_by_role("button", name="Create reminder").click()
     page.wait_for_url(re.compile(r".*/reminders/\d+$"))
     rid = int(page.url.rsplit("/", 1)[1])

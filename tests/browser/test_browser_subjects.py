@@ -26,7 +26,12 @@ def test_hold_a_subject_until_a_date_and_clear_it(
     r = api.put(
         f"/v1/subjects/invoice/{quote(key, safe='')}",
         json={
-            "attributes": {"status": "sent", "amount": 80, "due_at": due.isoformat()},
+            "attributes": {
+                "status": "sent",
+                "amount": 80,
+                "currency": "EUR",
+                "due_at": due.isoformat(),
+            },
             "recipients": {"customer": "alice"},
         },
     )

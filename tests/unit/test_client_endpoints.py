@@ -15,7 +15,7 @@ from duly.client import _calls as C
 
 @pytest.mark.parametrize("cls", [Client, AsyncClient])
 def test_every_endpoint_is_a_method_with_its_own_signature_and_docstring(cls: type) -> None:
-    assert len(C.ENDPOINTS) == 29
+    assert len(C.ENDPOINTS) == 30
     for name, spec in C.ENDPOINTS.items():
         method = vars(cls)[name]
         assert method.__doc__ == spec.__doc__ and method.__doc__.strip(), name

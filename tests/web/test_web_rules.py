@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import duly.demo
 from duly.core.model import Recipient
 from duly.core.rules import timemath
 from duly.engine import simulation as simulate
@@ -88,10 +89,14 @@ def test_rules_page_lists_the_demo_rules_and_their_file(web: Web) -> None:
     for name in ("invoice-reminders", "payment-receipt", "appointment-reminders"):
         assert f'<tr id="rule-{name}">' in page
     row = _row(page, "invoice-reminders")
-    assert 'href="#L6"' in row  # the rule's line in the file
+    demo = (Path(duly.demo.__file__).parent / "duly.yaml").read_text().splitlines()
+    line = demo.index("  - name: invoice-reminders") + 1
+    assert f'href="#L{line}"' in row  # the rule's line in the file
     assert "due_at - 3d" in row and 'href="/templates/invoice-due-soon"' in row
     assert "change of status to &#39;paid&#39;" in _row(page, "payment-receipt")
-    assert '<span class="line" id="L6"><span class="ln" aria-hidden="true">6</span>' in page
+    assert (
+        f'<span class="line" id="L{line}"><span class="ln" aria-hidden="true">{line}</span>' in page
+    )
     assert "  - name: invoice-reminders</span>" in page
 
 

@@ -273,35 +273,30 @@ class _bar:
         interactive = sys.stderr.isatty()
         self.show = (interactive if show is None else show) and file != "-"
         self.total = os.path.getsize(file) if self.show else 0
+        self.done = 0
 
     def __enter__(self) -> Callable[[], None]:
         if not self.show:
             return lambda: None
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("importing"),
-            BarColumn(),
-            TextColumn("{task.percentage:>3.0f}%"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
+        self.bar = click.progressbar(
+            length=max(self.total, 1), label="importing", file=sys.stderr, show_eta=True
         )
-        self.progress.start()
-        task = self.progress.add_task("import", total=max(self.total, 1))
+        self.bar.__enter__()
 
         def advance() -> None:
             try:
-                done = self.stream.buffer.tell()  # type: ignore[attr-defined]
+                at = self.stream.buffer.tell()  # type: ignore[attr-defined]
             except (AttributeError, OSError, ValueError):
                 return
-            self.progress.update(task, completed=done)
+            if at > self.done:
+                self.bar.update(at - self.done)
+                self.done = at
 
         return advance
 
     def __exit__(self, *exc: object) -> None:
         if self.show:
-            self.progress.stop()
+            self.bar.__exit__(None, None, None)
 
 
 def _run(

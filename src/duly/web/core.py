@@ -262,6 +262,11 @@ def _quote(text: str) -> str:
     return quote(readable(text), safe="")
 
 
+def recipient_path(rid: str) -> str:
+    """The page of recipient ``rid`` (quoted; a stored lone surrogate still makes a link)."""
+    return f"/recipients/{_quote(rid)}"
+
+
 def subject_path(kind: str, key: str) -> str:
     """The page of subject KIND/KEY (both quoted: keys may hold slashes and anything)."""
     return f"/subjects/{_quote(kind)}/{_quote(key)}"

@@ -11,7 +11,6 @@ from collections.abc import Iterable, Mapping
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from babel.numbers import format_currency, format_decimal
@@ -19,7 +18,7 @@ from markupsafe import Markup, escape
 
 from duly.core.model import SubjectView
 from duly.core.rules.subjectviews import column_values, subject_context, title_of
-from duly.web.core import fmt_time
+from duly.web.core import fmt_time, recipient_path
 
 __all__ = ["describe", "role_ids"]
 
@@ -66,9 +65,7 @@ def _cell(c: Mapping[str, Any], tz: ZoneInfo, people: Mapping[str, Any]) -> Mark
         for rid in value[:10]:
             person = people.get(rid)
             name = (getattr(person, "name", None) or rid) if person else rid
-            links.append(
-                Markup('<a href="/recipients/{}">{}</a>').format(quote(str(rid), safe=""), name)
-            )
+            links.append(Markup('<a href="{}">{}</a>').format(recipient_path(str(rid)), name))
         return Markup(", ").join(links)
     if value is None or value == "":
         return _NONE

@@ -6,13 +6,20 @@ Message-ID), or only one thing matches at all, the page opens it instead."""
 from __future__ import annotations
 
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from duly.store.search import MAX_QUERY, exact_matches, search_all
-from duly.web.core import CurrentUser, EngineDep, redirect, render, subject_path, viewer_tz
+from duly.web.core import (
+    CurrentUser,
+    EngineDep,
+    recipient_path,
+    redirect,
+    render,
+    subject_path,
+    viewer_tz,
+)
 from duly.web.subjectcells import describe, role_ids
 
 router = APIRouter()
@@ -25,7 +32,7 @@ def _url(kind: str, ref: str) -> str:
         k, _, key = ref.partition("/")
         return subject_path(k, key)
     if kind == "recipient":
-        return f"/recipients/{quote(ref, safe='')}"
+        return recipient_path(ref)
     return f"/deliveries/{int(ref)}"
 
 
@@ -45,7 +52,7 @@ def _target(res: dict[str, Any]) -> str | None:
     if kind == "subject":
         return subject_path(row["kind"], row["key"])
     if kind == "recipient":
-        return f"/recipients/{quote(row['id'], safe='')}"
+        return recipient_path(row["id"])
     return f"/deliveries/{int(row['id'])}"
 
 
@@ -79,7 +86,7 @@ def search_page(
             s.update(describe(views, s, now=now, tz=tz, people=people))
             s["url"] = subject_path(s["kind"], s["key"])
         for r in res["recipients"]:
-            r["url"] = f"/recipients/{quote(r['id'], safe='')}"
+            r["url"] = recipient_path(r["id"])
     total = len(res["subjects"]) + len(res["recipients"]) + len(res["deliveries"])
     return render(
         request,
