@@ -105,3 +105,47 @@ def test_sigterm_with_a_hung_relay_stops_in_bounded_time_and_loses_nothing(
             assert len(set(sink.ids)) == 1  # every arrival carries the one Message-ID
         finally:
             sink.release.set()
+
+
+def test_a_sigterm_during_start_up_is_not_lost(tmp_path: Path) -> None:
+    """A SIGTERM that lands after `duly serve` set up its own signal handling but before
+    uvicorn's is in place (a start-up slowed by load) still stops the server: it used to be
+    swallowed, and the server then ran until killed. The signal is sent at that exact point:
+    from the start-up's last step before the server runs (gc.freeze), patched in this test's
+    own process."""
+    import os
+    import subprocess
+    import sys
+
+    from live import free_port
+
+    db = f"sqlite:///{tmp_path / 'duly.db'}"
+    code = (
+        "import gc, os, signal, sys\n"
+        "freeze = gc.freeze\n"
+        "def term_then_freeze():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    freeze()\n"
+        "gc.freeze = term_then_freeze\n"
+        "from duly.cli import main\n"
+        f"sys.argv = ['duly', 'serve', '--no-demo', '--port', '{free_port()}']\n"
+        "main()\n"
+    )
+    env = {**os.environ, "DULY_DATABASE_URL": db}
+    env.pop("DULY_RULES", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"duly serve ignored a SIGTERM sent during start-up:\n{out}") from None
+    assert proc.returncode == 0, out
+    assert "stopped" in out

@@ -203,11 +203,17 @@ def serve(
         **http_stack(),
     )
     server = uvicorn.Server(config)
+
     # uvicorn handles SIGINT/SIGTERM itself, then re-raises the signal into the handler that
-    # was installed before it: make that one a no-op so the dispatcher is stopped below
-    # (after its in-flight sends) instead of the process dying or printing "Aborted!".
+    # was installed before it. That one asks the server to exit, so the dispatcher is stopped
+    # below (after its in-flight sends) instead of the process dying or printing "Aborted!"
+    # -- and a signal that lands before uvicorn's own handlers are in place (start-up under
+    # load) still ends the server, at its first look, instead of being lost.
+    def _exit(signum: int, frame: Any) -> None:
+        server.should_exit = True
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: None)
+        signal.signal(sig, _exit)
     # What start-up built (modules, routes, schemas, rules) lives as long as the process:
     # freezing it keeps the cyclic collector from walking it again on every full
     # collection (those cost a batch upsert of 1,000 subjects ~40% more CPU, one in two).
