@@ -58,6 +58,22 @@ def add_user(live: Live, name: str, password: str, role: str) -> None:
     )
 
 
+def put_invoice(api: Any, key: str, *, days: int = 10) -> dict[str, Any]:
+    """A sent invoice of 80 EUR to alice, due in ``days`` days, through the API (``api``:
+    the browser tests' API client); its answer (with the plan)."""
+    from datetime import UTC, datetime, timedelta
+    from urllib.parse import quote
+
+    due = datetime.now(UTC) + timedelta(days=days)
+    attributes = {"status": "sent", "amount": 80, "currency": "EUR", "due_at": due.isoformat()}
+    r = api.put(
+        f"/v1/subjects/invoice/{quote(key, safe='')}",
+        json={"attributes": attributes, "recipients": {"customer": "alice"}},
+    )
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
 def sign_in(page: Any, url: str, who: tuple[str, str] = ADMIN) -> None:
     page.goto(url + "/login")
     page.get_by_label("Username").fill(who[0])

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from browserkit import ADMIN, add_user, shot, sign_in
+from browserkit import ADMIN, add_user, put_invoice, shot, sign_in
 from live import Live
 
 OPERATOR = ("frontdesk", "front desk password 1")
@@ -24,20 +23,7 @@ def test_an_operator_holds_an_invoice_and_the_history_names_them(
 ) -> None:
     add_user(ui, *OPERATOR, "operator")
     key = f"INV-{uuid.uuid4().hex[:6]}"
-    due = datetime.now(UTC) + timedelta(days=10)
-    r = api.put(
-        f"/v1/subjects/invoice/{quote(key, safe='')}",
-        json={
-            "attributes": {
-                "status": "sent",
-                "amount": 80,
-                "currency": "EUR",
-                "due_at": due.isoformat(),
-            },
-            "recipients": {"customer": "alice"},
-        },
-    )
-    assert r.status_code == 200, r.text
+    put_invoice(api, key)
 
     page = context.new_page()
     sign_in(page, ui.url, OPERATOR)

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-from browserkit import shot
+from browserkit import put_invoice, shot
 from live import Live
 
 
@@ -22,21 +22,8 @@ def test_hold_a_subject_until_a_date_and_clear_it(
 ) -> None:
     # a key with a slash, a space and a literal % (quoted in every link)
     key = f"HOLD-{uuid.uuid4().hex[:6]}/a 50%"
-    due = datetime.now(UTC) + timedelta(days=10)
-    r = api.put(
-        f"/v1/subjects/invoice/{quote(key, safe='')}",
-        json={
-            "attributes": {
-                "status": "sent",
-                "amount": 80,
-                "currency": "EUR",
-                "due_at": due.isoformat(),
-            },
-            "recipients": {"customer": "alice"},
-        },
-    )
-    assert r.status_code == 200, r.text
-    assert len(r.json()["plan"]) == 2  # due-soon (in 7 days) and overdue (in 11)
+    answer = put_invoice(api, key)
+    assert len(answer["plan"]) == 2  # due-soon (in 7 days) and overdue (in 11)
 
     page.goto(ui.url + "/subjects")
     page.get_by_label("Kind").select_option("invoice")

@@ -20,9 +20,37 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
-__all__ = ["basic_auth", "twilio_form", "twilio_signature"]
+__all__ = ["basic_auth", "duly_api", "twilio_form", "twilio_signature"]
+
+
+@contextmanager
+def duly_api(rules_text: str, folder: Path, db_url: str) -> Iterator[tuple[Any, Any]]:
+    """``(runtime, client)``: duly's API (the inbound routes included) over ``db_url`` with
+    the rule file ``rules_text`` (templates in ``folder/templates``), for a test to post
+    callbacks to and drive the dispatcher by hand; its channels closed afterwards."""
+    from fastapi.testclient import TestClient
+
+    from duly.api.app import create_api
+    from duly.core.rules.loader import load_rules_text
+    from duly.engine.runtime import build_runtime
+
+    rf = load_rules_text(
+        rules_text, path=str(folder / "duly.yaml"), templates_dir=str(folder / "templates")
+    )
+    rt = build_runtime(rf, db_url, send_workers=1)
+    try:
+        with TestClient(create_api(rt)) as client:
+            yield rt, client
+    finally:
+        for ch in rt.dispatcher.channels.values():
+            ch.close()
+        rt.db.dispose()
 
 
 def twilio_signature(token: str, url: str, params: dict[str, str]) -> str:

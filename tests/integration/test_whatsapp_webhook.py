@@ -15,15 +15,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from fastapi.testclient import TestClient
 
 from duly.core.model import Recipient
-from duly.core.rules.loader import load_rules_text
-from duly.engine.runtime import build_runtime
 from duly.engine.service import SubjectInput
 from duly.store import receipts as store
 from duly.store.tables import deliveries, suppressions, webhook_events
-from fakes.provider_callbacks import twilio_form
+from fakes.provider_callbacks import duly_api, twilio_form
 from fakes.twilio_server import FakeTwilio
 from fakes.whatsapp_cloud_server import (
     FakeWhatsAppCloud,
@@ -101,19 +98,8 @@ def env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
             from_=FROM,
             twilio_url=twilio.base_url,
         )
-        rf = load_rules_text(
-            text, path=str(tmp_path / "duly.yaml"), templates_dir=str(tmp_path / "templates")
-        )
-        rt = build_runtime(rf, db_url, send_workers=1)
-        from duly.api.app import create_api
-
-        try:
-            with TestClient(create_api(rt)) as client:
-                yield {"rt": rt, "client": client, "twilio": twilio, "meta": meta}
-        finally:
-            for ch in rt.dispatcher.channels.values():
-                ch.close()
-            rt.db.dispose()
+        with duly_api(text, tmp_path, db_url) as (rt, client):
+            yield {"rt": rt, "client": client, "twilio": twilio, "meta": meta}
 
 
 def send(env: dict[str, Any], key: str, recipient: Recipient | None = None) -> None:
