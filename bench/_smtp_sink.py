@@ -18,11 +18,14 @@ separately) that accepts every message and counts it.
 
 from __future__ import annotations
 
+import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 AIOSMTPD = r"""
 import socket, sys
@@ -184,3 +187,40 @@ def sink(kind: str = "aiosmtpd", pipelining: bool = False) -> Iterator[Sink]:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+_HZ = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` so far; 0 once it is gone."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(f[11]) + int(f[12])) / _HZ
+
+
+def add_options(ap: argparse.ArgumentParser) -> None:
+    """``--sink`` and ``--pipelining`` for a benchmark that drains to a sink."""
+    ap.add_argument("--sink", choices=["aiosmtpd", "lean"], default="aiosmtpd")
+    ap.add_argument("--pipelining", action="store_true", help="the sink offers PIPELINING")
+
+
+@contextmanager
+def drain_sink(a: argparse.Namespace) -> Iterator[tuple[int, Callable[[], int]]]:
+    """The sink ``add_options`` chose, as ``bench/dispatch.py``'s ``smtp_sink()`` yields it
+    (port, received); its own CPU during the block is printed when the block ends, since
+    the drain's figure for its children counts it with the render processes."""
+    with sink(a.sink, a.pipelining) as s:
+        c0 = cpu_of(s.pid)
+        spent: list[float] = []
+
+        def received() -> int:
+            if not spent:
+                spent.append(cpu_of(s.pid) - c0)
+            return s.received()
+
+        yield s.port, received
+        if spent:
+            print(f"sink: {s.label}; its CPU {spent[0]:.2f} s (counted in the children's)")

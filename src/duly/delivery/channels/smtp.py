@@ -229,11 +229,14 @@ def _quit_quietly(conn: smtplib.SMTP) -> None:
 
 
 def _address(name: str | None, addr: str) -> Address:
-    if addr.isascii():
-        return Address(display_name=name or "", addr_spec=addr)  # raises on bad syntax
-    # Address() refuses a non-ASCII local part, which SMTPUTF8 allows: check the syntax with
-    # those characters stood in for, then build the address from its parts.
-    Address(addr_spec="".join(c if c.isascii() else "x" for c in addr))
+    try:
+        if addr.isascii():
+            return Address(display_name=name or "", addr_spec=addr)  # raises on bad syntax
+        # Address() refuses a non-ASCII local part, which SMTPUTF8 allows: check the syntax
+        # with those characters stood in for, then build the address from its parts.
+        Address(addr_spec="".join(c if c.isascii() else "x" for c in addr))
+    except AttributeError:  # CPython's parser trips on some (an unclosed "a@[x")
+        raise ValueError(f"invalid address {addr!r}") from None
     user, _, domain = addr.rpartition("@")
     return Address(display_name=name or "", username=user, domain=domain)
 
