@@ -144,3 +144,17 @@ def test_an_address_the_email_package_trips_on_cannot_be_built(to: str) -> None:
     with pytest.raises(DeliveryError, match="cannot build the email") as info:
         smtp.send(m)
     assert info.value.permanent
+
+
+def test_the_date_made_once_a_second_is_the_current_one() -> None:
+    import time
+    from datetime import UTC, datetime
+    from email.utils import format_datetime
+
+    from duly.delivery.channels import _smtp_fast
+
+    for _ in range(12):
+        before = format_datetime(datetime.now(UTC))
+        got = _smtp_fast.date_now()
+        assert got in (before, format_datetime(datetime.now(UTC)))
+        time.sleep(0.1)
