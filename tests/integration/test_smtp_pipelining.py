@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import email
 import email.policy
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from duly.delivery.channels.base import DeliveryError, Message
 from duly.delivery.channels.smtp import SmtpChannel
@@ -354,3 +358,42 @@ def test_server_down_is_temporary() -> None:
     smtp = scripted_channel(free_port(), timeout=2)
     with pytest.raises(DeliveryError, match="cannot connect"):
         smtp.send(message(1))
+
+
+# --------------------------------------------------------------------------- TLS and AUTH
+
+
+def test_pipelining_over_starttls_with_login(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+        + ["-nodes", "-days", "2", "-subj", "/CN=localhost"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    def login(server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any):  # noqa: ANN202
+        return AuthResult(success=data == LoginPassword(b"alice", b"pw"), handled=False)
+
+    handler = Handler()
+    options = {"tls_context": context, "require_starttls": True, "auth_required": True}
+    with smtp_server(handler, authenticator=login, **options) as (_, port):
+        url = f"smtp+starttls://alice:pw@127.0.0.1:{port}?ca_file={cert}"
+        smtp = SmtpChannel("email", url=url, from_=FROM, timeout=5)
+        for i in range(3):
+            smtp.send(message(i))
+        handler.rcpt_replies = ["550 5.1.1 No such user here"]
+        with pytest.raises(DeliveryError, match="refused RCPT TO: 550"):
+            smtp.send(message(3))
+        smtp.send(message(4))
+        [conn] = smtp._idle
+        assert conn.has_extn("pipelining") and conn.sock.version()  # pipelined, over TLS
+        smtp.close()
+    assert len(handler.received) == 4
+    assert len({r[0] for r in handler.received}) == 1
