@@ -7,8 +7,9 @@ talks to the database the same way:
   keys on every connection. SQLAlchemy, not the ``sqlite3`` module, emits ``BEGIN``, so
   transactions (and DDL) behave as documented and a writer can ask for ``BEGIN IMMEDIATE``
   through :func:`write_transaction`.
-- PostgreSQL: psycopg 3, pre-ping on checkout (workers outlive database restarts), sessions
-  in UTC.
+- PostgreSQL: psycopg 3, sessions in UTC, a pool of 10 (+5) used most-recent-first, and a
+  pre-ping on checkout (workers outlive database restarts) unless the connection was checked
+  in under 2 s ago and its socket is quiet (see ``PING_AFTER_IDLE_S``).
 
 Migrations are Alembic scripts shipped inside the package (``duly/store/migrations``);
 :func:`migrate` runs them without an ``alembic.ini`` in the working directory.
