@@ -226,3 +226,50 @@ def test_notify_only_for_work_due_within_the_horizon(
         stop.set()
         t.join(5)
         engine.db.dispose()
+
+
+def test_upserts_go_on_at_once_after_every_session_is_terminated(
+    pg_db_url: str, pg_admin: sa.engine.Engine, tmp_path: Path
+) -> None:
+    """What a database restart does to a serving process's pool: every backend ends. The next
+    upsert, right after, is answered and committed (no error surfaces to the caller)."""
+    engine = _engine(pg_db_url, tmp_path, None)
+    dbname = sa.engine.make_url(pg_db_url).database
+    try:
+        due = engine.clock.now() + timedelta(days=1)
+
+        def put(key: str) -> None:
+            engine.upsert_subject(SubjectInput(
+                kind="job", key=key, attributes={"due_at": due.isoformat()},
+                recipients={"owner": "u1"},
+            ))  # fmt: skip
+
+        # several connections in the pool, all used within PING_AFTER_IDLE_S
+        threads = [threading.Thread(target=put, args=(f"a{i}",)) for i in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        with pg_admin.connect() as admin:
+            admin.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :d AND pid <> pg_backend_pid()"
+                ),
+                {"d": dbname},
+            )
+            for _ in range(100):
+                left = admin.execute(
+                    sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d"),
+                    {"d": dbname},
+                ).scalar_one()
+                if not left:
+                    break
+                time.sleep(0.02)
+        for i in range(6):
+            put(f"b{i}")
+        with engine.db.connect() as c:
+            keys = c.exec_driver_sql("SELECT key FROM subjects ORDER BY key").scalars().all()
+        assert keys == [*(f"a{i}" for i in range(4)), *(f"b{i}" for i in range(6))]
+    finally:
+        engine.db.dispose()
