@@ -152,6 +152,8 @@ def resolve_to(
                 out.extend(ids)
             elif notes is not None:
                 notes.append(f"role {t!r} is absent from {subject.ref}")
+    if len(out) < 2:
+        return out
     seen: set[str] = set()
     return [x for x in out if not (x in seen or seen.add(x))]  # type: ignore[func-returns-value]
 
@@ -228,6 +230,57 @@ def check_conditions(
 # --------------------------------------------------------------------------- planning
 
 
+class _StepPlan:
+    """What planning one step needs that does not depend on the subject, worked out once
+    per rule file (``effective`` lookups, priority, channels, the condition texts)."""
+
+    __slots__ = (
+        "action at before_anchor cal_name category chain channels conds expire key priority"
+        " rule rule_name sends step step_name to window"
+    ).split()
+
+    def __init__(self, rule: Rule, step: Step) -> None:
+        self.rule, self.step = rule, step
+        self.rule_name, self.step_name = rule.name, step.name
+        self.key = (rule.name, step.name)
+        self.category = str(effective(step, rule, "category") or Category.reminder)
+        self.priority = base_priority(rule, self.category)
+        self.window = effective(step, rule, "window")
+        self.expire = effective(step, rule, "expire")
+        self.sends = step.sends_message
+        self.to = effective(step, rule, "to") or ()
+        self.at = step.at
+        self.before_anchor = step.at is not None and step.at.is_before_anchor
+        self.channels: tuple[str | None, ...] = message_channels(step, rule)
+        chain = effective(step, rule, "fallback") if not step.channels else None
+        self.chain = tuple(chain) if chain else None
+        self.action = step.set is not None or step.webhook is not None
+        w = self.window
+        self.cal_name = w.calendar if w is not None and w.calendar else None
+        self.conds = tuple(t for t in (rule.condition, step.condition) if t is not None)
+
+
+# rule file (by identity; the file itself kept, so its id is not reused) → subject kind →
+# its date-relative rules, each as (name, step plans), in file order
+_COMPILED: dict[int, tuple[RuleFile, dict[str, list[tuple[str, tuple[_StepPlan, ...]]]]]] = {}
+
+
+def _rules_by_kind(rf: RuleFile) -> dict[str, list[tuple[str, tuple[_StepPlan, ...]]]]:
+    hit = _COMPILED.get(id(rf))
+    if hit is not None and hit[0] is rf:
+        return hit[1]
+    by_kind: dict[str, list[tuple[str, tuple[_StepPlan, ...]]]] = {}
+    for rule in rf.rules:
+        if rule.kind != "steps" or not isinstance(rule.subject, str):
+            continue
+        steps = tuple(_StepPlan(rule, step) for step in rule.steps)
+        by_kind.setdefault(rule.subject, []).append((rule.name, steps))
+    if len(_COMPILED) >= 64:  # rule files are reloaded rarely; tests make many
+        _COMPILED.clear()
+    _COMPILED[id(rf)] = (rf, by_kind)
+    return by_kind
+
+
 def plan_subject(
     rf: RuleFile,
     subject: Subject,
@@ -236,13 +289,13 @@ def plan_subject(
 ) -> Plan:
     """Every delivery the subject's date-relative rules want now (spec: Planning)."""
     plan = Plan()
-    cache = _Conditions(subject, now)
-    for rule in rf.rules:
-        if rule.kind != "steps" or rule.subject != subject.kind:
-            continue
-        plan.scope.add(rule.name)
-        for step in rule.steps:
-            _plan_step(rf, rule, step, subject, recipients, now, plan, cache)
+    rules = _rules_by_kind(rf).get(subject.kind)
+    if rules:
+        cache = _Conditions(subject, now)
+        for name, steps in rules:
+            plan.scope.add(name)
+            for sp in steps:
+                _plan_step(rf, sp, subject, recipients, now, plan, cache)
     if subject.hold_until is not None and subject.hold_until > now:
         plan.desired = apply_hold(plan.desired, subject.hold_until)
     return plan
@@ -285,38 +338,66 @@ def _holdable(d: Desired, until: datetime) -> bool:
 
 
 class _Conditions:
-    """Evaluates ``if`` expressions for one subject, building each recipient's context once
-    (a subject's steps share it) and remembering each expression's result."""
+    """What one subject's planning works out once and its steps share: each ``if``
+    expression's result (its context built once per recipient and zone, holding only the
+    names the expressions read), the subject's ref, and its date attributes read per zone."""
+
+    __slots__ = ("_anchors", "_ctx", "_results", "now", "ref", "subject")
 
     def __init__(self, subject: Subject, now: datetime) -> None:
         self.subject, self.now = subject, now
+        self.ref = subject.ref
         self._ctx: dict[tuple[str | None, str], dict[str, Any]] = {}
         self._results: dict[tuple[str, str | None, str, bool], tuple[bool, str | None]] = {}
+        self._anchors: dict[tuple[str, Any], Any] = {}
 
     def holds(
-        self, rule: Rule, step: Step | None, recipient: Recipient | None, rid: str | None, tz: str
+        self, sp: _StepPlan, recipient: Recipient | None, rid: str | None, tz: str
     ) -> tuple[bool, str | None]:
-        ack = rule.name in self.subject.acknowledged
-        for text in (rule.condition, step.condition if step is not None else None):
-            if text is None:
-                continue
+        ack = sp.rule_name in self.subject.acknowledged
+        for text in sp.conds:
             key = (text, rid, tz, ack)
             res = self._results.get(key)
             if res is None:
+                expr = _expr(text)
+                assert expr is not None
+                names = expr.names
                 ctx = self._ctx.get((rid, tz))
-                if ctx is None:
-                    ctx = self._ctx[(rid, tz)] = build_context(
+                if ctx is None or not names <= ctx.keys():
+                    # only the names this expression reads: it can read no other
+                    part = build_context(
                         self.subject.attributes,
                         now=self.now,
                         tz=timemath.zone(tz),
-                        subject=subject_dict(self.subject),
-                        recipient=recipient_dict(recipient, rid),
+                        subject=subject_dict(self.subject) if "subject" in names else None,
+                        recipient=recipient_dict(recipient, rid) if "recipient" in names else None,
+                        only=names,
                     )
+                    if ctx is None:
+                        ctx = self._ctx[(rid, tz)] = part
+                    else:
+                        ctx.update(part)
                 ctx["acknowledged"] = ack
-                res = self._results[key] = condition_holds(_expr(text), ctx)
+                res = self._results[key] = condition_holds(expr, ctx)
             if not res[0]:
                 return res
         return True, None
+
+    def anchor(self, attribute: str, tz: Any) -> datetime | None:
+        """The attribute's instant in ``tz`` (``timemath.anchor_of``), read once per zone;
+        raises its BadDate again each time it is asked."""
+        key = (attribute, tz)
+        hit = self._anchors.get(key, _UNSET)
+        if hit is _UNSET:
+            value = self.subject.attributes.get(attribute)
+            try:
+                hit = None if value is None else timemath.parse_instant(value, tz)
+            except ValueError as exc:
+                hit = exc
+            self._anchors[key] = hit
+        if isinstance(hit, ValueError):
+            raise hit
+        return hit  # type: ignore[no-any-return]
 
 
 def _targets(
@@ -327,108 +408,117 @@ def _targets(
     return list(resolve_to(rf, effective(step, rule, "to") or (), subject, plan.notes))
 
 
+_NO_CHANNEL: tuple[str | None, ...] = (None,)
+
+
 def _plan_step(
     rf: RuleFile,
-    rule: Rule,
-    step: Step,
+    sp: _StepPlan,
     subject: Subject,
     recipients: Mapping[str, Recipient],
     now: datetime,
     plan: Plan,
     conditions: _Conditions,
 ) -> None:
-    key = (rule.name, step.name)
-    category = str(effective(step, rule, "category") or Category.reminder)
-    priority = base_priority(rule, category)
-    window = effective(step, rule, "window")
-    expire = effective(step, rule, "expire")
-    rids = _targets(rf, rule, step, subject, plan)
+    key = sp.key
+    rids: list[str | None] = (
+        resolve_to(rf, sp.to, subject, plan.notes) if sp.sends else []  # type: ignore[assignment]
+    )
     plan.addressed[key] = {r for r in rids if r}
-    if step.at is None:
+    at = sp.at
+    if at is None:
         return
-    channels: tuple[str | None, ...] = message_channels(step, rule)
-    chain = effective(step, rule, "fallback") if not step.channels else None
-    if chain:
-        plan.fallback[key] = tuple(chain)
+    if sp.chain:
+        plan.fallback[key] = sp.chain
+    step, rule = sp.step, sp.rule
+    rule_name, step_name, ref = sp.rule_name, sp.step_name, conditions.ref
+    category, priority, window, expire = sp.category, sp.priority, sp.window, sp.expire
     # each recipient on each channel; plus one row without recipient for a `set` action
+    channels = sp.channels
     targets: list[tuple[str | None, tuple[str | None, ...]]] = [(r, channels) for r in rids]
-    if step.set is not None or step.webhook is not None:
-        targets.append((None, (None,)))
-    cal = window_calendar(rf, window)
-    if step.repeat is not None and rule.name in subject.acknowledged:
+    if sp.action:
+        targets.append((None, _NO_CHANNEL))
+    cal = rf.calendars.get(sp.cal_name) if sp.cal_name else None
+    if step.repeat is not None and rule_name in subject.acknowledged:
         # spec: once acknowledged, repeats of the rule stop (pending ones are cancelled)
         plan.unwanted[key] = Reason.acknowledged
         return
+    desired = plan.desired
     # the step's messages go out no later than its `set` acts: when the action changes what
     # the rule's `if` reads, the step's own messages (planned in each recipient's zone) are
     # not cancelled by it
     latest: dict[int, datetime] = {}
     for rid, chans in targets:
         recipient = recipients.get(rid) if rid else None
-        tzname = rule_zone(rf, rule, recipient)
+        if recipient is not None and recipient.timezone:
+            tzname = recipient.timezone
+        else:
+            tzname = rule.timezone or rf.timezone
         try:
             tz = timemath.zone(tzname)
         except ValueError as exc:
-            plan.problems.append(Problem(subject.ref, rule.name, "timezone", str(exc)))
+            plan.problems.append(Problem(ref, rule_name, "timezone", str(exc)))
             continue
-        ok, err = conditions.holds(rule, step, recipient, rid, tzname)
-        if not ok:
-            plan.unwanted[key] = Reason.condition_false
-            if err:
-                plan.problems.append(Problem(subject.ref, rule.name, "if", err))
-            continue
+        if sp.conds:
+            ok, err = conditions.holds(sp, recipient, rid, tzname)
+            if not ok:
+                plan.unwanted[key] = Reason.condition_false
+                if err:
+                    plan.problems.append(Problem(ref, rule_name, "if", err))
+                continue
         try:
-            first = timemath.eval_at(step.at, subject.attributes, tz, cal)
-            anchor = timemath.anchor_of(step.at, subject.attributes, tz)
+            # what timemath.eval_at and anchor_of answer, the attribute read once per zone
+            anchor = conditions.anchor(at.attribute, tz)
+            first = (
+                timemath.offset_from(anchor, at, subject.attributes, tz, cal)
+                if anchor is not None and at.offsets
+                else anchor
+            )
         except ValueError as exc:
-            plan.problems.append(Problem(subject.ref, rule.name, step.at.attribute, str(exc)))
+            plan.problems.append(Problem(ref, rule_name, at.attribute, str(exc)))
             first = anchor = None
             skip: Reason | None = Reason.bad_data
         else:
             skip = Reason.no_date if first is None else None
         if first is None:
             for channel in chans:
-                ident = Identity(rule.name, step.name, 0, subject.ref, rid, channel)
-                plan.desired.append(
-                    Desired(ident, now, now, None, category, priority, skip_reason=skip)
-                )
+                ident = Identity(rule_name, step_name, 0, ref, rid, channel)
+                desired.append(Desired(ident, now, now, None, category, priority, skip))
             continue
         if step.time_of_day is not None:
             first = timemath.at_time_of_day(first, step.time_of_day, tz)
         changes = dict(step.set) if (rid is None and step.set) else None
-        for index, planned in _occurrences(step, subject, first, tz, cal, now):
-            deadline = anchor if (step.at.is_before_anchor and anchor is not None) else None
-            exp = _expiry(planned, expire, tz, cal)
-            if exp is not None:
-                deadline = exp if deadline is None else min(deadline, exp)
+        occurrences = (
+            ((0, first),)
+            if step.repeat is None
+            else _occurrences(step, subject, first, tz, cal, now)
+        )
+        for index, planned in occurrences:
+            deadline = anchor if (sp.before_anchor and anchor is not None) else None
+            if expire is not None:
+                exp = _expiry(planned, expire, tz, cal)
+                if exp is not None:
+                    deadline = exp if deadline is None else min(deadline, exp)
             due = planned
             skip = None
             if window is not None and rid is not None:
                 try:
                     due = timemath.next_window_opening(planned, window, tz, rf.calendars)
                 except ValueError as exc:
-                    plan.problems.append(Problem(subject.ref, rule.name, "window", str(exc)))
+                    plan.problems.append(Problem(ref, rule_name, "window", str(exc)))
                     skip = Reason.window_missed
                 if deadline is not None and due > deadline:
                     skip = Reason.window_missed
             if rid is not None:
                 latest[index] = max(latest.get(index, due), due)
+                prio = priority
             else:
                 planned = due = max(planned, latest.get(index, planned))
+                prio = priority - 1  # after the step's messages when due at the same instant
             for channel in chans:
-                ident = Identity(rule.name, step.name, index, subject.ref, rid, channel)
-                plan.desired.append(
-                    Desired(
-                        ident,
-                        planned,
-                        due,
-                        deadline,
-                        category,
-                        # after the step's messages when due at the same instant
-                        priority - 1 if rid is None else priority,
-                        skip,
-                        changes,
-                    )
+                ident = Identity(rule_name, step_name, index, ref, rid, channel)
+                desired.append(
+                    Desired(ident, planned, due, deadline, category, prio, skip, changes)
                 )
 
 
