@@ -32,6 +32,15 @@ def reconcile(
     """
     actions: list[Action] = []
     by_id: dict[Identity, Existing] = {e.identity: e for e in existing}
+    if not by_id:  # a new subject: every desired row is created (the loops below, shortened)
+        for d in plan.desired:
+            if d.skip_reason is not None:
+                actions.append(Action("create", d, None, "skipped", d.skip_reason))
+            elif d.planned_at < now:
+                actions.append(Action("create", d, None, "skipped", Reason.past))
+            else:
+                actions.append(Action("create", d, None, PENDING))
+        return actions
     wanted: set[Identity] = set()
     for d in plan.desired:
         wanted.add(d.identity)
