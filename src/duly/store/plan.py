@@ -282,7 +282,7 @@ class PlanQueries(StoreBase):
     def _insert_plain(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         """New delivery rows as ``apply`` builds them: values in ``_PLAIN_COLS`` order,
         already in their stored form."""
-        conn.exec_driver_sql(self._insert_sql("deliveries", self._PLAIN_COLS), rows)
+        self._insert_rows(conn, "deliveries", self._PLAIN_COLS, rows)
 
     # ------------------------------------------------------------------ by recipient, by occurrence
 

@@ -17,12 +17,17 @@ from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import DBAPIError
 
 from duly.core.model import Recipient, Subject
 from duly.core.planner import Identity
 from duly.store.tables import delivery_log
 
 __all__ = ["DeliveryRow", "StoreBase", "SubjectRecord"]
+
+# From this many rows a bulk insert on PostgreSQL goes through COPY (fewer: executemany, one
+# round trip less, for the single upsert's few rows).
+COPY_FROM_ROWS = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +160,33 @@ class StoreBase:
                     if v is not None:
                         out[i] = f(v)
                 data.append(tuple(out))
-        conn.exec_driver_sql(sql, data)
+        self._insert_rows(conn, table, cols, data, sql)
+
+    def _insert_rows(
+        self,
+        conn: Connection,
+        table: str,
+        cols: Sequence[str],
+        data: Sequence[Sequence[Any]],
+        sql: str | None = None,
+    ) -> None:
+        """Rows of values already in their stored form (see :meth:`_insert_raw`), in the
+        order of ``cols``. On PostgreSQL many rows go through ``COPY``, several times
+        cheaper than executemany's statement per row; an error comes back as the
+        SQLAlchemy exception executemany would raise (``IntegrityError`` for a duplicate)."""
+        if not (self.postgres and len(data) >= COPY_FROM_ROWS):
+            conn.exec_driver_sql(sql or self._insert_sql(table, cols), data)
+            return
+        copy = f"COPY {table} ({', '.join(cols)}) FROM STDIN"
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        dbapi = conn.dialect.loaded_dbapi
+        try:
+            with driver.cursor() as cur, cur.copy(copy) as out:
+                for row in data:
+                    out.write_row(row)
+        except dbapi.Error as exc:
+            raise DBAPIError.instance(copy, None, exc, dbapi.Error, dialect=conn.dialect) from exc
 
     def _insert_sql(self, table: str, cols: Sequence[str]) -> str:
         ph = "%s" if self.postgres else "?"
