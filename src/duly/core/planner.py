@@ -208,6 +208,9 @@ def _targets(
 
 
 _NO_CHANNEL: tuple[str | None, ...] = (None,)
+# Identity(...) and Desired(...) with every field given, without the named tuple's own
+# __new__ (a Python function; the planner makes one of each per delivery)
+_new = tuple.__new__
 
 
 def _plan_step(
@@ -235,7 +238,8 @@ def _plan_step(
     # each recipient on each channel; plus one row without recipient for a `set` action
     channels = sp.channels
     targets: list[tuple[str | None, tuple[str | None, ...]]] = [(r, channels) for r in rids]
-    if sp.action:
+    action = sp.action  # a row without recipient, timed after the recipients' (latest)
+    if action:
         targets.append((None, _NO_CHANNEL))
     cal = rf.calendars.get(sp.cal_name) if sp.cal_name else None
     if step.repeat is not None and rule_name in subject.acknowledged:
@@ -281,8 +285,10 @@ def _plan_step(
             skip = Reason.no_date if first is None else None
         if first is None:
             for channel in chans:
-                ident = Identity(rule_name, step_name, 0, ref, rid, channel)
-                desired.append(Desired(ident, now, now, None, category, priority, skip))
+                ident = _new(Identity, (rule_name, step_name, 0, ref, rid, channel))
+                desired.append(
+                    _new(Desired, (ident, now, now, None, category, priority, skip, None))
+                )
             continue
         if step.time_of_day is not None:
             first = timemath.at_time_of_day(first, step.time_of_day, tz)
@@ -309,15 +315,16 @@ def _plan_step(
                 if deadline is not None and due > deadline:
                     skip = Reason.window_missed
             if rid is not None:
-                latest[index] = max(latest.get(index, due), due)
+                if action:
+                    latest[index] = max(latest.get(index, due), due)
                 prio = priority
             else:
                 planned = due = max(planned, latest.get(index, planned))
                 prio = priority - 1  # after the step's messages when due at the same instant
             for channel in chans:
-                ident = Identity(rule_name, step_name, index, ref, rid, channel)
+                ident = _new(Identity, (rule_name, step_name, index, ref, rid, channel))
                 desired.append(
-                    Desired(ident, planned, due, deadline, category, prio, skip, changes)
+                    _new(Desired, (ident, planned, due, deadline, category, prio, skip, changes))
                 )
 
 
