@@ -485,6 +485,12 @@ NOWS = st.datetimes(
 def _same(rf: RuleFile, s: Subject, people: dict[str, Recipient], now: datetime) -> None:
     try:
         want = ref_plan_subject(rf, s, people, now)
+    except (OverflowError, ValueError):
+        # the reference raised on a date at the edge of the calendar; the planner records
+        # it as the subject's problem instead (tests/unit/test_planner_extreme_dates.py)
+        got = plan_subject(rf, s, people, now)
+        assert got.problems
+        return
     except Exception as exc:  # noqa: BLE001 - the new planner must fail alike
         try:
             plan_subject(rf, s, people, now)

@@ -269,62 +269,89 @@ def _plan_step(
                 if err:
                     plan.problems.append(Problem(ref, rule_name, "if", err))
                 continue
+        mark, latest_before = len(desired), dict(latest) if action else latest
         try:
-            # what timemath.eval_at and anchor_of answer, the attribute read once per zone
-            anchor = conditions.anchor(at.attribute, tz)
-            first = (
-                timemath.offset_from(anchor, at, subject.attributes, tz, cal)
-                if anchor is not None and at.offsets
-                else anchor
+            try:
+                # what timemath.eval_at and anchor_of answer, the attribute read once per zone
+                anchor = conditions.anchor(at.attribute, tz)
+                first = (
+                    timemath.offset_from(anchor, at, subject.attributes, tz, cal)
+                    if anchor is not None and at.offsets
+                    else anchor
+                )
+            except ValueError as exc:
+                plan.problems.append(Problem(ref, rule_name, at.attribute, str(exc)))
+                first = anchor = None
+                skip: Reason | None = Reason.bad_data
+            else:
+                skip = Reason.no_date if first is None else None
+            if first is None:
+                for channel in chans:
+                    ident = _new(Identity, (rule_name, step_name, 0, ref, rid, channel))
+                    desired.append(
+                        _new(Desired, (ident, now, now, None, category, priority, skip, None))
+                    )
+                continue
+            if step.time_of_day is not None:
+                first = timemath.at_time_of_day(first, step.time_of_day, tz)
+            changes = dict(step.set) if (rid is None and step.set) else None
+            occurrences = (
+                ((0, first),)
+                if step.repeat is None
+                else _occurrences(step, subject, first, tz, cal, now)
             )
-        except ValueError as exc:
-            plan.problems.append(Problem(ref, rule_name, at.attribute, str(exc)))
-            first = anchor = None
-            skip: Reason | None = Reason.bad_data
-        else:
-            skip = Reason.no_date if first is None else None
-        if first is None:
+            for index, planned in occurrences:
+                deadline = anchor if (sp.before_anchor and anchor is not None) else None
+                if expire is not None:
+                    exp = _expiry(planned, expire, tz, cal)
+                    if exp is not None:
+                        deadline = exp if deadline is None else min(deadline, exp)
+                due = planned
+                skip = None
+                if window is not None and rid is not None:
+                    try:
+                        due = timemath.next_window_opening(planned, window, tz, rf.calendars)
+                    except ValueError as exc:
+                        plan.problems.append(Problem(ref, rule_name, "window", str(exc)))
+                        skip = Reason.window_missed
+                    if deadline is not None and due > deadline:
+                        skip = Reason.window_missed
+                if rid is not None:
+                    if action:
+                        latest[index] = max(latest.get(index, due), due)
+                    prio = priority
+                else:
+                    planned = due = max(planned, latest.get(index, planned))
+                    prio = priority - 1  # after the step's messages when due at the same instant
+                for channel in chans:
+                    ident = _new(Identity, (rule_name, step_name, index, ref, rid, channel))
+                    desired.append(
+                        _new(
+                            Desired, (ident, planned, due, deadline, category, prio, skip, changes)
+                        )
+                    )
+
+        except (OverflowError, ValueError) as exc:
+            # a date at the edge of the calendar (year 1 or 9999) with an offset, a repeat,
+            # a time of day or a window carried past it (or a repeat's `until` that cannot
+            # be read): this subject's bad data, recorded and skipped like an unreadable
+            # date, never an error for the whole batch
+            del desired[mark:]
+            if action:
+                latest.clear()
+                latest.update(latest_before)
+            message = (
+                str(exc)
+                if isinstance(exc, ValueError)
+                else "a date worked out from it is out of the supported range of dates"
+            )
+            plan.problems.append(Problem(ref, rule_name, at.attribute, message))
             for channel in chans:
                 ident = _new(Identity, (rule_name, step_name, 0, ref, rid, channel))
                 desired.append(
-                    _new(Desired, (ident, now, now, None, category, priority, skip, None))
-                )
-            continue
-        if step.time_of_day is not None:
-            first = timemath.at_time_of_day(first, step.time_of_day, tz)
-        changes = dict(step.set) if (rid is None and step.set) else None
-        occurrences = (
-            ((0, first),)
-            if step.repeat is None
-            else _occurrences(step, subject, first, tz, cal, now)
-        )
-        for index, planned in occurrences:
-            deadline = anchor if (sp.before_anchor and anchor is not None) else None
-            if expire is not None:
-                exp = _expiry(planned, expire, tz, cal)
-                if exp is not None:
-                    deadline = exp if deadline is None else min(deadline, exp)
-            due = planned
-            skip = None
-            if window is not None and rid is not None:
-                try:
-                    due = timemath.next_window_opening(planned, window, tz, rf.calendars)
-                except ValueError as exc:
-                    plan.problems.append(Problem(ref, rule_name, "window", str(exc)))
-                    skip = Reason.window_missed
-                if deadline is not None and due > deadline:
-                    skip = Reason.window_missed
-            if rid is not None:
-                if action:
-                    latest[index] = max(latest.get(index, due), due)
-                prio = priority
-            else:
-                planned = due = max(planned, latest.get(index, planned))
-                prio = priority - 1  # after the step's messages when due at the same instant
-            for channel in chans:
-                ident = _new(Identity, (rule_name, step_name, index, ref, rid, channel))
-                desired.append(
-                    _new(Desired, (ident, planned, due, deadline, category, prio, skip, changes))
+                    _new(
+                        Desired, (ident, now, now, None, category, priority, Reason.bad_data, None)
+                    )
                 )
 
 
