@@ -296,7 +296,9 @@ class Dispatcher(
             gc.collect()
             self._collected_at = time.monotonic()
             self.idle_collections += 1
-            log.debug("full garbage collection while idle: %.1f ms", (self._collected_at - t0) * 1e3)
+            log.debug(
+                "full garbage collection while idle: %.1f ms", (self._collected_at - t0) * 1e3
+            )
             now = clock.now()
             timeout = max_sleep if nxt is None else (nxt - now).total_seconds()
             if timeout <= 0 or self._wake.is_set():
