@@ -200,6 +200,17 @@ def test_late_no_collection_before_a_short_sleep_nor_twice_in_a_row(
     del keep
 
 
+def test_late_no_collection_before_a_sleep_shorter_than_twice_the_last_one(
+    sqlite_url: str, tmp_path: Path, collector: None
+) -> None:
+    engine, disp = make(sqlite_url, tmp_path, SystemClock())
+    keep = _build_up_collections()
+    disp._gc_took = dispatch.IDLE_GC_GAP  # the last full pass took this long
+    disp._sleep(engine.clock.now() + timedelta(seconds=1.5 * dispatch.IDLE_GC_GAP), 30.0)
+    assert disp.idle_collections == 0
+    del keep
+
+
 def test_late_no_collection_when_the_collector_is_off(sqlite_url: str, tmp_path: Path) -> None:
     engine, disp = make(sqlite_url, tmp_path, SystemClock())
     was = gc.isenabled()

@@ -84,9 +84,10 @@ CLAIM_SECONDS = 5.0
 # early and the rest is spun (holding the GIL for at most that long: less than the 5 ms a
 # busy thread holds it by default).
 WAKE_EARLY = 0.001
-# Before a sleep at least IDLE_GC_GAP long, the garbage collector's full pass is run on the idle
-# time, at most once every IDLE_GC_EVERY seconds, when one has been building up (_gc_due).
-IDLE_GC_GAP = 0.25
+# Before a sleep at least IDLE_GC_GAP long (and twice as long as the last such pass took),
+# the garbage collector's full pass is run on the idle time, at most once every
+# IDLE_GC_EVERY seconds, when one has been building up (_gc_due).
+IDLE_GC_GAP = 0.5
 IDLE_GC_EVERY = 1.0
 
 
@@ -177,6 +178,7 @@ class Dispatcher(
         self.fine_wakes = 0  # sleeps that ended on the due time itself (_sleep)
         self.idle_collections = 0  # full garbage collections run while idle (_sleep)
         self._collected_at = -IDLE_GC_EVERY
+        self._gc_took = 0.0  # how long the last one took
         engine.add_wake_hook(self.wake_for)
 
     @property
@@ -277,24 +279,26 @@ class Dispatcher(
         spin after ``2 * WAKE_EARLY`` s of real time: the cycle then claims whatever is due,
         as before.
 
-        Before a long enough sleep (``IDLE_GC_GAP``), the garbage collector's full pass
-        is run here, on the idle time, instead of wherever it would next fall: in a
-        process holding many objects it stalls every thread for 100-350 ms on this
-        machine, and a full pass that falls in the middle of a burst of sends makes each of
-        them that much later (and, in ``duly serve``, every inbox stream's event)."""
+        Before a long enough sleep (``IDLE_GC_GAP``, and twice what the last one took, so
+        it ends well before ``nxt``), the garbage collector's full pass is run here, on the
+        idle time, instead of wherever it would next fall: in a process holding many
+        objects it stalls every thread for 100-650 ms on this machine under load, and a full
+        pass that falls in the middle of a burst of sends makes each of them that much later
+        (and, in ``duly serve``, every inbox stream's event)."""
         clock = self.engine.clock
         now = clock.now()
         timeout = max_sleep if nxt is None else (nxt - now).total_seconds()
         if timeout <= 0:
             return
         if (
-            timeout >= IDLE_GC_GAP
+            timeout >= max(IDLE_GC_GAP, 2 * self._gc_took)
             and time.monotonic() - self._collected_at >= IDLE_GC_EVERY
             and _gc_due()
         ):
             t0 = time.monotonic()
             gc.collect()
             self._collected_at = time.monotonic()
+            self._gc_took = self._collected_at - t0
             self.idle_collections += 1
             log.debug(
                 "full garbage collection while idle: %.1f ms", (self._collected_at - t0) * 1e3
