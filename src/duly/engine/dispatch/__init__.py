@@ -80,10 +80,6 @@ log = logging.getLogger("duly.dispatcher")
 # With slow sends, a process claims about this many seconds of work at a time (claim_limit).
 CLAIM_SECONDS = 5.0
 
-# Waiting for the next due time (Dispatcher._sleep): the timed wait ends this many seconds
-# early and the rest is spun (holding the GIL for at most that long: less than the 5 ms a
-# busy thread holds it by default).
-WAKE_EARLY = 0.001
 # Before a sleep at least IDLE_GC_GAP long (and twice as long as the last such pass took),
 # the garbage collector's full pass is run on the idle time, at most once every
 # IDLE_GC_EVERY seconds, when one has been building up (_gc_due).
@@ -175,7 +171,6 @@ class Dispatcher(
         # While asleep: when it wakes by itself (next due time or max_sleep); None while
         # awake. New work due later than that needs no wake-up.
         self._sleep_until: datetime | None = None
-        self.fine_wakes = 0  # sleeps that ended on the due time itself (_sleep)
         self.idle_collections = 0  # full garbage collections run while idle (_sleep)
         self._collected_at = -IDLE_GC_EVERY
         self._gc_took = 0.0  # how long the last one took
@@ -270,21 +265,18 @@ class Dispatcher(
     def _sleep(self, nxt: datetime | None, max_sleep: float) -> None:
         """Sleep until ``nxt`` (at most ``max_sleep`` s), or until woken.
 
-        A timed wait ends a little after its deadline (timer slack and the wake-up: 0.1-0.6
-        ms here, more on a busy machine), and all of that overshoot is lateness. So the wait
-        ends ``WAKE_EARLY`` s before ``nxt`` and the rest is spun against the dispatcher's
-        clock: the claim starts at ``nxt``, never before it (a spin costs at most
-        ``WAKE_EARLY`` s of CPU per wake-up; a delay from waiting for a CPU longer than that
-        is not made up). A clock that does not follow real time (a simulation's) ends the
-        spin after ``2 * WAKE_EARLY`` s of real time: the cycle then claims whatever is due,
-        as before.
-
         Before a long enough sleep (``IDLE_GC_GAP``, and twice what the last one took, so
         it ends well before ``nxt``), the garbage collector's full pass is run here, on the
         idle time, instead of wherever it would next fall: in a process holding many
         objects it stalls every thread for 100-650 ms on this machine under load, and a full
         pass that falls in the middle of a burst of sends makes each of them that much later
-        (and, in ``duly serve``, every inbox stream's event)."""
+        (and, in ``duly serve``, every inbox stream's event).
+
+        The wait itself is one timed wait to ``nxt``: it ends 0.1-0.15 ms after it (timer
+        slack and the wake-up), more when the machine is busy. Ending it early and spinning
+        to ``nxt`` was tried: p50 0.12 -> 0.002 ms, but p90 0.15 -> 2 ms at load 6-8 (a
+        spinning thread is preempted and waits a time slice; a sleeping one is woken first)
+        and 0.2 ms of CPU per wake-up, so it was left out."""
         clock = self.engine.clock
         now = clock.now()
         timeout = max_sleep if nxt is None else (nxt - now).total_seconds()
@@ -300,9 +292,7 @@ class Dispatcher(
             self._collected_at = time.monotonic()
             self._gc_took = self._collected_at - t0
             self.idle_collections += 1
-            log.debug(
-                "full garbage collection while idle: %.1f ms", (self._collected_at - t0) * 1e3
-            )
+            log.debug("full garbage collection while idle: %.1f ms", self._gc_took * 1e3)
             now = clock.now()
             timeout = max_sleep if nxt is None else (nxt - now).total_seconds()
             if timeout <= 0 or self._wake.is_set():
@@ -310,15 +300,7 @@ class Dispatcher(
         wait = min(timeout, max_sleep)
         # set before waiting: a wake_for() in between sees it or finds the loop awake
         self._sleep_until = now + timedelta(seconds=wait)
-        fine = nxt is not None and timeout <= max_sleep
-        if self._wake.wait(max(0.0, wait - WAKE_EARLY) if fine else wait) or not fine:
-            return
-        assert nxt is not None
-        # the last WAKE_EARLY s: spun until the clock reaches nxt
-        give_up = time.monotonic() + 2 * WAKE_EARLY
-        while not self._wake.is_set() and clock.now() < nxt and time.monotonic() < give_up:
-            pass  # no system call: time.sleep(0) gives the CPU away for ~0.1 ms under load
-        self.fine_wakes += 1
+        self._wake.wait(wait)
 
     def keep_leases(self) -> int:
         """Renew the leases of the rows this process is sending, if the loop is alive (a
