@@ -520,6 +520,9 @@ def phase_lateness(
         if ahead < 0.5:
             log(f"{backend.name}: planning overran the start by {-ahead:.1f} s")
         disp = Dispatcher(engine, {"email": NullChannel("email")}, Renderer(setup.templates))
+        # as `duly serve` and `duly worker` do at start-up (runtime.py): without it the
+        # first due row waits for the render processes to start (~1 s under load)
+        disp.renderer.start()
         th = threading.Thread(target=disp.run_forever, name="bench-dispatcher", daemon=True)
         th.start()
         end = start + timedelta(seconds=window)
