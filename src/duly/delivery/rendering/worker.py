@@ -165,10 +165,15 @@ class _Worker:
         from duly.core.model import RenderLimits
         from duly.delivery.rendering import Renderer
 
-        limits = RenderLimits(**req["limits"])
-        key = (req["templates_dir"], limits.max_output, req["has_overrides"], req["ack_links"])
+        key = (
+            req["templates_dir"],
+            req["limits"]["max_output"],
+            req["has_overrides"],
+            req["ack_links"],
+        )
         r = self.renderers.get(key)
         if r is None:
+            limits = RenderLimits(**req["limits"])
             r = Renderer(
                 Path(req["templates_dir"]) if req["templates_dir"] else None,
                 loader_overrides=self.lookup if req["has_overrides"] else None,
