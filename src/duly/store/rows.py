@@ -91,13 +91,36 @@ def _identity(r: RowMapping) -> Identity:
     )
 
 
+_UNSET: Any = object()
+
+
 def claimed_rows(res: Any, now: datetime, lease: timedelta) -> list[DeliveryRow]:
     """Rows just moved to ``sending`` under a lease of ``lease`` from ``now``, as the
     dispatcher takes them: highest priority first, then earliest due, then oldest."""
+    # Identity.from_db, with each occurrence's JSON text parsed once per claim (a batch's
+    # rows mostly share "0"); only immutable values (numbers, strings) are shared
+    parsed: dict[str, Any] = {}
+
+    def identity(r: Any) -> Identity:
+        text = r["occurrence"]
+        occ = parsed.get(text, _UNSET)
+        if occ is _UNSET:
+            occ = json.loads(text)
+            if type(occ) in (int, str, float):
+                parsed[text] = occ
+        return Identity(
+            r["rule"],
+            r["step"] or None,
+            occ,
+            r["subject"] or None,
+            r["recipient"] or None,
+            r["channel"] or None,
+        )
+
     rows = [
         DeliveryRow(
             id=r["id"],
-            identity=_identity(r),
+            identity=identity(r),
             state="sending",
             category=r["category"],
             priority=r["priority"],
