@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import Integer, String, and_, bindparam, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from duly.core.planner import Identity
@@ -21,10 +21,34 @@ from duly.store.rows import (
     _chunks,
     _group_by_keys,
     claimed_rows,
+    instants,
 )
-from duly.store.tables import deliveries
+from duly.store.tables import UTCDateTime, deliveries
 
 __all__ = ["DeliveryQueries"]
+
+# The columns a claim hands back (``_take``), in this order.
+_CLAIMED = (
+    "id",
+    "rule",
+    "step",
+    "occurrence",
+    "subject",
+    "recipient",
+    "channel",
+    "category",
+    "priority",
+    "planned_at",
+    "due_at",
+    "deadline_at",
+    "attempts",
+    "changes",
+    "message_id",
+)
+# Columns whose values reach the driver as they are (no type processing on either dialect)
+# and instants (``UTCDateTime``): what ``finish`` writes straight through the driver.
+_TIMES = frozenset(c.name for c in deliveries.c if isinstance(c.type, UTCDateTime))
+_PLAIN = frozenset(c.name for c in deliveries.c if isinstance(c.type, (String, Integer)))
 
 
 class DeliveryQueries(StoreBase):
@@ -279,29 +303,30 @@ class DeliveryQueries(StoreBase):
         condition here would also make SQLite leave the primary key for a slower index.)"""
         if not ids:
             return []
-        res = conn.execute(
-            update(deliveries)
-            .where(deliveries.c.id.in_(ids))
-            .values(state="sending", lease_owner=owner, lease_until=now + lease, updated_at=now)
-            .returning(
-                deliveries.c.id,
-                deliveries.c.rule,
-                deliveries.c.step,
-                deliveries.c.occurrence,
-                deliveries.c.subject,
-                deliveries.c.recipient,
-                deliveries.c.channel,
-                deliveries.c.category,
-                deliveries.c.priority,
-                deliveries.c.planned_at,
-                deliveries.c.due_at,
-                deliveries.c.deadline_at,
-                deliveries.c.attempts,
-                deliveries.c.changes,
-                deliveries.c.message_id,
+        # Straight through the driver: SQLAlchemy's expanding IN and per-value processing
+        # cost more than the statement. The same UPDATE … RETURNING it would send; values
+        # bound and read back as ``tables.UTCDateTime`` and ``JSON`` do (``_raw_results``).
+        ph = "%s" if self.postgres else "?"
+        instant = instants(not self.postgres)
+        out = []
+        for chunk in _chunks(ids, 500):
+            ids_in, id_params = self._ids_in(chunk)
+            sql = (
+                f"UPDATE deliveries SET state = {ph}, lease_owner = {ph}, lease_until = {ph}, "
+                f"updated_at = {ph} WHERE deliveries.id {ids_in} "
+                f"RETURNING {', '.join(f'deliveries.{c}' for c in _CLAIMED)}"
             )
-        ).mappings()
-        return claimed_rows(res, now, lease)
+            params = ("sending", owner, instant(now + lease), instant(now), *id_params)
+            out += conn.exec_driver_sql(sql, params).fetchall()
+        return claimed_rows(_raw_results(conn, out), now, lease)
+
+    def _ids_in(self, ids: Sequence[int]) -> tuple[str, tuple[Any, ...]]:
+        """``IN (?, ?, …)`` with its parameters; on PostgreSQL ``= ANY(%s)`` with one array,
+        which PostgreSQL makes of an IN list anyway (the same plan), and whose text stays
+        the same for any number of ids, so psycopg converts it once, not on every claim."""
+        if self.postgres:
+            return "= ANY(%s)", (list(ids),)
+        return f"IN ({', '.join(['?'] * len(ids))})", tuple(ids)
 
     def finish(self, conn: Connection, updates: Sequence[dict[str, Any]], owner: str) -> set[int]:
         """Record the results of claimed rows. Each update names ``_id`` and the columns to
@@ -310,29 +335,55 @@ class DeliveryQueries(StoreBase):
         ids written, so the caller can tell which outcomes were refused."""
         if not updates:
             return set()
+        # The statements SQLAlchemy would send, straight through the driver (one SELECT of
+        # the rows still held, then one executemany UPDATE per set of columns, each
+        # guarded by owner and state): its per-value processing cost more than the writes.
+        # Values are bound as ``tables.UTCDateTime`` binds them; a column of any other
+        # type (JSON) goes through SQLAlchemy as before.
+        ph = "%s" if self.postgres else "?"
+        lock = " FOR UPDATE" if self.postgres else ""
         want = [u["_id"] for u in updates]
         held: set[int] = set()
         for chunk in _chunks(want, 500):
-            q = select(deliveries.c.id).where(
-                deliveries.c.id.in_(list(chunk)),
-                deliveries.c.lease_owner == owner,
-                deliveries.c.state == "sending",
+            ids_in, id_params = self._ids_in(chunk)
+            sql = (
+                f"SELECT deliveries.id FROM deliveries WHERE deliveries.id {ids_in} "
+                f"AND deliveries.lease_owner = {ph} AND deliveries.state = {ph}{lock}"
             )
-            if self.postgres:
-                q = q.with_for_update()
-            held.update(conn.execute(q).scalars())
+            params = (*id_params, owner, "sending")
+            held.update(r[0] for r in conn.exec_driver_sql(sql, params))
         mine = [u for u in updates if u["_id"] in held]
+        instant = instants(not self.postgres)
         for group in _group_by_keys(mine):
-            stmt = (
-                update(deliveries)
-                .where(
-                    deliveries.c.id == bindparam("_id"),
-                    deliveries.c.lease_owner == bindparam("_owner"),
-                    deliveries.c.state == "sending",
+            cols = [k for k in group[0] if k != "_id"]
+            if not all(c in _PLAIN or c in _TIMES for c in cols):
+                stmt = (
+                    update(deliveries)
+                    .where(
+                        deliveries.c.id == bindparam("_id"),
+                        deliveries.c.lease_owner == bindparam("_owner"),
+                        deliveries.c.state == "sending",
+                    )
+                    .values({k: bindparam(k) for k in cols})
                 )
-                .values({k: bindparam(k) for k in group[0] if k != "_id"})
+                conn.execute(stmt, [{**u, "_owner": owner} for u in group])
+                continue
+            sets = ", ".join(f'"{c}" = {ph}' for c in cols)
+            sql = (
+                f"UPDATE deliveries SET {sets} WHERE deliveries.id = {ph} "
+                f"AND deliveries.lease_owner = {ph} AND deliveries.state = {ph}"
             )
-            conn.execute(stmt, [{**u, "_owner": owner} for u in group])
+            times = [c in _TIMES for c in cols]
+            data = [
+                (
+                    *[instant(u[c]) if t else u[c] for c, t in zip(cols, times, strict=True)],
+                    u["_id"],
+                    owner,
+                    "sending",
+                )
+                for u in group
+            ]
+            conn.exec_driver_sql(sql, data)
         return held
 
     def _same_stream(self, ident: Identity) -> Any:
@@ -457,3 +508,22 @@ class DeliveryQueries(StoreBase):
                 lease_until=None,
             )
         )
+
+
+def _raw_results(conn: Connection, rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """Rows of ``_CLAIMED`` read through the driver, as SQLAlchemy's result processing of
+    those columns gives them (aware UTC instants, JSON parsed): its own processors, taken
+    from the table's types for this dialect."""
+    dialect = conn.dialect
+    procs = [
+        (i, p)
+        for i, c in enumerate(_CLAIMED)
+        if (p := deliveries.c[c].type._cached_result_processor(dialect, None)) is not None
+    ]
+    out = []
+    for r in rows:
+        vals = list(r)
+        for i, p in procs:
+            vals[i] = p(vals[i])
+        out.append(dict(zip(_CLAIMED, vals, strict=True)))
+    return out

@@ -330,14 +330,23 @@ class Renderer:
                     out.append(exc)
             return out
         resolved: list[RenderRequest] = []
+        # resolve() looks for variant files: once per template and reader in this call
+        # (what it answers depends on nothing else)
+        seen: dict[tuple[Any, ...], tuple[str, str]] = {}
         for it in items:
-            name, locale = self.resolve(
-                it["name"],
-                it["channel"],
-                recipient=it.get("recipient"),
-                locale=it.get("locale"),
-                variants=it.get("variants", True),
-            )
+            recipient = it.get("recipient")
+            reader = it.get("locale") or (recipient.locale if recipient else None)
+            key = (it["name"], it["channel"], reader, it.get("variants", True))
+            hit = seen.get(key)
+            if hit is None:
+                hit = seen[key] = self.resolve(
+                    it["name"],
+                    it["channel"],
+                    recipient=recipient,
+                    locale=it.get("locale"),
+                    variants=it.get("variants", True),
+                )
+            name, locale = hit
             resolved.append({**it, "name": name, "locale": locale})
         return self.pool.render_many(self, resolved)  # type: ignore[no-any-return]
 

@@ -103,7 +103,10 @@ class _Loader(BaseLoader):
         # compiled and cached together: a render never pairs a new subject with an old body.
         source, filename, uptodate = self.get_source(environment, name)
         body, subject = _split_subject(source)
-        namespace = environment.make_globals(globals)
+        # Flattened: Jinja's ChainMap over the environment's globals is copied key by key
+        # into every render's context (a third of a one-line template's render). The
+        # environment's globals are all set when the Renderer is made, before any load.
+        namespace = dict(environment.make_globals(globals))
         code = environment.compile(body, name, filename)
         template = _Template.from_code(environment, code, namespace, uptodate)
         assert isinstance(template, _Template)

@@ -72,8 +72,11 @@ INTERACTIVE_GRACE = 3.0
 # A delivery waits for a free worker at most this many timeouts (each render ends within
 # one, so this only trips when the pool cannot start workers at all).
 DELIVERY_WAIT_TIMEOUTS = 30
-# Renderer.render_many sends this many renders in one message to a worker.
+# Renderer.render_many sends at least this many renders in one message to a worker (if it
+# has them), and at most MAX_BATCH: the items are shared out evenly over the workers in
+# between, so a dispatcher's batch of 200 costs each worker one or two round trips.
 BATCH = 16
+MAX_BATCH = 64
 
 
 class RenderPool:
@@ -248,16 +251,15 @@ class RenderPool:
     def render_many(
         self, renderer: Renderer, items: Sequence[RenderRequest]
     ) -> list[Rendered | RenderError]:
-        """Renderer.render_many: the items in batches of up to BATCH per message to a worker
-        (one round trip per batch, not per item), ``renderer.limits.workers`` batches side by
+        """Renderer.render_many: the items in batches of BATCH to MAX_BATCH per message to a
+        worker (one round trip per batch, not per item), ``renderer.limits.workers`` side by
         side. Each item still has its own timeout: the worker notes when each item starts
         on its status pipe, and the parent, woken at a deadline, kills the worker only when
         the item being rendered has run longer than the timeout; the other items of that
         batch are then rendered again by another worker."""
         out: list[Rendered | RenderError | None] = [None] * len(items)
-        batches = deque(
-            list(range(i, min(i + BATCH, len(items)))) for i in range(0, len(items), BATCH)
-        )
+        per = max(BATCH, min(MAX_BATCH, math.ceil(len(items) / max(1, renderer.limits.workers))))
+        batches = deque(list(range(i, min(i + per, len(items)))) for i in range(0, len(items), per))
         lock = threading.Lock()
 
         def drain() -> None:

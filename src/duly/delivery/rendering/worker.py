@@ -47,9 +47,14 @@ class _Channel:
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def _vm_size() -> int | None:
-    """This process's virtual size in bytes (what RLIMIT_AS counts), from /proc."""
+def _vm_size(fd: int | None = None) -> int | None:
+    """This process's virtual size in bytes (what RLIMIT_AS counts), from /proc: read
+    through ``fd`` (``/proc/self/statm`` kept open) when given, else opened for this read."""
     try:
+        if fd is not None:
+            # the file is generated on each read from offset 0: the same figure, without
+            # the cost of opening it (several times that of the read, measured)
+            return int(os.pread(fd, 256, 0).split()[0]) * _PAGE
         with open("/proc/self/statm", "rb") as f:
             return int(f.read().split()[0]) * _PAGE
     except (OSError, ValueError, IndexError):
@@ -66,11 +71,16 @@ class _Limits:
     def __init__(self) -> None:
         self.as_soft: int | None = None
         self.cpu_soft: int | None = None
+        # opened once: read before every render
+        try:
+            self.statm: int | None = os.open("/proc/self/statm", os.O_RDONLY)
+        except OSError:
+            self.statm = None
 
     def set(self, limits: dict[str, Any]) -> None:
         if resource is None:
             return
-        size = _vm_size()
+        size = _vm_size(self.statm)
         if size is not None:
             want = size + int(limits["max_memory"])
             if self.as_soft is None or abs(self.as_soft - want) > self.SLACK:
@@ -155,10 +165,15 @@ class _Worker:
         from duly.core.model import RenderLimits
         from duly.delivery.rendering import Renderer
 
-        limits = RenderLimits(**req["limits"])
-        key = (req["templates_dir"], limits.max_output, req["has_overrides"], req["ack_links"])
+        key = (
+            req["templates_dir"],
+            req["limits"]["max_output"],
+            req["has_overrides"],
+            req["ack_links"],
+        )
         r = self.renderers.get(key)
         if r is None:
+            limits = RenderLimits(**req["limits"])
             r = Renderer(
                 Path(req["templates_dir"]) if req["templates_dir"] else None,
                 loader_overrides=self.lookup if req["has_overrides"] else None,
