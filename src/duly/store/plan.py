@@ -8,8 +8,9 @@ dispatcher's claim cannot be undone by a plan's update.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, text, update
@@ -47,6 +48,44 @@ _PLAN_OF_SUBJECT = (
 )
 
 
+# One subject's rows with the columns of the PUT's answer (``DeliveryOut``), by driver-level
+# SQL (the single upsert runs it per request; SQLAlchemy's per-row processing of a Core
+# select cost more than the query). The identity columns come first (see _IDENT).
+ANSWER_COLS = (
+    "id",
+    "rule",
+    "step",
+    "occurrence",
+    "subject",
+    "recipient",
+    "channel",
+    "state",
+    "reason",
+    "category",
+    "planned_at",
+    "due_at",
+    "sent_at",
+    "attempts",
+    "last_error",
+    "title",
+    "message_id",
+)
+_ONE_SUBJECT = f"SELECT {', '.join(ANSWER_COLS)} FROM deliveries WHERE subject = "
+_ONE_SUBJECT_SQLITE = _ONE_SUBJECT + "?"
+_ONE_SUBJECT_PG = _ONE_SUBJECT + "%s FOR UPDATE"
+_RETURNING = " RETURNING id, rule, step, occurrence, subject, recipient, channel"
+
+
+def _read_instant(v: Any) -> datetime | None:
+    """A stored instant as ``tables.UTCDateTime`` reads it back (aware UTC): SQLite hands
+    out its text, PostgreSQL a naive datetime."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = datetime.fromisoformat(v)
+    return v.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+
+
 class PlanQueries(StoreBase):
     """Existing rows for the planner; carrying out its actions; schedule occurrences."""
 
@@ -76,6 +115,26 @@ class PlanQueries(StoreBase):
         from a statement built once (the answer to every single upsert). Reads only."""
         return [dict(r) for r in conn.execute(_PLAN_OF_SUBJECT, {"ref": ref}).mappings()]
 
+    def existing_of_subject(
+        self, conn: Connection, ref: str
+    ) -> tuple[list[Existing], dict[int, dict[str, Any]]]:
+        """One subject's rows as :meth:`existing_for` hands them to the planner (locked on
+        PostgreSQL likewise), and each row's ``ANSWER_COLS`` by id, as ``plan_of_subject``
+        would read them: what the single upsert builds its answer from without reading
+        the plan again."""
+        sql = _ONE_SUBJECT_PG if self.postgres else _ONE_SUBJECT_SQLITE
+        existing: list[Existing] = []
+        rows: dict[int, dict[str, Any]] = {}
+        for t in conn.exec_driver_sql(sql, (ref,)):
+            r = dict(zip(ANSWER_COLS, t, strict=True))
+            r["planned_at"] = planned = _read_instant(r["planned_at"])
+            r["due_at"] = due = _read_instant(r["due_at"])
+            r["sent_at"] = _read_instant(r["sent_at"])
+            rows[r["id"]] = r
+            ident = Identity.from_db(*t[1:7])
+            existing.append(Existing(r["id"], ident, r["state"], r["reason"], planned, due))  # type: ignore[arg-type]
+        return existing, rows
+
     def existing_identities(self, conn: Connection, idents: Sequence[Identity]) -> list[Existing]:
         """Rows for these exact identities (event rules, where the subject's rows are many)."""
         out = []
@@ -98,12 +157,20 @@ class PlanQueries(StoreBase):
                 )
         return out
 
-    def apply(self, conn: Connection, actions: Sequence[Action], now: datetime) -> int:
+    def apply(
+        self,
+        conn: Connection,
+        actions: Sequence[Action],
+        now: datetime,
+        *,
+        created: dict[tuple[str, ...], int] | None = None,
+    ) -> int:
         """Carry out reconciliation actions; log each outcome they record.
 
         Returns how many rows became pending (so the caller knows whether to wake the
         dispatcher). Creation relies on the identity's unique constraint: two processes
-        planning the same identity cannot both insert it.
+        planning the same identity cannot both insert it. ``created``: filled with the id
+        of each row created, by its identity's stored form (``Identity.db_key``).
         """
         creates: list[dict[str, Any]] = []
         create_logs: list[tuple[str, str | None, datetime]] = []
@@ -195,7 +262,9 @@ class PlanQueries(StoreBase):
         # the common case, a new pending row, goes through the much faster plain executemany.
         logged = [(c, lg) for c, lg in zip(creates, create_logs, strict=True) if lg[0]]
         plain = [c for c, lg in zip(creates, create_logs, strict=True) if not lg[0]]
-        if plain:
+        if plain and created is not None:
+            created.update(self._insert_returning(conn, plain))
+        elif plain:
             self._insert_plain(conn, plain)
         if logged:
             ids = (
@@ -206,7 +275,9 @@ class PlanQueries(StoreBase):
                 .scalars()
                 .all()
             )
-            for did, (_, (outcome, reason, planned)) in zip(ids, logged, strict=True):
+            for did, (c, (outcome, reason, planned)) in zip(ids, logged, strict=True):
+                if created is not None:
+                    created[tuple(c[k] for k in self._PLAIN_COLS[:6])] = did
                 logs.append(
                     {
                         "delivery_id": did,
@@ -258,6 +329,40 @@ class PlanQueries(StoreBase):
             times=frozenset({"planned_at", "due_at", "deadline_at", "created_at", "updated_at"}),
             json_cols=frozenset({"changes"}),
         )
+
+    def _insert_returning(
+        self, conn: Connection, rows: Sequence[dict[str, Any]]
+    ) -> dict[tuple[str, ...], int]:
+        """Insert a few rows (one subject's) as :meth:`_insert_plain` stores them, in one
+        multi-row statement; their ids by identity (unique: RETURNING's order is not
+        promised on SQLite)."""
+        cols = self._PLAIN_COLS
+        ph = "%s" if self.postgres else "?"
+        one = f"({', '.join([ph] * len(cols))})"
+        sqlite = not self.postgres
+        out: dict[tuple[str, ...], int] = {}
+        for chunk in _chunks(rows, 100):
+            params: list[Any] = []
+            for r in chunk:
+                for c in cols:
+                    v = r[c]
+                    if v is None:
+                        pass
+                    elif c in _TIMES:
+                        v = v.astimezone(UTC).replace(tzinfo=None)
+                        if sqlite:
+                            v = v.isoformat(" ", "microseconds")
+                    elif c == "changes":
+                        v = json.dumps(v)
+                    params.append(v)
+            sql = (
+                f"INSERT INTO deliveries ({', '.join(cols)}) VALUES "
+                + ", ".join([one] * len(chunk))
+                + _RETURNING
+            )
+            for t in conn.exec_driver_sql(sql, tuple(params)):
+                out[tuple(t[1:])] = t[0]
+        return out
 
     # ------------------------------------------------------------------ by recipient, by occurrence
 
@@ -327,6 +432,9 @@ class PlanQueries(StoreBase):
         return conn.execute(
             select(func.max(deliveries.c.occurrence)).where(deliveries.c.rule == rule)
         ).scalar()
+
+
+_TIMES = frozenset({"planned_at", "due_at", "deadline_at", "created_at", "updated_at"})
 
 
 def is_duplicate(exc: BaseException) -> bool:
