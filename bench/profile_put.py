@@ -220,6 +220,8 @@ async def run(args: argparse.Namespace, app: Any, key: str, rt: Any) -> None:
         + f"; wall {n / wall:,.0f}/s; statements per call {stmts[0] / calls:.1f}"
         + (" (profiled: CPU inflated)" if prof else "")
     )
+    if prof and args.profile_out:
+        prof.dump_stats(args.profile_out)
     if prof:
         st = pstats.Stats(prof)
         st.sort_stats("cumulative").print_stats(args.profile)
@@ -318,6 +320,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--postgres", default=None, help="a scratch database URL (created here)")
     ap.add_argument("--profile", type=int, default=0, metavar="LINES")
+    ap.add_argument("--profile-out", default=None, metavar="FILE",
+                    help="with --profile: also write the raw cProfile stats to FILE")  # fmt: skip
     ap.add_argument("--batch", action="store_true")
     ap.add_argument("--no-fast-put", action="store_true",
                     help="through FastAPI's generic route (duly.api.fastput off)")  # fmt: skip

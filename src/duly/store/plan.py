@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from duly.core.planner import Action, Existing, Identity, outcome_of
+from duly.store.driver import fetch
 from duly.store.rows import StoreBase, _chunks, _group_by_keys, _identity
 from duly.store.tables import deliveries
 
@@ -125,7 +126,7 @@ class PlanQueries(StoreBase):
         sql = _ONE_SUBJECT_PG if self.postgres else _ONE_SUBJECT_SQLITE
         existing: list[Existing] = []
         rows: dict[int, dict[str, Any]] = {}
-        for t in conn.exec_driver_sql(sql, (ref,)):
+        for t in fetch(conn, sql, (ref,)):
             r = dict(zip(ANSWER_COLS, t, strict=True))
             r["planned_at"] = planned = _read_instant(r["planned_at"])
             r["due_at"] = due = _read_instant(r["due_at"])
@@ -360,7 +361,7 @@ class PlanQueries(StoreBase):
                 + ", ".join([one] * len(chunk))
                 + _RETURNING
             )
-            for t in conn.exec_driver_sql(sql, tuple(params)):
+            for t in fetch(conn, sql, params):
                 out[tuple(t[1:])] = t[0]
         return out
 
