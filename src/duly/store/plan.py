@@ -87,6 +87,13 @@ def _read_instant(v: Any) -> datetime | None:
     return v.replace(tzinfo=UTC)  # type: ignore[no-any-return]
 
 
+def _write_instant(v: datetime, sqlite: bool) -> Any:
+    """An instant as ``tables.UTCDateTime`` stores it: naive UTC, as the SQLite dialect's
+    text on SQLite."""
+    naive = v.astimezone(UTC).replace(tzinfo=None)
+    return naive.isoformat(" ", "microseconds") if sqlite else naive
+
+
 class PlanQueries(StoreBase):
     """Existing rows for the planner; carrying out its actions; schedule occurrences."""
 
@@ -335,33 +342,29 @@ class PlanQueries(StoreBase):
         self, conn: Connection, rows: Sequence[dict[str, Any]]
     ) -> dict[tuple[str, ...], int]:
         """Insert a few rows (one subject's) as :meth:`_insert_plain` stores them, in one
-        multi-row statement; their ids by identity (unique: RETURNING's order is not
-        promised on SQLite)."""
+        statement; their ids by identity (unique: RETURNING's order is not promised on
+        SQLite). On PostgreSQL one column array per column (``unnest``): the same SQL for
+        any number of rows, which psycopg caches and prepares."""
         cols = self._PLAIN_COLS
-        ph = "%s" if self.postgres else "?"
-        one = f"({', '.join([ph] * len(cols))})"
         sqlite = not self.postgres
+        values: list[list[Any]] = []
+        for c in cols:
+            col = [r[c] for r in rows]
+            if c in _TIMES:
+                col = [None if v is None else _write_instant(v, sqlite) for v in col]
+            elif c == "changes":
+                col = [None if v is None else json.dumps(v) for v in col]
+            values.append(col)
         out: dict[tuple[str, ...], int] = {}
-        for chunk in _chunks(rows, 100):
-            params: list[Any] = []
-            for r in chunk:
-                for c in cols:
-                    v = r[c]
-                    if v is None:
-                        pass
-                    elif c in _TIMES:
-                        v = v.astimezone(UTC).replace(tzinfo=None)
-                        if sqlite:
-                            v = v.isoformat(" ", "microseconds")
-                    elif c == "changes":
-                        v = json.dumps(v)
-                    params.append(v)
-            sql = (
-                f"INSERT INTO deliveries ({', '.join(cols)}) VALUES "
-                + ", ".join([one] * len(chunk))
-                + _RETURNING
-            )
-            for t in fetch(conn, sql, params):
+        if not sqlite:
+            for t in fetch(conn, _INSERT_UNNEST_PG, values):
+                out[tuple(t[1:])] = t[0]
+            return out
+        one = f"({', '.join(['?'] * len(cols))})"
+        by_row = list(zip(*values, strict=True))
+        for chunk in _chunks(by_row, 50):
+            sql = f"{_INSERT_SQLITE}{', '.join([one] * len(chunk))}{_RETURNING}"
+            for t in fetch(conn, sql, [v for row in chunk for v in row]):
                 out[tuple(t[1:])] = t[0]
         return out
 
@@ -436,6 +439,16 @@ class PlanQueries(StoreBase):
 
 
 _TIMES = frozenset({"planned_at", "due_at", "deadline_at", "created_at", "updated_at"})
+_PG_TYPES = {"priority": "int", "attempts": "int", "error_count": "int", "changes": "json"}
+_INSERT_SQLITE = f"INSERT INTO deliveries ({', '.join(PlanQueries._PLAIN_COLS)}) VALUES "
+_INSERT_UNNEST_PG = (
+    f"INSERT INTO deliveries ({', '.join(PlanQueries._PLAIN_COLS)}) SELECT * FROM unnest("
+    + ", ".join(
+        f"%s::{'timestamp' if c in _TIMES else _PG_TYPES.get(c, 'text')}[]"
+        for c in PlanQueries._PLAIN_COLS
+    )
+    + f"){_RETURNING}"
+)
 
 
 def is_duplicate(exc: BaseException) -> bool:

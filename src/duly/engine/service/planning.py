@@ -230,8 +230,13 @@ class Planning(EngineBase):
         recipients = self.store.get_recipients(conn, rids)
         if one is not None:
             (old, s1) = pairs[0]
-            ex1, one.rows = self.store.existing_of_subject(conn, s1.ref)
-            existing = {s1.ref: ex1}
+            # a subject never stored has no rows: every row about a subject is planned
+            # for a stored one (its own plan, its events, a reminder about it)
+            if old is None:
+                existing = {s1.ref: []}
+            else:
+                ex1, one.rows = self.store.existing_of_subject(conn, s1.ref)
+                existing = {s1.ref: ex1}
             one.reread = old is not None and held_until_cleared(old.subject.hold_until)
         else:
             existing = self.store.existing_for(conn, [s.ref for _, s in pairs])
