@@ -188,7 +188,9 @@ async def run(args: argparse.Namespace, app: Any, key: str, rt: Any) -> None:
     calls = args.n // per
     pg0 = _pg_backend_cpu(args.postgres) if args.postgres else 0.0
     t0, c0 = time.perf_counter(), time.process_time()
-    prof = cProfile.Profile() if args.profile else None
+    # CPU time, not wall time: waits for PostgreSQL (or for a core, on a loaded machine)
+    # are not this process's work
+    prof = cProfile.Profile(time.process_time) if args.profile else None
     if prof:
         # cProfile sees one thread: run the handler's thread-pool work on the event loop
         import duly.api.v1.subjects as subjects_api

@@ -134,3 +134,23 @@ def test_a_subject_deleted_then_put_again(rt: Runtime) -> None:
     rt.engine.delete_subject("invoice", "C")
     rows = put(rt, "C", attributes=sent(due), recipients={"customer": "c1"})
     assert rows and all(r["state"] == "pending" for r in rows)
+
+
+def test_text_that_array_and_json_syntax_would_misread(rt: Runtime) -> None:
+    """Quotes, backslashes, braces, commas and the word NULL in a key and a recipient id
+    are stored (and answered) as they are: on PostgreSQL the rows go in as array text."""
+    odd = 'r"1\\,{x} NULL'
+    rt.engine.put_recipient(Recipient(odd, email="odd@example.test"))
+    due = datetime.now(UTC) + timedelta(days=3)
+    key = 'K "q" \\ {a,b} NULL'
+    rows = put(rt, key, attributes=sent(due), recipients={"customer": odd})
+    assert {(r["subject"], r["recipient"]) for r in rows} == {
+        (f"invoice/{key}", odd),
+        (f"invoice/{key}", ""),  # the `set` row
+    }
+    put(rt, key, attributes=sent(due + timedelta(hours=1)), recipients={"customer": odd})
+    with rt.engine.db.connect() as conn:
+        stored = rt.engine.store.plan_of_subject(conn, f"invoice/{key}")
+    assert [r["changes"] for r in stored if r["step"] == "close" and not r["recipient"]] == [
+        {"status": "closed", "note": "é"}
+    ]
