@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -67,6 +68,16 @@ def forget(p: subprocess.Popen[Any]) -> None:
 def _reap_all() -> None:
     for p in list(_children):
         reap(p, 5)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    # atexit and ``finally`` do not run when SIGTERM kills Python: raise instead, so a
+    # benchmark stopped with ``kill`` still stops its servers and drops its databases.
+    raise SystemExit(128 + signum)
+
+
+if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 def log(msg: str) -> None:

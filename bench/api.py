@@ -4,6 +4,7 @@
     .venv/bin/python bench/api.py --quick         # shorter windows (~1 min)
     .venv/bin/python bench/api.py --postgres none # SQLite only
     .venv/bin/python bench/api.py --profile       # + py-spy flame graphs of the server
+    .venv/bin/python bench/api.py --backends postgresql --only single --concurrency 8 --workers 2
 
 Rows:
 
@@ -19,7 +20,10 @@ Each subject plans 3 deliveries (``bench`` rule, due in 30 days: the dispatcher 
 The server is ``duly serve`` in its own process with a fresh database: SQLite in a temporary
 folder, PostgreSQL a scratch database ``duly_bench_api`` created and dropped here (AUTOCOMMIT).
 The client is a lean asyncio HTTP/1.1 keep-alive client in this process (one CPU of the two
-is the client's), so the numbers are the server's and not httpx's. Everything it starts is
+is the client's), so the numbers are the server's and not httpx's. ``--workers N`` runs
+``duly serve --workers N`` (N HTTP processes beside the main one); the CPU figures are then
+split: the server's processes (all of them), the PostgreSQL backends of the scratch
+database (from /proc) and the client, each per 1,000 subjects. Everything it starts is
 stopped and removed when it exits. The table is also saved to ``bench/out/api-*.txt``
 (``api-latest.json`` holds the raw figures).
 
@@ -179,10 +183,11 @@ class Server:
     key: str
     proc: subprocess.Popen[Any]
     log_path: Path
+    database: str | None = None
 
 
 @contextmanager
-def duly_serve(root: Path, database: str) -> Iterator[Server]:
+def duly_serve(root: Path, database: str, workers: int = 1) -> Iterator[Server]:
     """`duly serve` on ``database`` (migrated here) with the bench rules and a new API key,
     once ``/readyz`` answers."""
     tdir = root / "templates"
@@ -193,12 +198,15 @@ def duly_serve(root: Path, database: str) -> Iterator[Server]:
     port = free_port()
     env = duly_env(database, rules, DULY_PORT=str(port))
     key = migrate_and_key(env, root)
-    serve = DulyProc("serve", "serve", env, root, port=port)
+    args = ["--workers", str(workers)] if workers > 1 else []
+    serve = DulyProc("serve", "serve", env, root, args=args, port=port)
     serve.start()
     try:
         serve.wait_http(60, path="/readyz")
         assert serve.proc is not None
-        yield Server(f"http://127.0.0.1:{port}", "127.0.0.1", port, key, serve.proc, serve.logs[-1])
+        yield Server(
+            f"http://127.0.0.1:{port}", "127.0.0.1", port, key, serve.proc, serve.logs[-1], database
+        )
     finally:
         serve.stop(30)
 
@@ -428,14 +436,89 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of ``pid`` and its descendants (``duly serve --workers N``'s HTTP
+    processes and render processes), by pid."""
+    parent: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    pids, frontier = {pid}, [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in pids]
+        pids.update(kids)
+        frontier.extend(kids)
+    out: dict[int, float] = {}
+    for p in pids:
+        try:
+            out[p] = cpu_seconds(p)
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def pg_backend_cpu(database_url: str | None) -> dict[int, float]:
+    """CPU seconds of the PostgreSQL backends connected to the database, by pid (/proc:
+    the server must run on this machine)."""
+    if not database_url or not database_url.startswith("postgres"):
+        return {}
+    import psycopg
+
+    dbname = database_url.rsplit("/", 1)[1].split("?")[0]
+    base = database_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0]
+    with psycopg.connect(base + "/postgres", autocommit=True) as c:
+        pids = [r[0] for r in c.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (dbname,)
+        )]  # fmt: skip
+    out: dict[int, float] = {}
+    for p in pids:
+        try:
+            out[p] = cpu_seconds(p)
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def pg_sessions(database_url: str | None) -> int:
+    """Sessions (connections) ever opened to the database (pg_stat_database, PostgreSQL
+    14+); 0 for SQLite."""
+    if not database_url or not database_url.startswith("postgres"):
+        return 0
+    import psycopg
+
+    dbname = database_url.rsplit("/", 1)[1].split("?")[0]
+    base = database_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0]
+    with psycopg.connect(base + "/postgres", autocommit=True) as c:
+        row = c.execute(
+            "SELECT sessions FROM pg_stat_database WHERE datname = %s", (dbname,)
+        ).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _spent(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(v - before.get(p, 0.0) for p, v in after.items())
+
+
 @contextmanager
 def cpu_of(srv: Server, into: dict[str, Any], key: str) -> Iterator[None]:
-    """Stores the server's CPU seconds spent in the block under ``into[key]``."""
-    before = cpu_seconds(srv.proc.pid)
+    """Stores the CPU seconds spent in the block under ``into[key]`` (the server's
+    processes) and ``into[key + "_pg"]``, ``into[key + "_client"]``."""
+    before, pg_before = tree_cpu(srv.proc.pid), pg_backend_cpu(srv.database)
+    s0 = pg_sessions(srv.database)
+    c0 = time.process_time()
     try:
         yield
     finally:
-        into[key] = cpu_seconds(srv.proc.pid) - before
+        into[key + "_client"] = time.process_time() - c0
+        # connections opened meanwhile: a backend that also ended in the block is missing
+        # from the PostgreSQL CPU (its CPU went with it), so this says how complete it is
+        into[key + "_sessions"] = pg_sessions(srv.database) - s0
+        into[key] = _spent(before, tree_cpu(srv.proc.pid))
+        into[key + "_pg"] = _spent(pg_before, pg_backend_cpu(srv.database))
 
 
 def measure(backend: Backend, root: Path, a: argparse.Namespace) -> dict[str, Any]:
@@ -443,7 +526,7 @@ def measure(backend: Backend, root: Path, a: argparse.Namespace) -> dict[str, An
     url = backend.fresh()
     sdir = root / backend.name.lower()
     sdir.mkdir()
-    with duly_serve(sdir, url) as srv:
+    with duly_serve(sdir, url, a.workers) as srv:
         asyncio.run(add_recipients(srv))
         tag = backend.name[:2].lower()
 
@@ -454,22 +537,32 @@ def measure(backend: Backend, root: Path, a: argparse.Namespace) -> dict[str, An
         asyncio.run(warm())
 
         cpu: dict[str, Any] = {}
-        with profiled(srv, f"{tag}-single", a.profile), cpu_of(srv, cpu, "s"):
-            single = asyncio.run(closed_loop(srv, Keys(f"S{tag}"), a.seconds, a.concurrency))
-        res["single"] = summarise(single, per=1, cpu=cpu["s"])
-        log(f"{backend.name}: single upserts {res['single']['per_s']:,.0f}/s, "
-            f"p50 {res['single']['p50_ms']:.1f} ms, p99 {res['single']['p99_ms']:.1f} ms")  # fmt: skip
+        if "single" in a.only:
+            with profiled(srv, f"{tag}-single", a.profile), cpu_of(srv, cpu, "s"):
+                single = asyncio.run(closed_loop(srv, Keys(f"S{tag}"), a.seconds, a.concurrency))
+            res["single"] = summarise(single, per=1, cpu=cpu["s"], more=cpu, key="s")
+            log(f"{backend.name}: single upserts {res['single']['per_s']:,.0f}/s, "
+                f"p50 {res['single']['p50_ms']:.1f} ms, p99 {res['single']['p99_ms']:.1f} ms; "
+                f"CPU s per 1,000: server {res['single']['cpu_s_per_1000']:.2f} + PostgreSQL "
+                f"{res['single']['pg_cpu_s_per_1000']:.2f}, client "
+                f"{res['single']['client_cpu_s_per_1000']:.2f}; PostgreSQL sessions opened "
+                f"{res['single']['pg_sessions_opened']}")  # fmt: skip
+        if "batch" not in a.only and "rate" not in a.only:
+            text = srv.log_path.read_text()
+            res["server_errors"] = text.count("internal error on") + text.count("Traceback")
+            res["database_locked"] = text.count("database is locked")
+            return res
 
         with profiled(srv, f"{tag}-batch", a.profile), cpu_of(srv, cpu, "b"):
             batch = asyncio.run(batches(srv, f"B{tag}", a.batches))
-        res["batch"] = summarise(batch, per=BATCH, cpu=cpu["b"])
+        res["batch"] = summarise(batch, per=BATCH, cpu=cpu["b"], more=cpu, key="b")
         log(f"{backend.name}: batch {res['batch']['per_s']:,.0f} subjects/s, "
             f"p50 {res['batch']['p50_ms']:.0f} ms, p99 {res['batch']['p99_ms']:.0f} ms per call")  # fmt: skip
 
         time.sleep(1.0)  # let the server settle before the fixed-rate run
         with profiled(srv, f"{tag}-rate", a.profile), cpu_of(srv, cpu, "r"):
             fixed = asyncio.run(open_loop(srv, Keys(f"R{tag}"), OPEN_LOOP_RATE, a.rate_seconds))
-        res["rate"] = summarise(fixed, per=1, cpu=cpu["r"])
+        res["rate"] = summarise(fixed, per=1, cpu=cpu["r"], more=cpu, key="r")
         res["rate"]["offered_per_s"] = OPEN_LOOP_RATE
         log(f"{backend.name}: at {OPEN_LOOP_RATE:g}/s: p50 {res['rate']['p50_ms']:.1f} ms, "
             f"p99 {res['rate']['p99_ms']:.1f} ms, achieved {res['rate']['per_s']:.0f}/s")  # fmt: skip
@@ -480,12 +573,24 @@ def measure(backend: Backend, root: Path, a: argparse.Namespace) -> dict[str, An
     return res
 
 
-def summarise(run: Run, per: int, cpu: float = float("nan")) -> dict[str, Any]:
+def summarise(
+    run: Run,
+    per: int,
+    cpu: float = float("nan"),
+    more: dict[str, Any] | None = None,
+    key: str = "",
+) -> dict[str, Any]:
     items = run.n * per
+    pg = (more or {}).get(key + "_pg", float("nan"))
+    client = (more or {}).get(key + "_client", float("nan"))
     return {
         "cpu_s": cpu,
-        # the server's CPU seconds per 1,000 upserted subjects
+        # the server's CPU seconds per 1,000 upserted subjects (all its processes)
         "cpu_s_per_1000": cpu * 1000 / items if items else float("nan"),
+        # the PostgreSQL backends' of the scratch database, and this client's
+        "pg_cpu_s_per_1000": pg * 1000 / items if items else float("nan"),
+        "client_cpu_s_per_1000": client * 1000 / items if items else float("nan"),
+        "pg_sessions_opened": (more or {}).get(key + "_sessions", 0),
         "requests": run.n,
         "seconds": run.seconds,
         "per_s": run.n * per / run.seconds if run.seconds else 0.0,
@@ -528,10 +633,10 @@ def _targets(by_backend: dict[str, float]) -> str:
     return "≥ " + " / ".join(f"{v:,.0f}" for v in by_backend.values()) + "/s"
 
 
-def _cpu(d: dict[str, Any] | None) -> str:
-    if d is None or "error" in d:
+def _cpu(d: dict[str, Any] | None, key: str = "cpu_s_per_1000") -> str:
+    if d is None or "error" in d or key not in d:
         return "—"
-    return f"{d['cpu_s_per_1000']:.2f} s"
+    return f"{d[key]:.2f} s"
 
 
 def render(results: dict[str, dict[str, Any]], a: argparse.Namespace, notes: list[str],
@@ -552,12 +657,18 @@ def render(results: dict[str, dict[str, Any]], a: argparse.Namespace, notes: lis
     def get(b: str, k: str) -> dict[str, Any] | None:
         return results[b].get(k)
 
+    if a.workers > 1:
+        t.title = f"{t.title} — `duly serve --workers {a.workers}`"
+
     t.add_row(
         f"1 single upserts/s ({a.concurrency} in flight, {a.seconds:g} s)", _targets(TARGET_SINGLE),
         *[_cell(get(b, "single"), "per_s", TARGET_SINGLE[b], True) for b in backends],
     )  # fmt: skip
     t.add_row("  p50 / p99", "", *[_lat(get(b, "single")) for b in backends])
     t.add_row("  server CPU s per 1,000", "", *[_cpu(get(b, "single")) for b in backends])
+    t.add_row("  + PostgreSQL backends / client", "",
+              *[_cpu(get(b, "single"), "pg_cpu_s_per_1000") + " / "
+                + _cpu(get(b, "single"), "client_cpu_s_per_1000") for b in backends])  # fmt: skip
     t.add_row(
         f"2 batch subjects/s ({BATCH:,}/call, {a.batches} calls)", _targets(TARGET_BATCH),
         *[_cell(get(b, "batch"), "per_s", TARGET_BATCH[b], True) for b in backends],
@@ -578,7 +689,7 @@ def render(results: dict[str, dict[str, Any]], a: argparse.Namespace, notes: lis
     console.print(t)
     for b in backends:
         r = results[b]
-        if "single" in r and "error" not in r["single"]:
+        if "single" in r and "error" not in r["single"] and "rate" in r:
             notes.append(
                 f"{b}: server log: {r.get('server_errors', 0)} internal errors, "
                 f"{r.get('database_locked', 0)} 'database is locked'; "
@@ -609,21 +720,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--postgres", default=os.environ.get("DULY_BENCH_POSTGRES", DEFAULT_PG),
                     help="PostgreSQL URL; its database is dropped and re-created "
                     "(env DULY_BENCH_POSTGRES; 'none' to skip)")  # fmt: skip
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="duly serve --workers N (HTTP processes; default 1: one process)",
+    )
+    ap.add_argument(
+        "--only",
+        default="single,batch,rate",
+        help="rows to run, of single,batch,rate (default all)",
+    )
+    ap.add_argument(
+        "--backends", default="sqlite,postgresql", help="of sqlite,postgresql (default both)"
+    )
     ap.add_argument("--profile", action="store_true",
                     help="record py-spy flame graphs of the server into bench/out/")  # fmt: skip
     a = ap.parse_args(argv)
     a.seconds = a.seconds or (5.0 if a.quick else 10.0)
     a.rate_seconds = a.rate_seconds or (5.0 if a.quick else 10.0)
     a.batches = a.batches or (5 if a.quick else 10)
+    a.only = {r.strip() for r in a.only.split(",") if r.strip()}
+    wanted = {b.strip().lower() for b in a.backends.split(",")}
 
     started = time.time()
     load_before = os.getloadavg()[0]
     results: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
     root = Path(tempfile.mkdtemp(prefix="duly-bench-api-"))
-    backends: list[Backend] = [SqliteBackend(root)]
+    backends: list[Backend] = [SqliteBackend(root)] if "sqlite" in wanted else []
     try:
-        if a.postgres.lower() != "none":
+        if a.postgres.lower() != "none" and "postgresql" in wanted:
             pg = PostgresBackend(a.postgres)
             try:
                 pg.check()

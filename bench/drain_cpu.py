@@ -27,6 +27,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _smtp_sink import add_options, drain_sink  # noqa: E402
 from dispatch import (  # noqa: E402
     STEPS,
     T0,
@@ -39,7 +40,6 @@ from dispatch import (  # noqa: E402
     job,
     make_setup,
     plan,
-    smtp_sink,
     states,
 )
 
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--workers", type=int, default=0, help="drain in this many worker processes instead"
     )
+    add_options(ap)  # --sink, --pipelining
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="duly-drain-") as tmp:
         root = Path(tmp)
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                 db.dispose()
                 return _drain_in_workers(a, backend, url, setup, db)
             renderer = Renderer(setup.templates)
-            with smtp_sink() if a.channel == "smtp" else _nothing() as sink:
+            with drain_sink(a) if a.channel == "smtp" else _nothing() as sink:
                 if a.channel == "smtp":
                     chan = SmtpChannel(
                         "email", url=f"smtp://127.0.0.1:{sink[0]}", from_="bench@duly.test"

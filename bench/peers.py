@@ -25,7 +25,8 @@ Rows, the same for every system (reminder i due at T0 + W·i/N, one call each fr
                  loop, over rows 1-3
 
 duly only (``--duly-extras``): single upserts on SQLite and PostgreSQL (row 1), 8 concurrent
-clients on PostgreSQL, batch upserts (``POST /v1/subjects:batch``, 1,000 per call; duly's
+clients on PostgreSQL (against one ``duly serve`` process, then ``duly serve --workers 2``),
+with the server side's CPU per 1,000, batch upserts (``POST /v1/subjects:batch``, 1,000 per call; duly's
 drain is seeded this way), and the drain through ``duly serve`` + 1, 2 and 4 workers on
 PostgreSQL. The table goes to stdout (progress to stderr) and, with the raw figures, to
 ``bench/out/peers-*.txt|json``. Every database, file and process made here is gone at exit.
@@ -184,6 +185,13 @@ class Duly:
             w.start()
             self.workers.append(w)
 
+    def restart_serve(self, args: list[str]) -> None:
+        """Stop ``duly serve`` and start it again with ``args`` (same port and database)."""
+        self.serve.stop(30)
+        self.serve.args = args
+        self.serve.start()
+        self.serve.wait_http(90, path="/readyz")
+
     def pids(self) -> list[int]:
         return [p.pid for p in (self.serve, *self.workers) if p.pid]
 
@@ -261,6 +269,7 @@ def _concurrent(d: Duly, clients: int, seconds: float) -> dict[str, Any]:
             counts[k] += 1
         c.close()
 
+    sampler = Sampler(d.pids, d.servers).start()
     t = time.perf_counter()
     threads = [threading.Thread(target=loop, args=(k,)) for k in range(clients)]
     for th in threads:
@@ -268,8 +277,12 @@ def _concurrent(d: Duly, clients: int, seconds: float) -> dict[str, Any]:
     for th in threads:
         th.join()
     secs = time.perf_counter() - t
-    return {"clients": clients, "n": sum(counts), "seconds": secs, "per_s": sum(counts) / secs,
-            "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}  # fmt: skip
+    st = sampler.stop()
+    n = sum(counts)
+    return {"clients": clients, "n": n, "seconds": secs, "per_s": n / secs,
+            "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
+            "cpu_duly_per_1000_s": 1000 * st["cpu_system_s"] / max(n, 1),
+            "cpu_server_per_1000_s": 1000 * st["cpu_server_s"] / max(n, 1)}  # fmt: skip
 
 
 def run_duly(backend: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -327,6 +340,12 @@ def run_duly(backend: str, a: argparse.Namespace, work: Path) -> dict[str, Any]:
         if backend == "postgresql" and a.duly_extras:
             out["concurrent"] = _concurrent(d, 8, a.concurrent_seconds)
             log(f"[{name}] 8 clients {out['concurrent']['per_s']:,.0f}/s")
+            # several API processes: the same 8 clients against `duly serve --workers 2`
+            # (its main process runs the dispatcher, two processes answer HTTP)
+            d.restart_serve(["--workers", "2"])
+            out["concurrent_api2"] = _concurrent(d, 8, a.concurrent_seconds)
+            log(f"[{name}] 8 clients, 2 API processes {out['concurrent_api2']['per_s']:,.0f}/s")
+            d.restart_serve([])
             out["drain_workers"] = {"1": out["drain"]}
             for k in (2, 4):
                 d.add_workers(k - len(d.workers))
@@ -474,10 +493,15 @@ def render(results: dict[str, Any], errors: dict[str, str], a: argparse.Namespac
             f"batch upserts, 1,000 per call, {k}", f"{r['batch']['per_s']:,.0f} subjects/s"
         )
     pgr = results.get("duly-postgresql", {})
-    if "concurrent" in pgr:
-        c = pgr["concurrent"]
-        extra.add_row("single upserts, 8 clients, duly-postgresql",
-                      f"{c['per_s']:,.0f}/s (p50 {c['p50_ms']:.0f} / p99 {c['p99_ms']:.0f} ms)")  # fmt: skip
+    for key, what in (("concurrent", "1 API process"), ("concurrent_api2", "2 API processes")):
+        if key in pgr:
+            c = pgr[key]
+            cpu = ""
+            if "cpu_duly_per_1000_s" in c:
+                cpu = (f"; CPU/1,000 {c['cpu_duly_per_1000_s']:.2f} s duly"
+                       f" + {c['cpu_server_per_1000_s']:.2f} s PostgreSQL")  # fmt: skip
+            extra.add_row(f"single upserts, 8 clients, {what}, duly-postgresql",
+                          f"{c['per_s']:,.0f}/s (p50 {c['p50_ms']:.0f} / p99 {c['p99_ms']:.0f} ms{cpu})")  # fmt: skip
     for k, dr in pgr.get("drain_workers", {}).items():
         extra.add_row(f"drain {a.drain:,}, serve + {k} worker(s), duly-postgresql",
                       _fmt("drain", {"drain": dr}, dr["per_s"]))  # fmt: skip

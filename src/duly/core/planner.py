@@ -12,13 +12,12 @@ reconciliation in :mod:`duly.core.reconcile`; both are re-exported here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from duly.core.model import (
     Calendar,
-    Category,
     Reason,
     Recipient,
     Rule,
@@ -26,6 +25,19 @@ from duly.core.model import (
     Step,
     Subject,
     Window,
+)
+from duly.core.planparts import (
+    StepPlan,
+    SubjectState,
+    _expr,
+    base_priority,
+    base_priority_for,
+    effective,
+    message_channels,
+    recipient_dict,
+    resolve_to,
+    rules_by_kind,
+    subject_dict,
 )
 from duly.core.plantypes import (
     FINAL_SENT,
@@ -40,12 +52,7 @@ from duly.core.plantypes import (
 )
 from duly.core.reconcile import cancel_all, outcome_of, reconcile
 from duly.core.rules import timemath
-from duly.core.rules.expressions import (
-    Expression,
-    build_context,
-    compile_expression,
-    condition_holds,
-)
+from duly.core.rules.expressions import build_context, condition_holds
 
 __all__ = [
     "FINAL_SENT",
@@ -58,12 +65,17 @@ __all__ = [
     "Plan",
     "Problem",
     "base_priority",
+    "base_priority_for",
     "cancel_all",
     "effective",
+    "message_channels",
     "outcome_of",
     "plan_subject",
     "plan_trigger",
+    "recipient_dict",
     "reconcile",
+    "resolve_to",
+    "subject_dict",
 ]
 
 # How far ahead an open-ended repeat (no count, no until) is planned. Re-planning the subject
@@ -72,43 +84,6 @@ REPEAT_HORIZON = timedelta(days=90)
 
 
 # --------------------------------------------------------------------------- helpers
-
-_EXPR_CACHE: dict[str, Expression] = {}
-
-
-def _expr(text: str | None) -> Expression | None:
-    if text is None:
-        return None
-    e = _EXPR_CACHE.get(text)
-    if e is None:
-        e = _EXPR_CACHE[text] = compile_expression(text)
-    return e
-
-
-_UNSET = object()
-
-
-def effective(step: Step | None, rule: Rule, attr: str) -> Any:
-    """A step's own value for ``attr``, else the rule's (spec: steps may override)."""
-    if step is not None:
-        v = getattr(step, attr, None)
-        if v is not None:
-            return v
-    return getattr(rule, attr, None)
-
-
-def base_priority_for(category: str) -> int:
-    return {"transactional": 300, "reminder": 200, "promotional": 100}.get(category, 100)
-
-
-def base_priority(rule: Rule, category: str) -> int:
-    """Higher goes first: transactional, reminder, promotional, then schedule rules;
-    ``priority: N`` on a rule overrides (spec: Priority)."""
-    if rule.priority is not None:
-        return rule.priority
-    if rule.cron is not None:
-        return 0
-    return base_priority_for(category)
 
 
 def priority_levels(rf: RuleFile) -> set[int]:
@@ -133,66 +108,6 @@ def window_calendar(rf: RuleFile, window: Window | None) -> Calendar | None:
     if window is not None and window.calendar:
         return rf.calendars.get(window.calendar)
     return None
-
-
-def resolve_to(
-    rf: RuleFile, targets: Sequence[str], subject: Subject | None, notes: list[str] | None = None
-) -> list[str]:
-    """Recipient ids for ``to`` entries: roles on the subject, ``group:NAME``, ``id:X``.
-    A role absent from the subject addresses nobody (noted)."""
-    out: list[str] = []
-    for t in targets:
-        if t.startswith("group:"):
-            out.extend(rf.groups.get(t[6:], ()))
-        elif t.startswith("id:"):
-            out.append(t[3:])
-        elif subject is not None:
-            ids = subject.recipients.get(t)
-            if ids:
-                out.extend(ids)
-            elif notes is not None:
-                notes.append(f"role {t!r} is absent from {subject.ref}")
-    seen: set[str] = set()
-    return [x for x in out if not (x in seen or seen.add(x))]  # type: ignore[func-returns-value]
-
-
-def message_channels(step: Step | None, rule: Rule) -> tuple[str, ...]:
-    """Channels a message goes out on. The step's own ``channels`` or ``fallback`` win over
-    the rule's. With ``fallback`` the first channel is planned; moving along the chain is the
-    dispatcher's job (issue: channels)."""
-    for owner in (step, rule):
-        if owner is None:
-            continue
-        if owner.channels:
-            return tuple(owner.channels)
-        if owner.fallback:
-            return (owner.fallback[0],)
-    return ("email",)
-
-
-def subject_dict(subject: Subject) -> dict[str, Any]:
-    return {
-        "kind": subject.kind,
-        "key": subject.key,
-        "ref": subject.ref,
-        "attributes": subject.attributes,
-        "recipients": {k: list(v) for k, v in subject.recipients.items()},
-        "revision": subject.revision,
-    }
-
-
-def recipient_dict(r: Recipient | None, rid: str | None = None) -> dict[str, Any]:
-    if r is None:
-        return {"id": rid}
-    return {
-        "id": r.id,
-        "name": r.name,
-        "email": r.email,
-        "phone": r.phone,
-        "timezone": r.timezone,
-        "locale": r.locale,
-        "addresses": r.addresses,
-    }
 
 
 def check_conditions(
@@ -236,13 +151,13 @@ def plan_subject(
 ) -> Plan:
     """Every delivery the subject's date-relative rules want now (spec: Planning)."""
     plan = Plan()
-    cache = _Conditions(subject, now)
-    for rule in rf.rules:
-        if rule.kind != "steps" or rule.subject != subject.kind:
-            continue
-        plan.scope.add(rule.name)
-        for step in rule.steps:
-            _plan_step(rf, rule, step, subject, recipients, now, plan, cache)
+    rules = rules_by_kind(rf).get(subject.kind)
+    if rules:
+        cache = SubjectState(subject, now)
+        for name, steps in rules:
+            plan.scope.add(name)
+            for sp in steps:
+                _plan_step(rf, sp, subject, recipients, now, plan, cache)
     if subject.hold_until is not None and subject.hold_until > now:
         plan.desired = apply_hold(plan.desired, subject.hold_until)
     return plan
@@ -284,41 +199,6 @@ def _holdable(d: Desired, until: datetime) -> bool:
     )
 
 
-class _Conditions:
-    """Evaluates ``if`` expressions for one subject, building each recipient's context once
-    (a subject's steps share it) and remembering each expression's result."""
-
-    def __init__(self, subject: Subject, now: datetime) -> None:
-        self.subject, self.now = subject, now
-        self._ctx: dict[tuple[str | None, str], dict[str, Any]] = {}
-        self._results: dict[tuple[str, str | None, str, bool], tuple[bool, str | None]] = {}
-
-    def holds(
-        self, rule: Rule, step: Step | None, recipient: Recipient | None, rid: str | None, tz: str
-    ) -> tuple[bool, str | None]:
-        ack = rule.name in self.subject.acknowledged
-        for text in (rule.condition, step.condition if step is not None else None):
-            if text is None:
-                continue
-            key = (text, rid, tz, ack)
-            res = self._results.get(key)
-            if res is None:
-                ctx = self._ctx.get((rid, tz))
-                if ctx is None:
-                    ctx = self._ctx[(rid, tz)] = build_context(
-                        self.subject.attributes,
-                        now=self.now,
-                        tz=timemath.zone(tz),
-                        subject=subject_dict(self.subject),
-                        recipient=recipient_dict(recipient, rid),
-                    )
-                ctx["acknowledged"] = ack
-                res = self._results[key] = condition_holds(_expr(text), ctx)
-            if not res[0]:
-                return res
-        return True, None
-
-
 def _targets(
     rf: RuleFile, rule: Rule, step: Step | None, subject: Subject, plan: Plan
 ) -> list[str | None]:
@@ -327,107 +207,150 @@ def _targets(
     return list(resolve_to(rf, effective(step, rule, "to") or (), subject, plan.notes))
 
 
+_NO_CHANNEL: tuple[str | None, ...] = (None,)
+# Identity(...) and Desired(...) with every field given, without the named tuple's own
+# __new__ (a Python function; the planner makes one of each per delivery)
+_new = tuple.__new__
+
+
 def _plan_step(
     rf: RuleFile,
-    rule: Rule,
-    step: Step,
+    sp: StepPlan,
     subject: Subject,
     recipients: Mapping[str, Recipient],
     now: datetime,
     plan: Plan,
-    conditions: _Conditions,
+    conditions: SubjectState,
 ) -> None:
-    key = (rule.name, step.name)
-    category = str(effective(step, rule, "category") or Category.reminder)
-    priority = base_priority(rule, category)
-    window = effective(step, rule, "window")
-    expire = effective(step, rule, "expire")
-    rids = _targets(rf, rule, step, subject, plan)
+    key = sp.key
+    rids: list[str | None] = (
+        conditions.targets(rf, sp.to, plan.notes) if sp.sends else []  # type: ignore[assignment]
+    )
     plan.addressed[key] = {r for r in rids if r}
-    if step.at is None:
+    at = sp.at
+    if at is None:
         return
-    channels: tuple[str | None, ...] = message_channels(step, rule)
-    chain = effective(step, rule, "fallback") if not step.channels else None
-    if chain:
-        plan.fallback[key] = tuple(chain)
+    if sp.chain:
+        plan.fallback[key] = sp.chain
+    step, rule = sp.step, sp.rule
+    rule_name, step_name, ref = sp.rule_name, sp.step_name, conditions.ref
+    category, priority, window, expire = sp.category, sp.priority, sp.window, sp.expire
     # each recipient on each channel; plus one row without recipient for a `set` action
+    channels = sp.channels
     targets: list[tuple[str | None, tuple[str | None, ...]]] = [(r, channels) for r in rids]
-    if step.set is not None or step.webhook is not None:
-        targets.append((None, (None,)))
-    cal = window_calendar(rf, window)
-    if step.repeat is not None and rule.name in subject.acknowledged:
+    action = sp.action  # a row without recipient, timed after the recipients' (latest)
+    if action:
+        targets.append((None, _NO_CHANNEL))
+    cal = rf.calendars.get(sp.cal_name) if sp.cal_name else None
+    if step.repeat is not None and rule_name in subject.acknowledged:
         # spec: once acknowledged, repeats of the rule stop (pending ones are cancelled)
         plan.unwanted[key] = Reason.acknowledged
         return
+    desired = plan.desired
     # the step's messages go out no later than its `set` acts: when the action changes what
     # the rule's `if` reads, the step's own messages (planned in each recipient's zone) are
     # not cancelled by it
     latest: dict[int, datetime] = {}
     for rid, chans in targets:
         recipient = recipients.get(rid) if rid else None
-        tzname = rule_zone(rf, rule, recipient)
+        if recipient is not None and recipient.timezone:
+            tzname = recipient.timezone
+        else:
+            tzname = rule.timezone or rf.timezone
         try:
             tz = timemath.zone(tzname)
         except ValueError as exc:
-            plan.problems.append(Problem(subject.ref, rule.name, "timezone", str(exc)))
+            plan.problems.append(Problem(ref, rule_name, "timezone", str(exc)))
             continue
-        ok, err = conditions.holds(rule, step, recipient, rid, tzname)
-        if not ok:
-            plan.unwanted[key] = Reason.condition_false
-            if err:
-                plan.problems.append(Problem(subject.ref, rule.name, "if", err))
-            continue
+        if sp.conds:
+            ok, err = conditions.holds(sp, recipient, rid, tzname)
+            if not ok:
+                plan.unwanted[key] = Reason.condition_false
+                if err:
+                    plan.problems.append(Problem(ref, rule_name, "if", err))
+                continue
+        mark, latest_before = len(desired), dict(latest) if action else latest
         try:
-            first = timemath.eval_at(step.at, subject.attributes, tz, cal)
-            anchor = timemath.anchor_of(step.at, subject.attributes, tz)
-        except ValueError as exc:
-            plan.problems.append(Problem(subject.ref, rule.name, step.at.attribute, str(exc)))
-            first = anchor = None
-            skip: Reason | None = Reason.bad_data
-        else:
-            skip = Reason.no_date if first is None else None
-        if first is None:
-            for channel in chans:
-                ident = Identity(rule.name, step.name, 0, subject.ref, rid, channel)
-                plan.desired.append(
-                    Desired(ident, now, now, None, category, priority, skip_reason=skip)
+            try:
+                # what timemath.eval_at and anchor_of answer, the attribute read once per zone
+                anchor = conditions.anchor(at.attribute, tz)
+                first = (
+                    timemath.offset_from(anchor, at, subject.attributes, tz, cal)
+                    if anchor is not None and at.offsets
+                    else anchor
                 )
-            continue
-        if step.time_of_day is not None:
-            first = timemath.at_time_of_day(first, step.time_of_day, tz)
-        changes = dict(step.set) if (rid is None and step.set) else None
-        for index, planned in _occurrences(step, subject, first, tz, cal, now):
-            deadline = anchor if (step.at.is_before_anchor and anchor is not None) else None
-            exp = _expiry(planned, expire, tz, cal)
-            if exp is not None:
-                deadline = exp if deadline is None else min(deadline, exp)
-            due = planned
-            skip = None
-            if window is not None and rid is not None:
-                try:
-                    due = timemath.next_window_opening(planned, window, tz, rf.calendars)
-                except ValueError as exc:
-                    plan.problems.append(Problem(subject.ref, rule.name, "window", str(exc)))
-                    skip = Reason.window_missed
-                if deadline is not None and due > deadline:
-                    skip = Reason.window_missed
-            if rid is not None:
-                latest[index] = max(latest.get(index, due), due)
+            except ValueError as exc:
+                plan.problems.append(Problem(ref, rule_name, at.attribute, str(exc)))
+                first = anchor = None
+                skip: Reason | None = Reason.bad_data
             else:
-                planned = due = max(planned, latest.get(index, planned))
+                skip = Reason.no_date if first is None else None
+            if first is None:
+                for channel in chans:
+                    ident = _new(Identity, (rule_name, step_name, 0, ref, rid, channel))
+                    desired.append(
+                        _new(Desired, (ident, now, now, None, category, priority, skip, None))
+                    )
+                continue
+            if step.time_of_day is not None:
+                first = timemath.at_time_of_day(first, step.time_of_day, tz)
+            changes = dict(step.set) if (rid is None and step.set) else None
+            occurrences = (
+                ((0, first),)
+                if step.repeat is None
+                else _occurrences(step, subject, first, tz, cal, now)
+            )
+            for index, planned in occurrences:
+                deadline = anchor if (sp.before_anchor and anchor is not None) else None
+                if expire is not None:
+                    exp = _expiry(planned, expire, tz, cal)
+                    if exp is not None:
+                        deadline = exp if deadline is None else min(deadline, exp)
+                due = planned
+                skip = None
+                if window is not None and rid is not None:
+                    try:
+                        due = timemath.next_window_opening(planned, window, tz, rf.calendars)
+                    except ValueError as exc:
+                        plan.problems.append(Problem(ref, rule_name, "window", str(exc)))
+                        skip = Reason.window_missed
+                    if deadline is not None and due > deadline:
+                        skip = Reason.window_missed
+                if rid is not None:
+                    if action:
+                        latest[index] = max(latest.get(index, due), due)
+                    prio = priority
+                else:
+                    planned = due = max(planned, latest.get(index, planned))
+                    prio = priority - 1  # after the step's messages when due at the same instant
+                for channel in chans:
+                    ident = _new(Identity, (rule_name, step_name, index, ref, rid, channel))
+                    desired.append(
+                        _new(
+                            Desired, (ident, planned, due, deadline, category, prio, skip, changes)
+                        )
+                    )
+
+        except (OverflowError, ValueError) as exc:
+            # a date at the edge of the calendar (year 1 or 9999) with an offset, a repeat,
+            # a time of day or a window carried past it (or a repeat's `until` that cannot
+            # be read): this subject's bad data, recorded and skipped like an unreadable
+            # date, never an error for the whole batch
+            del desired[mark:]
+            if action:
+                latest.clear()
+                latest.update(latest_before)
+            message = (
+                str(exc)
+                if isinstance(exc, ValueError)
+                else "a date worked out from it is out of the supported range of dates"
+            )
+            plan.problems.append(Problem(ref, rule_name, at.attribute, message))
             for channel in chans:
-                ident = Identity(rule.name, step.name, index, subject.ref, rid, channel)
-                plan.desired.append(
-                    Desired(
-                        ident,
-                        planned,
-                        due,
-                        deadline,
-                        category,
-                        # after the step's messages when due at the same instant
-                        priority - 1 if rid is None else priority,
-                        skip,
-                        changes,
+                ident = _new(Identity, (rule_name, step_name, 0, ref, rid, channel))
+                desired.append(
+                    _new(
+                        Desired, (ident, now, now, None, category, priority, Reason.bad_data, None)
                     )
                 )
 

@@ -15,6 +15,8 @@ from duly.core.plantypes import NEVER_SENT, PENDING, Action, Existing, Identity,
 
 __all__ = ["cancel_all", "outcome_of", "reconcile"]
 
+_new = tuple.__new__  # Action(...) with every field given, without its Python __new__
+
 
 def reconcile(
     plan: Plan,
@@ -32,6 +34,15 @@ def reconcile(
     """
     actions: list[Action] = []
     by_id: dict[Identity, Existing] = {e.identity: e for e in existing}
+    if not by_id:  # a new subject: every desired row is created (the loops below, shortened)
+        for d in plan.desired:
+            if d.skip_reason is not None:
+                actions.append(_new(Action, ("create", d, None, "skipped", d.skip_reason)))
+            elif d.planned_at < now:
+                actions.append(_new(Action, ("create", d, None, "skipped", Reason.past)))
+            else:
+                actions.append(_new(Action, ("create", d, None, PENDING, None)))
+        return actions
     wanted: set[Identity] = set()
     for d in plan.desired:
         wanted.add(d.identity)

@@ -7,8 +7,9 @@ talks to the database the same way:
   keys on every connection. SQLAlchemy, not the ``sqlite3`` module, emits ``BEGIN``, so
   transactions (and DDL) behave as documented and a writer can ask for ``BEGIN IMMEDIATE``
   through :func:`write_transaction`.
-- PostgreSQL: psycopg 3, pre-ping on checkout (workers outlive database restarts), sessions
-  in UTC.
+- PostgreSQL: psycopg 3, sessions in UTC, a pool of 10 (+5) used most-recent-first, and a
+  pre-ping on checkout (workers outlive database restarts) unless the connection was checked
+  in under 2 s ago and its socket is quiet (see ``PING_AFTER_IDLE_S``).
 
 Migrations are Alembic scripts shipped inside the package (``duly/store/migrations``);
 :func:`migrate` runs them without an ``alembic.ini`` in the working directory.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -183,6 +185,15 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+# Connections a process keeps open / may open beyond them (SQLAlchemy's defaults are 5 and
+# 10). At most 15 either way, but an overflow connection is closed when it is checked in,
+# so 8 requests in flight on one process opened and closed a backend (a fork and a login on
+# the server) for every few upserts. Most recently used first (LIFO): the connections in
+# use stay few and warm, so the pre-ping below is rarely needed.
+POOL_SIZE = 10
+POOL_MAX_OVERFLOW = 5
+
+
 def _make_postgres_engine(url: URL, *, echo: bool) -> Engine:
     connect_args: dict[str, Any] = {}
     if "application_name" not in url.query:
@@ -193,11 +204,120 @@ def _make_postgres_engine(url: URL, *, echo: bool) -> Engine:
         # now()/CURRENT_TIMESTAMP in SQL agree with them, whatever the server's TimeZone.
         connect_args["options"] = "-c TimeZone=UTC"
     try:
-        return sa.create_engine(url, echo=echo, pool_pre_ping=True, connect_args=connect_args)
+        connect_args["cursor_factory"] = _description_cached_cursor()
+        engine = sa.create_engine(
+            url,
+            echo=echo,
+            pool_pre_ping=True,
+            pool_size=POOL_SIZE,
+            max_overflow=POOL_MAX_OVERFLOW,
+            pool_use_lifo=True,
+            connect_args=connect_args,
+        )
     except ModuleNotFoundError as exc:
         if url.get_driver_name() != "psycopg" or not (exc.name or "").startswith("psycopg"):
             raise
         raise PostgresDriverMissing(POSTGRES_DRIVER_MISSING) from None
+    _ping_only_when_idle(engine)
+    event.listen(engine, "checkin", _pg_on_checkin)
+    return engine
+
+
+# --- PostgreSQL connections: the pre-ping and the cursor ---------------------------------
+#
+# The pool pings a connection on every checkout (a ``;`` round trip, one of a single
+# upsert's ten, and ~3 % of its CPU) so that a process outlives a database restart. A
+# connection checked in less than PING_AFTER_IDLE_S ago whose socket has nothing to read is
+# not pinged: a backend that ended (a restart, pg_terminate_backend, the server's
+# idle_session_timeout) sends its FATAL message and closes the socket, which makes the
+# socket readable at once; a readable or older connection is pinged as before (SQLAlchemy's
+# own pre-ping: the connection, and the pool with it, invalidated when the ping fails).
+PING_AFTER_IDLE_S = 2.0
+_IDLE_SINCE = "_duly_idle_since"  # attribute set on the psycopg connection at checkin
+
+
+def _ping_only_when_idle(engine: Engine) -> None:
+    dialect = engine.dialect
+
+    def do_ping(dbapi_connection: Any) -> bool:
+        since = getattr(dbapi_connection, _IDLE_SINCE, None)
+        if (
+            since is not None
+            and time.monotonic() - since < PING_AFTER_IDLE_S
+            and _socket_quiet(dbapi_connection)
+        ):
+            return True
+        return _full_ping(dialect, dbapi_connection)
+
+    dialect.do_ping = do_ping  # type: ignore[method-assign]
+
+
+def _full_ping(dialect: Any, dbapi_connection: Any) -> bool:
+    """SQLAlchemy's ping: a round trip (raises, or returns False, on a dead connection)."""
+    return bool(type(dialect).do_ping(dialect, dbapi_connection))
+
+
+def _socket_quiet(dbapi_connection: Any) -> bool:
+    """True when the connection looks alive without asking the server: libpq says OK, no
+    transaction is open, and the socket has nothing to read (no FATAL message, no EOF)."""
+    from psycopg import pq
+
+    try:
+        pgconn = dbapi_connection.pgconn
+        if (
+            pgconn.status != pq.ConnStatus.OK
+            or pgconn.transaction_status != pq.TransactionStatus.IDLE
+        ):
+            return False
+        poller = select.poll()
+        poller.register(pgconn.socket, select.POLLIN | select.POLLPRI)
+        return not poller.poll(0)
+    except Exception:  # closed, no socket: let the real ping decide
+        return False
+
+
+def _pg_on_checkin(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:
+    if dbapi_connection is not None:  # None: invalidated
+        setattr(dbapi_connection, _IDLE_SINCE, time.monotonic())
+
+
+_cursor_class: Any = None
+
+
+def _description_cached_cursor() -> Any:
+    """A psycopg cursor whose ``description`` reuses the Column objects of an earlier result
+    with the same fields. psycopg builds a new Column per field for every result (a type
+    lookup each), and SQLAlchemy reads the description of every statement: ~8 % of a single
+    upsert's CPU. A Column holds only its field's name, type oid, modifier and size, so one
+    made for an identical field is the same value."""
+    global _cursor_class
+    if _cursor_class is not None:
+        return _cursor_class
+    import psycopg
+
+    cache: dict[tuple[Any, ...], list[Any]] = {}
+
+    class Cursor(psycopg.Cursor):  # type: ignore[type-arg]
+        @property
+        def description(self) -> list[Any] | None:
+            res = self.pgresult
+            if res is None or not res.nfields:
+                return super().description
+            key = (self._encoding, *(
+                (res.fname(i), res.ftype(i), res.fmod(i), res.fsize(i))
+                for i in range(res.nfields)
+            ))  # fmt: skip
+            cols = cache.get(key)
+            if cols is None:
+                cols = super().description
+                if cols is None:
+                    return None
+                if len(cache) < 10_000:  # bounded: statements are few, ad-hoc SQL rare
+                    cache[key] = cols
+            return list(cols)
+
+    _cursor_class = Cursor
+    return Cursor
 
 
 @contextmanager

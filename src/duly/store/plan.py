@@ -17,6 +17,7 @@ from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from duly.core.model import Outcome
 from duly.core.planner import Action, Existing, Identity, outcome_of
 from duly.store.driver import fetch
 from duly.store.rows import StoreBase, _chunks, _group_by_keys, _identity
@@ -85,13 +86,6 @@ def _read_instant(v: Any) -> datetime | None:
     if isinstance(v, str):
         v = datetime.fromisoformat(v)
     return v.replace(tzinfo=UTC)  # type: ignore[no-any-return]
-
-
-def _write_instant(v: datetime, sqlite: bool) -> Any:
-    """An instant as ``tables.UTCDateTime`` stores it: naive UTC, as the SQLite dialect's
-    text on SQLite."""
-    naive = v.astimezone(UTC).replace(tzinfo=None)
-    return naive.isoformat(" ", "microseconds") if sqlite else naive
 
 
 def _pg_array(values: Sequence[Any]) -> str:
@@ -193,46 +187,78 @@ class PlanQueries(StoreBase):
         planning the same identity cannot both insert it. ``created``: filled with the id
         of each row created, by its identity's stored form (``Identity.db_key``).
         """
-        creates: list[dict[str, Any]] = []
-        create_logs: list[tuple[str, str | None, datetime]] = []
+        # a new row that records no outcome (the common case: pending) goes in as the
+        # driver's tuple, values converted once (see StoreBase._insert_raw); one that does
+        # (skipped at creation) needs its id for the log: RETURNING, through SQLAlchemy
+        plain: list[tuple[Any, ...]] = []
+        logged: list[tuple[dict[str, Any], tuple[str, str | None, datetime]]] = []
         updates: list[dict[str, Any]] = []
         logs: list[dict[str, Any]] = []
         woke = 0
+        instant = self._instant_converter()
+        now_s = instant(now)
         for a in actions:
-            oc = outcome_of(a)
             if a.kind == "create":
                 d = a.desired
                 assert d is not None and a.state is not None
-                rule, step, occ, subj, rcp, ch = d.identity.db_key()
-                creates.append(
-                    {
-                        "rule": rule,
-                        "step": step,
-                        "occurrence": occ,
-                        "subject": subj,
-                        "recipient": rcp,
-                        "channel": ch,
-                        "state": a.state,
-                        "reason": a.reason.value if a.reason else None,
-                        "category": d.category,
-                        "priority": d.priority,
-                        "planned_at": d.planned_at,
-                        "due_at": d.due_at,
-                        "deadline_at": d.deadline_at,
-                        "changes": d.changes,
-                        "attempts": 0,
-                        "error_count": 0,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
+                ident = d.identity
+                occ = ident.occurrence
+                # Identity.db_key: "" for null, occurrence as JSON text
+                occ_s = str(occ) if type(occ) is int else json.dumps(occ)
+                reason = a.reason.value if a.reason else None
+                if a.state != "skipped":  # outcome_of: no outcome to log
+                    plain.append(
+                        (
+                            ident.rule,
+                            ident.step or "",
+                            occ_s,
+                            ident.subject or "",
+                            ident.recipient or "",
+                            ident.channel or "",
+                            a.state,
+                            reason,
+                            d.category,
+                            d.priority,
+                            instant(d.planned_at),
+                            instant(d.due_at),
+                            None if d.deadline_at is None else instant(d.deadline_at),
+                            None if d.changes is None else json.dumps(d.changes),
+                            0,
+                            0,
+                            now_s,
+                            now_s,
+                        )
+                    )
+                    woke += a.state == "pending"
+                    continue
+                rule, step, occ_s, subj, rcp, ch = ident.db_key()
+                logged.append(
+                    (
+                        {
+                            "rule": rule,
+                            "step": step,
+                            "occurrence": occ_s,
+                            "subject": subj,
+                            "recipient": rcp,
+                            "channel": ch,
+                            "state": a.state,
+                            "reason": reason,
+                            "category": d.category,
+                            "priority": d.priority,
+                            "planned_at": d.planned_at,
+                            "due_at": d.due_at,
+                            "deadline_at": d.deadline_at,
+                            "changes": d.changes,
+                            "attempts": 0,
+                            "error_count": 0,
+                            "created_at": now,
+                            "updated_at": now,
+                        },
+                        (Outcome.skipped.value, reason, d.planned_at),
+                    )
                 )
-                create_logs.append(
-                    (oc[0].value, oc[1].value if oc[1] else None, d.planned_at)
-                    if oc
-                    else ("", None, d.planned_at)
-                )
-                woke += a.state == "pending"
                 continue
+            oc = outcome_of(a)
             ex = a.existing
             assert ex is not None
             row: dict[str, Any] = {"_id": ex.id, "updated_at": now}
@@ -279,10 +305,6 @@ class PlanQueries(StoreBase):
                         "planned_at": row["planned_at"],
                     }
                 )
-        # Rows whose creation records an outcome need their ids for the log (RETURNING);
-        # the common case, a new pending row, goes through the much faster plain executemany.
-        logged = [(c, lg) for c, lg in zip(creates, create_logs, strict=True) if lg[0]]
-        plain = [c for c, lg in zip(creates, create_logs, strict=True) if not lg[0]]
         if plain and created is not None:
             created.update(self._insert_returning(conn, plain))
         elif plain:
@@ -341,43 +363,28 @@ class PlanQueries(StoreBase):
         "updated_at",
     )
 
-    def _insert_plain(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-        self._insert_raw(
-            conn,
-            "deliveries",
-            self._PLAIN_COLS,
-            rows,
-            times=frozenset({"planned_at", "due_at", "deadline_at", "created_at", "updated_at"}),
-            json_cols=frozenset({"changes"}),
-        )
+    def _insert_plain(self, conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        """New delivery rows as ``apply`` builds them: values in ``_PLAIN_COLS`` order,
+        already in their stored form."""
+        self._insert_rows(conn, "deliveries", self._PLAIN_COLS, rows)
 
     def _insert_returning(
-        self, conn: Connection, rows: Sequence[dict[str, Any]]
+        self, conn: Connection, rows: Sequence[tuple[Any, ...]]
     ) -> dict[tuple[str, ...], int]:
-        """Insert a few rows (one subject's) as :meth:`_insert_plain` stores them, in one
-        statement; their ids by identity (unique: RETURNING's order is not promised on
-        SQLite). On PostgreSQL one array per column (``unnest``), written as array text:
-        the same SQL for any number of rows, which psycopg caches and prepares, and half
-        the CPU of psycopg adapting lists."""
-        cols = self._PLAIN_COLS
-        sqlite = not self.postgres
-        values: list[list[Any]] = []
-        for c in cols:
-            col = [r[c] for r in rows]
-            if c in _TIMES:
-                col = [None if v is None else _write_instant(v, sqlite) for v in col]
-            elif c == "changes":
-                col = [None if v is None else json.dumps(v) for v in col]
-            values.append(col)
+        """Insert a few rows (one subject's) as :meth:`_insert_plain` does (the same
+        tuples, values already in their stored form), in one statement; their ids by
+        identity (unique: RETURNING's order is not promised on SQLite). On PostgreSQL one
+        array per column (``unnest``), written as array text: the same SQL for any number
+        of rows, which psycopg caches and prepares, and half the CPU of psycopg adapting
+        lists."""
         out: dict[tuple[str, ...], int] = {}
-        if not sqlite:
-            arrays = [_pg_array(col) for col in values]
+        if self.postgres:
+            arrays = [_pg_array(col) for col in zip(*rows, strict=True)]
             for t in fetch(conn, _INSERT_UNNEST_PG, arrays):
                 out[tuple(t[1:])] = t[0]
             return out
-        one = f"({', '.join(['?'] * len(cols))})"
-        by_row = list(zip(*values, strict=True))
-        for chunk in _chunks(by_row, 50):
+        one = f"({', '.join(['?'] * len(self._PLAIN_COLS))})"
+        for chunk in _chunks(rows, 50):
             sql = f"{_INSERT_SQLITE}{', '.join([one] * len(chunk))}{_RETURNING}"
             for t in fetch(conn, sql, [v for row in chunk for v in row]):
                 out[tuple(t[1:])] = t[0]

@@ -38,6 +38,7 @@ arithmetic between a datetime and a string parses the string as a date, so both
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from datetime import UTC, date, datetime, tzinfo
 from functools import lru_cache
 from typing import Any
@@ -133,6 +134,19 @@ def _as_dict(value: Any) -> dict[str, Any]:
     raise TypeError(f"expected a dict, got {type(value).__name__}")
 
 
+def _convert_date(value: Any, tz: tzinfo) -> Any:
+    """One value as :func:`_convert_dates` stores it."""
+    if isinstance(value, str):
+        parsed = iso_instant(value, tz)
+        return value if parsed is None else parsed
+    if isinstance(value, date):  # datetime too (a subclass)
+        try:
+            return timemath.parse_instant(value, tz)  # type: ignore[arg-type]
+        except timemath.BadDate:
+            return value
+    return value
+
+
 def _convert_dates(values: dict[str, Any], tz: tzinfo) -> dict[str, Any]:
     """Top-level ISO date strings (and date/datetime objects) as aware UTC datetimes."""
     out: dict[str, Any] = {}
@@ -160,6 +174,7 @@ def build_context(
     recipient: dict[str, Any] | None = None,
     acknowledged: bool = False,
     extra: dict[str, Any] | None = None,
+    only: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """The names an expression can read.
 
@@ -169,7 +184,16 @@ def build_context(
     rather than silently reading an attribute named ``event``) and ``acknowledged``. These
     reserved names win over attributes of the same name; ``extra`` (e.g. collected data)
     is added last.
+
+    ``only``: just these names (an expression's ``names``, the only ones it can read),
+    each with the value the whole context would give it, and none of the others: for
+    conditions evaluated once per subject, where converting every attribute costs more
+    than the evaluation.
     """
+    if only is not None:
+        return _partial_context(
+            only, attributes, now, tz, subject, event, recipient, acknowledged, extra
+        )
     ctx = _convert_dates(attributes, tz)
     ctx["now"] = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC)
     subject_d = None
@@ -188,6 +212,52 @@ def build_context(
     ctx["acknowledged"] = bool(acknowledged)
     if extra:
         ctx.update(extra)
+    ctx[TZ_KEY] = tz
+    return ctx
+
+
+_RESERVED = frozenset({"now", "subject", "event", "recipient", "acknowledged"})
+
+
+def _partial_context(
+    only: Collection[str],
+    attributes: dict[str, Any],
+    now: datetime,
+    tz: ZoneInfo | tzinfo,
+    subject: dict[str, Any] | None,
+    event: dict[str, Any] | None,
+    recipient: dict[str, Any] | None,
+    acknowledged: bool,
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """:func:`build_context` restricted to the names ``only``."""
+    ctx: dict[str, Any] = {}
+    for name in only:
+        if extra and name in extra:
+            ctx[name] = extra[name]
+        elif name not in _RESERVED:
+            if name in attributes:
+                ctx[name] = _convert_date(attributes[name], tz)
+        elif name == "now":
+            ctx["now"] = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC)
+        elif name == "subject":
+            subject_d = None
+            if subject is not None:
+                subject_d = _as_dict(subject)
+                if isinstance(subject_d.get("attributes"), dict):
+                    subject_d["attributes"] = _convert_dates(subject_d["attributes"], tz)
+            ctx["subject"] = subject_d
+        elif name == "event":
+            event_d = None
+            if event is not None:
+                event_d = _as_dict(event)
+                if isinstance(event_d.get("data"), dict):
+                    event_d["data"] = _convert_dates(event_d["data"], tz)
+            ctx["event"] = event_d
+        elif name == "recipient":
+            ctx["recipient"] = None if recipient is None else _as_dict(recipient)
+        else:
+            ctx["acknowledged"] = bool(acknowledged)
     ctx[TZ_KEY] = tz
     return ctx
 

@@ -64,6 +64,7 @@ __all__ = [
     "in_window",
     "is_open_day",
     "next_window_opening",
+    "offset_from",
     "parse_instant",
     "repeat_times",
     "resolve_local",
@@ -175,6 +176,18 @@ def eval_at(
     anchor = anchor_of(expr, attributes, tz)
     if anchor is None or not expr.offsets:
         return anchor
+    return offset_from(anchor, expr, attributes, tz, calendar)
+
+
+def offset_from(
+    anchor: datetime,
+    expr: AtExpr,
+    attributes: Mapping[str, Any],
+    tz: ZoneInfo,
+    calendar: Calendar | None = None,
+) -> datetime:
+    """:func:`eval_at` from its anchor already read (``anchor_of``): each offset in order,
+    with the same :class:`BadDate` past the supported range of dates."""
     result = anchor
     try:
         for sign, duration in expr.offsets:

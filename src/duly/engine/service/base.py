@@ -54,6 +54,6 @@ class EngineBase:
     def _wake(self, conn: Connection | None = None, due: datetime | None = None) -> None:
         if conn is not None and self.store.postgres:
             # the payload lets a dispatcher asleep until before ``due`` sleep on
-            notify_planned(conn, due)
+            notify_planned(conn, due, self.clock.now())
         for h in self._wake_hooks:
             h(due)

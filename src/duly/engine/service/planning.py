@@ -12,7 +12,7 @@ from typing import Any
 
 from duly.core import planner
 from duly.core.errors import InvalidInput, UnknownSubject
-from duly.core.model import Reason, Recipient, Subject, held_until_cleared
+from duly.core.model import Reason, Recipient, Rule, Subject, held_until_cleared
 from duly.core.planner import Action, Existing, Plan
 from duly.core.validation import check_text
 from duly.delivery import webhooks
@@ -228,6 +228,7 @@ class Planning(EngineBase):
         for r in rf.rules:
             rids.update(t[3:] for t in r.to if t.startswith("id:"))
         recipients = self.store.get_recipients(conn, rids)
+        refs = [s.ref for _, s in pairs]
         if one is not None:
             (old, s1) = pairs[0]
             # a subject never stored has no rows: every row about a subject is planned
@@ -239,37 +240,62 @@ class Planning(EngineBase):
                 existing = {s1.ref: ex1}
             one.reread = old is not None and held_until_cleared(old.subject.hold_until)
         else:
-            existing = self.store.existing_for(conn, [s.ref for _, s in pairs])
+            existing = self.store.existing_for(conn, refs)
+        # per call, not per subject: the event rules by name (``RuleFile.rule``: the first
+        # of a name) and, per subject kind, the rules an attribute change fires
+        first: dict[str, Rule] = {}
+        for r in rf.rules:
+            first.setdefault(r.name, r)
+        event_rules = {n: r for n, r in first.items() if r.kind == "event"}
+        change_rules: dict[str, list[Rule]] = {}
+        if bump:
+            for r in rf.rules:
+                if r.kind == "event" and r.on is not None and r.on.change is not None:
+                    change_rules.setdefault(r.subject, []).append(r)  # type: ignore[arg-type]
+        rule_names = self._rule_names
         all_actions: list[Action] = []
         problems: list[planner.Problem] = []
         results = []
-        for old, s in pairs:
-            ex = existing[s.ref]
+        for (old, s), ref in zip(pairs, refs, strict=True):
+            ex = existing[ref]
             plan = planner.plan_subject(rf, s, recipients, now)
-            actions = planner.reconcile(plan, ex, now, rule_names=self._rule_names)
-            actions += self._event_rows(s, ex, recipients, now)
-            if bump:
+            actions = planner.reconcile(plan, ex, now, rule_names=rule_names)
+            if ex and event_rules:
+                actions += self._event_rows(s, ex, event_rules)
+            kind_rules = change_rules.get(s.kind)
+            if kind_rules:
                 old_attrs = None if (old is None or old.deleted) else old.subject.attributes
-                actions += self._change_triggers(s, old_attrs, ex, recipients, now, plan)
+                actions += self._change_triggers(
+                    s, old_attrs, ex, recipients, now, plan, kind_rules
+                )
             all_actions += actions
-            problems += plan.problems
-            res = UpsertResult(s.ref, s.revision, notes=plan.notes, subject=s)
+            res = UpsertResult(ref, s.revision, notes=plan.notes, subject=s)
+            first_due = None
             for a in actions:
-                pending = False
-                if a.kind in ("create", "replan") and a.state == "pending":
-                    res.created += 1
-                    pending = True
-                elif a.kind == "move":
+                kind = a.kind
+                if kind == "create" or kind == "replan":
+                    if a.state == "pending":
+                        res.created += 1
+                    else:
+                        if a.state == "skipped":
+                            res.skipped += 1
+                        continue
+                elif kind == "move":
                     res.moved += 1
-                    pending = True
-                elif a.kind == "cancel":
-                    res.cancelled += 1
-                elif a.state == "skipped" or a.kind == "skip":
-                    res.skipped += 1
-                if pending:  # no desired row to read a time from: wake at once
-                    due = a.desired.due_at if a.desired is not None else now
-                    res.first_due = due if res.first_due is None else min(res.first_due, due)
-            res.problems = [f"{p.field}: {p.message}" for p in plan.problems]
+                else:
+                    if kind == "cancel":
+                        res.cancelled += 1
+                    elif a.state == "skipped" or kind == "skip":
+                        res.skipped += 1
+                    continue
+                # pending; no desired row to read a time from: wake at once
+                due = a.desired.due_at if a.desired is not None else now
+                if first_due is None or due < first_due:
+                    first_due = due
+            res.first_due = first_due
+            if plan.problems:
+                problems += plan.problems
+                res.problems = [f"{p.field}: {p.message}" for p in plan.problems]
             results.append(res)
         if one is not None:
             one.actions = all_actions
@@ -302,19 +328,16 @@ class Planning(EngineBase):
             res.first_due = at if res.first_due is None else min(res.first_due, at)
 
     def _event_rows(
-        self,
-        s: Subject,
-        existing: Iterable[Existing],
-        recipients: Mapping[str, Recipient],
-        now: datetime,
+        self, s: Subject, existing: Iterable[Existing], event_rules: Mapping[str, Rule]
     ) -> list[Action]:
-        """Pending rows of event rules whose recipient no longer holds the role."""
+        """Pending rows of event rules (``event_rules``: by name) whose recipient no longer
+        holds the role."""
         out = []
         for e in existing:
             if e.state != "pending" or e.identity.recipient is None:
                 continue
-            rule = self.rules.rule(e.identity.rule)
-            if rule is None or rule.kind != "event":
+            rule = event_rules.get(e.identity.rule)
+            if rule is None:
                 continue
             if e.identity.recipient not in planner.resolve_to(self.rules, rule.to, s):
                 out.append(Action("cancel", None, e, reason=Reason.recipient_removed))
@@ -328,13 +351,14 @@ class Planning(EngineBase):
         recipients: Mapping[str, Recipient],
         now: datetime,
         plan: Plan,
+        rules: Sequence[Rule],
     ) -> list[Action]:
+        """The ``on: {change: ...}`` rules of the subject's kind (``rules``, in file order)
+        its new attributes fire."""
         out: list[Action] = []
         ex = list(existing)
-        for rule in self.rules.rules:
-            if rule.kind != "event" or rule.subject != s.kind or rule.on is None:
-                continue
-            if rule.on.change is None or not planner.change_fires(rule, old_attrs, s.attributes):
+        for rule in rules:
+            if not planner.change_fires(rule, old_attrs, s.attributes):
                 continue
             tplan = planner.plan_trigger(self.rules, rule, s, recipients, s.revision, now)
             plan.problems += tplan.problems
