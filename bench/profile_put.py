@@ -4,6 +4,7 @@
     .venv/bin/python bench/profile_put.py --postgres URL     # a scratch PostgreSQL database
     .venv/bin/python bench/profile_put.py --profile 30       # + cProfile's top 30 (cumulative)
     .venv/bin/python bench/profile_put.py --batch            # POST /v1/subjects:batch of 1,000
+    .venv/bin/python bench/profile_put.py --keys 50          # repeats: 50 subjects again and again
     .venv/bin/python bench/profile_put.py --http h11 --loop asyncio   # through uvicorn, below
 
 The app is the one ``duly serve`` runs (``create_app`` over ``build_runtime``, the web UI
@@ -164,6 +165,8 @@ async def run(args: argparse.Namespace, app: Any, key: str, rt: Any) -> None:
     async def one_put() -> None:
         i = seq[0]
         seq[0] += 1
+        if args.keys:  # the same subjects again: the plan unchanged, a new revision
+            i %= args.keys
         st, out = await client.request(
             "PUT", f"/v1/subjects/job/k{i}", json.dumps(body(i)).encode()
         )
@@ -188,7 +191,9 @@ async def run(args: argparse.Namespace, app: Any, key: str, rt: Any) -> None:
     calls = args.n // per
     pg0 = _pg_backend_cpu(args.postgres) if args.postgres else 0.0
     t0, c0 = time.perf_counter(), time.process_time()
-    prof = cProfile.Profile() if args.profile else None
+    # CPU time, not wall time: waits for PostgreSQL (or for a core, on a loaded machine)
+    # are not this process's work
+    prof = cProfile.Profile(time.process_time) if args.profile else None
     if prof:
         # cProfile sees one thread: run the handler's thread-pool work on the event loop
         import duly.api.v1.subjects as subjects_api
@@ -220,6 +225,8 @@ async def run(args: argparse.Namespace, app: Any, key: str, rt: Any) -> None:
         + f"; wall {n / wall:,.0f}/s; statements per call {stmts[0] / calls:.1f}"
         + (" (profiled: CPU inflated)" if prof else "")
     )
+    if prof and args.profile_out:
+        prof.dump_stats(args.profile_out)
     if prof:
         st = pstats.Stats(prof)
         st.sort_stats("cumulative").print_stats(args.profile)
@@ -318,6 +325,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--postgres", default=None, help="a scratch database URL (created here)")
     ap.add_argument("--profile", type=int, default=0, metavar="LINES")
+    ap.add_argument("--profile-out", default=None, metavar="FILE",
+                    help="with --profile: also write the raw cProfile stats to FILE")  # fmt: skip
+    ap.add_argument("--keys", type=int, default=0, metavar="N",
+                    help="single PUTs cycle over N subjects (repeats) instead of new ones")  # fmt: skip
     ap.add_argument("--batch", action="store_true")
     ap.add_argument("--no-fast-put", action="store_true",
                     help="through FastAPI's generic route (duly.api.fastput off)")  # fmt: skip

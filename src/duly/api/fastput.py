@@ -73,7 +73,7 @@ class FastPut:
             return
         eng = self.fastapi_app.state.runtime.engine
         try:
-            res, rows = await run_in_threadpool(eng.upsert_subject_with_plan, item)
+            res, rows = await run_in_threadpool(eng.upsert_subject_for_answer, item)
             out = subject_answer(kind, key, res, rows)
         except Exception as exc:
             await self._answer_error(scope, receive, send, exc)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, text, update
@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from duly.core.model import Outcome
 from duly.core.planner import Action, Existing, Identity, outcome_of
+from duly.store.driver import fetch
 from duly.store.rows import StoreBase, _chunks, _group_by_keys, _identity
 from duly.store.tables import deliveries
 
@@ -47,6 +48,57 @@ _PLAN_OF_SUBJECT = (
     .order_by(deliveries.c.due_at, deliveries.c.id)
     .where(deliveries.c.state.in_(("pending", "sending")))
 )
+
+
+# One subject's rows with the columns of the PUT's answer (``DeliveryOut``), by driver-level
+# SQL (the single upsert runs it per request; SQLAlchemy's per-row processing of a Core
+# select cost more than the query). The identity columns come first (see _IDENT).
+ANSWER_COLS = (
+    "id",
+    "rule",
+    "step",
+    "occurrence",
+    "subject",
+    "recipient",
+    "channel",
+    "state",
+    "reason",
+    "category",
+    "planned_at",
+    "due_at",
+    "sent_at",
+    "attempts",
+    "last_error",
+    "title",
+    "message_id",
+)
+_ONE_SUBJECT = f"SELECT {', '.join(ANSWER_COLS)} FROM deliveries WHERE subject = "
+_ONE_SUBJECT_SQLITE = _ONE_SUBJECT + "?"
+_ONE_SUBJECT_PG = _ONE_SUBJECT + "%s FOR UPDATE"
+_RETURNING = " RETURNING id, rule, step, occurrence, subject, recipient, channel"
+
+
+def _read_instant(v: Any) -> datetime | None:
+    """A stored instant as ``tables.UTCDateTime`` reads it back (aware UTC): SQLite hands
+    out its text, PostgreSQL a naive datetime."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = datetime.fromisoformat(v)
+    return v.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+
+
+def _pg_array(values: Sequence[Any]) -> str:
+    """PostgreSQL's text form of a one-dimensional array: each element double-quoted
+    (``\\`` and ``"`` escaped), NULL for None; instants (naive UTC here) in ISO form."""
+    out = []
+    for v in values:
+        if v is None:
+            out.append("NULL")
+            continue
+        t = v.isoformat(" ") if isinstance(v, datetime) else str(v)
+        out.append('"' + t.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "{" + ",".join(out) + "}"
 
 
 class PlanQueries(StoreBase):
@@ -78,6 +130,26 @@ class PlanQueries(StoreBase):
         from a statement built once (the answer to every single upsert). Reads only."""
         return [dict(r) for r in conn.execute(_PLAN_OF_SUBJECT, {"ref": ref}).mappings()]
 
+    def existing_of_subject(
+        self, conn: Connection, ref: str
+    ) -> tuple[list[Existing], dict[int, dict[str, Any]]]:
+        """One subject's rows as :meth:`existing_for` hands them to the planner (locked on
+        PostgreSQL likewise), and each row's ``ANSWER_COLS`` by id, as ``plan_of_subject``
+        would read them: what the single upsert builds its answer from without reading
+        the plan again."""
+        sql = _ONE_SUBJECT_PG if self.postgres else _ONE_SUBJECT_SQLITE
+        existing: list[Existing] = []
+        rows: dict[int, dict[str, Any]] = {}
+        for t in fetch(conn, sql, (ref,)):
+            r = dict(zip(ANSWER_COLS, t, strict=True))
+            r["planned_at"] = planned = _read_instant(r["planned_at"])
+            r["due_at"] = due = _read_instant(r["due_at"])
+            r["sent_at"] = _read_instant(r["sent_at"])
+            rows[r["id"]] = r
+            ident = Identity.from_db(*t[1:7])
+            existing.append(Existing(r["id"], ident, r["state"], r["reason"], planned, due))  # type: ignore[arg-type]
+        return existing, rows
+
     def existing_identities(self, conn: Connection, idents: Sequence[Identity]) -> list[Existing]:
         """Rows for these exact identities (event rules, where the subject's rows are many)."""
         out = []
@@ -100,12 +172,20 @@ class PlanQueries(StoreBase):
                 )
         return out
 
-    def apply(self, conn: Connection, actions: Sequence[Action], now: datetime) -> int:
+    def apply(
+        self,
+        conn: Connection,
+        actions: Sequence[Action],
+        now: datetime,
+        *,
+        created: dict[tuple[str, ...], int] | None = None,
+    ) -> int:
         """Carry out reconciliation actions; log each outcome they record.
 
         Returns how many rows became pending (so the caller knows whether to wake the
         dispatcher). Creation relies on the identity's unique constraint: two processes
-        planning the same identity cannot both insert it.
+        planning the same identity cannot both insert it. ``created``: filled with the id
+        of each row created, by its identity's stored form (``Identity.db_key``).
         """
         # a new row that records no outcome (the common case: pending) goes in as the
         # driver's tuple, values converted once (see StoreBase._insert_raw); one that does
@@ -225,7 +305,9 @@ class PlanQueries(StoreBase):
                         "planned_at": row["planned_at"],
                     }
                 )
-        if plain:
+        if plain and created is not None:
+            created.update(self._insert_returning(conn, plain))
+        elif plain:
             self._insert_plain(conn, plain)
         if logged:
             ids = (
@@ -236,7 +318,9 @@ class PlanQueries(StoreBase):
                 .scalars()
                 .all()
             )
-            for did, (_, (outcome, reason, planned)) in zip(ids, logged, strict=True):
+            for did, (c, (outcome, reason, planned)) in zip(ids, logged, strict=True):
+                if created is not None:
+                    created[tuple(c[k] for k in self._PLAIN_COLS[:6])] = did
                 logs.append(
                     {
                         "delivery_id": did,
@@ -283,6 +367,28 @@ class PlanQueries(StoreBase):
         """New delivery rows as ``apply`` builds them: values in ``_PLAIN_COLS`` order,
         already in their stored form."""
         self._insert_rows(conn, "deliveries", self._PLAIN_COLS, rows)
+
+    def _insert_returning(
+        self, conn: Connection, rows: Sequence[tuple[Any, ...]]
+    ) -> dict[tuple[str, ...], int]:
+        """Insert a few rows (one subject's) as :meth:`_insert_plain` does (the same
+        tuples, values already in their stored form), in one statement; their ids by
+        identity (unique: RETURNING's order is not promised on SQLite). On PostgreSQL one
+        array per column (``unnest``), written as array text: the same SQL for any number
+        of rows, which psycopg caches and prepares, and half the CPU of psycopg adapting
+        lists."""
+        out: dict[tuple[str, ...], int] = {}
+        if self.postgres:
+            arrays = [_pg_array(col) for col in zip(*rows, strict=True)]
+            for t in fetch(conn, _INSERT_UNNEST_PG, arrays):
+                out[tuple(t[1:])] = t[0]
+            return out
+        one = f"({', '.join(['?'] * len(self._PLAIN_COLS))})"
+        for chunk in _chunks(rows, 50):
+            sql = f"{_INSERT_SQLITE}{', '.join([one] * len(chunk))}{_RETURNING}"
+            for t in fetch(conn, sql, [v for row in chunk for v in row]):
+                out[tuple(t[1:])] = t[0]
+        return out
 
     # ------------------------------------------------------------------ by recipient, by occurrence
 
@@ -352,6 +458,19 @@ class PlanQueries(StoreBase):
         return conn.execute(
             select(func.max(deliveries.c.occurrence)).where(deliveries.c.rule == rule)
         ).scalar()
+
+
+_TIMES = frozenset({"planned_at", "due_at", "deadline_at", "created_at", "updated_at"})
+_PG_TYPES = {"priority": "int", "attempts": "int", "error_count": "int", "changes": "json"}
+_INSERT_SQLITE = f"INSERT INTO deliveries ({', '.join(PlanQueries._PLAIN_COLS)}) VALUES "
+_INSERT_UNNEST_PG = (
+    f"INSERT INTO deliveries ({', '.join(PlanQueries._PLAIN_COLS)}) SELECT * FROM unnest("
+    + ", ".join(
+        f"%s::{'timestamp' if c in _TIMES else _PG_TYPES.get(c, 'text')}[]"
+        for c in PlanQueries._PLAIN_COLS
+    )
+    + f"){_RETURNING}"
+)
 
 
 def is_duplicate(exc: BaseException) -> bool:

@@ -5,6 +5,7 @@ The queries of :class:`RecipientQueries` are part of :class:`duly.store.store.St
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy.engine import Connection
 
 from duly.core.model import Recipient
 from duly.core.validation import text_problem
+from duly.store.driver import fetch, placeholders
 from duly.store.rows import StoreBase, _chunks, _recipient_from_row
 from duly.store.search import recipient_search_text
 from duly.store.tables import deliveries, recipients, suppressions
@@ -23,6 +25,10 @@ __all__ = ["RecipientQueries"]
 # built once: every upsert reads its recipients, and building the statement (with a literal
 # IN list that SQLAlchemy renders per call) cost more than running it
 _RECIPIENTS_BY_ID = select(recipients).where(recipients.c.id.in_(bindparam("ids", expanding=True)))
+# ... and run at the driver (duly.store.driver) for the few ids of a single upsert
+_FEW = 20
+_RECIPIENT_COLS = ("id", "name", "email", "phone", "timezone", "locale", "addresses", "consent")
+_BY_IDS = f"SELECT {', '.join(_RECIPIENT_COLS)} FROM recipients WHERE id IN "
 
 
 class RecipientQueries(StoreBase):
@@ -55,6 +61,15 @@ class RecipientQueries(StoreBase):
         is unknown, not an error."""
         wanted = sorted({i for i in ids if i and text_problem(i) is None})
         out: dict[str, Recipient] = {}
+        if 0 < len(wanted) <= _FEW:
+            sql = f"{_BY_IDS}({placeholders(self.postgres, len(wanted))})"
+            for t in fetch(conn, sql, wanted):
+                r = dict(zip(_RECIPIENT_COLS, t, strict=True))
+                for c in ("addresses", "consent"):  # as SQLAlchemy's JSON reads them
+                    if isinstance(r[c], str):
+                        r[c] = json.loads(r[c])
+                out[r["id"]] = _recipient_from_row(r)  # type: ignore[arg-type]
+            return out
         for chunk in _chunks(wanted, 500):
             for r in conn.execute(_RECIPIENTS_BY_ID, {"ids": list(chunk)}).mappings():
                 out[r["id"]] = _recipient_from_row(r)

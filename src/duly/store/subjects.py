@@ -5,14 +5,16 @@ The queries of :class:`SubjectQueries` are part of :class:`duly.store.store.Stor
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from duly.core.model import HOLD_INDEFINITE, Subject
+from duly.store.driver import fetch
 from duly.store.rows import StoreBase, SubjectRecord, _chunks, _subject_from_row
 from duly.store.search import subject_search_text
 from duly.store.tables import deliveries, events, reminders, subject_errors, subjects
@@ -27,6 +29,58 @@ _SUBJECTS_BY_KEYS = select(subjects).where(
 )
 _SUBJECTS_FOR_UPDATE = _SUBJECTS_BY_KEYS.with_for_update()
 
+# One subject, by driver-level SQL (duly.store.driver): every single upsert reads and
+# writes one, and SQLAlchemy's per-statement work cost more than SQLite's.
+_ONE_COLS = (
+    "id",
+    "kind",
+    "key",
+    "attributes",
+    "recipients",
+    "revision",
+    "hold_until",
+    "acknowledged",
+    "deleted_at",
+)
+_ONE = f"SELECT {', '.join(_ONE_COLS)} FROM subjects WHERE kind = ? AND key = ?"
+_ONE_PG = _ONE.replace("?", "%s")
+_ONE_PG_FOR_UPDATE = _ONE_PG + " FOR UPDATE"
+_SAVE_COLS = (
+    "attributes",
+    "recipients",
+    "revision",
+    "hold_until",
+    "acknowledged",
+    "deleted_at",
+    "updated_at",
+    "search",
+)
+_UPDATE_ONE = f"UPDATE subjects SET {', '.join(c + ' = ?' for c in _SAVE_COLS)} WHERE id = ?"
+_UPDATE_ONE_PG = _UPDATE_ONE.replace("?", "%s")
+_INSERT_COLS = ("kind", "key", "created_at", *_SAVE_COLS)
+_INSERT_ONE = (
+    f"INSERT INTO subjects ({', '.join(_INSERT_COLS)}) "
+    f"VALUES ({', '.join(['?'] * len(_INSERT_COLS))})"
+)
+_INSERT_ONE_PG = _INSERT_ONE.replace("?", "%s")
+_JSON_COLS = frozenset({"attributes", "recipients", "acknowledged"})
+_TIME_COLS = frozenset({"hold_until", "deleted_at", "updated_at", "created_at"})
+
+
+def _json_read(v: Any) -> Any:
+    """A JSON column's value as SQLAlchemy's ``JSON`` reads it: SQLite hands out the text,
+    psycopg the decoded value."""
+    return json.loads(v) if isinstance(v, str) else v
+
+
+def _instant_read(v: Any) -> datetime | None:
+    """An instant as ``tables.UTCDateTime`` reads it (aware UTC)."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = datetime.fromisoformat(v)
+    return v.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+
 
 class SubjectQueries(StoreBase):
     """Subjects, events, reminders, problems."""
@@ -38,6 +92,20 @@ class SubjectQueries(StoreBase):
     ) -> dict[tuple[str, str], SubjectRecord]:
         """Stored subjects (deleted ones included, flagged) by (kind, key)."""
         out: dict[tuple[str, str], SubjectRecord] = {}
+        if len(refs) == 1:
+            ((kind, key),) = refs
+            if self.postgres:
+                sql = _ONE_PG_FOR_UPDATE if for_update else _ONE_PG
+            else:
+                sql = _ONE
+            for t in fetch(conn, sql, (kind, key)):
+                r = dict(zip(_ONE_COLS, t, strict=True))
+                for c in ("attributes", "recipients", "acknowledged"):
+                    r[c] = _json_read(r[c])
+                r["hold_until"] = _instant_read(r["hold_until"])
+                r["deleted_at"] = _instant_read(r["deleted_at"])
+                out[(r["kind"], r["key"])] = _subject_from_row(r)  # type: ignore[arg-type]
+            return out
         by_kind: dict[str, list[str]] = {}
         for kind, key in refs:
             by_kind.setdefault(kind, []).append(key)
@@ -69,7 +137,11 @@ class SubjectQueries(StoreBase):
                 new_rows.append({"kind": s.kind, "key": s.key, "created_at": now, **values})
             else:
                 upd_rows.append({"_id": old.id, **values})
-        if new_rows:
+        if len(new_rows) == 1:
+            self._write_one(
+                conn, _INSERT_ONE_PG if self.postgres else _INSERT_ONE, _INSERT_COLS, new_rows[0]
+            )
+        elif new_rows:
             self._insert_raw(
                 conn,
                 "subjects",
@@ -78,13 +150,36 @@ class SubjectQueries(StoreBase):
                 times=frozenset({"hold_until", "deleted_at", "created_at", "updated_at"}),
                 json_cols=frozenset({"attributes", "recipients", "acknowledged"}),
             )
-        if upd_rows:
+        if len(upd_rows) == 1:
+            sql = _UPDATE_ONE_PG if self.postgres else _UPDATE_ONE
+            self._write_one(conn, sql, (*_SAVE_COLS, "_id"), upd_rows[0])
+        elif upd_rows:
             conn.execute(
                 update(subjects)
                 .where(subjects.c.id == bindparam("_id"))
                 .values({k: bindparam(k) for k in upd_rows[0] if k != "_id"}),
                 upd_rows,
             )
+
+    def _write_one(
+        self, conn: Connection, sql: str, cols: Sequence[str], row: dict[str, Any]
+    ) -> None:
+        """``save_subjects``' insert or update of one subject: ``row``'s ``cols`` in order,
+        converted as the table's types would (instants naive UTC, in the SQLite dialect's
+        text on SQLite; JSON as text)."""
+        params: list[Any] = []
+        for c in cols:
+            v = row[c]
+            if v is None:
+                pass
+            elif c in _TIME_COLS:
+                v = v.astimezone(UTC).replace(tzinfo=None)
+                if not self.postgres:
+                    v = v.isoformat(" ", "microseconds")
+            elif c in _JSON_COLS:
+                v = json.dumps(v)
+            params.append(v)
+        fetch(conn, sql, params)
 
     def mark_subject_deleted(self, conn: Connection, record: SubjectRecord, now: datetime) -> None:
         """Keep the row as a tombstone: its revision count continues if the subject returns."""

@@ -77,7 +77,7 @@ async def put_subject(
     # async, with only the database work in the thread pool: FastAPI would otherwise hop to
     # the pool twice (the handler, then checking its answer against the response model).
     res, rows = await run_in_threadpool(
-        eng.upsert_subject_with_plan,
+        eng.upsert_subject_for_answer,
         SubjectInput(kind, key, body.attributes, body.recipients, body.hold_until),
     )
     return subject_answer(kind, key, res, rows)

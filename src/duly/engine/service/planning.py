@@ -7,7 +7,7 @@ reconciled plan and its outcomes, then wake the dispatcher.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from duly.core import planner
@@ -25,6 +25,7 @@ from duly.engine.service.inputs import (
     _validate_subject,
 )
 from duly.store.db import Connection, write_transaction
+from duly.store.plan import ANSWER_COLS
 from duly.store.store import SubjectRecord
 
 __all__ = ["Planning"]
@@ -123,6 +124,26 @@ class Planning(EngineBase):
             rows = self.store.plan_of_subject(conn, res.ref)
         return res, rows
 
+    def upsert_subject_for_answer(
+        self, s: SubjectInput
+    ) -> tuple[UpsertResult, list[dict[str, Any]]]:
+        """What :meth:`upsert_subject_with_plan` answers, each row with the columns of the
+        PUT's answer (``store.plan.ANSWER_COLS``) only, built from what this transaction
+        read and wrote (the rows it found, the planner's actions, the ids of the rows it
+        created) instead of reading the plan again."""
+        _validate_subject(s)
+        now = self.clock.now()
+        with write_transaction(self.db) as conn:
+            one = _OneSubject()
+            (res,) = self._upsert(conn, {(s.kind, s.key): s}, now, one=one)
+            rows = one.plan()
+            if rows is None:  # what the actions alone do not say: read it
+                rows = [
+                    {c: r[c] for c in ANSWER_COLS}
+                    for r in self.store.plan_of_subject(conn, res.ref)
+                ]
+        return res, rows
+
     def upsert_subjects(
         self, items: Sequence[SubjectInput], *, validated: bool = False
     ) -> list[UpsertResult]:
@@ -139,7 +160,12 @@ class Planning(EngineBase):
             return self._upsert(conn, seen, now)
 
     def _upsert(
-        self, conn: Connection, seen: Mapping[tuple[str, str], SubjectInput], now: datetime
+        self,
+        conn: Connection,
+        seen: Mapping[tuple[str, str], SubjectInput],
+        now: datetime,
+        *,
+        one: _OneSubject | None = None,
     ) -> list[UpsertResult]:
         stored = self.store.get_subjects(conn, list(seen), for_update=True)
         pairs: list[tuple[SubjectRecord | None, Subject]] = []
@@ -147,7 +173,7 @@ class Planning(EngineBase):
             old = stored.get((kind, key))
             pairs.append((old, _to_subject(s, old)))
         self.store.save_subjects(conn, pairs, now)
-        results = self._replan(conn, pairs, now)
+        results = self._replan(conn, pairs, now, one=one)
         due = min((r.first_due for r in results if r.first_due is not None), default=None)
         if due is not None:
             self._wake(conn, due)
@@ -188,7 +214,10 @@ class Planning(EngineBase):
         now: datetime,
         *,
         bump: bool = True,
+        one: _OneSubject | None = None,
     ) -> list[UpsertResult]:
+        """``one``: a single subject's upsert that answers with its plan (collects what
+        the answer is built from)."""
         rf = self.rules
         rids: set[str] = set()
         for _, s in pairs:
@@ -200,7 +229,18 @@ class Planning(EngineBase):
             rids.update(t[3:] for t in r.to if t.startswith("id:"))
         recipients = self.store.get_recipients(conn, rids)
         refs = [s.ref for _, s in pairs]
-        existing = self.store.existing_for(conn, refs)
+        if one is not None:
+            (old, s1) = pairs[0]
+            # a subject never stored has no rows: every row about a subject is planned
+            # for a stored one (its own plan, its events, a reminder about it)
+            if old is None:
+                existing = {s1.ref: []}
+            else:
+                ex1, one.rows = self.store.existing_of_subject(conn, s1.ref)
+                existing = {s1.ref: ex1}
+            one.reread = old is not None and held_until_cleared(old.subject.hold_until)
+        else:
+            existing = self.store.existing_for(conn, refs)
         # per call, not per subject: the event rules by name (``RuleFile.rule``: the first
         # of a name) and, per subject kind, the rules an attribute change fires
         first: dict[str, Rule] = {}
@@ -257,7 +297,9 @@ class Planning(EngineBase):
                 problems += plan.problems
                 res.problems = [f"{p.field}: {p.message}" for p in plan.problems]
             results.append(res)
-        self.store.apply(conn, all_actions, now)
+        if one is not None:
+            one.actions = all_actions
+        self.store.apply(conn, all_actions, now, created=one.created if one else None)
         for (old, s), res in zip(pairs, results, strict=True):
             self._release_hold(conn, old, s, res, now)
         if problems:
@@ -375,3 +417,75 @@ class Planning(EngineBase):
             # re-planning with the rule acknowledged cancels its pending repeats
             (res,) = self._replan(conn, [(rec, new)], now, bump=False)
         return res.cancelled
+
+
+class _OneSubject:
+    """What a single upsert's answer is built from: the subject's rows as read before
+    planning (``ANSWER_COLS`` by id), the actions applied to them, the ids of the rows
+    created. ``reread``: something else changes the rows too (an indefinite hold
+    released moves them in SQL): the plan must be read again."""
+
+    __slots__ = ("actions", "created", "reread", "rows")
+
+    def __init__(self) -> None:
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.actions: list[Action] = []
+        self.created: dict[tuple[str, ...], int] = {}
+        self.reread = False
+
+    def plan(self) -> list[dict[str, Any]] | None:
+        """The rows pending or being sent once the actions are applied, by due time then
+        id, as ``plan_of_subject`` would read them; None when they must be read."""
+        if self.reread:
+            return None
+        rows = self.rows
+        for a in self.actions:
+            d = a.desired
+            if a.kind == "create":
+                assert d is not None
+                key = d.identity.db_key()
+                rid = self.created.get(key)
+                if rid is None:
+                    return None
+                rows[rid] = {
+                    "id": rid,
+                    "rule": key[0],
+                    "step": key[1],
+                    "occurrence": key[2],
+                    "subject": key[3],
+                    "recipient": key[4],
+                    "channel": key[5],
+                    "state": a.state,
+                    "reason": a.reason.value if a.reason else None,
+                    "category": d.category,
+                    "planned_at": _utc(d.planned_at),
+                    "due_at": _utc(d.due_at),
+                    "sent_at": None,
+                    "attempts": 0,
+                    "last_error": None,
+                    "title": None,
+                    "message_id": None,
+                }
+                continue
+            assert a.existing is not None
+            r = rows.get(a.existing.id)
+            if r is None:
+                return None
+            if a.kind == "move":
+                assert d is not None
+                r.update(state="pending", reason=None)
+            elif a.kind == "replan":
+                assert d is not None
+                r.update(state=a.state, reason=a.reason.value if a.reason else None)
+            else:  # cancel, skip: out of the plan
+                r["state"] = "cancelled" if a.kind == "cancel" else "skipped"
+                continue
+            r["planned_at"], r["due_at"] = _utc(d.planned_at), _utc(d.due_at)
+        plan = [r for r in rows.values() if r["state"] in ("pending", "sending")]
+        plan.sort(key=lambda r: (r["due_at"], r["id"]))
+        return plan
+
+
+def _utc(t: datetime) -> datetime:
+    """An instant as the store reads it back (``tables.UTCDateTime``): aware UTC."""
+    return t.astimezone(UTC)
