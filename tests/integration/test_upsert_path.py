@@ -122,16 +122,19 @@ def test_the_put_answers_the_plan_it_stored_as_get_shows_it(rt: Runtime) -> None
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid"
 
 
-def test_with_plan_reads_what_deliveries_of_subject_reads(rt: Runtime) -> None:
+def test_the_answer_plan_is_what_deliveries_of_subject_reads(rt: Runtime) -> None:
+    from duly.store.plan import ANSWER_COLS
+
     eng = rt.engine
     due = datetime.now(UTC) + timedelta(days=3)
-    res, rows = eng.upsert_subject_with_plan(
+    res, rows = eng.upsert_subject_for_answer(
         SubjectInput("job", "J-9", body(due)["attributes"], {"owner": "r1"})
     )
     assert res.created == 2 and res.subject is not None and res.subject.revision == 1
     with eng.db.connect() as conn:
         same = eng.store.deliveries_of_subject(conn, "job/J-9", states=("pending", "sending"))
-        assert eng.store.plan_of_subject(conn, "job/J-9") == same == rows
+        assert eng.store.plan_of_subject(conn, "job/J-9") == same
+        assert [{c: r[c] for c in ANSWER_COLS} for r in same] == rows
         assert eng.store.plan_of_subject(conn, "job/none") == []
 
 

@@ -110,27 +110,14 @@ class Planning(EngineBase):
     def upsert_subject(self, s: SubjectInput) -> UpsertResult:
         return self.upsert_subjects([s])[0]
 
-    def upsert_subject_with_plan(
-        self, s: SubjectInput
-    ) -> tuple[UpsertResult, list[dict[str, Any]]]:
-        """Upsert one subject, and its rows pending or being sent once re-planned, by due
-        time (store ``deliveries_of_subject`` rows), read in the same transaction: the
-        state this call stored, never a concurrent upsert's, without a second
-        transaction."""
-        _validate_subject(s)
-        now = self.clock.now()
-        with write_transaction(self.db) as conn:
-            (res,) = self._upsert(conn, {(s.kind, s.key): s}, now)
-            rows = self.store.plan_of_subject(conn, res.ref)
-        return res, rows
-
     def upsert_subject_for_answer(
         self, s: SubjectInput
     ) -> tuple[UpsertResult, list[dict[str, Any]]]:
-        """What :meth:`upsert_subject_with_plan` answers, each row with the columns of the
-        PUT's answer (``store.plan.ANSWER_COLS``) only, built from what this transaction
-        read and wrote (the rows it found, the planner's actions, the ids of the rows it
-        created) instead of reading the plan again."""
+        """Upsert one subject and answer its rows pending or being sent once re-planned, by
+        due time, each with the columns of the PUT's answer (``store.plan.ANSWER_COLS``):
+        the state this call stored, never a concurrent upsert's, built from what this
+        transaction read and wrote (the rows it found, the planner's actions, the ids of the
+        rows it created) instead of reading the plan again."""
         _validate_subject(s)
         now = self.clock.now()
         with write_transaction(self.db) as conn:
