@@ -236,10 +236,17 @@ class PgCluster:
 # --------------------------------------------------------------------------- scratch databases
 
 
+# the server's own databases: a URL naming one names the server, not a scratch database
+_SHARED_DATABASES = {None, "", "postgres", "template0", "template1"}
+
+
 class ScratchPostgres:
     """A scratch database on the PostgreSQL server of ``url``: named ``dbname`` (else the
     URL's database, else ``default``), dropped and made again by :meth:`create`, dropped by
-    :meth:`close` if made. A bare ``postgresql://`` URL gets the psycopg 3 driver."""
+    :meth:`close` if made. A bare ``postgresql://`` URL gets the psycopg 3 driver. A URL
+    naming ``postgres`` (or a template) means the server: ``default`` is used; a URL naming
+    a database whose name does not start with ``duly`` is refused (``test`` would have been
+    dropped)."""
 
     def __init__(self, url: str, dbname: str | None = None, default: str = "duly_bench") -> None:
         import sqlalchemy as sa
@@ -248,7 +255,15 @@ class ScratchPostgres:
         u = make_url(url)
         if u.drivername in ("postgresql", "postgres"):
             u = u.set(drivername="postgresql+psycopg")
-        self.dbname = dbname or u.database or default
+        name = u.database if u.database not in _SHARED_DATABASES else None
+        self.dbname = dbname or name or default
+        if dbname is None and not self.dbname.startswith("duly"):
+            # it is dropped and made again: never a database that may hold someone's data
+            raise SystemExit(
+                f"{url}: refusing to use {self.dbname!r} as a scratch database (it is dropped"
+                " and made again); name one starting with 'duly', e.g. …/duly_bench, or give"
+                " the server's URL …/postgres"
+            )
         self.url = u.set(database=self.dbname).render_as_string(hide_password=False)
         self._admin = sa.create_engine(
             u.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool
