@@ -35,30 +35,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api import RULES, TEMPLATE  # noqa: E402
+from api import RULES, TEMPLATE, pg_backend_cpu  # noqa: E402
 
 RECIPIENTS = 200
 
 
 def _pg_backend_cpu(url: str) -> float:
     """CPU seconds of the PostgreSQL backends serving the scratch database (from /proc)."""
-    import psycopg
-
-    dbname = url.rsplit("/", 1)[1]
-    conninfo = url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(conninfo) as c:
-        pids = [r[0] for r in c.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (dbname,)
-        )]  # fmt: skip
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+    return sum(pg_backend_cpu(url).values())
 
 
 class Asgi:
