@@ -69,7 +69,6 @@ from _harness import (  # noqa: E402
     report_console,
     save_report,
 )
-from _harness import reap as _reap  # noqa: E402
 from _harness import spawn as _spawn  # noqa: E402
 
 # ---------------------------------------------------------------------------------------
@@ -421,55 +420,14 @@ def phase_plan_and_drain(
     }
 
 
-SINK = r"""
-import socket, sys
-from aiosmtpd.controller import Controller
-
-class Discard:
-    count = 0
-    async def handle_DATA(self, server, session, envelope):
-        Discard.count += 1
-        return "250 OK: discarded"
-
-# A free port (Controller's start-up self-check cannot connect to port 0).
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-ctl = Controller(Discard(), hostname="127.0.0.1", port=port)
-ctl.start()
-print(port, flush=True)
-sys.stdin.read()  # until the parent closes it
-ctl.stop()
-print(Discard.count, flush=True)
-"""
-
-
 @contextmanager
 def smtp_sink() -> Iterator[tuple[int, Callable[[], int]]]:
-    """An aiosmtpd server in a subprocess (its own GIL) that accepts and discards."""
-    p = _spawn(
-        [sys.executable, "-c", SINK],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert p.stdin is not None and p.stdout is not None
-    port = int(p.stdout.readline())
-    result: dict[str, int] = {}
+    """An aiosmtpd server in a subprocess (its own GIL) that accepts and discards
+    (``bench/_smtp_sink.py``)."""
+    from _smtp_sink import sink
 
-    def received() -> int:
-        if "n" not in result:
-            assert p.stdin is not None and p.stdout is not None
-            p.stdin.close()
-            result["n"] = int(p.stdout.readline() or -1)
-            p.wait(10)
-        return result["n"]
-
-    try:
-        yield port, received
-    finally:
-        if "n" not in result:
-            _reap(p)
-        else:
-            forget(p)
+    with sink("aiosmtpd") as s:
+        yield s.port, s.received
 
 
 def phase_smtp(backend: Backend, setup: Setup, n_deliveries: int) -> dict[str, Any]:
