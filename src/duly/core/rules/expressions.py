@@ -149,19 +149,42 @@ def _convert_date(value: Any, tz: tzinfo) -> Any:
 
 def _convert_dates(values: dict[str, Any], tz: tzinfo) -> dict[str, Any]:
     """Top-level ISO date strings (and date/datetime objects) as aware UTC datetimes."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, str):
-            parsed = iso_instant(value, tz)
-            out[key] = value if parsed is None else parsed
-        elif isinstance(value, date):  # datetime too (a subclass)
-            try:
-                out[key] = timemath.parse_instant(value, tz)  # type: ignore[arg-type]
-            except timemath.BadDate:
-                out[key] = value
-        else:
-            out[key] = value
-    return out
+    return {key: _convert_date(value, tz) for key, value in values.items()}
+
+
+# The names build_context gives whatever the attributes hold, in the order it sets them.
+_RESERVED = ("now", "subject", "event", "recipient", "acknowledged")
+
+
+def _reserved_value(
+    name: str,
+    now: datetime,
+    tz: ZoneInfo | tzinfo,
+    subject: dict[str, Any] | None,
+    event: dict[str, Any] | None,
+    recipient: dict[str, Any] | None,
+    acknowledged: bool,
+) -> Any:
+    """The value of one of the ``_RESERVED`` names in :func:`build_context`."""
+    if name == "now":
+        return (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC)
+    if name == "subject":
+        if subject is None:
+            return None
+        subject_d = _as_dict(subject)
+        if isinstance(subject_d.get("attributes"), dict):
+            subject_d["attributes"] = _convert_dates(subject_d["attributes"], tz)
+        return subject_d
+    if name == "event":
+        if event is None:
+            return None
+        event_d = _as_dict(event)
+        if isinstance(event_d.get("data"), dict):
+            event_d["data"] = _convert_dates(event_d["data"], tz)
+        return event_d
+    if name == "recipient":
+        return None if recipient is None else _as_dict(recipient)
+    return bool(acknowledged)
 
 
 def build_context(
@@ -190,74 +213,22 @@ def build_context(
     conditions evaluated once per subject, where converting every attribute costs more
     than the evaluation.
     """
-    if only is not None:
-        return _partial_context(
-            only, attributes, now, tz, subject, event, recipient, acknowledged, extra
-        )
-    ctx = _convert_dates(attributes, tz)
-    ctx["now"] = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC)
-    subject_d = None
-    if subject is not None:
-        subject_d = _as_dict(subject)
-        if isinstance(subject_d.get("attributes"), dict):
-            subject_d["attributes"] = _convert_dates(subject_d["attributes"], tz)
-    event_d = None
-    if event is not None:
-        event_d = _as_dict(event)
-        if isinstance(event_d.get("data"), dict):
-            event_d["data"] = _convert_dates(event_d["data"], tz)
-    ctx["subject"] = subject_d
-    ctx["event"] = event_d
-    ctx["recipient"] = None if recipient is None else _as_dict(recipient)
-    ctx["acknowledged"] = bool(acknowledged)
-    if extra:
-        ctx.update(extra)
-    ctx[TZ_KEY] = tz
-    return ctx
-
-
-_RESERVED = frozenset({"now", "subject", "event", "recipient", "acknowledged"})
-
-
-def _partial_context(
-    only: Collection[str],
-    attributes: dict[str, Any],
-    now: datetime,
-    tz: ZoneInfo | tzinfo,
-    subject: dict[str, Any] | None,
-    event: dict[str, Any] | None,
-    recipient: dict[str, Any] | None,
-    acknowledged: bool,
-    extra: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """:func:`build_context` restricted to the names ``only``."""
-    ctx: dict[str, Any] = {}
-    for name in only:
-        if extra and name in extra:
-            ctx[name] = extra[name]
-        elif name not in _RESERVED:
-            if name in attributes:
+    reserved = (now, tz, subject, event, recipient, acknowledged)
+    if only is None:
+        ctx = _convert_dates(attributes, tz)
+        for name in _RESERVED:
+            ctx[name] = _reserved_value(name, *reserved)
+        if extra:
+            ctx.update(extra)
+    else:
+        ctx = {}
+        for name in only:
+            if extra and name in extra:
+                ctx[name] = extra[name]
+            elif name in _RESERVED:
+                ctx[name] = _reserved_value(name, *reserved)
+            elif name in attributes:
                 ctx[name] = _convert_date(attributes[name], tz)
-        elif name == "now":
-            ctx["now"] = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC)
-        elif name == "subject":
-            subject_d = None
-            if subject is not None:
-                subject_d = _as_dict(subject)
-                if isinstance(subject_d.get("attributes"), dict):
-                    subject_d["attributes"] = _convert_dates(subject_d["attributes"], tz)
-            ctx["subject"] = subject_d
-        elif name == "event":
-            event_d = None
-            if event is not None:
-                event_d = _as_dict(event)
-                if isinstance(event_d.get("data"), dict):
-                    event_d["data"] = _convert_dates(event_d["data"], tz)
-            ctx["event"] = event_d
-        elif name == "recipient":
-            ctx["recipient"] = None if recipient is None else _as_dict(recipient)
-        else:
-            ctx["acknowledged"] = bool(acknowledged)
     ctx[TZ_KEY] = tz
     return ctx
 
