@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from duly.core.model import Outcome
 from duly.core.planner import Action, Existing, Identity, outcome_of
 from duly.store.driver import fetch
-from duly.store.rows import StoreBase, _chunks, _group_by_keys, _identity
+from duly.store.rows import StoreBase, _chunks, _group_by_keys, _identity, instants
 from duly.store.tables import deliveries
 
 __all__ = ["PlanQueries", "is_duplicate"]
@@ -195,7 +195,7 @@ class PlanQueries(StoreBase):
         updates: list[dict[str, Any]] = []
         logs: list[dict[str, Any]] = []
         woke = 0
-        instant = self._instant_converter()
+        instant = instants(not self.postgres)
         now_s = instant(now)
         for a in actions:
             if a.kind == "create":
@@ -221,7 +221,7 @@ class PlanQueries(StoreBase):
                             d.priority,
                             instant(d.planned_at),
                             instant(d.due_at),
-                            None if d.deadline_at is None else instant(d.deadline_at),
+                            instant(d.deadline_at),
                             None if d.changes is None else json.dumps(d.changes),
                             0,
                             0,

@@ -163,7 +163,7 @@ class StoreBase:
         named by the caller; everything else goes through SQLAlchemy.
         """
         sql = self._insert_sql(table, cols)
-        instant = self._instant_converter()
+        instant = instants(not self.postgres)
         # per column, once: how its values are stored (most are as they are)
         conv = [(i, instant) for i, c in enumerate(cols) if c in times]
         conv += [(i, json.dumps) for i, c in enumerate(cols) if c in json_cols and c not in times]
@@ -214,25 +214,6 @@ class StoreBase:
     def _insert_sql(self, table: str, cols: Sequence[str]) -> str:
         ph = "%s" if self.postgres else "?"
         return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join([ph] * len(cols))})"
-
-    def _instant_converter(self) -> Callable[[datetime], Any]:
-        """A datetime as ``tables.UTCDateTime`` stores it, remembered per instant (many rows
-        share instants: now, planned = due): naive UTC, in the SQLite dialect's text format
-        on SQLite."""
-        sqlite = not self.postgres
-        memo: dict[datetime, Any] = {}
-
-        def instant(v: datetime) -> Any:
-            out = memo.get(v)
-            if out is None:
-                u = v if v.tzinfo is UTC else v.astimezone(UTC)
-                if sqlite:  # the naive time's text: the aware one's less its "+00:00"
-                    out = memo[v] = u.isoformat(" ", "microseconds")[:-6]
-                else:
-                    out = memo[v] = u.replace(tzinfo=None)
-            return out
-
-        return instant
 
     def log(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         """Append attempt/outcome rows to the delivery log."""
@@ -299,8 +280,8 @@ _LOG_DEFAULTS: dict[str, Any] = {
 
 def instants(sqlite: bool) -> Callable[[datetime | None], Any]:
     """An aware instant as ``tables.UTCDateTime`` binds it: naive UTC, in the SQLite
-    dialect's text format on SQLite; a naive one is refused with the same error. Memoised
-    (a batch's rows share ``now``)."""
+    dialect's text format on SQLite; None as None; a naive one is refused with the same
+    error. Memoised (a batch's rows share instants: now, planned = due)."""
     memo: dict[datetime, Any] = {}
 
     def instant(v: datetime | None) -> Any:
@@ -310,8 +291,11 @@ def instants(sqlite: bool) -> Callable[[datetime | None], Any]:
         if out is None:
             if v.tzinfo is None:
                 raise ValueError("naive datetime given to the store: instants must be aware")
-            naive = v.astimezone(UTC).replace(tzinfo=None)
-            out = memo[v] = naive.isoformat(" ", "microseconds") if sqlite else naive
+            u = v if v.tzinfo is UTC else v.astimezone(UTC)
+            if sqlite:  # the naive time's text: the aware one's less its "+00:00"
+                out = memo[v] = u.isoformat(" ", "microseconds")[:-6]
+            else:
+                out = memo[v] = u.replace(tzinfo=None)
         return out
 
     return instant
