@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, text, update
@@ -20,7 +20,14 @@ from sqlalchemy.exc import IntegrityError
 from duly.core.model import Outcome
 from duly.core.planner import Action, Existing, Identity, outcome_of
 from duly.store.driver import fetch
-from duly.store.rows import StoreBase, _chunks, _group_by_keys, _identity, instants
+from duly.store.rows import (
+    StoreBase,
+    _chunks,
+    _group_by_keys,
+    _identity,
+    instants,
+    read_instant,
+)
 from duly.store.tables import deliveries
 
 __all__ = ["PlanQueries", "is_duplicate"]
@@ -78,16 +85,6 @@ _ONE_SUBJECT_PG = _ONE_SUBJECT + "%s FOR UPDATE"
 _RETURNING = " RETURNING id, rule, step, occurrence, subject, recipient, channel"
 
 
-def _read_instant(v: Any) -> datetime | None:
-    """A stored instant as ``tables.UTCDateTime`` reads it back (aware UTC): SQLite hands
-    out its text, PostgreSQL a naive datetime."""
-    if v is None:
-        return None
-    if isinstance(v, str):
-        v = datetime.fromisoformat(v)
-    return v.replace(tzinfo=UTC)  # type: ignore[no-any-return]
-
-
 def _pg_array(values: Sequence[Any]) -> str:
     """PostgreSQL's text form of a one-dimensional array: each element double-quoted
     (``\\`` and ``"`` escaped), NULL for None; instants (naive UTC here) in ISO form."""
@@ -142,9 +139,9 @@ class PlanQueries(StoreBase):
         rows: dict[int, dict[str, Any]] = {}
         for t in fetch(conn, sql, (ref,)):
             r = dict(zip(ANSWER_COLS, t, strict=True))
-            r["planned_at"] = planned = _read_instant(r["planned_at"])
-            r["due_at"] = due = _read_instant(r["due_at"])
-            r["sent_at"] = _read_instant(r["sent_at"])
+            r["planned_at"] = planned = read_instant(r["planned_at"])
+            r["due_at"] = due = read_instant(r["due_at"])
+            r["sent_at"] = read_instant(r["sent_at"])
             rows[r["id"]] = r
             ident = Identity.from_db(*t[1:7])
             existing.append(Existing(r["id"], ident, r["state"], r["reason"], planned, due))  # type: ignore[arg-type]

@@ -5,7 +5,6 @@ The queries of :class:`RecipientQueries` are part of :class:`duly.store.store.St
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -16,7 +15,7 @@ from sqlalchemy.engine import Connection
 from duly.core.model import Recipient
 from duly.core.validation import text_problem
 from duly.store.driver import fetch, placeholders
-from duly.store.rows import StoreBase, _chunks, _recipient_from_row
+from duly.store.rows import StoreBase, _chunks, _recipient_from_row, read_json
 from duly.store.search import recipient_search_text
 from duly.store.tables import deliveries, recipients, suppressions
 
@@ -65,9 +64,7 @@ class RecipientQueries(StoreBase):
             sql = f"{_BY_IDS}({placeholders(self.postgres, len(wanted))})"
             for t in fetch(conn, sql, wanted):
                 r = dict(zip(_RECIPIENT_COLS, t, strict=True))
-                for c in ("addresses", "consent"):  # as SQLAlchemy's JSON reads them
-                    if isinstance(r[c], str):
-                        r[c] = json.loads(r[c])
+                r["addresses"], r["consent"] = read_json(r["addresses"]), read_json(r["consent"])
                 out[r["id"]] = _recipient_from_row(r)  # type: ignore[arg-type]
             return out
         for chunk in _chunks(wanted, 500):

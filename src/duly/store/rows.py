@@ -301,6 +301,22 @@ def instants(sqlite: bool) -> Callable[[datetime | None], Any]:
     return instant
 
 
+def read_instant(v: Any) -> datetime | None:
+    """A stored instant read through the driver as ``tables.UTCDateTime`` reads it back
+    (aware UTC): SQLite hands out its text, PostgreSQL a naive datetime."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = datetime.fromisoformat(v)
+    return v.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+
+
+def read_json(v: Any) -> Any:
+    """A JSON column's value read through the driver as SQLAlchemy's ``JSON`` reads it:
+    SQLite hands out the text, psycopg the decoded value."""
+    return json.loads(v) if isinstance(v, str) else v
+
+
 def _q(name: str) -> str:
     return f'"{name}"'
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
@@ -15,7 +15,15 @@ from sqlalchemy.engine import Connection
 
 from duly.core.model import HOLD_INDEFINITE, Subject
 from duly.store.driver import fetch
-from duly.store.rows import StoreBase, SubjectRecord, _chunks, _subject_from_row
+from duly.store.rows import (
+    StoreBase,
+    SubjectRecord,
+    _chunks,
+    _subject_from_row,
+    instants,
+    read_instant,
+    read_json,
+)
 from duly.store.search import subject_search_text
 from duly.store.tables import deliveries, events, reminders, subject_errors, subjects
 
@@ -67,21 +75,6 @@ _JSON_COLS = frozenset({"attributes", "recipients", "acknowledged"})
 _TIME_COLS = frozenset({"hold_until", "deleted_at", "updated_at", "created_at"})
 
 
-def _json_read(v: Any) -> Any:
-    """A JSON column's value as SQLAlchemy's ``JSON`` reads it: SQLite hands out the text,
-    psycopg the decoded value."""
-    return json.loads(v) if isinstance(v, str) else v
-
-
-def _instant_read(v: Any) -> datetime | None:
-    """An instant as ``tables.UTCDateTime`` reads it (aware UTC)."""
-    if v is None:
-        return None
-    if isinstance(v, str):
-        v = datetime.fromisoformat(v)
-    return v.replace(tzinfo=UTC)  # type: ignore[no-any-return]
-
-
 class SubjectQueries(StoreBase):
     """Subjects, events, reminders, problems."""
 
@@ -100,10 +93,10 @@ class SubjectQueries(StoreBase):
                 sql = _ONE
             for t in fetch(conn, sql, (kind, key)):
                 r = dict(zip(_ONE_COLS, t, strict=True))
-                for c in ("attributes", "recipients", "acknowledged"):
-                    r[c] = _json_read(r[c])
-                r["hold_until"] = _instant_read(r["hold_until"])
-                r["deleted_at"] = _instant_read(r["deleted_at"])
+                for c in _JSON_COLS:
+                    r[c] = read_json(r[c])
+                r["hold_until"] = read_instant(r["hold_until"])
+                r["deleted_at"] = read_instant(r["deleted_at"])
                 out[(r["kind"], r["key"])] = _subject_from_row(r)  # type: ignore[arg-type]
             return out
         by_kind: dict[str, list[str]] = {}
@@ -147,8 +140,8 @@ class SubjectQueries(StoreBase):
                 "subjects",
                 tuple(new_rows[0]),
                 new_rows,
-                times=frozenset({"hold_until", "deleted_at", "created_at", "updated_at"}),
-                json_cols=frozenset({"attributes", "recipients", "acknowledged"}),
+                times=_TIME_COLS,
+                json_cols=_JSON_COLS,
             )
         if len(upd_rows) == 1:
             sql = _UPDATE_ONE_PG if self.postgres else _UPDATE_ONE
@@ -167,16 +160,13 @@ class SubjectQueries(StoreBase):
         """``save_subjects``' insert or update of one subject: ``row``'s ``cols`` in order,
         converted as the table's types would (instants naive UTC, in the SQLite dialect's
         text on SQLite; JSON as text)."""
+        instant = instants(not self.postgres)
         params: list[Any] = []
         for c in cols:
             v = row[c]
-            if v is None:
-                pass
-            elif c in _TIME_COLS:
-                v = v.astimezone(UTC).replace(tzinfo=None)
-                if not self.postgres:
-                    v = v.isoformat(" ", "microseconds")
-            elif c in _JSON_COLS:
+            if c in _TIME_COLS:
+                v = instant(v)
+            elif c in _JSON_COLS and v is not None:
                 v = json.dumps(v)
             params.append(v)
         fetch(conn, sql, params)
