@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 
 from duly.core.model import Recipient, Subject
 from duly.core.planner import Identity
+from duly.store.driver import placeholders
 from duly.store.tables import delivery_log
 
 __all__ = ["DeliveryRow", "StoreBase", "SubjectRecord"]
@@ -212,8 +213,8 @@ class StoreBase:
             raise DBAPIError.instance(copy, None, exc, dbapi.Error, dialect=conn.dialect) from exc
 
     def _insert_sql(self, table: str, cols: Sequence[str]) -> str:
-        ph = "%s" if self.postgres else "?"
-        return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join([ph] * len(cols))})"
+        values = placeholders(self.postgres, len(cols))
+        return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({values})"
 
     def log(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         """Append attempt/outcome rows to the delivery log."""
@@ -226,11 +227,7 @@ class StoreBase:
         # Through the driver's executemany, values bound as ``tables.UTCDateTime`` binds
         # them (the columns are text, integers and instants): SQLAlchemy's per-value
         # processing cost more than the insert. Rows with any other key go through it.
-        ph = "%s" if self.postgres else "?"
-        sql = (
-            f"INSERT INTO delivery_log ({', '.join(f'{_q(c)}' for c in _LOG_COLS)}) "
-            f"VALUES ({', '.join([ph] * len(_LOG_COLS))})"
-        )
+        sql = self._insert_sql("delivery_log", [_q(c) for c in _LOG_COLS])
         instant = instants(not self.postgres)
         data = [
             (
