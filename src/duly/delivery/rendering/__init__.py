@@ -161,6 +161,11 @@ _LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\r?\n)+")
 # --------------------------------------------------------------------------- renderer
 
 
+def _reader(recipient: Recipient | None, locale: str | None) -> str | None:
+    """The reader's locale: ``locale`` if given, else the recipient's."""
+    return locale or (recipient.locale if recipient else None)
+
+
 class Renderer:
     """Renders ``templates/NAME.CHANNEL.{txt,html}``; safe to share between threads.
 
@@ -267,7 +272,12 @@ class Renderer:
         """``(template name, locale to format in)`` for a reader of ``locale`` (else the
         recipient's): the variant ``NAME.LOCALE`` that exists for ``channel`` (fr-CA, then
         fr), else ``name``; with ``variants=False`` always ``name``."""
-        reader = locale or (recipient.locale if recipient else None)
+        return self._resolve(name, channel, _reader(recipient, locale), variants)
+
+    def _resolve(
+        self, name: str, channel: str, reader: str | None, variants: bool
+    ) -> tuple[str, str]:
+        """:meth:`resolve` for a reader's locale already worked out (``_reader``)."""
         declared = declared_language(name)
         if declared is None and variants:
             for loc in locale_chain(reader):
@@ -334,18 +344,15 @@ class Renderer:
         # (what it answers depends on nothing else)
         seen: dict[tuple[Any, ...], tuple[str, str]] = {}
         for it in items:
-            recipient = it.get("recipient")
-            reader = it.get("locale") or (recipient.locale if recipient else None)
-            key = (it["name"], it["channel"], reader, it.get("variants", True))
+            key = (
+                it["name"],
+                it["channel"],
+                _reader(it.get("recipient"), it.get("locale")),
+                it.get("variants", True),
+            )
             hit = seen.get(key)
             if hit is None:
-                hit = seen[key] = self.resolve(
-                    it["name"],
-                    it["channel"],
-                    recipient=recipient,
-                    locale=it.get("locale"),
-                    variants=it.get("variants", True),
-                )
+                hit = seen[key] = self._resolve(*key)
             name, locale = hit
             resolved.append({**it, "name": name, "locale": locale})
         return self.pool.render_many(self, resolved)  # type: ignore[no-any-return]
