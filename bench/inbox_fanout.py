@@ -17,10 +17,8 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,9 +27,7 @@ from urllib.parse import urlsplit
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from live import live_server  # noqa: E402
-
-RULES = "rules:\n  - {name: notice, subject: notice, on: notice.posted, to: [reader], channels: [inbox]}\n"
+from inbox_sse import inbox_server  # noqa: E402
 
 
 async def one(host: str, port: int, key: str, rid: str, ready: asyncio.Event) -> tuple[float, str]:
@@ -126,14 +122,8 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=2)
     args = ap.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.streams)), hard))
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "duly.yaml").write_text(RULES)
-        (Path(tmp) / "templates").mkdir()
-        (Path(tmp) / "templates" / "notice.inbox.txt").write_text("Subject: n\nx\n")
-        with live_server(Path(tmp), rules=Path(tmp) / "duly.yaml") as live:
-            run(live.url, live.key, args.streams, args.clients)
+    with inbox_server(args.streams) as live:
+        run(live.url, live.key, args.streams, args.clients)
 
 
 if __name__ == "__main__":

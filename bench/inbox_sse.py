@@ -28,8 +28,11 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -97,18 +100,26 @@ async def run(url: str, key: str, n: int) -> None:
             )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--streams", type=int, default=1000)
-    args = ap.parse_args()
+@contextmanager
+def inbox_server(streams: int) -> Iterator[Any]:
+    """A real ``duly serve`` (SQLite) with the ``notice`` rule on the inbox channel, and
+    enough file descriptors for ``streams`` streams (also bench/inbox_fanout.py's)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.streams)), hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * streams)), hard))
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "duly.yaml").write_text(RULES)
         (Path(tmp) / "templates").mkdir()
         (Path(tmp) / "templates" / "notice.inbox.txt").write_text("Subject: n\nx\n")
         with live_server(Path(tmp), rules=Path(tmp) / "duly.yaml") as live:
-            asyncio.run(asyncio.wait_for(run(live.url, live.key, args.streams), 60))
+            yield live
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--streams", type=int, default=1000)
+    args = ap.parse_args()
+    with inbox_server(args.streams) as live:
+        asyncio.run(asyncio.wait_for(run(live.url, live.key, args.streams), 60))
 
 
 if __name__ == "__main__":
