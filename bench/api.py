@@ -69,7 +69,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -436,6 +436,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_by_pid(pids: Iterable[int]) -> dict[int, float]:
+    """``cpu_seconds`` of each of ``pids`` still running."""
+    out: dict[int, float] = {}
+    for p in pids:
+        try:
+            out[p] = cpu_seconds(p)
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
 def tree_cpu(pid: int) -> dict[int, float]:
     """CPU seconds of ``pid`` and its descendants (``duly serve --workers N``'s HTTP
     processes and render processes), by pid."""
@@ -452,13 +463,7 @@ def tree_cpu(pid: int) -> dict[int, float]:
         kids = [c for c, pp in parent.items() if pp == p and c not in pids]
         pids.update(kids)
         frontier.extend(kids)
-    out: dict[int, float] = {}
-    for p in pids:
-        try:
-            out[p] = cpu_seconds(p)
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
+    return _cpu_by_pid(pids)
 
 
 def pg_backend_cpu(database_url: str | None) -> dict[int, float]:
@@ -474,13 +479,7 @@ def pg_backend_cpu(database_url: str | None) -> dict[int, float]:
         pids = [r[0] for r in c.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = %s", (dbname,)
         )]  # fmt: skip
-    out: dict[int, float] = {}
-    for p in pids:
-        try:
-            out[p] = cpu_seconds(p)
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
+    return _cpu_by_pid(pids)
 
 
 def pg_sessions(database_url: str | None) -> int:
