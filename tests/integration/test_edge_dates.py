@@ -12,8 +12,8 @@ import pytest
 
 from duly.api.keys import KeyStore
 from duly.core.model import Recipient
-from duly.core.rules.loader import load_rules_text
-from duly.engine.runtime import Runtime, build_runtime
+from duly.engine.runtime import Runtime
+from runtimes import runtime_from  # tests/runtimes.py
 
 RULES = """
 timezone: UTC
@@ -31,11 +31,7 @@ rules:
 
 @pytest.fixture
 def rt(db_url: str, tmp_path: Path) -> Iterator[Runtime]:
-    tdir = tmp_path / "templates"
-    tdir.mkdir()
-    (tdir / "plain.email.txt").write_text("Subject: {{ subject.key }}\nDue.\n")
-    rf = load_rules_text(RULES, path=str(tmp_path / "duly.yaml"), templates_dir=str(tdir))
-    runtime = build_runtime(rf, db_url)
+    runtime = runtime_from(RULES, db_url, tmp_path)
     runtime.engine.put_recipient(Recipient("r1", name="Ann", email="ann@example.test"))
     yield runtime
     runtime.db.dispose()

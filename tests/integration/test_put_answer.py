@@ -15,11 +15,11 @@ import pytest
 
 from duly.api.v1.subjects import subject_answer
 from duly.core.model import Recipient
-from duly.core.rules.loader import load_rules_text
-from duly.engine.runtime import Runtime, build_runtime
+from duly.engine.runtime import Runtime
 from duly.engine.service import ReminderInput, SubjectInput
 from duly.store.db import write_transaction
 from duly.store.plan import ANSWER_COLS
+from runtimes import runtime_from  # tests/runtimes.py
 
 RULES = """
 timezone: UTC
@@ -53,11 +53,7 @@ rules:
 
 @pytest.fixture
 def rt(db_url: str, tmp_path: Path) -> Iterator[Runtime]:
-    tdir = tmp_path / "templates"
-    tdir.mkdir()
-    (tdir / "plain.email.txt").write_text("Subject: {{ subject.key }}\nDue.\n")
-    rf = load_rules_text(RULES, path=str(tmp_path / "duly.yaml"), templates_dir=str(tdir))
-    runtime = build_runtime(rf, db_url)
+    runtime = runtime_from(RULES, db_url, tmp_path)
     eng = runtime.engine
     eng.put_recipient(Recipient("c1", email="c1@example.test", timezone="Europe/Paris"))
     eng.put_recipient(Recipient("c2", email="c2@example.test", timezone="America/New_York"))
