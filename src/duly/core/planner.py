@@ -12,7 +12,7 @@ reconciliation in :mod:`duly.core.reconcile`; both are re-exported here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -271,26 +271,15 @@ def _plan_step(
                 continue
         mark, latest_before = len(desired), dict(latest) if action else latest
         try:
-            try:
-                # what timemath.eval_at and anchor_of answer, the attribute read once per zone
-                anchor = conditions.anchor(at.attribute, tz)
-                first = (
-                    timemath.offset_from(anchor, at, subject.attributes, tz, cal)
-                    if anchor is not None and at.offsets
-                    else anchor
-                )
-            except ValueError as exc:
-                plan.problems.append(Problem(ref, rule_name, at.attribute, str(exc)))
-                first = anchor = None
-                skip: Reason | None = Reason.bad_data
-            else:
-                skip = Reason.no_date if first is None else None
+            # what timemath.eval_at and anchor_of answer, the attribute read once per zone
+            anchor = conditions.anchor(at.attribute, tz)
+            first = (
+                timemath.offset_from(anchor, at, subject.attributes, tz, cal)
+                if anchor is not None and at.offsets
+                else anchor
+            )
             if first is None:
-                for channel in chans:
-                    ident = _new(Identity, (rule_name, step_name, 0, ref, rid, channel))
-                    desired.append(
-                        _new(Desired, (ident, now, now, None, category, priority, skip, None))
-                    )
+                _undated(desired, sp, ref, rid, chans, now, Reason.no_date)
                 continue
             if step.time_of_day is not None:
                 first = timemath.at_time_of_day(first, step.time_of_day, tz)
@@ -330,12 +319,11 @@ def _plan_step(
                             Desired, (ident, planned, due, deadline, category, prio, skip, changes)
                         )
                     )
-
         except (OverflowError, ValueError) as exc:
-            # a date at the edge of the calendar (year 1 or 9999) with an offset, a repeat,
-            # a time of day or a window carried past it (or a repeat's `until` that cannot
-            # be read): this subject's bad data, recorded and skipped like an unreadable
-            # date, never an error for the whole batch
+            # the date cannot be read, or it is at the edge of the calendar (year 1 or 9999)
+            # and an offset, a repeat, a time of day or a window carries it past (or a
+            # repeat's `until` cannot be read): this subject's bad data, recorded and the
+            # step skipped for it, never an error for the whole batch
             del desired[mark:]
             if action:
                 latest.clear()
@@ -346,13 +334,25 @@ def _plan_step(
                 else "a date worked out from it is out of the supported range of dates"
             )
             plan.problems.append(Problem(ref, rule_name, at.attribute, message))
-            for channel in chans:
-                ident = _new(Identity, (rule_name, step_name, 0, ref, rid, channel))
-                desired.append(
-                    _new(
-                        Desired, (ident, now, now, None, category, priority, Reason.bad_data, None)
-                    )
-                )
+            _undated(desired, sp, ref, rid, chans, now, Reason.bad_data)
+
+
+def _undated(
+    desired: list[Desired],
+    sp: StepPlan,
+    ref: str,
+    rid: str | None,
+    chans: Sequence[str | None],
+    now: datetime,
+    reason: Reason,
+) -> None:
+    """The step's rows for one recipient when it has no date (``no_date``) or a date that
+    cannot be worked with (``bad_data``): occurrence 0 on each channel, skipped now."""
+    for channel in chans:
+        ident = _new(Identity, (sp.rule_name, sp.step_name, 0, ref, rid, channel))
+        desired.append(
+            _new(Desired, (ident, now, now, None, sp.category, sp.priority, reason, None))
+        )
 
 
 def _expiry(planned: datetime, expire: Any, tz: Any, cal: Calendar | None) -> datetime | None:
